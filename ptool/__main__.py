@@ -1,0 +1,6 @@
+"""`python -m ptool`."""
+
+from ptool.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Typer options generated from `TrainConfig`'s fields, so the flags cannot drift from the config.
+
+`train` takes every field; `resume`, `quantize qat` and `prune`'s fine-tuning take a subset.
+Every generated flag defaults to None ("not given"), so a config file's value survives unless
+the flag is on the command line.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable, Iterable
+from typing import Annotated, Any
+
+import typer
+
+from ptool.core import config as cfg
+
+_PANELS = {section: f"{section.capitalize()} options" for section in cfg.SECTIONS}
+
+
+def _cli_type(name: str) -> Any:
+    kind = cfg.field_type(name)
+    if kind in (int, float, bool):
+        return kind
+    return str  # lists and tuples are comma-separated strings, converted by cfg.convert
+
+
+def _parameter(name: str) -> inspect.Parameter:
+    meta = cfg.FIELDS[name].metadata
+    flag = "--" + name.replace("_", "-")
+    kind = _cli_type(name)
+    decls = [f"{flag}/--no-{name.replace('_', '-')}"] if kind is bool else [flag]
+    default = cfg.FIELDS[name].default
+    if default is inspect.Parameter.empty or default is cfg.dataclasses.MISSING:
+        default = cfg.FIELDS[name].default_factory()  # type: ignore[misc]
+    shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+    help_text = meta["help"]
+    if meta.get("choices"):
+        help_text += f" [{'|'.join(meta['choices'])}]"
+    option = typer.Option(
+        *decls,
+        help=f"{help_text} [dim](default: {shown})[/dim]",
+        rich_help_panel=_PANELS[meta["section"]],
+        show_default=False,
+    )
+    return inspect.Parameter(
+        name,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[typing.Optional[kind], option],  # noqa: UP007 - Typer needs Optional
+    )
+
+
+def with_config_options(
+    names: Iterable[str] | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add one option per config field to a command; it receives them as `overrides: dict`.
+
+    Only the flags actually given are in `overrides`, already converted and checked.
+    """
+    selected = list(names) if names is not None else list(cfg.FIELDS)
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        own = [
+            p
+            for p in inspect.signature(func, eval_str=True).parameters.values()
+            if p.name != "overrides"
+        ]
+        generated = [_parameter(name) for name in selected]
+
+        def command(**kwargs: Any) -> Any:
+            overrides = {}
+            for name in selected:
+                value = kwargs.pop(name)
+                if value is not None:
+                    overrides[name] = cfg.convert(name, value, source="option")
+            return func(overrides=overrides, **kwargs)
+
+        command.__name__ = func.__name__
+        command.__qualname__ = func.__qualname__
+        command.__doc__ = func.__doc__
+        command.__module__ = func.__module__
+        params = own + generated
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return command
+
+    return decorate

@@ -1,0 +1,22 @@
+"""Options shared by every command, defined once so they read and behave the same everywhere."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+JsonOpt = Annotated[
+    bool,
+    typer.Option("--json", help="Print one JSON document on stdout (stable keys), nothing else."),
+]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="Silence everything on stderr but errors.")
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
+
+
+def examples(*commands: str) -> str:
+    """An epilog listing example invocations; the README shows the same commands."""
+    lines = "\n\n".join(f"  $ {command}" for command in commands)
+    return f"[bold]Examples[/bold]\n\n{lines}"

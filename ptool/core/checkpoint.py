@@ -1,0 +1,221 @@
+"""Checkpoint files: atomic writes, safe reads, and finding the right file.
+
+Format version 1 (see DESIGN.md): a `torch.save`d dict of plain types and tensors only, so
+`torch.load(weights_only=True)` reads it. Reading never runs code from the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import pickle
+import platform
+import time
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ptool import __version__
+from ptool.core.errors import PtoolError
+
+FORMAT = "ptool.checkpoint"
+FORMAT_VERSION = 1
+UNSAFE_HINT = (
+    "only if you trust the file, rerun with --unsafe-load: unpickling can run arbitrary code"
+)
+
+
+def meta() -> dict[str, Any]:
+    """The `meta` entry: who wrote the file, when, and on what."""
+    return {
+        "ptool_version": __version__,
+        "torch_version": torch.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": platform.node(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+    }
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """`torch.save` to a temporary file beside `path`, fsync, then `os.replace`.
+
+    A crash at any moment leaves the old file or the new one, never a torn one; a failed
+    write (full disk, no permission) removes the temporary file and leaves the old one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(exc, OSError):
+            reason = (
+                "no space left on device" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+            )
+            previous = (
+                "the previous checkpoint is untouched" if path.exists() else "nothing was written"
+            )
+            raise PtoolError(
+                f"could not write checkpoint {path}: {reason}; {previous}",
+                hint="free some disk space or choose a writable --out",
+            ) from exc
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _refusal(path: Path, exc: Exception) -> PtoolError:
+    """Turn torch's long weights_only error into one line naming what the file asked for."""
+    text = str(exc)
+    asked = None
+    for marker in ("Unsupported global: GLOBAL ", "Unsupported operand", "Unsupported class "):
+        if marker in text:
+            asked = text.split(marker, 1)[1].split()[0].rstrip(".,")
+            if marker == "Unsupported operand":
+                asked = "an unsupported pickle opcode"
+            break
+    what = f"it asks for {asked}" if asked else "it needs arbitrary unpickling"
+    return PtoolError(f"refusing to load {path}: {what}", hint=UNSAFE_HINT)
+
+
+def load(
+    path: str | Path, *, map_location: Any = "cpu", unsafe: bool = False, mmap: bool | None = None
+) -> Any:
+    """Load any torch checkpoint safely (`weights_only=True`), with one-line errors.
+
+    `mmap` defaults to on for zip-format files, so a big file is mapped, not copied into memory.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise PtoolError(f"no such checkpoint: {path}")
+    if path.is_dir():
+        raise PtoolError(f"{path} is a directory, not a checkpoint file")
+    if path.stat().st_size == 0:
+        raise PtoolError(f"{path} is empty (0 bytes)")
+    is_zip = zipfile.is_zipfile(path)
+    if mmap is None:
+        mmap = is_zip
+    try:
+        if unsafe:
+            return torch.load(path, map_location=map_location, weights_only=False)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap and is_zip)
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" in str(exc) or "Unsupported" in str(exc):
+            if "invalid load key" in str(exc) or "could not find MARK" in str(exc):
+                raise PtoolError(
+                    f"{path} is not a PyTorch checkpoint ({_first_line(exc)})"
+                ) from exc
+            raise _refusal(path, exc) from exc
+        raise PtoolError(f"{path} is not a PyTorch checkpoint ({_first_line(exc)})") from exc
+    except EOFError as exc:
+        raise PtoolError(f"{path} is truncated (unexpected end of file)") from exc
+    except (RuntimeError, ValueError, zipfile.BadZipFile, OSError) as exc:
+        message = _first_line(exc)
+        if "central directory" in message or "zip archive" in message:
+            raise PtoolError(f"{path} is truncated or corrupt ({message})") from exc
+        raise PtoolError(f"cannot read {path}: {message}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def is_ptool_checkpoint(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and obj.get("format") == FORMAT
+
+
+def load_checkpoint(path: str | Path, *, map_location: Any = "cpu", unsafe: bool = False) -> dict:
+    """Load a ptool checkpoint, refusing foreign files and files from a newer format."""
+    ckpt = load(path, map_location=map_location, unsafe=unsafe)
+    if not is_ptool_checkpoint(ckpt):
+        raise PtoolError(
+            f"{path} is not a ptool checkpoint (no format key)",
+            hint="`ptool inspect-checkpoint` shows what it holds; "
+            "`ptool train --init-from` takes the weights of any state dict",
+        )
+    version = ckpt.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise PtoolError(
+            f"{path} has checkpoint format version {version!r}; this ptool reads up to "
+            f"{FORMAT_VERSION}",
+            hint="upgrade ptool",
+        )
+    return ckpt
+
+
+_NESTED_KEYS = ("model_state_dict", "state_dict", "model", "module", "net", "network", "ema")
+
+
+def extract_state_dict(obj: Any) -> dict[str, torch.Tensor]:
+    """The model weights inside a plain state dict or another tool's checkpoint.
+
+    Handles ptool, Lightning (`state_dict`, `model.` prefix), timm (`state_dict`),
+    `{"model": ...}` layouts, and DDP's `module.` prefix.
+    """
+    if isinstance(obj, Mapping):
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return _strip_prefix(dict(obj))
+        for key in _NESTED_KEYS:
+            if key in obj and isinstance(obj[key], Mapping):
+                return extract_state_dict(obj[key])
+    raise PtoolError("found no model state dict in the checkpoint")
+
+
+def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    for prefix in ("module.", "_orig_mod.", "model."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    return state
+
+
+def newest(paths: list[Path]) -> Path | None:
+    existing = [p for p in paths if p.is_file()]
+    return max(existing, key=lambda p: p.stat().st_mtime) if existing else None
+
+
+def find_default_checkpoint(runs_dir: str | Path = "runs", name: str = "best.pt") -> Path:
+    """The newest run's `best.pt` under `./runs`, for commands called without CKPT."""
+    found = newest(list(Path(runs_dir).glob(f"*/{name}")))
+    if found is None:
+        raise PtoolError(
+            f"no checkpoint given and no {runs_dir}/*/{name} found",
+            hint="pass a checkpoint path, or run `ptool train` first",
+        )
+    return found
+
+
+def newest_valid_checkpoint(run_dir: str | Path) -> Path:
+    """The newest checkpoint in a run directory that loads (a torn or corrupt one is skipped)."""
+    run_dir = Path(run_dir)
+    candidates = sorted(
+        (p for p in run_dir.glob("*.pt") if not p.name.startswith(".")),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for candidate in candidates:
+        try:
+            load_checkpoint(candidate)
+        except PtoolError:
+            continue
+        return candidate
+    raise PtoolError(f"no valid checkpoint in {run_dir}")

@@ -1,0 +1,421 @@
+"""The run configuration: one flat dataclass, the single truth for every `train` option.
+
+Each field's default, help text and section live here; the `train` flags, the config-file
+keys (`--config run.toml|yaml`), the JSON keys and the checkpoint's `config` entry are all
+derived from it, so one thing has one name everywhere (PyTorch's name where it has one).
+Precedence: dataclass default < config file < command-line flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ptool.core.errors import UsageError
+
+SECTIONS = ("data", "model", "loss", "optimizer", "scheduler", "loop", "checkpoint", "logging")
+
+
+def _opt(default: Any, help: str, section: str, *, choices: tuple[str, ...] | None = None) -> Any:
+    meta = {"help": help, "section": section, "choices": choices}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; saved whole in every checkpoint and in the run directory."""
+
+    # data -------------------------------------------------------------------------------
+    data: str = _opt(
+        "digits",
+        "Data source: digits, synthetic, mnist, fashion-mnist, cifar10, cifar100, "
+        "imagefolder:PATH, csv:PATH or tensors:PATH.pt.",
+        "data",
+    )
+    data_dir: str = _opt("data", "Root folder of torchvision datasets.", "data")
+    download: bool = _opt(False, "Allow torchvision to download a dataset into --data-dir.", "data")
+    shape: str = _opt(
+        "3x32x32", "Synthetic sample shape: CxHxW for images, N for N tabular features.", "data"
+    )
+    samples: int = _opt(2048, "Number of synthetic samples.", "data")
+    num_classes: int | None = _opt(
+        None, "Number of classes (synthetic: default 10; otherwise read from the data).", "data"
+    )
+    target: str | None = _opt(None, "CSV target column (default: the last column).", "data")
+    task: str = _opt("auto", "Task type.", "data", choices=("auto", "classification", "regression"))
+    val_split: float | None = _opt(
+        None,
+        "Fraction held out for validation (seeded); default: the dataset's own test split, "
+        "or 0.2 where it has none.",
+        "data",
+    )
+    image_size: int | None = _opt(
+        None, "Resize images to this size (imagefolder: default 64).", "data"
+    )
+    normalize: bool = _opt(
+        True, "Normalize inputs with the dataset's known or computed statistics.", "data"
+    )
+    augment: list[str] = _opt(
+        [],
+        "Training augmentations: crop, flip, resized-crop, color-jitter (comma-separated).",
+        "data",
+    )
+    crop_padding: int = _opt(4, "Padding of the 'crop' augmentation (RandomCrop).", "data")
+    flip_p: float = _opt(0.5, "Probability of the 'flip' augmentation.", "data")
+    resized_crop_scale: tuple[float, float] = _opt(
+        (0.08, 1.0), "Scale range of 'resized-crop' (RandomResizedCrop).", "data"
+    )
+    color_jitter: float = _opt(
+        0.4, "Brightness/contrast/saturation strength of 'color-jitter'.", "data"
+    )
+    batch_size: int = _opt(64, "Samples per batch (per process under DDP).", "data")
+    shuffle: bool = _opt(True, "Reshuffle the training data every epoch.", "data")
+    num_workers: int | None = _opt(
+        None, "DataLoader worker processes (default: 0 for in-memory data, else up to 4).", "data"
+    )
+    pin_memory: bool | None = _opt(None, "Pin host memory (default: on with CUDA).", "data")
+    drop_last: bool = _opt(False, "Drop the last incomplete training batch.", "data")
+    persistent_workers: bool = _opt(False, "Keep DataLoader workers alive between epochs.", "data")
+
+    # model ------------------------------------------------------------------------------
+    model: str = _opt(
+        "cnn", "Model: mlp, cnn, torchvision:NAME, or your factory module.path:function.", "model"
+    )
+    hidden: list[int] = _opt([256, 128], "Hidden layer widths of the mlp.", "model")
+    channels: list[int] = _opt([32, 64], "Conv block widths of the cnn.", "model")
+    activation: str = _opt(
+        "relu",
+        "Activation.",
+        "model",
+        choices=("relu", "tanh", "sigmoid", "gelu", "swish", "prelu"),
+    )
+    norm: str = _opt(
+        "batch",
+        "Normalization layers (mlp: batch|layer|none, cnn: batch|group|none).",
+        "model",
+        choices=("batch", "layer", "group", "none"),
+    )
+    dropout: float = _opt(0.0, "Dropout probability.", "model")
+    init: str = _opt(
+        "default",
+        "Weight initialization.",
+        "model",
+        choices=(
+            "default",
+            "xavier-uniform",
+            "xavier-normal",
+            "kaiming-uniform",
+            "kaiming-normal",
+            "orthogonal",
+        ),
+    )
+    grad_checkpoint: int = _opt(
+        0, "Gradient checkpointing segments (torch.utils.checkpoint); 0 turns it off.", "model"
+    )
+
+    # loss -------------------------------------------------------------------------------
+    loss: str = _opt(
+        "auto",
+        "Loss (auto: cross-entropy for classification, mse for regression).",
+        "loss",
+        choices=("auto", "cross-entropy", "mse", "bce-with-logits"),
+    )
+    class_weights: list[float] | None = _opt(None, "Cross-entropy class weights.", "loss")
+    label_smoothing: float = _opt(0.0, "Cross-entropy label smoothing.", "loss")
+    pos_weight: list[float] | None = _opt(None, "BCE-with-logits positive weights.", "loss")
+
+    # optimizer --------------------------------------------------------------------------
+    optimizer: str = _opt(
+        "adamw", "Optimizer.", "optimizer", choices=("sgd", "adam", "adamw", "rmsprop")
+    )
+    lr: float = _opt(1e-3, "Learning rate.", "optimizer")
+    momentum: float = _opt(0.0, "Momentum (sgd, rmsprop).", "optimizer")
+    dampening: float = _opt(0.0, "Dampening for momentum (sgd).", "optimizer")
+    nesterov: bool = _opt(False, "Nesterov momentum (sgd).", "optimizer")
+    weight_decay: float | None = _opt(
+        None, "Weight decay (default: the optimizer's own, 0.01 for adamw, else 0).", "optimizer"
+    )
+    betas: tuple[float, float] = _opt((0.9, 0.999), "Adam betas.", "optimizer")
+    eps: float = _opt(
+        1e-8, "Term added for numerical stability (adam, adamw, rmsprop).", "optimizer"
+    )
+    alpha: float = _opt(0.99, "Smoothing constant (rmsprop).", "optimizer")
+    no_decay_norm_bias: bool = _opt(
+        False,
+        "Put norm weights and biases in a parameter group without weight decay.",
+        "optimizer",
+    )
+
+    # scheduler --------------------------------------------------------------------------
+    scheduler: str = _opt(
+        "none",
+        "Learning-rate schedule.",
+        "scheduler",
+        choices=(
+            "none",
+            "constant",
+            "step",
+            "multistep",
+            "exponential",
+            "cosine",
+            "cosine-warm-restarts",
+            "onecycle",
+            "plateau",
+            "linear",
+            "polynomial",
+            "cyclic",
+        ),
+    )
+    scheduler_interval: str = _opt(
+        "auto",
+        "Step the schedule per epoch or per step (auto: as the schedule needs).",
+        "scheduler",
+        choices=("auto", "epoch", "step"),
+    )
+    step_size: int = _opt(30, "Period of the step schedule.", "scheduler")
+    gamma: float = _opt(0.1, "Multiplicative decay (step, multistep, exponential).", "scheduler")
+    milestones: list[int] = _opt([], "Milestones of the multistep schedule.", "scheduler")
+    t_max: int | None = _opt(None, "Cosine half-period (default: the whole run).", "scheduler")
+    eta_min: float = _opt(0.0, "Minimum learning rate (cosine schedules).", "scheduler")
+    t_0: int = _opt(10, "First restart period (cosine-warm-restarts).", "scheduler")
+    t_mult: int = _opt(1, "Restart period multiplier (cosine-warm-restarts).", "scheduler")
+    max_lr: float | None = _opt(
+        None,
+        "Peak learning rate (onecycle, cyclic; default: --lr x 10 for cyclic, --lr for onecycle).",
+        "scheduler",
+    )
+    pct_start: float = _opt(0.3, "Fraction of the cycle spent increasing (onecycle).", "scheduler")
+    anneal_strategy: str = _opt(
+        "cos", "Annealing (onecycle).", "scheduler", choices=("cos", "linear")
+    )
+    div_factor: float = _opt(25.0, "Initial lr = max_lr / div_factor (onecycle).", "scheduler")
+    final_div_factor: float = _opt(
+        1e4, "Final lr = initial lr / final_div_factor (onecycle).", "scheduler"
+    )
+    three_phase: bool = _opt(False, "Three-phase onecycle.", "scheduler")
+    factor: float = _opt(0.1, "Reduction factor (plateau).", "scheduler")
+    patience: int = _opt(10, "Epochs without improvement before reducing (plateau).", "scheduler")
+    threshold: float = _opt(1e-4, "Improvement threshold (plateau).", "scheduler")
+    cooldown: int = _opt(0, "Epochs to wait after a reduction (plateau).", "scheduler")
+    min_lr: float = _opt(0.0, "Lower bound on the learning rate (plateau).", "scheduler")
+    start_factor: float = _opt(1.0 / 3, "Start factor (linear).", "scheduler")
+    end_factor: float = _opt(1.0, "End factor (linear).", "scheduler")
+    total_iters: int = _opt(5, "Iterations of decay (linear, polynomial).", "scheduler")
+    power: float = _opt(1.0, "Power (polynomial).", "scheduler")
+    step_size_up: int = _opt(2000, "Steps in the increasing half of a cycle (cyclic).", "scheduler")
+    cyclic_mode: str = _opt(
+        "triangular",
+        "Cyclic policy.",
+        "scheduler",
+        choices=("triangular", "triangular2", "exp_range"),
+    )
+    warmup_epochs: int = _opt(0, "Linear warmup epochs, composed with any schedule.", "scheduler")
+    warmup_steps: int = _opt(0, "Linear warmup steps, composed with any schedule.", "scheduler")
+    warmup_start_factor: float = _opt(0.01, "Warmup starts at lr x this factor.", "scheduler")
+
+    # loop -------------------------------------------------------------------------------
+    epochs: int = _opt(10, "Number of epochs.", "loop")
+    accumulate: int = _opt(1, "Gradient accumulation steps (loss divided by N).", "loop")
+    clip_norm: float | None = _opt(None, "Clip the gradients' total norm.", "loop")
+    clip_value: float | None = _opt(None, "Clip each gradient value.", "loop")
+    precision: str = _opt(
+        "fp32",
+        "Autocast precision (fp16 uses a GradScaler on CUDA).",
+        "loop",
+        choices=("fp32", "bf16", "fp16"),
+    )
+    channels_last: bool = _opt(False, "Use the channels_last memory format.", "loop")
+    compile: bool = _opt(False, "torch.compile the model (opt-in).", "loop")
+    ema: float | None = _opt(
+        None, "Keep an exponential moving average of the weights with this decay.", "loop"
+    )
+    early_stop_patience: int | None = _opt(
+        None, "Stop after this many epochs without improvement of --monitor.", "loop"
+    )
+    monitor: str = _opt("val/loss", "Metric for early stopping and best.pt.", "loop")
+    mode: str = _opt(
+        "auto",
+        "Whether --monitor should go down or up (auto: min for losses).",
+        "loop",
+        choices=("auto", "min", "max"),
+    )
+    min_delta: float = _opt(0.0, "Smallest change of --monitor that counts.", "loop")
+    on_nonfinite: str = _opt(
+        "stop", "What to do with a NaN/Inf loss.", "loop", choices=("stop", "skip", "rollback")
+    )
+    seed: int | None = _opt(
+        None, "Seed Python, NumPy, torch and data order (default: random, recorded).", "loop"
+    )
+    deterministic: bool = _opt(
+        False, "Use deterministic algorithms (bit-identical reruns).", "loop"
+    )
+    device: str = _opt("auto", "auto, cpu, cuda, cuda:N or mps.", "loop")
+    init_from: str | None = _opt(
+        None, "Start from a checkpoint's weights only (fine-tuning).", "loop"
+    )
+    strict: bool = _opt(True, "With --init-from: require every key to match.", "loop")
+
+    # checkpoint -------------------------------------------------------------------------
+    out: str | None = _opt(None, "Run directory (default: runs/<timestamp>).", "checkpoint")
+    save_every_steps: int | None = _opt(
+        None, "Also write last.pt every N optimizer steps (resumes mid-epoch).", "checkpoint"
+    )
+    save_top_k: int = _opt(1, "Keep the K best checkpoints by --monitor.", "checkpoint")
+    keep_last: int | None = _opt(
+        None, "Also keep the K most recent epoch checkpoints (epoch-N.pt).", "checkpoint"
+    )
+
+    # logging ----------------------------------------------------------------------------
+    tensorboard: bool = _opt(True, "Write TensorBoard logs to the run directory.", "logging")
+    log_every_steps: int = _opt(
+        10, "Log the training loss every N steps (lr: every step).", "logging"
+    )
+    log_histograms: bool = _opt(False, "Log weight and gradient histograms every epoch.", "logging")
+    log_graph: bool = _opt(False, "Log the model graph to TensorBoard.", "logging")
+    progress: str = _opt(
+        "auto",
+        "tqdm progress bars (auto: only when stderr is a terminal).",
+        "logging",
+        choices=("auto", "on", "off"),
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only (tuples become lists) so `torch.load(weights_only=True)` reads it."""
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> TrainConfig:
+        """Build a config from (possibly partial) values, converting and checking each one."""
+        return cls(**{name: convert(name, value, source=source) for name, value in values.items()})
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_HINTS = typing.get_type_hints(TrainConfig)
+
+
+def field_type(name: str) -> Any:
+    """The field's type with `None` removed from optionals: int, float, str, bool, list[int]..."""
+    hint = _HINTS[name]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        hint = args[0]
+    return hint
+
+
+def is_optional(name: str) -> bool:
+    hint = _HINTS[name]
+    return typing.get_origin(hint) in (typing.Union, types.UnionType) and type(
+        None
+    ) in typing.get_args(hint)
+
+
+def _unknown_key(name: str, source: str) -> UsageError:
+    close = difflib.get_close_matches(name, FIELDS, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else "see `ptool train --help` for the options"
+    return UsageError(f"{source}: unknown option {name!r}", hint=hint)
+
+
+def convert(name: str, value: Any, *, source: str = "config") -> Any:
+    """Check and convert one value (from a file, a flag string or a checkpoint) to the field's type."""
+    if name not in FIELDS:
+        raise _unknown_key(name, source)
+    flag = "--" + name.replace("_", "-")
+    if value is None or (
+        isinstance(value, str) and value.lower() in ("none", "null") and is_optional(name)
+    ):
+        if is_optional(name):
+            return None
+        raise UsageError(f"{source}: {flag} needs a value")
+    kind = field_type(name)
+    origin = typing.get_origin(kind)
+    try:
+        if origin in (list, tuple):
+            (item_type, *_) = typing.get_args(kind)
+            items = value.split(",") if isinstance(value, str) else list(value)
+            items = [
+                item_type(x.strip()) if isinstance(x, str) else item_type(x)
+                for x in items
+                if x != ""
+            ]
+            if origin is tuple:
+                arity = len(typing.get_args(kind))
+                if len(items) != arity:
+                    raise ValueError(f"expected {arity} comma-separated values")
+                return tuple(items)
+            return items
+        if kind is bool:
+            if isinstance(value, str):
+                lowered = value.lower()
+                if lowered not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                    raise ValueError("expected true or false")
+                return lowered in ("true", "1", "yes", "on")
+            return bool(value)
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError("expected an integer")
+        converted = kind(value)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{source}: invalid value {value!r} for {flag}: {exc}") from None
+    choices = FIELDS[name].metadata.get("choices")
+    if choices and converted not in choices:
+        raise UsageError(
+            f"{source}: invalid value {converted!r} for {flag}; valid: {', '.join(choices)}"
+        )
+    return converted
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML or YAML config; keys may sit at the top level or under section tables."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"config file not found: {path}")
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            raw = yaml.safe_load(text) or {}
+        elif path.suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
+            raw = tomllib.loads(text)
+        else:
+            raise UsageError(f"config file must be .toml, .yaml or .yml: {path}")
+    except UsageError:
+        raise
+    except Exception as exc:  # the parsers' own error types differ
+        raise UsageError(f"cannot parse {path}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise UsageError(f"{path}: expected a table of options at the top level")
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        key = key.replace("-", "_")
+        if key in SECTIONS and isinstance(value, dict):
+            flat.update({k.replace("-", "_"): v for k, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def resolve_config(
+    config_file: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> TrainConfig:
+    """Defaults < config file < flags, every value checked."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        values.update(read_config_file(config_file))
+    values.update(overrides or {})
+    return TrainConfig.from_dict(values, source=str(config_file) if config_file else "option")

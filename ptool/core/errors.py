@@ -1,0 +1,28 @@
+"""Errors that the engine raises on purpose; the CLI turns them into one-line messages."""
+
+from __future__ import annotations
+
+
+class PtoolError(Exception):
+    """A failure of the job itself (bad checkpoint, diverged run): exit code 1."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.hint = hint
+
+
+class UsageError(PtoolError):
+    """Bad input from the user (flag value, impossible geometry, unknown name): exit code 2."""
+
+    exit_code = 2
+
+
+def unknown_name(kind: str, name: str, valid: list[str] | tuple[str, ...]) -> UsageError:
+    """The error for a name that is not in a registry, listing the valid names."""
+    import difflib
+
+    close = difflib.get_close_matches(name, valid, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else None
+    return UsageError(f"unknown {kind} {name!r}; valid: {', '.join(valid)}", hint=hint)

@@ -1,0 +1,1 @@
+"""Rendering: rich tables and trees, JSON documents, progress, error messages."""

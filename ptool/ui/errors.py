@@ -1,0 +1,54 @@
+"""One table from exception to message: a line saying what went wrong, a line saying what to do.
+
+Tracebacks only with `--debug` or `PTOOL_DEBUG=1`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+
+from ptool.core.errors import PtoolError
+
+DEBUG_ENV = "PTOOL_DEBUG"
+
+
+def debug_enabled() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0", "false", "False")
+
+
+def describe(exc: BaseException) -> tuple[str, str | None, int]:
+    """(message, hint, exit code) for an exception that escaped a command."""
+    if isinstance(exc, PtoolError):
+        return str(exc), exc.hint, exc.exit_code
+    if isinstance(exc, FileNotFoundError):
+        return f"no such file or directory: {exc.filename or exc}", None, 1
+    if isinstance(exc, IsADirectoryError):
+        return f"expected a file, got a directory: {exc.filename}", None, 1
+    if isinstance(exc, PermissionError):
+        return f"permission denied: {exc.filename or exc}", "check the path's permissions", 1
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return "no space left on device", "free some disk space or choose another --out", 1
+    if isinstance(exc, MemoryError):
+        return "out of memory", "try a smaller --batch-size", 1
+    if (
+        type(exc).__name__ == "OutOfMemoryError"
+    ):  # torch.cuda.OutOfMemoryError, without importing torch
+        return "CUDA out of memory", "try a smaller --batch-size or --precision bf16", 1
+    name = type(exc).__name__
+    return f"unexpected {name}: {exc}", "rerun with --debug for the traceback and report it", 1
+
+
+def report(exc: BaseException) -> int:
+    """Print the one-line message for `exc` on stderr and return the exit code."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    message, hint, code = describe(exc)
+    console = Console(stderr=True, highlight=False)
+    console.print(f"[bold red]error:[/bold red] {escape(message)}")
+    if hint:
+        console.print(f"[dim]hint:[/dim] {escape(hint)}")
+    sys.stderr.flush()
+    return code

@@ -1,0 +1,86 @@
+"""The one object every command writes through.
+
+Results go to stdout (a rich rendering, or one JSON document with `--json`); hints,
+warnings and progress go to stderr, and `--quiet` silences everything but results.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from rich.console import Console, RenderableType
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON for dataclasses, paths, tuples and non-finite floats (as null)."""
+    import dataclasses
+    import os
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+        return _jsonable(value.item())
+    return value
+
+
+def dumps(data: Any, *, indent: int | None = 2) -> str:
+    return json.dumps(_jsonable(data), indent=indent, allow_nan=False)
+
+
+class Output:
+    """Human, JSON or quiet output, chosen once per command."""
+
+    def __init__(self, *, json: bool = False, quiet: bool = False):
+        self.json = json
+        self.quiet = quiet
+        self.out = Console(soft_wrap=False, highlight=False)
+        self.err = Console(stderr=True, highlight=False)
+
+    @property
+    def human(self) -> bool:
+        return not self.json
+
+    @property
+    def show_progress(self) -> bool:
+        """Progress bars only for a person watching stderr."""
+        return not self.quiet and self.err.is_terminal
+
+    def result(self, data: Any, render: Callable[[], RenderableType | None] | None = None) -> None:
+        """The command's result: `data` as JSON in JSON mode, else what `render` builds."""
+        if self.json:
+            sys.stdout.write(dumps(data) + "\n")
+            sys.stdout.flush()
+        elif render is not None:
+            renderable = render()
+            if renderable is not None:
+                self.out.print(renderable)
+
+    def json_line(self, data: Any) -> None:
+        """One JSON line on stdout (for commands that stream results)."""
+        sys.stdout.write(dumps(data, indent=None) + "\n")
+        sys.stdout.flush()
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        """Human-readable result text on stdout (never in JSON mode)."""
+        if not self.json:
+            self.out.print(*objects, **kwargs)
+
+    def info(self, message: RenderableType) -> None:
+        if not self.quiet:
+            self.err.print(message)
+
+    def warn(self, message: str) -> None:
+        if not self.quiet:
+            self.err.print(f"[yellow]warning:[/yellow] {message}")

@@ -1,0 +1,49 @@
+"""The run config: conversion, precedence, and config files."""
+
+from __future__ import annotations
+
+import pytest
+
+from ptool.core.config import TrainConfig, convert, resolve_config
+from ptool.core.errors import UsageError
+
+
+def test_defaults_round_trip_through_plain_dict():
+    config = TrainConfig()
+    assert TrainConfig.from_dict(config.to_dict()) == config
+
+
+def test_flag_strings_convert_to_field_types():
+    assert convert("hidden", "512,256") == [512, 256]
+    assert convert("betas", "0.8,0.99") == (0.8, 0.99)
+    assert convert("shuffle", "false") is False
+    assert convert("clip_norm", "none") is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("optimizer", "lion"), ("batch_size", "ten"), ("betas", "0.9"), ("epochs", 1.5)],
+)
+def test_bad_values_are_usage_errors(name, value):
+    with pytest.raises(UsageError):
+        convert(name, value)
+
+
+def test_unknown_key_suggests_the_close_one(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text("batch_sise = 3\n")
+    with pytest.raises(UsageError, match="batch_sise") as info:
+        resolve_config(path)
+    assert "batch_size" in info.value.hint
+
+
+@pytest.mark.parametrize("suffix", [".toml", ".yaml"])
+def test_file_then_flags_precedence(tmp_path, suffix):
+    path = tmp_path / f"run{suffix}"
+    if suffix == ".toml":
+        path.write_text("lr = 0.5\nepochs = 3\n[model]\nhidden = [32, 16]\n")
+    else:
+        path.write_text("lr: 0.5\nepochs: 3\nmodel:\n  hidden: [32, 16]\n")
+    config = resolve_config(path, {"epochs": 7})
+    assert (config.lr, config.epochs, config.hidden) == (0.5, 7, [32, 16])
+    assert config.batch_size == TrainConfig().batch_size
