@@ -8,7 +8,6 @@ the flag is on the command line.
 from __future__ import annotations
 
 import inspect
-import typing
 from collections.abc import Callable, Iterable
 from typing import Annotated, Any
 
@@ -37,7 +36,7 @@ def _parameter(name: str) -> inspect.Parameter:
     shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
     help_text = meta["help"]
     if meta.get("choices"):
-        help_text += f" [{'|'.join(meta['choices'])}]"
+        help_text += f" \\[{'|'.join(meta['choices'])}]"  # escaped: rich markup
     option = typer.Option(
         *decls,
         help=f"{help_text} [dim](default: {shown})[/dim]",
@@ -48,7 +47,7 @@ def _parameter(name: str) -> inspect.Parameter:
         name,
         inspect.Parameter.KEYWORD_ONLY,
         default=None,
-        annotation=Annotated[typing.Optional[kind], option],  # noqa: UP007 - Typer needs Optional
+        annotation=Annotated[kind | None, option],
     )
 
 

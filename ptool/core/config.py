@@ -328,7 +328,7 @@ def _unknown_key(name: str, source: str) -> UsageError:
 
 
 def convert(name: str, value: Any, *, source: str = "config") -> Any:
-    """Check and convert one value (from a file, a flag string or a checkpoint) to the field's type."""
+    """Check and convert one value (from a file, a flag or a checkpoint) to the field's type."""
     if name not in FIELDS:
         raise _unknown_key(name, source)
     flag = "--" + name.replace("_", "-")
