@@ -1,0 +1,135 @@
+"""What every source shares: seeded splits, per-sample transforms, in-memory bundles.
+
+Seeding: every seeded choice (the synthetic data itself, validation splits) uses
+`config.seed`, or 0 when it is None, so the same config always sees the same split even
+when the training run itself is unseeded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from ptool.core.data.info import DataBundle, DataInfo
+from ptool.core.data.transforms import (
+    augmentations,
+    check_augment,
+    image_pipeline,
+    normalize_tensor,
+    tensor_stats,
+)
+from ptool.core.errors import UsageError
+
+DEFAULT_VAL_FRACTION = 0.2
+
+
+def data_seed(config: Any) -> int:
+    return config.seed if config.seed is not None else 0
+
+
+def split_indices(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded random (train, val) partition of range(n), val holding round(n * fraction)."""
+    if not 0 < fraction < 1:
+        raise UsageError(f"--val-split must be between 0 and 1, got {fraction}")
+    n_val = round(n * fraction)
+    if n_val < 1 or n_val >= n:
+        raise UsageError(
+            f"--val-split {fraction} of {n} samples leaves an empty split",
+            hint="use more samples or another --val-split",
+        )
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
+class TransformedSubset(Dataset):
+    """`dataset[indices[i]]` with `transform` applied to the input (per-sample pipelines)."""
+
+    def __init__(self, dataset: Dataset, indices: torch.Tensor | None, transform: Callable):
+        self.dataset = dataset
+        self.indices = indices.tolist() if indices is not None else None
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.indices) if self.indices is not None else len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int):
+        x, y = self.dataset[self.indices[i] if self.indices is not None else i]
+        return self.transform(x), y
+
+
+def check_task(config: Any, source: str, supported: tuple[str, ...]) -> str:
+    if config.task != "auto" and config.task not in supported:
+        raise UsageError(
+            f"--task {config.task} is not available for {source}; valid: {', '.join(supported)}"
+        )
+    return config.task if config.task != "auto" else supported[0]
+
+
+def check_num_classes(config: Any, source: str, found: int) -> None:
+    if config.num_classes is not None and config.num_classes != found:
+        raise UsageError(
+            f"{source} has {found} classes, not --num-classes {config.num_classes}",
+            hint="drop --num-classes (it is read from the data)",
+        )
+
+
+# --- in-memory sources ---------------------------------------------------------------------
+
+
+def in_memory_bundle(
+    config: Any,
+    *,
+    source: str,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    task: str,
+    num_classes: int | None,
+    class_names: list[str] | None = None,
+) -> DataBundle:
+    """Normalize with the train split's statistics and keep (x, y) tensors in memory.
+
+    With --augment the training split gets a per-sample transform (augment, then normalize)
+    and is served by a DataLoader; validation stays in memory, normalized once.
+    """
+    (x_train, y_train), (x_val, y_val) = train, val
+    is_image = x_train.dim() == 4
+    check_augment(config.augment, is_image=is_image)
+    mean = std = None
+    if config.normalize:
+        mean, std = tensor_stats(x_train)
+        x_val = normalize_tensor(x_val, mean, std)
+    if config.augment:
+        pipeline = image_pipeline(
+            from_pil=False,
+            size=None,
+            augment=augmentations(config, x_train.shape[-2:]),
+            mean=mean,
+            std=std,
+        )
+        train_set: Dataset = TransformedSubset(TensorDataset(x_train, y_train), None, pipeline)
+    else:
+        x_norm = normalize_tensor(x_train, mean, std) if mean is not None else x_train
+        train_set = TensorDataset(x_norm, y_train)
+    info = DataInfo(
+        task=task,
+        input_shape=list(x_train.shape[1:]),
+        num_outputs=num_classes if task == "classification" else int(y_train.shape[1]),
+        num_classes=num_classes if task == "classification" else None,
+        class_names=class_names,
+        mean=mean,
+        std=std,
+        image_size=None,
+        train_size=len(x_train),
+        val_size=len(x_val),
+        source=source,
+    )
+    return DataBundle(train=train_set, val=TensorDataset(x_val, y_val), info=info)
+
+
+def split_tensors(config: Any, x: torch.Tensor, y: torch.Tensor):
+    fraction = config.val_split if config.val_split is not None else DEFAULT_VAL_FRACTION
+    train_idx, val_idx = split_indices(len(x), fraction, data_seed(config))
+    return (x[train_idx], y[train_idx]), (x[val_idx], y[val_idx])

@@ -1,0 +1,196 @@
+"""In-memory sources read from the user's files: CSV tables and saved tensors."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ptool.core.data.common import check_task, in_memory_bundle, split_tensors
+from ptool.core.data.info import DataBundle
+from ptool.core.errors import PtoolError, UsageError
+
+# A numeric target with at most this many distinct integer values is read as class labels.
+MAX_AUTO_CLASSES = 50
+
+
+def _existing_file(kind: str, path: str) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"{kind}: no such file: {p}")
+    return p
+
+
+def _as_number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _labels(values: list[str], numbers: list[float | None]) -> tuple[torch.Tensor, list[str]]:
+    """Class indices and names; numeric labels sort numerically, others alphabetically."""
+    if all(n is not None for n in numbers):
+        keys = sorted(set(numbers))
+        names = [str(int(k)) if float(k).is_integer() else str(k) for k in keys]
+        index = {k: i for i, k in enumerate(keys)}
+        return torch.tensor([index[n] for n in numbers]), names
+    names = sorted(set(values))
+    index = {k: i for i, k in enumerate(names)}
+    return torch.tensor([index[v] for v in values]), names
+
+
+def csv_source(config: Any, path: str) -> DataBundle:
+    """A CSV with a header row: numeric feature columns and one target column (--target)."""
+    p = _existing_file("csv", path)
+    with p.open(newline="") as f:
+        rows = [row for row in csv.reader(f) if any(cell.strip() for cell in row)]
+    if len(rows) < 3:
+        raise UsageError(f"csv: {p} needs a header row and at least 2 data rows")
+    header = [name.strip() for name in rows[0]]
+    target = config.target if config.target is not None else header[-1]
+    if target not in header:
+        raise UsageError(
+            f"csv: {p} has no column {target!r}; columns: {', '.join(header)}",
+            hint="choose the target with --target COLUMN",
+        )
+    if len(header) < 2:
+        raise UsageError(f"csv: {p} has only the target column; no features")
+    t = header.index(target)
+    features, values = [], []
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise UsageError(f"csv: {p} line {line} has {len(row)} fields, header {len(header)}")
+        values.append(row[t].strip())
+        numbers = []
+        for col, cell in enumerate(row):
+            if col == t:
+                continue
+            number = _as_number(cell)
+            if number is None:
+                raise UsageError(
+                    f"csv: {p} line {line}: column {header[col]!r} is not a number ({cell!r})",
+                    hint="feature columns must be numeric; encode categories first",
+                )
+            numbers.append(number)
+        features.append(numbers)
+    x = torch.tensor(features, dtype=torch.float32)
+    numbers = [_as_number(v) for v in values]
+    numeric = all(n is not None for n in numbers)
+    if config.task == "auto":
+        few_integers = (
+            numeric
+            and all(float(n).is_integer() for n in numbers)
+            and len(set(numbers)) <= MAX_AUTO_CLASSES
+        )
+        task = "classification" if not numeric or few_integers else "regression"
+    else:
+        task = check_task(config, "csv", ("classification", "regression"))
+    if task == "regression":
+        if not numeric:
+            bad = next(v for v, n in zip(values, numbers, strict=True) if n is None)
+            raise UsageError(f"csv: --task regression needs a numeric target; {target!r}: {bad!r}")
+        y = torch.tensor(numbers, dtype=torch.float32).unsqueeze(1)
+        num_classes, names = None, None
+    else:
+        y, names = _labels(values, numbers)
+        num_classes = _num_classes(config, len(names), "csv")
+    train, val = split_tensors(config, x, y)
+    return in_memory_bundle(
+        config,
+        source=f"csv:{path}",
+        train=train,
+        val=val,
+        task=task,
+        num_classes=num_classes,
+        class_names=names,
+    )
+
+
+def _num_classes(config: Any, found: int, source: str) -> int:
+    """Classes seen in the data, or more with --num-classes (labels may be missing)."""
+    if found < 2 and config.num_classes is None:
+        raise UsageError(f"{source}: the target has a single class; nothing to classify")
+    if config.num_classes is None:
+        return found
+    if config.num_classes < found:
+        wanted = config.num_classes
+        raise UsageError(f"{source}: labels need {found} classes, not --num-classes {wanted}")
+    return config.num_classes
+
+
+X_KEYS = ("x", "inputs", "data", "features")
+Y_KEYS = ("y", "targets", "labels")
+LAYOUTS = (
+    "a dict {'x': X, 'y': Y} (also inputs/data/features and targets/labels, optional "
+    "x_val/y_val) or an (x, y) tuple"
+)
+
+
+def _read_tensors(p: Path) -> tuple[tuple, tuple | None]:
+    from ptool.core.checkpoint import load
+
+    try:
+        obj = load(p)
+    except PtoolError as exc:
+        raise UsageError(f"tensors: {exc}", hint=f"save plain tensors instead: {LAYOUTS}") from exc
+    if isinstance(obj, (tuple, list)) and len(obj) == 2:
+        return tuple(obj), None
+    if isinstance(obj, dict):
+        x_key = next((k for k in X_KEYS if k in obj), None)
+        y_key = next((k for k in Y_KEYS if k in obj), None)
+        if x_key and y_key:
+            val = (obj["x_val"], obj["y_val"]) if "x_val" in obj and "y_val" in obj else None
+            return (obj[x_key], obj[y_key]), val
+        found = ", ".join(map(str, obj)) or "nothing"
+        raise UsageError(f"tensors: {p} holds keys {found}; expected {LAYOUTS}")
+    raise UsageError(f"tensors: {p} holds a {type(obj).__name__}; expected {LAYOUTS}")
+
+
+def _inputs(x: Any, p: Path) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor) or x.dim() not in (1, 2, 3, 4):
+        raise UsageError(f"tensors: inputs in {p} must be a tensor [N,F], [N,H,W] or [N,C,H,W]")
+    x = x.float()
+    return x.unsqueeze(1) if x.dim() in (1, 3) else x
+
+
+def tensors_source(config: Any, path: str) -> DataBundle:
+    """Tensors saved with torch.save; integer targets are classes, float targets regression."""
+    p = _existing_file("tensors", path)
+    (x, y), val = _read_tensors(p)
+    pairs = [(x, y)] + ([val] if val is not None else [])
+    pairs = [(_inputs(a, p), b) for a, b in pairs]
+    for a, b in pairs:
+        if not isinstance(b, torch.Tensor) or len(a) != len(b):
+            raise UsageError(f"tensors: {p}: targets must be a tensor with one row per input")
+    integer = not pairs[0][1].is_floating_point()
+    task = check_task(
+        config,
+        "tensors",
+        ("classification", "regression") if integer else ("regression", "classification"),
+    )
+    if task == "classification":
+        pairs = [(a, b.long().reshape(len(b))) for a, b in pairs]
+        labels = torch.cat([b for _, b in pairs])
+        if labels.min() < 0:
+            raise UsageError(f"tensors: {p}: class labels must be >= 0, not {labels.min().item()}")
+        num_classes = _num_classes(config, int(labels.max()) + 1, "tensors")
+        names = [str(i) for i in range(num_classes)]
+    else:
+        pairs = [(a, b.float().reshape(len(b), -1)) for a, b in pairs]
+        num_classes, names = None, None
+    if val is not None and config.val_split is None:
+        train, val_pair = pairs
+    else:
+        train, val_pair = split_tensors(config, *pairs[0])
+    return in_memory_bundle(
+        config,
+        source=f"tensors:{path}",
+        train=train,
+        val=val_pair,
+        task=task,
+        num_classes=num_classes,
+        class_names=names,
+    )

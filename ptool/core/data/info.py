@@ -1,0 +1,51 @@
+"""What a data source produced: the datasets, and the plain facts saved in checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from torch.utils.data import Dataset
+
+
+@dataclass
+class DataInfo:
+    """Saved in every checkpoint as `ckpt["data_info"]` (plain types only).
+
+    Classification targets are int64 class indices of shape [B]; regression targets are
+    float32 of shape [B, num_outputs]. `mean`/`std` are the normalization actually applied
+    (per channel for images, per feature for tabular data), `None` when off.
+    """
+
+    task: str
+    input_shape: list[int]
+    num_outputs: int
+    num_classes: int | None
+    class_names: list[str] | None
+    mean: list[float] | None
+    std: list[float] | None
+    image_size: int | None
+    train_size: int
+    val_size: int
+    source: str = ""
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.input_shape) == 3
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DataInfo:
+        """Tolerates keys written by a newer ptool (ignored) so old readers keep working."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+@dataclass
+class DataBundle:
+    train: Dataset
+    val: Dataset
+    info: DataInfo

@@ -1,0 +1,40 @@
+"""The data sources behind `--data SPEC`: a registry of names and `prefix:PATH` specs.
+
+Seeding: every seeded choice (the synthetic data itself, validation splits) uses
+`config.seed`, or 0 when it is None, so the same config always sees the same split even
+when the training run itself is unseeded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ptool.core.data.builtin import digits, synthetic
+from ptool.core.data.files import csv_source, tensors_source
+from ptool.core.data.info import DataBundle
+from ptool.core.data.vision import TORCHVISION, imagefolder, torchvision_dataset
+from ptool.core.errors import UsageError, unknown_name
+
+SOURCES: dict[str, Callable[[Any], DataBundle]] = {"digits": digits, "synthetic": synthetic}
+PREFIXED: dict[str, tuple[Callable[[Any, str], DataBundle], str]] = {
+    "imagefolder": (imagefolder, "PATH"),
+    "csv": (csv_source, "PATH.csv"),
+    "tensors": (tensors_source, "PATH.pt"),
+}
+VALID_SPECS = (*SOURCES, *TORCHVISION, *(f"{p}:{example}" for p, (_, example) in PREFIXED.items()))
+
+
+def build_data(config: Any) -> DataBundle:
+    """The train/val datasets and DataInfo for `config.data`."""
+    spec = config.data
+    prefix, sep, arg = spec.partition(":")
+    if sep and prefix in PREFIXED:
+        if not arg:
+            raise UsageError(f"--data {prefix}: needs a path, e.g. {prefix}:{PREFIXED[prefix][1]}")
+        return PREFIXED[prefix][0](config, arg)
+    if spec in TORCHVISION:
+        return torchvision_dataset(config, spec)
+    if spec in SOURCES:
+        return SOURCES[spec](config)
+    raise unknown_name("data source", spec, VALID_SPECS)
