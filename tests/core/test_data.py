@@ -1,0 +1,281 @@
+"""Data sources, splits, normalization and batch serving, against torch/sklearn oracles."""
+
+from __future__ import annotations
+
+import csv
+import struct
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from ptool.core.config import TrainConfig
+from ptool.core.data import DataInfo, build_data, is_in_memory, make_loader, val_transform
+from ptool.core.errors import UsageError
+
+
+def cfg(**kw) -> TrainConfig:
+    return TrainConfig(**kw)
+
+
+def raw_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+
+    pixels, labels = load_digits(return_X_y=True)
+    return torch.tensor(pixels, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16, torch.tensor(labels)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return build_data(cfg())
+
+
+def test_digits_sizes_split_and_info(digits):
+    info = digits.info
+    assert (info.train_size, info.val_size) == (1797 - 359, 359)
+    assert (len(digits.train), len(digits.val)) == (1438, 359)
+    assert (
+        info.input_shape == [1, 8, 8] and info.num_outputs == 10 and info.task == "classification"
+    )
+    assert is_in_memory(digits.train) and is_in_memory(digits.val)
+
+
+def test_digits_normalization_uses_train_statistics(digits):
+    x, _ = raw_digits()
+    mean, std = digits.info.mean[0], digits.info.std[0]
+    train_raw = digits.train.tensors[0] * std + mean
+    val_raw = digits.val.tensors[0] * std + mean
+    # the splits together are exactly the dataset (as a multiset of images)
+    together = torch.cat([train_raw, val_raw]).flatten(1)
+    assert torch.allclose(together.sum(0), x.flatten(1).sum(0), atol=1e-2)
+    assert mean == pytest.approx(train_raw.mean().item(), abs=1e-5)
+    assert std == pytest.approx(train_raw.std().item(), abs=1e-5)
+
+
+def test_split_is_seeded_and_stable(digits):
+    again = build_data(cfg())
+    assert torch.equal(again.val.tensors[0], digits.val.tensors[0])
+    other = build_data(cfg(seed=1))
+    assert not torch.equal(other.val.tensors[1], digits.val.tensors[1])
+    custom = build_data(cfg(val_split=0.5))
+    assert custom.info.val_size == round(1797 * 0.5)
+
+
+def test_in_memory_batches_are_dataset_at_order(digits):
+    order = torch.randperm(len(digits.train), generator=torch.Generator().manual_seed(3))
+    loader = make_loader(digits.train, cfg(batch_size=100), order, train=True, device="cpu")
+    batches = list(loader)
+    assert len(loader) == len(batches) == 15
+    x, y = digits.train.tensors
+    assert torch.equal(torch.cat([b[0] for b in batches]), x[order])
+    assert torch.equal(torch.cat([b[1] for b in batches]), y[order])
+    tail = make_loader(digits.train, cfg(batch_size=100, drop_last=True), order[250:], train=True)
+    assert len(tail) == 11 and torch.equal(next(iter(tail))[0], x[order[250:350]])
+    val = make_loader(
+        digits.val, cfg(batch_size=100, drop_last=True), torch.arange(359), train=False
+    )
+    assert len(val) == 4  # drop_last applies to training only
+
+
+def test_per_sample_loader_follows_order():
+    bundle = build_data(
+        cfg(data="synthetic", samples=40, shape="1x8x8", augment=["flip"], flip_p=0)
+    )
+    assert not is_in_memory(bundle.train)
+    order = torch.tensor([5, 3, 30, 1, 7])
+    loader = make_loader(bundle.train, cfg(batch_size=2, num_workers=0), order, train=True)
+    assert len(loader) == 3
+    xs = torch.cat([x for x, _ in loader])
+    assert torch.allclose(xs, torch.stack([bundle.train[i][0] for i in order.tolist()]))
+
+
+def test_synthetic_is_seeded_and_shaped():
+    a = build_data(cfg(data="synthetic", samples=100, shape="3x16x16", num_classes=4, seed=7))
+    b = build_data(cfg(data="synthetic", samples=100, shape="3x16x16", num_classes=4, seed=7))
+    assert torch.equal(a.train.tensors[0], b.train.tensors[0])
+    assert a.info.input_shape == [3, 16, 16] and a.info.num_outputs == 4
+    assert a.train.tensors[1].max() < 4 and len(a.train) + len(a.val) == 100
+    assert len(a.info.mean) == 3
+
+
+def test_synthetic_images_are_learnable():
+    """Nearest class mean on the training split classifies validation well above chance."""
+    bundle = build_data(cfg(data="synthetic", samples=400, shape="1x8x8", num_classes=4))
+    x, y = (t.flatten(1) if t.is_floating_point() else t for t in bundle.train.tensors)
+    centroids = torch.stack([x[y == k].mean(0) for k in range(4)])
+    xv, yv = bundle.val.tensors
+    accuracy = (torch.cdist(xv.flatten(1), centroids).argmin(1) == yv).float().mean()
+    assert accuracy > 0.9
+
+
+def test_synthetic_tabular_regression():
+    bundle = build_data(cfg(data="synthetic", shape="12", task="regression", samples=50))
+    x, y = bundle.train.tensors
+    assert x.shape[1:] == (12,) and y.shape[1:] == (1,) and y.dtype == torch.float32
+    assert bundle.info.num_outputs == 1 and bundle.info.num_classes is None
+
+
+def test_unknown_source_lists_valid_names():
+    with pytest.raises(UsageError, match="valid: digits, synthetic, mnist.*csv:PATH.csv"):
+        build_data(cfg(data="digitz"))
+
+
+def test_bad_augment_and_task():
+    with pytest.raises(UsageError, match="valid: crop, flip, resized-crop, color-jitter"):
+        build_data(cfg(augment=["rotate"]))
+    with pytest.raises(UsageError, match="needs image data"):
+        build_data(cfg(data="synthetic", shape="5", augment=["flip"]))
+    with pytest.raises(UsageError, match="--task regression"):
+        build_data(cfg(task="regression"))
+
+
+def test_augmented_digits_keep_deterministic_validation(digits):
+    bundle = build_data(cfg(augment=["crop", "flip", "resized-crop", "color-jitter"]))
+    x, y = bundle.train[0]
+    assert x.shape == (1, 8, 8) and not is_in_memory(bundle.train)
+    assert torch.equal(bundle.val.tensors[0], digits.val.tensors[0])
+
+
+def write_csv(path, header, rows):
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+    return path
+
+
+def test_csv_classification_with_string_labels(tmp_path):
+    rows = [[i, i % 3 * 1.5, ["cat", "dog"][i % 2]] for i in range(20)]
+    path = write_csv(tmp_path / "t.csv", ["a", "b", "kind"], rows)
+    bundle = build_data(cfg(data=f"csv:{path}"))
+    info = bundle.info
+    assert info.task == "classification" and info.class_names == ["cat", "dog"]
+    assert info.input_shape == [2] and info.train_size == 16
+    x, _ = bundle.train.tensors
+    assert torch.allclose(x.mean(0), torch.zeros(2), atol=1e-5)  # standardized with train stats
+
+
+def test_csv_regression_and_target_choice(tmp_path):
+    rows = [[i * 0.5, i * 0.25 + 0.1, i] for i in range(10)]
+    path = write_csv(tmp_path / "r.csv", ["y", "x1", "x2"], rows)
+    bundle = build_data(cfg(data=f"csv:{path}", target="y"))
+    assert bundle.info.task == "regression" and bundle.info.num_outputs == 1
+    xs, ys = (torch.cat(t) for t in zip(bundle.train.tensors, bundle.val.tensors, strict=True))
+    assert xs.shape == (10, 2)
+    assert sorted(ys.flatten().tolist()) == [i * 0.5 for i in range(10)]
+
+
+def test_csv_errors(tmp_path):
+    path = write_csv(tmp_path / "t.csv", ["a", "b"], [[1, 0], [2, 1], [3, 0]])
+    with pytest.raises(UsageError, match="no column 'label'; columns: a, b"):
+        build_data(cfg(data=f"csv:{path}", target="label"))
+    bad = write_csv(tmp_path / "bad.csv", ["a", "y"], [["x", 0], [2, 1], [3, 0]])
+    with pytest.raises(UsageError, match="line 2: column 'a' is not a number"):
+        build_data(cfg(data=f"csv:{bad}"))
+    with pytest.raises(UsageError, match="no such file"):
+        build_data(cfg(data=f"csv:{tmp_path / 'missing.csv'}"))
+
+
+def test_tensors_dict_with_val_split(tmp_path):
+    x, y = torch.randn(30, 5), torch.randint(0, 3, (30,))
+    path = tmp_path / "d.pt"
+    torch.save({"inputs": x, "labels": y, "x_val": x[:4], "y_val": y[:4]}, path)
+    bundle = build_data(cfg(data=f"tensors:{path}"))
+    assert bundle.info.val_size == 4 and bundle.info.num_classes == 3
+    xv = bundle.val.tensors[0] * torch.tensor(bundle.info.std) + torch.tensor(bundle.info.mean)
+    assert torch.allclose(xv, x[:4], atol=1e-5)
+
+
+def test_tensors_tuple_regression_and_images(tmp_path):
+    path = tmp_path / "t.pt"
+    torch.save((torch.rand(20, 8, 8), torch.randn(20)), path)
+    bundle = build_data(cfg(data=f"tensors:{path}"))
+    assert bundle.info.task == "regression" and bundle.info.input_shape == [1, 8, 8]
+
+
+def test_pickled_tensor_dataset_is_refused_with_layouts(tmp_path):
+    path = tmp_path / "ds.pt"
+    torch.save(TensorDataset(torch.randn(4, 2), torch.zeros(4)), path)
+    with pytest.raises(UsageError, match="TensorDataset") as err:
+        build_data(cfg(data=f"tensors:{path}"))
+    assert "'x': X" in err.value.hint
+
+
+def make_image_folder(root, classes=("a", "b"), per_class=5, size=(12, 10)):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 255, (*size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+
+
+def test_imagefolder_split_and_val_transform(tmp_path):
+    make_image_folder(tmp_path / "imgs")
+    bundle = build_data(cfg(data=f"imagefolder:{tmp_path / 'imgs'}", image_size=16))
+    info = bundle.info
+    assert info.input_shape == [3, 16, 16] and info.class_names == ["a", "b"]
+    assert (info.train_size, info.val_size) == (8, 2) and info.image_size == 16
+    x, y = bundle.val[0]
+    assert x.shape == (3, 16, 16)
+    from PIL import Image
+
+    base = bundle.val.dataset
+    image = Image.open(base.samples[bundle.val.indices[0]][0])
+    assert torch.allclose(val_transform(info)(image), x, atol=1e-4)
+
+
+def test_imagefolder_train_val_subfolders(tmp_path):
+    make_image_folder(tmp_path / "train", per_class=3)
+    make_image_folder(tmp_path / "val", per_class=2)
+    bundle = build_data(cfg(data=f"imagefolder:{tmp_path}", augment=["flip", "crop"]))
+    assert (bundle.info.train_size, bundle.info.val_size) == (6, 4)
+    assert bundle.train[0][0].shape == (3, 64, 64)
+
+
+def test_val_transform_matches_digits_validation(digits):
+    x, _ = raw_digits()
+    raw_val = digits.val.tensors[0] * digits.info.std[0] + digits.info.mean[0]
+    transform = val_transform(DataInfo.from_dict(digits.info.to_dict()))
+    assert torch.allclose(transform(raw_val[0]), digits.val.tensors[0][0], atol=1e-5)
+    uint8 = (raw_val[0, 0] * 255).round().to(torch.uint8)  # (H, W) 0-255 also accepted
+    assert transform(uint8).shape == (1, 8, 8)
+
+
+def test_data_info_survives_weights_only_load(tmp_path, digits):
+    torch.save({"data_info": digits.info.to_dict()}, tmp_path / "c.pt")
+    loaded = torch.load(tmp_path / "c.pt", weights_only=True)["data_info"]
+    assert DataInfo.from_dict(loaded) == digits.info
+
+
+def test_torchvision_missing_dir_names_the_flags(tmp_path):
+    with pytest.raises(UsageError, match="--data-dir .*does not exist") as err:
+        build_data(cfg(data="mnist", data_dir=str(tmp_path / "nope")))
+    assert "--download" in err.value.hint
+    with pytest.raises(UsageError, match="mnist not found under --data-dir") as err:
+        build_data(cfg(data="mnist", data_dir=str(tmp_path)))
+    assert "--download" in err.value.hint
+
+
+def write_idx(path, array: np.ndarray) -> None:
+    """The MNIST idx format: magic (type 0x08 = ubyte, ndim), sizes, then bytes."""
+    header = struct.pack(">I", 0x0800 + array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_mnist_from_local_files(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 12), ("t10k", 6)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 255, (n, 28, 28)))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    bundle = build_data(cfg(data="mnist", data_dir=str(tmp_path)))
+    assert (bundle.info.train_size, bundle.info.val_size) == (12, 6)
+    assert bundle.info.mean == [0.1307] and bundle.info.input_shape == [1, 28, 28]
+    loader = make_loader(
+        bundle.train, cfg(batch_size=5, num_workers=0), torch.arange(12), train=True
+    )
+    x, y = next(iter(loader))
+    assert x.shape == (5, 1, 28, 28) and y.tolist() == [0, 1, 2, 3, 4]

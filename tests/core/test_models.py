@@ -1,0 +1,161 @@
+"""Models: shapes from the data, registries, init schemes, and gradient checkpointing."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from ptool.core.config import TrainConfig
+from ptool.core.data import DataInfo
+from ptool.core.errors import UsageError
+from ptool.core.models import MODELS, build_model
+
+
+def info(shape, outputs=10, task="classification") -> DataInfo:
+    return DataInfo(task, list(shape), outputs, outputs, None, None, None, None, 10, 2)
+
+
+@pytest.mark.parametrize(
+    ("model", "shape"),
+    [
+        ("mlp", [1, 8, 8]),
+        ("mlp", [20]),
+        ("cnn", [1, 8, 8]),
+        ("cnn", [3, 32, 32]),
+        ("cnn", [3, 5, 7]),
+    ],
+)
+def test_output_shape_follows_the_data(model, shape):
+    net = build_model(TrainConfig(model=model), info(shape, outputs=7))
+    assert net(torch.randn(4, *shape)).shape == (4, 7)
+    assert isinstance(net.head, nn.Linear) and net.head.out_features == 7
+
+
+def test_cnn_structure_is_fusable_and_named():
+    net = build_model(TrainConfig(), info([1, 8, 8]))
+    names = dict(net.named_modules())
+    assert isinstance(names["body.0.conv"], nn.Conv2d)
+    assert isinstance(names["body.0.norm"], nn.BatchNorm2d)
+    assert isinstance(names["body.0.act"], nn.ReLU)
+    group = build_model(TrainConfig(norm="group", channels=[16]), info([3, 8, 8]))
+    assert isinstance(dict(group.named_modules())["body.0.norm"], nn.GroupNorm)
+
+
+@pytest.mark.parametrize("norm", ["batch", "layer", "none"])
+@pytest.mark.parametrize("activation", ["tanh", "prelu", "swish"])
+def test_mlp_options(norm, activation):
+    config = TrainConfig(model="mlp", hidden=[16, 8], norm=norm, activation=activation, dropout=0.1)
+    net = build_model(config, info([6], outputs=2))
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    assert [m.out_features for m in linears] == [16, 8, 2]
+    assert any(isinstance(m, nn.Dropout) for m in net.modules())
+
+
+def test_unknown_names_list_valid_ones():
+    assert set(MODELS) == {"mlp", "cnn"}
+    with pytest.raises(UsageError, match="valid: mlp, cnn, torchvision:NAME"):
+        build_model(TrainConfig(model="resnet"), info([1, 8, 8]))
+    with pytest.raises(UsageError, match="valid: .*resnet18"):
+        build_model(TrainConfig(model="torchvision:resnet1"), info([3, 32, 32]))
+    with pytest.raises(UsageError, match="cnn needs image inputs"):
+        build_model(TrainConfig(model="cnn"), info([12]))
+    with pytest.raises(UsageError, match="not available for mlp"):
+        build_model(TrainConfig(model="mlp", norm="group"), info([12]))
+
+
+def test_torchvision_model_adapts_first_conv_to_channels():
+    net = build_model(TrainConfig(model="torchvision:resnet18"), info([1, 16, 16], outputs=4))
+    assert net.conv1.in_channels == 1 and net.fc.out_features == 4
+    assert net(torch.randn(2, 1, 16, 16)).shape == (2, 4)
+
+
+def test_user_factory(tmp_path, monkeypatch):
+    (tmp_path / "my_models.py").write_text(
+        "import torch\n"
+        "def build(input_shape, num_outputs):\n"
+        "    return torch.nn.Sequential(torch.nn.Flatten(),\n"
+        "        torch.nn.Linear(input_shape[0] * input_shape[1] * input_shape[2], num_outputs))\n"
+        "def wrong(input_shape, num_outputs):\n"
+        "    return torch.nn.Linear(3, num_outputs)\n"
+        "def not_a_model(input_shape, num_outputs):\n"
+        "    return 42\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    net = build_model(TrainConfig(model="my_models:build"), info([1, 4, 4], outputs=3))
+    assert net(torch.randn(2, 1, 4, 4)).shape == (2, 3)
+    with pytest.raises(UsageError, match="cannot take inputs of shape"):
+        build_model(TrainConfig(model="my_models:wrong"), info([1, 4, 4]))
+    with pytest.raises(UsageError, match="returned int"):
+        build_model(TrainConfig(model="my_models:not_a_model"), info([1, 4, 4]))
+    with pytest.raises(UsageError, match="cannot import model module 'nope'"):
+        build_model(TrainConfig(model="nope:build"), info([1, 4, 4]))
+    with pytest.raises(UsageError, match="--grad-checkpoint"):
+        build_model(TrainConfig(model="my_models:build", grad_checkpoint=2), info([1, 4, 4]))
+
+
+def weights(net):
+    return [m for m in net.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+
+
+def test_kaiming_normal_has_the_he_std_and_zero_bias():
+    torch.manual_seed(0)
+    net = build_model(
+        TrainConfig(model="mlp", hidden=[512], norm="none", init="kaiming-normal"), info([400])
+    )
+    first = weights(net)[0]
+    assert first.weight.std().item() == pytest.approx(math.sqrt(2 / 400), rel=0.05)
+    assert torch.count_nonzero(first.bias) == 0
+
+
+def test_orthogonal_rows_are_orthonormal_times_gain():
+    net = build_model(
+        TrainConfig(model="mlp", hidden=[32], norm="none", init="orthogonal", activation="tanh"),
+        info([64]),
+    )
+    w = weights(net)[0].weight
+    gain = nn.init.calculate_gain("tanh")
+    assert torch.allclose(w @ w.T, gain**2 * torch.eye(32), atol=1e-4)
+
+
+def saved_tensor_count(net, x) -> int:
+    count = 0
+
+    def pack(t):
+        nonlocal count
+        count += 1
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        net(x).sum().backward()
+    return count
+
+
+@pytest.mark.parametrize(
+    ("config", "shape"),
+    [
+        (TrainConfig(model="mlp", hidden=[32, 32, 32, 32], dropout=0.2), [10]),
+        (TrainConfig(model="cnn", channels=[8, 8, 8]), [3, 16, 16]),
+    ],
+)
+def test_grad_checkpoint_gives_same_outputs_grads_and_running_stats(config, shape):
+    torch.manual_seed(0)
+    plain = build_model(config, info(shape))
+    checkpointed = build_model(config.replace(grad_checkpoint=2), info(shape))
+    checkpointed.load_state_dict(plain.state_dict())
+    x = torch.randn(8, *shape)
+    outs = []
+    for net in (plain, checkpointed):
+        torch.manual_seed(1)  # same dropout masks
+        out = net(x)
+        out.square().mean().backward()
+        outs.append(out)
+    assert torch.equal(outs[0], outs[1])
+    for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters(), strict=True):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6), name
+    for a, b in zip(plain.buffers(), checkpointed.buffers(), strict=True):
+        assert torch.equal(a, b)  # BatchNorm statistics updated once, not twice
+    torch.manual_seed(1)
+    assert saved_tensor_count(checkpointed, x) < saved_tensor_count(plain, x)
