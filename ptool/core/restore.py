@@ -1,0 +1,63 @@
+"""Rebuild the model a checkpoint describes: the one path every command uses.
+
+A ptool checkpoint carries its run config and `data_info`, so the model comes back without
+user code; pruned and quantized checkpoints add a recipe (`pruning`, `quantization`) that
+turns the freshly built float model into the saved structure before the weights load.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from ptool.core.config import TrainConfig
+from ptool.core.data import DataInfo
+from ptool.core.errors import PtoolError, UsageError
+
+
+def config_and_info(ckpt: dict[str, Any]) -> tuple[TrainConfig, DataInfo]:
+    """The run config and data facts saved in a checkpoint, with one-line errors."""
+    if not isinstance(ckpt.get("config"), dict) or not isinstance(ckpt.get("data_info"), dict):
+        raise PtoolError(
+            "the checkpoint has no saved config/data_info, so its model cannot be rebuilt",
+            hint="it was not written by ptool; `ptool train --init-from` takes its weights",
+        )
+    try:
+        config = TrainConfig.from_dict(ckpt["config"], source="checkpoint config")
+    except UsageError as exc:
+        raise PtoolError(f"the checkpoint's config is not valid here: {exc}") from exc
+    return config, DataInfo.from_dict(ckpt["data_info"])
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], *, load_weights: bool = True) -> nn.Module:
+    """Build the checkpoint's model (float, pruned, compacted or quantized) and load its weights."""
+    from ptool.core.models import build_model
+
+    config, info = config_and_info(ckpt)
+    try:
+        model = build_model(config, info)
+    except UsageError as exc:
+        raise PtoolError(f"cannot rebuild the checkpoint's model: {exc}", hint=exc.hint) from exc
+    state = ckpt.get("model_state_dict")
+    pruning = ckpt.get("pruning")
+    if pruning:
+        from ptool.core import prune
+
+        if pruning.get("architecture"):
+            model = prune.apply_architecture(model, pruning["architecture"])
+        if state is not None and any(k.endswith("_mask") for k in state):
+            model = prune.apply_masks(model, state)
+    if ckpt.get("quantization"):
+        from ptool.core import quantize
+
+        model = quantize.prepare_for_load(model, ckpt["quantization"])
+    if load_weights:
+        if state is None:
+            raise PtoolError("the checkpoint holds no model_state_dict")
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise PtoolError(f"the saved weights do not fit the rebuilt model: {first}") from exc
+    return model
