@@ -216,7 +216,13 @@ def build_factory(spec: str, info: Any) -> nn.Module:
     factory = getattr(module, function_name, None)
     if not callable(factory):
         raise UsageError(f"{module_name} has no function {function_name!r}")
-    model = factory(input_shape=list(info.input_shape), num_outputs=info.num_outputs)
+    try:
+        model = factory(input_shape=list(info.input_shape), num_outputs=info.num_outputs)
+    except TypeError as exc:
+        raise UsageError(
+            f"{spec} failed: {exc}",
+            hint="a model factory takes keyword arguments input_shape=[...] and num_outputs=N",
+        ) from exc
     if not isinstance(model, nn.Module):
         raise UsageError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
     return model

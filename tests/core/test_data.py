@@ -130,6 +130,14 @@ def test_bad_augment_and_task():
         build_data(cfg(task="regression"))
 
 
+def test_image_size_resizes_in_memory_images():
+    bundle = build_data(cfg(image_size=16))
+    assert bundle.info.input_shape == [1, 16, 16] and bundle.info.image_size == 16
+    assert bundle.val.tensors[0].shape[1:] == (1, 16, 16)
+    with pytest.raises(UsageError, match="--image-size needs image data"):
+        build_data(cfg(data="synthetic", shape="4", image_size=16))
+
+
 def test_augmented_digits_keep_deterministic_validation(digits):
     bundle = build_data(cfg(augment=["crop", "flip", "resized-crop", "color-jitter"]))
     x, y = bundle.train[0]
@@ -162,6 +170,15 @@ def test_csv_regression_and_target_choice(tmp_path):
     xs, ys = (torch.cat(t) for t in zip(bundle.train.tensors, bundle.val.tensors, strict=True))
     assert xs.shape == (10, 2)
     assert sorted(ys.flatten().tolist()) == [i * 0.5 for i in range(10)]
+
+
+def test_tabular_val_transform_matches_validation(tmp_path):
+    rows = [[i, (i * 7) % 5, i % 2] for i in range(20)]
+    path = write_csv(tmp_path / "t.csv", ["a", "b", "y"], rows)
+    bundle = build_data(cfg(data=f"csv:{path}"))
+    x_val = bundle.val.tensors[0][0]
+    raw = x_val * torch.tensor(bundle.info.std) + torch.tensor(bundle.info.mean)
+    assert torch.allclose(val_transform(bundle.info)(raw.tolist()), x_val, atol=1e-5)
 
 
 def test_csv_errors(tmp_path):

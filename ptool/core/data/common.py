@@ -91,12 +91,15 @@ def in_memory_bundle(
 ) -> DataBundle:
     """Normalize with the train split's statistics and keep (x, y) tensors in memory.
 
-    With --augment the training split gets a per-sample transform (augment, then normalize)
-    and is served by a DataLoader; validation stays in memory, normalized once.
+    --image-size resizes the images once, here. With --augment the training split gets a
+    per-sample transform (augment, then normalize) and is served by a DataLoader; validation
+    stays in memory, normalized once.
     """
     (x_train, y_train), (x_val, y_val) = train, val
     is_image = x_train.dim() == 4
     check_augment(config.augment, is_image=is_image)
+    if config.image_size is not None:
+        x_train, x_val = (resize_images(x, config.image_size) for x in (x_train, x_val))
     mean = std = None
     if config.normalize:
         mean, std = tensor_stats(x_train)
@@ -121,12 +124,23 @@ def in_memory_bundle(
         class_names=class_names,
         mean=mean,
         std=std,
-        image_size=None,
+        image_size=config.image_size,
         train_size=len(x_train),
         val_size=len(x_val),
         source=source,
     )
     return DataBundle(train=train_set, val=TensorDataset(x_val, y_val), info=info)
+
+
+def resize_images(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize a whole (N, C, H, W) tensor once (bilinear, antialiased) to size x size."""
+    if x.dim() != 4:
+        raise UsageError("--image-size needs image data; this source is tabular")
+    if size < 1:
+        raise UsageError(f"--image-size must be positive, got {size}")
+    return torch.nn.functional.interpolate(
+        x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+    )
 
 
 def split_tensors(config: Any, x: torch.Tensor, y: torch.Tensor):
