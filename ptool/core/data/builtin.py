@@ -11,7 +11,6 @@ from ptool.core.data.common import (
     check_task,
     data_seed,
     in_memory_bundle,
-    split_tensors,
 )
 from ptool.core.data.info import DataBundle
 from ptool.core.errors import UsageError
@@ -26,12 +25,10 @@ def digits(config: Any) -> DataBundle:
     pixels, labels = load_digits(return_X_y=True)
     x = torch.tensor(pixels, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
     y = torch.tensor(labels, dtype=torch.long)
-    train, val = split_tensors(config, x, y)
     return in_memory_bundle(
         config,
         source="digits",
-        train=train,
-        val=val,
+        data=(x, y),
         task="classification",
         num_classes=10,
         class_names=[str(i) for i in range(10)],
@@ -75,12 +72,10 @@ def synthetic(config: Any) -> DataBundle:
         head = torch.randn(32, outputs, generator=gen) / 32**0.5
         teacher = torch.tanh(x.flatten(1) @ hidden) @ head
         y = teacher.float() if task == "regression" else teacher.argmax(dim=1)
-    train, val = split_tensors(config, x, y)
     return in_memory_bundle(
         config,
         source="synthetic",
-        train=train,
-        val=val,
+        data=(x, y),
         task=task,
         num_classes=num_classes if task == "classification" else None,
         class_names=[str(i) for i in range(num_classes)] if task == "classification" else None,

@@ -83,19 +83,22 @@ def in_memory_bundle(
     config: Any,
     *,
     source: str,
-    train: tuple[torch.Tensor, torch.Tensor],
-    val: tuple[torch.Tensor, torch.Tensor],
+    data: tuple[torch.Tensor, torch.Tensor],
     task: str,
     num_classes: int | None,
     class_names: list[str] | None = None,
+    val: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> DataBundle:
-    """Normalize with the train split's statistics and keep (x, y) tensors in memory.
+    """Split, normalize with the train split's statistics, keep (x, y) tensors in memory.
 
-    --image-size resizes the images once, here. With --augment the training split gets a
-    per-sample transform (augment, then normalize) and is served by a DataLoader; validation
-    stays in memory, normalized once.
+    `data` is split (seeded, --val-split or 0.2) unless the source has its own `val` and
+    --val-split is not given. --image-size resizes the images once, here. With --augment the
+    training split gets a per-sample transform (augment, then normalize) and is served by a
+    DataLoader; validation stays in memory, normalized once.
     """
-    (x_train, y_train), (x_val, y_val) = train, val
+    if val is None or config.val_split is not None:
+        data, val = _split_tensors(config, *data)
+    (x_train, y_train), (x_val, y_val) = data, val
     is_image = x_train.dim() == 4
     check_augment(config.augment, is_image=is_image)
     if config.image_size is not None:
@@ -143,7 +146,7 @@ def resize_images(x: torch.Tensor, size: int) -> torch.Tensor:
     )
 
 
-def split_tensors(config: Any, x: torch.Tensor, y: torch.Tensor):
+def _split_tensors(config: Any, x: torch.Tensor, y: torch.Tensor):
     fraction = config.val_split if config.val_split is not None else DEFAULT_VAL_FRACTION
     train_idx, val_idx = split_indices(len(x), fraction, data_seed(config))
     return (x[train_idx], y[train_idx]), (x[val_idx], y[val_idx])

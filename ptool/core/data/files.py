@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ptool.core.data.common import check_task, in_memory_bundle, split_tensors
+from ptool.core.data.common import check_task, in_memory_bundle
 from ptool.core.data.info import DataBundle
 from ptool.core.errors import PtoolError, UsageError
 
@@ -97,12 +97,10 @@ def csv_source(config: Any, path: str) -> DataBundle:
     else:
         y, names = _labels(values, numbers)
         num_classes = _num_classes(config, len(names), "csv")
-    train, val = split_tensors(config, x, y)
     return in_memory_bundle(
         config,
         source=f"csv:{path}",
-        train=train,
-        val=val,
+        data=(x, y),
         task=task,
         num_classes=num_classes,
         class_names=names,
@@ -181,15 +179,11 @@ def tensors_source(config: Any, path: str) -> DataBundle:
     else:
         pairs = [(a, b.float().reshape(len(b), -1)) for a, b in pairs]
         num_classes, names = None, None
-    if val is not None and config.val_split is None:
-        train, val_pair = pairs
-    else:
-        train, val_pair = split_tensors(config, *pairs[0])
     return in_memory_bundle(
         config,
         source=f"tensors:{path}",
-        train=train,
-        val=val_pair,
+        data=pairs[0],
+        val=pairs[1] if len(pairs) > 1 else None,
         task=task,
         num_classes=num_classes,
         class_names=names,
