@@ -35,7 +35,7 @@ class TrainConfig:
     # data -------------------------------------------------------------------------------
     data: str = _opt(
         "digits",
-        "Data source: digits, synthetic, mnist, fashion-mnist, cifar10, cifar100, "
+        "Data source: digits, synthetic, mnist, fashion-mnist, kmnist, cifar10, cifar100, svhn, "
         "imagefolder:PATH, csv:PATH or tensors:PATH.pt.",
         "data",
     )
@@ -98,7 +98,7 @@ class TrainConfig:
     )
     norm: str = _opt(
         "batch",
-        "Normalization layers (mlp: batch|layer|none, cnn: batch|group|none).",
+        "Normalization layers (mlp: batch|layer|none, cnn: batch|group|layer|none).",
         "model",
         choices=("batch", "layer", "group", "none"),
     )
