@@ -56,7 +56,7 @@ def root(
 
 
 # Each module in ptool/commands/ has a `register(app)`; the order here is the order in --help.
-COMMANDS: tuple[str, ...] = ()
+COMMANDS: tuple[str, ...] = ("train",)
 
 
 def _register() -> None:

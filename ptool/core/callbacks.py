@@ -1,0 +1,168 @@
+"""What happens around the loop: the monitored metric, checkpoint files, TensorBoard.
+
+Counters that must survive a resume (best value, early-stopping wait, the top-k list) live
+in the engine's `TrainState`; these helpers only decide and write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ptool.core.checkpoint import _fsync_dir, atomic_save
+
+
+@dataclass
+class Monitor:
+    """The metric that picks best.pt and stops early; `mode` auto: min for losses, else max."""
+
+    name: str
+    mode: str
+    min_delta: float = 0.0
+
+    @classmethod
+    def from_config(cls, config: Any) -> Monitor:
+        mode = config.mode
+        if mode == "auto":
+            mode = "min" if "loss" in config.monitor else "max"
+        return cls(config.monitor, mode, abs(config.min_delta))
+
+    def better(self, value: float, reference: float | None, delta: float = 0.0) -> bool:
+        """`value` beats `reference` by more than `delta`; any finite value beats None."""
+        if not math.isfinite(value):
+            return False
+        if reference is None:
+            return True
+        return value < reference - delta if self.mode == "min" else value > reference + delta
+
+
+def atomic_copy(source: Path, target: Path) -> Path:
+    """Copy a finished checkpoint under another name, atomically (temp file + os.replace)."""
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        shutil.copyfile(source, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    _fsync_dir(target.parent)
+    return target
+
+
+class CheckpointFiles:
+    """last.pt, best.pt, best-epochN.pt (top-k) and epoch-N.pt (keep-last) in a run directory.
+
+    last.pt is serialized once per save; the other names are atomic copies of it.
+    """
+
+    def __init__(self, run_dir: Path, *, save_top_k: int, keep_last: int | None):
+        self.run_dir = run_dir
+        self.save_top_k = save_top_k
+        self.keep_last = keep_last
+        self.last = run_dir / "last.pt"
+        self.best = run_dir / "best.pt"
+
+    def write_last(self, payload: dict) -> Path:
+        return atomic_save(payload, self.last)
+
+    def after_epoch(self, epoch: int, value: float | None, monitor: Monitor, state: Any) -> None:
+        """Called after last.pt holds `epoch`: update best.pt, the top-k and the epoch files."""
+        if self.keep_last:
+            atomic_copy(self.last, self.run_dir / f"epoch-{epoch}.pt")
+            kept = sorted(self.run_dir.glob("epoch-*.pt"), key=_epoch_number)
+            for old in kept[: -self.keep_last]:
+                old.unlink(missing_ok=True)
+        if self.save_top_k <= 0 or value is None or not math.isfinite(value):
+            return
+        is_best = state.best_epoch == epoch
+        if is_best:
+            atomic_copy(self.last, self.best)
+        if self.save_top_k == 1:
+            return
+        entries = [*state.top_k, [value, epoch, f"best-epoch{epoch}.pt"]]
+        entries.sort(key=lambda e: e[0], reverse=monitor.mode == "max")
+        keep, drop = entries[: self.save_top_k], entries[self.save_top_k :]
+        if any(e[1] == epoch for e in keep):
+            atomic_copy(self.last, self.run_dir / f"best-epoch{epoch}.pt")
+        for _, _, name in drop:
+            (self.run_dir / name).unlink(missing_ok=True)
+        state.top_k = keep
+
+    def paths(self, state: Any) -> dict[str, Any]:
+        found = {
+            "last": str(self.last) if self.last.exists() else None,
+            "best": str(self.best) if self.best.exists() else None,
+        }
+        if self.save_top_k > 1:
+            found["top_k"] = [str(self.run_dir / name) for _, _, name in state.top_k]
+        if self.keep_last:
+            found["epochs"] = [
+                str(p) for p in sorted(self.run_dir.glob("epoch-*.pt"), key=_epoch_number)
+            ]
+        return found
+
+
+def _epoch_number(path: Path) -> int:
+    return int(path.stem.split("-")[1])
+
+
+class TensorBoardLog:
+    """A SummaryWriter with the tags ptool promises (see the README's TensorBoard section)."""
+
+    def __init__(self, log_dir: Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.log_dir = log_dir
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        self.writer.add_scalar(tag, value, step)
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        for tag, value in values.items():
+            if math.isfinite(value):
+                self.writer.add_scalar(tag, value, step)
+
+    def images(self, x: torch.Tensor, step: int = 0) -> None:
+        """A few input images, each rescaled to [0, 1] (inputs are normalized)."""
+        x = x[:16].detach().float().cpu()
+        low = x.amin(dim=(1, 2, 3), keepdim=True)
+        high = x.amax(dim=(1, 2, 3), keepdim=True)
+        self.writer.add_images("inputs", (x - low) / (high - low).clamp_min(1e-8), step)
+
+    def histograms(self, model: nn.Module, step: int) -> None:
+        for name, param in model.named_parameters():
+            self.writer.add_histogram(f"weights/{name}", param.detach().float().cpu(), step)
+            if param.grad is not None:
+                self.writer.add_histogram(f"grads/{name}", param.grad.detach().float().cpu(), step)
+
+    def graph(self, model: nn.Module, example: torch.Tensor) -> str | None:
+        """Trace the model into the graph tab; returns a reason when tracing fails."""
+        try:
+            self.writer.add_graph(model, example)
+        except Exception as exc:  # noqa: BLE001 - tracing fails in model-specific ways
+            return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return None
+
+    def hparams(self, config: dict[str, Any], metrics: dict[str, float]) -> None:
+        plain = {
+            k: (v if isinstance(v, (int, float, str, bool)) else str(v))
+            for k, v in config.items()
+            if v is not None
+        }
+        finite = {f"hparam/{k}": v for k, v in metrics.items() if math.isfinite(v)}
+        self.writer.add_hparams(plain, finite, run_name=".")
+
+    def close(self) -> None:
+        self.writer.flush()
+        self.writer.close()

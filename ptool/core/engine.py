@@ -1,0 +1,779 @@
+"""The training loop that `train`, `resume`, `quantize qat` and `prune`'s fine-tuning share.
+
+`fit(config)` turns a resolved `TrainConfig` into a run: data -> model -> loss -> optimizer ->
+schedule -> epochs of (train, validate, checkpoint), and returns a `RunSummary`.
+Hooks for the other commands: `model=` / `data=` (bring your own), `prepare_model=` (e.g.
+prepare_qat, after the model is built and before the optimizer sees it), `resume=` (a loaded
+checkpoint: weights, optimizer, schedule, scaler, EMA, counters, RNG and the data position),
+`checkpoint_extras=` (recipe keys added to every checkpoint) and `callbacks=`.
+
+Exact-resume contract: the data order of epoch e is a function of (seed, e) alone
+(`runtime.epoch_order`), and a checkpoint records `epoch` (completed epochs), `global_step`
+and `batch_in_epoch`, so a resume slices `order[batch_in_epoch * batch_size:]` and goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ptool.core import checkpoint as ckpt_io
+from ptool.core import rundir
+from ptool.core.callbacks import CheckpointFiles, Monitor, TensorBoardLog
+from ptool.core.config import TrainConfig
+from ptool.core.errors import PtoolError, UsageError
+from ptool.core.metrics import EpochMetrics, metric_names
+from ptool.core.optim import build_loss, build_optimizer
+from ptool.core.runtime import (
+    capture_rng_state,
+    epoch_order,
+    init_distributed,
+    pick_seed,
+    resolve_device,
+    restore_rng_state,
+    seed_everything,
+    set_deterministic,
+    shutdown_distributed,
+)
+
+MAX_ROLLBACKS = 3
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class TrainState:
+    """Every counter an exact resume needs, as plain Python values (ckpt["callbacks"])."""
+
+    epoch: int = 0  # completed epochs
+    global_step: int = 0  # optimizer steps taken
+    batch_in_epoch: int = 0  # batches of epoch `epoch` (0-based) already trained on
+    best_value: float | None = None
+    best_epoch: int | None = None
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    early_stop_best: float | None = None  # improves only by more than --min-delta
+    early_stop_wait: int = 0
+    nonfinite_skipped: int = 0
+    rollbacks: int = 0
+    top_k: list[list[Any]] = field(default_factory=list)  # [value, epoch, file name]
+    # the running epoch's training sums (a mid-epoch checkpoint carries them)
+    train_loss_sum: float = 0.0
+    train_correct: float = 0.0
+    train_samples: int = 0
+    samples_seen: int = 0  # training samples over the whole run (this rank)
+    train_time_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainState:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+@dataclass
+class RunSummary:
+    """What a run did; `to_dict()` is summary.json and `ptool train --json`."""
+
+    run_dir: str
+    status: str  # completed | early_stopped | diverged
+    epochs: int
+    global_step: int
+    monitor: str
+    mode: str
+    best_value: float | None
+    best_epoch: int | None
+    final_metrics: dict[str, float]
+    best_metrics: dict[str, float]
+    confusion_matrix: list[list[int]] | None
+    wall_time_s: float
+    train_time_s: float
+    samples_per_s: float
+    checkpoints: dict[str, Any]
+    seed: int
+    device: str
+    world_size: int
+    nonfinite_skipped: int
+    rollbacks: int
+    message: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class NonFiniteLoss(PtoolError):
+    """The loss became NaN/Inf and --on-nonfinite says stop (or rollbacks ran out)."""
+
+
+class _Rollback(Exception):
+    """Raised inside an epoch to go back to the last good checkpoint."""
+
+
+def check_config(config: TrainConfig) -> None:
+    """Values no type check catches, refused before any data is loaded."""
+    positive = {"batch_size": 1, "accumulate": 1, "epochs": 0, "log_every_steps": 1}
+    for name, low in positive.items():
+        if getattr(config, name) < low:
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"{flag} must be at least {low}, got {getattr(config, name)}")
+    for name in ("save_every_steps", "keep_last"):
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if config.ema is not None and not 0 < config.ema < 1:
+        raise UsageError(f"--ema must be between 0 and 1 (e.g. 0.999), got {config.ema}")
+    for name in ("clip_norm", "clip_value"):
+        value = getattr(config, name)
+        if value is not None and value <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
+
+
+def _noop(_: str) -> None:
+    pass
+
+
+def _stderr_line(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class Trainer:
+    """One run's objects and loop; `fit()` is the usual way in."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        resume: dict | None = None,
+        callbacks: Iterable[Any] = (),
+        quiet: bool = False,
+        progress: bool | None = None,
+        log: Callable[[str], None] | None = None,
+        model: nn.Module | None = None,
+        data: Any = None,
+        prepare_model: Callable[[nn.Module], nn.Module] | None = None,
+        checkpoint_extras: Callable[[], dict] | None = None,
+    ):
+        self.started = time.perf_counter()
+        check_config(config)
+        self.dist = init_distributed(config.device)
+        self.device = resolve_device(config.device, self.dist)
+        seed = pick_seed(config.seed, self.dist)
+        run_dir = Path(config.out) if config.out else rundir.default_run_dir()
+        self.config = config.replace(seed=seed, out=str(run_dir))
+        self.callbacks = list(callbacks)
+        self.checkpoint_extras = checkpoint_extras
+        main = self.dist.is_main
+        self.log = (log or _stderr_line) if main and not quiet else _noop
+        if progress is None:
+            progress = {"on": True, "off": False}.get(config.progress, sys.stderr.isatty())
+        self.progress = bool(progress and main and not quiet)
+        self.monitor = Monitor.from_config(self.config)
+        self.run_dir = rundir.prepare_run_dir(run_dir) if main else run_dir
+        seed_everything(seed)
+        set_deterministic(self.config.deterministic)
+
+        from ptool.core.data import build_data
+
+        self.data = data if data is not None else build_data(self.config)
+        self.info = self.data.info
+        self._check_monitor()
+        if model is None:
+            from ptool.core.models import build_model
+
+            model = build_model(self.config, self.info)
+        if self.config.init_from and resume is None:
+            self._init_from(model, self.config.init_from)
+        if prepare_model is not None:
+            model = prepare_model(model)
+        self.model = self._place(model)
+        self.loss_fn = build_loss(self.config, self.info).to(self.device)
+        self.optimizer = build_optimizer(self.model, self.config)
+        self.batches_per_epoch = self._batches(len(self.train_order(0)), train=True)
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.config.accumulate)
+        from ptool.core.schedules import build_schedule
+
+        self.schedule = build_schedule(
+            self.optimizer, self.config, steps_per_epoch=self.steps_per_epoch
+        )
+        self.autocast_dtype = PRECISIONS[self.config.precision]
+        self.scaler = torch.amp.GradScaler(
+            "cuda", enabled=self.config.precision == "fp16" and self.device.type == "cuda"
+        )
+        self.ema = self._build_ema()
+        self.state = TrainState()
+        self.files = CheckpointFiles(
+            self.run_dir, save_top_k=self.config.save_top_k, keep_last=self.config.keep_last
+        )
+        self.val_metrics = EpochMetrics(self.info, self.device, "val")
+        self.ema_metrics = EpochMetrics(self.info, self.device, "val_ema") if self.ema else None
+        self.confusion: list[list[int]] | None = None
+        if resume is not None:
+            self.load_state(resume)
+        self.train_model = self._wrap(self.model)
+        self.tb = self._tensorboard()
+        if main:
+            rundir.write_config(self.run_dir, self.config.to_dict())
+        self._good = self._snapshot()  # what a rollback returns to before the first save
+
+    # --- setup ---------------------------------------------------------------------------
+
+    def _check_monitor(self) -> None:
+        valid = metric_names(self.info, "train")[:1] + metric_names(self.info, "val")
+        if self.info.task == "classification":
+            valid.insert(1, "train/accuracy")
+        if self.config.ema is not None:
+            valid += metric_names(self.info, "val_ema")
+        if self.monitor.name not in valid:
+            raise UsageError(
+                f"--monitor {self.monitor.name!r} is not a metric of this run; "
+                f"valid: {', '.join(valid)}"
+            )
+
+    def _init_from(self, model: nn.Module, path: str) -> None:
+        state = ckpt_io.extract_state_dict(ckpt_io.load(path))
+        try:
+            result = model.load_state_dict(state, strict=self.config.strict)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise UsageError(
+                f"--init-from {path} does not fit the model: {first}",
+                hint="use --no-strict to load only the matching keys",
+            ) from None
+        if result.missing_keys or result.unexpected_keys:
+            missing, extra = len(result.missing_keys), len(result.unexpected_keys)
+            self.log(f"--init-from: {missing} missing and {extra} unexpected keys ignored")
+
+    def _place(self, model: nn.Module) -> nn.Module:
+        model = model.to(self.device)
+        if self.config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def _build_ema(self):
+        if self.config.ema is None:
+            return None
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        return AveragedModel(
+            self.model, multi_avg_fn=get_ema_multi_avg_fn(self.config.ema), use_buffers=True
+        )
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = DistributedDataParallel(model, device_ids=ids)
+        if self.config.compile:
+            model = torch.compile(model)
+        return model
+
+    def _tensorboard(self) -> TensorBoardLog | None:
+        if not (self.config.tensorboard and self.dist.is_main):
+            return None
+        tb = TensorBoardLog(self.run_dir / "tensorboard")
+        val = self.data.val
+        if self.info.is_image and len(val):
+            tb.images(torch.stack([val[i][0] for i in range(min(16, len(val)))]))
+        if self.config.log_graph:
+            example = torch.stack([val[i][0] for i in range(min(2, len(val)))]).to(self.device)
+            reason = tb.graph(self.model, example)
+            if reason:
+                self.log(f"--log-graph: the model could not be traced ({reason})")
+        return tb
+
+    # --- data order ----------------------------------------------------------------------
+
+    def train_order(self, epoch: int) -> torch.Tensor:
+        return epoch_order(
+            len(self.data.train),
+            seed=self.config.seed,
+            epoch=epoch,
+            shuffle=self.config.shuffle,
+            info=self.dist,
+        )
+
+    def _batches(self, samples: int, *, train: bool) -> int:
+        exact = samples / self.config.batch_size
+        return math.floor(exact) if train and self.config.drop_last else math.ceil(exact)
+
+    def _loader(self, dataset, order: torch.Tensor, *, train: bool):
+        from ptool.core.data import make_loader
+
+        return make_loader(dataset, self.config, order, train=train, device=self.device)
+
+    def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
+        if self.config.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def fit(self) -> RunSummary:
+        status, message = "completed", None
+        self._fire("on_fit_start")
+        try:
+            while self.state.epoch < self.config.epochs:
+                try:
+                    self.train_epoch()
+                except _Rollback:
+                    self._rollback()
+                    continue
+                if self.end_epoch():
+                    status = "early_stopped"
+                    message = (
+                        f"early stop: {self.monitor.name} did not improve by more than "
+                        f"{self.monitor.min_delta} for {self.config.early_stop_patience} epochs"
+                    )
+                    self.log(message)
+                    break
+        except NonFiniteLoss as exc:
+            self._finish("diverged", str(exc))
+            raise
+        summary = self._finish(status, message)
+        self._fire("on_fit_end", summary)
+        return summary
+
+    def train_epoch(self) -> None:
+        """Train on this epoch's remaining batches (all of them, unless resuming mid-epoch)."""
+        config, state = self.config, self.state
+        epoch = state.epoch
+        start = state.batch_in_epoch
+        order = self.train_order(epoch)[start * config.batch_size :]
+        total = self.batches_per_epoch
+        accumulate = config.accumulate
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        correct = torch.zeros((), device=self.device, dtype=torch.float64)
+        samples = 0
+        contributed = False
+        bar = self._bar(epoch, start, total)
+        began = time.perf_counter()
+        classification = self.info.task == "classification"
+        for index, (x, y) in enumerate(self._loader(self.data.train, order, train=True), start):
+            x, y = self._to_device(x, y)
+            window_start = index - index % accumulate
+            window = min(accumulate, total - window_start)
+            closes_window = index + 1 == window_start + window
+            sync = closes_window or not self.dist.enabled
+            with contextlib.nullcontext() if sync else self.train_model.no_sync():
+                with self._autocast():
+                    outputs = self.train_model(x)
+                    loss = self.loss_fn(outputs, y)
+                if self._finite(loss, index):
+                    self.scaler.scale(loss / window if window > 1 else loss).backward()
+                    contributed = True
+                    n = y.shape[0]
+                    detached = loss.detach()
+                    loss_sum += detached.double() * n
+                    if classification:
+                        correct += (outputs.detach().argmax(dim=1) == y).sum()
+                    samples += n
+                elif closes_window and self.dist.enabled and contributed:
+                    self._all_reduce_grads()
+            state.batch_in_epoch = index + 1
+            if closes_window:
+                self._optimizer_step(contributed, loss)
+                contributed = False
+            if bar is not None:
+                bar.update(1)
+                if index % max(1, total // 20) == 0 or index + 1 == total:
+                    bar.set_postfix(self._postfix(loss, outputs, y), refresh=False)
+            if closes_window and self._should_save_step():
+                self._flush_sums(loss_sum, correct, samples, began)
+                loss_sum.zero_(), correct.zero_()
+                samples, began = 0, time.perf_counter()
+                self.save()
+        if bar is not None:
+            bar.close()
+        self._flush_sums(loss_sum, correct, samples, began)
+
+    def _flush_sums(self, loss_sum, correct, samples: int, began: float) -> None:
+        state = self.state
+        state.train_loss_sum += float(loss_sum)
+        state.train_correct += float(correct)
+        state.train_samples += samples
+        state.samples_seen += samples
+        state.train_time_s += time.perf_counter() - began
+
+    def _finite(self, loss: torch.Tensor, index: int) -> bool:
+        """False when the loss is NaN/Inf (on any rank) and the batch is skipped."""
+        bad = ~torch.isfinite(loss.detach())
+        if self.dist.enabled:
+            import torch.distributed as dist
+
+            flag = bad.to(torch.int32).reshape(1)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            bad = flag[0].bool()
+        if not bool(bad):
+            return True
+        state, policy = self.state, self.config.on_nonfinite
+        where = (
+            f"loss is {float(loss):g} at step {state.global_step} "
+            f"(epoch {state.epoch + 1}, batch {index + 1})"
+        )
+        if policy == "skip":
+            state.nonfinite_skipped += 1
+            return False
+        kept = f"last good checkpoint: {self.files.last}" if self.files.last.exists() else ""
+        if policy == "rollback":
+            if state.rollbacks < MAX_ROLLBACKS:
+                self.log(f"{where}: rolling back to the last good state and halving the lr")
+                raise _Rollback
+            raise NonFiniteLoss(
+                f"{where}, after {MAX_ROLLBACKS} rollbacks; stopped. {kept}".strip(),
+                hint="lower --lr, add --clip-norm, or check the data for NaN values",
+            )
+        raise NonFiniteLoss(
+            f"{where}; stopped. {kept}".strip(),
+            hint="lower --lr, add --clip-norm, or --on-nonfinite skip|rollback",
+        )
+
+    def _all_reduce_grads(self) -> None:
+        """DDP averages gradients in the backward of a window's last batch; when that batch is
+        skipped, average what the window's other batches left, by hand."""
+        import torch.distributed as dist
+
+        for param in self.model.parameters():
+            if param.grad is not None:
+                dist.all_reduce(param.grad)
+                param.grad /= self.dist.world_size
+
+    def _optimizer_step(self, contributed: bool, loss: torch.Tensor) -> None:
+        config, state = self.config, self.state
+        if contributed:
+            if config.clip_norm is not None or config.clip_value is not None:
+                self.scaler.unscale_(self.optimizer)
+                params = [p for p in self.model.parameters() if p.grad is not None]
+                if config.clip_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, config.clip_norm)
+                if config.clip_value is not None:
+                    torch.nn.utils.clip_grad_value_(params, config.clip_value)
+            if self.scaler.is_enabled():
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+        if self.tb is not None:
+            groups = self.optimizer.param_groups
+            self.tb.scalar("lr", groups[0]["lr"], state.global_step)
+            for i, group in enumerate(groups[1:], 1):
+                self.tb.scalar(f"lr/group{i}", group["lr"], state.global_step)
+            if state.global_step % config.log_every_steps == 0 and torch.isfinite(loss):
+                self.tb.scalar("train/loss", float(loss.detach()), state.global_step)
+        self.schedule.step_batch()
+        state.global_step += 1
+        self._fire("on_step_end")
+
+    def _should_save_step(self) -> bool:
+        every = self.config.save_every_steps
+        return (
+            every is not None
+            and self.state.global_step % every == 0
+            and self.state.batch_in_epoch < self.batches_per_epoch
+        )
+
+    @torch.no_grad()
+    def validate(self, model: nn.Module, metrics: EpochMetrics) -> dict[str, float]:
+        """Every validation sample once over all ranks (rank r takes samples r, r + W, ...)."""
+        model.eval()
+        order = torch.arange(self.dist.rank, len(self.data.val), self.dist.world_size)
+        for x, y in self._loader(self.data.val, order, train=False):
+            x, y = self._to_device(x, y)
+            with self._autocast():
+                outputs = model(x)
+                loss = self.loss_fn(outputs, y)
+            metrics.update(outputs, y, loss)
+        values, confusion = metrics.compute()
+        if metrics is self.val_metrics:
+            self.confusion = confusion
+        return values
+
+    def _train_metrics(self) -> dict[str, float]:
+        state = self.state
+        sums = torch.tensor(
+            [state.train_loss_sum, state.train_correct, float(state.train_samples)],
+            dtype=torch.float64,
+            device=self.device,
+        )
+        if self.dist.enabled:
+            import torch.distributed as dist
+
+            dist.all_reduce(sums)
+        loss_sum, correct, samples = sums.tolist()
+        values = {"train/loss": loss_sum / samples if samples else math.nan}
+        if self.info.task == "classification":
+            values["train/accuracy"] = correct / samples if samples else math.nan
+        return values
+
+    def end_epoch(self) -> bool:
+        """Validate, step the epoch schedule, update counters, save; True to stop early."""
+        config, state, monitor = self.config, self.state, self.monitor
+        metrics = self._train_metrics()
+        metrics.update(self.validate(self.model, self.val_metrics))
+        if self.ema is not None:
+            metrics.update(self.validate(self.ema.module, self.ema_metrics))
+        metrics["lr"] = float(self.optimizer.param_groups[0]["lr"])
+        value = metrics.get(monitor.name)
+        self.schedule.step_epoch(value)
+        state.epoch += 1
+        state.batch_in_epoch = 0
+        state.train_loss_sum = state.train_correct = 0.0
+        state.train_samples = 0
+        state.last_metrics = metrics
+        if value is not None and monitor.better(value, state.best_value):
+            state.best_value, state.best_epoch, state.best_metrics = value, state.epoch, metrics
+        if value is not None and monitor.better(value, state.early_stop_best, monitor.min_delta):
+            state.early_stop_best, state.early_stop_wait = value, 0
+        else:
+            state.early_stop_wait += 1
+        self.save()
+        if self.dist.is_main:
+            self.files.after_epoch(state.epoch, value, monitor, state)
+        if self.tb is not None:
+            self.tb.scalars({k: v for k, v in metrics.items() if k != "lr"}, state.epoch)
+            if config.log_histograms:
+                self.tb.histograms(self.model, state.epoch)
+        self.log(self._epoch_line(metrics))
+        self._fire("on_epoch_end", metrics)
+        patience = config.early_stop_patience
+        return patience is not None and state.early_stop_wait >= patience
+
+    # --- checkpoints and state -----------------------------------------------------------
+
+    def payload(self) -> dict[str, Any]:
+        """The checkpoint (DESIGN.md format v1): tensors and plain values only."""
+        state = self.state
+        data_order = {
+            "seed": self.config.seed,
+            "epoch": state.epoch,
+            "batch_in_epoch": state.batch_in_epoch,
+            "batch_size": self.config.batch_size,
+            "shuffle": self.config.shuffle,
+            "world_size": self.dist.world_size,
+        }
+        payload: dict[str, Any] = {
+            "format": ckpt_io.FORMAT,
+            "format_version": ckpt_io.FORMAT_VERSION,
+            "model_state_dict": self.model.state_dict(),
+            "optimizer_state_dict": self.optimizer.state_dict(),
+            "scheduler_state_dict": self.schedule.state_dict(),
+            "scaler_state_dict": self.scaler.state_dict(),
+            "epoch": state.epoch,
+            "global_step": state.global_step,
+            "batch_in_epoch": state.batch_in_epoch,
+            "loss": state.last_metrics.get("train/loss"),
+            "metrics": dict(state.last_metrics),
+            "best": {
+                "monitor": self.monitor.name,
+                "mode": self.monitor.mode,
+                "value": state.best_value,
+                "epoch": state.best_epoch,
+            },
+            "config": self.config.to_dict(),
+            "data_info": self.info.to_dict(),
+            "rng_state": {**capture_rng_state(), "data_order": data_order},
+            "callbacks": {"train_state": state.to_dict()},
+            "meta": ckpt_io.meta(),
+        }
+        if self.ema is not None:
+            payload["ema_state_dict"] = self.ema.module.state_dict()
+            payload["callbacks"]["ema"] = {"n_averaged": int(self.ema.n_averaged)}
+        if self.checkpoint_extras is not None:
+            payload.update(self.checkpoint_extras())
+        return payload
+
+    def save(self) -> None:
+        """last.pt on rank 0, and the in-memory copy a rollback returns to (every rank)."""
+        payload = self.payload()
+        if self.dist.is_main:
+            path = self.files.write_last(payload)
+            self._fire("on_checkpoint", path)
+        if self.config.on_nonfinite == "rollback":
+            self._good = _cloned(payload)
+
+    def _snapshot(self) -> dict[str, Any] | None:
+        return _cloned(self.payload()) if self.config.on_nonfinite == "rollback" else None
+
+    def load_state(self, ckpt: dict[str, Any]) -> None:
+        """Put a checkpoint's weights, optimizer, schedule, scaler, EMA, counters, RNG back."""
+        self.model.load_state_dict(ckpt["model_state_dict"])
+        self.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
+        self.schedule.load_state_dict(ckpt["scheduler_state_dict"])
+        if ckpt.get("scaler_state_dict"):
+            self.scaler.load_state_dict(ckpt["scaler_state_dict"])
+        if self.ema is not None and "ema_state_dict" in ckpt:
+            self.ema.module.load_state_dict(ckpt["ema_state_dict"])
+            self.ema.n_averaged.fill_(ckpt["callbacks"]["ema"]["n_averaged"])
+        self.state = TrainState.from_dict(ckpt["callbacks"]["train_state"])
+        restore_rng_state(ckpt["rng_state"])
+
+    def _rollback(self) -> None:
+        rollbacks = self.state.rollbacks + 1
+        self.load_state(self._good)
+        self.state.rollbacks = rollbacks
+        for group in self.optimizer.param_groups:
+            for key in ("lr", "initial_lr", "max_lr", "min_lr"):
+                if isinstance(group.get(key), float):
+                    group[key] *= 0.5
+        halve = getattr(self.schedule, "scale_lr", None)
+        if halve is not None:
+            halve(0.5)
+
+    # --- reporting -----------------------------------------------------------------------
+
+    def _bar(self, epoch: int, start: int, total: int):
+        if not self.progress:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(
+            total=total,
+            initial=start,
+            desc=f"epoch {epoch + 1}/{self.config.epochs}",
+            unit="batch",
+            file=sys.stderr,
+            leave=False,
+            dynamic_ncols=True,
+        )
+
+    def _postfix(self, loss: torch.Tensor, outputs: torch.Tensor, y: torch.Tensor) -> dict:
+        postfix = {"loss": f"{float(loss):.4f}"}
+        if self.info.task == "classification":
+            accuracy = (outputs.detach().argmax(dim=1) == y).float().mean()
+            postfix["acc"] = f"{float(accuracy):.3f}"
+        postfix["lr"] = f"{self.optimizer.param_groups[0]['lr']:.2e}"
+        return postfix
+
+    def _epoch_line(self, metrics: dict[str, float]) -> str:
+        shown = [
+            f"{name} {value:.4f}"
+            for name, value in metrics.items()
+            if name != "lr" and name.rsplit("/", 1)[-1] in ("loss", "accuracy", "mae", "r2")
+        ]
+        return (
+            f"epoch {self.state.epoch}/{self.config.epochs}  "
+            + "  ".join(shown)
+            + f"  lr {metrics['lr']:.3g}"
+        )
+
+    def _finish(self, status: str, message: str | None) -> RunSummary:
+        state = self.state
+        wall = time.perf_counter() - self.started
+        samples = state.samples_seen * self.dist.world_size
+        summary = RunSummary(
+            run_dir=str(self.run_dir),
+            status=status,
+            epochs=state.epoch,
+            global_step=state.global_step,
+            monitor=self.monitor.name,
+            mode=self.monitor.mode,
+            best_value=state.best_value,
+            best_epoch=state.best_epoch,
+            final_metrics=dict(state.last_metrics),
+            best_metrics=dict(state.best_metrics),
+            confusion_matrix=self.confusion,
+            wall_time_s=round(wall, 3),
+            train_time_s=round(state.train_time_s, 3),
+            samples_per_s=round(samples / state.train_time_s, 1) if state.train_time_s else 0.0,
+            checkpoints=self.files.paths(state),
+            seed=self.config.seed,
+            device=str(self.device),
+            world_size=self.dist.world_size,
+            nonfinite_skipped=state.nonfinite_skipped,
+            rollbacks=state.rollbacks,
+            message=message,
+        )
+        if self.tb is not None:
+            if state.last_metrics:
+                final = {k: v for k, v in state.last_metrics.items() if k != "lr"}
+                self.tb.hparams(self.config.to_dict(), final)
+            self.tb.close()
+        if self.dist.is_main:
+            rundir.write_summary(self.run_dir, summary.to_dict())
+        return summary
+
+    def _fire(self, hook: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            method = getattr(callback, hook, None)
+            if method is not None:
+                method(self, *args)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
+        shutdown_distributed(self.dist)
+
+
+def _cloned(value: Any) -> Any:
+    """A deep copy whose tensors are detached clones (the in-memory rollback point)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {k: _cloned(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cloned(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_cloned(v) for v in value)
+    return value
+
+
+def fit(
+    config: TrainConfig,
+    *,
+    resume: dict | None = None,
+    callbacks: Iterable[Any] = (),
+    quiet: bool = False,
+    progress: bool | None = None,
+    log: Callable[[str], None] | None = None,
+    model: nn.Module | None = None,
+    data: Any = None,
+    prepare_model: Callable[[nn.Module], nn.Module] | None = None,
+    checkpoint_extras: Callable[[], dict] | None = None,
+) -> RunSummary:
+    """Train per `config` (or continue `resume`, a loaded checkpoint); see the module doc.
+
+    `log` receives the human lines (epoch lines, warnings; default: stderr); `progress`
+    forces the tqdm bar on/off (default: config.progress, auto = stderr is a terminal).
+    Callbacks are objects with any of on_fit_start(trainer), on_step_end(trainer),
+    on_epoch_end(trainer, metrics), on_checkpoint(trainer, path), on_fit_end(trainer, summary).
+    """
+    trainer = Trainer(
+        config,
+        resume=resume,
+        callbacks=callbacks,
+        quiet=quiet,
+        progress=progress,
+        log=log,
+        model=model,
+        data=data,
+        prepare_model=prepare_model,
+        checkpoint_extras=checkpoint_extras,
+    )
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()

@@ -1,0 +1,132 @@
+"""Loss and optimizer from the run config, with PyTorch's own classes and parameter names."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from ptool.core.errors import UsageError, unknown_name
+
+NORM_TYPES = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.LocalResponseNorm,
+    nn.modules.instancenorm._InstanceNorm,
+)
+
+
+class TaskLoss(nn.Module):
+    """A torch criterion plus the target conversion it needs (one-hot for BCE on classes)."""
+
+    def __init__(self, name: str, criterion: nn.Module, num_classes: int | None = None):
+        super().__init__()
+        self.name = name
+        self.criterion = criterion
+        self.one_hot_classes = num_classes
+
+    def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.one_hot_classes is not None:
+            targets = nn.functional.one_hot(targets, self.one_hot_classes).to(outputs.dtype)
+        elif targets.dtype.is_floating_point and targets.dtype != outputs.dtype:
+            targets = targets.to(outputs.dtype)
+        return self.criterion(outputs, targets)
+
+
+def resolve_loss_name(config: Any, info: Any) -> str:
+    if config.loss != "auto":
+        return config.loss
+    return "cross-entropy" if info.task == "classification" else "mse"
+
+
+def build_loss(config: Any, info: Any) -> TaskLoss:
+    """cross-entropy (class weights, label smoothing), mse, or bce-with-logits (pos_weight)."""
+    name = resolve_loss_name(config, info)
+    classification = info.task == "classification"
+    if name == "cross-entropy":
+        if not classification:
+            raise UsageError(
+                "--loss cross-entropy needs class targets; this data is regression",
+                hint="use --loss mse",
+            )
+        weight = None
+        if config.class_weights is not None:
+            if len(config.class_weights) != info.num_classes:
+                raise UsageError(
+                    f"--class-weights has {len(config.class_weights)} values; "
+                    f"the data has {info.num_classes} classes"
+                )
+            weight = torch.tensor(config.class_weights, dtype=torch.float32)
+        criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
+        return TaskLoss(name, criterion)
+    if name == "mse":
+        if classification:
+            raise UsageError(
+                "--loss mse needs regression targets; this data has classes",
+                hint="use --loss cross-entropy or --task regression",
+            )
+        return TaskLoss(name, nn.MSELoss())
+    if name == "bce-with-logits":
+        pos_weight = None
+        if config.pos_weight is not None:
+            if len(config.pos_weight) not in (1, info.num_outputs):
+                raise UsageError(
+                    f"--pos-weight has {len(config.pos_weight)} values; "
+                    f"give 1 or {info.num_outputs} (one per output)"
+                )
+            pos_weight = torch.tensor(config.pos_weight, dtype=torch.float32)
+        criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+        return TaskLoss(name, criterion, info.num_classes if classification else None)
+    raise unknown_name("loss", name, ("auto", "cross-entropy", "mse", "bce-with-logits"))
+
+
+def default_weight_decay(config: Any) -> float:
+    """PyTorch's own default per optimizer: 0.01 for AdamW, 0 otherwise."""
+    if config.weight_decay is not None:
+        return config.weight_decay
+    return 0.01 if config.optimizer == "adamw" else 0.0
+
+
+def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool) -> list[dict]:
+    """One group, or two: decayed weights, then norm weights and biases without weight decay."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not no_decay_norm_bias:
+        return [{"params": params, "weight_decay": weight_decay}]
+    exempt: set[int] = set()
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if isinstance(module, NORM_TYPES) or name == "bias":
+                exempt.add(id(param))
+    return [
+        {"params": [p for p in params if id(p) not in exempt], "weight_decay": weight_decay},
+        {"params": [p for p in params if id(p) in exempt], "weight_decay": 0.0},
+    ]
+
+
+OPTIMIZERS: dict[str, Callable[[list[dict], Any], torch.optim.Optimizer]] = {
+    "sgd": lambda groups, c: torch.optim.SGD(
+        groups, lr=c.lr, momentum=c.momentum, dampening=c.dampening, nesterov=c.nesterov
+    ),
+    "adam": lambda groups, c: torch.optim.Adam(groups, lr=c.lr, betas=tuple(c.betas), eps=c.eps),
+    "adamw": lambda groups, c: torch.optim.AdamW(groups, lr=c.lr, betas=tuple(c.betas), eps=c.eps),
+    "rmsprop": lambda groups, c: torch.optim.RMSprop(
+        groups, lr=c.lr, alpha=c.alpha, eps=c.eps, momentum=c.momentum
+    ),
+}
+
+
+def build_optimizer(model: nn.Module, config: Any) -> torch.optim.Optimizer:
+    """The optimizer named by `config.optimizer`; torch's own value checks become usage errors."""
+    if config.optimizer not in OPTIMIZERS:
+        raise unknown_name("optimizer", config.optimizer, tuple(OPTIMIZERS))
+    groups = param_groups(model, default_weight_decay(config), config.no_decay_norm_bias)
+    groups = [g for g in groups if g["params"]]
+    if not groups:
+        raise UsageError("the model has no trainable parameters")
+    try:
+        return OPTIMIZERS[config.optimizer](groups, config)
+    except ValueError as exc:
+        raise UsageError(f"--optimizer {config.optimizer}: {exc}") from None

@@ -1,0 +1,79 @@
+"""The run directory: where a run's files go, and the config/summary files in it (no torch).
+
+Layout: config.yaml (the resolved config; `ptool train --config runs/NAME/config.yaml` reruns
+it), last.pt, best.pt, best-epochN.pt, epoch-N.pt, summary.json, tensorboard/.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ptool.core.errors import UsageError
+
+CONFIG_NAME = "config.yaml"
+SUMMARY_NAME = "summary.json"
+
+
+def default_run_dir(root: str | Path = "runs") -> Path:
+    """runs/<YYYYmmdd-HHMMSS>, with -2, -3... when that name is taken."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    candidate = Path(root) / stamp
+    n = 2
+    while candidate.exists():
+        candidate = Path(root) / f"{stamp}-{n}"
+        n += 1
+    return candidate
+
+
+def prepare_run_dir(path: str | Path) -> Path:
+    """Create the directory and prove it is writable, before any training starts."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UsageError(
+            f"cannot write to --out {path}: {reason}", hint="choose a writable directory with --out"
+        ) from None
+    return path
+
+
+def config_yaml(values: dict[str, Any]) -> str:
+    """The config as YAML, flat keys in field order: exactly what `--config` reads back."""
+    import yaml
+
+    return yaml.safe_dump(values, sort_keys=False, default_flow_style=None)
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def write_config(run_dir: Path, values: dict[str, Any]) -> Path:
+    return write_text_atomic(run_dir / CONFIG_NAME, config_yaml(values))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
+    text = json.dumps(_finite(summary), indent=2, allow_nan=False) + "\n"
+    return write_text_atomic(run_dir / SUMMARY_NAME, text)

@@ -1,0 +1,188 @@
+"""Where and how a run executes: device, seeds, determinism, RNG snapshots and DDP.
+
+Everything here is plain torch; `fit()` calls it once at the start of a run (and the RNG
+helpers at every checkpoint), so a later resume can put every generator back exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ptool.core.errors import UsageError
+
+
+@dataclass
+class Distributed:
+    """This process's place in a torchrun job (world_size 1 when not under torchrun)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_spec: str) -> Distributed:
+    """Join the process group torchrun set up (RANK/WORLD_SIZE/LOCAL_RANK in the environment).
+
+    gloo on CPU, nccl on CUDA. A plain `ptool train` (no torchrun) returns world_size 1.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Distributed()
+    info = Distributed(
+        rank=int(os.environ["RANK"]),
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        world_size=world_size,
+    )
+    if not dist.is_initialized():
+        on_cuda = device_spec != "cpu" and torch.cuda.is_available()
+        if on_cuda:
+            torch.cuda.set_device(info.local_rank)
+        dist.init_process_group(backend="nccl" if on_cuda else "gloo")
+    return info
+
+
+def shutdown_distributed(info: Distributed) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def resolve_device(spec: str, info: Distributed | None = None) -> torch.device:
+    """auto -> cuda (this rank's GPU under DDP), else mps, else cpu; checks what was asked."""
+    local_rank = info.local_rank if info is not None else 0
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank if info and info.enabled else 0)
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise UsageError(
+            f"invalid --device {spec!r}; valid: auto, cpu, cuda, cuda:N, mps"
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda: no CUDA GPU is available", hint="use --device cpu")
+        if device.index is None:
+            device = torch.device("cuda", local_rank if info and info.enabled else 0)
+        if device.index >= torch.cuda.device_count():
+            count = torch.cuda.device_count()
+            raise UsageError(f"--device {spec}: only {count} CUDA device(s) here")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("--device mps: MPS is not available here", hint="use --device cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"invalid --device {spec!r}; valid: auto, cpu, cuda, cuda:N, mps")
+    return device
+
+
+def pick_seed(seed: int | None, info: Distributed) -> int:
+    """The run's seed: the given one, or a random one (the same on every rank) to record."""
+    if seed is not None:
+        return seed
+    chosen = torch.tensor([secrets.randbelow(2**31)])
+    if info.enabled:
+        dist.broadcast(chosen, src=0)
+    return int(chosen.item())
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def set_deterministic(enabled: bool) -> None:
+    """Deterministic algorithms (bit-identical reruns) or the fast defaults.
+
+    `warn_only=True`: an op with no deterministic kernel warns instead of failing the run.
+    """
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled, warn_only=True)
+    torch.backends.cudnn.deterministic = enabled
+    torch.backends.cudnn.benchmark = False
+
+
+def epoch_order(
+    size: int, *, seed: int, epoch: int, shuffle: bool, info: Distributed
+) -> torch.Tensor:
+    """This rank's sample order for `epoch` (0-based), recomputable from (seed, epoch) alone.
+
+    One process: `randperm(size)` from a generator seeded with seed + epoch (arange without
+    shuffle). Under DDP: the same global permutation through DistributedSampler, so rank r
+    takes every world_size-th sample and the ranks' batches k together are the single-process
+    batch k of world_size x batch_size samples.
+    """
+    if info.enabled:
+        from torch.utils.data import DistributedSampler
+
+        sampler = DistributedSampler(
+            range(size),  # type: ignore[arg-type]
+            num_replicas=info.world_size,
+            rank=info.rank,
+            shuffle=shuffle,
+            seed=seed,
+        )
+        sampler.set_epoch(epoch)
+        return torch.tensor(list(sampler), dtype=torch.long)
+    if not shuffle:
+        return torch.arange(size)
+    generator = torch.Generator().manual_seed(seed + epoch)
+    return torch.randperm(size, generator=generator)
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Every generator's state as tensors and plain Python values (weights_only-loadable)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    state: dict[str, Any] = {
+        "python": {"version": version, "state": list(internal), "gauss_next": gauss},
+        "numpy": {
+            "bit_generator": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Put back what `capture_rng_state` recorded."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
+    npy = state["numpy"]
+    np.random.set_state(
+        (
+            npy["bit_generator"],
+            npy["keys"].numpy().astype(np.uint32),
+            npy["pos"],
+            npy["has_gauss"],
+            npy["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
