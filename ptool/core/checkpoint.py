@@ -33,7 +33,7 @@ def meta() -> dict[str, Any]:
     """The `meta` entry: who wrote the file, when, and on what."""
     return {
         "ptool_version": __version__,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),  # TorchVersion would need unpickling
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "host": platform.node(),
         "device": "cuda" if torch.cuda.is_available() else "cpu",
