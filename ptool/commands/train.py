@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any
 
 import typer
@@ -54,6 +55,11 @@ def train(
         out.result(values, lambda: config_yaml(values).rstrip("\n"))
         return
 
+    if resolved.out:  # an unwritable --out fails now, before seconds of imports
+        from ptool.core.rundir import prepare_run_dir
+
+        prepare_run_dir(resolved.out)
+
     from rich.markup import escape
 
     from ptool.core.engine import fit
@@ -63,7 +69,8 @@ def train(
         out.err.print(escape(line), soft_wrap=True)
 
     summary = fit(resolved, quiet=quiet, log=log)
-    out.result(summary.to_dict(), lambda: summary_table(summary))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the job
+        out.result(summary.to_dict(), lambda: summary_table(summary))
 
 
 def register(app: typer.Typer) -> None:

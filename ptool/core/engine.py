@@ -428,7 +428,7 @@ class Trainer:
             return True
         state, policy = self.state, self.config.on_nonfinite
         where = (
-            f"loss is {float(loss):g} at step {state.global_step} "
+            f"loss is {float(loss.detach()):g} at step {state.global_step} "
             f"(epoch {state.epoch + 1}, batch {index + 1})"
         )
         if policy == "skip":
@@ -553,7 +553,9 @@ class Trainer:
         if self.dist.is_main:
             self.files.after_epoch(state.epoch, value, monitor, state)
         if self.tb is not None:
-            self.tb.scalars({k: v for k, v in metrics.items() if k != "lr"}, state.epoch)
+            # per-step train/loss owns its tag; the epoch means go to train_epoch/*
+            epoch_tags = {k.replace("train/", "train_epoch/"): v for k, v in metrics.items()}
+            self.tb.scalars({k: v for k, v in epoch_tags.items() if k != "lr"}, state.epoch)
             if config.log_histograms:
                 self.tb.histograms(self.model, state.epoch)
         self.log(self._epoch_line(metrics))

@@ -1,0 +1,107 @@
+"""`ptool train` end to end: the real console script, its files, its errors, DDP under torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import run_ptool
+
+TINY = (
+    "--data", "synthetic", "--shape", "12", "--samples", "96", "--num-classes", "3",
+    "--model", "mlp", "--hidden", "16", "--batch-size", "16", "--epochs", "2", "--seed", "0",
+)  # fmt: skip
+
+
+def test_train_writes_the_run_directory_and_prints_the_summary(tmp_path):
+    out = tmp_path / "run"
+    result = run_ptool("train", *TINY, "--out", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["status"] == "completed" and summary["epochs"] == 2
+    assert summary["best_epoch"] in (1, 2) and summary["samples_per_s"] > 0
+    assert summary["checkpoints"] == {"last": str(out / "last.pt"), "best": str(out / "best.pt")}
+    assert json.loads((out / "summary.json").read_text()) == summary
+    assert "epoch 1/2  train/loss" in result.stderr and "epoch 2/2" in result.stderr
+    assert any((out / "tensorboard").glob("events.out.tfevents.*"))
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert ckpt["config"]["model"] == "mlp" and ckpt["epoch"] == 2
+    # the saved config file is a valid --config: the same run, resolved again
+    again = run_ptool("train", "--config", str(out / "config.yaml"), "--print-config", "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout) == ckpt["config"]
+
+
+def test_human_output_is_a_table_and_quiet_silences_stderr(tmp_path):
+    result = run_ptool("train", *TINY, "--epochs", "1", "--out", str(tmp_path / "r"), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    for text in ("val/accuracy", "best (epoch 1)", "wall time", "samples/s", "last.pt"):
+        assert text in result.stdout
+
+
+def test_config_file_then_flags(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('lr = 0.05\n[optimizer]\noptimizer = "sgd"\nmomentum = 0.9\n')
+    result = run_ptool("train", "--config", str(toml), "--lr", "0.2", "--print-config")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "optimizer: sgd" in lines and "lr: 0.2" in lines and "momentum: 0.9" in lines
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("optimizer: rmsprop\nbatch_size: 8\n")
+    config = json.loads(run_ptool("train", "--config", str(yaml_file), "--print-config", "--json").stdout)
+    assert config["optimizer"] == "rmsprop" and config["batch_size"] == 8
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (("--optimizer", "lamb"), 2, "valid: sgd, adam, adamw, rmsprop"),
+        (("--model", "resnet"), 2, "unknown model 'resnet'; valid: mlp, cnn"),
+        (("--data", "csv:missing.csv"), 2, "missing.csv"),
+    ],
+)
+def test_bad_input_is_one_line_before_training(tmp_path, args, code, message):
+    result = run_ptool("train", *TINY, "--out", str(tmp_path / "r"), *args)
+    assert result.returncode == code, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "r" / "last.pt").exists()
+
+
+def test_unwritable_out_is_a_usage_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    result = run_ptool("train", *TINY, "--out", str(tmp_path / "file" / "run"))
+    assert result.returncode == 2
+    assert "cannot write to --out" in result.stderr
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one_process_with_the_global_batch(tmp_path):
+    common = (
+        *TINY, "--samples", "160", "--val-split", "0.2", "--norm", "none", "--optimizer", "sgd",
+        "--lr", "0.1", "--no-shuffle", "--no-tensorboard", "--device", "cpu", "--quiet",
+    )  # fmt: skip
+    single = run_ptool("train", *common, "--batch-size", "16", "--out", str(tmp_path / "one"))
+    assert single.returncode == 0, single.stderr
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PTOOL_DEBUG": ""}
+    ddp = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "ptool", "train",
+         *common, "--batch-size", "8", "--out", str(tmp_path / "two"), "--json"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert ddp.returncode == 0, ddp.stderr
+    summary = json.loads(ddp.stdout)  # one document: only rank 0 prints
+    assert summary["world_size"] == 2
+    one = torch.load(tmp_path / "one" / "last.pt", weights_only=True)
+    two = torch.load(tmp_path / "two" / "last.pt", weights_only=True)
+    for name, value in one["model_state_dict"].items():
+        torch.testing.assert_close(two["model_state_dict"][name], value, rtol=1e-5, atol=1e-6)
+    for name in ("train/loss", "val/loss", "val/accuracy"):
+        assert two["metrics"][name] == pytest.approx(one["metrics"][name], rel=1e-5)

@@ -1,0 +1,226 @@
+"""The training loop against oracles: hand-written loops, torch.load(weights_only=True)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from ptool.core.config import TrainConfig, resolve_config
+from ptool.core.data import build_data
+from ptool.core.engine import NonFiniteLoss, fit
+from ptool.core.errors import UsageError
+from ptool.core.models import build_model
+from ptool.core.runtime import seed_everything
+
+
+def small(tmp_path, name="run", **changes) -> TrainConfig:
+    """80 train / 20 val tabular samples, a tiny MLP, no TensorBoard: a run takes ~0.1 s."""
+    values = dict(
+        data="synthetic",
+        shape="12",
+        samples=100,
+        val_split=0.2,
+        num_classes=3,
+        model="mlp",
+        hidden=[16],
+        norm="none",
+        batch_size=16,
+        epochs=2,
+        seed=0,
+        tensorboard=False,
+        out=str(tmp_path / name),
+    )
+    values.update(changes)
+    return TrainConfig.from_dict(values)
+
+
+def weights(path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["model_state_dict"]
+
+
+def test_checkpoint_holds_everything_a_resume_needs(tmp_path):
+    config = small(tmp_path, seed=None, ema=0.9, optimizer="adam")
+    summary = fit(config, quiet=True)
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    for key in (
+        "format",
+        "format_version",
+        "model_state_dict",
+        "optimizer_state_dict",
+        "scheduler_state_dict",
+        "scaler_state_dict",
+        "epoch",
+        "global_step",
+        "batch_in_epoch",
+        "loss",
+        "metrics",
+        "best",
+        "config",
+        "data_info",
+        "rng_state",
+        "callbacks",
+        "meta",
+        "ema_state_dict",
+    ):
+        assert key in ckpt, key
+    assert ckpt["format"] == "ptool.checkpoint"
+    assert (ckpt["epoch"], ckpt["global_step"], ckpt["batch_in_epoch"]) == (2, 10, 0)
+    assert ckpt["optimizer_state_dict"]["state"], "last.pt keeps the optimizer state at the end"
+    seed = ckpt["config"]["seed"]
+    assert isinstance(seed, int) and seed == summary.seed  # a random seed, recorded
+    rng = ckpt["rng_state"]
+    assert isinstance(rng["numpy"]["keys"], torch.Tensor) and rng["numpy"]["keys"].numel() == 624
+    assert len(rng["python"]["state"]) == 625
+    assert rng["data_order"] == {
+        "seed": seed,
+        "epoch": 2,
+        "batch_in_epoch": 0,
+        "batch_size": 16,
+        "shuffle": True,
+        "world_size": 1,
+    }
+    assert ckpt["callbacks"]["train_state"]["epoch"] == 2
+    assert ckpt["best"]["monitor"] == "val/loss" and ckpt["best"]["mode"] == "min"
+    assert set(ckpt["ema_state_dict"]) == set(ckpt["model_state_dict"])
+    assert set(ckpt["metrics"]) >= {"train/loss", "val/loss", "val/accuracy", "val_ema/accuracy"}
+    # the saved config file reads back as the same config
+    again = resolve_config(tmp_path / "run" / "config.yaml")
+    assert again == TrainConfig.from_dict(ckpt["config"])
+
+
+def test_same_seed_and_deterministic_give_bit_identical_weights(tmp_path):
+    changes = dict(seed=None, dropout=0.3, deterministic=True, epochs=2)
+    first = fit(small(tmp_path, "a", **changes), quiet=True)
+    fit(small(tmp_path, "b", **{**changes, "seed": first.seed}), quiet=True)
+    a, b = weights(tmp_path / "a" / "last.pt"), weights(tmp_path / "b" / "last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    fit(small(tmp_path, "c", **{**changes, "seed": first.seed + 1}), quiet=True)
+    c = weights(tmp_path / "c" / "last.pt")
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_accumulation_matches_a_hand_written_loop_with_an_incomplete_last_window(tmp_path):
+    # 80 samples / batch 16 = 5 batches; --accumulate 2 -> windows of 2, 2 and 1 batches.
+    config = small(tmp_path, optimizer="sgd", lr=0.5, accumulate=2, shuffle=False, epochs=1)
+    fit(config, quiet=True)
+
+    seed_everything(0)
+    bundle = build_data(config)
+    model = build_model(config, bundle.info)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    x, y = bundle.train.tensors
+    batches = [(x[i : i + 16], y[i : i + 16]) for i in range(0, 80, 16)]
+    for window in (batches[0:2], batches[2:4], batches[4:5]):
+        for xb, yb in window:
+            (nn.functional.cross_entropy(model(xb), yb) / len(window)).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    saved = weights(tmp_path / "run" / "last.pt")
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(saved[name], value, rtol=0, atol=1e-7)
+
+
+def test_nonfinite_stop_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    config = small(tmp_path, epochs=3)
+    with pytest.raises(NonFiniteLoss, match=r"loss is nan at step 7 \(epoch 2, batch 3\)"):
+        fit(config, quiet=True, prepare_model=lambda m: NaNAt(m, {7}))
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 1
+
+
+def test_nonfinite_skip_counts_the_batch_and_goes_on(tmp_path):
+    config = small(tmp_path, on_nonfinite="skip")
+    summary = fit(config, quiet=True, prepare_model=lambda m: NaNAt(m, {2, 6}))
+    assert summary.status == "completed" and summary.nonfinite_skipped == 2
+    assert all(torch.isfinite(v).all() for v in weights(tmp_path / "run" / "last.pt").values())
+
+
+def test_nonfinite_rollback_halves_the_lr_and_gives_up_after_three(tmp_path):
+    config = small(tmp_path, on_nonfinite="rollback", optimizer="sgd", lr=0.1)
+    summary = fit(config, quiet=True, prepare_model=lambda m: NaNAt(m, {7}))
+    assert summary.status == "completed" and summary.rollbacks == 1
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert ckpt["optimizer_state_dict"]["param_groups"][0]["lr"] == pytest.approx(0.05)
+    with pytest.raises(NonFiniteLoss, match="after 3 rollbacks"):
+        fit(config.replace(out=str(tmp_path / "always")), quiet=True, prepare_model=AlwaysNaN)
+
+
+class NaNAt(nn.Module):
+    """Wraps a model; training forwards number `calls` (0-based) return NaN."""
+
+    def __init__(self, model: nn.Module, calls: set[int]):
+        super().__init__()
+        self.model, self.calls, self.count = model, calls, 0
+
+    def forward(self, x):
+        out = self.model(x)
+        if self.training:
+            self.count += 1
+            if self.count - 1 in self.calls:
+                return out * math.nan
+        return out
+
+
+class AlwaysNaN(NaNAt):
+    def __init__(self, model):
+        super().__init__(model, set(range(1000)))
+
+
+def test_early_stopping_and_checkpoint_files(tmp_path):
+    config = small(
+        tmp_path,
+        epochs=8,
+        optimizer="sgd",
+        lr=0.0,  # nothing improves after the first epoch
+        early_stop_patience=2,
+        keep_last=2,
+        save_top_k=2,
+    )
+    summary = fit(config, quiet=True)
+    run = tmp_path / "run"
+    assert summary.status == "early_stopped" and summary.epochs == 3 and summary.best_epoch == 1
+    assert sorted(p.name for p in run.glob("epoch-*.pt")) == ["epoch-2.pt", "epoch-3.pt"]
+    assert len(list(run.glob("best-epoch*.pt"))) == 2
+    assert torch.load(run / "best.pt", weights_only=True)["epoch"] == 1
+
+
+def test_best_pt_follows_a_max_monitor(tmp_path):
+    summary = fit(small(tmp_path, epochs=3, monitor="val/accuracy", lr=0.01), quiet=True)
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    assert summary.mode == "max"
+    assert best["epoch"] == summary.best_epoch
+    assert best["metrics"]["val/accuracy"] == summary.best_value
+    assert summary.best_value >= summary.final_metrics["val/accuracy"]
+
+
+def test_bad_monitor_and_unwritable_out_fail_before_training(tmp_path):
+    with pytest.raises(UsageError, match="valid: train/loss, train/accuracy, val/loss"):
+        fit(small(tmp_path, monitor="val/nope"), quiet=True)
+    with pytest.raises(UsageError, match="--accumulate must be at least 1"):
+        fit(small(tmp_path, accumulate=0), quiet=True)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(UsageError, match="cannot write to --out"):
+        fit(small(tmp_path, out=str(blocker / "run")), quiet=True)
+
+
+def test_regression_metrics(tmp_path):
+    summary = fit(small(tmp_path, task="regression", num_classes=None, epochs=1), quiet=True)
+    assert {"val/mae", "val/rmse", "val/r2", "val/loss"} <= set(summary.final_metrics)
+    assert summary.confusion_matrix is None
+
+
+def test_tensorboard_tags(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = small(tmp_path, tensorboard=True, log_every_steps=2, no_decay_norm_bias=True)
+    fit(config, quiet=True)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"lr", "lr/group1", "train/loss", "val/loss", "val/accuracy"} <= tags
+    assert [e.step for e in events.Scalars("lr")] == list(range(10))
+    assert [e.step for e in events.Scalars("val/loss")] == [1, 2]
+    assert [e.step for e in events.Scalars("train/loss")] == [0, 2, 4, 6, 8]
+    assert [e.step for e in events.Scalars("train_epoch/accuracy")] == [1, 2]

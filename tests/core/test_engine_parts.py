@@ -1,0 +1,133 @@
+"""The engine's parts against torch and scikit-learn: loss, optimizer groups, metrics, RNG, order."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import accuracy_score, f1_score, r2_score
+from torch import nn
+
+from ptool.core.config import TrainConfig
+from ptool.core.data import DataInfo
+from ptool.core.errors import UsageError
+from ptool.core.metrics import EpochMetrics
+from ptool.core.optim import build_loss, build_optimizer
+from ptool.core.runtime import Distributed, capture_rng_state, epoch_order, restore_rng_state
+
+
+def info(task="classification", classes=4, outputs=None) -> DataInfo:
+    return DataInfo(
+        task=task,
+        input_shape=[3],
+        num_outputs=outputs or classes,
+        num_classes=classes if task == "classification" else None,
+        class_names=None,
+        mean=None,
+        std=None,
+        image_size=None,
+        train_size=10,
+        val_size=10,
+    )
+
+
+def test_losses_match_torch():
+    logits, targets = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 1, 0])
+    config = TrainConfig(class_weights=[1, 2, 3, 4], label_smoothing=0.1)
+    expected = nn.functional.cross_entropy(
+        logits, targets, weight=torch.tensor([1.0, 2, 3, 4]), label_smoothing=0.1
+    )
+    torch.testing.assert_close(build_loss(config, info())(logits, targets), expected)
+    bce = build_loss(TrainConfig(loss="bce-with-logits", pos_weight=[2.0]), info())
+    one_hot = nn.functional.one_hot(targets, 4).float()
+    expected = nn.functional.binary_cross_entropy_with_logits(
+        logits, one_hot, pos_weight=torch.tensor([2.0])
+    )
+    torch.testing.assert_close(bce(logits, targets), expected)
+    mse = build_loss(TrainConfig(), info("regression", outputs=2))
+    out, target = torch.randn(5, 2), torch.randn(5, 2)
+    torch.testing.assert_close(mse(out, target), nn.functional.mse_loss(out, target))
+
+
+@pytest.mark.parametrize(
+    ("changes", "task", "message"),
+    [
+        ({"class_weights": [1.0, 2.0]}, "classification", "the data has 4 classes"),
+        ({"loss": "mse"}, "classification", "needs regression targets"),
+        ({"loss": "cross-entropy"}, "regression", "needs class targets"),
+        ({"optimizer": "sgd", "nesterov": True}, "classification", "--optimizer sgd"),
+    ],
+)
+def test_bad_loss_and_optimizer_settings_are_usage_errors(changes, task, message):
+    config = TrainConfig(**changes)
+    with pytest.raises(UsageError, match=message):
+        build_loss(config, info(task, outputs=1))
+        build_optimizer(nn.Linear(3, 4), config)
+
+
+def test_no_decay_norm_bias_groups():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
+    config = TrainConfig(optimizer="sgd", weight_decay=0.1, no_decay_norm_bias=True)
+    decayed, exempt = build_optimizer(model, config).param_groups
+    assert decayed["weight_decay"] == 0.1 and exempt["weight_decay"] == 0.0
+    ids = lambda params: {id(p) for p in params}  # noqa: E731
+    assert ids(decayed["params"]) == {id(model[0].weight), id(model[3].weight)}
+    assert ids(exempt["params"]) == {
+        id(model[0].bias),
+        id(model[1].weight),
+        id(model[1].bias),
+        id(model[3].bias),
+    }
+    adamw = build_optimizer(model, TrainConfig())
+    assert adamw.param_groups[0]["weight_decay"] == 0.01  # PyTorch's AdamW default
+
+
+def test_epoch_metrics_match_sklearn_over_the_whole_epoch():
+    metrics = EpochMetrics(info(), torch.device("cpu"), "val")
+    logits, targets = torch.randn(50, 4), torch.randint(4, (50,))
+    losses = []
+    for chunk in (slice(0, 7), slice(7, 50)):  # unequal batches: a mean of means would differ
+        loss = nn.functional.cross_entropy(logits[chunk], targets[chunk])
+        losses.append(loss * len(targets[chunk]))
+        metrics.update(logits[chunk], targets[chunk], loss)
+    values, confusion = metrics.compute()
+    predicted = logits.argmax(1).numpy()
+    assert values["val/accuracy"] == pytest.approx(accuracy_score(targets, predicted))
+    assert values["val/f1"] == pytest.approx(f1_score(targets, predicted, average="macro"))
+    assert values["val/loss"] == pytest.approx(float(sum(losses) / 50))
+    assert np.array(confusion).sum() == 50
+    regression = EpochMetrics(info("regression", outputs=1), torch.device("cpu"), "val")
+    out, target = torch.randn(20, 1), torch.randn(20, 1)
+    regression.update(out, target, nn.functional.mse_loss(out, target))
+    values, _ = regression.compute()
+    assert values["val/r2"] == pytest.approx(r2_score(target.numpy(), out.numpy()), abs=1e-5)
+
+
+def test_rng_state_round_trips_through_weights_only_load(tmp_path):
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    np.random.standard_normal()  # leaves a cached gaussian in NumPy's legacy state
+    torch.save(capture_rng_state(), tmp_path / "rng.pt")
+    first = (random.random(), np.random.standard_normal(), torch.rand(3))
+    restore_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    second = (random.random(), np.random.standard_normal(), torch.rand(3))
+    assert first[:2] == second[:2] and torch.equal(first[2], second[2])
+
+
+def test_ddp_ranks_partition_each_single_process_batch():
+    size, batch, world = 64, 4, 2
+    single = epoch_order(size, seed=5, epoch=3, shuffle=True, info=Distributed())
+    ranks = [
+        epoch_order(size, seed=5, epoch=3, shuffle=True, info=Distributed(r, r, world))
+        for r in range(world)
+    ]
+    for k in range(size // (batch * world)):
+        together = torch.cat([order[k * batch : (k + 1) * batch] for order in ranks])
+        expected = single[k * batch * world : (k + 1) * batch * world]
+        assert sorted(together.tolist()) == sorted(expected.tolist())
+    other_epoch = epoch_order(size, seed=5, epoch=4, shuffle=True, info=Distributed())
+    assert not torch.equal(single, other_epoch)
+    assert torch.equal(
+        epoch_order(size, seed=5, epoch=3, shuffle=False, info=Distributed()), torch.arange(size)
+    )
