@@ -55,7 +55,8 @@ def test_config_file_then_flags(tmp_path):
     assert "optimizer: sgd" in lines and "lr: 0.2" in lines and "momentum: 0.9" in lines
     yaml_file = tmp_path / "run.yaml"
     yaml_file.write_text("optimizer: rmsprop\nbatch_size: 8\n")
-    config = json.loads(run_ptool("train", "--config", str(yaml_file), "--print-config", "--json").stdout)
+    printed = run_ptool("train", "--config", str(yaml_file), "--print-config", "--json")
+    config = json.loads(printed.stdout)
     assert config["optimizer"] == "rmsprop" and config["batch_size"] == 8
 
 

@@ -1,4 +1,4 @@
-"""The engine's parts against torch and scikit-learn: loss, optimizer groups, metrics, RNG, order."""
+"""Engine parts against torch and scikit-learn: loss, optimizer groups, metrics, RNG, order."""
 
 from __future__ import annotations
 
