@@ -1,0 +1,257 @@
+"""`ptool quantize dynamic|static|qat`: int8 model from a checkpoint, with a before/after report."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from ptool.commands._config_options import with_config_options
+from ptool.commands._options import JsonOpt, QuietOpt, examples
+from ptool.core import config as cfg
+
+EXAMPLES = examples(
+    "ptool quantize dynamic runs/mlp/best.pt",
+    "ptool quantize static runs/cnn/best.pt --observer minmax --calib-batches 16",
+    "ptool quantize static --backend qnnpack --torchscript --json",
+    "ptool quantize qat runs/cnn/best.pt --epochs 2 --freeze-bn-epoch 1",
+)
+
+# QAT takes train's own flags for the optimizer, schedule, loop, checkpoints and logging,
+# minus those that do not apply to a fake-quantized CPU run.
+_NOT_FOR_QAT = {
+    "device",
+    "init_from",
+    "strict",
+    "compile",
+    "precision",
+    "channels_last",
+    "ema",
+}
+QAT_FIELDS = ["batch_size"] + [
+    name
+    for name, f in cfg.FIELDS.items()
+    if f.metadata["section"] in ("optimizer", "scheduler", "loop", "checkpoint", "logging")
+    and name not in _NOT_FOR_QAT
+]
+
+CkptArg = Annotated[
+    str | None,
+    typer.Argument(
+        help="Checkpoint from `ptool train` (default: the newest runs/*/best.pt).",
+        show_default=False,
+    ),
+]
+OutputOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--output",
+        "-o",
+        help="Quantized checkpoint to write (default: <ckpt stem>.int8.pt next to the input).",
+        show_default=False,
+    ),
+]
+BackendOpt = Annotated[
+    str,
+    typer.Option(
+        "--backend", help="int8 kernels: auto (by CPU architecture), x86, fbgemm or qnnpack."
+    ),
+]
+TorchScriptOpt = Annotated[
+    bool,
+    typer.Option(
+        "--torchscript", help="Also write <output stem>.torchscript.pt (runs without ptool)."
+    ),
+]
+NoEvalOpt = Annotated[
+    bool, typer.Option("--no-eval", help="Skip the validation-split evaluation in the report.")
+]
+BenchRunsOpt = Annotated[
+    int, typer.Option("--bench-runs", help="Timed repetitions per latency (median, after warm-up).")
+]
+DeviceOpt = Annotated[
+    str, typer.Option("--device", help="cpu only: the int8 kernels are CPU kernels.")
+]
+ObserverOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--observer",
+        help="Activation observer: minmax, histogram or moving-average "
+        "(default: histogram for static, moving-average for qat).",
+        show_default=False,
+    ),
+]
+PerChannelOpt = Annotated[
+    bool,
+    typer.Option("--per-channel/--per-tensor", help="Per-channel or per-tensor int8 weights."),
+]
+
+
+def _run(ckpt: str | None, options: Any, *, json: bool, quiet: bool) -> None:
+    from rich.markup import escape
+
+    from ptool.core.quantize import quantize_checkpoint
+    from ptool.ui.output import Output
+    from ptool.ui.quantize_view import report_table
+
+    out = Output(json=json, quiet=quiet)
+
+    def log(line: str) -> None:
+        out.err.print(escape(line), soft_wrap=True)
+
+    report = quantize_checkpoint(ckpt, options, log=log, quiet=quiet)
+    out.info(
+        f"{report['mode']} int8 model by {report['library']} ({report['backend']} kernels): "
+        f"{escape(report['output'])}"
+    )
+    out.result(report, lambda: report_table(report))
+
+
+def dynamic(
+    ckpt: CkptArg = None,
+    modules: Annotated[
+        str, typer.Option("--modules", help="Layer types to quantize: linear, lstm, gru.")
+    ] = "linear,lstm,gru",
+    dtype: Annotated[str, typer.Option("--dtype", help="Weight type: qint8 or float16.")] = "qint8",
+    backend: BackendOpt = "auto",
+    output: OutputOpt = None,
+    torchscript: TorchScriptOpt = False,
+    no_eval: NoEvalOpt = False,
+    bench_runs: BenchRunsOpt = 20,
+    device: DeviceOpt = "cpu",
+    json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Dynamic quantization: int8 weights, activations quantized on the fly (Linear, LSTM, GRU)."""
+    from ptool.core.quantize import QuantizeOptions
+
+    options = QuantizeOptions(
+        mode="dynamic",
+        modules=[m.strip().lower() for m in modules.split(",") if m.strip()],
+        dtype=dtype,
+        backend=backend,
+        output=output,
+        torchscript=torchscript,
+        evaluate=not no_eval,
+        bench_runs=bench_runs,
+        device=device,
+    )
+    _run(ckpt, options, json=json, quiet=quiet)
+
+
+def static(
+    ckpt: CkptArg = None,
+    backend: BackendOpt = "auto",
+    observer: ObserverOpt = None,
+    per_channel: PerChannelOpt = True,
+    calib_batches: Annotated[
+        int, typer.Option("--calib-batches", help="Training batches run through the observers.")
+    ] = 32,
+    calib_data: Annotated[
+        str | None,
+        typer.Option(
+            "--calib-data",
+            help="Calibrate on another data source (a --data spec) instead of the run's own.",
+            show_default=False,
+        ),
+    ] = None,
+    output: OutputOpt = None,
+    torchscript: TorchScriptOpt = False,
+    no_eval: NoEvalOpt = False,
+    bench_runs: BenchRunsOpt = 20,
+    device: DeviceOpt = "cpu",
+    json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Post-training static quantization: fuse conv+bn(+relu), linear(+relu); calibrate; convert."""
+    from ptool.core.quantize import QuantizeOptions
+
+    options = QuantizeOptions(
+        mode="static",
+        backend=backend,
+        observer=observer,
+        per_channel=per_channel,
+        calib_batches=calib_batches,
+        calib_data=calib_data,
+        output=output,
+        torchscript=torchscript,
+        evaluate=not no_eval,
+        bench_runs=bench_runs,
+        device=device,
+    )
+    _run(ckpt, options, json=json, quiet=quiet)
+
+
+def qat(
+    ckpt: CkptArg = None,
+    backend: BackendOpt = "auto",
+    observer: ObserverOpt = None,
+    per_channel: PerChannelOpt = True,
+    freeze_observers_epoch: Annotated[
+        int | None,
+        typer.Option(
+            "--freeze-observers-epoch",
+            help="Freeze the quantization ranges after this many epochs (default: never).",
+            show_default=False,
+        ),
+    ] = None,
+    freeze_bn_epoch: Annotated[
+        int | None,
+        typer.Option(
+            "--freeze-bn-epoch",
+            help="Freeze batch-norm running statistics after this many epochs (default: never).",
+            show_default=False,
+        ),
+    ] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            "--resume",
+            help="Continue an interrupted QAT run from its last.pt, then convert.",
+            show_default=False,
+        ),
+    ] = None,
+    output: OutputOpt = None,
+    torchscript: TorchScriptOpt = False,
+    no_eval: NoEvalOpt = False,
+    bench_runs: BenchRunsOpt = 20,
+    device: DeviceOpt = "cpu",
+    json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    *,
+    overrides: dict[str, Any],
+) -> None:
+    """Quantization-aware training: fake-quantized fine-tuning (train's engine and flags), then
+    convert. Defaults: 3 epochs at the checkpoint's lr x 0.1, run dir <ckpt dir>/qat/<time>."""
+    from ptool.core.quantize import QuantizeOptions
+
+    options = QuantizeOptions(
+        mode="qat",
+        backend=backend,
+        observer=observer,
+        per_channel=per_channel,
+        freeze_observers_epoch=freeze_observers_epoch,
+        freeze_bn_epoch=freeze_bn_epoch,
+        train_overrides=overrides,
+        resume=resume,
+        output=output,
+        torchscript=torchscript,
+        evaluate=not no_eval,
+        bench_runs=bench_runs,
+        device=device,
+    )
+    _run(ckpt, options, json=json, quiet=quiet)
+
+
+def register(app: typer.Typer) -> None:
+    sub = typer.Typer(
+        name="quantize",
+        help="int8 quantization of a trained checkpoint (dynamic, static, qat), with a "
+        "before/after report.",
+        no_args_is_help=True,
+        epilog=EXAMPLES,
+    )
+    sub.command("dynamic", epilog=EXAMPLES, help=dynamic.__doc__)(dynamic)
+    sub.command("static", epilog=EXAMPLES, help=static.__doc__)(static)
+    sub.command("qat", epilog=EXAMPLES, help=qat.__doc__)(with_config_options(QAT_FIELDS)(qat))
+    app.add_typer(sub)

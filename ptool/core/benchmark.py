@@ -1,0 +1,53 @@
+"""Size and speed of a model, measured the same way for every before/after report.
+
+Latency is the median of repeated forward passes after warm-up, in one process with the
+same thread count for both models, so two figures taken here can be divided.
+"""
+
+from __future__ import annotations
+
+import io
+import statistics
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def serialized_bytes(state_dict: Mapping[str, Any]) -> int:
+    """Bytes of `torch.save(state_dict)`: the file size of the weights saved alone."""
+    buffer = io.BytesIO()
+    torch.save(dict(state_dict), buffer)
+    return buffer.tell()
+
+
+def _tensors(value: Any) -> Iterable[torch.Tensor]:
+    """Every tensor in a state-dict value (packed quantized weights are tuples of tensors)."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _tensors(item)
+
+
+def param_bytes(state_dict: Mapping[str, Any]) -> int:
+    """Bytes held by the state dict's tensors (weights, biases, buffers; int8 = 1 byte each)."""
+    return sum(t.numel() * t.element_size() for v in state_dict.values() for t in _tensors(v))
+
+
+@torch.no_grad()
+def latency_ms(
+    model: nn.Module, example: torch.Tensor, *, runs: int = 20, warmup: int = 3
+) -> float:
+    """Median wall time of `model(example)` in milliseconds over `runs` calls after `warmup`."""
+    model.eval()
+    for _ in range(warmup):
+        model(example)
+    times = []
+    for _ in range(max(1, runs)):
+        start = time.perf_counter()
+        model(example)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000.0

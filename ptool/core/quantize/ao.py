@@ -1,0 +1,385 @@
+"""The one place that touches `torch.ao.quantization`: qconfigs, prepare, convert, reload.
+
+torch 2.14 marks torch.ao.quantization deprecated (removal planned) but it still holds the
+fast fbgemm/x86/qnnpack int8 CPU kernels. Static and QAT use FX graph mode (it fuses
+conv+bn(+relu) / linear(+relu) and places quant/dequant stubs itself on traceable models);
+dynamic uses `quantize_dynamic`. Upstream's deprecation and observer warnings are silenced
+here; the report names the backend in one line instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import platform
+import warnings
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from ptool.core.errors import PtoolError, UsageError, unknown_name
+
+LIBRARY = "torch.ao.quantization"
+BACKENDS = ("x86", "fbgemm", "qnnpack")
+OBSERVERS = ("minmax", "histogram", "moving-average")
+QAT_OBSERVERS = ("minmax", "moving-average")
+DTYPES = ("qint8", "float16")
+DYNAMIC_MODULES: dict[str, type[nn.Module]] = {"linear": nn.Linear, "lstm": nn.LSTM, "gru": nn.GRU}
+STATIC_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+REDUCE_RANGE = {"x86": True, "fbgemm": True, "qnnpack": False}
+
+# The warnings a quantized model keeps emitting after it is built (running it, loading its
+# state dict): one-off upstream notices, not something a ptool user can act on.
+for _message in (
+    r"torch\.quantize_per_tensor, torch\.quantize_per_channel",
+    r"TypedStorage is deprecated",
+):
+    warnings.filterwarnings("ignore", message=_message)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence torch.ao's DeprecationWarning / observer UserWarning walls."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+@functools.cache
+def _ao() -> tuple[Any, Any]:
+    """(torch.ao.quantization, its quantize_fx), or a one-line error if this torch lacks them."""
+    try:
+        with quiet():
+            import torch.ao.quantization as tq
+            from torch.ao.quantization import quantize_fx
+    except ImportError as exc:
+        raise PtoolError(
+            f"this torch ({torch.__version__}) has no {LIBRARY}, which ptool's int8 "
+            "quantization runs on",
+            hint="use torch <= 2.14 for `ptool quantize`",
+        ) from exc
+    return tq, quantize_fx
+
+
+def available() -> bool:
+    try:
+        _ao()
+    except PtoolError:
+        return False
+    return True
+
+
+# --- backends --------------------------------------------------------------------------
+
+
+def default_backend() -> str:
+    """x86 on Intel/AMD CPUs, qnnpack on ARM (torch's own defaults per architecture)."""
+    machine = platform.machine().lower()
+    return "qnnpack" if machine.startswith(("arm", "aarch")) else "x86"
+
+
+def supported_backends() -> list[str]:
+    return [name for name in torch.backends.quantized.supported_engines if name in BACKENDS]
+
+
+def resolve_backend(name: str) -> str:
+    """`auto` -> this CPU's backend; refuses names this CPU's torch build cannot run."""
+    chosen = default_backend() if name == "auto" else name
+    if chosen not in BACKENDS:
+        raise unknown_name("--backend", chosen, ("auto", *BACKENDS))
+    here = supported_backends()
+    if chosen not in here:
+        raise UsageError(
+            f"--backend {chosen} is not supported on this CPU ({platform.machine()}); "
+            f"supported here: {', '.join(here) or 'none'}"
+        )
+    return chosen
+
+
+def activate(backend: str) -> None:
+    """Select the int8 kernels; packed weights are laid out per backend, so this is global."""
+    torch.backends.quantized.engine = backend
+
+
+# --- qconfigs --------------------------------------------------------------------------
+
+
+def _activation_observer(name: str) -> Any:
+    from torch.ao.quantization import observer
+
+    return {
+        "minmax": observer.MinMaxObserver,
+        "histogram": observer.HistogramObserver,
+        "moving-average": observer.MovingAverageMinMaxObserver,
+    }[name]
+
+
+def qconfig_mapping(recipe: dict[str, Any]) -> Any:
+    """torch's default mapping for the backend (fixed-qparams ops and all) with the global
+    qconfig built from the recipe's observer and per-channel choice."""
+    tq, _ = _ao()
+    from torch.ao.quantization import fake_quantize, observer
+
+    backend, per_channel = recipe["backend"], recipe["per_channel"]
+    reduce_range = REDUCE_RANGE[backend]
+    activation_observer = _activation_observer(recipe["observer"])
+    weight_scheme = torch.per_channel_symmetric if per_channel else torch.per_tensor_symmetric
+    with quiet():
+        if recipe["mode"] == "qat":
+            mapping = tq.get_default_qat_qconfig_mapping(backend)
+            moving = recipe["observer"] == "moving-average"
+            fake = fake_quantize.FusedMovingAvgObsFakeQuantize if moving else tq.FakeQuantize
+            weight_observer = (
+                observer.MovingAveragePerChannelMinMaxObserver
+                if per_channel
+                else observer.MovingAverageMinMaxObserver
+            )
+            qconfig = tq.QConfig(
+                activation=fake.with_args(
+                    observer=activation_observer,
+                    quant_min=0,
+                    quant_max=255,
+                    reduce_range=reduce_range,
+                ),
+                weight=fake_quantize.FusedMovingAvgObsFakeQuantize.with_args(
+                    observer=weight_observer,
+                    quant_min=-128,
+                    quant_max=127,
+                    dtype=torch.qint8,
+                    qscheme=weight_scheme,
+                ),
+            )
+        else:
+            mapping = tq.get_default_qconfig_mapping(backend)
+            weight_observer = (
+                observer.PerChannelMinMaxObserver if per_channel else observer.MinMaxObserver
+            )
+            qconfig = tq.QConfig(
+                activation=activation_observer.with_args(reduce_range=reduce_range),
+                weight=weight_observer.with_args(dtype=torch.qint8, qscheme=weight_scheme),
+            )
+    return mapping.set_global(qconfig)
+
+
+def qconfig_repr(recipe: dict[str, Any]) -> str:
+    """The global qconfig as text, for the recipe (the mapping itself is rebuilt from it)."""
+    if recipe["mode"] == "dynamic":
+        kind = "float16" if recipe["dtype"] == "float16" else "default"
+        return f"torch.ao.quantization.{kind}_dynamic_qconfig"
+    return repr(qconfig_mapping(recipe).global_qconfig)
+
+
+# --- checks ----------------------------------------------------------------------------
+
+
+def _example(recipe: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+    return (torch.zeros(2, *recipe["input_shape"]),)
+
+
+def check_traceable(model: nn.Module) -> None:
+    """Trace with torch.fx first, so a failure names the layer whose forward stops it."""
+    stack: list[str] = []
+
+    class _RecordingTracer(torch.fx.Tracer):
+        def call_module(self, module, forward, args, kwargs):  # noqa: ANN001 - torch.fx API
+            stack.append(self.path_of_module(module) or type(module).__name__)
+            try:
+                return super().call_module(module, forward, args, kwargs)
+            finally:
+                stack.pop()
+
+    try:
+        _RecordingTracer().trace(model)
+    except Exception as exc:  # noqa: BLE001 - tracing fails in model-specific ways
+        where = (
+            f"layer {stack[-1]} ({type(model.get_submodule(stack[-1])).__name__})"
+            if stack and _has_submodule(model, stack[-1])
+            else f"the forward of {type(model).__name__}"
+        )
+        raise UsageError(
+            f"cannot quantize: {where} cannot be traced by torch.fx ({_first_line(exc)})",
+            hint="static and qat need a traceable forward (no data-dependent control flow); "
+            "`ptool quantize dynamic` needs no tracing",
+        ) from exc
+
+
+def _has_submodule(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def check_quantizable(model: nn.Module, recipe: dict[str, Any]) -> None:
+    """Refuse a model with nothing the mode can quantize, naming what it looked for."""
+    if recipe["mode"] == "dynamic":
+        wanted = tuple(DYNAMIC_MODULES[name] for name in recipe["modules"])
+        names = ", ".join(f"nn.{t.__name__}" for t in wanted)
+        hint = "static quantization also covers Conv layers: `ptool quantize static`"
+    else:
+        wanted = STATIC_LAYERS
+        names = "nn.Linear, nn.Conv1d/2d/3d"
+        hint = "only layers with int8 kernels can be quantized"
+    if not any(isinstance(module, wanted) for module in model.modules()):
+        raise UsageError(
+            f"the model has no quantizable layers for {recipe['mode']} quantization "
+            f"(looked for {names})",
+            hint=hint,
+        )
+
+
+# --- prepare / convert -----------------------------------------------------------------
+
+
+def quantize_dynamic(model: nn.Module, recipe: dict[str, Any]) -> nn.Module:
+    """Weights int8 (or float16), activations quantized on the fly, per `recipe["modules"]`."""
+    tq, _ = _ao()
+    activate(recipe["backend"])
+    dtype = torch.float16 if recipe["dtype"] == "float16" else torch.qint8
+    types = {DYNAMIC_MODULES[name] for name in recipe["modules"]}
+    with quiet():
+        return tq.quantize_dynamic(model.eval(), types, dtype=dtype)
+
+
+def prepare(model: nn.Module, recipe: dict[str, Any]) -> nn.Module:
+    """Fuse and insert observers (static, eval mode) or fake-quant modules (qat, train mode)."""
+    _, quantize_fx = _ao()
+    activate(recipe["backend"])
+    mapping = qconfig_mapping(recipe)
+    try:
+        with quiet():
+            if recipe["mode"] == "qat":
+                return quantize_fx.prepare_qat_fx(model.train(), mapping, _example(recipe))
+            return quantize_fx.prepare_fx(model.eval(), mapping, _example(recipe))
+    except Exception as exc:  # noqa: BLE001 - FX fails in model-specific ways
+        raise UsageError(f"cannot quantize this model with torch.fx: {_first_line(exc)}") from exc
+
+
+def convert(prepared: nn.Module) -> nn.Module:
+    """Observed/fake-quantized model -> int8 model with the backend's kernels."""
+    _, quantize_fx = _ao()
+    with quiet():
+        return quantize_fx.convert_fx(prepared.eval())
+
+
+@torch.no_grad()
+def calibrate(prepared: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """Run batches through the observers; returns how many were seen."""
+    prepared.eval()
+    seen = 0
+    with quiet():
+        for x in batches:
+            prepared(x)
+            seen += 1
+    return seen
+
+
+def freeze_observers(model: nn.Module) -> None:
+    tq, _ = _ao()
+    model.apply(tq.disable_observer)
+
+
+def freeze_bn_stats(model: nn.Module) -> None:
+    import torch.ao.nn.intrinsic.qat as nniqat
+
+    model.apply(nniqat.freeze_bn_stats)
+
+
+def prepare_for_load(model: nn.Module, recipe: dict[str, Any]) -> nn.Module:
+    """A freshly built float model -> an empty quantized model of the saved structure.
+
+    The same fuse/prepare/convert as when the file was written, without calibration, so
+    `load_state_dict(ckpt["model_state_dict"])` fits; a QAT run's own checkpoints
+    (`converted: False`) come back as the fake-quantized training model.
+    """
+    activate(recipe["backend"])
+    if recipe["mode"] == "dynamic":
+        return quantize_dynamic(model, recipe)
+    prepared = prepare(model, recipe)
+    if recipe.get("converted", True) is False:
+        return prepared
+    return convert(prepared)
+
+
+# --- describing the result -------------------------------------------------------------
+
+
+def is_quantized_module(module: nn.Module) -> bool:
+    return type(module).__module__.startswith(
+        ("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized")
+    )
+
+
+def quantized_layer_names(model: nn.Module) -> list[str]:
+    """Names of the int8 layers (packed-weight holders inside them are not layers)."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if is_quantized_module(module) and not name.endswith("_packed_params")
+    ]
+
+
+def fused_modules(float_model: nn.Module, quantized: nn.Module) -> list[list[str]]:
+    """Groups of float layers that became one quantized layer (conv+bn+relu, linear+relu).
+
+    A float leaf that is gone from the converted model was folded into the layer before it.
+    """
+    kept = {name for name, _ in quantized.named_modules()}
+    groups: list[list[str]] = []
+    for name, module in float_model.named_modules():
+        if list(module.children()) or not name:
+            continue
+        if name in kept or not groups:
+            groups.append([name])
+        else:
+            groups[-1].append(name)
+    return [group for group in groups if len(group) > 1]
+
+
+def describe_state(state_dict: dict[str, Any]) -> list[dict[str, Any]]:
+    """The int8 layers of a quantized state dict with their scales and zero points.
+
+    Reads the file's tensors only (no model): for `inspect-checkpoint` and the report.
+    """
+    layers: dict[str, dict[str, Any]] = {}
+    for key, value in state_dict.items():
+        prefix, _, leaf = key.rpartition(".")
+        weight = None
+        if leaf == "weight" and isinstance(value, torch.Tensor) and value.is_quantized:
+            weight = value
+        elif key.endswith("_packed_params._packed_params") and isinstance(value, tuple):
+            prefix = key[: -len("._packed_params._packed_params")]
+            weight = next((v for v in value if isinstance(v, torch.Tensor)), None)
+        if weight is not None and weight.is_quantized:
+            layers.setdefault(prefix, {}).update(_weight_qparams(weight))
+        elif leaf in ("scale", "zero_point") and isinstance(value, torch.Tensor):
+            layers.setdefault(prefix, {})[f"output_{leaf}"] = value.item()
+    return [
+        {"name": name, **values}
+        for name, values in layers.items()
+        if "weight_dtype" in values  # input quant stubs have scales but no weights
+    ]
+
+
+def _weight_qparams(weight: torch.Tensor) -> dict[str, Any]:
+    described: dict[str, Any] = {
+        "weight_dtype": str(weight.dtype).removeprefix("torch."),
+        "shape": list(weight.shape),
+        "qscheme": str(weight.qscheme()).removeprefix("torch."),
+    }
+    if weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+        scales = weight.q_per_channel_scales()
+        described["weight_scale"] = [float(scales.min()), float(scales.max())]
+        described["weight_zero_point"] = sorted(set(weight.q_per_channel_zero_points().tolist()))
+    else:
+        described["weight_scale"] = weight.q_scale()
+        described["weight_zero_point"] = weight.q_zero_point()
+    return described

@@ -1,0 +1,451 @@
+"""`ptool quantize`: checkpoint in, int8 checkpoint and a before/after report out.
+
+The float model and its data come back from the checkpoint's saved config
+(`restore.model_from_checkpoint`, `build_data`); every torch.ao call goes through `ao`.
+QAT fine-tunes through the training engine's `fit()` with a hook that prepares the model
+for QAT and a callback that freezes observers and batch-norm statistics.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ptool.core import benchmark
+from ptool.core import checkpoint as ckpt_io
+from ptool.core.config import TrainConfig
+from ptool.core.errors import PtoolError, UsageError
+from ptool.core.quantize import ao
+
+MODES = ("dynamic", "static", "qat")
+DEFAULT_OBSERVER = {"static": "histogram", "qat": "moving-average"}
+QAT_DEFAULTS = {"epochs": 3, "lr_factor": 0.1}
+
+
+@dataclass
+class QuantizeOptions:
+    """Everything `ptool quantize MODE` takes besides the checkpoint (see the README)."""
+
+    mode: str
+    backend: str = "auto"
+    observer: str | None = None  # default per mode: histogram (static), moving-average (qat)
+    per_channel: bool = True
+    modules: list[str] = field(default_factory=lambda: list(ao.DYNAMIC_MODULES))
+    dtype: str = "qint8"
+    calib_batches: int = 32
+    calib_data: str | None = None
+    output: str | None = None
+    torchscript: bool = False
+    evaluate: bool = True
+    bench_runs: int = 20
+    device: str = "cpu"
+    freeze_observers_epoch: int | None = None
+    freeze_bn_epoch: int | None = None
+    train_overrides: dict[str, Any] = field(default_factory=dict)
+    resume: str | None = None
+
+
+def check_options(options: QuantizeOptions) -> None:
+    """Refuse bad combinations before anything is loaded."""
+    if options.device not in ("cpu", "auto"):
+        raise UsageError(
+            f"--device {options.device}: int8 quantized kernels (fbgemm/x86/qnnpack) run on the "
+            "CPU only",
+            hint="drop --device (quantize runs on the CPU)",
+        )
+    mode = options.mode
+    if mode not in MODES:
+        raise UsageError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
+    if mode == "dynamic":
+        unknown = [m for m in options.modules if m not in ao.DYNAMIC_MODULES]
+        if unknown or not options.modules:
+            raise UsageError(
+                f"--modules {','.join(options.modules)}: valid: {', '.join(ao.DYNAMIC_MODULES)}"
+            )
+        if options.dtype not in ao.DTYPES:
+            raise UsageError(f"--dtype {options.dtype}: valid: {', '.join(ao.DTYPES)}")
+    observer = options.observer or DEFAULT_OBSERVER.get(mode)
+    valid = ao.QAT_OBSERVERS if mode == "qat" else ao.OBSERVERS
+    if mode != "dynamic" and observer not in valid:
+        raise UsageError(
+            f"--observer {observer} does not work with {mode}; valid: {', '.join(valid)}"
+        )
+    for name in ("calib_batches", "bench_runs"):
+        if getattr(options, name) < 1:
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"{flag} must be at least 1, got {getattr(options, name)}")
+    if options.resume and mode != "qat":
+        raise UsageError(f"--resume continues a `ptool quantize qat` run, not {mode}")
+
+
+def refuse_quantized(ckpt: dict[str, Any], path: Path) -> None:
+    recipe = ckpt.get("quantization")
+    if recipe:
+        raise UsageError(
+            f"{path} is already quantized ({recipe.get('mode')}, {recipe.get('backend')})",
+            hint="quantize the float checkpoint it was made from"
+            + (f": {recipe['source']}" if recipe.get("source") else ""),
+        )
+
+
+def default_output(ckpt_path: Path, dtype: str) -> Path:
+    """`<stem>.int8.pt` next to the input (`<stem>.fp16.pt` for --dtype float16)."""
+    tag = "fp16" if dtype == "float16" else "int8"
+    return ckpt_path.with_name(f"{ckpt_path.stem}.{tag}.pt")
+
+
+def torchscript_path(output: Path) -> Path:
+    return output.with_suffix(".torchscript.pt")
+
+
+def _float_model(ckpt: dict[str, Any]) -> nn.Module:
+    """The checkpoint's float model, with any pruning masks made permanent (plain weights)."""
+    from torch.nn.utils import prune
+
+    from ptool.core.restore import model_from_checkpoint
+
+    model = model_from_checkpoint(ckpt)
+    for module in model.modules():
+        for hook in list(module._forward_pre_hooks.values()):
+            if isinstance(hook, prune.BasePruningMethod):
+                prune.remove(module, hook._tensor_name)
+    return model.eval()
+
+
+def _recipe(options: QuantizeOptions, backend: str, info: Any, source: Path) -> dict[str, Any]:
+    recipe: dict[str, Any] = {
+        "mode": options.mode,
+        "engine": "eager" if options.mode == "dynamic" else "fx",
+        "library": ao.LIBRARY,
+        "backend": backend,
+        "dtype": options.dtype if options.mode == "dynamic" else "qint8",
+        "input_shape": list(info.input_shape),
+        "source": str(source),
+        "torch_version": str(torch.__version__),
+    }
+    if options.mode == "dynamic":
+        recipe["modules"] = list(options.modules)
+    else:
+        recipe["observer"] = options.observer or DEFAULT_OBSERVER[options.mode]
+        recipe["per_channel"] = options.per_channel
+    return recipe
+
+
+def calibration_batches(config: TrainConfig, data: Any, count: int) -> Iterator[torch.Tensor]:
+    """The first `count` batches of the train split, in dataset order (no shuffling)."""
+    from ptool.core.data import make_loader
+
+    order = torch.arange(len(data.train))
+    loader = make_loader(data.train, config, order, train=False, device=torch.device("cpu"))
+    return (x for x, _ in itertools.islice(loader, count))
+
+
+def _calibration_data(config: TrainConfig, info: Any, spec: str | None, data: Any) -> Any:
+    if spec is None:
+        return data
+    from ptool.core.data import build_data
+
+    other = build_data(config.replace(data=spec))
+    if list(other.info.input_shape) != list(info.input_shape):
+        raise UsageError(
+            f"--calib-data {spec} gives inputs of shape {other.info.input_shape}; "
+            f"the model takes {info.input_shape}"
+        )
+    return other
+
+
+class FreezeSchedule:
+    """Engine callback: stop observers / batch-norm statistics after the given epochs.
+
+    Applied at the start too, so a resumed run freezes what the uninterrupted one had.
+    """
+
+    def __init__(self, observers_epoch: int | None, bn_epoch: int | None, log: Callable):
+        self.observers_epoch = observers_epoch
+        self.bn_epoch = bn_epoch
+        self.log = log
+        self.done: set[str] = set()
+
+    def _apply(self, trainer: Any) -> None:
+        epoch = trainer.state.epoch
+        if self.observers_epoch is not None and epoch >= self.observers_epoch:
+            ao.freeze_observers(trainer.model)
+            self._note("observers", epoch)
+        if self.bn_epoch is not None and epoch >= self.bn_epoch:
+            ao.freeze_bn_stats(trainer.model)
+            self._note("batch-norm statistics", epoch)
+
+    def _note(self, what: str, epoch: int) -> None:
+        if what not in self.done:
+            self.done.add(what)
+            self.log(f"qat: {what} frozen after epoch {epoch}")
+
+    def on_fit_start(self, trainer: Any) -> None:
+        self._apply(trainer)
+
+    def on_epoch_end(self, trainer: Any, metrics: dict) -> None:
+        self._apply(trainer)
+
+
+def qat_config(config: TrainConfig, overrides: dict[str, Any], source: Path) -> TrainConfig:
+    """The run's config with QAT's defaults (3 epochs, lr x 0.1, a run dir beside the
+    checkpoint), then the flags given; always on the CPU."""
+    from ptool.core import rundir
+
+    values = {
+        "epochs": QAT_DEFAULTS["epochs"],
+        "lr": config.lr * QAT_DEFAULTS["lr_factor"],
+        "out": str(rundir.default_run_dir(source.parent / "qat")),
+        "init_from": None,
+        **overrides,
+        "device": "cpu",
+    }
+    return config.replace(**values)
+
+
+def run_qat(
+    float_model: nn.Module,
+    config: TrainConfig,
+    data: Any,
+    recipe: dict[str, Any],
+    *,
+    resume: dict[str, Any] | None,
+    log: Callable[[str], None],
+    quiet: bool,
+    progress: bool | None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Fake-quantized fine-tuning through `fit()`, then convert the best epoch's weights."""
+    from ptool.core.engine import fit
+
+    prepared: list[nn.Module] = []
+
+    def prepare_for_qat(model: nn.Module) -> nn.Module:
+        prepared.append(ao.prepare(model, recipe))
+        return prepared[0]
+
+    qat = recipe["qat"]
+    summary = fit(
+        config,
+        resume=resume,
+        callbacks=[FreezeSchedule(qat["freeze_observers_epoch"], qat["freeze_bn_epoch"], log)],
+        quiet=quiet,
+        progress=progress,
+        log=log,
+        model=copy.deepcopy(float_model),
+        data=data,
+        prepare_model=prepare_for_qat,
+        checkpoint_extras=lambda: {"quantization": {**recipe, "converted": False}},
+    )
+    model = prepared[0]
+    best = summary.checkpoints.get("best")
+    if best:
+        model.load_state_dict(ckpt_io.load_checkpoint(best)["model_state_dict"])
+    return ao.convert(model), summary.to_dict()
+
+
+def _resume_recipe(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    ckpt = ckpt_io.load_checkpoint(path)
+    recipe = ckpt.get("quantization") or {}
+    if recipe.get("mode") != "qat" or recipe.get("converted") is not False:
+        raise UsageError(
+            f"--resume {path} is not a checkpoint of a `ptool quantize qat` run",
+            hint="pass the run's last.pt (in the qat/ folder next to the float checkpoint)",
+        )
+    return ckpt, recipe
+
+
+def quantize_checkpoint(
+    path: str | Path | None,
+    options: QuantizeOptions,
+    *,
+    log: Callable[[str], None] = lambda _: None,
+    quiet: bool = False,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Quantize the float checkpoint at `path`, write the result, return the report."""
+    check_options(options)
+    resume_ckpt = resume_recipe = None
+    if options.resume:
+        resume_ckpt, resume_recipe = _resume_recipe(options.resume)
+        path = path or resume_recipe["source"]
+    if path is None:
+        path = ckpt_io.find_default_checkpoint()
+        log(f"using the newest run's checkpoint: {path}")
+    path = Path(path)
+    ckpt = ckpt_io.load_checkpoint(path)
+    refuse_quantized(ckpt, path)
+
+    from ptool.core.restore import config_and_info
+
+    config, info = config_and_info(ckpt)
+    backend = ao.resolve_backend(resume_recipe["backend"] if resume_recipe else options.backend)
+    recipe = resume_recipe or _recipe(options, backend, info, path)
+    recipe = {k: v for k, v in recipe.items() if k != "converted"}
+    output = Path(options.output) if options.output else default_output(path, recipe["dtype"])
+    if output.resolve() == path.resolve():
+        raise UsageError(f"-o {output} would overwrite the input checkpoint")
+
+    float_model = _float_model(ckpt)
+    ao.check_quantizable(float_model, recipe)
+    if recipe["mode"] != "dynamic":
+        ao.check_traceable(float_model)
+
+    data = None
+    if options.evaluate or recipe["mode"] != "dynamic":
+        from ptool.core.data import build_data
+
+        data = build_data(config)
+
+    qat_summary = None
+    if recipe["mode"] == "dynamic":
+        quantized = ao.quantize_dynamic(copy.deepcopy(float_model), recipe)
+    elif recipe["mode"] == "static":
+        prepared = ao.prepare(copy.deepcopy(float_model), recipe)
+        calib = _calibration_data(config, info, options.calib_data, data)
+        seen = ao.calibrate(prepared, calibration_batches(config, calib, options.calib_batches))
+        recipe["calibration"] = {"batches": seen, "data": options.calib_data or config.data}
+        quantized = ao.convert(prepared)
+    else:
+        if resume_ckpt is not None:
+            train_config = TrainConfig.from_dict(resume_ckpt["config"], source="checkpoint")
+            train_config = train_config.replace(**options.train_overrides, device="cpu")
+        else:
+            train_config = qat_config(config, options.train_overrides, path)
+            recipe["qat"] = {
+                "freeze_observers_epoch": options.freeze_observers_epoch,
+                "freeze_bn_epoch": options.freeze_bn_epoch,
+                "run_dir": train_config.out,
+            }
+        quantized, qat_summary = run_qat(
+            float_model,
+            train_config,
+            data,
+            recipe,
+            resume=resume_ckpt,
+            log=log,
+            quiet=quiet,
+            progress=progress,
+        )
+
+    layers = ao.quantized_layer_names(quantized)
+    if not layers and recipe["dtype"] == "qint8":
+        raise PtoolError(f"{recipe['mode']} quantization left every layer in float")
+    recipe["fused_modules"] = ao.fused_modules(float_model, quantized)
+    recipe["qconfig"] = ao.qconfig_repr(recipe)
+    recipe["converted"] = True
+
+    report = compare(float_model, quantized, config, info, data, options)
+    payload = {
+        "format": ckpt_io.FORMAT,
+        "format_version": ckpt_io.FORMAT_VERSION,
+        "model_state_dict": quantized.state_dict(),
+        "config": ckpt["config"],
+        "data_info": ckpt["data_info"],
+        "metrics": report["quantized"].get("metrics") or {},
+        "quantization": recipe,
+        "meta": ckpt_io.meta(),
+    }
+    if ckpt.get("pruning"):
+        payload["pruning"] = ckpt["pruning"]
+    ckpt_io.atomic_save(payload, output)
+    script = None
+    if options.torchscript:
+        script = write_torchscript(quantized, recipe, torchscript_path(output))
+    return {
+        "checkpoint": str(path),
+        "output": str(output),
+        "torchscript": str(script) if script else None,
+        "mode": recipe["mode"],
+        "backend": recipe["backend"],
+        "library": ao.LIBRARY,
+        "quantized_layers": layers,
+        "fused_modules": recipe["fused_modules"],
+        "recipe": recipe,
+        **report,
+        "qat": qat_summary,
+    }
+
+
+def write_torchscript(model: nn.Module, recipe: dict[str, Any], path: Path) -> Path:
+    """torch.jit.trace of the quantized model: runs with plain torch, no ptool needed."""
+    example = torch.zeros(1, *recipe["input_shape"])
+    with ao.quiet(), torch.no_grad():
+        traced = torch.jit.trace(model.eval(), example)
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.jit.save(traced, str(tmp))
+    tmp.replace(path)
+    return path
+
+
+def _measure(
+    model: nn.Module, inputs: dict[str, torch.Tensor], runs: int, loader: Any, eval_args: tuple
+) -> dict[str, Any]:
+    from ptool.core.evaluate import evaluate
+
+    state = model.state_dict()
+    entry: dict[str, Any] = {
+        "file_bytes": benchmark.serialized_bytes(state),
+        "param_bytes": benchmark.param_bytes(state),
+    }
+    with ao.quiet():
+        for key, x in inputs.items():
+            entry[f"latency_ms_{key}"] = round(benchmark.latency_ms(model, x, runs=runs), 4)
+        entry["metrics"] = evaluate(model, loader(), *eval_args)[0] if loader else None
+    return entry
+
+
+def compare(
+    float_model: nn.Module,
+    quantized: nn.Module,
+    config: TrainConfig,
+    info: Any,
+    data: Any,
+    options: QuantizeOptions,
+) -> dict[str, Any]:
+    """fp32 vs quantized: file size, parameter bytes, latency (batch 1 and the training batch
+    size, same threads), validation metrics; and the ratios."""
+    generator = torch.Generator().manual_seed(0)
+    batch = config.batch_size
+    inputs = {
+        name: torch.randn(n, *info.input_shape, generator=generator)
+        for name, n in (("batch_1", 1), ("batch_n", batch))
+    }
+    loader = eval_args = None
+    if options.evaluate:
+        from ptool.core.data import make_loader
+        from ptool.core.optim import build_loss
+
+        cpu = torch.device("cpu")
+        order = torch.arange(len(data.val))
+
+        def loader():
+            return make_loader(data.val, config, order, train=False, device=cpu)
+
+        eval_args = (info, build_loss(config, info), cpu)
+    fp32 = _measure(float_model, inputs, options.bench_runs, loader, eval_args)
+    quant = _measure(quantized, inputs, options.bench_runs, loader, eval_args)
+    ratios = {
+        "size": fp32["file_bytes"] / quant["file_bytes"],
+        "param_bytes": fp32["param_bytes"] / quant["param_bytes"],
+        "speedup_batch_1": fp32["latency_ms_batch_1"] / quant["latency_ms_batch_1"],
+        "speedup_batch_n": fp32["latency_ms_batch_n"] / quant["latency_ms_batch_n"],
+    }
+    changes = None
+    if fp32["metrics"] is not None:
+        changes = {k: quant["metrics"][k] - v for k, v in fp32["metrics"].items()}
+    return {
+        "batch_size": batch,
+        "threads": torch.get_num_threads(),
+        "bench_runs": options.bench_runs,
+        "fp32": fp32,
+        "quantized": quant,
+        "ratios": {k: round(v, 3) for k, v in ratios.items()},
+        "metrics_change": changes,
+    }
