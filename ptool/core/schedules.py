@@ -1,0 +1,285 @@
+"""Learning-rate schedules: the real `torch.optim.lr_scheduler` classes, built from the config.
+
+One implementation serves `ptool train` (which steps it) and `ptool lr-plot` (which steps the
+same object on a dummy optimizer), so the plot is exactly what training does.
+
+Units: a schedule steps per epoch or per optimizer step (`scheduler_interval`, auto: per step
+for onecycle, cyclic and any `--warmup-steps`, per epoch otherwise). Epoch-counted parameters
+(`step_size`, `milestones`, `t_max`, `t_0`, `total_iters`, `warmup_epochs`) are converted to
+steps when the schedule steps per step; cyclic's `step_size_up` is in steps, as in PyTorch.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import torch
+from torch.optim import lr_scheduler
+
+from ptool.core.config import FIELDS, TrainConfig
+from ptool.core.errors import UsageError
+
+SCHEDULES: tuple[str, ...] = FIELDS["scheduler"].metadata["choices"]
+PER_STEP = ("onecycle", "cyclic")
+
+
+def resolve_interval(config: TrainConfig) -> str:
+    if config.scheduler_interval != "auto":
+        return config.scheduler_interval
+    return "step" if config.scheduler in PER_STEP or config.warmup_steps else "epoch"
+
+
+def monitor_mode(config: TrainConfig) -> str:
+    if config.mode != "auto":
+        return config.mode
+    return "min" if "loss" in config.monitor else "max"
+
+
+def check_schedule(config: TrainConfig, steps_per_epoch: int) -> None:
+    """Refuse impossible parameters before anything is built, one line each."""
+    name = config.scheduler
+    if name not in SCHEDULES:
+        from ptool.core.errors import unknown_name
+
+        raise unknown_name("scheduler", name, SCHEDULES)
+    if config.lr <= 0:
+        raise UsageError(f"--lr must be positive, got {config.lr}")
+    if config.epochs < 1:
+        raise UsageError(f"--epochs must be at least 1, got {config.epochs}")
+    if steps_per_epoch < 1:
+        raise UsageError(
+            f"{name} needs the number of steps per epoch; got {steps_per_epoch}",
+            hint="give --steps-per-epoch, or --samples and --batch-size",
+        )
+    if config.warmup_epochs < 0 or config.warmup_steps < 0:
+        raise UsageError("--warmup-epochs and --warmup-steps must be >= 0")
+    if config.warmup_epochs and config.warmup_steps:
+        raise UsageError("give --warmup-epochs or --warmup-steps, not both")
+    if not 0 < config.warmup_start_factor <= 1:
+        raise UsageError("--warmup-start-factor must be in (0, 1]")
+    if name == "step" and config.step_size < 1:
+        raise UsageError(f"--step-size must be at least 1, got {config.step_size}")
+    if name == "multistep":
+        ms = config.milestones
+        if not ms:
+            raise UsageError("multistep needs --milestones, e.g. --milestones 30,60")
+        if any(b <= a for a, b in zip(ms, ms[1:], strict=False)) or ms[0] < 1:
+            raise UsageError(f"--milestones must be positive and strictly increasing, got {ms}")
+    if name == "cosine" and config.t_max is not None and config.t_max < 1:
+        raise UsageError(f"--t-max must be at least 1, got {config.t_max}")
+    if name == "cosine-warm-restarts" and (config.t_0 < 1 or config.t_mult < 1):
+        raise UsageError("--t-0 and --t-mult must be at least 1")
+    if name in ("exponential", "step", "multistep") and config.gamma <= 0:
+        raise UsageError(f"--gamma must be positive, got {config.gamma}")
+    if name in ("linear", "polynomial") and config.total_iters < 1:
+        raise UsageError(f"--total-iters must be at least 1, got {config.total_iters}")
+    if name == "onecycle" and not 0 < config.pct_start < 1:
+        raise UsageError(f"--pct-start must be in (0, 1), got {config.pct_start}")
+    if name == "cyclic" and config.step_size_up < 1:
+        raise UsageError(f"--step-size-up must be at least 1, got {config.step_size_up}")
+    if config.max_lr is not None and config.max_lr <= 0:
+        raise UsageError(f"--max-lr must be positive, got {config.max_lr}")
+    if name == "plateau" and not 0 < config.factor < 1:
+        raise UsageError(f"--factor must be in (0, 1), got {config.factor}")
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def _uses_momentum(optimizer: torch.optim.Optimizer) -> bool:
+    defaults = optimizer.defaults
+    return "betas" in defaults or defaults.get("momentum", 0) > 0
+
+
+def _main_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, unit: int, length: int
+) -> Any:
+    """The main schedule over `length` steps of the interval; None for a constant lr."""
+    name = config.scheduler
+    if name in ("none", "constant"):
+        return None
+    if name == "step":
+        return lr_scheduler.StepLR(optimizer, step_size=config.step_size * unit, gamma=config.gamma)
+    if name == "multistep":
+        return lr_scheduler.MultiStepLR(
+            optimizer, milestones=[m * unit for m in config.milestones], gamma=config.gamma
+        )
+    if name == "exponential":
+        return lr_scheduler.ExponentialLR(optimizer, gamma=config.gamma)
+    if name == "cosine":
+        t_max = config.t_max * unit if config.t_max is not None else length
+        return lr_scheduler.CosineAnnealingLR(optimizer, T_max=t_max, eta_min=config.eta_min)
+    if name == "cosine-warm-restarts":
+        return lr_scheduler.CosineAnnealingWarmRestarts(
+            optimizer, T_0=config.t_0 * unit, T_mult=config.t_mult, eta_min=config.eta_min
+        )
+    if name == "onecycle":
+        return lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=config.max_lr if config.max_lr is not None else config.lr,
+            total_steps=length,
+            pct_start=config.pct_start,
+            anneal_strategy=config.anneal_strategy,
+            div_factor=config.div_factor,
+            final_div_factor=config.final_div_factor,
+            three_phase=config.three_phase,
+            cycle_momentum=_uses_momentum(optimizer),
+        )
+    if name == "linear":
+        return lr_scheduler.LinearLR(
+            optimizer,
+            start_factor=config.start_factor,
+            end_factor=config.end_factor,
+            total_iters=config.total_iters * unit,
+        )
+    if name == "polynomial":
+        return lr_scheduler.PolynomialLR(
+            optimizer, total_iters=config.total_iters * unit, power=config.power
+        )
+    if name == "cyclic":
+        return lr_scheduler.CyclicLR(
+            optimizer,
+            base_lr=config.lr,
+            max_lr=config.max_lr if config.max_lr is not None else config.lr * 10,
+            step_size_up=config.step_size_up,
+            mode=config.cyclic_mode,
+            cycle_momentum=_uses_momentum(optimizer) and "momentum" in optimizer.defaults,
+        )
+    if name == "plateau":
+        return lr_scheduler.ReduceLROnPlateau(
+            optimizer,
+            mode=monitor_mode(config),
+            factor=config.factor,
+            patience=config.patience,
+            threshold=config.threshold,
+            cooldown=config.cooldown,
+            min_lr=config.min_lr,
+        )
+    raise AssertionError(name)  # check_schedule refused it already
+
+
+class LRSchedule:
+    """Warmup composed with the main schedule, stepped per epoch or per optimizer step.
+
+    The engine calls `step_batch()` after every optimizer step and `step_epoch(metric)` after
+    every epoch's validation; the object decides which of the two moves the lr.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
+        check_schedule(config, steps_per_epoch)
+        self.interval = resolve_interval(config)
+        unit = steps_per_epoch if self.interval == "step" else 1
+        total = config.epochs * unit
+        self.warmup_length = config.warmup_steps or config.warmup_epochs * unit
+        if self.warmup_length and self.interval == "epoch" and config.warmup_steps:
+            raise UsageError("--warmup-steps needs --scheduler-interval step (or auto)")
+        length = max(1, total - self.warmup_length)
+        main = _main_scheduler(optimizer, config, unit, length)
+        self.plateau = main if isinstance(main, lr_scheduler.ReduceLROnPlateau) else None
+        warmup = None
+        if self.warmup_length:
+            warmup = lr_scheduler.LinearLR(
+                optimizer,
+                start_factor=config.warmup_start_factor,
+                end_factor=1.0,
+                total_iters=self.warmup_length,
+            )
+        if warmup is not None and main is not None and self.plateau is None:
+            # SequentialLR undoes the main scheduler's initial step and starts with the warmup.
+            self.scheduler: Any = lr_scheduler.SequentialLR(
+                optimizer, [warmup, main], milestones=[self.warmup_length]
+            )
+        else:
+            self.scheduler = warmup if self.plateau is not None else main
+        self.steps = 0  # steps taken by `self.scheduler`
+
+    @property
+    def _warming_up(self) -> bool:
+        return self.steps < self.warmup_length
+
+    def _advance(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.steps += 1
+
+    def step_batch(self) -> None:
+        if self.interval == "step" and (self.plateau is None or self._warming_up):
+            self._advance()
+
+    def step_epoch(self, metric: float | None = None) -> None:
+        if self.interval == "epoch" and (self.plateau is None or self._warming_up):
+            self._advance()
+        elif self.plateau is not None and not self._warming_up and _finite(metric):
+            self.plateau.step(metric)  # with no value the plateau's patience is unchanged
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "interval": self.interval,
+            "steps": self.steps,
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "plateau": self.plateau.state_dict() if self.plateau is not None else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps = state["steps"]
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.plateau is not None and state.get("plateau") is not None:
+            self.plateau.load_state_dict(state["plateau"])
+
+
+def build_schedule(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, *, steps_per_epoch: int
+) -> LRSchedule:
+    """`steps_per_epoch` counts optimizer steps (batches / accumulate, rounded up)."""
+    return LRSchedule(optimizer, config, steps_per_epoch)
+
+
+def lr_series(
+    config: TrainConfig,
+    *,
+    steps_per_epoch: int,
+    metrics: list[float] | None = None,
+    group_lrs: list[float] | None = None,
+) -> list[dict[str, Any]]:
+    """The lr used by every optimizer step of a run: rows `{step, epoch, lr, group}`.
+
+    The schedule is the same `LRSchedule` training builds, stepped on a dummy optimizer of
+    the configured type; `group_lrs` gives each parameter group its own initial lr.
+    """
+    from ptool.core.optim import OPTIMIZERS
+
+    if config.scheduler == "plateau" and metrics is None:
+        raise UsageError(
+            "plateau needs a metric per epoch",
+            hint="give --metric-file metrics.csv or --from-run runs/NAME",
+        )
+    check_schedule(config, steps_per_epoch)
+    lrs = group_lrs or [config.lr]
+    groups = [{"params": [torch.zeros(1, requires_grad=True)], "lr": lr} for lr in lrs]
+    optimizer = OPTIMIZERS[config.optimizer](groups, config)
+    schedule = build_schedule(optimizer, config, steps_per_epoch=steps_per_epoch)
+    # The dummy optimizer never steps; torch's "scheduler before optimizer" warning is noise here.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+        return _step_through(optimizer, schedule, config, steps_per_epoch, metrics)
+
+
+def _step_through(optimizer, schedule, config, steps_per_epoch, metrics) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    step = 0
+    for epoch in range(config.epochs):
+        for _ in range(steps_per_epoch):
+            for index, group in enumerate(optimizer.param_groups):
+                row = {"step": step, "epoch": step / steps_per_epoch, "lr": group["lr"]}
+                rows.append({**row, "group": index})
+            schedule.step_batch()
+            step += 1
+        metric = None
+        if metrics is not None:
+            metric = metrics[epoch] if epoch < len(metrics) else metrics[-1]
+        schedule.step_epoch(metric)
+    return rows

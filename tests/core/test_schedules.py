@@ -1,0 +1,181 @@
+"""Every schedule against the torch scheduler stepped directly (the oracle)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.optim import lr_scheduler
+
+from ptool.core.config import TrainConfig
+from ptool.core.errors import UsageError
+from ptool.core.schedules import build_schedule, lr_series
+
+pytestmark = pytest.mark.filterwarnings("ignore:Detected call of")
+
+STEPS = 4  # optimizer steps per epoch
+EPOCHS = 12
+
+
+def _oracle(make, *, per_step: bool, metrics=None, optimizer="sgd"):
+    """The lr each optimizer step uses, with a torch scheduler stepped by hand."""
+    param = torch.zeros(1, requires_grad=True)
+    opt = (
+        torch.optim.SGD([param], lr=0.1)
+        if optimizer == "sgd"
+        else torch.optim.AdamW([param], lr=0.1)
+    )
+    sched = make(opt)
+    lrs = []
+    for epoch in range(EPOCHS):
+        for _ in range(STEPS):
+            lrs.append(opt.param_groups[0]["lr"])
+            if per_step and sched is not None:
+                sched.step()
+        if not per_step and sched is not None:
+            sched.step(metrics[epoch]) if metrics else sched.step()
+    return lrs
+
+
+CASES = {
+    "none": ({}, lambda o: None, False),
+    "constant": ({}, lambda o: None, False),
+    "step": ({"step_size": 3, "gamma": 0.5}, lambda o: lr_scheduler.StepLR(o, 3, 0.5), False),
+    "multistep": (
+        {"milestones": [2, 5, 9]},
+        lambda o: lr_scheduler.MultiStepLR(o, [2, 5, 9], 0.1),
+        False,
+    ),
+    "exponential": (
+        {"gamma": 0.8},
+        lambda o: lr_scheduler.ExponentialLR(o, 0.8),
+        False,
+    ),
+    "cosine": (
+        {"eta_min": 1e-4},
+        lambda o: lr_scheduler.CosineAnnealingLR(o, EPOCHS, 1e-4),
+        False,
+    ),
+    "cosine-warm-restarts": (
+        {"t_0": 3, "t_mult": 2},
+        lambda o: lr_scheduler.CosineAnnealingWarmRestarts(o, 3, 2),
+        False,
+    ),
+    "onecycle": (
+        {"max_lr": 0.5},
+        lambda o: lr_scheduler.OneCycleLR(o, 0.5, total_steps=EPOCHS * STEPS, cycle_momentum=False),
+        True,
+    ),
+    "linear": (
+        {"start_factor": 0.25, "total_iters": 6},
+        lambda o: lr_scheduler.LinearLR(o, 0.25, 1.0, 6),
+        False,
+    ),
+    "polynomial": (
+        {"total_iters": 8, "power": 2.0},
+        lambda o: lr_scheduler.PolynomialLR(o, 8, 2.0),
+        False,
+    ),
+    "cyclic": (
+        {"max_lr": 0.4, "step_size_up": 5},
+        lambda o: lr_scheduler.CyclicLR(o, 0.1, 0.4, step_size_up=5, cycle_momentum=False),
+        True,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_series_equals_torch_scheduler(name):
+    params, make, per_step = CASES[name]
+    config = TrainConfig(scheduler=name, lr=0.1, epochs=EPOCHS, optimizer="sgd", **params)
+    got = [row["lr"] for row in lr_series(config, steps_per_epoch=STEPS)]
+    assert got == pytest.approx(_oracle(make, per_step=per_step), rel=1e-12, abs=1e-15)
+
+
+def test_plateau_steps_with_the_metric():
+    metrics = [1.0, 0.9, 0.9, 0.9, 0.9, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8]
+    config = TrainConfig(scheduler="plateau", lr=0.1, epochs=EPOCHS, optimizer="sgd", patience=2)
+    got = [row["lr"] for row in lr_series(config, steps_per_epoch=STEPS, metrics=metrics)]
+    expected = _oracle(
+        lambda o: lr_scheduler.ReduceLROnPlateau(o, "min", 0.1, patience=2),
+        per_step=False,
+        metrics=metrics,
+    )
+    assert got == pytest.approx(expected)
+    assert min(got) < 0.1  # the oracle really reduced it
+
+
+def test_warmup_composes_with_sequential_lr():
+    config = TrainConfig(
+        scheduler="cosine", lr=0.1, epochs=EPOCHS, warmup_epochs=3, warmup_start_factor=0.1
+    )
+    got = [row["lr"] for row in lr_series(config, steps_per_epoch=STEPS)]
+    expected = _oracle(
+        lambda o: lr_scheduler.SequentialLR(
+            o,
+            [lr_scheduler.LinearLR(o, 0.1, 1.0, 3), lr_scheduler.CosineAnnealingLR(o, EPOCHS - 3)],
+            milestones=[3],
+        ),
+        per_step=False,
+        optimizer="adamw",
+    )
+    assert got == pytest.approx(expected)
+
+
+def test_warmup_steps_make_the_schedule_per_step_in_steps():
+    config = TrainConfig(scheduler="step", lr=0.1, epochs=EPOCHS, warmup_steps=5, step_size=3)
+    got = [row["lr"] for row in lr_series(config, steps_per_epoch=STEPS)]
+    expected = _oracle(
+        lambda o: lr_scheduler.SequentialLR(
+            o,
+            [lr_scheduler.LinearLR(o, 0.01, 1.0, 5), lr_scheduler.StepLR(o, 3 * STEPS, 0.1)],
+            milestones=[5],
+        ),
+        per_step=True,
+        optimizer="adamw",
+    )
+    assert got == pytest.approx(expected)
+
+
+def test_state_dict_round_trip_continues_identically():
+    config = TrainConfig(scheduler="onecycle", lr=0.1, epochs=3)
+
+    def make():
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+        return opt, build_schedule(opt, config, steps_per_epoch=STEPS)
+
+    opt_a, sched_a = make()
+    for _ in range(5):
+        sched_a.step_batch()
+    opt_b, sched_b = make()
+    sched_b.load_state_dict(sched_a.state_dict())
+    opt_b.load_state_dict(opt_a.state_dict())
+    for _ in range(4):
+        sched_a.step_batch()
+        sched_b.step_batch()
+        assert opt_a.param_groups[0]["lr"] == opt_b.param_groups[0]["lr"]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"lr": -0.1},
+        {"scheduler": "cosine", "t_max": 0},
+        {"scheduler": "multistep", "milestones": [5, 3]},
+        {"scheduler": "multistep"},
+        {"scheduler": "onecycle", "pct_start": 1.5},
+    ],
+)
+def test_impossible_parameters_are_usage_errors(params):
+    with pytest.raises(UsageError):
+        lr_series(TrainConfig(**{"epochs": 3, **params}), steps_per_epoch=STEPS)
+
+
+def test_onecycle_without_steps_is_refused():
+    with pytest.raises(UsageError, match="steps per epoch"):
+        lr_series(TrainConfig(scheduler="onecycle", epochs=3), steps_per_epoch=0)
+
+
+def test_parameter_groups_each_get_a_series():
+    config = TrainConfig(scheduler="step", step_size=1, gamma=0.5, epochs=2)
+    rows = lr_series(config, steps_per_epoch=1, group_lrs=[0.1, 0.01])
+    assert [(r["group"], r["lr"]) for r in rows] == [(0, 0.1), (1, 0.01), (0, 0.05), (1, 0.005)]
