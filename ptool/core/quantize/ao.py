@@ -180,22 +180,23 @@ def _example(recipe: dict[str, Any]) -> tuple[torch.Tensor, ...]:
 
 def check_traceable(model: nn.Module) -> None:
     """Trace with torch.fx first, so a failure names the layer whose forward stops it."""
-    stack: list[str] = []
+    failed: list[str] = []  # the innermost module whose forward raised
 
     class _RecordingTracer(torch.fx.Tracer):
         def call_module(self, module, forward, args, kwargs):  # noqa: ANN001 - torch.fx API
-            stack.append(self.path_of_module(module) or type(module).__name__)
             try:
                 return super().call_module(module, forward, args, kwargs)
-            finally:
-                stack.pop()
+            except Exception:
+                if not failed:
+                    failed.append(self.path_of_module(module))
+                raise
 
     try:
         _RecordingTracer().trace(model)
     except Exception as exc:  # noqa: BLE001 - tracing fails in model-specific ways
         where = (
-            f"layer {stack[-1]} ({type(model.get_submodule(stack[-1])).__name__})"
-            if stack and _has_submodule(model, stack[-1])
+            f"layer {failed[0]} ({type(model.get_submodule(failed[0])).__name__})"
+            if failed and failed[0]
             else f"the forward of {type(model).__name__}"
         )
         raise UsageError(
@@ -203,14 +204,6 @@ def check_traceable(model: nn.Module) -> None:
             hint="static and qat need a traceable forward (no data-dependent control flow); "
             "`ptool quantize dynamic` needs no tracing",
         ) from exc
-
-
-def _has_submodule(model: nn.Module, name: str) -> bool:
-    try:
-        model.get_submodule(name)
-    except AttributeError:
-        return False
-    return True
 
 
 def _first_line(exc: BaseException) -> str:

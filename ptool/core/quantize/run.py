@@ -177,10 +177,10 @@ class FreezeSchedule:
         epoch = trainer.state.epoch
         if self.observers_epoch is not None and epoch >= self.observers_epoch:
             ao.freeze_observers(trainer.model)
-            self._note("observers", epoch)
+            self._note("observers", self.observers_epoch)
         if self.bn_epoch is not None and epoch >= self.bn_epoch:
             ao.freeze_bn_stats(trainer.model)
-            self._note("batch-norm statistics", epoch)
+            self._note("batch-norm statistics", self.bn_epoch)
 
     def _note(self, what: str, epoch: int) -> None:
         if what not in self.done:

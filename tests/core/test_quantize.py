@@ -1,0 +1,291 @@
+"""ptool.core.quantize against its oracles: the float model's own accuracy, the saved file
+reloaded by `torch.load(weights_only=True)` + `restore.model_from_checkpoint`, TorchScript."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from ptool.core import checkpoint as ckpt_io
+from ptool.core.config import TrainConfig
+from ptool.core.errors import PtoolError, UsageError
+from ptool.core.quantize import QuantizeOptions, ao, describe_state, quantize_checkpoint
+from ptool.core.restore import model_from_checkpoint
+
+
+def write_checkpoint(path: Path, epochs: int = 2, **values) -> Path:
+    """A small float checkpoint in ptool's format, trained for a few epochs on its data."""
+    from ptool.core.data import build_data, make_loader
+    from ptool.core.models import build_model
+    from ptool.core.optim import build_loss
+
+    config = TrainConfig(seed=0, **values)
+    torch.manual_seed(0)
+    data = build_data(config)
+    model = build_model(config, data.info)
+    optimizer = torch.optim.Adam(model.parameters(), 3e-3)
+    loss_fn = build_loss(config, data.info)
+    cpu = torch.device("cpu")
+    for _ in range(epochs):
+        model.train()
+        order = torch.randperm(len(data.train))
+        for x, y in make_loader(data.train, config, order, train=True, device=cpu):
+            optimizer.zero_grad()
+            loss_fn(model(x), y).backward()
+            optimizer.step()
+    payload = {
+        "format": ckpt_io.FORMAT,
+        "format_version": ckpt_io.FORMAT_VERSION,
+        "model_state_dict": model.state_dict(),
+        "config": config.to_dict(),
+        "data_info": data.info.to_dict(),
+        "meta": ckpt_io.meta(),
+    }
+    return ckpt_io.atomic_save(payload, path)
+
+
+@pytest.fixture(scope="module")
+def cnn_ckpt(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cnn") / "best.pt"
+    return write_checkpoint(path, model="cnn", channels=[16, 32])
+
+
+@pytest.fixture(scope="module")
+def mlp_ckpt(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("mlp") / "best.pt"
+    return write_checkpoint(path, epochs=1, model="mlp", hidden=[128, 64])
+
+
+def _fast(mode: str, **values) -> QuantizeOptions:
+    return QuantizeOptions(mode=mode, bench_runs=2, **values)
+
+
+def _reloaded(output: str) -> torch.nn.Module:
+    ckpt = torch.load(output, weights_only=True)  # the oracle: a plain safe load
+    return model_from_checkpoint(ckpt).eval()
+
+
+def _inputs(ckpt_path: Path) -> torch.Tensor:
+    shape = ckpt_io.load_checkpoint(ckpt_path)["data_info"]["input_shape"]
+    return torch.randn(8, *shape, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="module")
+def static_report(cnn_ckpt, tmp_path_factory):
+    output = tmp_path_factory.mktemp("out") / "cnn.int8.pt"
+    return quantize_checkpoint(cnn_ckpt, _fast("static", output=str(output), torchscript=True))
+
+
+def test_static_keeps_the_float_models_accuracy(static_report):
+    fp32 = static_report["fp32"]["metrics"]["val/accuracy"]
+    int8 = static_report["quantized"]["metrics"]["val/accuracy"]
+    assert fp32 > 0.8  # the fixture learned something, so the comparison means something
+    assert int8 >= fp32 - 0.02
+    assert static_report["metrics_change"]["val/accuracy"] == pytest.approx(int8 - fp32)
+
+
+def test_static_fuses_conv_bn_relu_and_quantizes_every_conv_and_linear(static_report):
+    assert static_report["fused_modules"] == [
+        ["body.0.conv", "body.0.norm", "body.0.act"],
+        ["body.1.conv", "body.1.norm", "body.1.act"],
+    ]
+    assert static_report["quantized_layers"] == ["body.0.conv", "body.1.conv", "head"]
+    assert static_report["ratios"]["param_bytes"] > 3.5
+
+
+def test_static_output_reloads_with_identical_outputs(static_report, cnn_ckpt):
+    saved = torch.load(static_report["output"], weights_only=True)
+    assert saved["quantization"]["mode"] == "static"
+    assert saved["quantization"]["backend"] == ao.resolve_backend("auto")
+    assert saved["config"] == ckpt_io.load_checkpoint(cnn_ckpt)["config"]
+    x = _inputs(cnn_ckpt)
+    first = _reloaded(static_report["output"])
+    second = _reloaded(static_report["output"])
+    with ao.quiet():
+        assert torch.equal(first(x), second(x))
+    scripted = torch.jit.load(static_report["torchscript"])
+    with ao.quiet():
+        assert torch.equal(scripted(x), first(x))
+
+
+def test_describe_state_lists_int8_layers_with_scales(static_report):
+    state = torch.load(static_report["output"], weights_only=True)["model_state_dict"]
+    layers = {layer["name"]: layer for layer in describe_state(state)}
+    assert set(layers) == {"body.0.conv", "body.1.conv", "head"}
+    conv = layers["body.0.conv"]
+    assert conv["weight_dtype"] == "qint8"
+    assert conv["qscheme"] == "per_channel_affine"  # symmetric: stored as affine, zero point 0
+    assert conv["weight_zero_point"] == [0]
+    assert conv["output_scale"] > 0 and isinstance(conv["output_zero_point"], int)
+
+
+def test_dynamic_quantizes_linear_layers_and_reloads(mlp_ckpt, tmp_path):
+    report = quantize_checkpoint(mlp_ckpt, _fast("dynamic", output=str(tmp_path / "d.pt")))
+    assert report["quantized_layers"] == ["body.1.linear", "body.2.linear", "head"]
+    assert report["fp32"]["metrics"]["val/accuracy"] > 0.8
+    assert report["metrics_change"]["val/accuracy"] >= -0.02
+    model = model_from_checkpoint(ckpt_io.load_checkpoint(report["output"]))
+    state = torch.load(report["output"], weights_only=True)["model_state_dict"]
+    assert {layer["name"] for layer in describe_state(state)} == set(report["quantized_layers"])
+    x = _inputs(mlp_ckpt)
+    with ao.quiet():
+        float_model = model_from_checkpoint(ckpt_io.load_checkpoint(mlp_ckpt))
+        direct = ao.quantize_dynamic(float_model, report["recipe"])
+        assert torch.equal(model(x), direct(x))
+
+
+def test_dynamic_float16_and_no_eval(mlp_ckpt, tmp_path):
+    options = _fast("dynamic", dtype="float16", evaluate=False)
+    report = quantize_checkpoint(mlp_ckpt, options)
+    assert report["output"].endswith("best.fp16.pt")
+    assert report["fp32"]["metrics"] is None and report["metrics_change"] is None
+    # fp16 weights live packed in memory; torch's state dict unpacks them to float32
+    assert report["recipe"]["dtype"] == "float16"
+    x = _inputs(mlp_ckpt)
+    float_model = model_from_checkpoint(ckpt_io.load_checkpoint(mlp_ckpt)).eval()
+    with torch.no_grad(), ao.quiet():
+        assert torch.allclose(_reloaded(report["output"])(x), float_model(x), atol=1e-2)
+
+
+def test_default_output_is_next_to_the_input(mlp_ckpt):
+    report = quantize_checkpoint(mlp_ckpt, _fast("dynamic", evaluate=False))
+    assert Path(report["output"]) == mlp_ckpt.with_name("best.int8.pt")
+
+
+def test_refuses_an_already_quantized_checkpoint(static_report):
+    with pytest.raises(UsageError, match="already quantized"):
+        quantize_checkpoint(static_report["output"], _fast("static"))
+
+
+def test_refuses_cuda_before_loading_anything(tmp_path):
+    with pytest.raises(UsageError, match="CPU only"):
+        quantize_checkpoint(tmp_path / "missing.pt", _fast("static", device="cuda"))
+
+
+def test_refuses_a_backend_this_cpu_lacks(cnn_ckpt, monkeypatch):
+    monkeypatch.setattr(ao, "supported_backends", lambda: ["qnnpack"])
+    with pytest.raises(UsageError, match="--backend x86 is not supported on this CPU"):
+        quantize_checkpoint(cnn_ckpt, _fast("static", backend="x86"))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (dict(mode="dynamic", modules=["conv"]), "--modules conv"),
+        (dict(mode="qat", observer="histogram"), "--observer histogram does not work with qat"),
+        (dict(mode="static", calib_batches=0), "--calib-batches must be at least 1"),
+    ],
+)
+def test_refuses_bad_options(options, message, tmp_path):
+    with pytest.raises(UsageError, match=message):
+        quantize_checkpoint(tmp_path / "x.pt", QuantizeOptions(**options))
+
+
+USER_MODELS = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    class Matmul(nn.Module):
+        def __init__(self, n, k):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(n, k))
+        def forward(self, x):
+            return x.flatten(1) @ self.weight
+
+    class Gate(nn.Module):
+        def forward(self, x):
+            return x if x.sum() > 0 else -x
+
+    def no_layers(input_shape, num_outputs):
+        return Matmul(64, num_outputs)
+
+    def untraceable(input_shape, num_outputs):
+        return nn.Sequential(nn.Flatten(), Gate(), nn.Linear(64, num_outputs))
+    """
+)
+
+
+@pytest.fixture
+def user_models(tmp_path, monkeypatch):
+    (tmp_path / "qusermodels.py").write_text(USER_MODELS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_refuses_a_model_without_quantizable_layers(user_models, mode):
+    path = write_checkpoint(user_models / "m.pt", epochs=0, model="qusermodels:no_layers")
+    with pytest.raises(UsageError, match="no quantizable layers"):
+        quantize_checkpoint(path, _fast(mode))
+
+
+def test_names_the_layer_that_stops_tracing(user_models):
+    path = write_checkpoint(user_models / "g.pt", epochs=0, model="qusermodels:untraceable")
+    with pytest.raises(UsageError, match=r"layer 1 \(Gate\) cannot be traced by torch.fx"):
+        quantize_checkpoint(path, _fast("static"))
+    report = quantize_checkpoint(path, _fast("dynamic", evaluate=False))  # needs no tracing
+    assert report["quantized_layers"] == ["2"]
+
+
+def test_missing_torch_ao_is_one_line(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_ao(name, *args, **kwargs):
+        if name.startswith("torch.ao.quantization"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    ao._ao.cache_clear()
+    monkeypatch.setattr(builtins, "__import__", no_ao)
+    try:
+        assert not ao.available()
+        with pytest.raises(PtoolError, match="has no torch.ao.quantization"):
+            ao.prepare(torch.nn.Linear(2, 2), {"backend": "x86"})
+    finally:
+        monkeypatch.undo()
+        ao._ao.cache_clear()
+
+
+def _qat(ckpt: Path, tmp_path: Path, name: str, epochs: int, resume: str | None = None):
+    overrides = {"epochs": epochs, "tensorboard": False, "out": str(tmp_path / name)}
+    options = _fast(
+        "qat",
+        freeze_observers_epoch=1,
+        freeze_bn_epoch=1,
+        train_overrides=overrides,
+        resume=resume,
+        output=str(tmp_path / f"{name}.int8.pt"),
+    )
+    return quantize_checkpoint(None if resume else ckpt, options)
+
+
+def test_qat_fine_tunes_through_the_engine_and_resumes_exactly(cnn_ckpt, tmp_path):
+    whole = _qat(cnn_ckpt, tmp_path, "whole", epochs=2)
+    assert whole["qat"]["epochs"] == 2 and whole["qat"]["status"] == "completed"
+    assert whole["metrics_change"]["val/accuracy"] >= -0.02
+    assert whole["fused_modules"][0] == ["body.0.conv", "body.0.norm", "body.0.act"]
+    run_ckpt = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
+    assert run_ckpt["quantization"]["converted"] is False
+    assert "activation_post_process_0.scale" in run_ckpt["model_state_dict"]  # fake-quant state
+
+    _qat(cnn_ckpt, tmp_path, "part", epochs=1)
+    resumed = _qat(cnn_ckpt, tmp_path, "part", epochs=2, resume=str(tmp_path / "part/last.pt"))
+    assert resumed["checkpoint"] == str(cnn_ckpt)  # found through the run's recipe
+    a = torch.load(whole["output"], weights_only=True)["model_state_dict"]
+    b = torch.load(resumed["output"], weights_only=True)["model_state_dict"]
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, b[key]), key
+
+
+def test_resume_needs_a_qat_run_checkpoint(cnn_ckpt):
+    with pytest.raises(UsageError, match="is not a checkpoint of a `ptool quantize qat` run"):
+        quantize_checkpoint(None, _fast("qat", resume=str(cnn_ckpt)))
