@@ -140,11 +140,13 @@ class TensorBoardLog:
         high = x.amax(dim=(1, 2, 3), keepdim=True)
         self.writer.add_images("inputs", (x - low) / (high - low).clamp_min(1e-8), step)
 
-    def histograms(self, model: nn.Module, step: int) -> None:
+    def histograms(self, model: nn.Module, step: int, *, grads: bool = False) -> None:
+        """weights/NAME, or grads/NAME (called before the epoch's last step clears them)."""
         for name, param in model.named_parameters():
-            self.writer.add_histogram(f"weights/{name}", param.detach().float().cpu(), step)
-            if param.grad is not None:
-                self.writer.add_histogram(f"grads/{name}", param.grad.detach().float().cpu(), step)
+            tensor = param.grad if grads else param
+            if tensor is not None:
+                kind = "grads" if grads else "weights"
+                self.writer.add_histogram(f"{kind}/{name}", tensor.detach().float().cpu(), step)
 
     def graph(self, model: nn.Module, example: torch.Tensor) -> str | None:
         """Trace the model into the graph tab; returns a reason when tracing fails."""

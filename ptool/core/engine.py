@@ -461,6 +461,9 @@ class Trainer:
     def _optimizer_step(self, contributed: bool, loss: torch.Tensor) -> None:
         config, state = self.config, self.state
         if contributed:
+            last_step = state.batch_in_epoch == self.batches_per_epoch
+            if self.tb is not None and config.log_histograms and last_step:
+                self.tb.histograms(self.model, state.epoch + 1, grads=True)  # before zero_grad
             if config.clip_norm is not None or config.clip_value is not None:
                 self.scaler.unscale_(self.optimizer)
                 params = [p for p in self.model.parameters() if p.grad is not None]
@@ -640,9 +643,10 @@ class Trainer:
             for key in ("lr", "initial_lr", "max_lr", "min_lr"):
                 if isinstance(group.get(key), float):
                     group[key] *= 0.5
-        halve = getattr(self.schedule, "scale_lr", None)
-        if halve is not None:
-            halve(0.5)
+        for scheduler in _torch_schedulers(self.schedule):  # those that recompute from base lrs
+            for attr in ("base_lrs", "max_lrs"):
+                if isinstance(getattr(scheduler, attr, None), list):
+                    setattr(scheduler, attr, [lr * 0.5 for lr in getattr(scheduler, attr)])
 
     # --- reporting -----------------------------------------------------------------------
 
@@ -728,6 +732,17 @@ class Trainer:
             self.tb.close()
             self.tb = None
         shutdown_distributed(self.dist)
+
+
+def _torch_schedulers(schedule: Any) -> list[Any]:
+    """The torch.optim.lr_scheduler objects inside an LRSchedule (SequentialLR's children too)."""
+    found, todo = [], [getattr(schedule, "scheduler", None), getattr(schedule, "plateau", None)]
+    while todo:
+        scheduler = todo.pop()
+        if scheduler is not None and scheduler not in found:
+            found.append(scheduler)
+            todo.extend(getattr(scheduler, "_schedulers", []))
+    return found
 
 
 def _cloned(value: Any) -> Any:

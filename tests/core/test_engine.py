@@ -172,18 +172,24 @@ def test_early_stopping_and_checkpoint_files(tmp_path):
     config = small(
         tmp_path,
         epochs=8,
-        optimizer="sgd",
-        lr=0.0,  # nothing improves after the first epoch
+        min_delta=10.0,  # no change of the loss counts as an improvement after the first
         early_stop_patience=2,
         keep_last=2,
         save_top_k=2,
     )
     summary = fit(config, quiet=True)
     run = tmp_path / "run"
-    assert summary.status == "early_stopped" and summary.epochs == 3 and summary.best_epoch == 1
+    assert summary.status == "early_stopped" and summary.epochs == 3
     assert sorted(p.name for p in run.glob("epoch-*.pt")) == ["epoch-2.pt", "epoch-3.pt"]
-    assert len(list(run.glob("best-epoch*.pt"))) == 2
-    assert torch.load(run / "best.pt", weights_only=True)["epoch"] == 1
+    losses = {}
+    for path in run.glob("epoch-*.pt"):
+        saved = torch.load(path, weights_only=True)
+        losses[saved["epoch"]] = saved["metrics"]["val/loss"]
+    best = torch.load(run / "best.pt", weights_only=True)
+    assert best["epoch"] == summary.best_epoch and best["best"]["value"] == summary.best_value
+    assert summary.best_value == min([*losses.values(), summary.best_value])
+    top = sorted(run.glob("best-epoch*.pt"))
+    assert len(top) == 2 and run / f"best-epoch{summary.best_epoch}.pt" in top
 
 
 def test_best_pt_follows_a_max_monitor(tmp_path):
@@ -224,3 +230,64 @@ def test_tensorboard_tags(tmp_path):
     assert [e.step for e in events.Scalars("val/loss")] == [1, 2]
     assert [e.step for e in events.Scalars("train/loss")] == [0, 2, 4, 6, 8]
     assert [e.step for e in events.Scalars("train_epoch/accuracy")] == [1, 2]
+
+
+def test_resume_from_a_mid_epoch_checkpoint_matches_the_uninterrupted_run(tmp_path):
+    changes = dict(epochs=2, dropout=0.2, save_every_steps=3, ema=0.9, optimizer="adam")
+    fit(small(tmp_path, "full", **changes), quiet=True)
+
+    class KeepMidEpoch:
+        def on_checkpoint(self, trainer, path):
+            if trainer.state.batch_in_epoch and not (tmp_path / "mid.pt").exists():
+                (tmp_path / "mid.pt").write_bytes(path.read_bytes())
+
+    fit(small(tmp_path, "cut", **changes), quiet=True, callbacks=[KeepMidEpoch()])
+    mid = torch.load(tmp_path / "mid.pt", weights_only=True)
+    assert (mid["epoch"], mid["batch_in_epoch"], mid["global_step"]) == (0, 3, 3)
+    config = TrainConfig.from_dict({**mid["config"], "out": str(tmp_path / "resumed")})
+    summary = fit(config, resume=mid, quiet=True)
+    full = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
+    for key in ("model_state_dict", "ema_state_dict"):
+        assert all(torch.equal(full[key][k], resumed[key][k]) for k in full[key])
+    assert resumed["metrics"] == full["metrics"]
+    assert summary.global_step == 10
+
+
+def test_bf16_channels_last_clipping_and_tensorboard_extras_run(tmp_path):
+    config = small(
+        tmp_path,
+        shape="1x8x8",
+        model="cnn",
+        channels=[4],
+        norm="batch",
+        precision="bf16",
+        channels_last=True,
+        clip_norm=1.0,
+        clip_value=0.5,
+        tensorboard=True,
+        log_histograms=True,
+        log_graph=True,
+        epochs=1,
+    )
+    summary = fit(config, quiet=True)
+    assert summary.status == "completed" and math.isfinite(summary.final_metrics["val/loss"])
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
+    assert "inputs" in events.Tags()["images"]
+    assert any(tag.startswith("grads/") for tag in events.Tags()["histograms"])
+    assert events.Tags()["graph"]
+
+
+def test_rollback_also_halves_a_schedule_that_recomputes_from_base_lrs(tmp_path):
+    config = small(
+        tmp_path, on_nonfinite="rollback", optimizer="sgd", lr=0.1, scheduler="cosine", epochs=2
+    )
+    fit(config.replace(out=str(tmp_path / "plain")), quiet=True)
+    fit(config, quiet=True, prepare_model=lambda m: NaNAt(m, {6}))
+    plain = torch.load(tmp_path / "plain" / "last.pt", weights_only=True)
+    rolled = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    lr = lambda ckpt: ckpt["optimizer_state_dict"]["param_groups"][0]["lr"]  # noqa: E731
+    assert rolled["scheduler_state_dict"]["scheduler"]["base_lrs"] == [0.05]
+    assert lr(rolled) == pytest.approx(lr(plain) * 0.5)
