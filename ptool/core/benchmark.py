@@ -39,15 +39,21 @@ def param_bytes(state_dict: Mapping[str, Any]) -> int:
 
 @torch.no_grad()
 def latency_ms(
-    model: nn.Module, example: torch.Tensor, *, runs: int = 20, warmup: int = 3
-) -> float:
-    """Median wall time of `model(example)` in milliseconds over `runs` calls after `warmup`."""
-    model.eval()
-    for _ in range(warmup):
-        model(example)
-    times = []
+    models: Mapping[str, nn.Module], example: torch.Tensor, *, runs: int = 20, warmup: int = 3
+) -> dict[str, float]:
+    """Median wall time of `model(example)` in ms per model, over `runs` calls after `warmup`.
+
+    The models take turns call by call, so a busy neighbour process slows all of them alike
+    and their ratio stays meaningful.
+    """
+    for model in models.values():
+        model.eval()
+        for _ in range(warmup):
+            model(example)
+    times: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(max(1, runs)):
-        start = time.perf_counter()
-        model(example)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000.0
+        for name, model in models.items():
+            start = time.perf_counter()
+            model(example)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) * 1000.0 for name, values in times.items()}

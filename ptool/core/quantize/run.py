@@ -384,9 +384,7 @@ def write_torchscript(model: nn.Module, recipe: dict[str, Any], path: Path) -> P
     return path
 
 
-def _measure(
-    model: nn.Module, inputs: dict[str, torch.Tensor], runs: int, loader: Any, eval_args: tuple
-) -> dict[str, Any]:
+def _sizes_and_metrics(model: nn.Module, loader: Any, eval_args: tuple | None) -> dict[str, Any]:
     from ptool.core.evaluate import evaluate
 
     state = model.state_dict()
@@ -395,9 +393,7 @@ def _measure(
         "param_bytes": benchmark.param_bytes(state),
     }
     with ao.quiet():
-        for key, x in inputs.items():
-            entry[f"latency_ms_{key}"] = round(benchmark.latency_ms(model, x, runs=runs), 4)
-        entry["metrics"] = evaluate(model, loader(), *eval_args)[0] if loader else None
+        entry["metrics"] = evaluate(model, loader(), *eval_args)[0] if eval_args else None
     return entry
 
 
@@ -429,8 +425,14 @@ def compare(
             return make_loader(data.val, config, order, train=False, device=cpu)
 
         eval_args = (info, build_loss(config, info), cpu)
-    fp32 = _measure(float_model, inputs, options.bench_runs, loader, eval_args)
-    quant = _measure(quantized, inputs, options.bench_runs, loader, eval_args)
+    models = {"fp32": float_model, "quantized": quantized}
+    entries = {name: _sizes_and_metrics(m, loader, eval_args) for name, m in models.items()}
+    with ao.quiet():
+        for key, x in inputs.items():
+            timed = benchmark.latency_ms(models, x, runs=options.bench_runs)
+            for name, value in timed.items():
+                entries[name][f"latency_ms_{key}"] = round(value, 4)
+    fp32, quant = entries["fp32"], entries["quantized"]
     ratios = {
         "size": fp32["file_bytes"] / quant["file_bytes"],
         "param_bytes": fp32["param_bytes"] / quant["param_bytes"],
