@@ -122,7 +122,7 @@ class _Rollback(Exception):
 
 def check_config(config: TrainConfig) -> None:
     """Values no type check catches, refused before any data is loaded."""
-    positive = {"batch_size": 1, "accumulate": 1, "epochs": 0, "log_every_steps": 1}
+    positive = {"batch_size": 1, "accumulate": 1, "epochs": 1, "log_every_steps": 1}
     for name, low in positive.items():
         if getattr(config, name) < low:
             flag = "--" + name.replace("_", "-")

@@ -291,3 +291,19 @@ def test_rollback_also_halves_a_schedule_that_recomputes_from_base_lrs(tmp_path)
     lr = lambda ckpt: ckpt["optimizer_state_dict"]["param_groups"][0]["lr"]  # noqa: E731
     assert rolled["scheduler_state_dict"]["scheduler"]["base_lrs"] == [0.05]
     assert lr(rolled) == pytest.approx(lr(plain) * 0.5)
+
+
+def test_init_from_starts_from_another_runs_weights(tmp_path):
+    fit(small(tmp_path, "first", epochs=1), quiet=True)
+    seen = {}
+
+    class Grab:
+        def on_fit_start(self, trainer):
+            seen.update({k: v.clone() for k, v in trainer.model.state_dict().items()})
+
+    init = str(tmp_path / "first" / "last.pt")
+    fit(small(tmp_path, "second", epochs=1, seed=1, init_from=init), quiet=True, callbacks=[Grab()])
+    first = weights(tmp_path / "first" / "last.pt")
+    assert all(torch.equal(seen[k], first[k]) for k in first)
+    with pytest.raises(UsageError, match="does not fit the model"):
+        fit(small(tmp_path, "third", hidden=[7], init_from=init), quiet=True)
