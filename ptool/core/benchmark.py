@@ -6,6 +6,7 @@ same thread count for both models, so two figures taken here can be divided.
 
 from __future__ import annotations
 
+import gzip
 import io
 import statistics
 import time
@@ -16,11 +17,20 @@ import torch
 from torch import nn
 
 
-def serialized_bytes(state_dict: Mapping[str, Any]) -> int:
-    """Bytes of `torch.save(state_dict)`: the file size of the weights saved alone."""
+def _saved(state_dict: Mapping[str, Any]) -> bytes:
     buffer = io.BytesIO()
     torch.save(dict(state_dict), buffer)
-    return buffer.tell()
+    return buffer.getvalue()
+
+
+def serialized_bytes(state_dict: Mapping[str, Any]) -> int:
+    """Bytes of `torch.save(state_dict)`: the file size of the weights saved alone."""
+    return len(_saved(state_dict))
+
+
+def compressed_bytes(state_dict: Mapping[str, Any]) -> int:
+    """Bytes of the same file gzip-compressed: what zeros (unstructured pruning) save on disk."""
+    return len(gzip.compress(_saved(state_dict)))
 
 
 def _tensors(value: Any) -> Iterable[torch.Tensor]:
