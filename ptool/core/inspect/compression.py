@@ -1,0 +1,92 @@
+"""Pruning (sparsity per layer and overall) and quantization (per-layer dtype, scale and
+zero point, or per-channel ranges) of a state dict, from metadata plus a few small reads."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ptool.core.inspect.rawdata import RawReader
+from ptool.core.inspect.unpickler import DType, TensorMeta
+
+
+def pruning(
+    tensors: list[tuple[str, TensorMeta]], recipe: Any, reader: RawReader
+) -> dict[str, Any] | None:
+    """Sparsity from `*_mask` buffers (torch.nn.utils.prune), else from zeros in the weights
+    of a checkpoint that says it was pruned; None for an unpruned checkpoint."""
+    masks = [(name.removesuffix("_mask"), t) for name, t in tensors if name.endswith("_mask")]
+    if masks:
+        source = "mask"
+    elif recipe is not None:
+        source = "weights"
+        masks = [(n, t) for n, t in tensors if n.endswith("weight") and len(t.shape) >= 2]
+    else:
+        return None
+    layers = []
+    for name, t in masks:
+        zeros = reader.zeros(t)
+        layers.append(
+            {
+                "name": name,
+                "numel": t.numel,
+                "zeros": zeros,
+                "sparsity": None if zeros is None else zeros / max(t.numel, 1),
+            }
+        )
+    counted = [layer for layer in layers if layer["zeros"] is not None]
+    numel = sum(layer["numel"] for layer in counted)
+    return {
+        "recipe": dict(recipe) if isinstance(recipe, Mapping) else None,
+        "source": source,
+        "layers": layers,
+        "sparsity": sum(layer["zeros"] for layer in counted) / numel if numel else None,
+    }
+
+
+def _layer_of(name: str) -> str:
+    if "._packed_params" in name:
+        return name.split("._packed_params", 1)[0]
+    return name.rsplit(".", 1)[0] if "." in name else ""
+
+
+def _range(reader: RawReader, t: TensorMeta) -> list[float] | None:
+    values = reader.values(t)
+    return None if values is None else [values.min().item(), values.max().item()]
+
+
+def quantization(
+    state: Mapping, tensors: list[tuple[str, TensorMeta]], recipe: Any, reader: RawReader
+) -> dict[str, Any] | None:
+    """Per-layer weight dtype and quantization parameters; None for a float checkpoint."""
+    layers: dict[str, dict[str, Any]] = {}
+
+    def layer(name: str) -> dict[str, Any]:
+        return layers.setdefault(name, {"name": name})
+
+    for name, t in tensors:
+        if t.quant:
+            row = layer(_layer_of(name))
+            row.update(weight_dtype=t.dtype, qscheme=t.quant["qscheme"])
+            if "scale" in t.quant:
+                row.update(scale=t.quant["scale"], zero_point=t.quant["zero_point"])
+            else:
+                row.update(
+                    axis=t.quant["axis"],
+                    channels=t.quant["scales"].numel,
+                    scale_range=_range(reader, t.quant["scales"]),
+                    zero_point_range=_range(reader, t.quant["zero_points"]),
+                )
+        elif name.endswith((".scale", ".zero_point")) and t.numel == 1:
+            # a quantized module's output (activation) quantization parameters
+            key = "output_scale" if name.endswith(".scale") else "output_zero_point"
+            layer(_layer_of(name))[key] = reader.scalar(t)
+    for name, value in state.items():
+        if isinstance(value, DType) and name.endswith("_packed_params.dtype"):
+            layer(_layer_of(name)).setdefault("weight_dtype", value.name)
+    if not layers and recipe is None:
+        return None
+    return {
+        "recipe": dict(recipe) if isinstance(recipe, Mapping) else None,
+        "layers": list(layers.values()),
+    }

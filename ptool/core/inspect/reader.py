@@ -1,0 +1,192 @@
+"""Open any checkpoint file and return its object tree with tensors as metadata.
+
+Reads only indexes: the zip archive's central directory and `data.pkl` (torch.save), the pickle
+stream up to the tensor bytes (legacy torch.save), or the JSON header (safetensors). Never
+imports torch, never reads tensor bytes, never runs code from the file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ptool.core.errors import PtoolError
+from ptool.core.inspect.dtypes import SAFETENSORS_DTYPE
+from ptool.core.inspect.unpickler import (
+    RefusedGlobal,
+    Storage,
+    TensorMeta,
+    legacy_storage,
+    looks_like_module,
+    unpickle,
+    zip_storage,
+)
+
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # the library's own limit
+UNSAFE_HINT = "only if you trust the file, rerun with --unsafe-load: unpickling runs its code"
+
+
+@dataclass
+class RawCheckpoint:
+    """A file's object tree (tensors as TensorMeta) and how it was stored."""
+
+    path: Path
+    container: str  # "torch-zip", "torch-legacy", "safetensors", "pickled-module"
+    obj: Any
+    file_bytes: int
+    archive_version: str | None = None
+    archive_prefix: str | None = None  # zip entries live under "<prefix>/data/<key>"
+    metadata: dict[str, str] = field(default_factory=dict)  # safetensors __metadata__
+    module_class: str | None = None  # set when the file is a pickled nn.Module
+
+
+class Refused(PtoolError):
+    """The file's pickle asks for a global outside the allowlist; nothing of it was run."""
+
+    def __init__(self, path: Path, global_name: str, message: str | None = None):
+        super().__init__(
+            message
+            or f"refusing {path}: its pickle asks for {global_name}, which is not a tensor or "
+            "a plain value (nothing was run)",
+            hint=UNSAFE_HINT,
+        )
+        self.global_name = global_name
+
+
+class ModuleRefused(Refused):
+    """A whole pickled nn.Module: loading it means running the file's code."""
+
+    def __init__(self, path: Path, class_name: str):
+        super().__init__(
+            path,
+            class_name,
+            f"{path} is a pickled nn.Module (class {class_name}), not a state dict; "
+            "loading it runs code from the file",
+        )
+
+
+def _refused(path: Path, refused: RefusedGlobal, pickle_bytes: bytes) -> Refused:
+    if refused.name.startswith(("torch.nn.", "torch.ao.nn.")) or looks_like_module(pickle_bytes):
+        return ModuleRefused(path, refused.name)
+    return Refused(path, refused.name)
+
+
+def _unpickle(path: Path, data: bytes, persistent_load) -> Any:
+    try:
+        return unpickle(io.BytesIO(data), persistent_load)
+    except RefusedGlobal as refused:
+        raise _refused(path, refused, data) from None
+    except EOFError:
+        raise PtoolError(f"{path} is truncated (its pickle ends early)") from None
+    except Exception as exc:  # noqa: BLE001 - any malformed pickle is one line
+        raise PtoolError(f"{path} is corrupt (bad pickle: {exc})") from None
+
+
+def read(path: str | Path) -> RawCheckpoint:
+    """Detect the format and read the object tree; one-line PtoolError for anything wrong."""
+    path = Path(path)
+    if not path.exists():
+        raise PtoolError(f"no such checkpoint: {path}")
+    if path.is_dir():
+        raise PtoolError(f"{path} is a directory, not a checkpoint file")
+    size = path.stat().st_size
+    if size == 0:
+        raise PtoolError(f"{path} is empty (0 bytes)")
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head.startswith(b"PK"):
+        return _read_zip(path, size)
+    if head[:1] == b"\x80":
+        return _read_pickle_stream(path, size)
+    if len(head) == 9 and head[8:9] == b"{":
+        return _read_safetensors(path, size)
+    raise PtoolError(
+        f"{path} is not a checkpoint (not a torch.save file, a pickle or a safetensors file)"
+    )
+
+
+def _read_zip(path: Path, size: int) -> RawCheckpoint:
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise PtoolError(f"{path} is truncated or corrupt ({exc})") from None
+    with archive:
+        entries = {info.filename: info for info in archive.infolist()}
+        pkl = next((n for n in entries if n.count("/") == 1 and n.endswith("/data.pkl")), None)
+        if pkl is None:
+            if any(n.endswith("/constants.pkl") for n in entries):
+                raise PtoolError(
+                    f"{path} is a TorchScript archive, not a torch.save checkpoint",
+                    hint="load it with torch.jit.load",
+                )
+            raise PtoolError(f"{path} is a zip archive without data.pkl, not a torch.save file")
+        prefix = pkl.split("/", 1)[0]
+        try:
+            data = archive.read(pkl)
+            version = entries.get(f"{prefix}/version")
+            archive_version = archive.read(version).decode().strip() if version else None
+        except (zipfile.BadZipFile, OSError, UnicodeDecodeError) as exc:
+            raise PtoolError(f"{path} is corrupt ({exc})") from None
+
+    def persistent_load(pid: tuple) -> Storage:
+        storage = zip_storage(pid)
+        entry = entries.get(f"{prefix}/data/{storage.key}")
+        needed = storage.numel * TensorMeta(storage.dtype, ()).itemsize
+        if entry is None or entry.file_size < needed:
+            raise PtoolError(f"{path} is corrupt (storage {storage.key} is missing or short)")
+        return storage
+
+    obj = _unpickle(path, data, persistent_load)
+    return RawCheckpoint(path, "torch-zip", obj, size, archive_version, prefix)
+
+
+def _read_pickle_stream(path: Path, size: int) -> RawCheckpoint:
+    """Legacy torch.save (magic, protocol, sys_info, then the object) or a bare pickle."""
+    with open(path, "rb") as f:
+        data = f.read(min(size, 64 * 1024 * 1024))  # the object pickles come before the bytes
+    stream = io.BytesIO(data)
+    first = _unpickle(path, data, None)
+    if first != LEGACY_MAGIC:
+        raise PtoolError(f"{path} is a plain pickle, not a torch.save checkpoint")
+    try:
+        unpickle(stream)  # magic number
+        unpickle(stream)  # protocol version
+        unpickle(stream)  # sys_info: endianness and type sizes
+    except Exception as exc:  # noqa: BLE001
+        raise PtoolError(f"{path} is a corrupt legacy torch.save file ({exc})") from None
+    obj = _unpickle(path, data[stream.tell() :], legacy_storage)
+    return RawCheckpoint(path, "torch-legacy", obj, size)
+
+
+def _read_safetensors(path: Path, size: int) -> RawCheckpoint:
+    """An 8-byte little-endian header length, then a JSON header naming every tensor."""
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        if length > MAX_SAFETENSORS_HEADER:
+            raise PtoolError(f"{path} is not a safetensors file (header length {length})")
+        if 8 + length > size:
+            raise PtoolError(f"{path} is truncated (safetensors header runs past the end)")
+        raw = f.read(length)
+    try:
+        header = json.loads(raw)
+        metadata = header.pop("__metadata__", None) or {}
+        tensors = {}
+        end = 0
+        for name, entry in header.items():
+            begin, stop = (8 + length + int(o) for o in entry["data_offsets"])
+            dtype = SAFETENSORS_DTYPE.get(entry["dtype"], entry["dtype"].lower())
+            shape = tuple(int(s) for s in entry["shape"])
+            storage = Storage(name, dtype, 0, span=(begin, stop))
+            tensors[name] = TensorMeta(dtype, shape, storage=storage)
+            end = max(end, stop)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise PtoolError(f"{path} is corrupt (bad safetensors header: {exc})") from None
+    if end > size:
+        raise PtoolError(f"{path} is truncated (tensor data ends at {end}, file has {size} bytes)")
+    return RawCheckpoint(path, "safetensors", tensors, size, metadata=dict(metadata))

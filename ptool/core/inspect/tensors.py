@@ -1,0 +1,113 @@
+"""Tensor rows, totals by dtype, parameters vs buffers, and grouping by module prefix."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ptool.core.inspect.unpickler import TensorMeta
+
+# A state dict does not say which tensors were nn.Parameters; these names are buffers in
+# torch's own modules (BatchNorm statistics, pruning masks, quantization parameters).
+BUFFER_NAMES = frozenset({"running_mean", "running_var", "num_batches_tracked", "n_averaged"})
+QPARAM_NAMES = frozenset({"scale", "zero_point"})
+
+
+def kind(name: str, t: TensorMeta) -> str:
+    """'parameter' or 'buffer' (tensors saved as nn.Parameter are always parameters)."""
+    if t.is_parameter:
+        return "parameter"
+    last = name.rsplit(".", 1)[-1]
+    if last in BUFFER_NAMES or last.endswith("_mask"):
+        return "buffer"
+    if last in QPARAM_NAMES and t.numel <= 1 and not t.quant:
+        return "buffer"
+    return "parameter"
+
+
+def rows(tensors: list[tuple[str, TensorMeta]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": name,
+            "shape": list(t.shape),
+            "dtype": t.dtype,
+            "numel": t.numel,
+            "bytes": t.nbytes,
+            "kind": kind(name, t),
+        }
+        for name, t in tensors
+    ]
+
+
+def totals(table: list[dict[str, Any]]) -> dict[str, Any]:
+    by_dtype: dict[str, dict[str, int]] = {}
+    for row in table:
+        entry = by_dtype.setdefault(row["dtype"], {"tensors": 0, "numel": 0, "bytes": 0})
+        entry["tensors"] += 1
+        entry["numel"] += row["numel"]
+        entry["bytes"] += row["bytes"]
+    return {
+        "tensors": len(table),
+        "numel": sum(r["numel"] for r in table),
+        "bytes": sum(r["bytes"] for r in table),
+        "parameters": sum(r["numel"] for r in table if r["kind"] == "parameter"),
+        "buffers": sum(r["numel"] for r in table if r["kind"] == "buffer"),
+        "by_dtype": dict(sorted(by_dtype.items(), key=lambda kv: -kv[1]["bytes"])),
+    }
+
+
+def name_filter(pattern: str | None) -> re.Pattern[str] | None:
+    """The compiled --filter regex (searched anywhere in the name), or None."""
+    return re.compile(pattern) if pattern else None
+
+
+def prefix(name: str, depth: int) -> str:
+    """The first `depth` dotted components of a tensor name (the module it belongs to)."""
+    return ".".join(name.split(".")[:depth])
+
+
+def groups(table: list[dict[str, Any]], depth: int) -> list[dict[str, Any]]:
+    """Subtotals per module prefix of `depth` components, in first-seen order."""
+    out: dict[str, dict[str, Any]] = {}
+    for row in table:
+        key = prefix(row["name"], depth)
+        group = out.setdefault(
+            key, {"name": key, "tensors": 0, "numel": 0, "bytes": 0, "dtypes": []}
+        )
+        group["tensors"] += 1
+        group["numel"] += row["numel"]
+        group["bytes"] += row["bytes"]
+        if row["dtype"] not in group["dtypes"]:
+            group["dtypes"].append(row["dtype"])
+    return list(out.values())
+
+
+def _node(name: str) -> dict[str, Any]:
+    return {"name": name, "tensors": 0, "numel": 0, "bytes": 0, "children": []}
+
+
+def _count(node: dict[str, Any], row: dict[str, Any]) -> None:
+    node["tensors"] += 1
+    node["numel"] += row["numel"]
+    node["bytes"] += row["bytes"]
+
+
+def tree(table: list[dict[str, Any]], depth: int | None) -> dict[str, Any]:
+    """Nested {name, tensors, numel, bytes, children} by dotted name, cut at `depth` levels;
+    a leaf that is one tensor also carries its shape and dtype."""
+    root = _node("")
+    for row in table:
+        full = row["name"].split(".")
+        parts = full[:depth] if depth else full
+        node = root
+        _count(node, row)
+        for part in parts:
+            child = next((c for c in node["children"] if c["name"] == part), None)
+            if child is None:
+                child = _node(part)
+                node["children"].append(child)
+            node = child
+            _count(node, row)
+        if len(parts) == len(full):
+            node.update(shape=row["shape"], dtype=row["dtype"])
+    return root

@@ -1,0 +1,242 @@
+"""A restricted unpickler that builds tensor metadata and never runs code from the file.
+
+`find_class` hands out harmless stand-ins for an allowlist (the globals torch.save writes for
+tensors, storages, dtypes and plain containers) and refuses every other global by name, so
+`__reduce__` payloads (os.system, exec, ...) are never reached. Tensors become `TensorMeta`:
+shape, dtype, stride and where their bytes live, without reading those bytes.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import pickle
+import pickletools
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ptool.core.inspect.dtypes import ITEMSIZE, STORAGE_DTYPE
+
+
+class RefusedGlobal(Exception):
+    """The pickle asked for a global outside the allowlist (`name` is "module.qualname")."""
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.name = name
+
+
+@dataclass(frozen=True)
+class DType:
+    """Stand-in for a torch dtype global (GLOBAL torch.float32)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class StorageType:
+    """Stand-in for a storage class global (GLOBAL torch.FloatStorage)."""
+
+    name: str
+
+    @property
+    def dtype(self) -> str:
+        return STORAGE_DTYPE[self.name]
+
+
+@dataclass(frozen=True)
+class Storage:
+    """Where a storage's bytes live: zip entry `data/<key>`, or a byte span (safetensors)."""
+
+    key: str
+    dtype: str
+    numel: int
+    location: str = "cpu"
+    span: tuple[int, int] | None = None  # absolute [begin, end) in the file (safetensors)
+
+
+@dataclass
+class TensorMeta:
+    """Everything about a tensor but its values."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    stride: tuple[int, ...] | None = None
+    offset: int = 0
+    storage: Storage | None = None
+    is_parameter: bool = False
+    quant: dict[str, Any] | None = None  # qscheme, scale/zero_point or per-channel tensors
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for size in self.shape:
+            n *= size
+        return n
+
+    @property
+    def itemsize(self) -> int:
+        return ITEMSIZE.get(self.dtype, 1)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.itemsize
+
+
+@dataclass(frozen=True)
+class Marker:
+    """Stand-in for a class used only as a tag (torch.Tensor, torch.nn.Parameter)."""
+
+    name: str
+
+
+PARAMETER = Marker("torch.nn.parameter.Parameter")
+
+
+def _rebuild_tensor(storage, offset, size, stride, *_rest) -> TensorMeta:
+    return TensorMeta(storage.dtype, tuple(size), tuple(stride), offset, storage)
+
+
+def _rebuild_tensor_v3(storage, offset, size, stride, _grad, _hooks, dtype, *_rest) -> TensorMeta:
+    return TensorMeta(dtype.name, tuple(size), tuple(stride), offset, storage)
+
+
+def _rebuild_qtensor(storage, offset, size, stride, qparams, *_rest) -> TensorMeta:
+    scheme = qparams[0]
+    if scheme.startswith("per_tensor"):
+        quant = {"qscheme": scheme, "scale": float(qparams[1]), "zero_point": int(qparams[2])}
+    else:  # per-channel: scale and zero-point tensors along `axis`
+        quant = {"qscheme": scheme, "scales": qparams[1], "zero_points": qparams[2]}
+        quant["axis"] = int(qparams[3])
+    return TensorMeta(storage.dtype, tuple(size), tuple(stride), offset, storage, quant=quant)
+
+
+def _rebuild_parameter(data: TensorMeta, *_rest) -> TensorMeta:
+    data.is_parameter = True
+    return data
+
+
+def _rebuild_meta_tensor(dtype: DType, size, stride, *_rest) -> TensorMeta:
+    return TensorMeta(dtype.name, tuple(size), tuple(stride), extra={"device": "meta"})
+
+
+def _rebuild_from_type(func: Callable, new_type: Any, args: tuple, _state: Any) -> Any:
+    result = func(*args)
+    if new_type == PARAMETER and isinstance(result, TensorMeta):
+        result.is_parameter = True
+    return result
+
+
+def _rebuild_device_tensor(data: TensorMeta, dtype: DType, device: str, *_rest) -> TensorMeta:
+    data.dtype = dtype.name
+    data.extra["device"] = device
+    return data
+
+
+def _encode(text: str, encoding: str = "utf-8") -> bytes:
+    """`_codecs.encode`, which protocol 2 uses for bytes; text codecs only (no zlib bombs)."""
+    if codecs.lookup(encoding).name not in ("latin-1", "iso8859-1", "utf-8", "ascii"):
+        raise RefusedGlobal(f"_codecs.encode with codec {encoding!r}")
+    return text.encode(encoding)
+
+
+def _device(kind: str, index: int | None = None) -> str:
+    return kind if index is None else f"{kind}:{index}"
+
+
+QSCHEMES = (
+    "per_tensor_affine",
+    "per_tensor_symmetric",
+    "per_channel_affine",
+    "per_channel_symmetric",
+    "per_channel_affine_float_qparams",
+)
+
+_REBUILDERS: dict[str, Callable] = {
+    "_rebuild_tensor": _rebuild_tensor,
+    "_rebuild_tensor_v2": _rebuild_tensor,
+    "_rebuild_tensor_v3": _rebuild_tensor_v3,
+    "_rebuild_qtensor": _rebuild_qtensor,
+    "_rebuild_parameter": _rebuild_parameter,
+    "_rebuild_parameter_with_state": _rebuild_parameter,
+    "_rebuild_meta_tensor_no_storage": _rebuild_meta_tensor,
+    "_rebuild_device_tensor_from_cpu_tensor": _rebuild_device_tensor,
+}
+
+ALLOWED: dict[tuple[str, str], Any] = {
+    ("collections", "OrderedDict"): OrderedDict,
+    ("collections", "Counter"): Counter,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("builtins", "bytearray"): bytearray,
+    ("builtins", "complex"): complex,
+    ("_codecs", "encode"): _encode,
+    ("torch", "Size"): tuple,
+    ("torch.torch_version", "TorchVersion"): str,  # `torch.__version__` saved as a value
+    ("torch", "device"): _device,
+    ("torch", "Tensor"): Marker("torch.Tensor"),
+    ("torch.nn.parameter", "Parameter"): PARAMETER,
+    ("torch.serialization", "_get_layout"): str,
+    ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type,
+    **{("torch._utils", name): fn for name, fn in _REBUILDERS.items()},
+    **{("torch", name): DType(name) for name in ITEMSIZE},
+    **{("torch", name): StorageType(name) for name in STORAGE_DTYPE},
+    **{("torch.storage", name): StorageType(name) for name in ("UntypedStorage", "TypedStorage")},
+    **{("torch", name): name for name in QSCHEMES},
+}
+
+
+class MetadataUnpickler(pickle.Unpickler):
+    """pickle.Unpickler whose globals are the stand-ins above, and nothing else."""
+
+    def __init__(self, file: io.BufferedIOBase, persistent_load: Callable[[tuple], Any] | None):
+        super().__init__(file, encoding="utf-8")
+        self._persistent = persistent_load
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return ALLOWED[(module, name)]
+        except KeyError:
+            raise RefusedGlobal(f"{module}.{name}") from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        if self._persistent is None:
+            raise pickle.UnpicklingError("persistent id in a plain pickle")
+        return self._persistent(pid)
+
+
+def zip_storage(pid: tuple) -> Storage:
+    """torch's zip format: ('storage', storage_type, key, location, numel)."""
+    kind, storage_type, key, location, numel = pid
+    if kind != "storage" or not isinstance(storage_type, StorageType):
+        raise pickle.UnpicklingError(f"unexpected persistent id {kind!r}")
+    return Storage(str(key), storage_type.dtype, int(numel), str(location))
+
+
+def legacy_storage(pid: tuple) -> Storage:
+    """torch's pre-1.6 format: ('storage', storage_type, key, location, numel, view_metadata)."""
+    return zip_storage(tuple(pid[:5]))
+
+
+def unpickle(file: io.BufferedIOBase, persistent_load: Callable[[tuple], Any] | None = None) -> Any:
+    """One pickle from `file`, built from stand-ins only; RefusedGlobal for anything else."""
+    return MetadataUnpickler(file, persistent_load).load()
+
+
+_MODULE_MARKERS = {"_modules", "_parameters", "_buffers"}
+
+
+def looks_like_module(data: bytes) -> bool:
+    """Whether a pickle holds an nn.Module, decided from its opcodes alone (nothing runs):
+    a pickled module's state carries the `_modules` / `_parameters` attribute names."""
+    strings: set[str] = set()
+    try:
+        for opcode, arg, _pos in pickletools.genops(data):
+            if isinstance(arg, str) and opcode.name.endswith("UNICODE"):
+                strings.add(arg)
+    except Exception:  # noqa: BLE001 - a broken tail: judge by what was read
+        pass
+    return strings >= _MODULE_MARKERS

@@ -1,0 +1,210 @@
+"""Views that need tensor values (--stats, --diff, --unsafe-load): torch, tensor by tensor.
+
+Files are opened with ptool.core.checkpoint.load (weights_only=True, mmap=True) or, for
+safetensors, with safetensors' own memory-mapped reader; statistics run over fixed-size chunks
+so the peak stays near one tensor (plus torch), whatever the file size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ptool.core.checkpoint import load
+from ptool.core.inspect.reader import RawCheckpoint, read
+from ptool.core.inspect.tree import model_tensors
+from ptool.core.inspect.unpickler import DType, TensorMeta
+
+CHUNK = 1 << 22  # elements per step: 32 MB of float64 temporaries
+
+
+def _is_tensor(value: Any) -> bool:
+    return isinstance(value, torch.Tensor)
+
+
+@contextlib.contextmanager
+def tensor_source(
+    raw: RawCheckpoint, *, unsafe: bool = False
+) -> Iterator[tuple[list[str], Callable[[str], torch.Tensor]]]:
+    """(names, get) over the same tensors, with the same names, as the metadata view."""
+    if raw.container == "safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(raw.path), framework="pt") as f:
+            yield list(f.keys()), f.get_tensor
+        return
+    obj = load(raw.path, unsafe=unsafe)
+    if isinstance(obj, torch.nn.Module):
+        obj = obj.state_dict()
+    _, _, named = model_tensors(obj, _is_tensor)
+    found = dict(named)
+    yield list(found), found.__getitem__
+
+
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    """A flat real tensor to compute on: dequantized, magnitudes of complex values."""
+    t = t.detach()
+    if t.is_quantized:
+        t = t.dequantize()
+    if t.is_complex():
+        t = t.abs()
+    return t.reshape(-1)
+
+
+def tensor_stats(t: torch.Tensor) -> dict[str, Any]:
+    """min / max / mean / std (unbiased) over the finite values; zeros, NaN and Inf counts.
+
+    Chunked (Chan's parallel variance) so temporaries stay at CHUNK elements.
+    """
+    flat = _plain(t)
+    n, mean, m2 = 0, 0.0, 0.0
+    low, high = math.inf, -math.inf
+    zeros = nans = infs = 0
+    for start in range(0, flat.numel(), CHUNK):
+        chunk = flat[start : start + CHUNK].to(torch.float64)
+        finite = torch.isfinite(chunk)
+        nans += int(torch.isnan(chunk).sum())
+        infs += int(torch.isinf(chunk).sum())
+        zeros += int((chunk == 0).sum())
+        values = chunk if bool(finite.all()) else chunk[finite]
+        k = values.numel()
+        if k == 0:
+            continue
+        chunk_mean = float(values.mean())
+        chunk_m2 = float(((values - chunk_mean) ** 2).sum())
+        delta = chunk_mean - mean
+        total = n + k
+        mean += delta * k / total
+        m2 += chunk_m2 + delta * delta * n * k / total
+        n = total
+        low, high = min(low, float(values.min())), max(high, float(values.max()))
+    numel = flat.numel()
+    return {
+        "min": low if n else None,
+        "max": high if n else None,
+        "mean": mean if n else None,
+        "std": math.sqrt(m2 / (n - 1)) if n > 1 else None,
+        "zeros": zeros,
+        "zero_fraction": zeros / numel if numel else None,
+        "nan": nans,
+        "inf": infs,
+    }
+
+
+def stats(raw: RawCheckpoint, names: list[str], *, unsafe: bool = False) -> list[dict[str, Any]]:
+    """Statistics of the named tensors, one tensor at a time."""
+    with tensor_source(raw, unsafe=unsafe) as (_, get):
+        return [{"name": name, **tensor_stats(get(name))} for name in names]
+
+
+def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest |a - b|, chunked; positions where both are NaN count as equal."""
+    fa, fb = _plain(a), _plain(b)
+    worst = 0.0
+    for start in range(0, fa.numel(), CHUNK):
+        ca = fa[start : start + CHUNK].to(torch.float64)
+        cb = fb[start : start + CHUNK].to(torch.float64)
+        both_nan = torch.isnan(ca) & torch.isnan(cb)
+        same_inf = torch.isinf(ca) & (ca == cb)
+        d = (ca - cb).abs().masked_fill(both_nan | same_inf, 0)
+        worst = max(worst, float(d.max())) if d.numel() else worst
+        if math.isnan(worst):
+            break
+    return worst
+
+
+def diff(
+    raw: RawCheckpoint, other: str | Path, pattern: re.Pattern[str] | None, *, unsafe: bool
+) -> dict[str, Any]:
+    """Tensors added (only in OTHER), removed (only in FILE), reshaped (shape or dtype
+    differs) and changed (max |a - b| > 0) from FILE to OTHER."""
+    other_raw = read(other)  # refuses unsafe pickles before torch sees them
+    with (
+        tensor_source(raw, unsafe=unsafe) as (names_a, get_a),
+        tensor_source(other_raw) as (names_b, get_b),
+    ):
+        keep = [n for n in names_a if pattern is None or pattern.search(n)]
+        set_a, set_b = set(names_a), set(names_b)
+        result: dict[str, Any] = {
+            "other": str(other),
+            "added": [n for n in names_b if n not in set_a and (not pattern or pattern.search(n))],
+            "removed": [n for n in keep if n not in set_b],
+            "reshaped": [],
+            "changed": [],
+            "unchanged": 0,
+        }
+        for name in (n for n in keep if n in set_b):
+            a, b = get_a(name), get_b(name)
+            if a.shape != b.shape or a.dtype != b.dtype:
+                result["reshaped"].append(
+                    {
+                        "name": name,
+                        "shape": list(a.shape),
+                        "other_shape": list(b.shape),
+                        "dtype": str(a.dtype).removeprefix("torch."),
+                        "other_dtype": str(b.dtype).removeprefix("torch."),
+                    }
+                )
+                continue
+            worst = max_abs_diff(a, b)
+            if worst == 0:
+                result["unchanged"] += 1
+            else:
+                result["changed"].append({"name": name, "max_abs_diff": worst})
+    return result
+
+
+def _to_meta(value: Any) -> Any:
+    """A torch.load'ed tree with tensors as TensorMeta (the values kept for small reads)."""
+    if isinstance(value, torch.Tensor):
+        quant = None
+        if value.is_quantized:
+            scheme = str(value.qscheme()).removeprefix("torch.")
+            if scheme.startswith("per_tensor"):
+                quant = {
+                    "qscheme": scheme,
+                    "scale": value.q_scale(),
+                    "zero_point": value.q_zero_point(),
+                }
+            else:
+                quant = {
+                    "qscheme": scheme,
+                    "scales": _to_meta(value.q_per_channel_scales()),
+                    "zero_points": _to_meta(value.q_per_channel_zero_points()),
+                    "axis": value.q_per_channel_axis(),
+                }
+        return TensorMeta(
+            str(value.dtype).removeprefix("torch."),
+            tuple(value.shape),
+            is_parameter=isinstance(value, torch.nn.Parameter),
+            quant=quant,
+            extra={"tensor": value},
+        )
+    if isinstance(value, torch.dtype):
+        return DType(str(value).removeprefix("torch."))
+    if isinstance(value, dict):
+        return type(value)((k, _to_meta(v)) for k, v in value.items()) if value else value
+    if isinstance(value, list):
+        return [_to_meta(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_to_meta(v) for v in value)
+    return value
+
+
+def unsafe_metadata(path: Path) -> RawCheckpoint:
+    """--unsafe-load: torch.load(weights_only=False), then the same metadata as a safe read."""
+    obj = load(path, unsafe=True)
+    module_class = None
+    if isinstance(obj, torch.nn.Module):
+        module_class = f"{type(obj).__module__}.{type(obj).__qualname__}"
+        obj = obj.state_dict()
+    container = "pickled-module" if module_class else "unsafe-pickle"
+    return RawCheckpoint(
+        path, container, _to_meta(obj), path.stat().st_size, module_class=module_class
+    )
