@@ -56,14 +56,14 @@ def root(
 
 
 # Each module in ptool/commands/ has a `register(app)`; the order here is the order in --help.
-COMMANDS: tuple[str, ...] = ("train", "quantize")
+COMMANDS: tuple[str, ...] = ("train", "quantize", "inspect-checkpoint")
 
 
 def _register() -> None:
     import importlib
 
     for name in COMMANDS:
-        importlib.import_module(f"ptool.commands.{name}").register(app)
+        importlib.import_module(f"ptool.commands.{name.replace('-', '_')}").register(app)
 
 
 _register()
