@@ -8,6 +8,7 @@ shape, dtype, stride and where their bytes live, without reading those bytes.
 
 from __future__ import annotations
 
+import _compat_pickle
 import codecs
 import io
 import pickle
@@ -197,6 +198,10 @@ class MetadataUnpickler(pickle.Unpickler):
         self._persistent = persistent_load
 
     def find_class(self, module: str, name: str) -> Any:
+        # Python 2 names (protocol 2: __builtin__.set), mapped as pickle's own find_class does
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         try:
             return ALLOWED[(module, name)]
         except KeyError:

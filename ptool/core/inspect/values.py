@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,9 @@ def tensor_source(
         with safe_open(str(raw.path), framework="pt") as f:
             yield list(f.keys()), f.get_tensor
         return
-    obj = load(raw.path, unsafe=unsafe)
+    with warnings.catch_warnings():  # torch's deprecation notes on quantized tensors
+        warnings.simplefilter("ignore")
+        obj = load(raw.path, unsafe=unsafe)
     if isinstance(obj, torch.nn.Module):
         obj = obj.state_dict()
     _, _, named = model_tensors(obj, _is_tensor)
@@ -199,7 +202,9 @@ def _to_meta(value: Any) -> Any:
 
 def unsafe_metadata(path: Path) -> RawCheckpoint:
     """--unsafe-load: torch.load(weights_only=False), then the same metadata as a safe read."""
-    obj = load(path, unsafe=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        obj = load(path, unsafe=True)
     module_class = None
     if isinstance(obj, torch.nn.Module):
         module_class = f"{type(obj).__module__}.{type(obj).__qualname__}"

@@ -1,0 +1,410 @@
+"""inspect-checkpoint core: the restricted reader against torch.load as the oracle, the
+summary of every layout, pruning/quantization figures, stats, diff and refusals."""
+
+from __future__ import annotations
+
+import math
+import pickle
+import subprocess
+import sys
+import zipfile
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from ptool.core.errors import PtoolError
+from ptool.core.inspect import values
+from ptool.core.inspect.reader import ModuleRefused, Refused, read
+from ptool.core.inspect.report import InspectOptions, inspect
+from tests.core.test_inspect_fixtures import (
+    in_torch_zip,
+    malicious_pickles,
+    ptool_checkpoint,
+    small_model,
+    torch_saved_with_payload,
+    trained_parts,
+)
+
+
+def _oracle_rows(state: dict) -> list[tuple]:
+    return [
+        (
+            name,
+            list(t.shape),
+            str(t.dtype).removeprefix("torch."),
+            t.numel(),
+            t.numel() * t.element_size(),
+        )
+        for name, t in state.items()
+    ]
+
+
+def _rows(report: dict) -> list[tuple]:
+    return [(r["name"], r["shape"], r["dtype"], r["numel"], r["bytes"]) for r in report["tensors"]]
+
+
+@pytest.fixture(scope="module")
+def ptool_ckpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "last.pt"
+    ptool_checkpoint(path)
+    return path
+
+
+def test_ptool_checkpoint_matches_torch_load(ptool_ckpt):
+    oracle = torch.load(ptool_ckpt, weights_only=True)
+    report = inspect(ptool_ckpt, InspectOptions())
+    assert _rows(report) == _oracle_rows(oracle["model_state_dict"])
+    assert report["format"] == "ptool.checkpoint" and report["format_version"] == 1
+    assert report["state_dict_key"] == "model_state_dict"
+    s = report["summary"]
+    assert (s["epoch"], s["global_step"], s["loss"]) == (3, 84, 0.4213)
+    assert s["best"] == oracle["best"] and s["metrics"] == oracle["metrics"]
+    assert s["torch_version"] == torch.__version__ and s["ptool_version"]
+    assert s["config"]["optimizer"] == "adamw" and s["config"]["lr"] == 0.01
+    assert s["config"]["model"] == "mlp" and s["config"]["data"] == "digits"
+    buffers = sum(
+        t.numel()
+        for n, t in oracle["model_state_dict"].items()
+        if "running" in n or "num_batches" in n
+    )
+    assert report["totals"]["buffers"] == buffers
+    assert report["totals"]["parameters"] == sum(p.numel() for p in small_model().parameters())
+    (opt,) = report["optimizers"]
+    real = oracle["optimizer_state_dict"]
+    assert opt["type"] == "adamw" and opt["key"] == "optimizer_state_dict"
+    assert [g["lr"] for g in opt["param_groups"]] == [g["lr"] for g in real["param_groups"]]
+    assert [g["weight_decay"] for g in opt["param_groups"]] == [0.05, 0.0]
+    state_bytes = sum(
+        t.numel() * t.element_size() for s in real["state"].values() for t in s.values()
+    )
+    assert opt["state_bytes"] == state_bytes
+    (sched,) = report["schedulers"]
+    assert sched["key"] == "scheduler_state_dict"
+    assert sched["state"]["scheduler.last_epoch"] == 1
+    assert report["pruning"] is None and report["quantization"] is None
+    entries = {e["key"]: e for e in report["entries"]}
+    assert entries["epoch"]["value"] == 3 and entries["model_state_dict"]["tensors"] == len(
+        oracle["model_state_dict"]
+    )
+
+
+def test_metadata_never_imports_torch(ptool_ckpt, tmp_path):
+    pruned = nn.Linear(4, 4)
+    prune.l1_unstructured(pruned, "weight", 0.5)
+    torch.save(pruned.state_dict(), tmp_path / "pruned.pt")
+    code = (
+        "import sys; from ptool.core.inspect.report import inspect, InspectOptions\n"
+        f"for p in {[str(ptool_ckpt), str(tmp_path / 'pruned.pt')]!r}:\n"
+        "    inspect(p, InspectOptions(depth=1, tree=True))\n"
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def _lightning(model, opt, sched):
+    return {
+        "epoch": 4,
+        "global_step": 40,
+        "pytorch-lightning_version": "2.6.6",
+        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+        "loops": {},
+        "callbacks": {
+            "ModelCheckpoint{'monitor': 'val_acc'}": {
+                "monitor": "val_acc",
+                "best_model_score": torch.tensor(0.9375),
+            }
+        },
+        "optimizer_states": [opt.state_dict()],
+        "lr_schedulers": [sched.state_dict()],
+        "hyper_parameters": {"lr": 0.01, "model": "resnet"},
+    }
+
+
+@pytest.mark.parametrize(
+    ("layout", "fmt", "key"),
+    [
+        ("lightning", "lightning", "state_dict"),
+        ("timm", "timm", "state_dict"),
+        ("model-optimizer", "nested state dict", "model"),
+        ("hf-bin", "state_dict", None),
+    ],
+)
+def test_other_tools_layouts(tmp_path, layout, fmt, key):
+    model = small_model()
+    opt, sched = trained_parts(model)
+    obj = {
+        "lightning": lambda: _lightning(model, opt, sched),
+        "timm": lambda: {
+            "epoch": 7,
+            "arch": "resnet18",
+            "state_dict": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "metric": 71.5,
+            "version": 2,
+        },
+        "model-optimizer": lambda: {"model": model.state_dict(), "optimizer": opt.state_dict()},
+        "hf-bin": lambda: model.state_dict(),
+    }[layout]()
+    path = tmp_path / "pytorch_model.bin"
+    torch.save(obj, path)
+    report = inspect(path, InspectOptions())
+    assert report["format"] == fmt and report["state_dict_key"] == key
+    oracle = torch.load(path, weights_only=True)
+    assert _rows(report) == _oracle_rows(oracle[key] if key else oracle)
+    if layout == "lightning":
+        s = report["summary"]
+        assert (s["epoch"], s["global_step"]) == (4, 40)
+        assert s["best"]["value"] == 0.9375 and s["best"]["monitor"] == "val_acc"
+        assert report["optimizers"][0]["key"] == "optimizer_states[0]"
+        assert report["optimizers"][0]["type"] == "AdamW (inferred)"
+        assert report["schedulers"][0]["state"]["[0].last_epoch"] == 1
+    if layout == "timm":
+        assert report["summary"]["config"]["model"] == "resnet18"
+        assert report["summary"]["metrics"] == {"metric": 71.5}
+
+
+def test_safetensors_header(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    tensors = {
+        "a.weight": torch.randn(3, 4),
+        "a.bias": torch.zeros(3, dtype=torch.bfloat16),
+        "b": torch.arange(5, dtype=torch.int64),
+    }
+    path = tmp_path / "model.safetensors"
+    save_file(tensors, path, metadata={"format": "pt"})
+    report = inspect(path, InspectOptions(depth=1))
+    with safe_open(path, "pt") as f:
+        oracle = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open API
+    assert sorted(_rows(report)) == sorted(_oracle_rows(oracle))
+    assert report["format"] == "safetensors" and report["safetensors_metadata"] == {"format": "pt"}
+    assert {g["name"]: g["tensors"] for g in report["groups"]} == {"a": 2, "b": 1}
+    stats = {s["name"]: s for s in inspect(path, InspectOptions(stats=True))["stats"]}
+    assert stats["b"]["max"] == 4.0 and stats["a.bias"]["zeros"] == 3
+    path.write_bytes(path.read_bytes()[:-8])
+    with pytest.raises(PtoolError, match="truncated"):
+        read(path)
+
+
+def test_pruning_sparsity_against_masks(tmp_path):
+    model = nn.Sequential(nn.Linear(10, 10), nn.Linear(10, 4))
+    prune.l1_unstructured(model[0], "weight", 0.3)
+    prune.random_unstructured(model[1], "weight", 0.5)
+    path = tmp_path / "pruned.pt"
+    torch.save(model.state_dict(), path)
+    pruning = inspect(path, InspectOptions())["pruning"]
+    masks = [model[0].weight_mask, model[1].weight_mask]
+    assert [layer["name"] for layer in pruning["layers"]] == ["0.weight", "1.weight"]
+    assert [layer["zeros"] for layer in pruning["layers"]] == [int((m == 0).sum()) for m in masks]
+    zeros = sum(int((m == 0).sum()) for m in masks)
+    assert pruning["sparsity"] == pytest.approx(zeros / sum(m.numel() for m in masks))
+
+
+def test_pruned_recipe_without_masks_counts_zero_weights(tmp_path):
+    linear = nn.Linear(8, 8)
+    with torch.no_grad():
+        linear.weight[:, :2] = 0
+    path = tmp_path / "pruned.pt"
+    torch.save(
+        {
+            "format": "ptool.checkpoint",
+            "format_version": 1,
+            "model_state_dict": linear.state_dict(),
+            "pruning": {"method": "l1", "amount": 0.25, "compacted": False},
+        },
+        path,
+    )
+    pruning = inspect(path, InspectOptions())["pruning"]
+    assert pruning["source"] == "weights" and pruning["sparsity"] == 0.25
+    assert pruning["recipe"]["method"] == "l1"
+
+
+def test_quantized_dynamic_and_static(tmp_path):
+    dynamic = torch.ao.quantization.quantize_dynamic(nn.Sequential(nn.Linear(4, 3)), {nn.Linear})
+    torch.save(dynamic.state_dict(), tmp_path / "dyn.pt")
+    (layer,) = inspect(tmp_path / "dyn.pt", InspectOptions())["quantization"]["layers"]
+    weight = dynamic[0].weight()
+    assert layer["weight_dtype"] == "qint8" and layer["qscheme"] == "per_tensor_affine"
+    assert layer["scale"] == weight.q_scale() and layer["zero_point"] == weight.q_zero_point()
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.quant = torch.ao.quantization.QuantStub()
+            self.conv = nn.Conv2d(1, 4, 3)
+            self.dequant = torch.ao.quantization.DeQuantStub()
+
+        def forward(self, x):
+            return self.dequant(self.conv(self.quant(x)))
+
+    net = Net().eval()
+    net.qconfig = torch.ao.quantization.get_default_qconfig("x86")
+    torch.ao.quantization.prepare(net, inplace=True)
+    net(torch.randn(8, 1, 6, 6))
+    torch.ao.quantization.convert(net, inplace=True)
+    torch.save(net.state_dict(), tmp_path / "static.pt")
+    quant = inspect(tmp_path / "static.pt", InspectOptions())["quantization"]
+    layers = {layer["name"]: layer for layer in quant["layers"]}
+    w = net.conv.weight()
+    scales, zps = w.q_per_channel_scales(), w.q_per_channel_zero_points()
+    conv = layers["conv"]
+    assert conv["qscheme"] == "per_channel_affine" and conv["axis"] == 0 and conv["channels"] == 4
+    assert conv["scale_range"] == [scales.min().item(), scales.max().item()]
+    assert conv["zero_point_range"] == [zps.min().item(), zps.max().item()]
+    assert conv["output_scale"] == pytest.approx(net.conv.scale)
+    assert layers["quant"]["output_zero_point"] == int(net.quant.zero_point)
+
+
+def test_stats_against_torch(tmp_path, monkeypatch):
+    monkeypatch.setattr(values, "CHUNK", 7)  # many chunks: the merge must be exact
+    t = torch.randn(9, 5)
+    t[0, 0], t[1, 1], t[2, 2], t[3] = float("nan"), float("inf"), float("-inf"), 0.0
+    ints = torch.arange(-3, 20, dtype=torch.int32)
+    path = tmp_path / "sd.pt"
+    torch.save(
+        {
+            "w": t,
+            "i": ints,
+            "q": torch.quantize_per_tensor(t.nan_to_num(0, 0, 0), 0.1, 3, torch.quint8),
+        },
+        path,
+    )
+    report = inspect(path, InspectOptions(stats=True, filter="^[wi]$"))
+    stats = {s["name"]: s for s in report["stats"]}
+    assert set(stats) == {"w", "i"}
+    finite = t[torch.isfinite(t)].double()
+    w = stats["w"]
+    assert (w["nan"], w["inf"], w["zeros"]) == (1, 2, int((t == 0).sum()))
+    assert w["min"] == finite.min().item() and w["max"] == finite.max().item()
+    assert w["mean"] == pytest.approx(finite.mean().item(), abs=1e-12)
+    assert w["std"] == pytest.approx(finite.std().item(), rel=1e-9)
+    assert stats["i"]["std"] == pytest.approx(ints.double().std().item())
+    q = values.tensor_stats(torch.load(path, weights_only=True)["q"])
+    assert q["max"] == pytest.approx(torch.load(path, weights_only=True)["q"].dequantize().max())
+
+
+def test_diff_added_removed_reshaped_changed(tmp_path):
+    a = {
+        "same": torch.ones(3),
+        "changed": torch.zeros(4),
+        "reshaped": torch.zeros(2, 2),
+        "retyped": torch.zeros(2),
+        "removed": torch.ones(1),
+        "nan": torch.tensor([math.nan, 1.0]),
+    }
+    b = {
+        **a,
+        "changed": torch.tensor([0.0, -0.5, 2.0, 0.0]),
+        "reshaped": torch.zeros(4),
+        "retyped": torch.zeros(2, dtype=torch.float16),
+        "added": torch.ones(1),
+    }
+    del b["removed"]
+    torch.save(a, tmp_path / "a.pt")
+    torch.save(b, tmp_path / "b.pt")
+    diff = inspect(tmp_path / "a.pt", InspectOptions(diff=str(tmp_path / "b.pt")))["diff"]
+    assert diff["added"] == ["added"] and diff["removed"] == ["removed"]
+    assert [r["name"] for r in diff["reshaped"]] == ["reshaped", "retyped"]
+    assert diff["changed"] == [{"name": "changed", "max_abs_diff": 2.0}]
+    assert diff["unchanged"] == 2  # `same`, and `nan` (NaN in both at the same place)
+
+
+@pytest.mark.parametrize("wrap", ["bare", "zip"])
+def test_malicious_pickles_never_run(tmp_path, wrap):
+    sentinel = tmp_path / "SENTINEL"
+    for name, (data, global_name) in malicious_pickles(sentinel).items():
+        path = tmp_path / f"{name}.pt"
+        if wrap == "zip":
+            in_torch_zip(data, path)
+        else:
+            path.write_bytes(data)
+        with pytest.raises(Refused) as refused:
+            read(path)
+        assert refused.value.global_name == global_name, name
+        assert global_name in str(refused.value) and "\n" not in str(refused.value)
+        assert not sentinel.exists(), name
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_payload_inside_real_torch_save_never_runs(tmp_path, protocol):
+    sentinel = tmp_path / "SENTINEL"
+    torch_saved_with_payload(sentinel, tmp_path / "evil.pt", protocol)
+    with pytest.raises(Refused, match="system"):
+        inspect(tmp_path / "evil.pt", InspectOptions(stats=True, diff=str(tmp_path / "evil.pt")))
+    assert not sentinel.exists()
+
+
+class UserNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(2, 2)
+
+
+@pytest.mark.parametrize(
+    ("model", "class_name"),
+    [
+        (nn.Sequential(nn.Linear(2, 2)), "torch.nn.modules.container.Sequential"),
+        (UserNet(), f"{__name__}.UserNet"),
+    ],
+)
+def test_pickled_module_is_described_and_refused(tmp_path, model, class_name):
+    path = tmp_path / "model.pt"
+    torch.save(model, path)
+    with pytest.raises(ModuleRefused, match="pickled nn.Module") as refused:
+        read(path)
+    assert refused.value.global_name == class_name
+    warnings = []
+    report = inspect(path, InspectOptions(unsafe_load=True, warn=warnings.append))
+    assert report["container"] == "pickled-module"
+    assert report["module_class"] == f"{type(model).__module__}.{type(model).__qualname__}"
+    assert _rows(report) == _oracle_rows(model.state_dict())
+    assert len(warnings) == 1 and "runs code" in warnings[0]
+
+
+def test_legacy_format(tmp_path):
+    path = tmp_path / "legacy.pt"
+    torch.save({"w": torch.randn(3, 2), "n": 5}, path, _use_new_zipfile_serialization=False)
+    report = inspect(path, InspectOptions(stats=True))
+    assert report["container"] == "torch-legacy"
+    assert _rows(report) == [("w", [3, 2], "float32", 6, 24)]
+    assert report["stats"][0]["max"] == torch.load(path, weights_only=True)["w"].max().item()
+
+
+def _bad_files(tmp_path, good):
+    data = good.read_bytes()
+    with zipfile.ZipFile(tmp_path / "nopkl.zip", "w") as z:
+        z.writestr("x/readme.txt", "hello")
+    corrupt = bytearray(data)
+    start = data.index(b"data.pkl") + 30  # inside data.pkl's bytes: CRC mismatch
+    corrupt[start : start + 8] = b"\xff" * 8
+    return {
+        "empty": (b"", "empty"),
+        "truncated": (data[: len(data) // 2], "truncated or corrupt"),
+        "text": (b"epoch,loss\n1,0.5\n", "not a checkpoint"),
+        "corrupt": (bytes(corrupt), "corrupt"),
+        "plain pickle": (pickle.dumps({"a": 1}, protocol=2), "plain pickle"),
+        "no data.pkl": ((tmp_path / "nopkl.zip").read_bytes(), "without data.pkl"),
+        "short pickle": (pickle.dumps({"a": [1, 2, 3]}, protocol=2)[:-5], "truncated"),
+    }
+
+
+def test_truncated_corrupt_empty_foreign_files(tmp_path, ptool_ckpt):
+    for name, (data, message) in _bad_files(tmp_path, ptool_ckpt).items():
+        path = tmp_path / "bad.pt"
+        path.write_bytes(data)
+        with pytest.raises(PtoolError, match=message) as error:
+            read(path)
+        assert "\n" not in str(error.value), name
+
+
+def test_groups_and_tree_subtotals(ptool_ckpt):
+    report = inspect(ptool_ckpt, InspectOptions(depth=1, tree=True, filter=r"\.weight$"))
+    assert [r["name"] for r in report["tensors"]] == ["0.weight", "1.weight", "3.weight"]
+    assert [(g["name"], g["numel"]) for g in report["groups"]] == [("0", 48), ("1", 8), ("3", 24)]
+    tree = report["tree"]
+    assert tree["numel"] == 80 and [c["name"] for c in tree["children"]] == ["0", "1", "3"]
+    assert report["totals"]["numel"] == 80
