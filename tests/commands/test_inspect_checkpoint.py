@@ -1,0 +1,161 @@
+"""`ptool inspect-checkpoint` end to end: the real console script, stdout, stderr, exit codes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from tests.conftest import run_ptool
+from tests.core.test_inspect_fixtures import (
+    in_torch_zip,
+    malicious_pickles,
+    ptool_checkpoint,
+    torch_saved_with_payload,
+)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """runs/a/last.pt, runs/b/last.pt (ptool checkpoints) and a bad one."""
+    root = tmp_path_factory.mktemp("runs")
+    for name in ("a", "b"):
+        (root / name).mkdir()
+        ptool_checkpoint(root / name / "last.pt")
+    return root
+
+
+def test_human_view(runs):
+    result = run_ptool("inspect-checkpoint", str(runs / "a" / "last.pt"))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for text in (
+        "ptool.checkpoint v1",
+        "epoch / step",
+        "3 / 84",
+        "val/accuracy",
+        "adamw",
+        "0.weight",
+        "running_mean",
+        "Optimizer optimizer_state_dict: adamw",
+        "Scheduler scheduler_state_dict",
+        "parameters 99",
+    ):
+        assert text in out, text
+    assert result.stderr == ""
+
+
+def test_json_keys_and_views(runs):
+    path = str(runs / "a" / "last.pt")
+    result = run_ptool(
+        "inspect-checkpoint",
+        path,
+        "--json",
+        "--depth",
+        "1",
+        "--tree",
+        "--stats",
+        "--diff",
+        str(runs / "b" / "last.pt"),
+        "--filter",
+        "weight",
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert list(report) == [
+        "file",
+        "file_bytes",
+        "container",
+        "archive_version",
+        "format",
+        "format_version",
+        "module_class",
+        "safetensors_metadata",
+        "state_dict_key",
+        "summary",
+        "entries",
+        "filter",
+        "tensors",
+        "totals",
+        "groups",
+        "tree",
+        "optimizers",
+        "schedulers",
+        "pruning",
+        "quantization",
+        "stats",
+        "diff",
+    ]
+    oracle = torch.load(path, weights_only=True)["model_state_dict"]
+    names = [n for n in oracle if "weight" in n]
+    assert [r["name"] for r in report["tensors"]] == names
+    assert [s["name"] for s in report["stats"]] == names
+    assert report["stats"][0]["max"] == pytest.approx(oracle["0.weight"].max().item())
+    assert report["diff"]["unchanged"] == len(names)  # same seed: same weights
+    assert [g["name"] for g in report["groups"]] == ["0", "1", "3"]
+
+
+def test_several_files_one_line_each(runs, tmp_path):
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"PK\x03\x04 not really")
+    files = [str(runs / "a" / "last.pt"), str(runs / "b" / "last.pt")]
+    result = run_ptool("inspect-checkpoint", *files)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 and all("epoch 3  step 84  loss 0.4213" in line for line in lines)
+    assert all("99 params" in line for line in lines)
+    result = run_ptool("inspect-checkpoint", *files, str(bad), "--json")
+    assert result.returncode == 1
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["epoch"] for r in rows] == [3, 3, None]
+    assert rows[0]["metric"] == "val/loss" and rows[0]["best_value"] == 0.48
+    assert rows[2]["error"].startswith(f"{bad} is truncated or corrupt")
+    assert set(rows[2]) == set(rows[0])
+
+
+@pytest.mark.parametrize("variant", ["bare-p2", "zip-STACK_GLOBAL", "torch.save-p4"])
+def test_malicious_files_refused_without_running(tmp_path, variant):
+    sentinel = tmp_path / "SENTINEL"
+    path = tmp_path / "evil.pt"
+    pickles = malicious_pickles(sentinel)
+    if variant == "bare-p2":
+        data, global_name = pickles["reduce-os.system-p2"]
+        path.write_bytes(data)
+    elif variant == "zip-STACK_GLOBAL":
+        data, global_name = pickles["STACK_GLOBAL-exec"]
+        in_torch_zip(data, path)
+    else:
+        torch_saved_with_payload(sentinel, path, protocol=4)
+        global_name = pickles["reduce-os.system-p4"][1]
+    result = run_ptool("inspect-checkpoint", str(path), "--stats")
+    assert result.returncode == 1
+    assert global_name in result.stderr and result.stderr.startswith("error: refusing")
+    assert len(result.stderr.strip().splitlines()) == 2  # the reason and the hint
+    assert result.stdout == "" and not sentinel.exists()
+
+
+def test_pickled_module_needs_unsafe_load(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save(nn.Sequential(nn.Linear(3, 2)), path)
+    result = run_ptool("inspect-checkpoint", str(path))
+    assert result.returncode == 1
+    assert "pickled nn.Module (class torch.nn.modules.container.Sequential)" in result.stderr
+    assert "--unsafe-load" in result.stderr
+    result = run_ptool("inspect-checkpoint", str(path), "--unsafe-load", "--json")
+    assert result.returncode == 0
+    assert "warning: --unsafe-load" in result.stderr
+    report = json.loads(result.stdout)
+    assert report["module_class"] == "torch.nn.modules.container.Sequential"
+    assert [r["name"] for r in report["tensors"]] == ["0.weight", "0.bias"]
+
+
+def test_usage_errors(runs, tmp_path):
+    path = str(runs / "a" / "last.pt")
+    result = run_ptool("inspect-checkpoint", path, "--filter", "(")
+    assert result.returncode == 2 and "not a valid regular expression" in result.stderr
+    result = run_ptool("inspect-checkpoint", path, path, "--stats")
+    assert result.returncode == 2 and "take one file" in result.stderr
+    result = run_ptool("inspect-checkpoint", str(tmp_path / "missing.pt"))
+    assert result.returncode == 1 and "no such checkpoint" in result.stderr
