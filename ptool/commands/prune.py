@@ -1,0 +1,159 @@
+"""`ptool prune`: unstructured / structured / global pruning of a checkpoint, optional
+fine-tuning through train's engine, a before/after report, a new checkpoint."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from ptool.commands._config_options import with_config_options
+from ptool.commands._options import JsonOpt, QuietOpt, examples
+from ptool.commands.quantize import QAT_FIELDS
+
+EXAMPLES = examples(
+    "ptool prune --amount 0.3",
+    "ptool prune runs/cnn/best.pt --method global-l1 --amount 0.5 --keep-masks",
+    "ptool prune --method ln-structured --amount 0.5 --compact --finetune-epochs 3",
+    "ptool prune --amount 0.8 --steps 4 --finetune-epochs 1 --lr 3e-4 --json",
+)
+
+# Fine-tuning takes train's own flags, as `quantize qat` does; --finetune-epochs is --epochs.
+FINETUNE_FIELDS = [name for name in QAT_FIELDS if name != "epochs"]
+METHODS = "l1-unstructured, random-unstructured, ln-structured, random-structured, global-l1"
+
+
+def prune(
+    ckpt: Annotated[
+        str | None,
+        typer.Argument(
+            help="Checkpoint from `ptool train` (default: the newest runs/*/best.pt).",
+            show_default=False,
+        ),
+    ] = None,
+    method: Annotated[str, typer.Option("--method", help=f"Pruning method: {METHODS}.")] = (
+        "l1-unstructured"
+    ),
+    amount: Annotated[
+        str,
+        typer.Option(
+            "--amount",
+            help="A fraction in [0, 1) (0.3) or a count (12) of weights, or channels for "
+            "structured methods, per layer (global-l1: over all selected layers).",
+        ),
+    ] = "0.3",
+    n: Annotated[
+        float, typer.Option("--n", help="Norm order of ln-structured (1, 2, inf, ...).")
+    ] = 2.0,
+    dim: Annotated[
+        int,
+        typer.Option("--dim", help="Structured methods: 0 = output channels/neurons, 1 = inputs."),
+    ] = 0,
+    modules: Annotated[
+        str, typer.Option("--modules", help="Layer kinds to prune: conv, linear.")
+    ] = "conv,linear",
+    only: Annotated[
+        str | None,
+        typer.Option(
+            "--only", help="Prune only layers whose name matches this regex.", show_default=False
+        ),
+    ] = None,
+    exclude: Annotated[
+        str | None,
+        typer.Option(
+            "--exclude", help="Skip layers whose name matches this regex.", show_default=False
+        ),
+    ] = None,
+    include_head: Annotated[
+        bool, typer.Option("--include-head", help="Also prune the final classifier.")
+    ] = False,
+    make_permanent: Annotated[
+        bool,
+        typer.Option(
+            "--make-permanent/--keep-masks",
+            help="Save plain weights (prune.remove), or weight_orig/weight_mask for more pruning.",
+        ),
+    ] = True,
+    compact: Annotated[
+        bool,
+        typer.Option(
+            "--compact",
+            help="Structured methods: remove the pruned channels (Torch-Pruning): a smaller, "
+            "faster dense model.",
+        ),
+    ] = False,
+    steps: Annotated[
+        int, typer.Option("--steps", help="Reach --amount in this many pruning steps.")
+    ] = 1,
+    finetune_epochs: Annotated[
+        int,
+        typer.Option(
+            "--finetune-epochs",
+            help="Fine-tune this many epochs after every step (train's engine and flags below).",
+        ),
+    ] = 0,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Pruned checkpoint to write (default: <ckpt stem>.pruned.pt next to the input).",
+            show_default=False,
+        ),
+    ] = None,
+    no_eval: Annotated[
+        bool, typer.Option("--no-eval", help="Skip the validation-split evaluations.")
+    ] = False,
+    bench_runs: Annotated[
+        int,
+        typer.Option("--bench-runs", help="Timed repetitions per latency (median, after warm-up)."),
+    ] = 20,
+    json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    *,
+    overrides: dict[str, Any],
+) -> None:
+    """Prune a checkpoint (torch.nn.utils.prune; --compact: Torch-Pruning), optionally fine-tune,
+    report per layer and before/after, write <ckpt stem>.pruned.pt. Fine-tuning defaults to the
+    run's own optimizer, lr and batch size, in <ckpt dir>/prune/<time>."""
+    from rich.markup import escape
+
+    from ptool.core.prune.options import PruneOptions, check_options, parse_amount
+    from ptool.ui.output import Output
+
+    out = Output(json=json, quiet=quiet)
+    options = PruneOptions(
+        method=method,
+        amount=parse_amount(amount),
+        n=n,
+        dim=dim,
+        modules=[m.strip().lower() for m in modules.split(",") if m.strip()],
+        only=only,
+        exclude=exclude,
+        include_head=include_head,
+        make_permanent=make_permanent,
+        compact=compact,
+        steps=steps,
+        finetune_epochs=finetune_epochs,
+        train_overrides=overrides,
+        output=output,
+        evaluate=not no_eval,
+        bench_runs=bench_runs,
+    )
+    check_options(options)  # torch-free: a bad flag fails before seconds of imports
+
+    from ptool.core.prune.run import prune_checkpoint
+    from ptool.ui.prune_view import report_view
+
+    def log(line: str) -> None:
+        out.err.print(escape(line), soft_wrap=True)
+
+    report = prune_checkpoint(ckpt, options, log=log if not quiet else lambda _: None, quiet=quiet)
+    out.info(f"pruned checkpoint: {escape(report['output'])}")
+    out.result(report, lambda: report_view(report))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("prune", epilog=EXAMPLES, help=prune.__doc__)(
+        with_config_options(FINETUNE_FIELDS)(prune)
+    )

@@ -1,0 +1,196 @@
+"""Structured compaction with Torch-Pruning, and the rebuild of pruned models from a checkpoint.
+
+Compaction removes the channels a structured mask emptied: Torch-Pruning's DependencyGraph
+traces the model once and shrinks every dependent tensor (batch-norm statistics, the next
+layer's inputs, the head's inputs after a flatten) together. The compacted shapes are saved
+as the recipe's `architecture`; `apply_architecture` resizes a freshly built model to them,
+so `model_from_checkpoint` rebuilds it without user code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from ptool.core.errors import PtoolError
+
+REBUILT = "Conv1d/2d/3d, Linear, BatchNorm, GroupNorm, LayerNorm and PReLU"
+
+
+class Compactor:
+    """The traced dependency graph of one model, reused for every layer it shrinks."""
+
+    def __init__(self, model: nn.Module, example: torch.Tensor):
+        import torch_pruning as tp
+
+        self.model = model
+        self.example = example
+        was_training = model.training
+        model.eval()
+        try:
+            self.graph = tp.DependencyGraph().build_dependency(
+                model, example_inputs=example, verbose=False
+            )
+            with torch.no_grad():
+                self.output_shape = tuple(model(example).shape)
+        except Exception as exc:  # noqa: BLE001 - any tracing failure becomes one line
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise PtoolError(
+                f"Torch-Pruning cannot trace this model for --compact ({type(exc).__name__}: "
+                f"{first})",
+                hint="drop --compact: structured masks keep the shapes and need no tracing",
+            ) from exc
+        finally:
+            model.train(was_training)
+
+    def _group(self, module: nn.Module, idxs: list[int]):
+        pruner = self.graph.get_pruner_of_module(module)
+        return self.graph.get_pruning_group(module, pruner.prune_out_channels, idxs=idxs)
+
+    def followers(self, layers: Mapping[str, nn.Module]) -> dict[str, str]:
+        """Selected layers whose output channels are tied to an earlier selected layer's (e.g.
+        by a residual add): they lose the leader's channels and are not scored themselves."""
+        for name, module in layers.items():
+            if module not in self.graph.module2node:
+                raise PtoolError(
+                    f"Torch-Pruning cannot trace this model for --compact: {name} is not on the "
+                    "autograd path from the input to the output",
+                    hint="drop --compact: structured masks keep the shapes and need no tracing",
+                )
+        names = {id(m): name for name, m in layers.items()}
+        tied: dict[str, str] = {}
+        for name, module in layers.items():
+            if name in tied:
+                continue
+            for item in self._group(module, [0]):
+                other = names.get(id(item.dep.target.module))
+                out = self.graph.is_out_channel_pruning_fn(item.dep.handler)
+                if other and other != name and out and other not in tied:
+                    tied[other] = name
+        return tied
+
+    def remove(self, module: nn.Module, name: str, idxs: list[int]) -> None:
+        """Physically drop output channels `idxs` of `module` and everything tied to them."""
+        if idxs:
+            self._group(module, idxs).prune()
+        self.check(name)
+
+    def check(self, name: str) -> None:
+        """The compacted model still runs and still gives outputs of the same shape."""
+        for module_name, module in self.model.named_modules():
+            if isinstance(module, nn.GroupNorm) and module.num_channels % module.num_groups:
+                raise PtoolError(
+                    f"compacting {name} left {module_name} with {module.num_channels} channels "
+                    f"in {module.num_groups} groups",
+                    hint=f"choose an amount that keeps a multiple of {module.num_groups} channels",
+                )
+        self.model.eval()
+        with torch.no_grad():
+            shape = tuple(self.model(self.example).shape)
+        if shape != self.output_shape:
+            raise PtoolError(f"compacting {name} changed the model's output shape to {shape}")
+
+
+def architecture(model: nn.Module) -> dict[str, list[int]]:
+    """Every parameter and buffer shape (masked tensors under their plain name)."""
+    shapes = {}
+    for name, value in model.state_dict().items():
+        if name.endswith("_mask"):
+            continue
+        shapes[name.removesuffix("_orig")] = list(value.shape)
+    return shapes
+
+
+def _resized(module: nn.Module, shapes: dict[str, list[int]]) -> nn.Module:
+    """A fresh module of the same kind and hyperparameters with the saved tensor shapes."""
+    sample = next(t for t in module.state_dict().values() if t.is_floating_point())
+    kw: dict[str, Any] = {"device": sample.device, "dtype": sample.dtype}
+    weight = shapes.get("weight")
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
+        groups = weight[0] if depthwise else module.groups
+        return type(module)(
+            weight[1] * groups,
+            weight[0],
+            module.kernel_size,
+            module.stride,
+            module.padding,
+            module.dilation,
+            groups,
+            module.bias is not None,
+            module.padding_mode,
+            **kw,
+        )
+    if isinstance(module, nn.Linear):
+        return nn.Linear(weight[1], weight[0], module.bias is not None, **kw)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        size = (weight or shapes.get("running_mean"))[0]
+        return type(module)(
+            size, module.eps, module.momentum, module.affine, module.track_running_stats, **kw
+        )
+    if isinstance(module, nn.GroupNorm):
+        return nn.GroupNorm(module.num_groups, weight[0], module.eps, module.affine, **kw)
+    if isinstance(module, nn.LayerNorm):
+        return nn.LayerNorm(
+            weight, module.eps, module.elementwise_affine, module.bias is not None, **kw
+        )
+    if isinstance(module, nn.PReLU):
+        return nn.PReLU(weight[0], **kw)
+    return None
+
+
+def apply_architecture(model: nn.Module, architecture: Mapping[str, list[int]]) -> nn.Module:
+    """Resize a freshly built model's layers to a compacted checkpoint's saved shapes."""
+    state = {k.removesuffix("_orig"): v for k, v in model.state_dict().items()}
+    unknown = sorted(set(architecture) - set(state))
+    if unknown:
+        raise PtoolError(
+            f"the saved architecture names {unknown[0]}, which the rebuilt model does not have"
+        )
+    changed: dict[str, dict[str, list[int]]] = {}
+    for name, shape in architecture.items():
+        if list(state[name].shape) != list(shape):
+            owner, _, tensor = name.rpartition(".")
+            changed.setdefault(owner, {})[tensor] = list(shape)
+    for owner in changed:
+        module = model.get_submodule(owner)
+        shapes = {
+            n: list(architecture.get(f"{owner}.{n}", list(t.shape)))
+            for n, t in [
+                *module.named_parameters(recurse=False),
+                *module.named_buffers(recurse=False),
+            ]
+        }
+        replacement = _resized(module, shapes)
+        if replacement is None:
+            raise PtoolError(
+                f"cannot resize {owner} ({type(module).__name__}) to the saved shapes",
+                hint=f"ptool rebuilds compacted {REBUILT} layers",
+            )
+        replacement.train(module.training)
+        parent, _, attr = owner.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, replacement)
+    return model
+
+
+def apply_masks(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
+    """Re-create the pruning masks a --keep-masks state dict holds (`prune.custom_from_mask`),
+    so its weight_orig/weight_mask keys load and the masks keep applying."""
+    for key, mask in state_dict.items():
+        if not key.endswith("_mask"):
+            continue
+        owner, _, tensor = key.removesuffix("_mask").rpartition(".")
+        try:
+            module = model.get_submodule(owner)
+            present = isinstance(getattr(module, tensor, None), torch.Tensor)
+        except AttributeError:
+            present = False
+        if not present:
+            raise PtoolError(f"the checkpoint masks {key}, which the rebuilt model does not have")
+        if not hasattr(module, f"{tensor}_mask"):
+            prune.custom_from_mask(module, tensor, mask=mask)
+    return model

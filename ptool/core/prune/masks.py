@@ -1,0 +1,204 @@
+"""Which layers to prune, how much per step, and the masks (torch.nn.utils.prune).
+
+Amounts follow PyTorch: a float is a fraction, an int a count, both of the weights (or
+channels, for structured methods) still unpruned, rounded with Python's `round` as
+`prune._compute_nparams_toprune` does. Every step hands torch an exact count, so the
+cumulative pruned count after the last step is exactly what one-shot pruning would remove.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from ptool.core.errors import UsageError
+from ptool.core.prune.options import STRUCTURED
+
+KINDS: dict[str, tuple[type[nn.Module], ...]] = {
+    "conv": (nn.Conv1d, nn.Conv2d, nn.Conv3d),
+    "linear": (nn.Linear,),
+}
+PARAM = "weight"  # the tensor every method prunes
+
+
+def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every conv and linear layer, in model order."""
+    kinds = tuple(t for types in KINDS.values() for t in types)
+    return {name: m for name, m in model.named_modules() if isinstance(m, kinds)}
+
+
+def head_name(model: nn.Module) -> str | None:
+    """The final classifier: ptool's built-ins call it `head`; otherwise the last layer."""
+    layers = prunable_layers(model)
+    if "head" in layers:
+        return "head"
+    return next(reversed(layers), None)
+
+
+def select_layers(
+    model: nn.Module,
+    kinds: list[str],
+    *,
+    only: str | None = None,
+    exclude: str | None = None,
+    include_head: bool = False,
+) -> dict[str, nn.Module]:
+    """The layers `--modules/--only/--exclude/--include-head` pick (kinds already checked by
+    `options.check_options`), or a one-line refusal."""
+    patterns = {}
+    for flag, pattern in (("--only", only), ("--exclude", exclude)):
+        if pattern is not None:
+            try:
+                patterns[flag] = re.compile(pattern)
+            except re.error as exc:
+                raise UsageError(f"{flag} {pattern!r} is not a regular expression: {exc}") from None
+    wanted = tuple(t for k in kinds for t in KINDS[k])
+    head = head_name(model)
+    chosen = {}
+    for name, module in prunable_layers(model).items():
+        if not isinstance(module, wanted) or (name == head and not include_head):
+            continue
+        if "--only" in patterns and not patterns["--only"].search(name):
+            continue
+        if "--exclude" in patterns and patterns["--exclude"].search(name):
+            continue
+        chosen[name] = module
+    if not chosen:
+        names = ", ".join(prunable_layers(model)) or "none"
+        raise UsageError(
+            "the layer filter selects no layer "
+            f"(--modules {','.join(kinds)}, head {'included' if include_head else 'excluded'}"
+            + (f", --only {only}" if only else "")
+            + (f", --exclude {exclude}" if exclude else "")
+            + f"); the model's conv/linear layers: {names}",
+            hint="loosen --only/--exclude, or add --include-head to prune the final layer",
+        )
+    return chosen
+
+
+def mask_of(module: nn.Module) -> torch.Tensor | None:
+    return getattr(module, f"{PARAM}_mask", None)
+
+
+def effective_weight(module: nn.Module) -> torch.Tensor:
+    """The weight the layer computes with: weight_orig * weight_mask while masks are on."""
+    mask = mask_of(module)
+    if mask is None:
+        return module.weight.detach()
+    return (getattr(module, f"{PARAM}_orig") * mask).detach()
+
+
+def remaining(module: nn.Module, dim: int | None) -> int:
+    """Unpruned weights (dim None) or unpruned slices along `dim` (structured methods)."""
+    mask = mask_of(module)
+    if mask is None:
+        mask = torch.ones_like(module.weight)
+    if dim is None:
+        return int(mask.count_nonzero())
+    others = [d for d in range(mask.dim()) if d != dim % mask.dim()]
+    return int((mask.sum(dim=others) != 0).sum())
+
+
+def pruned_slices(mask: torch.Tensor, dim: int) -> list[int]:
+    """Indices along `dim` whose slice is entirely masked (the channels to remove)."""
+    others = [d for d in range(mask.dim()) if d != dim]
+    return torch.nonzero(mask.sum(dim=others) == 0).flatten().tolist()
+
+
+def target_count(amount: int | float, size: int) -> int:
+    """Units pruned in all, as PyTorch counts an `amount` of `size` remaining units."""
+    return amount if isinstance(amount, int) else round(amount * size)
+
+
+def schedule(amount: int | float, size: int, steps: int) -> list[int]:
+    """Cumulative pruned counts after steps 1..K: the same fraction of what remains each step.
+
+    Step k reaches 1 - (1 - a) ** (k / K) of the units (a = the final fraction), which is
+    PyTorch's own iterative semantics (each amount applies to the remaining units) with a
+    constant per-step fraction p = 1 - (1 - a) ** (1 / K); the last step lands exactly on
+    the one-shot count.
+    """
+    total = target_count(amount, size)
+    fraction = total / size if size else 0.0
+    counts, previous = [], 0
+    for k in range(1, steps + 1):
+        count = total if k == steps else round(size * (1 - (1 - fraction) ** (k / steps)))
+        previous = min(total, max(previous, count))
+        counts.append(previous)
+    return counts
+
+
+def check_sizes(
+    amount: int | float, layers: Mapping[str, nn.Module], method: str, dim: int
+) -> dict[str, int]:
+    """Units each layer (or, for global-l1, all of them together) can lose; refuse counts
+    larger than that. Returns the sizes the schedule counts from."""
+    axis = dim if method in STRUCTURED else None
+    if axis is not None:
+        for name, module in layers.items():
+            rank = module.weight.dim()
+            if not -rank <= dim < rank:
+                raise UsageError(
+                    f"--dim {dim} does not exist in {name}.weight (shape "
+                    f"{list(module.weight.shape)})",
+                    hint="--dim 0 prunes output channels/neurons, --dim 1 input channels",
+                )
+    sizes = {name: remaining(m, axis) for name, m in layers.items()}
+    if method == "global-l1":
+        sizes = {"global": sum(sizes.values())}
+    if isinstance(amount, int):
+        for name, size in sizes.items():
+            if amount > size:
+                unit = f"channels along dim {dim}" if axis is not None else "unpruned weights"
+                where = "the selected layers together" if name == "global" else f"layer {name}"
+                raise UsageError(
+                    f"--amount {amount} is larger than {where} ({size} {unit})",
+                    hint=f"give at most {size}, or a fraction such as 0.3",
+                )
+    return sizes
+
+
+def prune_layers(
+    layers: Mapping[str, nn.Module],
+    method: str,
+    counts: Mapping[str, int],
+    *,
+    n: float = 2.0,
+    dim: int = 0,
+) -> None:
+    """One pruning step through torch.nn.utils.prune; masks stack on earlier ones."""
+    if method == "global-l1":
+        params = [(m, PARAM) for m in layers.values()]
+        prune.global_unstructured(
+            params, pruning_method=prune.L1Unstructured, amount=counts["global"]
+        )
+        return
+    for name, module in layers.items():
+        amount = counts[name]
+        if method == "l1-unstructured":
+            prune.l1_unstructured(module, PARAM, amount=amount)
+        elif method == "random-unstructured":
+            prune.random_unstructured(module, PARAM, amount=amount)
+        elif method == "ln-structured":
+            prune.ln_structured(module, PARAM, amount=amount, n=n, dim=dim)
+        else:
+            prune.random_structured(module, PARAM, amount=amount, dim=dim)
+
+
+def make_permanent(model: nn.Module) -> list[str]:
+    """prune.remove on every masked tensor: plain weights with the zeros baked in."""
+    done = []
+    for name, module in model.named_modules():
+        for hook in list(module._forward_pre_hooks.values()):
+            if isinstance(hook, prune.BasePruningMethod):
+                prune.remove(module, hook._tensor_name)
+                done.append(f"{name}.{hook._tensor_name}")
+    return done
+
+
+def has_masks(model: nn.Module) -> bool:
+    return any(name.endswith("_mask") for name, _ in model.named_buffers())

@@ -1,0 +1,118 @@
+"""What `ptool prune` takes, and the checks that need no model (torch-free: bad flags fail fast).
+
+Amounts follow PyTorch (`torch.nn.utils.prune`): a float is a fraction of the units still
+unpruned, an int a count of them; ptool refuses a fraction of 1 or more (nothing would be left).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ptool.core.errors import UsageError
+
+METHODS = (
+    "l1-unstructured",
+    "random-unstructured",
+    "ln-structured",
+    "random-structured",
+    "global-l1",
+)
+STRUCTURED = ("ln-structured", "random-structured")
+KIND_NAMES = ("conv", "linear")
+# fine-tuning flags that also matter without --finetune-epochs: the random methods' seed and
+# the batch size of the latency measurement
+WITHOUT_FINETUNE = {"seed", "batch_size"}
+
+
+@dataclass
+class PruneOptions:
+    """Everything `ptool prune` takes besides the checkpoint (see the README)."""
+
+    method: str = "l1-unstructured"
+    amount: int | float = 0.3
+    n: float = 2.0
+    dim: int = 0
+    modules: list[str] = field(default_factory=lambda: list(KIND_NAMES))
+    only: str | None = None
+    exclude: str | None = None
+    include_head: bool = False
+    make_permanent: bool = True
+    compact: bool = False
+    steps: int = 1
+    finetune_epochs: int = 0
+    train_overrides: dict[str, Any] = field(default_factory=dict)
+    output: str | None = None
+    evaluate: bool = True
+    bench_runs: int = 20
+
+
+def parse_amount(text: str) -> int | float:
+    """'0.3' -> 0.3 (a fraction), '12' -> 12 (a count), as PyTorch's `amount` reads them."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise UsageError(
+            f"--amount {text}: give a fraction such as 0.3 or a count such as 12"
+        ) from None
+
+
+def check_amount(amount: int | float) -> None:
+    if isinstance(amount, bool) or not isinstance(amount, (int, float)):
+        raise UsageError(f"--amount {amount!r}: give a fraction such as 0.3 or a count such as 12")
+    if isinstance(amount, float) and not 0.0 <= amount < 1.0:
+        raise UsageError(
+            f"--amount {amount}: a fraction must be in [0, 1)",
+            hint="e.g. --amount 0.3 prunes 30%; a whole number (--amount 12) is a count",
+        )
+    if isinstance(amount, int) and amount < 0:
+        raise UsageError(f"--amount {amount}: a count cannot be negative")
+
+
+def check_options(options: PruneOptions) -> None:
+    """Refuse bad values and combinations before anything is loaded."""
+    if options.method not in METHODS:
+        raise UsageError(f"--method {options.method}: valid: {', '.join(METHODS)}")
+    check_amount(options.amount)
+    unknown = [k for k in options.modules if k not in KIND_NAMES]
+    if unknown or not options.modules:
+        raise UsageError(
+            f"--modules {','.join(options.modules)}: valid kinds: {', '.join(KIND_NAMES)}"
+        )
+    structured = options.method in STRUCTURED
+    if options.compact and not structured:
+        raise UsageError(
+            f"--compact removes whole channels; {options.method} leaves scattered zeros",
+            hint="use --method ln-structured or random-structured with --compact",
+        )
+    if options.compact and options.dim != 0:
+        raise UsageError(
+            f"--compact removes output channels/neurons (--dim 0), not --dim {options.dim}",
+            hint="drop --dim, or drop --compact to keep masks along that dimension",
+        )
+    if options.compact and not options.make_permanent:
+        raise UsageError(
+            "--keep-masks has nothing to keep with --compact (the pruned channels are removed)",
+            hint="drop --keep-masks",
+        )
+    for name, low in (("steps", 1), ("finetune_epochs", 0), ("bench_runs", 1)):
+        if getattr(options, name) < low:
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"{flag} must be at least {low}, got {getattr(options, name)}")
+    unused = sorted(set(options.train_overrides) - WITHOUT_FINETUNE)
+    if unused and not options.finetune_epochs:
+        flag = "--" + unused[0].replace("_", "-")
+        raise UsageError(
+            f"{flag} sets fine-tuning, which runs only with --finetune-epochs N",
+            hint="add --finetune-epochs 3 (for example), or drop the fine-tuning flags",
+        )
+
+
+def default_output(ckpt_path: Path) -> Path:
+    """`<stem>.pruned.pt` next to the input."""
+    return ckpt_path.with_name(f"{ckpt_path.stem}.pruned.pt")

@@ -1,0 +1,426 @@
+"""`ptool prune`: checkpoint in, pruned (optionally fine-tuned) checkpoint and a report out.
+
+The model comes back from the checkpoint (`restore.model_from_checkpoint`: an input pruned
+before keeps its masks or compacted shapes), the masks come from torch.nn.utils.prune
+(`masks`), `--compact` shrinks the model with Torch-Pruning (`compact`), and fine-tuning
+drives the training engine's `fit()` with the pruned model, so the pruned weights stay zero
+(the masks are part of the model) and the engine's checkpoints carry the pruning recipe.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ptool.core import benchmark
+from ptool.core import checkpoint as ckpt_io
+from ptool.core.config import TrainConfig
+from ptool.core.errors import UsageError
+from ptool.core.prune import compact as compaction
+from ptool.core.prune import masks
+from ptool.core.prune.options import STRUCTURED, PruneOptions, check_options, default_output
+
+
+def refuse_quantized(ckpt: dict[str, Any], path: Path) -> None:
+    recipe = ckpt.get("quantization")
+    if recipe:
+        raise UsageError(
+            f"{path} is quantized ({recipe.get('mode')}); ptool prunes float checkpoints",
+            hint="prune the float checkpoint first, then quantize the pruned one",
+        )
+
+
+def finetune_config(
+    config: TrainConfig, overrides: dict[str, Any], source: Path, epochs: int
+) -> TrainConfig:
+    """The run's own config (optimizer, lr, schedule, batch size) for `epochs` epochs in a run
+    dir beside the checkpoint (<ckpt dir>/prune/<time>), then the flags given; on the CPU."""
+    from ptool.core import rundir
+
+    values = {
+        "epochs": epochs,
+        "out": str(rundir.default_run_dir(source.parent / "prune")),
+        "init_from": None,
+        "ema": None,
+        "compile": False,
+        **overrides,
+        "device": "cpu",
+    }
+    return config.replace(**values)
+
+
+def _permanent(model: nn.Module) -> nn.Module:
+    """A copy with the masks baked into plain weights: what runs after `prune.remove`."""
+    dense = copy.deepcopy(model).eval()
+    masks.make_permanent(dense)
+    return dense
+
+
+def layer_snapshot(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """Shape, size and nonzero count of every conv/linear weight (masks applied)."""
+    snapshot = {}
+    for name, module in masks.prunable_layers(model).items():
+        weight = masks.effective_weight(module)
+        snapshot[name] = {
+            "kind": type(module).__name__,
+            "shape": list(weight.shape),
+            "params": weight.numel(),
+            "nonzero": int(weight.count_nonzero()),
+        }
+    return snapshot
+
+
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    dense = _permanent(model)
+    params = list(dense.parameters())
+    return {
+        "parameters": sum(p.numel() for p in params),
+        "nonzero": sum(int(p.count_nonzero()) for p in params),
+    }
+
+
+def layer_rows(
+    before: dict[str, dict[str, Any]],
+    after: dict[str, dict[str, Any]],
+    selected: list[str],
+    tied: dict[str, str],
+) -> list[dict[str, Any]]:
+    """One row per conv/linear layer: sparsity is the share of its original weights that are
+    zero or removed."""
+    rows = []
+    for name, old in before.items():
+        new = after[name]
+        rows.append(
+            {
+                "name": name,
+                "kind": old["kind"],
+                "selected": name in selected,
+                "shape_before": old["shape"],
+                "shape_after": new["shape"],
+                "params_before": old["params"],
+                "params_after": new["params"],
+                "nonzero_after": new["nonzero"],
+                "sparsity": 1 - new["nonzero"] / old["params"] if old["params"] else 0.0,
+                "channels_follow": tied.get(name),
+            }
+        )
+    return rows
+
+
+def global_sparsity(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    chosen = [r for r in rows if r["selected"]]
+    weights = sum(r["params_before"] for r in chosen)
+    nonzero = sum(r["nonzero_after"] for r in chosen)
+    return {
+        "selected_layers": len(chosen),
+        "weights_before": weights,
+        "nonzero_after": nonzero,
+        "sparsity": 1 - nonzero / weights if weights else 0.0,
+    }
+
+
+class Evaluator:
+    """Validation loss and metrics, the same evaluation `quantize` and `eval` report."""
+
+    def __init__(self, config: TrainConfig, data: Any):
+        from ptool.core.optim import build_loss
+
+        self.config = config
+        self.data = data
+        self.loss_fn = build_loss(config, data.info)
+
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        from ptool.core.data import make_loader
+        from ptool.core.evaluate import evaluate
+
+        cpu = torch.device("cpu")
+        order = torch.arange(len(self.data.val))
+        loader = make_loader(self.data.val, self.config, order, train=False, device=cpu)
+        return evaluate(model, loader, self.data.info, self.loss_fn, cpu)[0]
+
+
+class Pruner:
+    """One `ptool prune` job: the steps (prune, maybe compact, maybe fine-tune) on one model."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        options: PruneOptions,
+        selected: list[str],
+        example: torch.Tensor,
+        log: Callable[[str], None],
+    ):
+        self.model = model
+        self.options = options
+        self.selected = selected
+        self.example = example
+        self.log = log
+        self.tied: dict[str, str] = {}
+
+    def layers(self) -> dict[str, nn.Module]:
+        return {name: self.model.get_submodule(name) for name in self.selected}
+
+    def step(self, counts: dict[str, int]) -> None:
+        options = self.options
+        if not options.compact:
+            masks.prune_layers(self.layers(), options.method, counts, n=options.n, dim=options.dim)
+            return
+        compactor = compaction.Compactor(self.model, self.example)
+        layers = self.layers()
+        self.tied = compactor.followers(layers)
+        for follower, leader in self.tied.items():
+            self.log(f"{follower}: output channels tied to {leader}'s, removed with them")
+        leaders = {name: m for name, m in layers.items() if name not in self.tied}
+        masks.prune_layers(leaders, options.method, counts, n=options.n, dim=0)
+        chosen = {name: masks.pruned_slices(masks.mask_of(m), 0) for name, m in leaders.items()}
+        masks.make_permanent(self.model)
+        for name, module in leaders.items():
+            compactor.remove(module, name, chosen[name])
+
+
+def _recipe(
+    options: PruneOptions,
+    model: nn.Module,
+    selected: list[str],
+    previous: dict[str, Any] | None,
+    source: Path,
+    seed: int,
+) -> dict[str, Any]:
+    structured = options.method in STRUCTURED
+    compacted = options.compact or bool(previous and previous.get("compacted"))
+    recipe: dict[str, Any] = {
+        "method": options.method,
+        "amount": options.amount,
+        "n": options.n if options.method == "ln-structured" else None,
+        "dim": options.dim if structured else None,
+        "steps": options.steps,
+        "finetune_epochs": options.finetune_epochs,
+        "layers": list(selected),
+        "compacted": compacted,
+        "architecture": compaction.architecture(model) if compacted else None,
+        "masks": masks.has_masks(model),
+        "library": "torch.nn.utils.prune" + (" + torch_pruning" if options.compact else ""),
+        "seed": seed if options.method.startswith("random") else None,
+        "source": str(source),
+        "torch_version": str(torch.__version__),
+    }
+    if options.compact:
+        import torch_pruning
+
+        recipe["torch_pruning_version"] = torch_pruning.__version__
+    if previous:
+        recipe["previous"] = previous
+    return recipe
+
+
+def _finetune(
+    pruner: Pruner,
+    config: TrainConfig,
+    data: Any,
+    extras: Callable[[], dict[str, Any]],
+    *,
+    quiet: bool,
+    progress: bool | None,
+) -> dict[str, Any]:
+    """E epochs through the training engine on the pruned model; keeps the best epoch."""
+    from ptool.core.engine import fit
+
+    summary = fit(
+        config,
+        quiet=quiet,
+        progress=progress,
+        log=pruner.log,
+        model=pruner.model,
+        data=data,
+        checkpoint_extras=lambda: {"pruning": extras()},
+    )
+    best = summary.checkpoints.get("best")
+    if best:
+        pruner.model.load_state_dict(ckpt_io.load_checkpoint(best)["model_state_dict"])
+    pruner.model.eval()
+    return summary.to_dict()
+
+
+def prune_checkpoint(
+    path: str | Path | None,
+    options: PruneOptions,
+    *,
+    log: Callable[[str], None] = lambda _: None,
+    quiet: bool = False,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Prune the checkpoint at `path` (default: the newest runs/*/best.pt), fine-tune if
+    asked, write the result and return the report."""
+    check_options(options)
+    if path is None:
+        path = ckpt_io.find_default_checkpoint()
+        log(f"using the newest run's checkpoint: {path}")
+    path = Path(path)
+    output = Path(options.output) if options.output else default_output(path)
+    if output.resolve() == path.resolve():
+        raise UsageError(f"-o {output} would overwrite the input checkpoint")
+    ckpt = ckpt_io.load_checkpoint(path)
+    refuse_quantized(ckpt, path)
+
+    from ptool.core.restore import config_and_info, model_from_checkpoint
+
+    config, info = config_and_info(ckpt)
+    if "batch_size" in options.train_overrides:
+        config = config.replace(batch_size=options.train_overrides["batch_size"])
+    model = model_from_checkpoint(ckpt).eval()
+    layers = masks.select_layers(
+        model,
+        options.modules,
+        only=options.only,
+        exclude=options.exclude,
+        include_head=options.include_head,
+    )
+    structured = options.method in STRUCTURED
+    head = masks.head_name(model)
+    if structured and head in layers and options.dim % layers[head].weight.dim() == 0:
+        raise UsageError(
+            f"--include-head with {options.method} along --dim 0 would remove output classes "
+            f"of {head}",
+            hint="drop --include-head, or use --dim 1 (its inputs) without --compact",
+        )
+    sizes = masks.check_sizes(options.amount, layers, options.method, options.dim)
+    schedules = {
+        name: masks.schedule(options.amount, size, options.steps) for name, size in sizes.items()
+    }
+
+    data = None
+    if options.evaluate or options.finetune_epochs:
+        from ptool.core.data import build_data
+
+        data = build_data(config)
+    evaluator = Evaluator(config, data) if options.evaluate else None
+
+    if options.compact:
+        baked = masks.make_permanent(model)
+        if baked:
+            log(f"--compact: made the input's masks permanent first ({len(baked)} tensors)")
+    before_model = _permanent(model)
+    before_layers = layer_snapshot(model)
+    before_counts = parameter_counts(model)
+    before_metrics = evaluator(model) if evaluator else None
+
+    seed = options.train_overrides.get("seed", config.seed)
+    seed = 0 if seed is None else seed
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(0)
+    example = torch.randn(2, *info.input_shape, generator=generator)
+    selected = list(layers)
+    pruner = Pruner(model, options, selected, example, log)
+    previous = ckpt.get("pruning")
+
+    def recipe() -> dict[str, Any]:
+        return _recipe(options, pruner.model, selected, previous, path, seed)
+
+    history: list[dict[str, Any]] = []
+    base_config = None
+    if options.finetune_epochs:
+        base_config = finetune_config(
+            config, options.train_overrides, path, options.finetune_epochs
+        )
+    for k in range(1, options.steps + 1):
+        counts = {
+            name: counts[k - 1] - (counts[k - 2] if k > 1 else 0)
+            for name, counts in schedules.items()
+        }
+        pruner.step(counts)
+        snapshot = layer_snapshot(pruner.model)
+        rows = layer_rows(before_layers, snapshot, selected, pruner.tied)
+        entry: dict[str, Any] = {
+            "step": k,
+            "sparsity": global_sparsity(rows)["sparsity"],
+            "metrics_after_pruning": evaluator(pruner.model) if evaluator else None,
+            "metrics_after_finetune": None,
+            "finetune": None,
+        }
+        log(
+            f"step {k}/{options.steps}: {options.method} pruned "
+            f"{entry['sparsity']:.2%} of the selected weights"
+        )
+        if base_config is not None:
+            run_config = base_config
+            if options.steps > 1:
+                run_config = base_config.replace(out=str(Path(base_config.out) / f"step-{k}"))
+            log(f"fine-tuning {options.finetune_epochs} epochs in {run_config.out}")
+            entry["finetune"] = _finetune(
+                pruner, run_config, data, recipe, quiet=quiet, progress=progress
+            )
+            entry["metrics_after_finetune"] = evaluator(pruner.model) if evaluator else None
+        history.append(entry)
+
+    if options.make_permanent:
+        masks.make_permanent(pruner.model)
+    model = pruner.model.eval()
+    after_layers = layer_snapshot(model)
+    rows = layer_rows(before_layers, after_layers, selected, pruner.tied)
+    final_recipe = recipe()
+    final_recipe["sparsity"] = global_sparsity(rows)["sparsity"]
+    state = model.state_dict()
+
+    last = history[-1]
+    metrics = {
+        "before": before_metrics,
+        "after_pruning": last["metrics_after_pruning"],
+        "after_finetune": last["metrics_after_finetune"],
+    }
+    payload = {
+        "format": ckpt_io.FORMAT,
+        "format_version": ckpt_io.FORMAT_VERSION,
+        "model_state_dict": state,
+        "config": ckpt["config"],
+        "data_info": ckpt["data_info"],
+        "metrics": metrics["after_finetune"] or metrics["after_pruning"] or {},
+        "pruning": final_recipe,
+        "meta": ckpt_io.meta(),
+    }
+    ckpt_io.atomic_save(payload, output)
+
+    after_model = _permanent(model)
+    x = torch.randn(config.batch_size, *info.input_shape, generator=generator)
+    latency = benchmark.latency_ms(
+        {"before": before_model, "after": after_model}, x, runs=options.bench_runs
+    )
+    input_state = ckpt["model_state_dict"]
+    return {
+        "checkpoint": str(path),
+        "output": str(output),
+        "method": options.method,
+        "amount": options.amount,
+        "n": final_recipe["n"],
+        "dim": final_recipe["dim"],
+        "steps": options.steps,
+        "finetune_epochs": options.finetune_epochs,
+        "compacted": options.compact,
+        "masks": final_recipe["masks"],
+        "layers": rows,
+        "global": global_sparsity(rows),
+        "parameters": {"before": before_counts, "after": parameter_counts(model)},
+        "file_bytes": {
+            "before": benchmark.serialized_bytes(input_state),
+            "after": benchmark.serialized_bytes(state),
+        },
+        "gzip_bytes": {
+            "before": benchmark.compressed_bytes(input_state),
+            "after": benchmark.compressed_bytes(state),
+        },
+        "latency": {
+            "batch_size": config.batch_size,
+            "threads": torch.get_num_threads(),
+            "runs": options.bench_runs,
+            "before_ms": round(latency["before"], 4),
+            "after_ms": round(latency["after"], 4),
+            "speedup": round(latency["before"] / latency["after"], 3),
+        },
+        "metrics": metrics,
+        "history": history,
+        "recipe": {k: v for k, v in final_recipe.items() if k not in ("architecture", "previous")},
+    }

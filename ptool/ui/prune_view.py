@@ -1,0 +1,96 @@
+"""The per-layer table and the before/after summary `ptool prune` prints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from ptool.ui.quantize_view import SHOWN_METRICS, _change, _metric, _size, _speedup
+
+
+def _shape(shape: list[int]) -> str:
+    return "x".join(map(str, shape)) or "scalar"
+
+
+def layer_table(report: dict[str, Any]) -> Table:
+    table = Table(title="layers (conv/linear weights)", title_justify="left")
+    for column in ("layer", "pruned", "shape before -> after", "params before -> after"):
+        table.add_column(column, justify="left" if column in ("layer", "pruned") else "right")
+    table.add_column("nonzero", justify="right")
+    table.add_column("sparsity", justify="right")
+    for row in report["layers"]:
+        before, after = _shape(row["shape_before"]), _shape(row["shape_after"])
+        pruned = "yes" if row["selected"] else "-"
+        if row["channels_follow"]:
+            pruned = f"with {row['channels_follow']}"
+        table.add_row(
+            row["name"],
+            pruned,
+            before if before == after else f"{before} -> {after}",
+            f"{row['params_before']:,} -> {row['params_after']:,}",
+            f"{row['nonzero_after']:,}",
+            f"{row['sparsity']:.2%}",
+        )
+    return table
+
+
+def summary_table(report: dict[str, Any]) -> Table:
+    finetuned = report["metrics"]["after_finetune"] is not None
+    table = Table(title=_title(report), title_justify="left")
+    for column in ("", "before", "after pruning", *(["after fine-tune"] if finetuned else [])):
+        table.add_column(column, justify="left" if not column else "right")
+    table.add_column("change", justify="right")
+    pad = [""] if finetuned else []
+    params, files, gz = report["parameters"], report["file_bytes"], report["gzip_bytes"]
+    glob, latency = report["global"], report["latency"]
+    table.add_row("sparsity (selected layers)", "0.00%", f"{glob['sparsity']:.2%}", *pad, "")
+    for key, label in (("parameters", "parameters"), ("nonzero", "nonzero parameters")):
+        old, new = params["before"][key], params["after"][key]
+        table.add_row(label, f"{old:,}", f"{new:,}", *pad, f"{old / max(new, 1):.2f}x fewer")
+    for sizes, label in ((files, "file size"), (gz, "file size, gzip")):
+        old, new = sizes["before"], sizes["after"]
+        table.add_row(label, _size(old), _size(new), *pad, f"{old / new:.2f}x smaller")
+    table.add_row(
+        f"latency, batch {latency['batch_size']}",
+        f"{latency['before_ms']:.3f} ms",
+        f"{latency['after_ms']:.3f} ms",
+        *pad,
+        _speedup(latency["speedup"]),
+    )
+    metrics = report["metrics"]
+    if metrics["before"]:
+        table.add_section()
+        final = metrics["after_finetune"] or metrics["after_pruning"]
+        for name, value in metrics["before"].items():
+            if name.rsplit("/", 1)[-1] not in SHOWN_METRICS:
+                continue
+            cells = [_metric(name, metrics["after_pruning"][name])]
+            if finetuned:
+                cells.append(_metric(name, metrics["after_finetune"][name]))
+            table.add_row(name, _metric(name, value), *cells, _change(name, final[name] - value))
+    return table
+
+
+def _title(report: dict[str, Any]) -> str:
+    what = f"{report['method']} --amount {report['amount']}"
+    if report["compacted"]:
+        what += ", compacted"
+    if report["steps"] > 1:
+        what += f", {report['steps']} steps"
+    if report["finetune_epochs"]:
+        what += f", {report['finetune_epochs']} fine-tune epochs per step"
+    return what
+
+
+def report_view(report: dict[str, Any]) -> Group:
+    latency = report["latency"]
+    notes = [
+        f"latency: median of {latency['runs']} runs after warm-up, {latency['threads']} threads, "
+        "random inputs; masks baked in (unstructured zeros do not speed up dense kernels)",
+        f"written: {report['output']}"
+        + (" (with weight_orig/weight_mask, for further pruning)" if report["masks"] else ""),
+    ]
+    return Group(layer_table(report), summary_table(report), Text("\n".join(notes)))
