@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.console import Group
 from rich.table import Table
+from rich.text import Text
 
 SHOWN_METRICS = ("loss", "accuracy", "mae", "rmse", "r2")  # all of them are in --json
 
@@ -27,19 +29,26 @@ def _change(name: str, delta: float) -> str:
     return f"{delta:+.4g}"
 
 
-def report_table(report: dict[str, Any]) -> Table:
+def _speedup(ratio: float) -> str:
+    return f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
+
+
+def report_table(report: dict[str, Any]) -> Group:
     """fp32 vs quantized: sizes, latency at batch 1 and the training batch size, metrics."""
     recipe = report["recipe"]
     quant_name = "fp16" if recipe["dtype"] == "float16" else "int8"
     title = f"{report['mode']} quantization ({recipe['engine']}, {report['backend']} kernels)"
     fused = ", ".join("+".join(group) for group in report["fused_modules"]) or "none"
-    caption = (
-        f"{len(report['quantized_layers'])} quantized layers; fused: {fused}. "
-        f"Latency: median of {report['bench_runs']} runs after warm-up, "
-        f"{report['threads']} threads. Written: {report['output']}"
-        + (f", {report['torchscript']}" if report.get("torchscript") else "")
-    )
-    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+    notes = [
+        f"quantized layers: {', '.join(report['quantized_layers'])}",
+        f"fused: {fused}",
+        f"latency: median of {report['bench_runs']} runs after warm-up, "
+        f"{report['threads']} threads, random inputs",
+        f"written: {report['output']}",
+    ]
+    if report.get("torchscript"):
+        notes.append(f"torchscript: {report['torchscript']}")
+    table = Table(title=title, title_justify="left")
     table.add_column("")
     table.add_column("fp32", justify="right")
     table.add_column(quant_name, justify="right")
@@ -62,7 +71,7 @@ def report_table(report: dict[str, Any]) -> Table:
             f"latency, {label}",
             f"{fp32[f'latency_ms_{key}']:.3f} ms",
             f"{quant[f'latency_ms_{key}']:.3f} ms",
-            f"{ratios[f'speedup_{key}']:.2f}x faster",
+            _speedup(ratios[f"speedup_{key}"]),
         )
     if fp32.get("metrics"):
         table.add_section()
@@ -75,4 +84,4 @@ def report_table(report: dict[str, Any]) -> Table:
                 _metric(name, quant["metrics"][name]),
                 _change(name, report["metrics_change"][name]),
             )
-    return table
+    return Group(table, Text("\n".join(notes)))

@@ -50,7 +50,7 @@ def write_checkpoint(path: Path, epochs: int = 2, **values) -> Path:
 @pytest.fixture(scope="module")
 def cnn_ckpt(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("cnn") / "best.pt"
-    return write_checkpoint(path, model="cnn", channels=[16, 32])
+    return write_checkpoint(path, model="cnn", channels=[8, 16])
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,8 @@ def _inputs(ckpt_path: Path) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def static_report(cnn_ckpt, tmp_path_factory):
     output = tmp_path_factory.mktemp("out") / "cnn.int8.pt"
-    return quantize_checkpoint(cnn_ckpt, _fast("static", output=str(output), torchscript=True))
+    options = _fast("static", output=str(output), torchscript=True, calib_batches=4)
+    return quantize_checkpoint(cnn_ckpt, options)
 
 
 def test_static_keeps_the_float_models_accuracy(static_report):
@@ -254,6 +255,7 @@ def test_missing_torch_ao_is_one_line(monkeypatch):
 
 
 def _qat(ckpt: Path, tmp_path: Path, name: str, epochs: int, resume: str | None = None):
+    """A QAT run into tmp_path/name; only the uninterrupted one is evaluated (speed)."""
     overrides = {"epochs": epochs, "tensorboard": False, "out": str(tmp_path / name)}
     options = _fast(
         "qat",
@@ -262,6 +264,7 @@ def _qat(ckpt: Path, tmp_path: Path, name: str, epochs: int, resume: str | None 
         train_overrides=overrides,
         resume=resume,
         output=str(tmp_path / f"{name}.int8.pt"),
+        evaluate=name == "whole",
     )
     return quantize_checkpoint(None if resume else ckpt, options)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import platform
 import warnings
 from collections.abc import Iterable, Iterator
@@ -256,22 +257,35 @@ def prepare(model: nn.Module, recipe: dict[str, Any]) -> nn.Module:
         raise UsageError(f"cannot quantize this model with torch.fx: {_first_line(exc)}") from exc
 
 
-def convert(prepared: nn.Module) -> nn.Module:
-    """Observed/fake-quantized model -> int8 model with the backend's kernels."""
+def convert(prepared: nn.Module, recipe: dict[str, Any]) -> nn.Module:
+    """Observed/fake-quantized model -> int8 model with the backend's kernels, checked to run."""
     _, quantize_fx = _ao()
     with quiet():
-        return quantize_fx.convert_fx(prepared.eval())
+        quantized = quantize_fx.convert_fx(prepared.eval())
+    _run(quantized, [_example(recipe)[0]], "the int8 model")
+    return quantized
+
+
+def calibrate(prepared: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """Run batches through the observers; returns how many were seen."""
+    return _run(prepared.eval(), batches, "the FX-prepared model")
 
 
 @torch.no_grad()
-def calibrate(prepared: nn.Module, batches: Iterable[torch.Tensor]) -> int:
-    """Run batches through the observers; returns how many were seen."""
-    prepared.eval()
+def _run(model: nn.Module, batches: Iterable[torch.Tensor], what: str) -> int:
+    """Forward every batch; an op without int8 support becomes a one-line error."""
     seen = 0
-    with quiet():
-        for x in batches:
-            prepared(x)
-            seen += 1
+    # FX prints the failing generated code to stderr itself; the one-line error says enough
+    with quiet(), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            for x in batches:
+                model(x)
+                seen += 1
+        except Exception as exc:  # noqa: BLE001 - ops without int8 support fail variously
+            raise UsageError(
+                f"cannot quantize: {what} fails to run ({_first_line(exc)})",
+                hint="`ptool quantize dynamic` quantizes the Linear layers only",
+            ) from exc
     return seen
 
 
@@ -299,7 +313,7 @@ def prepare_for_load(model: nn.Module, recipe: dict[str, Any]) -> nn.Module:
     prepared = prepare(model, recipe)
     if recipe.get("converted", True) is False:
         return prepared
-    return convert(prepared)
+    return convert(prepared, recipe)
 
 
 # --- describing the result -------------------------------------------------------------

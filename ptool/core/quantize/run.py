@@ -247,7 +247,7 @@ def run_qat(
     best = summary.checkpoints.get("best")
     if best:
         model.load_state_dict(ckpt_io.load_checkpoint(best)["model_state_dict"])
-    return ao.convert(model), summary.to_dict()
+    return ao.convert(model, recipe), summary.to_dict()
 
 
 def _resume_recipe(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -311,7 +311,7 @@ def quantize_checkpoint(
         calib = _calibration_data(config, info, options.calib_data, data)
         seen = ao.calibrate(prepared, calibration_batches(config, calib, options.calib_batches))
         recipe["calibration"] = {"batches": seen, "data": options.calib_data or config.data}
-        quantized = ao.convert(prepared)
+        quantized = ao.convert(prepared, recipe)
     else:
         if resume_ckpt is not None:
             train_config = TrainConfig.from_dict(resume_ckpt["config"], source="checkpoint")
