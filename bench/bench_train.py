@@ -25,16 +25,21 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ptool.core.config import TrainConfig
-from ptool.core.data import build_data
+from ptool.core.data import build_data, make_loader
 from ptool.core.data.loader import default_num_workers
 from ptool.core.engine import fit
 from ptool.core.models import build_model
 from ptool.core.optim import build_optimizer
-from ptool.core.runtime import seed_everything
+from ptool.core.runtime import Distributed, epoch_order, seed_everything
 
 
-def hand_written(config: TrainConfig, bundle, device: torch.device) -> float:
-    """Samples/s of the five-step loop over a shuffling DataLoader (training time only)."""
+def hand_written(
+    config: TrainConfig, bundle, device: torch.device, *, same_batches: bool = False
+) -> float:
+    """Samples/s of the five-step loop over a shuffling DataLoader (training time only).
+
+    `same_batches`: over ptool's own batch source instead, so the ratio isolates the loop.
+    """
     seed_everything(config.seed)
     model = build_model(config, bundle.info).to(device)
     if config.channels_last:
@@ -52,7 +57,12 @@ def hand_written(config: TrainConfig, bundle, device: torch.device) -> float:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
     model.train()
     seen, start = 0, time.perf_counter()
-    for _ in range(config.epochs):
+    for epoch in range(config.epochs):
+        if same_batches:
+            order = epoch_order(
+                len(bundle.train), seed=config.seed, epoch=epoch, shuffle=True, info=Distributed()
+            )
+            loader = make_loader(bundle.train, config, order, train=True, device=device)
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if config.channels_last:
@@ -74,12 +84,15 @@ def ptool_loop(config: TrainConfig, bundle) -> float:
     return summary.samples_per_s
 
 
-def compare(name: str, config: TrainConfig, repeats: int, device: torch.device) -> float:
+def compare(
+    name: str, config: TrainConfig, repeats: int, device: torch.device, same_batches=False
+) -> float:
     """Interleaved pairs (a load burst hits both sides alike); the median pair's ratio."""
     bundle = build_data(config)
-    pairs = [
-        (hand_written(config, bundle, device), ptool_loop(config, bundle)) for _ in range(repeats)
-    ]
+    pairs = []
+    for _ in range(repeats):
+        hand = hand_written(config, bundle, device, same_batches=same_batches)
+        pairs.append((hand, ptool_loop(config, bundle)))
     hand, ours = statistics.median(h for h, _ in pairs), statistics.median(o for _, o in pairs)
     ratio = statistics.median(o / h for h, o in pairs)
     print(
@@ -110,6 +123,14 @@ def main() -> None:
     )
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
     compare("in-memory data (cnn, 3x32x32)", base, args.repeats, device)
+    tiny = base.replace(shape="32", samples=20000, model="mlp", hidden=[64], epochs=3)
+    compare(
+        "loop overhead only: same batch source, tiny mlp (32 features)",
+        tiny,
+        args.repeats,
+        device,
+        same_batches=True,
+    )
     compare(
         "per-sample DataLoader (cnn, 3x32x32, flip augmentation)",
         base.replace(augment=["flip"]),
