@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from ptool.core.errors import PtoolError
+from ptool.core.prune.masks import refresh_weights
 
 REBUILT = "Conv1d/2d/3d, Linear, BatchNorm, GroupNorm, LayerNorm and PReLU"
 
@@ -193,4 +194,4 @@ def apply_masks(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn.
             raise PtoolError(f"the checkpoint masks {key}, which the rebuilt model does not have")
         if not hasattr(module, f"{tensor}_mask"):
             prune.custom_from_mask(module, tensor, mask=mask)
-    return model
+    return refresh_weights(model)

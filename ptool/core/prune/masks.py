@@ -189,14 +189,29 @@ def prune_layers(
             prune.random_structured(module, PARAM, amount=amount, dim=dim)
 
 
-def make_permanent(model: nn.Module) -> list[str]:
-    """prune.remove on every masked tensor: plain weights with the zeros baked in."""
-    done = []
-    for name, module in model.named_modules():
+def _pruning_hooks(model: nn.Module):
+    for module in model.modules():
         for hook in list(module._forward_pre_hooks.values()):
             if isinstance(hook, prune.BasePruningMethod):
-                prune.remove(module, hook._tensor_name)
-                done.append(f"{name}.{hook._tensor_name}")
+                yield module, hook
+
+
+@torch.no_grad()
+def refresh_weights(model: nn.Module) -> nn.Module:
+    """Recompute each masked weight outside autograd: the attribute torch.nn.utils.prune sets
+    carries a grad_fn until the next no-grad forward, and such a module cannot be deep-copied."""
+    for module, hook in _pruning_hooks(model):
+        setattr(module, hook._tensor_name, hook.apply_mask(module))
+    return model
+
+
+def make_permanent(model: nn.Module) -> list[str]:
+    """prune.remove on every masked tensor: plain weights with the zeros baked in."""
+    names = {id(m): name for name, m in model.named_modules()}
+    done = []
+    for module, hook in _pruning_hooks(model):
+        prune.remove(module, hook._tensor_name)
+        done.append(f"{names[id(module)]}.{hook._tensor_name}")
     return done
 
 

@@ -56,7 +56,7 @@ def finetune_config(
 
 def _permanent(model: nn.Module) -> nn.Module:
     """A copy with the masks baked into plain weights: what runs after `prune.remove`."""
-    dense = copy.deepcopy(model).eval()
+    dense = copy.deepcopy(masks.refresh_weights(model)).eval()
     masks.make_permanent(dense)
     return dense
 

@@ -1,0 +1,285 @@
+"""ptool.core.prune against its oracles: torch.nn.utils.prune's own masks on the same weights,
+the saved file reloaded by `torch.load(weights_only=True)` + `restore.model_from_checkpoint`,
+and a channel-zeroed copy of the float model for compaction."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+from torch.nn.utils import prune
+
+from ptool.core import checkpoint as ckpt_io
+from ptool.core.errors import PtoolError, UsageError
+from ptool.core.prune import PruneOptions, apply_architecture, prune_checkpoint
+from ptool.core.prune.masks import schedule
+from ptool.core.restore import model_from_checkpoint
+from tests.core.test_quantize import write_checkpoint
+
+CONVS = ("body.0.conv", "body.1.conv")
+
+
+@pytest.fixture(scope="module")
+def cnn_ckpt(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cnn") / "best.pt"
+    return write_checkpoint(path, epochs=1, model="cnn", channels=[8, 16])
+
+
+@pytest.fixture(scope="module")
+def float_model(cnn_ckpt) -> nn.Module:
+    return model_from_checkpoint(ckpt_io.load_checkpoint(cnn_ckpt)).eval()
+
+
+def _prune(ckpt: Path, tmp_path: Path, **values) -> tuple[dict, dict]:
+    values = {"evaluate": False, "bench_runs": 1, "output": str(tmp_path / "out.pt"), **values}
+    report = prune_checkpoint(ckpt, PruneOptions(**values))
+    return report, torch.load(report["output"], weights_only=True)  # the oracle: a safe load
+
+
+def _inputs(n: int = 8) -> torch.Tensor:
+    return torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("amount", [0.3, 0.55, 7])
+def test_l1_unstructured_masks_are_torchs_own(cnn_ckpt, float_model, tmp_path, amount):
+    report, saved = _prune(cnn_ckpt, tmp_path, amount=amount, make_permanent=False)
+    state = saved["model_state_dict"]
+    for name in CONVS:
+        oracle = copy.deepcopy(float_model.get_submodule(name))
+        prune.l1_unstructured(oracle, "weight", amount=amount)
+        mask = state[f"{name}.weight_mask"]
+        assert torch.equal(mask, oracle.weight_mask)
+        expected = amount if isinstance(amount, int) else round(amount * mask.numel())
+        assert int((mask == 0).sum()) == expected  # exact, as PyTorch counts
+        row = next(r for r in report["layers"] if r["name"] == name)
+        assert row["nonzero_after"] == mask.numel() - expected
+    assert "head.weight_mask" not in state  # the classifier is left alone by default
+    assert saved["pruning"]["masks"] is True and saved["pruning"]["layers"] == list(CONVS)
+
+
+def test_make_permanent_saves_plain_weights_with_the_zeros(cnn_ckpt, tmp_path):
+    report, saved = _prune(cnn_ckpt, tmp_path, method="random-unstructured", amount=0.4)
+    state = saved["model_state_dict"]
+    assert not any(k.endswith(("_orig", "_mask")) for k in state)
+    for name in CONVS:
+        weight = state[f"{name}.weight"]
+        assert int((weight == 0).sum()) == round(0.4 * weight.numel())
+    assert report["gzip_bytes"]["after"] < report["gzip_bytes"]["before"]
+
+
+def test_global_l1_hits_the_global_amount_with_torchs_masks(cnn_ckpt, float_model, tmp_path):
+    report, saved = _prune(cnn_ckpt, tmp_path, method="global-l1", amount=0.6, make_permanent=False)
+    oracle = copy.deepcopy(float_model)
+    params = [(oracle.get_submodule(n), "weight") for n in CONVS]
+    prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=0.6)
+    masks = [saved["model_state_dict"][f"{n}.weight_mask"] for n in CONVS]
+    for mask, (module, _) in zip(masks, params, strict=True):
+        assert torch.equal(mask, module.weight_mask)
+    total = sum(m.numel() for m in masks)
+    assert sum(int((m == 0).sum()) for m in masks) == round(0.6 * total)
+    assert report["global"]["sparsity"] == pytest.approx(round(0.6 * total) / total)
+    per_layer = [r["sparsity"] for r in report["layers"] if r["selected"]]
+    assert per_layer[0] != per_layer[1]  # one threshold, not one amount per layer
+
+
+def test_ln_structured_masks_whole_channels(cnn_ckpt, float_model, tmp_path):
+    _, saved = _prune(cnn_ckpt, tmp_path, method="ln-structured", amount=0.25, make_permanent=False)
+    for name in CONVS:
+        oracle = copy.deepcopy(float_model.get_submodule(name))
+        prune.ln_structured(oracle, "weight", amount=0.25, n=2, dim=0)
+        mask = saved["model_state_dict"][f"{name}.weight_mask"]
+        assert torch.equal(mask, oracle.weight_mask)
+        empty = (mask.flatten(1).sum(1) == 0).sum()
+        assert int(empty) == round(0.25 * mask.shape[0])
+
+
+@given(
+    size=st.integers(1, 5000),
+    fraction=st.floats(0, 0.99),
+    steps=st.integers(1, 8),
+)
+def test_schedule_reaches_the_one_shot_count(size, fraction, steps):
+    counts = schedule(fraction, size, steps)
+    assert len(counts) == steps and counts[-1] == round(fraction * size)
+    assert all(a <= b for a, b in zip([0, *counts], counts, strict=False))
+
+
+def test_schedule_prunes_the_same_fraction_of_what_remains():
+    counts = schedule(0.875, 8000, 3)  # 1 - 0.125 ** (k/3): half of what remains each step
+    assert counts == [4000, 6000, 7000]
+
+
+def test_iterative_steps_end_exactly_on_the_amount(cnn_ckpt, tmp_path):
+    report, saved = _prune(cnn_ckpt, tmp_path, amount=0.7, steps=3, make_permanent=False)
+    for name in CONVS:
+        mask = saved["model_state_dict"][f"{name}.weight_mask"]
+        assert int((mask == 0).sum()) == round(0.7 * mask.numel())
+    sparsities = [entry["sparsity"] for entry in report["history"]]
+    assert sparsities == sorted(sparsities) and len(sparsities) == 3
+
+
+def _channel_zeroed(model: nn.Module, fraction: float) -> nn.Module:
+    """The float model with the ln-structured channels' outputs zeroed (conv rows and the
+    batch-norm scale and shift), which is what removing the channels computes."""
+    zeroed = copy.deepcopy(model)
+    for name in CONVS:
+        conv = zeroed.get_submodule(name)
+        probe = copy.deepcopy(conv)
+        prune.ln_structured(probe, "weight", amount=fraction, n=2, dim=0)
+        gone = probe.weight_mask.flatten(1).sum(1) == 0
+        norm = zeroed.get_submodule(name.replace("conv", "norm"))
+        with torch.no_grad():
+            conv.weight[gone] = 0
+            norm.weight[gone] = 0
+            norm.bias[gone] = 0
+    return zeroed
+
+
+def test_compaction_shapes_outputs_and_reload(cnn_ckpt, float_model, tmp_path):
+    report, saved = _prune(cnn_ckpt, tmp_path, method="ln-structured", amount=0.5, compact=True)
+    shapes = {r["name"]: (r["shape_before"], r["shape_after"]) for r in report["layers"]}
+    assert shapes["body.0.conv"] == ([8, 1, 3, 3], [4, 1, 3, 3])
+    assert shapes["body.1.conv"] == ([16, 8, 3, 3], [8, 4, 3, 3])
+    assert shapes["head"] == ([10, 64], [10, 32])  # inputs shrink, the 10 classes stay
+    recipe = saved["pruning"]
+    assert recipe["compacted"] and recipe["architecture"]["body.0.norm.running_mean"] == [4]
+    assert (
+        report["parameters"]["after"]["parameters"] < report["parameters"]["before"]["parameters"]
+    )
+
+    restored = model_from_checkpoint(saved).eval()
+    x = _inputs()
+    with torch.no_grad():
+        expected = _channel_zeroed(float_model, 0.5)(x)
+        torch.testing.assert_close(restored(x), expected, atol=1e-5, rtol=1e-5)
+        # PyTorch's ln_structured masks only the conv weight: the batch-norm shift of an
+        # emptied channel still reaches the next layer, so that model is NOT the compacted one
+        masked = copy.deepcopy(float_model)
+        for name in CONVS:
+            prune.ln_structured(masked.get_submodule(name), "weight", amount=0.5, n=2, dim=0)
+        assert not torch.allclose(masked(x), expected, atol=1e-3)
+
+
+def test_keep_masks_reload_keeps_the_masks(cnn_ckpt, float_model, tmp_path):
+    _, saved = _prune(cnn_ckpt, tmp_path, amount=0.5, make_permanent=False)
+    restored = model_from_checkpoint(saved).eval()
+    conv = restored.get_submodule("body.1.conv")
+    assert prune.is_pruned(restored)
+    assert torch.equal(conv.weight_mask, saved["model_state_dict"]["body.1.conv.weight_mask"])
+    oracle = copy.deepcopy(float_model)
+    for name in CONVS:
+        prune.l1_unstructured(oracle.get_submodule(name), "weight", amount=0.5)
+    with torch.no_grad():
+        torch.testing.assert_close(restored(_inputs()), oracle(_inputs()))
+
+
+def test_prune_a_pruned_checkpoint_again(cnn_ckpt, tmp_path):
+    """Masks stack as PyTorch defines it: the second amount applies to what remains."""
+    _, first = _prune(cnn_ckpt, tmp_path, amount=0.5, make_permanent=False)
+    again = tmp_path / "again.pt"
+    ckpt_io.atomic_save(first, again)
+    _, second = _prune(again, tmp_path, amount=0.5, make_permanent=False, output=None)
+    mask = second["model_state_dict"]["body.1.conv.weight_mask"]
+    remaining = mask.numel() - round(0.5 * mask.numel())
+    assert int(mask.sum()) == remaining - round(0.5 * remaining)
+    assert second["pruning"]["previous"]["amount"] == 0.5
+
+
+def test_finetune_keeps_pruned_weights_at_zero(cnn_ckpt, tmp_path):
+    report, saved = _prune(
+        cnn_ckpt,
+        tmp_path,
+        amount=0.5,
+        steps=2,
+        finetune_epochs=1,
+        evaluate=True,
+        train_overrides={"tensorboard": False, "out": str(tmp_path / "ft"), "seed": 0},
+    )
+    for name in CONVS:
+        weight = saved["model_state_dict"][f"{name}.weight"]
+        assert int((weight == 0).sum()) == round(0.5 * weight.numel())
+    assert [e["finetune"]["epochs"] for e in report["history"]] == [1, 1]
+    assert report["metrics"]["after_finetune"]["val/accuracy"] > 0.5
+    # the engine's own checkpoints carry the recipe, so they rebuild (and resume) as well
+    best = ckpt_io.load_checkpoint(tmp_path / "ft" / "step-2" / "best.pt")
+    assert best["pruning"]["masks"] is True
+    model_from_checkpoint(best)
+
+
+def test_compacted_finetune_run_rebuilds(cnn_ckpt, tmp_path):
+    report, _ = _prune(
+        cnn_ckpt,
+        tmp_path,
+        method="random-structured",
+        amount=0.5,
+        compact=True,
+        finetune_epochs=1,
+        train_overrides={"tensorboard": False, "out": str(tmp_path / "ft")},
+    )
+    run_best = ckpt_io.load_checkpoint(tmp_path / "ft" / "best.pt")
+    assert run_best["pruning"]["compacted"]
+    assert run_best["model_state_dict"]["body.0.conv.weight"].shape[0] == 4
+    model_from_checkpoint(run_best)
+    assert report["recipe"]["seed"] is not None
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"amount": 1.0}, "a fraction must be in [0, 1)"),
+        ({"amount": -1}, "cannot be negative"),
+        ({"amount": 73}, "larger than layer body.0.conv (72 unpruned weights)"),
+        ({"amount": 4000, "method": "global-l1"}, "larger than the selected layers together"),
+        ({"amount": 9, "method": "ln-structured"}, "larger than layer body.0.conv (8 channels"),
+        ({"only": "nothing"}, "the layer filter selects no layer"),
+        ({"modules": ["linear"]}, "the layer filter selects no layer"),
+        ({"modules": ["lstm"]}, "valid kinds: conv, linear"),
+        ({"compact": True}, "--compact removes whole channels"),
+        ({"compact": True, "method": "ln-structured", "dim": 1}, "not --dim 1"),
+        ({"method": "ln-structured", "include_head": True}, "would remove output classes"),
+        ({"method": "ln-structured", "dim": 4}, "--dim 4 does not exist"),
+        ({"train_overrides": {"lr": 0.1}}, "--lr sets fine-tuning"),
+        ({"method": "l2"}, "valid: l1-unstructured"),
+    ],
+)
+def test_bad_input_is_refused_in_one_line(cnn_ckpt, tmp_path, values, message):
+    with pytest.raises(UsageError) as caught:
+        _prune(cnn_ckpt, tmp_path, **values)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_untraceable_model_is_refused_for_compact(tmp_path, monkeypatch):
+    module = tmp_path / "numpy_net.py"
+    module.write_text(
+        "import torch\nfrom torch import nn\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self, n):\n"
+        "        super().__init__()\n"
+        "        self.conv = nn.Conv2d(1, 8, 3)\n"
+        "        self.head = nn.Linear(8, n)\n"
+        "    def forward(self, x):\n"
+        "        y = self.conv(x).mean((2, 3)).detach().numpy()\n"
+        "        return self.head(torch.from_numpy(y))\n"
+        "def build(input_shape, num_outputs):\n"
+        "    return Net(num_outputs)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ckpt = write_checkpoint(tmp_path / "best.pt", epochs=0, model="numpy_net:build")
+    with pytest.raises(PtoolError, match="Torch-Pruning cannot trace this model") as caught:
+        _prune(ckpt, tmp_path, method="ln-structured", amount=0.5, compact=True)
+    assert "drop --compact" in caught.value.hint
+
+
+def test_apply_architecture_refuses_unknown_layer_kinds():
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 2))
+    with pytest.raises(PtoolError, match=r"cannot resize 0 \(Embedding\)"):
+        apply_architecture(model, {"0.weight": [10, 3], "1.weight": [2, 3], "1.bias": [2]})
+    resized = apply_architecture(
+        nn.Sequential(nn.Linear(4, 2)), {"0.weight": [3, 4], "0.bias": [3]}
+    )
+    assert (resized[0].in_features, resized[0].out_features) == (4, 3)
