@@ -1,0 +1,84 @@
+"""`ptool prune` end to end: the real console script on a tiny checkpoint, then `ptool quantize
+static` on its output."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ptool.core.restore import model_from_checkpoint
+from tests.conftest import run_ptool
+from tests.core.test_quantize import write_checkpoint
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A directory with runs/tiny/best.pt, the newest run as `ptool train` would leave it."""
+    root = tmp_path_factory.mktemp("prune-cli")
+    write_checkpoint(root / "runs" / "tiny" / "best.pt", epochs=1, model="cnn", channels=[8, 16])
+    return root
+
+
+def test_compact_json_on_the_newest_run_then_quantize_static(workdir):
+    result = run_ptool(
+        "prune", "--method", "ln-structured", "--amount", "0.5", "--compact", "--json",
+        "--bench-runs", "2", cwd=workdir,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)  # stdout is one JSON document and nothing else
+    assert "using the newest run's checkpoint: runs/tiny/best.pt" in result.stderr
+    assert report["output"] == "runs/tiny/best.pruned.pt"
+    assert {"layers", "global", "parameters", "file_bytes", "gzip_bytes", "latency"} <= set(report)
+    assert set(report["metrics"]) == {"before", "after_pruning", "after_finetune"}
+    assert report["layers"][0]["shape_after"] == [4, 1, 3, 3]
+
+    quantized = run_ptool(
+        "quantize", "static", report["output"], "--json", "--bench-runs", "2", "--no-eval",
+        cwd=workdir,
+    )  # fmt: skip
+    assert quantized.returncode == 0, quantized.stderr
+    output = json.loads(quantized.stdout)["output"]
+    saved = torch.load(workdir / output, weights_only=True)
+    assert saved["pruning"]["compacted"] and saved["quantization"]["mode"] == "static"
+    model = model_from_checkpoint(saved)  # compacted, then quantized: rebuilt without user code
+    with torch.no_grad():
+        assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_human_report(workdir, monkeypatch):
+    """In-process (typer's CliRunner): the rendering, without another interpreter start-up."""
+    from typer.testing import CliRunner
+
+    from ptool.cli import app
+
+    monkeypatch.chdir(workdir)
+    result = CliRunner().invoke(
+        app,
+        ["prune", "runs/tiny/best.pt", "--amount", "7", "--keep-masks", "-o", "masked.pt",
+         "--bench-runs", "2"],
+        env={"COLUMNS": "200"},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    for text in ("body.0.conv", "8x1x3x3", "sparsity", "file size, gzip", "latency, batch 64",
+                 "val/accuracy", "written: masked.pt (with weight_orig/weight_mask"):  # fmt: skip
+        assert text in result.stdout
+    state = torch.load(workdir / "masked.pt", weights_only=True)["model_state_dict"]
+    assert int((state["body.0.conv.weight_mask"] == 0).sum()) == 7
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--amount", "1.5"], 2, "error: --amount 1.5: a fraction must be in [0, 1)"),
+        (["--exclude", "conv"], 2, "error: the layer filter selects no layer"),
+        (["--compact"], 2, "error: --compact removes whole channels"),
+        (["--method", "ln-structured", "--compact", "--dim", "1"], 2, "error: --compact removes"),
+    ],
+)
+def test_bad_input_exits_with_one_line(workdir, args, code, message):
+    result = run_ptool("prune", "runs/tiny/best.pt", *args, cwd=workdir)
+    assert result.returncode == code
+    assert result.stderr.startswith(message), result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
