@@ -280,8 +280,8 @@ def test_stats_against_torch(tmp_path, monkeypatch):
     w = stats["w"]
     assert (w["nan"], w["inf"], w["zeros"]) == (1, 2, int((t == 0).sum()))
     assert w["min"] == finite.min().item() and w["max"] == finite.max().item()
-    assert w["mean"] == pytest.approx(finite.mean().item(), abs=1e-12)
-    assert w["std"] == pytest.approx(finite.std().item(), rel=1e-9)
+    assert w["mean"] == pytest.approx(finite.mean().item(), rel=1e-6)
+    assert w["std"] == pytest.approx(finite.std().item(), rel=1e-6)
     assert stats["i"]["std"] == pytest.approx(ints.double().std().item())
     q = values.tensor_stats(torch.load(path, weights_only=True)["q"])
     assert q["max"] == pytest.approx(torch.load(path, weights_only=True)["q"].dequantize().max())

@@ -22,7 +22,7 @@ from ptool.core.inspect.reader import RawCheckpoint, read
 from ptool.core.inspect.tree import model_tensors
 from ptool.core.inspect.unpickler import DType, TensorMeta
 
-CHUNK = 1 << 22  # elements per step: 32 MB of float64 temporaries
+CHUNK = 1 << 24  # elements per step: bounded temporaries (bool masks, a float64 copy)
 
 
 def _is_tensor(value: Any) -> bool:
@@ -32,13 +32,14 @@ def _is_tensor(value: Any) -> bool:
 @contextlib.contextmanager
 def tensor_source(
     raw: RawCheckpoint, *, unsafe: bool = False
-) -> Iterator[tuple[list[str], Callable[[str], torch.Tensor]]]:
-    """(names, get) over the same tensors, with the same names, as the metadata view."""
+) -> Iterator[tuple[list[str], Callable[[str], torch.Tensor], Callable[[torch.Tensor], None]]]:
+    """(names, get, release) over the same tensors, with the same names, as the metadata view;
+    `release(t)` drops a read tensor's pages from memory where the file is memory-mapped."""
     if raw.container == "safetensors":
         from safetensors import safe_open
 
         with safe_open(str(raw.path), framework="pt") as f:
-            yield list(f.keys()), f.get_tensor
+            yield list(f.keys()), f.get_tensor, _keep
         return
     with warnings.catch_warnings():  # torch's deprecation notes on quantized tensors
         warnings.simplefilter("ignore")
@@ -47,7 +48,29 @@ def tensor_source(
         obj = obj.state_dict()
     _, _, named = model_tensors(obj, _is_tensor)
     found = dict(named)
-    yield list(found), found.__getitem__
+    mapped = raw.container == "torch-zip" and not unsafe  # load() maps zip files (mmap=True)
+    yield list(found), found.__getitem__, _release if mapped else _keep
+
+
+def _keep(_t: torch.Tensor) -> None:
+    """Nothing to release: the tensor's memory is freed with it."""
+
+
+def _release(t: torch.Tensor) -> None:
+    """MADV_DONTNEED on a tensor's pages of the read-only file mapping, so resident memory stays
+    near one tensor: unmodified file-backed pages are simply read again if touched again."""
+    import ctypes
+    import mmap
+
+    if t.is_quantized or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    storage = t.untyped_storage()
+    page = mmap.PAGESIZE
+    begin = storage.data_ptr() // page * page
+    end = storage.data_ptr() + storage.nbytes()
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise(ctypes.c_void_p(begin), ctypes.c_size_t(end - begin), mmap.MADV_DONTNEED)
 
 
 def _plain(t: torch.Tensor) -> torch.Tensor:
@@ -57,36 +80,39 @@ def _plain(t: torch.Tensor) -> torch.Tensor:
         t = t.dequantize()
     if t.is_complex():
         t = t.abs()
+    if not t.is_floating_point():
+        t = t.double()
     return t.reshape(-1)
 
 
 def tensor_stats(t: torch.Tensor) -> dict[str, Any]:
     """min / max / mean / std (unbiased) over the finite values; zeros, NaN and Inf counts.
 
-    Chunked (Chan's parallel variance) so temporaries stay at CHUNK elements.
+    Chunked (Chan's parallel variance over torch.var_mean of each chunk, in its own dtype)
+    so temporaries stay at CHUNK elements.
     """
     flat = _plain(t)
     n, mean, m2 = 0, 0.0, 0.0
     low, high = math.inf, -math.inf
     zeros = nans = infs = 0
     for start in range(0, flat.numel(), CHUNK):
-        chunk = flat[start : start + CHUNK].to(torch.float64)
-        finite = torch.isfinite(chunk)
-        nans += int(torch.isnan(chunk).sum())
-        infs += int(torch.isinf(chunk).sum())
+        chunk = flat[start : start + CHUNK]
         zeros += int((chunk == 0).sum())
-        values = chunk if bool(finite.all()) else chunk[finite]
-        k = values.numel()
+        if not bool(torch.isfinite(chunk).all()):
+            nans += int(torch.isnan(chunk).sum())
+            infs += int(torch.isinf(chunk).sum())
+            chunk = chunk[torch.isfinite(chunk)]
+        k = chunk.numel()
         if k == 0:
             continue
-        chunk_mean = float(values.mean())
-        chunk_m2 = float(((values - chunk_mean) ** 2).sum())
-        delta = chunk_mean - mean
+        var, chunk_mean = torch.var_mean(chunk, correction=0)
+        chunk_min, chunk_max = torch.aminmax(chunk)
+        delta = float(chunk_mean) - mean
         total = n + k
         mean += delta * k / total
-        m2 += chunk_m2 + delta * delta * n * k / total
+        m2 += float(var) * k + delta * delta * n * k / total
         n = total
-        low, high = min(low, float(values.min())), max(high, float(values.max()))
+        low, high = min(low, float(chunk_min)), max(high, float(chunk_max))
     numel = flat.numel()
     return {
         "min": low if n else None,
@@ -102,8 +128,13 @@ def tensor_stats(t: torch.Tensor) -> dict[str, Any]:
 
 def stats(raw: RawCheckpoint, names: list[str], *, unsafe: bool = False) -> list[dict[str, Any]]:
     """Statistics of the named tensors, one tensor at a time."""
-    with tensor_source(raw, unsafe=unsafe) as (_, get):
-        return [{"name": name, **tensor_stats(get(name))} for name in names]
+    out = []
+    with tensor_source(raw, unsafe=unsafe) as (_, get, release):
+        for name in names:
+            tensor = get(name)
+            out.append({"name": name, **tensor_stats(tensor)})
+            release(tensor)
+    return out
 
 
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -129,8 +160,8 @@ def diff(
     differs) and changed (max |a - b| > 0) from FILE to OTHER."""
     other_raw = read(other)  # refuses unsafe pickles before torch sees them
     with (
-        tensor_source(raw, unsafe=unsafe) as (names_a, get_a),
-        tensor_source(other_raw) as (names_b, get_b),
+        tensor_source(raw, unsafe=unsafe) as (names_a, get_a, release_a),
+        tensor_source(other_raw) as (names_b, get_b, release_b),
     ):
         keep = [n for n in names_a if pattern is None or pattern.search(n)]
         set_a, set_b = set(names_a), set(names_b)
@@ -156,6 +187,8 @@ def diff(
                 )
                 continue
             worst = max_abs_diff(a, b)
+            release_a(a)
+            release_b(b)
             if worst == 0:
                 result["unchanged"] += 1
             else:
