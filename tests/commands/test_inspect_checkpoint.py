@@ -159,3 +159,26 @@ def test_usage_errors(runs, tmp_path):
     assert result.returncode == 2 and "take one file" in result.stderr
     result = run_ptool("inspect-checkpoint", str(tmp_path / "missing.pt"))
     assert result.returncode == 1 and "no such checkpoint" in result.stderr
+
+
+def test_real_train_output(tmp_path):
+    """A checkpoint written by `ptool train`, read back against torch.load."""
+    trained = run_ptool("train", "--epochs", "1", "--quiet", "--out", "runs/t", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    path = tmp_path / "runs" / "t" / "last.pt"
+    result = run_ptool("inspect-checkpoint", str(path), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    oracle = torch.load(path, weights_only=True)
+    assert report["format"] == "ptool.checkpoint" and report["summary"]["epoch"] == 1
+    assert report["summary"]["global_step"] == oracle["global_step"]
+    assert report["summary"]["metrics"] == pytest.approx(oracle["metrics"])
+    state = oracle["model_state_dict"]
+    assert [(r["name"], r["shape"]) for r in report["tensors"]] == [
+        (n, list(t.shape)) for n, t in state.items()
+    ]
+    (opt,) = report["optimizers"]
+    assert opt["type"] == oracle["config"]["optimizer"]
+    assert [g["lr"] for g in opt["param_groups"]] == [
+        g["lr"] for g in oracle["optimizer_state_dict"]["param_groups"]
+    ]
