@@ -20,7 +20,14 @@ def pruning(
         source = "mask"
     elif recipe is not None:
         source = "weights"
-        masks = [(n, t) for n, t in tensors if n.endswith("weight") and len(t.shape) >= 2]
+        layers = recipe.get("layers") if isinstance(recipe, Mapping) else None
+        masks = [
+            (n, t)
+            for n, t in tensors
+            if n.endswith("weight")
+            and len(t.shape) >= 2
+            and (not layers or n.removesuffix(".weight") in layers)  # the recipe's own layers
+        ]
     else:
         return None
     layers = []
