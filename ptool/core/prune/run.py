@@ -104,6 +104,7 @@ def layer_rows(
                 "shape_after": new["shape"],
                 "params_before": old["params"],
                 "params_after": new["params"],
+                "nonzero_before": old["nonzero"],
                 "nonzero_after": new["nonzero"],
                 "sparsity": 1 - new["nonzero"] / old["params"] if old["params"] else 0.0,
                 "channels_follow": tied.get(name),
@@ -115,12 +116,14 @@ def layer_rows(
 def global_sparsity(rows: list[dict[str, Any]]) -> dict[str, Any]:
     chosen = [r for r in rows if r["selected"]]
     weights = sum(r["params_before"] for r in chosen)
-    nonzero = sum(r["nonzero_after"] for r in chosen)
+    nonzero = {when: sum(r[f"nonzero_{when}"] for r in chosen) for when in ("before", "after")}
     return {
         "selected_layers": len(chosen),
         "weights_before": weights,
-        "nonzero_after": nonzero,
-        "sparsity": 1 - nonzero / weights if weights else 0.0,
+        "nonzero_before": nonzero["before"],
+        "nonzero_after": nonzero["after"],
+        "sparsity_before": 1 - nonzero["before"] / weights if weights else 0.0,
+        "sparsity": 1 - nonzero["after"] / weights if weights else 0.0,
     }
 
 
