@@ -43,21 +43,26 @@ def summary_table(report: dict[str, Any]) -> Table:
     for column in ("", "before", "after pruning", *(["after fine-tune"] if finetuned else [])):
         table.add_column(column, justify="left" if not column else "right")
     table.add_column("change", justify="right")
-    pad = [""] if finetuned else []
+    # the structure is fixed once pruned: fine-tuning changes weights, not sizes or speed
+    copies = 2 if finetuned else 1
     params, files, gz = report["parameters"], report["file_bytes"], report["gzip_bytes"]
     glob, latency = report["global"], report["latency"]
-    table.add_row("sparsity (selected layers)", "0.00%", f"{glob['sparsity']:.2%}", *pad, "")
+
+    def row(label: str, before: str, after: str, change: str) -> None:
+        table.add_row(label, before, *[after] * copies, change)
+
+    sparsity = (f"{glob['sparsity_before']:.2%}", f"{glob['sparsity']:.2%}")
+    row("sparsity (selected layers)", *sparsity, "")
     for key, label in (("parameters", "parameters"), ("nonzero", "nonzero parameters")):
         old, new = params["before"][key], params["after"][key]
-        table.add_row(label, f"{old:,}", f"{new:,}", *pad, f"{old / max(new, 1):.2f}x fewer")
+        row(label, f"{old:,}", f"{new:,}", f"{old / max(new, 1):.2f}x fewer")
     for sizes, label in ((files, "file size"), (gz, "file size, gzip")):
         old, new = sizes["before"], sizes["after"]
-        table.add_row(label, _size(old), _size(new), *pad, f"{old / new:.2f}x smaller")
-    table.add_row(
+        row(label, _size(old), _size(new), f"{old / new:.2f}x smaller")
+    row(
         f"latency, batch {latency['batch_size']}",
         f"{latency['before_ms']:.3f} ms",
         f"{latency['after_ms']:.3f} ms",
-        *pad,
         _speedup(latency["speedup"]),
     )
     metrics = report["metrics"]
