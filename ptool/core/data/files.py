@@ -97,7 +97,7 @@ def csv_source(config: Any, path: str) -> DataBundle:
     else:
         y, names = _labels(values, numbers)
         num_classes = _num_classes(config, len(names), "csv")
-    return in_memory_bundle(
+    bundle = in_memory_bundle(
         config,
         source=f"csv:{path}",
         data=(x, y),
@@ -105,6 +105,8 @@ def csv_source(config: Any, path: str) -> DataBundle:
         num_classes=num_classes,
         class_names=names,
     )
+    bundle.info.feature_names = [name for col, name in enumerate(header) if col != t]
+    return bundle
 
 
 def _num_classes(config: Any, found: int, source: str) -> int:

@@ -16,6 +16,7 @@ class DataInfo:
     Classification targets are int64 class indices of shape [B]; regression targets are
     float32 of shape [B, num_outputs]. `mean`/`std` are the normalization actually applied
     (per channel for images, per feature for tabular data), `None` when off.
+    `feature_names` lets `ptool predict` check a CSV's columns against the training ones.
     """
 
     task: str
@@ -29,6 +30,7 @@ class DataInfo:
     train_size: int
     val_size: int
     source: str = ""
+    feature_names: list[str] | None = None  # tabular column names (CSV), in input order
 
     @property
     def is_image(self) -> bool:
