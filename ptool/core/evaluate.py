@@ -2,16 +2,60 @@
 
 Same metrics as the training engine's validation (`EpochMetrics`, torchmetrics), so a
 figure printed by `quantize`/`prune`/`eval` compares with the run's own `val/...` values.
+`ptool eval` adds per-class precision/recall/F1 (torchmetrics, average=None), support,
+and the loop's speed; `evaluate_checkpoint` rebuilds a checkpoint's model and data split.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import statistics
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
+import torchmetrics
 from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+from torchmetrics import classification as tmc
 
 from ptool.core.metrics import EpochMetrics
+
+SPLITS = ("val", "train", "test")
+
+
+class Evaluation(NamedTuple):
+    """`evaluate`'s result; index 0 and 1 are (metrics, confusion) as before."""
+
+    metrics: dict[str, float]  # "val/loss", "val/accuracy", ... (prefix as asked)
+    confusion: list[list[int]] | None  # rows: true class, columns: predicted class
+    per_class: list[dict[str, float]] | None  # precision, recall, f1, support per class
+    samples: int
+    batches: int
+    seconds: float  # wall time of the whole loop (data, forward, metrics)
+    batch_latency_ms: float  # median time of one batch's forward pass
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / self.seconds if self.seconds > 0 else float("nan")
+
+
+def _per_class_metrics(num_classes: int) -> torchmetrics.MetricCollection:
+    return torchmetrics.MetricCollection(
+        {
+            name: cls(num_classes=num_classes, average=None)
+            for name, cls in (
+                ("precision", tmc.MulticlassPrecision),
+                ("recall", tmc.MulticlassRecall),
+                ("f1", tmc.MulticlassF1Score),
+            )
+        }
+    )
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 @torch.no_grad()
@@ -23,17 +67,232 @@ def evaluate(
     device: torch.device | str = "cpu",
     *,
     prefix: str = "val",
-) -> tuple[dict[str, float], list[list[int]] | None]:
-    """({"val/loss": ..., "val/accuracy": ...}, confusion matrix or None) over every batch."""
+) -> Evaluation:
+    """Every batch of `loader` once, in eval mode, without gradients."""
     device = torch.device(device)
     metrics = EpochMetrics(info, device, prefix)
+    classification = info.task == "classification"
+    per_class = _per_class_metrics(info.num_classes).to(device) if classification else None
+    latencies: list[float] = []
+    samples = 0
     was_training = model.training
     model.eval()
+    began = time.perf_counter()
     try:
         for x, y in loader:
             x, y = x.to(device), y.to(device)
+            _sync(device)
+            start = time.perf_counter()
             outputs = model(x)
+            _sync(device)
+            latencies.append(time.perf_counter() - start)
             metrics.update(outputs, y, loss_fn(outputs, y))
+            if per_class is not None:
+                per_class.update(outputs.detach().float(), y)
+            samples += len(y)
     finally:
         model.train(was_training)
-    return metrics.compute()
+    seconds = time.perf_counter() - began
+    values, confusion = metrics.compute()
+    rows = None
+    if per_class is not None:
+        scores = {name: value.tolist() for name, value in per_class.compute().items()}
+        support = [sum(row) for row in confusion] if confusion else [0] * info.num_classes
+        rows = [
+            {**{name: scores[name][i] for name in scores}, "support": support[i]}
+            for i in range(info.num_classes)
+        ]
+    latency = statistics.median(latencies) * 1000.0 if latencies else float("nan")
+    return Evaluation(values, confusion, rows, samples, len(latencies), seconds, latency)
+
+
+# --- which data a checkpoint is evaluated on ------------------------------------------------
+
+
+class _Normalized(Dataset):
+    """A per-sample dataset with the checkpoint's normalization applied to each input."""
+
+    def __init__(self, dataset: Dataset, mean: list[float], std: list[float]):
+        self.dataset, self.mean, self.std = dataset, mean, std
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int):
+        from ptool.core.data.transforms import normalize_tensor
+
+        x, y = self.dataset[i]
+        return normalize_tensor(x, self.mean, self.std), y
+
+
+def _with_run_normalization(dataset: Dataset, info: Any) -> Dataset:
+    from ptool.core.data.transforms import normalize_tensor
+
+    if info.mean is None:
+        return dataset
+    if isinstance(dataset, TensorDataset):
+        x, y = dataset.tensors
+        return TensorDataset(normalize_tensor(x, info.mean, info.std), y)
+    return _Normalized(dataset, info.mean, info.std)
+
+
+def _test_split(config: Any, bundle: Any) -> Dataset:
+    """The source's own test split: torchvision's test set, or an image folder's PATH/test."""
+    from ptool.core.data.vision import TORCHVISION
+    from ptool.core.errors import UsageError
+
+    spec = config.data
+    if spec in TORCHVISION and config.val_split is None:
+        return bundle.val  # without --val-split, validation IS the official test set
+    if spec in TORCHVISION:
+        from ptool.core.data import build_data
+
+        return build_data(config.replace(val_split=None)).val
+    prefix, _, path = spec.partition(":")
+    test_dir = Path(path) / "test"
+    if prefix == "imagefolder" and test_dir.is_dir():
+        from torchvision.datasets import ImageFolder
+
+        from ptool.core.data.common import TransformedSubset
+
+        test = ImageFolder(str(test_dir))
+        if list(test.classes) != list(bundle.info.class_names):
+            raise UsageError(f"{test_dir} has classes {test.classes}, the run has other ones")
+        return TransformedSubset(test, None, bundle.val.transform)
+    raise UsageError(
+        f"--data {spec} has no test split of its own",
+        hint="use --split val or train, or --data SPEC naming a held-out source",
+    )
+
+
+def split_dataset(config: Any, info: Any, *, data: str | None = None, split: str = "val"):
+    """The samples to evaluate, preprocessed exactly as the run's validation was.
+
+    The run's own data (`data` None or the same spec) is rebuilt with its config: same seed,
+    same split, same statistics. Another source is read without its own normalization and
+    gets the checkpoint's mean/std; its shape and classes must match the model's.
+    """
+    from ptool.core.data import build_data
+    from ptool.core.errors import UsageError, unknown_name
+
+    if split not in SPLITS:
+        raise unknown_name("--split", split, SPLITS)
+    own = data is None or data == config.data
+    data_config = config.replace(augment=[])  # every split with validation transforms
+    if not own:
+        changes: dict[str, Any] = {"data": data, "normalize": False}
+        if info.is_image and info.input_shape[1] == info.input_shape[2]:
+            changes["image_size"] = info.input_shape[1]
+        data_config = data_config.replace(**changes)
+    bundle = build_data(data_config)
+    if split == "test":
+        dataset = _test_split(data_config, bundle)
+    else:
+        dataset = bundle.val if split == "val" else bundle.train
+    if own:
+        return dataset
+    found = bundle.info
+    if list(found.input_shape) != list(info.input_shape):
+        raise UsageError(
+            f"--data {data} gives inputs of shape {list(found.input_shape)}; "
+            f"the model expects {list(info.input_shape)}"
+        )
+    if found.task != info.task or found.num_outputs > info.num_outputs:
+        raise UsageError(
+            f"--data {data} is {found.task} with {found.num_outputs} outputs; "
+            f"the model is {info.task} with {info.num_outputs}"
+        )
+    if info.class_names and found.class_names and found.class_names != info.class_names:
+        raise UsageError(
+            f"--data {data} has classes {found.class_names}; the model's are {info.class_names}"
+        )
+    return _with_run_normalization(dataset, info)
+
+
+# --- a checkpoint, end to end ---------------------------------------------------------------
+
+
+def checkpoint_kind(ckpt: dict[str, Any]) -> str:
+    if ckpt.get("quantization"):
+        return "quantized"
+    return "pruned" if ckpt.get("pruning") else "float"
+
+
+def _device(spec: str, quantized: bool) -> torch.device:
+    from ptool.core.errors import UsageError
+    from ptool.core.runtime import resolve_device
+
+    if quantized:
+        if spec not in ("auto", "cpu"):
+            raise UsageError(
+                f"--device {spec}: quantized checkpoints run on CPU only", hint="use --device cpu"
+            )
+        return torch.device("cpu")
+    return resolve_device(spec)
+
+
+def _preprocessing(info: Any) -> tuple:
+    return (info.task, list(info.input_shape), info.num_outputs, info.class_names, info.mean)
+
+
+def evaluate_checkpoints(
+    paths: list[str | Path],
+    *,
+    data: str | None = None,
+    split: str = "val",
+    device: str = "auto",
+    batch_size: int | None = None,
+) -> list[dict[str, Any]]:
+    """One report per checkpoint, all on the first checkpoint's data split (same samples)."""
+    from ptool.core.checkpoint import load_checkpoint
+    from ptool.core.data import make_loader
+    from ptool.core.errors import UsageError
+    from ptool.core.optim import build_loss
+    from ptool.core.restore import config_and_info, model_from_checkpoint
+
+    if batch_size is not None and batch_size < 1:
+        raise UsageError(f"--batch-size must be positive, got {batch_size}")
+    ckpts = [load_checkpoint(path) for path in paths]
+    infos = [config_and_info(ckpt) for ckpt in ckpts]
+    config, info = infos[0]
+    for path, (_, other) in zip(paths[1:], infos[1:], strict=True):
+        if _preprocessing(other) != _preprocessing(info):
+            raise UsageError(
+                f"{path} was trained on other data or preprocessing than {paths[0]}",
+                hint="--compare takes one run and its derived checkpoints (pruned, quantized)",
+            )
+    quantized = any(ckpt.get("quantization") for ckpt in ckpts)
+    run_device = _device(device, quantized)
+    if batch_size is not None:
+        config = config.replace(batch_size=batch_size)
+    dataset = split_dataset(config, info, data=data, split=split)
+    loss_fn = build_loss(config, info).to(run_device)
+    order = torch.arange(len(dataset))
+    reports = []
+    for path, ckpt in zip(paths, ckpts, strict=True):
+        model = model_from_checkpoint(ckpt).to(run_device)
+        loader = make_loader(dataset, config, order, train=False, device=run_device)
+        result = evaluate(model, loader, info, loss_fn, run_device)
+        reports.append(
+            {
+                "checkpoint": str(path),
+                "kind": checkpoint_kind(ckpt),
+                "epoch": ckpt.get("epoch"),
+                "data": data or config.data,
+                "split": split,
+                "task": info.task,
+                "device": str(run_device),
+                "batch_size": config.batch_size,
+                "samples": result.samples,
+                "metrics": {k.split("/", 1)[1]: v for k, v in result.metrics.items()},
+                "per_class": result.per_class,
+                "class_names": info.class_names,
+                "confusion_matrix": result.confusion,
+                "samples_per_s": result.samples_per_s,
+                "batch_latency_ms": result.batch_latency_ms,
+            }
+        )
+    first = reports[0]["metrics"]
+    for report in reports[1:]:
+        report["vs_first"] = {k: v - first[k] for k, v in report["metrics"].items() if k in first}
+    return reports
