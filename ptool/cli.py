@@ -56,7 +56,7 @@ def root(
 
 
 # Each module in ptool/commands/ has a `register(app)`; the order here is the order in --help.
-COMMANDS: tuple[str, ...] = ("train", "quantize", "prune", "inspect-checkpoint")
+COMMANDS: tuple[str, ...] = ("train", "eval", "predict", "quantize", "prune", "inspect-checkpoint")
 
 
 def _register() -> None:

@@ -218,7 +218,8 @@ def checkpoint_kind(ckpt: dict[str, Any]) -> str:
     return "pruned" if ckpt.get("pruning") else "float"
 
 
-def _device(spec: str, quantized: bool) -> torch.device:
+def device_for(spec: str, quantized: bool) -> torch.device:
+    """The --device to run on; quantized models have CPU kernels only."""
     from ptool.core.errors import UsageError
     from ptool.core.runtime import resolve_device
 
@@ -262,7 +263,7 @@ def evaluate_checkpoints(
                 hint="--compare takes one run and its derived checkpoints (pruned, quantized)",
             )
     quantized = any(ckpt.get("quantization") for ckpt in ckpts)
-    run_device = _device(device, quantized)
+    run_device = device_for(device, quantized)
     if batch_size is not None:
         config = config.replace(batch_size=batch_size)
     dataset = split_dataset(config, info, data=data, split=split)

@@ -1,0 +1,111 @@
+"""`ptool eval`: a checkpoint's loss and metrics on its run's validation split (or another)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ptool.commands._options import DeviceOpt, JsonOpt, QuietOpt, examples
+
+EXAMPLES = examples(
+    "ptool eval",
+    "ptool eval runs/digits/best.pt --split train",
+    "ptool eval runs/digits/best.pt -o cm.png",
+    "ptool eval runs/digits/best.pt --compare runs/digits/best.pruned.pt runs/digits/best.int8.pt",
+    "ptool eval runs/digits/best.pt --json | jq .metrics.accuracy",
+)
+
+
+def eval_(
+    checkpoints: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="CKPT",
+            help="Checkpoint (float, pruned or quantized); default: the newest runs/*/best.pt.",
+            show_default=False,
+        ),
+    ] = None,
+    compare: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--compare",
+            metavar="CKPT2",
+            help="More checkpoints on the same data, in one table with differences vs CKPT.",
+            show_default=False,
+        ),
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            help="Another data source (a `train --data` spec); default: the run's own.",
+            show_default=False,
+        ),
+    ] = None,
+    split: Annotated[
+        str, typer.Option("--split", help="val, train (with validation transforms) or test.")
+    ] = "val",
+    batch_size: Annotated[
+        int | None,
+        typer.Option("--batch-size", help="Default: the run's.", show_default=False),
+    ] = None,
+    device: DeviceOpt = "auto",
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Write the confusion matrix as an image (PNG).",
+            show_default=False,
+        ),
+    ] = None,
+    json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Loss and the task's metrics of a checkpoint, with the run's own validation preprocessing.
+
+    Classification: accuracy, macro precision/recall/F1, per-class scores and support, the
+    confusion matrix; regression: MAE, RMSE, R2. Plus samples/s and the median batch latency.
+    """
+    from rich.markup import escape
+
+    from ptool.core.errors import UsageError
+    from ptool.ui.output import Output
+
+    out = Output(json=json, quiet=quiet)
+    positional = list(checkpoints or [])
+    if len(positional) > 1 and not compare:
+        raise UsageError(
+            "several checkpoints given", hint="compare them with: ptool eval CKPT --compare CKPT2"
+        )
+    if output is not None and (compare or len(positional) > 1):
+        raise UsageError("-o draws one checkpoint's confusion matrix; drop --compare or -o")
+    if not positional:
+        from ptool.core.checkpoint import find_default_checkpoint
+
+        positional = [str(find_default_checkpoint())]
+        out.info(f"evaluating the newest run's checkpoint: {escape(positional[0])}")
+    paths = [positional[0], *(compare or []), *positional[1:]]
+
+    from ptool.core.evaluate import evaluate_checkpoints
+    from ptool.ui.eval_view import compare_table, report_view
+
+    reports = evaluate_checkpoints(
+        paths, data=data, split=split, device=device, batch_size=batch_size
+    )
+    if len(reports) > 1:
+        out.result(reports, lambda: compare_table(reports))
+        return
+    report = reports[0]
+    if output is not None:
+        if report["confusion_matrix"] is None:
+            raise UsageError("-o draws a confusion matrix; this is a regression model")
+        from ptool.ui.eval_view import write_confusion_png
+
+        out.info(f"confusion matrix written: {escape(str(write_confusion_png(report, output)))}")
+    out.result(report, lambda: report_view(report))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval", epilog=EXAMPLES, help=eval_.__doc__)(eval_)

@@ -1,0 +1,103 @@
+"""`ptool predict`: predictions for images, CSV rows, tensors or JSON lines, batched."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ptool.commands._options import DeviceOpt, JsonOpt, QuietOpt, examples
+
+EXAMPLES = examples(
+    "ptool predict runs/digits/best.pt digit.png more_digits/",
+    "ptool predict runs/tabular/best.pt rows.csv > predictions.jsonl",
+    "ptool predict runs/digits/best.pt batch.pt --top-k 3 --batch-size 256",
+    "echo '{\"input\": [0.1, 0.5, 0.2, 0.9]}' | ptool predict runs/tabular/best.pt -",
+)
+
+
+def predict(
+    checkpoint: Annotated[
+        str, typer.Argument(metavar="CKPT", help="Checkpoint (float, pruned or quantized).")
+    ],
+    inputs: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="INPUT...",
+            help="Image files or folders, a CSV, a .pt tensor file, or - for JSON lines on stdin.",
+        ),
+    ],
+    top_k: Annotated[
+        int, typer.Option("--top-k", help="Class probabilities to report per input.")
+    ] = 5,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Inputs per forward pass.")] = 64,
+    device: DeviceOpt = "auto",
+    json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Predict with a checkpoint, preprocessing inputs exactly as the run's validation did.
+
+    Writes one JSON line per input (input, prediction, label, top-k probabilities), or a
+    table when stdout is a terminal. Failed inputs are listed on stderr (and under "errors"
+    with --json); the others still get predictions; the exit code is then 1.
+    """
+    from pathlib import Path
+
+    from rich.markup import escape
+
+    from ptool.core.errors import PtoolError, UsageError
+    from ptool.ui.output import Output
+
+    if top_k < 1:
+        raise UsageError(f"--top-k must be at least 1, got {top_k}")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be positive, got {batch_size}")
+    out = Output(json=json, quiet=quiet)
+
+    from ptool.core.predict import Reader, load_predictor, unused_csv_columns
+    from ptool.core.predict import predict as run_predict
+
+    model, info, run_device = load_predictor(checkpoint, device)
+    for spec in inputs:
+        if spec.lower().endswith(".csv") and (unused := unused_csv_columns(info, Path(spec))):
+            out.info(
+                f"{escape(spec)}: ignoring columns the model does not use: {', '.join(unused)}"
+            )
+    records = run_predict(
+        model,
+        Reader(info).read(inputs),
+        info,
+        batch_size=batch_size,
+        device=run_device,
+        top_k=top_k,
+    )
+    predictions, errors, done = [], [], 0
+    stream = not json and not out.out.is_terminal
+    for record in records:
+        if "error" in record:
+            errors.append(record)
+            out.err.print(
+                f"[red]failed:[/red] {escape(record['input'])}: {escape(record['error'])}",
+                soft_wrap=True,
+            )
+            continue
+        done += 1
+        if stream:
+            out.json_line(record)
+        else:
+            predictions.append(record)
+    if json:
+        out.result({"checkpoint": checkpoint, "predictions": predictions, "errors": errors})
+    elif not stream:
+        from ptool.ui.predict_view import predictions_table
+
+        out.print(predictions_table(predictions, info.task))
+    if errors:
+        raise PtoolError(
+            f"{len(errors)} of {len(errors) + done} inputs failed (listed above); "
+            "the others were predicted"
+        )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("predict", epilog=EXAMPLES, help=predict.__doc__)(predict)

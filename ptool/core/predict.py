@@ -1,0 +1,276 @@
+"""Predictions for raw inputs with the run's own validation preprocessing.
+
+Readers turn each input (image file or folder, CSV row, row of a `.pt` tensor, JSON line)
+into `Sample(name, tensor)` or `Sample(name, error=...)`: a bad input fails alone, the
+others still get predictions. Tensors are raw values as the run's data held them before
+normalization (images as floats in [0, 1]); `data.val_transform(info)` then applies the
+run's normalization (and, for image files, its channel conversion and resize).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+from torch import nn
+
+# Extensions that Pillow opens; a folder input yields every such file below it, sorted.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+
+
+@dataclass
+class Sample:
+    name: str
+    tensor: torch.Tensor | None = None
+    error: str | None = None
+
+
+def _expects(info: Any) -> str:
+    shape = info.input_shape
+    if info.is_image:
+        c, h, w = shape
+        return f"{c}x{h}x{w} images ({'grayscale' if c == 1 else f'{c} channels'})"
+    return f"{shape[0]} features"
+
+
+class Reader:
+    """Turns inputs into preprocessed samples for one checkpoint's model."""
+
+    def __init__(self, info: Any, stdin: TextIO | None = None):
+        from ptool.core.data import val_transform
+
+        self.info = info
+        self.transform = val_transform(info)
+        self.stdin = stdin
+
+    def read(self, inputs: Iterable[str]) -> Iterator[Sample]:
+        for spec in inputs:
+            if spec == "-":
+                yield from self.json_lines()
+                continue
+            path = Path(spec)
+            if path.is_dir():
+                files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+                if not files:
+                    yield Sample(spec, error=f"no image files in folder {spec}")
+                for file in files:
+                    yield self.image(file)
+            elif not path.is_file():
+                yield Sample(spec, error="no such file")
+            elif path.suffix.lower() == ".csv":
+                yield from self.csv_rows(path)
+            elif path.suffix.lower() == ".pt":
+                yield from self.tensor_file(path)
+            else:
+                yield self.image(path)
+
+    # -- tensors from any reader: exact shape, then the run's normalization ---------------
+
+    def from_values(self, name: str, values: Any) -> Sample:
+        try:
+            x = torch.as_tensor(values, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            return Sample(name, error=f"not a numeric array ({exc})")
+        shape = list(self.info.input_shape)
+        grayscale_2d = self.info.is_image and shape[0] == 1 and list(x.shape) == shape[1:]
+        if list(x.shape) != shape and not grayscale_2d:
+            return Sample(
+                name, error=f"shape {list(x.shape)}; the model expects {_expects(self.info)}"
+            )
+        return Sample(name, self.transform(x.reshape(shape)))
+
+    def json_lines(self) -> Iterator[Sample]:
+        import sys
+
+        stream = self.stdin if self.stdin is not None else sys.stdin
+        for number, line in enumerate(stream, start=1):
+            if not line.strip():
+                continue
+            name = f"stdin:{number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield Sample(name, error=f"not JSON ({exc.msg})")
+                continue
+            if isinstance(record, dict):
+                name = str(record.get("id", name))
+                if "input" not in record:
+                    yield Sample(name, error='a JSON object needs an "input" key')
+                    continue
+                record = record["input"]
+            yield self.from_values(name, record)
+
+    def tensor_file(self, path: Path) -> Iterator[Sample]:
+        from ptool.core.checkpoint import load
+        from ptool.core.data.files import X_KEYS
+        from ptool.core.errors import PtoolError
+
+        try:
+            obj = load(path)
+        except PtoolError as exc:
+            yield Sample(str(path), error=str(exc))
+            return
+        if isinstance(obj, dict):
+            obj = next((obj[k] for k in X_KEYS if k in obj), None)
+        if not isinstance(obj, torch.Tensor) or obj.dim() < 1:
+            keys = "/".join(X_KEYS)
+            yield Sample(str(path), error=f"expected a tensor [N, ...] or a dict with {keys}")
+            return
+        for i, row in enumerate(obj):
+            yield self.from_values(f"{path}[{i}]", row)
+
+    def csv_rows(self, path: Path) -> Iterator[Sample]:
+        if self.info.is_image:
+            yield Sample(
+                str(path), error=f"a CSV holds features; the model expects {_expects(self.info)}"
+            )
+            return
+        with path.open(newline="") as f:
+            rows = [row for row in csv.reader(f) if any(cell.strip() for cell in row)]
+        if not rows:
+            yield Sample(str(path), error="empty CSV")
+            return
+        header = [cell.strip() for cell in rows[0]]
+        expected = self.info.feature_names
+        if expected is not None:
+            missing = [name for name in expected if name not in header]
+            if missing:
+                yield Sample(
+                    str(path),
+                    error=f"missing columns {', '.join(missing)}; "
+                    f"the model expects columns {', '.join(expected)}",
+                )
+                return
+            columns = [header.index(name) for name in expected]
+            body = enumerate(rows[1:], start=2)
+        else:  # no saved names: every column is a feature, the header row optional
+            columns = list(range(len(header)))
+            has_header = any(_number(cell) is None for cell in header)
+            body = enumerate(rows[1:] if has_header else rows, start=2 if has_header else 1)
+        for line, row in body:
+            name = f"{path}:{line}"
+            if len(row) != len(header):
+                yield Sample(name, error=f"{len(row)} fields, header {len(header)}")
+                continue
+            cells = [row[c] for c in columns]
+            values = [_number(cell) for cell in cells]
+            bad = next((c for c, v in zip(columns, values, strict=True) if v is None), None)
+            if bad is not None:
+                yield Sample(name, error=f"column {header[bad]!r} is not a number ({row[bad]!r})")
+                continue
+            yield self.from_values(name, values)
+
+    def image(self, path: Path) -> Sample:
+        from PIL import Image, UnidentifiedImageError
+
+        name = str(path)
+        if not self.info.is_image:
+            return Sample(
+                name, error=f"an image; the model expects {_expects(self.info)} (CSV, .pt or JSON)"
+            )
+        try:
+            with Image.open(path) as image:
+                image.load()
+                _, height, width = self.info.input_shape
+                if self.info.image_size is None and image.size != (width, height):
+                    w, h = image.size
+                    return Sample(
+                        name,
+                        error=f"{w}x{h} pixels; the model expects {_expects(self.info)} "
+                        "(the run did not resize its images)",
+                    )
+                return Sample(name, self.transform(image))
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            return Sample(name, error=f"cannot read image ({type(exc).__name__})")
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def unused_csv_columns(info: Any, path: Path) -> list[str]:
+    """Columns of a CSV that are not training features (e.g. its target), for a note."""
+    if info.feature_names is None or not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        header = next(csv.reader(f), [])
+    return [cell.strip() for cell in header if cell.strip() not in info.feature_names]
+
+
+def _batches(samples: Iterable[Sample], size: int) -> Iterator[list[Sample]]:
+    batch: list[Sample] = []
+    ready = 0
+    for sample in samples:
+        batch.append(sample)
+        ready += sample.tensor is not None
+        if ready == size:
+            yield batch
+            batch, ready = [], 0
+    if batch:
+        yield batch
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    samples: Iterable[Sample],
+    info: Any,
+    *,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    top_k: int = 5,
+) -> Iterator[dict[str, Any]]:
+    """One record per sample, in input order: a prediction, or {"input", "error"}."""
+    device = torch.device(device)
+    model.eval()
+    names = info.class_names
+    for batch in _batches(samples, batch_size):
+        ready = [s for s in batch if s.tensor is not None]
+        outputs = iter([])
+        if ready:
+            x = torch.stack([s.tensor for s in ready]).to(device)
+            outputs = iter(model(x).float().cpu())
+        for sample in batch:
+            if sample.tensor is None:
+                yield {"input": sample.name, "error": sample.error}
+                continue
+            out = next(outputs)
+            if info.task != "classification":
+                values = out.tolist()
+                yield {
+                    "input": sample.name,
+                    "prediction": values[0] if len(values) == 1 else values,
+                }
+                continue
+            probs = out.softmax(dim=0)
+            top = probs.topk(min(top_k, len(probs)))
+            index = int(probs.argmax())
+            record: dict[str, Any] = {"input": sample.name, "prediction": index}
+            if names:
+                record["label"] = names[index]
+            record["probabilities"] = {
+                (names[i] if names else str(i)): p
+                for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+            }
+            yield record
+
+
+def load_predictor(path: str | Path, device: str = "auto") -> tuple[nn.Module, Any, torch.device]:
+    """(model in eval mode on its device, DataInfo, device) for a checkpoint."""
+    from ptool.core.checkpoint import load_checkpoint
+    from ptool.core.evaluate import device_for
+    from ptool.core.restore import config_and_info, model_from_checkpoint
+
+    ckpt = load_checkpoint(path)
+    _, info = config_and_info(ckpt)
+    run_device = device_for(device, bool(ckpt.get("quantization")))
+    model = model_from_checkpoint(ckpt).to(run_device).eval()
+    return model, info, run_device

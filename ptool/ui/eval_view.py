@@ -1,0 +1,157 @@
+"""What `ptool eval` prints: metrics, per-class scores, the confusion matrix, comparisons."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.markup import escape
+from rich.table import Table
+
+# Bigger confusion matrices are left to --json and -o cm.png (a table would not fit).
+MAX_MATRIX_CLASSES = 20
+
+
+def _value(name: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2%}" if name == "accuracy" else f"{value:.4f}"
+
+
+def _delta(name: str, delta: float) -> str:
+    return f"{delta * 100:+.2f} pts" if name == "accuracy" else f"{delta:+.4f}"
+
+
+def _speed_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    return [
+        ("samples/s", f"{report['samples_per_s']:,.0f}"),
+        ("batch latency (median)", f"{report['batch_latency_ms']:.3f} ms"),
+    ]
+
+
+def _names(report: dict[str, Any]) -> list[str]:
+    n = len(report["per_class"] or report["confusion_matrix"] or [])
+    return report["class_names"] or [str(i) for i in range(n)]
+
+
+def metrics_table(report: dict[str, Any]) -> Table:
+    table = Table()
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in report["metrics"].items():
+        table.add_row(name, _value(name, value))
+    table.add_section()
+    for row in _speed_rows(report):
+        table.add_row(*row)
+    return table
+
+
+def per_class_table(report: dict[str, Any]) -> Table:
+    table = Table(title="per class", title_justify="left")
+    for column in ("class", "precision", "recall", "f1", "support"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for name, row in zip(_names(report), report["per_class"], strict=True):
+        scores = (f"{row[k]:.4f}" for k in ("precision", "recall", "f1"))
+        table.add_row(name, *scores, str(row["support"]))
+    return table
+
+
+def _cell(count: int, *, diagonal: bool) -> str:
+    if diagonal:
+        return f"[bold]{count}[/bold]"
+    return str(count) if count else "[dim]0[/dim]"
+
+
+def confusion_table(report: dict[str, Any]) -> Table:
+    """Rows are true classes, columns predicted ones; the diagonal is bold."""
+    names = _names(report)
+    table = Table(title="confusion matrix (rows: true, columns: predicted)", title_justify="left")
+    table.add_column("true \\ pred")
+    for name in names:
+        table.add_column(name, justify="right")
+    for i, (name, row) in enumerate(zip(names, report["confusion_matrix"], strict=True)):
+        cells = [
+            f"[bold]{n}[/bold]" if i == j else (str(n) if n else "[dim]0[/dim]")
+            for j, n in enumerate(row)
+        ]
+        table.add_row(name, *cells)
+    return table
+
+
+def header(report: dict[str, Any]) -> str:
+    return (
+        f"[bold]{escape(report['checkpoint'])}[/bold] ({report['kind']}) on "
+        f"{escape(report['data'])} {report['split']}: {report['samples']} samples, "
+        f"batch {report['batch_size']}, {report['device']}"
+    )
+
+
+def report_view(report: dict[str, Any]) -> RenderableType:
+    parts: list[RenderableType] = [header(report), metrics_table(report)]
+    if report["per_class"]:
+        parts.append(per_class_table(report))
+    matrix = report["confusion_matrix"]
+    if matrix and len(matrix) <= MAX_MATRIX_CLASSES:
+        parts.append(confusion_table(report))
+    elif matrix:
+        parts.append(f"[dim]{len(matrix)} classes: confusion matrix in --json and -o cm.png[/dim]")
+    return Group(*parts)
+
+
+def compare_table(reports: list[dict[str, Any]]) -> Table:
+    """A column per checkpoint; the second and later ones show their difference vs the first."""
+    first = reports[0]
+    title = f"{first['data']} {first['split']}: {first['samples']} samples, {first['device']}"
+    table = Table(title=escape(title), title_justify="left")
+    table.add_column("metric")
+    for report in reports:
+        table.add_column(f"{Path(report['checkpoint']).name}\n({report['kind']})", justify="right")
+    for name in first["metrics"]:
+        cells = [_value(name, first["metrics"][name])]
+        for report in reports[1:]:
+            value = report["metrics"].get(name)
+            delta = report["vs_first"].get(name)
+            cells.append(
+                _value(name, value) + (f" ({_delta(name, delta)})" if delta is not None else "")
+            )
+        table.add_row(name, *cells)
+    table.add_section()
+    base = first["samples_per_s"]
+    cells = [f"{base:,.0f}"] + [
+        f"{r['samples_per_s']:,.0f} ({r['samples_per_s'] / base:.2f}x)" for r in reports[1:]
+    ]
+    table.add_row("samples/s", *cells)
+    table.add_row("batch latency (median)", *(f"{r['batch_latency_ms']:.3f} ms" for r in reports))
+    return table
+
+
+def write_confusion_png(report: dict[str, Any], path: str | Path) -> Path:
+    """The confusion matrix as an image (matplotlib, Agg: no display needed)."""
+    import matplotlib
+
+    matrix, names = report["confusion_matrix"], _names(report)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(matrix)
+    size = max(4.0, min(16.0, 0.5 * n + 2))
+    fig, ax = plt.subplots(figsize=(size, size))
+    image = ax.imshow(matrix, cmap="Blues")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xticks(range(n), names, rotation=90 if n > 10 else 0)
+    ax.set_yticks(range(n), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{Path(report['checkpoint']).name}: {report['data']} {report['split']}")
+    if n <= MAX_MATRIX_CLASSES:
+        peak = max(max(row) for row in matrix) or 1
+        for i, row in enumerate(matrix):
+            for j, count in enumerate(row):
+                color = "white" if count > peak / 2 else "black"
+                ax.text(j, i, str(count), ha="center", va="center", color=color, fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
