@@ -1,0 +1,161 @@
+"""evaluate(): torchmetrics figures against scikit-learn; checkpoints against their own logs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sklearn import metrics as skm
+from torch.utils.data import TensorDataset
+
+from ptool.core.config import TrainConfig
+from ptool.core.data import DataInfo, build_data
+from ptool.core.errors import UsageError
+from ptool.core.evaluate import evaluate, evaluate_checkpoints, split_dataset
+
+
+def _info(task: str, outputs: int) -> DataInfo:
+    classes = outputs if task == "classification" else None
+    return DataInfo(task, [6], outputs, classes, None, None, None, None, 0, 40)
+
+
+def _batches(x, y, size=16):
+    return [(x[i : i + size], y[i : i + size]) for i in range(0, len(x), size)]
+
+
+def test_classification_figures_match_sklearn():
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(50, 6, generator=gen), torch.randint(4, (50,), generator=gen)
+    model = torch.nn.Linear(6, 4)
+    result = evaluate(
+        model, _batches(x, y), _info("classification", 4), torch.nn.CrossEntropyLoss()
+    )
+    with torch.no_grad():
+        logits = model(x)
+    pred = logits.argmax(1).numpy()
+    assert result.metrics["val/loss"] == pytest.approx(
+        torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-5
+    )
+    assert result.metrics["val/accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+    assert result.metrics["val/f1"] == pytest.approx(
+        skm.f1_score(y, pred, average="macro", zero_division=0), rel=1e-5
+    )
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        y, pred, labels=range(4), zero_division=0
+    )
+    for i, row in enumerate(result.per_class):
+        assert row["precision"] == pytest.approx(precision[i], rel=1e-5)
+        assert row["recall"] == pytest.approx(recall[i], rel=1e-5)
+        assert row["f1"] == pytest.approx(f1[i], rel=1e-5)
+        assert row["support"] == support[i]
+    assert result.confusion == skm.confusion_matrix(y, pred, labels=range(4)).tolist()
+    assert (result.samples, result.batches) == (50, 4)
+    assert result.samples_per_s > 0 and result.batch_latency_ms > 0
+    assert result[0] is result.metrics  # quantize/prune read evaluate(...)[0]
+
+
+def test_regression_figures_match_sklearn():
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(40, 6, generator=gen), torch.randn(40, 1, generator=gen)
+    model = torch.nn.Linear(6, 1)
+    result = evaluate(model, _batches(x, y), _info("regression", 1), torch.nn.MSELoss())
+    with torch.no_grad():
+        pred = model(x).numpy()
+    assert result.metrics["val/mae"] == pytest.approx(skm.mean_absolute_error(y, pred), rel=1e-5)
+    assert result.metrics["val/rmse"] == pytest.approx(
+        skm.root_mean_squared_error(y, pred), rel=1e-5
+    )
+    assert result.metrics["val/r2"] == pytest.approx(skm.r2_score(y, pred), rel=1e-4)
+    assert result.per_class is None and result.confusion is None
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A 2-epoch CNN run on synthetic 1x8x8 images (about a second)."""
+    from ptool.core.engine import fit
+
+    out = tmp_path_factory.mktemp("evaluate") / "run"
+    config = TrainConfig.from_dict(
+        dict(
+            data="synthetic",
+            shape="1x8x8",
+            samples=200,
+            model="cnn",
+            batch_size=32,
+            epochs=2,
+            seed=0,
+            tensorboard=False,
+            out=str(out),
+        )
+    )
+    fit(config, quiet=True)
+    return out
+
+
+def test_checkpoint_evaluation_equals_what_training_logged(run):
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    (report,) = evaluate_checkpoints([run / "last.pt"], device="cpu")
+    logged = {k.split("/", 1)[1]: v for k, v in ckpt["metrics"].items() if k.startswith("val/")}
+    assert set(report["metrics"]) == set(logged)
+    for name, value in logged.items():
+        assert report["metrics"][name] == pytest.approx(value, rel=1e-5, abs=1e-7)
+    assert report["samples"] == ckpt["data_info"]["val_size"] == 40
+    assert sum(map(sum, report["confusion_matrix"])) == 40
+
+
+def test_train_split_uses_validation_transforms_and_other_sources_the_runs_statistics(
+    run, tmp_path
+):
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    config = TrainConfig.from_dict(ckpt["config"])
+    info = DataInfo.from_dict(ckpt["data_info"])
+    plain = build_data(config)
+    augmented = split_dataset(config.replace(augment=["flip"]), info, split="train")
+    assert isinstance(augmented, TensorDataset)  # served without the random flip
+    assert torch.equal(augmented.tensors[0], plain.train.tensors[0])
+
+    # The same samples saved raw as a tensors file: normalized with the checkpoint's mean/std.
+    raw = build_data(config.replace(normalize=False))
+    path = tmp_path / "raw.pt"
+    x, y = raw.train.tensors
+    xv, yv = raw.val.tensors
+    torch.save({"x": x, "y": y, "x_val": xv, "y_val": yv}, path)
+    other = split_dataset(config, info, data=f"tensors:{path}", split="val")
+    torch.testing.assert_close(other.tensors[0], plain.val.tensors[0])
+    (own,) = evaluate_checkpoints([run / "last.pt"])
+    (file,) = evaluate_checkpoints([run / "last.pt"], data=f"tensors:{path}")
+    for name, value in own["metrics"].items():
+        assert file["metrics"][name] == pytest.approx(value, rel=1e-5, abs=1e-7)
+
+    torch.save({"x": torch.rand(20, 3, 8, 8), "y": torch.randint(10, (20,))}, path)
+    with pytest.raises(UsageError, match=r"model expects \[1, 8, 8\]"):
+        split_dataset(config, info, data=f"tensors:{path}")
+
+
+def test_refusals(run, tmp_path):
+    with pytest.raises(UsageError, match="no test split"):
+        evaluate_checkpoints([run / "last.pt"], split="test")
+    with pytest.raises(UsageError, match="unknown --split"):
+        evaluate_checkpoints([run / "last.pt"], split="holdout")
+    other = torch.load(run / "last.pt", weights_only=True)
+    other["data_info"]["mean"] = [0.0]
+    torch.save(other, tmp_path / "other.pt")
+    with pytest.raises(UsageError, match="other data or preprocessing"):
+        evaluate_checkpoints([run / "last.pt", tmp_path / "other.pt"])
+
+
+def test_compare_with_a_quantized_checkpoint_runs_on_cpu(run, tmp_path):
+    from ptool.core.quantize import QuantizeOptions, quantize_checkpoint
+
+    output = str(tmp_path / "int8.pt")
+    options = QuantizeOptions("dynamic", evaluate=False, bench_runs=1, output=output)
+    quantize_checkpoint(run / "last.pt", options)
+    float_report, int8 = evaluate_checkpoints([run / "last.pt", output])
+    assert (int8["kind"], int8["device"]) == ("quantized", "cpu")
+    assert int8["metrics"]["accuracy"] == pytest.approx(
+        float_report["metrics"]["accuracy"], abs=0.1
+    )
+    assert int8["vs_first"]["loss"] == pytest.approx(
+        int8["metrics"]["loss"] - float_report["metrics"]["loss"]
+    )
+    with pytest.raises(UsageError, match="CPU only"):
+        evaluate_checkpoints([output], device="cuda")

@@ -1,0 +1,155 @@
+"""predict(): raw inputs through the run's preprocessing give what the model gives on val data."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ptool.core.config import TrainConfig
+from ptool.core.data import build_data
+from ptool.core.predict import Reader, load_predictor, predict
+
+
+def _train(out, **values):
+    from ptool.core.engine import fit
+
+    base = dict(samples=120, batch_size=32, epochs=1, seed=0, tensorboard=False, out=str(out))
+    fit(TrainConfig.from_dict({**base, **values}), quiet=True)
+    return out / "last.pt"
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory):
+    return _train(
+        tmp_path_factory.mktemp("predict") / "img", data="synthetic", shape="1x8x8", model="cnn"
+    )
+
+
+def _raw_val(ckpt_path):
+    """The run's validation split before normalization, and as the model saw it."""
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    config = TrainConfig.from_dict(ckpt["config"])
+    return build_data(config.replace(normalize=False)).val.tensors, build_data(config).val.tensors
+
+
+def _records(ckpt_path, inputs, stdin=None, **kwargs):
+    model, info, device = load_predictor(ckpt_path, "cpu")
+    return list(predict(model, Reader(info, stdin).read(inputs), info, device=device, **kwargs))
+
+
+def test_tensor_file_json_lines_and_images_match_the_validation_pipeline(image_run, tmp_path):
+    (raw, labels), (normalized, _) = _raw_val(image_run)
+    model, _, _ = load_predictor(image_run, "cpu")
+    with torch.no_grad():
+        oracle = model(normalized).softmax(1)  # what eval sees for the same samples
+    torch.save({"x": raw[:6]}, tmp_path / "x.pt")
+    pixels = (raw[6, 0] * 255).round().to(torch.uint8).numpy()
+    Image.fromarray(pixels).save(tmp_path / "six.png")
+    lines = (
+        json.dumps({"input": raw[7].tolist(), "id": "seven"})
+        + "\n"
+        + json.dumps(raw[8, 0].tolist())
+    )
+    records = _records(
+        image_run,
+        [str(tmp_path / "x.pt"), str(tmp_path / "six.png"), "-"],
+        io.StringIO(lines),
+        top_k=3,
+        batch_size=4,
+    )
+    assert [r["input"] for r in records] == [
+        *(f"{tmp_path / 'x.pt'}[{i}]" for i in range(6)),
+        str(tmp_path / "six.png"),
+        "seven",
+        "stdin:2",
+    ]
+    for i, record in enumerate(records):
+        tolerance = 2e-3 if i == 6 else 1e-5  # the PNG stores pixels as 8-bit values
+        assert record["prediction"] == int(oracle[i].argmax())
+        assert record["label"] == str(record["prediction"])
+        assert len(record["probabilities"]) == 3
+        top = oracle[i].topk(3)
+        assert list(record["probabilities"]) == [str(j) for j in top.indices.tolist()]
+        assert list(record["probabilities"].values()) == pytest.approx(
+            top.values.tolist(), abs=tolerance
+        )
+    again = _records(image_run, [str(tmp_path / "x.pt")], top_k=3, batch_size=4)
+    assert again == records[:6]  # same input, same output, bit for bit
+
+
+def test_bad_inputs_fail_alone(image_run, tmp_path):
+    (raw, _), _ = _raw_val(image_run)
+    (tmp_path / "broken.png").write_text("not an image")
+    Image.new("L", (16, 16)).save(tmp_path / "big.png")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    Image.fromarray((raw[0, 0] * 255).byte().numpy()).save(folder / "a.png")
+    torch.save(raw[:2, :, :4], tmp_path / "small.pt")
+    lines = "{not json\n" + json.dumps({"x": 1}) + "\n" + json.dumps(raw[0].tolist()) + "\n"
+    inputs = ["broken.png", "big.png", "missing.png", "folder", "small.pt", "-"]
+    records = _records(
+        image_run, [str(tmp_path / p) if p != "-" else p for p in inputs], io.StringIO(lines)
+    )
+    errors = {r["input"].replace(str(tmp_path) + "/", ""): r.get("error") for r in records}
+    assert errors["broken.png"] == "cannot read image (UnidentifiedImageError)"
+    assert "16x16 pixels; the model expects 1x8x8 images" in errors["big.png"]
+    assert errors["missing.png"] == "no such file"
+    assert errors["folder/a.png"] is None
+    assert errors["small.pt[0]"] == "shape [1, 4, 8]; the model expects 1x8x8 images (grayscale)"
+    assert errors["stdin:1"].startswith("not JSON")
+    assert errors["stdin:2"] == 'a JSON object needs an "input" key'
+    assert errors["stdin:3"] is None
+
+
+def test_csv_rows_by_column_name_and_regression_values(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 3, generator=gen) * torch.tensor([1.0, 10.0, 100.0])
+    y = x @ torch.tensor([1.0, 0.1, 0.01])
+    rows = ["a,b,c,target"] + [
+        ",".join(map(str, [*r.tolist(), t.item()])) for r, t in zip(x, y, strict=True)
+    ]
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    ckpt = _train(
+        tmp_path / "tab", data=f"csv:{tmp_path / 'train.csv'}", task="regression", model="mlp"
+    )
+    model, info, _ = load_predictor(ckpt, "cpu")
+    assert info.feature_names == ["a", "b", "c"]
+    # columns in another order, the target column present, one bad row
+    lines = ["target,c,a,b"] + [f"0,{r[2]},{r[0]},{r[1]}" for r in x[:3].tolist()] + ["0,1,x,2"]
+    (tmp_path / "rows.csv").write_text("\n".join(lines) + "\n")
+    records = _records(ckpt, [str(tmp_path / "rows.csv")])
+    with torch.no_grad():
+        oracle = model((x[:3] - torch.tensor(info.mean)) / torch.tensor(info.std))
+    assert [r["prediction"] for r in records[:3]] == pytest.approx(
+        oracle.flatten().tolist(), rel=1e-5
+    )
+    assert records[3] == {
+        "input": f"{tmp_path / 'rows.csv'}:5",
+        "error": "column 'a' is not a number ('x')",
+    }
+    (tmp_path / "wrong.csv").write_text("a,b,d\n1,2,3\n")
+    (record,) = _records(ckpt, [str(tmp_path / "wrong.csv")])
+    assert record["error"] == "missing columns c; the model expects columns a, b, c"
+
+
+def test_quantized_checkpoint_predictions(image_run, tmp_path):
+    from ptool.core.quantize import QuantizeOptions, quantize_checkpoint
+
+    output = str(tmp_path / "int8.pt")
+    quantize_checkpoint(
+        image_run,
+        QuantizeOptions("static", evaluate=False, bench_runs=1, output=output, calib_batches=2),
+    )
+    (raw, labels), _ = _raw_val(image_run)
+    torch.save(raw, tmp_path / "val.pt")
+    records = _records(output, [str(tmp_path / "val.pt")])
+    predicted = np.array([r["prediction"] for r in records])
+    from ptool.core.evaluate import evaluate_checkpoints
+
+    (report,) = evaluate_checkpoints([output])
+    assert (predicted == labels.numpy()).mean() == pytest.approx(report["metrics"]["accuracy"])
