@@ -1,0 +1,91 @@
+"""`ptool eval` end to end: the figures `ptool train` logged, reports, comparisons, refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.commands._inprocess import run_main
+from tests.conftest import run_ptool
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """`ptool train` for 2 epochs into ./runs/tiny of a fresh folder."""
+    root = tmp_path_factory.mktemp("eval")
+    args = "--data synthetic --shape 1x8x8 --samples 200 --model cnn --epochs 2 --seed 0"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setattr("sys.argv", ["ptool", "train", *args.split(), "--out", "runs/tiny", "-q"])
+        with pytest.raises(SystemExit) as exited:
+            from ptool.cli import main
+
+            main()
+    assert exited.value.code in (0, None)
+    return root
+
+
+@pytest.fixture
+def ptool_in(workdir, monkeypatch, capsys):
+    return lambda *args: run_main(*args, cwd=workdir, monkeypatch=monkeypatch, capsys=capsys)
+
+
+def test_eval_reports_the_metrics_training_logged_for_that_epoch(workdir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = run_ptool("eval", "runs/tiny/last.pt", "--json", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    ckpt = torch.load(workdir / "runs/tiny/last.pt", weights_only=True)
+    assert (report["epoch"], report["split"], report["kind"]) == (2, "val", "float")
+    for name in ("loss", "accuracy", "precision", "recall", "f1"):
+        assert report["metrics"][name] == pytest.approx(ckpt["metrics"][f"val/{name}"], rel=1e-5)
+    events = EventAccumulator(str(workdir / "runs/tiny/tensorboard")).Reload()
+    for name in ("loss", "accuracy"):
+        (logged,) = [e.value for e in events.Scalars(f"val/{name}") if e.step == 2]
+        assert report["metrics"][name] == pytest.approx(logged, rel=1e-5)
+    assert len(report["per_class"]) == 10 and len(report["confusion_matrix"]) == 10
+    assert report["samples_per_s"] > 0 and report["batch_latency_ms"] > 0
+
+
+def test_default_checkpoint_report_and_confusion_png(workdir, ptool_in):
+    result = ptool_in("eval", "-o", "cm.png")
+    assert result.returncode == 0, result.stderr
+    assert "evaluating the newest run's checkpoint: runs/tiny/best.pt" in result.stderr
+    assert "confusion matrix written: cm.png" in result.stderr
+    for heading in ("accuracy", "per class", "support", "confusion matrix", "samples/s"):
+        assert heading in result.stdout
+    assert (workdir / "cm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_gives_one_table_and_a_json_list(ptool_in):
+    args = ("eval", "runs/tiny/last.pt", "--compare", "runs/tiny/best.pt")
+    result = ptool_in(*args, "--json", "--split", "train")
+    assert result.returncode == 0, result.stderr
+    first, second = json.loads(result.stdout)
+    assert [first["checkpoint"], second["checkpoint"]] == ["runs/tiny/last.pt", "runs/tiny/best.pt"]
+    assert first["samples"] == second["samples"] == 160  # the training split
+    assert second["vs_first"]["accuracy"] == pytest.approx(
+        second["metrics"]["accuracy"] - first["metrics"]["accuracy"]
+    )
+    table = ptool_in(*args)
+    assert table.returncode == 0, table.stderr
+    assert "last.pt" in table.stdout and "best.pt" in table.stdout and "pts)" in table.stdout
+
+
+def test_refusals_are_one_line(workdir, ptool_in):
+    torch.save({"w": torch.zeros(2)}, workdir / "plain.pt")
+    bad = run_ptool("eval", "plain.pt", cwd=workdir)
+    assert bad.returncode == 1
+    assert bad.stderr.splitlines()[0] == "error: plain.pt is not a ptool checkpoint (no format key)"
+    assert "Traceback" not in bad.stderr
+    usage = ptool_in("eval", "runs/tiny/last.pt", "--split", "test")
+    assert usage.returncode == 2
+    assert usage.stderr.startswith("error: --data synthetic has no test split of its own")
+    several = ptool_in("eval", "runs/tiny/last.pt", "runs/tiny/best.pt")
+    assert (several.returncode, several.stderr.splitlines()[0]) == (
+        2,
+        "error: several checkpoints given",
+    )
