@@ -1,0 +1,105 @@
+"""`ptool predict` end to end: JSON lines, tables, failures listed, agreement with eval."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from tests.commands._inprocess import run_main
+from tests.conftest import run_ptool
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A 1-epoch CNN run, its int8 version, and raw inputs (validation split, unnormalized)."""
+    from ptool.core.config import TrainConfig
+    from ptool.core.data import build_data
+    from ptool.core.engine import fit
+    from ptool.core.quantize import QuantizeOptions, quantize_checkpoint
+
+    root = tmp_path_factory.mktemp("predict")
+    values = dict(data="synthetic", shape="1x8x8", samples=150, model="cnn", epochs=1, seed=0)
+    config = TrainConfig.from_dict({**values, "tensorboard": False, "out": str(root / "run")})
+    fit(config, quiet=True)
+    options = QuantizeOptions(
+        "static", evaluate=False, bench_runs=1, calib_batches=2, output=str(root / "int8.pt")
+    )
+    quantize_checkpoint(root / "run/last.pt", options)
+    x, y = build_data(config.replace(normalize=False)).val.tensors
+    torch.save(x, root / "val.pt")
+    torch.save(y, root / "labels.pt")
+    Image.fromarray((x[0, 0] * 255).round().byte().numpy()).save(root / "digit.png")
+    (root / "broken.png").write_text("not an image")
+    return root
+
+
+@pytest.fixture
+def ptool_in(workdir, monkeypatch, capsys):
+    def run(*args, stdin=""):
+        return run_main(*args, cwd=workdir, monkeypatch=monkeypatch, capsys=capsys, stdin=stdin)
+
+    return run
+
+
+def test_json_lines_with_a_failed_input_in_the_batch(workdir):
+    x = torch.load(workdir / "val.pt")
+    stdin = json.dumps({"input": x[1].tolist(), "id": "second"}) + "\n"
+    args = ("predict", "run/last.pt", "digit.png", "broken.png", "-", "--top-k", "2")
+    result = run_ptool(*args, cwd=workdir, input=stdin)
+    assert result.returncode == 1
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["input"] for line in lines] == ["digit.png", "second"]
+    assert all(len(line["probabilities"]) == 2 for line in lines)
+    assert lines[0]["label"] == str(lines[0]["prediction"]) == next(iter(lines[0]["probabilities"]))
+    assert result.stderr.splitlines() == [
+        "failed: broken.png: cannot read image (UnidentifiedImageError)",
+        "error: 1 of 3 inputs failed (listed above); the others were predicted",
+    ]
+
+
+def test_same_input_same_output_and_json_errors(ptool_in):
+    first = ptool_in(
+        "predict", "run/last.pt", "val.pt", "broken.png", "--json", "--batch-size", "7"
+    )
+    second = ptool_in(
+        "predict", "run/last.pt", "val.pt", "broken.png", "--json", "--batch-size", "7"
+    )
+    assert first.returncode == second.returncode == 1
+    assert first.stdout == second.stdout
+    document = json.loads(first.stdout)
+    assert document["errors"] == [
+        {"input": "broken.png", "error": "cannot read image (UnidentifiedImageError)"}
+    ]
+    assert len(document["predictions"]) == 30
+
+
+def test_int8_predictions_agree_with_eval_accuracy(workdir, ptool_in):
+    result = ptool_in("predict", "int8.pt", "val.pt", "--json")
+    assert result.returncode == 0, result.stderr
+    predicted = torch.tensor([p["prediction"] for p in json.loads(result.stdout)["predictions"]])
+    accuracy = (predicted == torch.load(workdir / "labels.pt")).float().mean().item()
+    report = json.loads(ptool_in("eval", "int8.pt", "--json").stdout)
+    assert report["kind"] == "quantized"
+    assert accuracy == pytest.approx(report["metrics"]["accuracy"])
+
+
+def test_table_on_a_terminal_and_refusals(workdir, ptool_in, monkeypatch):
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")
+    table = ptool_in("predict", "run/last.pt", "digit.png")
+    assert table.returncode == 0, table.stderr
+    assert "top probabilities" in table.stdout and "digit.png" in table.stdout
+    monkeypatch.delenv("TTY_COMPATIBLE")
+    ckpt = torch.load(workdir / "run/last.pt", weights_only=True)
+    del ckpt["config"]
+    torch.save(ckpt, workdir / "noconfig.pt")
+    bad = ptool_in("predict", "noconfig.pt", "digit.png")
+    assert bad.returncode == 1
+    assert bad.stderr.startswith("error: the checkpoint has no saved config/data_info")
+    usage = ptool_in("predict", "run/last.pt", "digit.png", "--top-k", "0")
+    assert (usage.returncode, usage.stderr.splitlines()[0]) == (
+        2,
+        "error: --top-k must be at least 1, got 0",
+    )
