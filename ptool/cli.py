@@ -56,7 +56,15 @@ def root(
 
 
 # Each module in ptool/commands/ has a `register(app)`; the order here is the order in --help.
-COMMANDS: tuple[str, ...] = ("train", "eval", "predict", "quantize", "prune", "inspect-checkpoint")
+COMMANDS: tuple[str, ...] = (
+    "train",
+    "eval",
+    "predict",
+    "quantize",
+    "prune",
+    "inspect-checkpoint",
+    "lr-plot",
+)
 
 
 def _register() -> None:

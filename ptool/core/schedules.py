@@ -50,7 +50,8 @@ def check_schedule(config: TrainConfig, steps_per_epoch: int) -> None:
         raise UsageError(f"--epochs must be at least 1, got {config.epochs}")
     if steps_per_epoch < 1:
         raise UsageError(
-            f"{name} needs the number of steps per epoch; got {steps_per_epoch}",
+            f"{name} steps per optimizer step and needs a total step count "
+            f"(epochs x steps per epoch); steps per epoch is {steps_per_epoch}",
             hint="give --steps-per-epoch, or --samples and --batch-size",
         )
     if config.warmup_epochs < 0 or config.warmup_steps < 0:
@@ -161,6 +162,30 @@ def _main_scheduler(
     raise AssertionError(name)  # check_schedule refused it already
 
 
+def schedule_events(config: TrainConfig, *, steps_per_epoch: int) -> dict[str, Any]:
+    """The interval, the optimizer step where warmup ends and the steps where a new cycle
+    starts (cosine-warm-restarts, cyclic): what the series shows, derived from the config."""
+    interval = resolve_interval(config)
+    unit = steps_per_epoch if interval == "step" else 1  # epochs -> schedule steps
+    per_schedule_step = 1 if interval == "step" else steps_per_epoch  # -> optimizer steps
+    warmup = config.warmup_steps or config.warmup_epochs * unit
+    total = config.epochs * unit
+    period = {"cosine-warm-restarts": config.t_0 * unit, "cyclic": 2 * config.step_size_up}
+    restarts = []
+    length = period.get(config.scheduler, 0)
+    start = warmup + length
+    while length and start < total:
+        restarts.append(start * per_schedule_step)
+        if config.scheduler == "cosine-warm-restarts":
+            length *= config.t_mult
+        start += length
+    return {
+        "interval": interval,
+        "warmup_end_step": warmup * per_schedule_step if warmup else None,
+        "restart_steps": restarts,
+    }
+
+
 class LRSchedule:
     """Warmup composed with the main schedule, stepped per epoch or per optimizer step.
 
@@ -261,10 +286,13 @@ def lr_series(
     lrs = group_lrs or [config.lr]
     groups = [{"params": [torch.zeros(1, requires_grad=True)], "lr": lr} for lr in lrs]
     optimizer = OPTIMIZERS[config.optimizer](groups, config)
-    schedule = build_schedule(optimizer, config, steps_per_epoch=steps_per_epoch)
     # The dummy optimizer never steps; torch's "scheduler before optimizer" warning is noise here.
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+        warnings.filterwarnings(
+            "ignore",
+            message="Detected call of `lr_scheduler.step",
+        )
+        schedule = build_schedule(optimizer, config, steps_per_epoch=steps_per_epoch)
         return _step_through(optimizer, schedule, config, steps_per_epoch, metrics)
 
 
