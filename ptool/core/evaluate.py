@@ -8,8 +8,10 @@ and the loop's speed; `evaluate_checkpoint` rebuilds a checkpoint's model and da
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
+import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -212,6 +214,16 @@ def split_dataset(config: Any, info: Any, *, data: str | None = None, split: str
 # --- a checkpoint, end to end ---------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def quiet_int8_loading():
+    """torch warns about deprecations on every load of an int8 tensor; nobody can act on it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated")
+        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.ao")
+        yield
+
+
 def checkpoint_kind(ckpt: dict[str, Any]) -> str:
     if ckpt.get("quantization"):
         return "quantized"
@@ -253,7 +265,8 @@ def evaluate_checkpoints(
 
     if batch_size is not None and batch_size < 1:
         raise UsageError(f"--batch-size must be positive, got {batch_size}")
-    ckpts = [load_checkpoint(path) for path in paths]
+    with quiet_int8_loading():
+        ckpts = [load_checkpoint(path) for path in paths]
     infos = [config_and_info(ckpt) for ckpt in ckpts]
     config, info = infos[0]
     for path, (_, other) in zip(paths[1:], infos[1:], strict=True):
@@ -271,9 +284,10 @@ def evaluate_checkpoints(
     order = torch.arange(len(dataset))
     reports = []
     for path, ckpt in zip(paths, ckpts, strict=True):
-        model = model_from_checkpoint(ckpt).to(run_device)
         loader = make_loader(dataset, config, order, train=False, device=run_device)
-        result = evaluate(model, loader, info, loss_fn, run_device)
+        with quiet_int8_loading():
+            model = model_from_checkpoint(ckpt).to(run_device)
+            result = evaluate(model, loader, info, loss_fn, run_device)
         reports.append(
             {
                 "checkpoint": str(path),
