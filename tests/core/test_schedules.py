@@ -8,7 +8,7 @@ from torch.optim import lr_scheduler
 
 from ptool.core.config import TrainConfig
 from ptool.core.errors import UsageError
-from ptool.core.schedules import build_schedule, lr_series
+from ptool.core.schedules import build_schedule, lr_series, schedule_events
 
 pytestmark = pytest.mark.filterwarnings("ignore:Detected call of")
 
@@ -179,3 +179,92 @@ def test_parameter_groups_each_get_a_series():
     config = TrainConfig(scheduler="step", step_size=1, gamma=0.5, epochs=2)
     rows = lr_series(config, steps_per_epoch=1, group_lrs=[0.1, 0.01])
     assert [(r["group"], r["lr"]) for r in rows] == [(0, 0.1), (1, 0.01), (0, 0.05), (1, 0.005)]
+
+
+@pytest.mark.parametrize("name", sorted(set(CASES) - {"none", "constant"}))
+def test_warmup_epochs_compose_with_every_schedule(name):
+    """Warmup + X = SequentialLR([LinearLR, X]) with the milestone in the schedule's units."""
+    params, make, per_step = CASES[name]
+    warmup = 2
+    config = TrainConfig(
+        scheduler=name, lr=0.1, epochs=EPOCHS, optimizer="sgd", warmup_epochs=warmup, **params
+    )
+    got = [row["lr"] for row in lr_series(config, steps_per_epoch=STEPS)]
+    milestone = warmup * STEPS if per_step else warmup
+
+    def sequential(o):
+        main = make(o)
+        if name == "cosine":  # the default T_max is what is left after the warmup
+            main = lr_scheduler.CosineAnnealingLR(o, EPOCHS - warmup, 1e-4)
+        if name == "onecycle":  # likewise its total steps
+            total = (EPOCHS - warmup) * STEPS
+            main = lr_scheduler.OneCycleLR(o, 0.5, total_steps=total, cycle_momentum=False)
+        warm = lr_scheduler.LinearLR(o, 0.01, 1.0, milestone)
+        return lr_scheduler.SequentialLR(o, [warm, main], milestones=[milestone])
+
+    assert got == pytest.approx(_oracle(sequential, per_step=per_step), rel=1e-12, abs=1e-15)
+
+
+def test_warmup_then_plateau_on_the_metric():
+    """SequentialLR cannot hold a plateau: warmup runs its epochs, then the plateau takes the
+    metric of every later epoch."""
+    warmup, metrics = 3, [5.0, 4.0, 3.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    config = TrainConfig(
+        scheduler="plateau",
+        lr=0.1,
+        epochs=EPOCHS,
+        optimizer="sgd",
+        patience=1,
+        warmup_epochs=warmup,
+        warmup_start_factor=0.1,
+    )
+    got = [row["lr"] for row in lr_series(config, steps_per_epoch=STEPS, metrics=metrics)]
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    warm = lr_scheduler.LinearLR(opt, 0.1, 1.0, warmup)
+    plateau = None
+    expected = []
+    for epoch in range(EPOCHS):
+        expected += [opt.param_groups[0]["lr"]] * STEPS
+        if epoch < warmup:
+            warm.step()
+        else:
+            plateau = plateau or lr_scheduler.ReduceLROnPlateau(opt, "min", 0.1, patience=1)
+            plateau.step(metrics[epoch])
+    assert got == pytest.approx(expected, rel=1e-12)
+    assert got[0] == pytest.approx(0.01) and min(got) < 0.1 / 5  # warmed up, then reduced
+
+
+def test_explicit_step_interval_counts_epoch_parameters_in_steps():
+    config = TrainConfig(scheduler="cosine", lr=0.1, epochs=EPOCHS, scheduler_interval="step")
+    got = [row["lr"] for row in lr_series(config, steps_per_epoch=STEPS)]
+    expected = _oracle(lambda o: lr_scheduler.CosineAnnealingLR(o, EPOCHS * STEPS), per_step=True)
+    assert got == pytest.approx(expected, rel=1e-12, abs=1e-15)
+
+
+def _increases(lrs):
+    return [i for i in range(1, len(lrs)) if lrs[i] > lrs[i - 1] * (1 + 1e-9)]
+
+
+def test_restart_steps_are_where_warm_restarts_jump():
+    config = TrainConfig(
+        scheduler="cosine-warm-restarts", lr=0.1, epochs=30, t_0=3, t_mult=2, warmup_epochs=2
+    )
+    lrs = [row["lr"] for row in lr_series(config, steps_per_epoch=STEPS)]
+    events = schedule_events(config, steps_per_epoch=STEPS)
+    assert events["warmup_end_step"] == 2 * STEPS
+    jumps = [i for i in _increases(lrs) if i > events["warmup_end_step"]]
+    assert (
+        events["restart_steps"]
+        == jumps
+        == [(2 + 3) * STEPS, (2 + 3 + 6) * STEPS, (2 + 3 + 6 + 12) * STEPS]
+    )
+
+
+def test_restart_steps_of_cyclic_start_each_cycle_at_the_base_lr():
+    config = TrainConfig(scheduler="cyclic", lr=0.1, epochs=6, step_size_up=3, warmup_steps=2)
+    lrs = [row["lr"] for row in lr_series(config, steps_per_epoch=STEPS)]
+    events = schedule_events(config, steps_per_epoch=STEPS)
+    assert events["interval"] == "step" and events["warmup_end_step"] == 2
+    assert events["restart_steps"] == list(range(2 + 6, EPOCHS * 2, 6))
+    for step in events["restart_steps"]:
+        assert lrs[step] == pytest.approx(0.1) and lrs[step + 1] > lrs[step]
