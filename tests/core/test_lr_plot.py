@@ -1,0 +1,103 @@
+"""lr-plot's sources: steps per epoch, metric files, checkpoints, config files, TensorBoard logs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ptool.core import lr_plot as core
+from ptool.core.config import TrainConfig
+from ptool.core.errors import UsageError
+
+
+@pytest.mark.parametrize(
+    ("samples", "batch", "accumulate", "drop_last", "expected"),
+    [(1000, 64, 1, False, 16), (1000, 64, 1, True, 15), (1000, 64, 3, False, 6), (64, 64, 2, 0, 1)],
+)
+def test_steps_per_epoch_counts_optimizer_steps(samples, batch, accumulate, drop_last, expected):
+    config = TrainConfig(batch_size=batch, accumulate=accumulate, drop_last=bool(drop_last))
+    assert core.steps_per_epoch(config, samples=samples) == expected
+    assert core.steps_per_epoch(config, train_size=samples) == expected
+    assert core.steps_per_epoch(config, given=7, samples=samples) == 7
+
+
+def test_unknown_steps_per_epoch():
+    assert core.steps_per_epoch(TrainConfig(scheduler="cosine")) == 1  # one point per epoch
+    assert core.steps_per_epoch(TrainConfig(scheduler="onecycle")) == 0  # refused later
+    with pytest.raises(UsageError):
+        core.steps_per_epoch(TrainConfig(), given=0)
+
+
+def test_metric_file_forms(tmp_path):
+    bare = tmp_path / "bare.csv"
+    bare.write_text("1.5\n1.2\n\n0.9\n")
+    assert core.read_metric_file(bare) == [1.5, 1.2, 0.9]
+    table = tmp_path / "table.csv"
+    table.write_text("epoch,val/loss,val/accuracy\n1,0.8,0.5\n2,0.7,0.6\n")
+    assert core.read_metric_file(table, "val/loss") == [0.8, 0.7]
+    assert core.read_metric_file(table, "other") == [0.5, 0.6]  # the last column
+    empty = tmp_path / "empty.csv"
+    empty.write_text("val/loss\n")
+    for bad in (empty, tmp_path / "missing.csv"):
+        with pytest.raises(UsageError):
+            core.read_metric_file(bad)
+
+
+def _checkpoint(path, config, *, train_size=1000, groups=2):
+    torch.save(
+        {
+            "format": "ptool.checkpoint",
+            "format_version": 1,
+            "config": config.to_dict(),
+            "data_info": {"train_size": train_size},
+            "optimizer_state_dict": {"param_groups": [{"lr": config.lr}] * groups},
+        },
+        path,
+    )
+    return path
+
+
+def test_sources_stack_checkpoint_then_config_file_then_flags(tmp_path):
+    ckpt = _checkpoint(tmp_path / "c.pt", TrainConfig(scheduler="step", lr=0.5, epochs=7))
+    toml = tmp_path / "run.toml"
+    toml.write_text('[scheduler]\nscheduler = "cosine"\n')
+    source = core.load_source(overrides={"epochs": 9}, config_file=str(toml), checkpoint=str(ckpt))
+    assert (source.config.scheduler, source.config.lr, source.config.epochs) == ("cosine", 0.5, 9)
+    assert (source.train_size, source.groups) == (1000, 2)
+    with pytest.raises(UsageError, match="not both"):
+        core.load_source(overrides={}, checkpoint=str(ckpt), run=str(tmp_path))
+    with pytest.raises(UsageError, match="not a ptool run"):
+        core.load_source(overrides={}, run=str(tmp_path))
+
+
+def test_run_log_reads_lr_per_group_and_the_monitored_metric(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(tmp_path / "tensorboard"))
+    for step in range(6):
+        writer.add_scalar("lr", 0.1 / (step + 1), step)
+        writer.add_scalar("lr/group1", 0.01 / (step + 1), step)
+    for epoch in (1, 2, 3):
+        writer.add_scalar("val/loss", 1.0 / epoch, epoch)
+    writer.close()
+    log = core.read_run_log(tmp_path, "val/loss")
+    assert [step for step, _ in log.lrs[0]] == list(range(6))
+    assert [v for _, v in log.lrs[1]] == pytest.approx([0.01 / (s + 1) for s in range(6)])
+    assert log.metric == pytest.approx([1.0, 0.5, 1 / 3])
+    lines = core.logged_lines(log, steps_per_epoch=2)
+    assert [(line.label, line.kind) for line in lines] == [
+        ("logged lr group 0", "logged"),
+        ("logged lr group 1", "logged"),
+    ]
+
+
+def test_schedule_lines_one_per_group_with_key_numbers():
+    config = TrainConfig(scheduler="cosine-warm-restarts", t_0=2, epochs=6, warmup_epochs=1)
+    lines = core.schedule_lines(config, label="wr", steps_per_epoch=3, group_lrs=[0.1, 0.01])
+    assert [line.label for line in lines] == ["wr group 0", "wr group 1"]
+    key = lines[1].key_numbers()
+    assert key["start"] == pytest.approx(0.01 * 0.01)  # warmup_start_factor
+    assert key["peak"] == pytest.approx(0.01) and key["peak_step"] == 3
+    assert key["warmup_end_step"] == 3 and key["restart_steps"] == [9, 15]
+    rows = lines[0].to_dict()["rows"]
+    assert rows[4] == {"step": 4, "epoch": 4 / 3, "lr": lines[0].lrs[4]}
