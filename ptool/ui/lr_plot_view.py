@@ -83,9 +83,9 @@ def _steps(steps: list[int], limit: int = 6) -> str:
 def key_table(lines: Sequence[Any]) -> Table:
     """The numbers under the chart: start, peak, end, warmup end, restarts (steps)."""
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for name in ("series", "start", "peak", "at step", "end", "min", "warmup ends", "restarts"):
-        justify = "left" if name in ("series", "restarts") else "right"
-        table.add_column(name, justify=justify, no_wrap=name == "series")
+    for name in ("series", "start", "peak", "at step", "end", "warmup end", "restarts"):
+        right = name not in ("series", "restarts")
+        table.add_column(name, justify="right" if right else "left", no_wrap=name != "restarts")
     for line in lines:
         key = line.key_numbers()
         table.add_row(
@@ -94,7 +94,6 @@ def key_table(lines: Sequence[Any]) -> Table:
             _fmt(key["peak"]),
             str(key["peak_step"]),
             _fmt(key["end"]),
-            _fmt(key["min"]),
             "-" if key["warmup_end_step"] is None else str(key["warmup_end_step"]),
             _steps(key["restart_steps"]),
         )

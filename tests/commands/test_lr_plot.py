@@ -1,0 +1,214 @@
+"""`ptool lr-plot` end to end: series against the torch schedulers and against what a real
+`ptool train` run logged to TensorBoard; sources, outputs, refusals."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+import torch
+from torch.optim import lr_scheduler
+from typer.testing import CliRunner
+
+from ptool.cli import app
+from ptool.core.errors import UsageError
+from tests.conftest import run_ptool
+
+pytestmark = pytest.mark.filterwarnings("ignore:Detected call of")
+
+
+def lr_plot(*args, cwd=None):
+    """In-process run (torch imported once for the whole file)."""
+    result = CliRunner().invoke(app, ["lr-plot", *args], catch_exceptions=True)
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def series(*args):
+    return json.loads(lr_plot(*args, "--json"))["series"]
+
+
+def _stepped(make, steps, *, per_step_every=1):
+    """lr of each optimizer step with a torch scheduler stepped every `per_step_every` steps."""
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    sched = make(opt)
+    lrs = []
+    for step in range(steps):
+        lrs.append(opt.param_groups[0]["lr"])
+        if (step + 1) % per_step_every == 0:
+            sched.step()
+    return lrs
+
+
+def test_readme_example_equals_sequential_lr_stepped_by_hand():
+    (line,) = series(
+        "cosine", "--lr", "0.1", "--epochs", "100", "--eta-min", "1e-4", "--warmup-epochs", "5"
+    )
+    expected = _stepped(
+        lambda o: lr_scheduler.SequentialLR(
+            o,
+            [lr_scheduler.LinearLR(o, 0.01, 1.0, 5), lr_scheduler.CosineAnnealingLR(o, 95, 1e-4)],
+            milestones=[5],
+        ),
+        100,
+    )
+    assert [row["lr"] for row in line["rows"]] == pytest.approx(expected, rel=1e-12)
+    assert (line["steps_per_epoch"], line["interval"], line["warmup_end_step"]) == (1, "epoch", 5)
+    assert line["peak"] == pytest.approx(0.1) and line["peak_step"] == 5
+
+
+def test_per_step_schedule_from_samples_and_batch_size():
+    (line,) = series(
+        "onecycle", "--lr", "0.1", "--epochs", "3", "--samples", "1000", "--batch-size", "100",
+        "--accumulate", "2",
+    )  # fmt: skip
+    assert line["steps_per_epoch"] == 5 and len(line["rows"]) == 15
+    expected = _stepped(lambda o: lr_scheduler.OneCycleLR(o, 0.1, total_steps=15), 15)
+    assert [row["lr"] for row in line["rows"]] == pytest.approx(expected, rel=1e-12)
+    assert line["rows"][7]["epoch"] == pytest.approx(1.4)
+
+
+def test_csv_on_stdout_and_in_a_file(tmp_path):
+    args = ["step", "--step-size", "1", "--epochs", "2", "--steps-per-epoch", "2"]
+    rows = list(csv.DictReader(io.StringIO(lr_plot(*args, "--csv", "--group-lrs", "0.1,0.01"))))
+    assert list(rows[0]) == ["step", "epoch", "lr", "group", "series"]
+    assert [(r["group"], r["step"]) for r in rows] == [(g, s) for g in "01" for s in "0123"]
+    lrs = [0.1, 0.1, 0.01, 0.01, 0.01, 0.01, 0.001, 0.001]
+    assert [float(r["lr"]) for r in rows] == pytest.approx(lrs)
+    out = tmp_path / "lr.csv"
+    lr_plot(*args, "-o", str(out), "--quiet")
+    assert out.read_text().splitlines()[1] == "0,0.0,0.001,0,step"
+
+
+@pytest.mark.parametrize("suffix", [".png", ".svg", ".pdf"])
+def test_figures(tmp_path, suffix):
+    out = tmp_path / f"lr{suffix}"
+    lr_plot("exponential", "--gamma", "0.9", "--epochs", "20", "--log-y", "-o", str(out))
+    magic = {".png": b"\x89PNG", ".svg": b"<?xml", ".pdf": b"%PDF"}[suffix]
+    assert out.read_bytes().startswith(magic)
+
+
+def test_terminal_chart_and_key_numbers():
+    text = lr_plot(
+        "cosine-warm-restarts", "--t-0", "10", "--epochs", "40", "--warmup-epochs", "2", "--chart"
+    )
+    assert any("\u2800" < ch <= "\u28ff" for ch in text)  # braille cells
+    assert "epoch" in text and "learning rate: cosine-warm-restarts" in text
+    row = text.splitlines()[-1].split()
+    assert row[0] == "cosine-warm-restarts" and row[-4:] == ["2", "12,", "22,", "32"]
+    plain = lr_plot("cosine", "--epochs", "5")  # not a terminal: the numbers only
+    assert not any("\u2800" <= ch <= "\u28ff" for ch in plain) and "start" in plain
+
+
+def test_compare_labels_each_spec_and_shares_outside_flags():
+    lines = series("--epochs", "90", "--compare", "cosine --lr 0.1", "step --lr 0.2 --step-size 30")
+    assert [line["label"] for line in lines] == ["cosine --lr 0.1", "step --lr 0.2 --step-size 30"]
+    assert [len(line["rows"]) for line in lines] == [90, 90]
+    assert lines[1]["rows"][30]["lr"] == pytest.approx(0.02)
+    with pytest.raises(UsageError, match="outside the quotes"):
+        lr_plot("--compare", "cosine -o x.png")
+    with pytest.raises(UsageError, match="No such option"):
+        lr_plot("--compare", "cosine --bogus 1")
+
+
+def test_plateau_needs_and_uses_a_metric(tmp_path):
+    with pytest.raises(UsageError, match="metric"):
+        lr_plot("plateau", "--epochs", "5")
+    metrics = tmp_path / "metrics.csv"
+    metrics.write_text("\n".join(["1.0"] * 8))
+    (line,) = series("plateau", "--epochs", "8", "--patience", "2", "--metric-file", str(metrics))
+    expected = []
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-3)
+    sched = lr_scheduler.ReduceLROnPlateau(opt, patience=2)
+    for _ in range(8):
+        expected.append(opt.param_groups[0]["lr"])
+        sched.step(1.0)
+    assert [row["lr"] for row in line["rows"]] == pytest.approx(expected)
+    assert line["end"] < line["start"]
+
+
+def test_config_file_and_checkpoint_sources(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('scheduler = "multistep"\nmilestones = [2, 4]\nepochs = 5\nlr = 0.1\n')
+    (line,) = series("--config", str(toml), "--gamma", "0.5")
+    assert [row["lr"] for row in line["rows"]] == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025])
+    from ptool.core.config import TrainConfig
+
+    ckpt = tmp_path / "c.pt"
+    config = TrainConfig(scheduler="onecycle", lr=0.1, epochs=2, batch_size=10)
+    torch.save(
+        {
+            "format": "ptool.checkpoint",
+            "format_version": 1,
+            "config": config.to_dict(),
+            "data_info": {"train_size": 95},
+            "optimizer_state_dict": {"param_groups": [{}, {}]},
+        },
+        ckpt,
+    )
+    lines = series("--from-checkpoint", str(ckpt))
+    assert [(line["group"], line["steps_per_epoch"], len(line["rows"])) for line in lines] == [
+        (0, 10, 20),
+        (1, 10, 20),
+    ]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("step", "--lr", "-0.1"),
+        ("cosine", "--t-max", "0"),
+        ("multistep", "--milestones", "30,10"),
+        ("onecycle", "--epochs", "10"),  # no steps per epoch: no total step count
+        ("cosine", "cosine"),
+    ],
+)
+def test_impossible_parameters_are_usage_errors(args):
+    with pytest.raises(UsageError):
+        lr_plot(*args)
+
+
+def test_console_script_refuses_with_one_line_and_exit_2():
+    result = run_ptool("lr-plot", "onecycle", "--lr", "0.1", "--epochs", "10")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("error: onecycle") and "Traceback" not in result.stderr
+    assert "hint: give --steps-per-epoch" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--scheduler", "onecycle", "--warmup-steps", "5", "--accumulate", "2"],
+        ["--scheduler", "cosine", "--warmup-epochs", "1", "--no-decay-norm-bias"],
+    ],
+)
+def test_series_equals_the_lr_a_real_train_run_logged(tmp_path, flags):
+    """The oracle: `ptool train` logs the lr of every optimizer step to TensorBoard."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    trained = CliRunner().invoke(
+        app,
+        ["train", "--data", "synthetic", "--samples", "200", "--shape", "8", "--model", "mlp",
+         "--epochs", "3", "--batch-size", "16", "--lr", "0.05", "--seed", "0", "--quiet",
+         "--out", str(run), *flags],
+    )  # fmt: skip
+    assert trained.exit_code == 0, trained.output
+    acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    lines = series("--from-run", str(run))
+    computed = [line for line in lines if line["kind"] == "schedule"]
+    tags = ["lr"] + [f"lr/group{i}" for i in range(1, len(computed))]
+    assert len(computed) == (2 if "--no-decay-norm-bias" in flags else 1)
+    for line, tag in zip(computed, tags, strict=True):
+        logged = [(e.step, e.value) for e in acc.Scalars(tag)]
+        assert len(logged) == len(line["rows"]) > 3 * 3
+        assert [step for step, _ in logged] == [row["step"] for row in line["rows"]]
+        # TensorBoard stores float32: equal step for step up to that rounding
+        assert [v for _, v in logged] == pytest.approx(
+            [row["lr"] for row in line["rows"]], rel=1e-6
+        )
