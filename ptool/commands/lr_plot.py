@@ -301,10 +301,13 @@ def _render(out, lines, *, x_axis, log_y, title, output, csv, chart) -> None:
         else:
             view.write_figure(lines, path, x_axis=x_axis, log_y=log_y, title=title)
         out.info(f"wrote {path}")
-    if csv:
-        out.print(Text(view.csv_text(lines).rstrip("\n")), soft_wrap=True)
+    if csv:  # plain text, straight to the console's file: rich markup would cost seconds
+        out.out.file.write(view.csv_text(lines))
+        out.out.file.flush()
         return
-    data = {"x_axis": x_axis, "series": [line.to_dict() for line in lines]}
+    if out.json:
+        out.result({"x_axis": x_axis, "series": [line.to_dict() for line in lines]})
+        return
 
     def render():
         import shutil
@@ -321,7 +324,7 @@ def _render(out, lines, *, x_axis, log_y, title, output, csv, chart) -> None:
 
         return Group(*parts)
 
-    out.result(data, render)
+    out.result(None, render)
 
 
 def register(app: typer.Typer) -> None:
