@@ -292,8 +292,8 @@ def _render(out, lines, *, x_axis, log_y, title, output, csv, chart) -> None:
 
     from ptool.ui import lr_plot_view as view
 
-    names = sorted({line.label for line in lines if line.kind == "schedule"})
-    title = title or f"learning rate: {', '.join(names)}"
+    names = list(dict.fromkeys(line.label for line in lines if line.kind == "schedule"))
+    title = title or (f"learning rate: {names[0]}" if len(names) == 1 else "learning rates")
     if output:
         path = Path(output)
         if path.suffix.lower() == ".csv":

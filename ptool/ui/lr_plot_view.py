@@ -84,8 +84,12 @@ def key_table(lines: Sequence[Any]) -> Table:
     """The numbers under the chart: start, peak, end, warmup end, restarts (steps)."""
     table = Table(box=None, pad_edge=False, header_style="bold")
     for name in ("series", "start", "peak", "at step", "end", "warmup end", "restarts"):
-        right = name not in ("series", "restarts")
-        table.add_column(name, justify="right" if right else "left", no_wrap=name != "restarts")
+        if name == "series":  # long --compare labels fold; the numbers never do
+            table.add_column(name, overflow="fold", max_width=32)
+        elif name == "restarts":
+            table.add_column(name)
+        else:
+            table.add_column(name, justify="right", no_wrap=True, min_width=len(name))
     for line in lines:
         key = line.key_numbers()
         table.add_row(
@@ -148,7 +152,7 @@ def write_figure(lines: Sequence[Any], path: Path, *, x_axis: str, log_y: bool, 
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
         ax.margins(x=0)
-        ax.legend(frameon=False)
+        ax.legend(framealpha=0.9, fontsize="small")
         fig.savefig(path, dpi=200)
     finally:
         plt.close(fig)
