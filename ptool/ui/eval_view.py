@@ -9,18 +9,10 @@ from rich.console import Group, RenderableType
 from rich.markup import escape
 from rich.table import Table
 
+from ptool.ui.tables import format_change, format_metric
+
 # Bigger confusion matrices are left to --json and -o cm.png (a table would not fit).
 MAX_MATRIX_CLASSES = 20
-
-
-def _value(name: str, value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.2%}" if name == "accuracy" else f"{value:.4f}"
-
-
-def _delta(name: str, delta: float) -> str:
-    return f"{delta * 100:+.2f} pts" if name == "accuracy" else f"{delta:+.4f}"
 
 
 def _speed_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
@@ -40,7 +32,7 @@ def metrics_table(report: dict[str, Any]) -> Table:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in report["metrics"].items():
-        table.add_row(name, _value(name, value))
+        table.add_row(name, format_metric(name, value))
     table.add_section()
     for row in _speed_rows(report):
         table.add_row(*row)
@@ -108,12 +100,13 @@ def compare_table(reports: list[dict[str, Any]]) -> Table:
     for report in reports:
         table.add_column(f"{Path(report['checkpoint']).name}\n({report['kind']})", justify="right")
     for name in first["metrics"]:
-        cells = [_value(name, first["metrics"][name])]
+        cells = [format_metric(name, first["metrics"][name])]
         for report in reports[1:]:
             value = report["metrics"].get(name)
             delta = report["vs_first"].get(name)
             cells.append(
-                _value(name, value) + (f" ({_delta(name, delta)})" if delta is not None else "")
+                format_metric(name, value)
+                + (f" ({format_change(name, delta)})" if delta is not None else "")
             )
         table.add_row(name, *cells)
     table.add_section()

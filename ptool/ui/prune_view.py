@@ -8,7 +8,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from ptool.ui.quantize_view import SHOWN_METRICS, _change, _metric, _size, _speedup
+from ptool.ui.tables import SHOWN_METRICS, format_change, format_metric, format_speedup, human_bytes
 
 
 def _shape(shape: list[int]) -> str:
@@ -58,12 +58,12 @@ def summary_table(report: dict[str, Any]) -> Table:
         row(label, f"{old:,}", f"{new:,}", f"{old / max(new, 1):.2f}x fewer")
     for sizes, label in ((files, "file size"), (gz, "file size, gzip")):
         old, new = sizes["before"], sizes["after"]
-        row(label, _size(old), _size(new), f"{old / new:.2f}x smaller")
+        row(label, human_bytes(old), human_bytes(new), f"{old / new:.2f}x smaller")
     row(
         f"latency, batch {latency['batch_size']}",
         f"{latency['before_ms']:.3f} ms",
         f"{latency['after_ms']:.3f} ms",
-        _speedup(latency["speedup"]),
+        format_speedup(latency["speedup"]),
     )
     metrics = report["metrics"]
     if metrics["before"]:
@@ -72,10 +72,12 @@ def summary_table(report: dict[str, Any]) -> Table:
         for name, value in metrics["before"].items():
             if name.rsplit("/", 1)[-1] not in SHOWN_METRICS:
                 continue
-            cells = [_metric(name, metrics["after_pruning"][name])]
+            cells = [format_metric(name, metrics["after_pruning"][name])]
             if finetuned:
-                cells.append(_metric(name, metrics["after_finetune"][name]))
-            table.add_row(name, _metric(name, value), *cells, _change(name, final[name] - value))
+                cells.append(format_metric(name, metrics["after_finetune"][name]))
+            table.add_row(
+                name, format_metric(name, value), *cells, format_change(name, final[name] - value)
+            )
     return table
 
 

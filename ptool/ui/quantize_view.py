@@ -8,29 +8,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-SHOWN_METRICS = ("loss", "accuracy", "mae", "rmse", "r2")  # all of them are in --json
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
-def _metric(name: str, value: float) -> str:
-    return f"{value:.2%}" if name.endswith("accuracy") else f"{value:.4g}"
-
-
-def _change(name: str, delta: float) -> str:
-    if name.endswith("accuracy"):
-        return f"{delta * 100:+.2f} points"
-    return f"{delta:+.4g}"
-
-
-def _speedup(ratio: float) -> str:
-    return f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
+from ptool.ui.tables import SHOWN_METRICS, format_change, format_metric, format_speedup, human_bytes
 
 
 def report_table(report: dict[str, Any]) -> Group:
@@ -56,14 +34,14 @@ def report_table(report: dict[str, Any]) -> Group:
     fp32, quant, ratios = report["fp32"], report["quantized"], report["ratios"]
     table.add_row(
         "file size",
-        _size(fp32["file_bytes"]),
-        _size(quant["file_bytes"]),
+        human_bytes(fp32["file_bytes"]),
+        human_bytes(quant["file_bytes"]),
         f"{ratios['size']:.2f}x smaller",
     )
     table.add_row(
         "parameter bytes",
-        _size(fp32["param_bytes"]),
-        _size(quant["param_bytes"]),
+        human_bytes(fp32["param_bytes"]),
+        human_bytes(quant["param_bytes"]),
         f"{ratios['param_bytes']:.2f}x smaller",
     )
     for key, label in (("batch_1", "batch 1"), ("batch_n", f"batch {report['batch_size']}")):
@@ -71,7 +49,7 @@ def report_table(report: dict[str, Any]) -> Group:
             f"latency, {label}",
             f"{fp32[f'latency_ms_{key}']:.3f} ms",
             f"{quant[f'latency_ms_{key}']:.3f} ms",
-            _speedup(ratios[f"speedup_{key}"]),
+            format_speedup(ratios[f"speedup_{key}"]),
         )
     if fp32.get("metrics"):
         table.add_section()
@@ -80,8 +58,8 @@ def report_table(report: dict[str, Any]) -> Group:
                 continue
             table.add_row(
                 name,
-                _metric(name, value),
-                _metric(name, quant["metrics"][name]),
-                _change(name, report["metrics_change"][name]),
+                format_metric(name, value),
+                format_metric(name, quant["metrics"][name]),
+                format_change(name, report["metrics_change"][name]),
             )
     return Group(table, Text("\n".join(notes)))

@@ -23,3 +23,28 @@ def human_count(n: int | None) -> str:
         if abs(n) >= size:
             return f"{n / size:.1f}{unit}"
     return str(n)
+
+
+# Metrics the human tables show; --json always carries all of them.
+SHOWN_METRICS = ("loss", "accuracy", "mae", "rmse", "r2")
+
+
+def _is_fraction(name: str) -> bool:
+    return name.rsplit("/", 1)[-1] == "accuracy"
+
+
+def format_metric(name: str, value: float | None) -> str:
+    """Accuracy as a percentage, everything else with four significant digits."""
+    if value is None:
+        return "-"
+    return f"{value:.2%}" if _is_fraction(name) else f"{value:.4g}"
+
+
+def format_change(name: str, delta: float) -> str:
+    """A metric's change: accuracy in percentage points, the rest in its own unit."""
+    return f"{delta * 100:+.2f} pts" if _is_fraction(name) else f"{delta:+.4g}"
+
+
+def format_speedup(ratio: float) -> str:
+    """old/new latency as the reader says it: '2.09x faster' or '1.75x slower'."""
+    return f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
