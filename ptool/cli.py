@@ -57,6 +57,7 @@ def root(
 
 # Each module in ptool/commands/ has a `register(app)`; the order here is the order in --help.
 COMMANDS: tuple[str, ...] = (
+    "convcalc",
     "train",
     "eval",
     "predict",

@@ -1,0 +1,234 @@
+"""`ptool convcalc`: output sizes, parameters and receptive fields of conv / pooling layers.
+
+Pure arithmetic (ptool.core.convcalc): never imports torch, answers as fast as Typer starts.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from ptool.commands._options import JsonOpt, QuietOpt, examples
+
+EXAMPLES = examples(
+    "ptool convcalc --h 32 --k 3 --s 2",
+    "ptool convcalc --size 16x32x32 --layer convT --k 4 --s 2 --p 1 --explain",
+    "ptool convcalc --h 6 --w 7 --layer maxpool --k 1 --s 2 --ceil-mode",
+    "ptool convcalc --size 224x224 --in-channels 3 --out-channels 64 --k 7 --s 2 --p 3",
+    'ptool convcalc --size 32x32 --in-channels 3 --chain "conv k3 p1 c32; maxpool k2; '
+    'conv k3 s2 c64; convT k4 s2 p1 c32"',
+    "ptool convcalc --h 32 --k 3 --s 2 --target 16",
+    "ptool convcalc --size 32x28 --layer adaptive --output-size 7",
+    'echo \'{"layer": "conv", "k": 5, "h": 28}\' | ptool convcalc --stdin',
+)
+
+
+def _dim_opt(name: str) -> typer.models.OptionInfo:
+    return typer.Option(f"--{name}", help=f"Input size along {name}.", show_default=False)
+
+
+SizeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--size", help="Input size: 32 (w), 32x32 (h, w) or 16x32x32 (d, h, w).", show_default=False
+    ),
+]
+LayerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--layer",
+        help="conv, convT, maxpool, avgpool or adaptive. \\[default: conv]",
+        show_default=False,
+    ),
+]
+PER_DIM = "; 3 for every dimension or 3x5 per dimension"
+KOpt = Annotated[str | None, typer.Option("--k", help=f"kernel_size{PER_DIM}.", show_default=False)]
+SOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--s", help=f"stride{PER_DIM} \\[default: 1; pooling: the kernel].", show_default=False
+    ),
+]
+POpt = Annotated[
+    str | None,
+    typer.Option(
+        "--p",
+        help=f"padding{PER_DIM}; conv also takes same (stride 1) or valid. \\[default: 0]",
+        show_default=False,
+    ),
+]
+DilationOpt = Annotated[
+    str | None,
+    typer.Option("--dilation", help=f"dilation{PER_DIM}. \\[default: 1]", show_default=False),
+]
+OutputPaddingOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--output-padding",
+        help=f"convT output_padding{PER_DIM}; below max(stride, dilation). \\[default: 0]",
+        show_default=False,
+    ),
+]
+CeilOpt = Annotated[
+    bool, typer.Option("--ceil-mode", help="Pooling: ceil instead of floor (PyTorch's ceil_mode).")
+]
+InChannelsOpt = Annotated[
+    int | None,
+    typer.Option("--in-channels", help="Input channels (for channels and parameter counts)."),
+]
+OutChannelsOpt = Annotated[
+    int | None,
+    typer.Option("--out-channels", help="conv/convT output channels. \\[default: --in-channels]"),
+]
+GroupsOpt = Annotated[
+    int | None,
+    typer.Option("--groups", help="conv/convT groups. \\[default: 1]", show_default=False),
+]
+NoBiasOpt = Annotated[bool, typer.Option("--no-bias", help="conv/convT without bias (bias=False).")]
+OutputSizeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--output-size", help=f"adaptive pooling output_size{PER_DIM}.", show_default=False
+    ),
+]
+ChainOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--chain",
+        help='Layers separated by ";": a name (conv, convT, maxpool, avgpool, adaptive) then '
+        "k3 (or k3x5), s2, p1 / psame / pvalid, d2, op1, c32, g2, o7, ceil, nobias.",
+        show_default=False,
+    ),
+]
+ChainFileOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--chain-file", help="A file with one layer per line ('#' comments).", show_default=False
+    ),
+]
+TargetOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--target",
+        help="Find the padding (and convT output_padding) that gives this output size; "
+        "exit 1 when none does.",
+        show_default=False,
+    ),
+]
+ExplainOpt = Annotated[bool, typer.Option("--explain", help="Show each formula with the numbers.")]
+StdinOpt = Annotated[
+    bool,
+    typer.Option(
+        "--stdin",
+        help="Read one request per line (a JSON object of these options, or chain syntax) and "
+        "write one JSON line each; bad lines give an error line, exit 1 at the end.",
+    ),
+]
+
+
+def convcalc(
+    h: Annotated[int | None, _dim_opt("h")] = None,
+    w: Annotated[int | None, _dim_opt("w")] = None,
+    d: Annotated[int | None, _dim_opt("d")] = None,
+    size: SizeOpt = None,
+    layer: LayerOpt = None,
+    k: KOpt = None,
+    s: SOpt = None,
+    p: POpt = None,
+    dilation: DilationOpt = None,
+    output_padding: OutputPaddingOpt = None,
+    ceil_mode: CeilOpt = False,
+    in_channels: InChannelsOpt = None,
+    out_channels: OutChannelsOpt = None,
+    groups: GroupsOpt = None,
+    no_bias: NoBiasOpt = False,
+    output_size: OutputSizeOpt = None,
+    chain: ChainOpt = None,
+    chain_file: ChainFileOpt = None,
+    target: TargetOpt = None,
+    explain: ExplainOpt = False,
+    stdin: StdinOpt = False,
+    json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Output size, channels, parameters and receptive field of conv, transposed conv and
+    pooling layers, or of a chain of them, with PyTorch's formulas and rules; solve for padding.
+
+    1-D, 2-D or 3-D by which of --d --h --w (or --size) are given. Never imports torch.
+    """
+    from ptool.core import convcalc as core
+    from ptool.core.errors import UsageError
+    from ptool.ui.output import Output
+
+    out = Output(json=json or stdin, quiet=quiet)
+    if chain is not None and chain_file is not None:
+        raise UsageError("give --chain or --chain-file, not both")
+    if chain_file is not None:
+        with open(chain_file, encoding="utf-8") as file:
+            chain = file.read()
+    request = {
+        "h": h,
+        "w": w,
+        "d": d,
+        "size": size,
+        "layer": layer,
+        "k": k,
+        "s": s,
+        "p": p,
+        "dilation": dilation,
+        "output_padding": output_padding,
+        "ceil_mode": ceil_mode or None,
+        "in_channels": in_channels,
+        "out_channels": out_channels,
+        "groups": groups,
+        "bias": False if no_bias else None,
+        "output_size": output_size,
+        "chain": chain,
+        "target": target,
+    }
+    if stdin:
+        _stream(out, {key: value for key, value in request.items() if value is not None})
+        return
+    result = core.evaluate(request)
+    _show(out, result, explain=explain)
+
+
+def _show(out, result, *, explain: bool) -> None:
+    from ptool.core import convcalc as core
+    from ptool.core.errors import PtoolError
+    from ptool.ui import convcalc_view as view
+
+    if isinstance(result, core.SolveResult):
+        out.result(result, lambda: view.solve_table(result))
+        if not result.solved:
+            raise PtoolError(view.unsolved_message(result), hint=view.UNSOLVED_HINT)
+    elif isinstance(result, core.ChainResult):
+        out.result(result, lambda: view.chain_table(result, explain=explain))
+    else:
+        out.result(result, lambda: view.layer_table(result, explain=explain))
+
+
+def _stream(out, defaults: dict) -> None:
+    """--stdin: each line's options over the command line's; one JSON line per input line."""
+    from ptool.core import convcalc as core
+    from ptool.core.errors import PtoolError, UsageError
+
+    failed = total = 0
+    for number, line in enumerate(sys.stdin, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        total += 1
+        try:
+            request = core.parse_request_line(line)
+            out.json_line(core.evaluate(core.overlay(defaults, request)))
+        except UsageError as exc:
+            failed += 1
+            out.json_line({"line": number, "error": str(exc)})
+    if failed:
+        raise PtoolError(f"{failed} of {total} lines failed (see their error lines)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("convcalc", epilog=EXAMPLES, help=convcalc.__doc__)(convcalc)

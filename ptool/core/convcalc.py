@@ -1,0 +1,716 @@
+"""Conv / transposed conv / pooling arithmetic exactly as PyTorch computes it, without torch.
+
+Pure standard library: `ptool convcalc` must answer in the time `import typer` takes. Every rule
+here is the one `torch.nn` applies (output-size formulas, padding='same', ceil_mode's last-window
+rule, the checks that raise); the tests drive real `torch.nn` layers as the oracle.
+
+Receptive field per dimension (Dumoulin & Visin; Araujo et al.'s receptive-field arithmetic), in
+input-pixel units and index coordinates (0 is the centre of the first input pixel):
+    conv/pool (effective kernel ke = d*(k-1)+1):  j' = j*s,  r' = r + (ke-1)*j,
+        start' = start + ((ke-1)/2 - p_left)*j
+    convT: each output is fed by the inputs within (ke-1)/s of each other, so
+        j' = j/s,  r' = r + (ke-1)/s*j,  start' = start + (p_left - (ke-1)/2)/s*j
+    (a continuous bound: an output pixel's true field is this interval's whole pixels).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field, replace
+
+from ptool.core.errors import UsageError
+
+LAYERS = ("conv", "convT", "maxpool", "avgpool", "adaptive")
+POOLS = ("maxpool", "avgpool")
+DIM_NAMES = {1: ("w",), 2: ("h", "w"), 3: ("d", "h", "w")}
+PADDING_MODES = ("same", "valid")
+
+Ints = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One layer's parameters; tuples of length 1 broadcast to every dimension.
+
+    `stride=None` means PyTorch's default (1, or the kernel for pooling); `out_channels=None`
+    keeps the input's channels.
+    """
+
+    layer: str = "conv"
+    kernel_size: Ints | None = (1,)
+    stride: Ints | None = None
+    padding: Ints | str = (0,)
+    dilation: Ints = (1,)
+    output_padding: Ints = (0,)
+    ceil_mode: bool = False
+    out_channels: int | None = None
+    groups: int = 1
+    bias: bool = True
+    output_size: Ints | None = None
+
+
+@dataclass(frozen=True)
+class Field:
+    """Receptive field of one dimension: size, jump (effective stride) and centre of output 0."""
+
+    receptive_field: float
+    jump: float
+    start: float
+
+
+IDENTITY = Field(1, 1, 0.0)
+
+
+@dataclass(frozen=True)
+class LayerResult:
+    """One layer applied to one input size; dicts are keyed by dimension name (d, h, w)."""
+
+    layer: str
+    input: dict[str, int]
+    output: dict[str, int]
+    kernel_size: dict[str, int] | None
+    stride: dict[str, int] | None
+    padding: dict[str, tuple[int, int]]
+    dilation: dict[str, int]
+    output_padding: dict[str, int] | None
+    ceil_mode: bool
+    in_channels: int | None
+    out_channels: int | None
+    groups: int
+    bias: bool
+    params: int | None
+    receptive_field: dict[str, float] | None
+    jump: dict[str, float] | None
+    start: dict[str, float] | None
+    formula: dict[str, str]
+    windows: dict[str, dict] | None = None
+
+
+@dataclass(frozen=True)
+class ChainResult:
+    """A chain of layers: one row per layer and the totals of the whole chain."""
+
+    input: dict[str, int]
+    in_channels: int | None
+    layers: list[LayerResult]
+    output: dict[str, int] = field(default_factory=dict)
+    out_channels: int | None = None
+    params: int | None = None
+    receptive_field: dict[str, float] | None = None
+    jump: dict[str, float] | None = None
+    start: dict[str, float] | None = None
+
+
+@dataclass(frozen=True)
+class Solution:
+    padding: int
+    output_padding: int
+    output: int
+
+
+@dataclass(frozen=True)
+class SolveResult:
+    """Per dimension: every legal (padding, output_padding) giving the target, smallest first;
+    when there is none, the nearest outputs PyTorch allows."""
+
+    layer: str
+    input: dict[str, int]
+    target: dict[str, int]
+    solutions: dict[str, list[Solution]]
+    nearest: dict[str, list[Solution]]
+
+    @property
+    def solved(self) -> bool:
+        return all(self.solutions.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing
+
+
+def parse_ints(text: str | int | list | tuple, what: str, *, minimum: int = 0) -> Ints:
+    """'3' -> (3,), '3x5' -> (3, 5), [3, 5] -> (3, 5); each value at least `minimum`."""
+    if isinstance(text, bool):
+        raise UsageError(f"{what} expects integers like 3 or 3x5, got {text!r}")
+    if isinstance(text, int):
+        values: Ints = (text,)
+    elif isinstance(text, (list, tuple)):
+        values = tuple(parse_ints(v, what, minimum=minimum)[0] for v in text) if text else ()
+    else:
+        parts = str(text).strip().lower().split("x")
+        if not all(re.fullmatch(r"-?\d+", p.strip()) for p in parts):
+            raise UsageError(f"{what} expects integers like 3 or 3x5, got {text!r}")
+        values = tuple(int(p) for p in parts)
+    if not values:
+        raise UsageError(f"{what} expects integers like 3 or 3x5, got {text!r}")
+    for v in values:
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise UsageError(f"{what} expects integers like 3 or 3x5, got {text!r}")
+        if v < minimum:
+            raise UsageError(f"{what} must be >= {minimum}, got {v}")
+    return values
+
+
+def parse_size(text: str | int | list | tuple) -> dict[str, int]:
+    """'16x32x32' -> {'d': 16, 'h': 32, 'w': 32}; one value is 'w', two are 'h', 'w'."""
+    values = parse_ints(text, "size", minimum=1)
+    if len(values) > 3:
+        raise UsageError(f"size has at most 3 dimensions (d, h, w), got {len(values)}")
+    return dict(zip(DIM_NAMES[len(values)], values, strict=True))
+
+
+def parse_padding(text: str | int | list | tuple) -> Ints | str:
+    if isinstance(text, str) and text.strip().lower() in PADDING_MODES:
+        return text.strip().lower()
+    return parse_ints(text, "padding")
+
+
+def parse_layer(name: str) -> str:
+    for layer in LAYERS:
+        if name.lower() == layer.lower():
+            return layer
+    from ptool.core.errors import unknown_name
+
+    raise unknown_name("layer", name, LAYERS)
+
+
+# Chain tokens: prefix -> (LayerSpec field, parser). Longer prefixes first ('op' before 'o').
+_TOKENS = (
+    ("op", "output_padding", lambda v: parse_ints(v, "op (output_padding)")),
+    ("k", "kernel_size", lambda v: parse_ints(v, "k (kernel_size)", minimum=1)),
+    ("s", "stride", lambda v: parse_ints(v, "s (stride)", minimum=1)),
+    ("p", "padding", parse_padding),
+    ("d", "dilation", lambda v: parse_ints(v, "d (dilation)", minimum=1)),
+    ("c", "out_channels", lambda v: _single(parse_ints(v, "c (out_channels)", minimum=1), "c")),
+    ("g", "groups", lambda v: _single(parse_ints(v, "g (groups)", minimum=1), "g")),
+    ("o", "output_size", lambda v: parse_ints(v, "o (output_size)", minimum=1)),
+)
+TOKEN_HELP = "k3 or k3x5, s2, p1 / psame / pvalid, d2, op1, c32, g2, o7, ceil, nobias"
+
+
+def _flag(value, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise UsageError(f"{what} expects true or false, got {value!r}")
+    return value
+
+
+def _single(values: Ints, token: str) -> int:
+    if len(values) != 1:
+        raise UsageError(f"{token} takes one number, got {'x'.join(map(str, values))}")
+    return values[0]
+
+
+def parse_layer_tokens(text: str) -> LayerSpec:
+    """'conv k3 s2 p1 c32' -> LayerSpec; unknown tokens name themselves and the valid ones."""
+    tokens = text.split()
+    if not tokens:
+        raise UsageError("empty layer in chain")
+    values: dict = {"layer": parse_layer(tokens[0])}
+    for token in tokens[1:]:
+        lowered = token.lower()
+        if lowered == "ceil":
+            values["ceil_mode"] = True
+            continue
+        if lowered == "nobias":
+            values["bias"] = False
+            continue
+        for prefix, name, parse in _TOKENS:
+            rest = lowered[len(prefix) :]
+            if lowered.startswith(prefix) and rest and (rest[0].isdigit() or name == "padding"):
+                values[name] = parse(rest)
+                break
+        else:
+            raise UsageError(
+                f"unknown token {token!r} in layer {text.strip()!r}; valid: {TOKEN_HELP}"
+            )
+    return make_spec(**values)
+
+
+def parse_chain(text: str) -> list[LayerSpec]:
+    """Layers separated by ';' or new lines; '#' starts a comment."""
+    lines = (line.split("#", 1)[0] for line in text.splitlines())
+    parts = [p.strip() for line in lines for p in line.split(";")]
+    specs = [parse_layer_tokens(p) for p in parts if p]
+    if not specs:
+        raise UsageError(
+            "the chain has no layers", hint='e.g. --chain "conv k3 p1 c32; maxpool k2"'
+        )
+    return specs
+
+
+def make_spec(layer: str = "conv", kernel_size: Ints | None = None, **values) -> LayerSpec:
+    """A LayerSpec with the layer's own defaults and the checks that need no input size."""
+    layer = parse_layer(layer)
+    if layer == "adaptive":
+        if values.get("output_size") is None:
+            raise UsageError(
+                "adaptive pooling needs an output size", hint="--output-size 7 (or o7 in a chain)"
+            )
+        kernel_size = None
+    elif kernel_size is None:
+        raise UsageError(f"{layer} needs a kernel size", hint="--k 3 (or k3 in a chain)")
+    spec = replace(LayerSpec(layer=layer, kernel_size=kernel_size), **values)
+    if layer != "adaptive" and spec.output_size is not None:
+        raise UsageError("output_size is for --layer adaptive only")
+    if spec.groups < 1:
+        raise UsageError(f"groups must be a positive integer, got {spec.groups}")
+    if isinstance(spec.padding, str) and layer != "conv":
+        raise UsageError(
+            f"padding={spec.padding!r} is for conv only; {layer} takes integer padding "
+            "(PyTorch: 'padding must be tuple of ints')"
+        )
+    if layer == "avgpool" and any(d != 1 for d in spec.dilation):
+        raise UsageError("avgpool has no dilation (nn.AvgPoolNd takes no dilation argument)")
+    if layer != "convT" and any(op != 0 for op in spec.output_padding):
+        raise UsageError("output_padding is for convT only")
+    if layer not in POOLS and spec.ceil_mode:
+        raise UsageError("ceil_mode is for maxpool and avgpool only")
+    if layer in POOLS + ("adaptive",) and (spec.groups != 1 or spec.out_channels is not None):
+        raise UsageError(f"{layer} keeps its input channels: out_channels and groups do not apply")
+    if spec.padding == "same" and spec.stride and any(s != 1 for s in spec.stride):
+        raise UsageError(
+            "padding='same' is not supported for strided convolutions (PyTorch's rule)",
+            hint="use stride 1, or an integer padding (--target N finds one)",
+        )
+    return spec
+
+
+# Option names (the CLI's and a --stdin JSON object's) -> (LayerSpec field, parser).
+_OPTIONS = {
+    "layer": ("layer", parse_layer),
+    "k": ("kernel_size", lambda v: parse_ints(v, "kernel_size", minimum=1)),
+    "s": ("stride", lambda v: parse_ints(v, "stride", minimum=1)),
+    "p": ("padding", parse_padding),
+    "dilation": ("dilation", lambda v: parse_ints(v, "dilation", minimum=1)),
+    "output_padding": ("output_padding", lambda v: parse_ints(v, "output_padding")),
+    "ceil_mode": ("ceil_mode", lambda v: _flag(v, "ceil_mode")),
+    "out_channels": (
+        "out_channels",
+        lambda v: _single(parse_ints(v, "out_channels", minimum=1), "c"),
+    ),
+    "groups": ("groups", lambda v: _single(parse_ints(v, "groups", minimum=1), "groups")),
+    "bias": ("bias", lambda v: _flag(v, "bias")),
+    "output_size": ("output_size", lambda v: parse_ints(v, "output_size", minimum=1)),
+}
+_ALIASES = {"kernel_size": "k", "stride": "s", "padding": "p"}
+LAYER_KEYS = (*_OPTIONS, *_ALIASES)
+SIZE_KEYS = ("size", "d", "h", "w")
+REQUEST_KEYS = (*LAYER_KEYS, *SIZE_KEYS, "in_channels", "chain", "target")
+
+
+def spec_from_options(options: dict) -> LayerSpec:
+    """A LayerSpec from option values (None = not given), as the CLI and --stdin pass them."""
+    values = {}
+    for key, value in options.items():
+        key = _ALIASES.get(key, key)
+        if value is None or key not in _OPTIONS:
+            continue
+        name, parse = _OPTIONS[key]
+        values[name] = parse(value)
+    return make_spec(**values)
+
+
+def size_from_options(options: dict) -> dict[str, int]:
+    """The input size from --size or from any of --d --h --w (in that order)."""
+    dims = {n: options[n] for n in ("d", "h", "w") if options.get(n) is not None}
+    if options.get("size") is not None:
+        if dims:
+            raise UsageError("give the input size once: --size, or --d/--h/--w")
+        return parse_size(options["size"])
+    if not dims:
+        raise UsageError("no input size", hint="--h 32 (1-D), --h 32 --w 32, or --size 16x32x32")
+    return {n: parse_ints(v, f"--{n}", minimum=1)[0] for n, v in dims.items()}
+
+
+def overlay(defaults: dict, request: dict) -> dict:
+    """A --stdin line's request over the command line's: a line's size replaces the size, and
+    a line's chain or layer replaces the command line's chain or layer."""
+    dropped: set[str] = set()
+    if any(key in request for key in SIZE_KEYS):
+        dropped.update(SIZE_KEYS)
+    if "chain" in request or "layer" in request:
+        dropped.update((*LAYER_KEYS, "chain", "target"))
+    return {**{k: v for k, v in defaults.items() if k not in dropped}, **request}
+
+
+def parse_request_line(line: str) -> dict:
+    """One --stdin line: a JSON object of option names, or chain syntax (as {'chain': line})."""
+    import json
+
+    text = line.strip()
+    if not text.startswith("{"):
+        return {"chain": text}
+    try:
+        request = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"not a JSON object: {exc.msg} at column {exc.colno}") from None
+    if not isinstance(request, dict):
+        raise UsageError("expected a JSON object")
+    unknown = sorted(set(request) - set(REQUEST_KEYS))
+    if unknown:
+        raise UsageError(f"unknown keys {', '.join(unknown)}; valid: {', '.join(REQUEST_KEYS)}")
+    return request
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry
+
+
+def _per_dim(values: Ints | None, names: tuple[str, ...], what: str) -> dict[str, int]:
+    if values is None:
+        return {}
+    if len(values) == 1:
+        values = values * len(names)
+    if len(values) != len(names):
+        raise UsageError(
+            f"{what} has {len(values)} values but the input has {len(names)} dimensions "
+            f"({', '.join(names)})"
+        )
+    return dict(zip(names, values, strict=True))
+
+
+def _shape(sizes: dict[str, int]) -> str:
+    return " x ".join(str(v) for v in sizes.values())
+
+
+def _conv_params(spec: LayerSpec, in_ch: int | None, out_ch: int | None, k: dict) -> int | None:
+    if spec.layer not in ("conv", "convT"):
+        return 0
+    if in_ch is None or out_ch is None:
+        return None
+    for name, channels in (("in_channels", in_ch), ("out_channels", out_ch)):
+        if channels % spec.groups:
+            raise UsageError(
+                f"{name} must be divisible by groups ({name}={channels}, groups={spec.groups})"
+            )
+    fan = in_ch // spec.groups * out_ch if spec.layer == "conv" else out_ch // spec.groups * in_ch
+    return fan * math.prod(k.values()) + (out_ch if spec.bias else 0)
+
+
+def _pool_out(n: int, k: int, s: int, p: int, d: int, ceil: bool) -> tuple[int, bool]:
+    """PyTorch's pooling_output_shape: (size, whether the last-window rule removed one)."""
+    out = (n + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil else 0)) // s + 1
+    if ceil and (out - 1) * s >= n + p:
+        return out - 1, True
+    return out, False
+
+
+def _adaptive_windows(n: int, out: int) -> dict:
+    starts = [i * n // out for i in range(out)]
+    ends = [-(-(i + 1) * n // out) for i in range(out)]
+    sizes = {e - s for s, e in zip(starts, ends, strict=True)}
+    steps = {b - a for a, b in zip(starts, starts[1:], strict=False)} or {n}
+    uniform = len(sizes) == 1 and len(steps) == 1 and 0 not in steps
+    equivalent = {"kernel_size": sizes.pop(), "stride": steps.pop()} if uniform else None
+    return {"start": starts, "end": ends, "equivalent": equivalent}
+
+
+def compute(
+    spec: LayerSpec,
+    size: dict[str, int],
+    in_channels: int | None = None,
+    fields: dict[str, Field] | None = None,
+) -> LayerResult:
+    """One layer on an input of `size` (dim name -> pixels); raises UsageError where torch does.
+
+    `fields` is the receptive field so far (a chain's running state); None starts fresh.
+    """
+    names = tuple(size)
+    if not names or any(n < 1 for n in size.values()):
+        raise UsageError(f"input sizes must be >= 1, got {_shape(size) or 'none'}")
+    if spec.groups > 1 and in_channels is None and spec.layer in ("conv", "convT"):
+        raise UsageError("groups needs --in-channels to check divisibility")
+    fields = fields if fields is not None else dict.fromkeys(names, IDENTITY)
+    out_ch = in_channels if spec.out_channels is None else spec.out_channels
+    if spec.layer == "adaptive":
+        return _compute_adaptive(spec, size, in_channels, fields)
+
+    k = _per_dim(spec.kernel_size, names, "kernel_size")
+    d = _per_dim(spec.dilation, names, "dilation")
+    default_stride = spec.kernel_size if spec.layer in POOLS else (1,)
+    s = _per_dim(spec.stride or default_stride, names, "stride")
+    op = _per_dim(spec.output_padding, names, "output_padding")
+    pads = _padding(spec, names, k, d)
+    params = _conv_params(spec, in_channels, out_ch, k)
+    if spec.layer == "avgpool" and len(names) == 3 and any(size[n] < k[n] for n in names):
+        raise UsageError(
+            f"input image ({_shape(size)}) smaller than kernel size ({_shape(k)}): "
+            "3-D avgpool needs every unpadded input side >= the kernel (PyTorch's avg_pool3d rule)"
+        )
+
+    output: dict[str, int] = {}
+    formula: dict[str, str] = {}
+    new_fields: dict[str, Field] = {}
+    for n in names:
+        left, right = pads[n]
+        ke = d[n] * (k[n] - 1) + 1
+        dk = f"{d[n]}*({k[n]}-1)"
+        if spec.layer == "conv":
+            if ke > size[n] + left + right:
+                raise UsageError(
+                    f"kernel size can't be greater than actual input size ({n}: padded input "
+                    f"{size[n] + left + right}, effective kernel {dk}+1 = {ke}); PyTorch's rule"
+                )
+            out = (size[n] + left + right - ke) // s[n] + 1
+            pad_text = f"2*{left}" if left == right else f"{left} + {right}"
+            text = f"floor(({size[n]} + {pad_text} - {dk} - 1) / {s[n]}) + 1 = {out}"
+        elif spec.layer == "convT":
+            if op[n] >= max(s[n], d[n]):
+                raise UsageError(
+                    "output padding must be smaller than either stride or dilation "
+                    f"({n}: output_padding={op[n]}, stride={s[n]}, dilation={d[n]}); "
+                    "PyTorch's rule"
+                )
+            out = (size[n] - 1) * s[n] - 2 * left + ke - 1 + op[n] + 1
+            text = f"({size[n]}-1)*{s[n]} - 2*{left} + {dk} + {op[n]} + 1 = {out}"
+        else:
+            if left > k[n] // 2:
+                raise UsageError(
+                    "pad should be at most half of kernel size "
+                    f"({n}: padding={left}, kernel_size={k[n]}: at most {k[n] // 2}); "
+                    "PyTorch's rule"
+                )
+            out, dropped = _pool_out(size[n], k[n], s[n], left, d[n], spec.ceil_mode)
+            rounding = "ceil" if spec.ceil_mode else "floor"
+            text = f"{rounding}(({size[n]} + 2*{left} - {dk} - 1) / {s[n]}) + 1"
+            if dropped:
+                text += (
+                    f" - 1 (the last window would start at {out * s[n]} >= "
+                    f"{size[n]} + {left}: in the right padding)"
+                )
+            text += f" = {out}"
+        if out < 1:
+            raise UsageError(
+                f"output size is too small ({n}: input {size[n]} gives {out}); PyTorch's rule",
+                hint="use a smaller kernel, stride or padding, or a larger input",
+            )
+        output[n] = out
+        formula[n] = text
+        new_fields[n] = _next_field(spec.layer, fields[n], ke, s[n], left)
+
+    return LayerResult(
+        layer=spec.layer,
+        input=dict(size),
+        output=output,
+        kernel_size=k,
+        stride=s,
+        padding=pads,
+        dilation=d,
+        output_padding=op if spec.layer == "convT" else None,
+        ceil_mode=spec.ceil_mode,
+        in_channels=in_channels,
+        out_channels=out_ch,
+        groups=spec.groups,
+        bias=spec.bias if spec.layer in ("conv", "convT") else False,
+        params=params,
+        **_field_dicts(new_fields),
+        formula=formula,
+    )
+
+
+def _padding(spec: LayerSpec, names: tuple[str, ...], k: dict, d: dict) -> dict:
+    """(left, right) per dim: 'same' pads d*(k-1) in total, the odd pixel on the right."""
+    if spec.padding == "valid":
+        return dict.fromkeys(names, (0, 0))
+    if spec.padding == "same":
+        totals = {n: d[n] * (k[n] - 1) for n in names}
+        return {n: (t // 2, t - t // 2) for n, t in totals.items()}
+    return {n: (p, p) for n, p in _per_dim(spec.padding, names, "padding").items()}
+
+
+def _next_field(layer: str, f: Field | None, ke: int, s: int, left: int) -> Field | None:
+    if f is None:
+        return None
+    if layer == "convT":
+        return Field(
+            f.receptive_field + (ke - 1) / s * f.jump,
+            f.jump / s,
+            f.start + (left - (ke - 1) / 2) / s * f.jump,
+        )
+    return Field(
+        f.receptive_field + (ke - 1) * f.jump,
+        f.jump * s,
+        f.start + ((ke - 1) / 2 - left) * f.jump,
+    )
+
+
+def _tidy(x: float) -> float | int:
+    """Whole numbers as ints (JSON and tables read 7, not 7.0)."""
+    x = round(float(x), 9)
+    return int(x) if x.is_integer() else x
+
+
+def _field_dicts(fields: dict[str, Field | None]) -> dict:
+    if any(f is None for f in fields.values()):
+        return {"receptive_field": None, "jump": None, "start": None}
+    return {
+        "receptive_field": {n: _tidy(f.receptive_field) for n, f in fields.items()},
+        "jump": {n: _tidy(f.jump) for n, f in fields.items()},
+        "start": {n: _tidy(f.start) for n, f in fields.items()},
+    }
+
+
+def fields_of(result: LayerResult) -> dict[str, Field] | None:
+    if result.receptive_field is None:
+        return None
+    return {
+        n: Field(result.receptive_field[n], result.jump[n], result.start[n]) for n in result.output
+    }
+
+
+def _compute_adaptive(
+    spec: LayerSpec, size: dict[str, int], in_channels: int | None, fields: dict[str, Field]
+) -> LayerResult:
+    names = tuple(size)
+    output = _per_dim(spec.output_size, names, "output_size")
+    windows = {n: _adaptive_windows(size[n], output[n]) for n in names}
+    new_fields: dict[str, Field | None] = {}
+    formula = {}
+    for n in names:
+        eq = windows[n]["equivalent"]
+        text = (
+            f"output {output[n]}; window i = [floor(i*{size[n]}/{output[n]}), "
+            f"ceil((i+1)*{size[n]}/{output[n]}))"
+        )
+        if eq:
+            text += f", all of size {eq['kernel_size']} every {eq['stride']}"
+            new_fields[n] = _next_field("adaptive", fields[n], eq["kernel_size"], eq["stride"], 0)
+        else:
+            sizes = [e - s for s, e in zip(windows[n]["start"], windows[n]["end"], strict=True)]
+            text += f", sizes {min(sizes)}..{max(sizes)} (not uniform)"
+            new_fields[n] = None
+        formula[n] = text
+    return LayerResult(
+        layer="adaptive",
+        input=dict(size),
+        output=output,
+        kernel_size=None,
+        stride=None,
+        padding=dict.fromkeys(names, (0, 0)),
+        dilation=dict.fromkeys(names, 1),
+        output_padding=None,
+        ceil_mode=False,
+        in_channels=in_channels,
+        out_channels=in_channels,
+        groups=1,
+        bias=False,
+        params=0,
+        **_field_dicts(new_fields),
+        formula=formula,
+        windows=windows,
+    )
+
+
+def compute_chain(
+    specs: list[LayerSpec], size: dict[str, int], in_channels: int | None = None
+) -> ChainResult:
+    """Layers one after another: sizes, channels and the receptive field flow through."""
+    rows: list[LayerResult] = []
+    current, channels = dict(size), in_channels
+    fields: dict[str, Field] | None = dict.fromkeys(size, IDENTITY)
+    for index, spec in enumerate(specs, 1):
+        try:
+            row = compute(spec, current, channels, fields)
+        except UsageError as exc:
+            raise UsageError(f"layer {index} ({spec.layer}): {exc}", hint=exc.hint) from None
+        rows.append(row)
+        current, channels, fields = row.output, row.out_channels, fields_of(row)
+        if fields is None:  # keep propagating "unknown"
+            fields = dict.fromkeys(size, None)
+    params = [r.params for r in rows]
+    last = rows[-1]
+    return ChainResult(
+        input=dict(size),
+        in_channels=in_channels,
+        layers=rows,
+        output=dict(last.output),
+        out_channels=last.out_channels,
+        params=None if None in params else sum(params),
+        receptive_field=last.receptive_field,
+        jump=last.jump,
+        start=last.start,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Solving for padding
+
+
+def solve_padding(spec: LayerSpec, size: dict[str, int], target: dict[str, int]) -> SolveResult:
+    """Every legal padding (and output_padding for convT) giving `target`, per dimension.
+
+    Searches PyTorch's legal ranges: pooling pads at most kernel//2, convT's output_padding is
+    below max(stride, dilation); conv and convT padding up to the point where the output passes
+    the target. Where nothing hits, `nearest` holds the closest outputs.
+    """
+    if spec.layer == "adaptive":
+        raise UsageError("adaptive pooling has no padding: its output size is --output-size")
+    names = tuple(size)
+    target = _per_dim(tuple(target.values()), names, "target")
+    solutions: dict[str, list[Solution]] = {}
+    nearest: dict[str, list[Solution]] = {}
+    for n in names:
+        candidates = []
+        for pad, op in _padding_candidates(spec, {n: size[n]}, target[n]):
+            one = replace(spec, padding=(pad,), output_padding=(op,))
+            try:
+                out = compute(one, {n: size[n]}, None).output[n]
+            except UsageError:
+                continue
+            candidates.append(Solution(pad, op, out))
+        solutions[n] = [c for c in candidates if c.output == target[n]]
+        if not candidates:
+            nearest[n] = []
+        elif not solutions[n]:
+            best = min(abs(c.output - target[n]) for c in candidates)
+            nearest[n] = [c for c in candidates if abs(c.output - target[n]) == best]
+    return SolveResult(spec.layer, dict(size), target, solutions, nearest)
+
+
+def _padding_candidates(
+    spec: LayerSpec, size: dict[str, int], target: int
+) -> list[tuple[int, int]]:
+    (n,) = size.values()
+    k = _per_dim(spec.kernel_size, tuple(size), "kernel_size")
+    (kn,) = k.values()
+    (dn,) = _per_dim(spec.dilation, tuple(size), "dilation").values()
+    if spec.layer in POOLS:
+        return [(p, 0) for p in range(kn // 2 + 1)]
+    ke = dn * (kn - 1) + 1
+    (sn,) = _per_dim(spec.stride or (1,), tuple(size), "stride").values()
+    if spec.layer == "conv":
+        # The output grows with padding: past this one it is above the target for good.
+        return [(p, 0) for p in range(max(0, (target * sn + ke - n) // 2 + sn) + 1)]
+    max_pad = ((n - 1) * sn + ke + max(sn, dn)) // 2
+    return [(p, op) for p in range(max_pad + 1) for op in range(max(sn, dn))]
+
+
+# ---------------------------------------------------------------------------------------------
+# One request (the command line, or one --stdin line)
+
+
+def evaluate(request: dict) -> LayerResult | ChainResult | SolveResult:
+    """A request of option values (None = not given): a layer, a chain, or a padding search."""
+    size = size_from_options(request)
+    in_channels = request.get("in_channels")
+    if in_channels is not None:
+        in_channels = _single(parse_ints(in_channels, "in_channels", minimum=1), "in_channels")
+    layer_options = {k: v for k, v in request.items() if k in _OPTIONS or k in _ALIASES}
+    if request.get("chain") is not None:
+        given = sorted(k for k, v in layer_options.items() if v is not None)
+        if given or request.get("target") is not None:
+            raise UsageError(
+                f"a chain sets each layer itself; drop {', '.join(given) or 'target'}",
+                hint='e.g. --chain "conv k3 s2 c32; maxpool k2"',
+            )
+        return compute_chain(parse_chain(request["chain"]), size, in_channels)
+    spec = spec_from_options(layer_options)
+    if request.get("target") is not None:
+        if spec.padding != (0,):
+            raise UsageError("--target searches the padding itself; drop --p")
+        if spec.output_padding != (0,):
+            raise UsageError("--target searches the output_padding itself; drop --output-padding")
+        target = _per_dim(parse_ints(request["target"], "target", minimum=1), tuple(size), "target")
+        return solve_padding(spec, size, target)
+    return compute(spec, size, in_channels)

@@ -1,0 +1,131 @@
+"""`ptool convcalc` end to end: the real console script, its stdout, stderr and exit codes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import run_ptool
+
+CHAIN = "conv k3 p1 c32; maxpool k2; conv k3 s2 c64; convT k4 s2 p1 c32"
+
+
+def convcalc(*args: str, input: str | None = None):
+    return run_ptool("convcalc", *args, input=input, timeout=60)
+
+
+def test_users_example():
+    proc = convcalc("--h", "32", "--k", "3", "--s", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "conv: 32 -> 15" in proc.stdout
+    assert proc.stderr == ""
+
+
+def test_json_shape():
+    proc = convcalc("--h", "32", "--k", "3", "--s", "2", "--json")
+    doc = json.loads(proc.stdout)
+    assert doc["layer"] == "conv"
+    assert doc["input"] == {"h": 32} and doc["output"] == {"h": 15}
+    assert doc["receptive_field"] == {"h": 3} and doc["jump"] == {"h": 2}
+    assert list(doc)[:3] == ["layer", "input", "output"]
+
+
+def test_explain_prints_the_formula_with_numbers():
+    proc = convcalc("--h", "32", "--k", "3", "--s", "2", "--explain")
+    assert "h: floor((32 + 2*0 - 1*(3-1) - 1) / 2) + 1 = 15" in proc.stdout
+    proc = convcalc("--size", "6x7", "--layer", "maxpool", "--k", "1", "--s", "2", "--ceil-mode")
+    assert "maxpool: 6x7 -> 3x4" in proc.stdout
+
+
+def test_per_dimension_values_and_size():
+    proc = convcalc("--size", "16x32x32", "--k", "3x5x5", "--p", "1x2x2", "--json")
+    assert json.loads(proc.stdout)["output"] == {"d": 16, "h": 32, "w": 32}
+    proc = convcalc("--size", "16x32x32", "--k", "3x5")
+    assert proc.returncode == 2
+    assert "kernel_size has 2 values but the input has 3 dimensions" in proc.stderr
+
+
+def test_channels_and_params():
+    proc = convcalc(
+        "--size", "224x224", "--in-channels", "3", "--out-channels", "64", "--k", "7",
+        "--s", "2", "--p", "3", "--no-bias", "--json",
+    )  # fmt: skip
+    doc = json.loads(proc.stdout)
+    assert doc["output"] == {"h": 112, "w": 112}
+    assert doc["params"] == 64 * 3 * 7 * 7 and doc["out_channels"] == 64
+
+
+def test_chain_table_and_json(tmp_path):
+    proc = convcalc("--size", "32x32", "--in-channels", "3", "--chain", CHAIN)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert any("convT k4 s2 p1" in line and "14x14" in line for line in lines)
+    assert any("total" in line and "52,192" in line for line in lines)
+    chain_file = tmp_path / "net.txt"
+    chain_file.write_text("# my net\n" + CHAIN.replace("; ", "\n") + "\n")
+    proc = convcalc(
+        "--size", "32x32", "--in-channels", "3", "--chain-file", str(chain_file), "--json"
+    )
+    doc = json.loads(proc.stdout)
+    assert [row["output"]["h"] for row in doc["layers"]] == [32, 16, 7, 14]
+    assert doc["params"] == 52192 and doc["output"] == {"h": 14, "w": 14}
+    assert doc["receptive_field"] == {"h": 14, "w": 14}
+
+
+def test_target_solves_or_says_nearest():
+    proc = convcalc("--h", "32", "--k", "3", "--s", "2", "--target", "16", "--json")
+    assert proc.returncode == 0
+    assert json.loads(proc.stdout)["solutions"]["h"][0]["padding"] == 1
+    proc = convcalc("--w", "9", "--layer", "maxpool", "--k", "2", "--target", "7")
+    assert proc.returncode == 1
+    assert "w: no padding gives 7; nearest: 5" in proc.stderr
+    assert "(nearest)" in proc.stdout
+
+
+def test_stdin_json_lines_with_a_bad_line():
+    lines = "\n".join(
+        [
+            '{"layer": "conv", "k": 5, "h": 28}',
+            "maxpool k2",
+            '{"k": 9, "h": 4}',
+            "conv k3 s2; maxpool k2 ceil",
+        ]
+    )
+    proc = convcalc("--h", "32", "--stdin", input=lines)
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert rows[0]["output"] == {"h": 24}
+    assert rows[1]["output"] == {"h": 16}
+    assert rows[2]["line"] == 3 and "kernel size can't be greater" in rows[2]["error"]
+    assert rows[3]["output"] == {"h": 8} and len(rows[3]["layers"]) == 2
+    assert proc.returncode == 1
+    assert "1 of 4 lines failed" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "rule"),
+    [
+        (["--h", "2", "--k", "3"], "kernel size can't be greater than actual input size"),
+        (["--h", "8", "--k", "3", "--s", "2", "--p", "same"], "not supported for strided"),
+        (["--h", "8", "--layer", "maxpool", "--k", "3", "--p", "2"], "pad should be at most half"),
+        (["--h", "8", "--layer", "convT", "--k", "3", "--s", "2", "--output-padding", "2"],
+         "output padding must be smaller than either stride or dilation"),
+        (["--h", "8", "--k", "3", "--in-channels", "4", "--out-channels", "6", "--groups", "4"],
+         "out_channels must be divisible by groups"),
+        (["--h", "2", "--layer", "maxpool", "--k", "3"], "output size is too small"),
+        (["--h", "8", "--chain", "conv k3 q4"], "unknown token 'q4'"),
+    ],
+)  # fmt: skip
+def test_bad_geometry_exits_2_with_one_line(args, rule):
+    proc = convcalc(*args)
+    assert proc.returncode == 2
+    assert rule in proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    assert proc.stderr.startswith("error:")
+
+
+def test_help_has_examples():
+    proc = convcalc("--help")
+    assert proc.returncode == 0
+    assert "ptool convcalc --h 32 --k 3 --s 2" in proc.stdout
+    assert "--chain" in proc.stdout and "--target" in proc.stdout

@@ -1,0 +1,501 @@
+"""convcalc against real torch.nn layers: same shapes, same parameter counts, and a refusal
+exactly where torch raises; receptive fields against autograd; parsing, chains, solving."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from ptool.core import convcalc as cc
+from ptool.core.errors import UsageError
+
+SETTINGS = {
+    "deadline": None,
+    "derandomize": True,
+    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.filter_too_much],
+}
+CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+CONVT = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
+POOL = {
+    "maxpool": {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d},
+    "avgpool": {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d},
+}
+ADAPTIVE = {
+    "avg": {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d, 3: nn.AdaptiveAvgPool3d},
+    "max": {1: nn.AdaptiveMaxPool1d, 2: nn.AdaptiveMaxPool2d, 3: nn.AdaptiveMaxPool3d},
+}
+TORCH_ERRORS = (RuntimeError, ValueError, TypeError)
+
+
+def per_dim(draw, ndim: int, values: st.SearchStrategy) -> tuple[int, ...]:
+    """A scalar (broadcast) or one value per dimension."""
+    if draw(st.booleans()):
+        return (draw(values),)
+    return tuple(draw(values) for _ in range(ndim))
+
+
+def full(values: tuple[int, ...], ndim: int) -> tuple[int, ...]:
+    return values * ndim if len(values) == 1 else values
+
+
+@st.composite
+def inputs(draw, max_side: dict[int, int] | None = None):
+    ndim = draw(st.integers(1, 3))
+    side = (max_side or {1: 14, 2: 10, 3: 6})[ndim]
+    return tuple(draw(st.integers(1, side)) for _ in range(ndim))
+
+
+def size_of(shape: tuple[int, ...]) -> dict[str, int]:
+    return dict(zip(cc.DIM_NAMES[len(shape)], shape, strict=True))
+
+
+def torch_shape(layer: nn.Module, channels: int, shape: tuple[int, ...]):
+    """(output spatial shape, None) or (None, the exception torch raised).
+
+    An empty output counts as a refusal: torch's grouped ConvTranspose kernels return a 0-size
+    tensor where the ungrouped ones raise "Output size is too small" for the same geometry.
+    """
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = tuple(layer(torch.zeros(1, channels, *shape)).shape[2:])
+    except TORCH_ERRORS as exc:
+        return None, exc
+    if 0 in out:
+        return None, RuntimeError(f"empty output {out}")
+    return out, None
+
+
+def ours(spec_values: dict, shape: tuple[int, ...], in_channels: int | None = None):
+    try:
+        spec = cc.make_spec(**spec_values)
+        result = cc.compute(spec, size_of(shape), in_channels)
+        return tuple(result.output.values()), result, None
+    except UsageError as exc:
+        return None, None, exc
+
+
+def assert_agree(expected, torch_error, got, our_error):
+    assert (torch_error is None) == (our_error is None), (torch_error, our_error)
+    if torch_error is None:
+        assert got == expected
+
+
+@settings(max_examples=700, **SETTINGS)
+@given(data=st.data(), shape=inputs())
+def test_conv_matches_torch(data, shape):
+    ndim = len(shape)
+    k = per_dim(data.draw, ndim, st.integers(1, 5))
+    d = per_dim(data.draw, ndim, st.integers(1, 3))
+    s = per_dim(data.draw, ndim, st.integers(1, 3))
+    padding = data.draw(st.sampled_from(["int", "int", "same", "valid"]))
+    p = per_dim(data.draw, ndim, st.integers(0, 3)) if padding == "int" else padding
+    in_ch, out_ch = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
+    groups = data.draw(st.sampled_from([1, 1, 2, 3]))
+    bias = data.draw(st.booleans())
+    try:
+        layer = CONV[ndim](
+            in_ch,
+            out_ch,
+            full(k, ndim),
+            stride=full(s, ndim),
+            padding=p if isinstance(p, str) else full(p, ndim),
+            dilation=full(d, ndim),
+            groups=groups,
+            bias=bias,
+        )
+        expected, torch_error = torch_shape(layer, in_ch, shape)
+    except TORCH_ERRORS as exc:
+        layer, expected, torch_error = None, None, exc
+    spec = dict(
+        kernel_size=k,
+        stride=s,
+        padding=p,
+        dilation=d,
+        out_channels=out_ch,
+        groups=groups,
+        bias=bias,
+    )
+    got, result, our_error = ours(spec, shape, in_ch)
+    assert_agree(expected, torch_error, got, our_error)
+    if layer is not None and result is not None:
+        assert result.params == sum(t.numel() for t in layer.parameters())
+        assert result.out_channels == out_ch
+
+
+@settings(max_examples=600, **SETTINGS)
+@given(data=st.data(), shape=inputs({1: 9, 2: 6, 3: 4}))
+def test_conv_transpose_matches_torch(data, shape):
+    ndim = len(shape)
+    k = per_dim(data.draw, ndim, st.integers(1, 5))
+    d = per_dim(data.draw, ndim, st.integers(1, 3))
+    s = per_dim(data.draw, ndim, st.integers(1, 3))
+    p = per_dim(data.draw, ndim, st.integers(0, 4))
+    op = per_dim(data.draw, ndim, st.integers(0, 3))
+    in_ch, out_ch = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
+    groups = data.draw(st.sampled_from([1, 1, 2]))
+    try:
+        layer = CONVT[ndim](
+            in_ch,
+            out_ch,
+            full(k, ndim),
+            stride=full(s, ndim),
+            padding=full(p, ndim),
+            output_padding=full(op, ndim),
+            dilation=full(d, ndim),
+            groups=groups,
+        )
+        expected, torch_error = torch_shape(layer, in_ch, shape)
+    except TORCH_ERRORS as exc:
+        layer, expected, torch_error = None, None, exc
+    spec = dict(
+        layer="convT",
+        kernel_size=k,
+        stride=s,
+        padding=p,
+        output_padding=op,
+        dilation=d,
+        out_channels=out_ch,
+        groups=groups,
+    )
+    got, result, our_error = ours(spec, shape, in_ch)
+    assert_agree(expected, torch_error, got, our_error)
+    if layer is not None and result is not None:
+        assert result.params == sum(t.numel() for t in layer.parameters())
+
+
+@settings(max_examples=700, **SETTINGS)
+@given(data=st.data(), shape=inputs(), kind=st.sampled_from(["maxpool", "avgpool"]))
+def test_pooling_matches_torch(data, shape, kind):
+    ndim = len(shape)
+    k = per_dim(data.draw, ndim, st.integers(1, 4))
+    s = data.draw(st.none() | st.just(per_dim(data.draw, ndim, st.integers(1, 3))))
+    p = per_dim(data.draw, ndim, st.integers(0, 2))
+    d = per_dim(data.draw, ndim, st.integers(1, 3)) if kind == "maxpool" else (1,)
+    ceil = data.draw(st.booleans())
+    options = dict(kernel_size=full(k, ndim), padding=full(p, ndim), ceil_mode=ceil)
+    if s is not None:
+        options["stride"] = full(s, ndim)
+    if kind == "maxpool":
+        options["dilation"] = full(d, ndim)
+    expected, torch_error = torch_shape(POOL[kind][ndim](**options), 1, shape)
+    spec = dict(layer=kind, kernel_size=k, stride=s, padding=p, dilation=d, ceil_mode=ceil)
+    got, result, our_error = ours(spec, shape)
+    assert_agree(expected, torch_error, got, our_error)
+    if result is not None:
+        assert result.params == 0
+
+
+@settings(max_examples=250, **SETTINGS)
+@given(shape=inputs({1: 12, 2: 9, 3: 5}), data=st.data())
+def test_adaptive_matches_torch_shapes_and_windows(shape, data):
+    ndim = len(shape)
+    output = per_dim(data.draw, ndim, st.integers(1, 12))
+    expected = {
+        kind: torch_shape(layers[ndim](full(output, ndim)), 1, shape)[0]
+        for kind, layers in ADAPTIVE.items()
+    }
+    result = cc.compute(cc.make_spec("adaptive", output_size=output), size_of(shape))
+    assert tuple(result.output.values()) == expected["avg"] == expected["max"]
+    # Windows: AdaptiveAvgPool1d over one-hot rows averages exactly the inputs in each window.
+    for name, n in size_of(shape).items():
+        out = result.output[name]
+        with torch.no_grad():
+            hits = nn.AdaptiveAvgPool1d(out)(torch.eye(n).unsqueeze(1)).squeeze(1) != 0
+        windows = result.windows[name]
+        for i in range(out):
+            inside = [j for j in range(n) if hits[j, i]]
+            assert inside == list(range(windows["start"][i], windows["end"][i]))
+        eq = windows["equivalent"]
+        if eq is not None:  # the fixed pool it claims to equal gives the same output
+            fixed = nn.AvgPool1d(eq["kernel_size"], eq["stride"])
+            with torch.no_grad():
+                x = torch.arange(float(n)).view(1, 1, n)
+                assert torch.equal(fixed(x), nn.AdaptiveAvgPool1d(out)(x))
+
+
+def test_issue_edge_cases():
+    six_by_seven = cc.make_spec("maxpool", (1,), stride=(2,), ceil_mode=True)
+    assert cc.compute(six_by_seven, cc.parse_size("6x7")).output == {"h": 3, "w": 4}
+    five = cc.make_spec("maxpool", (2,), stride=(2,), padding=(1,), ceil_mode=True)
+    result = cc.compute(five, {"w": 5})
+    assert result.output == {"w": 3}
+    assert "last window would start at 6 >= 5 + 1" in result.formula["w"]
+    assert cc.compute(cc.make_spec(kernel_size=(3,), stride=(2,)), {"h": 32}).output == {"h": 15}
+    torch_pools = (
+        (nn.MaxPool2d(1, 2, ceil_mode=True), (6, 7)),
+        (nn.MaxPool1d(2, 2, 1, ceil_mode=True), (5,)),
+    )
+    for pool, shape in torch_pools:
+        assert (
+            tuple(pool(torch.zeros(1, 1, *shape)).shape[2:]) == {(6, 7): (3, 4), (5,): (3,)}[shape]
+        )
+
+
+def test_last_window_rule_is_explained():
+    spec = cc.make_spec("maxpool", (2,), stride=(2,), ceil_mode=True)
+    result = cc.compute(spec, {"w": 5})  # ceil((5-2)/2)+1 = 3; the 3rd window starts at 4 < 5
+    assert result.output == {"w": 3}
+    spec = cc.make_spec("maxpool", (1,), stride=(2,), ceil_mode=True)
+    result = cc.compute(spec, {"w": 6})  # ceil(5/2)+1 = 4, but window 3 would start at 6
+    assert result.output == {"w": 3}
+    assert "last window would start at 6 >= 6 + 0" in result.formula["w"]
+
+
+def test_same_padding_splits_like_pytorch():
+    spec = cc.make_spec(kernel_size=(4,), padding="same", dilation=(1,))
+    result = cc.compute(spec, {"w": 7})
+    assert result.padding == {"w": (1, 2)} and result.output == {"w": 7}
+    assert cc.compute(cc.make_spec(kernel_size=(3,), padding="valid"), {"w": 7}).output["w"] == 5
+    # torch pads the odd pixel on the right: the first output's centre sits 1 left of k/2
+    assert result.start == {"w": 0.5}
+
+
+@pytest.mark.parametrize(
+    ("values", "size", "in_channels", "message"),
+    [
+        ({"kernel_size": (5,)}, {"w": 4}, None, "kernel size can't be greater than actual input"),
+        ({"kernel_size": (3,), "stride": (2,), "padding": "same"}, {"w": 8}, None, "strided"),
+        ({"layer": "maxpool", "kernel_size": (3,), "padding": (2,)}, {"w": 8}, None, "half of"),
+        ({"layer": "maxpool", "kernel_size": (3,)}, {"w": 2}, None, "output size is too small"),
+        (
+            {"layer": "convT", "kernel_size": (3,), "stride": (2,), "output_padding": (2,)},
+            {"w": 4},
+            None,
+            "output padding must be smaller than either stride or dilation",
+        ),
+        ({"kernel_size": (3,), "groups": 2, "out_channels": 3}, {"w": 8}, 4, "out_channels"),
+        ({"kernel_size": (3,), "groups": 2, "out_channels": 4}, {"w": 8}, 3, "in_channels"),
+        ({"layer": "avgpool", "kernel_size": (2,), "dilation": (2,)}, {"w": 8}, None, "dilation"),
+        ({"layer": "convT", "kernel_size": (3,), "padding": "same"}, {"w": 8}, None, "conv only"),
+        ({"kernel_size": (3, 3)}, {"d": 4, "h": 4, "w": 4}, None, "2 values but the input has 3"),
+        ({"layer": "adaptive"}, {"w": 4}, None, "output size"),
+        ({"layer": "conv"}, {"w": 4}, None, "needs a kernel size"),
+    ],
+)
+def test_refusals_name_the_rule(values, size, in_channels, message):
+    with pytest.raises(UsageError, match=message.replace("(", r"\(")):
+        cc.compute(cc.make_spec(**values), size, in_channels)
+
+
+# ---------------------------------------------------------------------------------------------
+# Receptive field against autograd
+
+
+@st.composite
+def rf_chains(draw, with_transpose: bool):
+    layers = []
+    for _ in range(draw(st.integers(1, 3))):
+        kinds = ["conv", "maxpool", "avgpool"] + ["convT"] * with_transpose
+        kind = draw(st.sampled_from(kinds))
+        k = draw(st.integers(1, 4))
+        s = draw(st.integers(1, 3))
+        if kind in cc.POOLS:
+            p, d = draw(st.integers(0, k // 2)), draw(st.integers(1, 2)) if kind == "maxpool" else 1
+        else:
+            p, d = draw(st.integers(0, 2)), draw(st.integers(1, 2))
+        layers.append(cc.make_spec(kind, (k,), stride=(s,), padding=(p,), dilation=(d,)))
+    if with_transpose:
+        assume(any(spec.layer == "convT" for spec in layers))
+    return layers
+
+
+def gradient_extents(specs, n: int) -> list[tuple[int, int] | None]:
+    """For each output pixel: min and max input index with a nonzero gradient.
+
+    Every layer is a conv with all-ones weights (pools as convs of the same geometry), so every
+    path from an input in the field to the output carries a positive gradient.
+    """
+    modules = []
+    for spec in specs:
+        cls = nn.ConvTranspose1d if spec.layer == "convT" else nn.Conv1d
+        extra = {"output_padding": spec.output_padding[0]} if spec.layer == "convT" else {}
+        module = cls(
+            1,
+            1,
+            spec.kernel_size[0],
+            stride=(spec.stride or spec.kernel_size)[0],
+            padding=spec.padding[0],
+            dilation=spec.dilation[0],
+            bias=False,
+            **extra,
+        ).double()
+        nn.init.ones_(module.weight)
+        modules.append(module)
+    x = torch.ones(1, 1, n, dtype=torch.float64, requires_grad=True)
+    y = nn.Sequential(*modules)(x)[0, 0]
+    extents = []
+    for i in range(y.numel()):
+        (grad,) = torch.autograd.grad(y[i], x, retain_graph=True)
+        nonzero = grad[0, 0].nonzero().flatten().tolist()
+        extents.append((min(nonzero), max(nonzero)) if nonzero else None)
+    return extents
+
+
+@settings(max_examples=250, **SETTINGS)
+@given(specs=rf_chains(with_transpose=False), n=st.integers(8, 40))
+def test_receptive_field_equals_autograd_extent(specs, n):
+    try:
+        chain = cc.compute_chain(specs, {"w": n})
+    except UsageError:
+        assume(False)
+    r, j, start = chain.receptive_field["w"], chain.jump["w"], chain.start["w"]
+    checked = 0
+    for i, extent in enumerate(gradient_extents(specs, n)):
+        low, high = start + i * j - (r - 1) / 2, start + i * j + (r - 1) / 2
+        if low >= 0 and high <= n - 1:  # fields cut by padding are clipped by the input edge
+            assert extent == (low, high)
+            checked += 1
+    assume(checked)
+
+
+@settings(max_examples=150, **SETTINGS)
+@given(specs=rf_chains(with_transpose=True), n=st.integers(4, 16))
+def test_transposed_receptive_field_bounds_autograd_extent(specs, n):
+    try:
+        chain = cc.compute_chain(specs, {"w": n})
+    except UsageError:
+        assume(False)
+    r, j, start = chain.receptive_field["w"], chain.jump["w"], chain.start["w"]
+    for i, extent in enumerate(gradient_extents(specs, n)):
+        if extent is not None:
+            centre = start + i * j
+            assert centre - (r - 1) / 2 - 1e-6 <= extent[0]
+            assert extent[1] <= centre + (r - 1) / 2 + 1e-6
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing, chains, solving
+
+
+def test_parse_size_and_per_dim_values():
+    assert cc.parse_size("16x32x32") == {"d": 16, "h": 32, "w": 32}
+    assert cc.parse_size("32") == {"w": 32}
+    assert cc.parse_size("8x9") == {"h": 8, "w": 9}
+    result = cc.compute(cc.make_spec(kernel_size=(3, 5)), cc.parse_size("8x9"))
+    assert result.output == {"h": 6, "w": 5}
+    for bad in ("0x4", "4x", "axb", "1x2x3x4"):
+        with pytest.raises(UsageError):
+            cc.parse_size(bad)
+
+
+def test_parse_chain_tokens():
+    specs = cc.parse_chain("conv k3x5 s2 p1 d2 c32 g2 nobias; convT k4 s2 p1 op1 # x\n")
+    assert specs[0].kernel_size == (3, 5) and specs[0].dilation == (2,)
+    assert (specs[0].out_channels, specs[0].groups, specs[0].bias) == (32, 2, False)
+    with pytest.raises(UsageError, match="conv only"):
+        cc.parse_chain("maxpool k2 pvalid")
+    adaptive, pool = cc.parse_chain("adaptive o7x7\nmaxpool k2 s1 ceil p1")
+    assert adaptive.output_size == (7, 7)
+    assert (pool.layer, pool.stride, pool.padding, pool.ceil_mode) == ("maxpool", (1,), (1,), True)
+    assert specs[1].output_padding == (1,) and specs[1].layer == "convT"
+    with pytest.raises(UsageError, match=r"unknown token 'x3'.*valid: k3"):
+        cc.parse_chain("conv k3 x3")
+    with pytest.raises(UsageError, match="unknown layer 'cnv'"):
+        cc.parse_chain("cnv k3")
+    with pytest.raises(UsageError, match="no layers"):
+        cc.parse_chain(" ; # nothing")
+
+
+def test_chain_rows_and_totals():
+    chain = cc.compute_chain(
+        cc.parse_chain("conv k3 p1 c32; maxpool k2; conv k3 s2 c64; convT k4 s2 p1 c32"),
+        cc.parse_size("32x32"),
+        in_channels=3,
+    )
+    sizes = [(row.output["h"], row.out_channels, row.params) for row in chain.layers]
+    model = nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, stride=2),
+        nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1),
+    )
+    x = torch.zeros(1, 3, 32, 32)
+    for (height, channels, params), layer in zip(sizes, model, strict=True):
+        x = layer(x)
+        assert (height, channels) == (x.shape[2], x.shape[1])
+        assert params == sum(t.numel() for t in layer.parameters())
+    assert chain.params == sum(t.numel() for t in model.parameters())
+    assert chain.output == {"h": 14, "w": 14} and chain.out_channels == 32
+    assert [row.receptive_field["h"] for row in chain.layers] == [3, 4, 8, 14]
+    assert chain.jump == {"h": 2, "w": 2}
+
+
+def test_chain_errors_name_the_layer():
+    with pytest.raises(UsageError, match=r"layer 2 \(maxpool\): output size is too small"):
+        cc.compute_chain(cc.parse_chain("conv k3; maxpool k4"), {"w": 5})
+
+
+def test_channels_unknown_without_in_channels():
+    chain = cc.compute_chain(cc.parse_chain("conv k3 c8; conv k3 c16"), {"w": 16})
+    assert [row.params for row in chain.layers] == [None, 8 * 16 * 3 + 16]
+    assert chain.params is None and chain.out_channels == 16
+
+
+@settings(max_examples=120, **SETTINGS)
+@given(
+    layer=st.sampled_from(["conv", "convT", "maxpool", "avgpool"]),
+    n=st.integers(1, 20),
+    k=st.integers(1, 5),
+    s=st.integers(1, 3),
+    target=st.integers(1, 40),
+)
+def test_solve_finds_exactly_the_paddings_that_give_the_target(layer, n, k, s, target):
+    spec = cc.make_spec(layer, (k,), stride=(s,))
+    solved = cc.solve_padding(spec, {"w": n}, {"w": target})
+    for solution in solved.solutions["w"]:
+        one = cc.make_spec(
+            layer,
+            (k,),
+            stride=(s,),
+            padding=(solution.padding,),
+            output_padding=(solution.output_padding,),
+        )
+        assert cc.compute(one, {"w": n}).output["w"] == target
+    if not solved.solutions["w"]:  # nothing legal in a wide brute force hits the target
+        for pad in range(0, 3 * (n + k + target)):
+            for op in range(s if layer == "convT" else 1):
+                try:
+                    one = cc.make_spec(
+                        layer, (k,), stride=(s,), padding=(pad,), output_padding=(op,)
+                    )
+                    assert cc.compute(one, {"w": n}).output["w"] != target
+                except UsageError:
+                    pass
+
+
+def test_solve_examples():
+    solved = cc.solve_padding(cc.make_spec(kernel_size=(3,), stride=(2,)), {"h": 32}, {"h": 16})
+    assert [(s.padding, s.output) for s in solved.solutions["h"]] == [(1, 16)]
+    up = cc.solve_padding(cc.make_spec("convT", (3,), stride=(2,)), {"h": 16}, {"h": 32})
+    assert [(s.padding, s.output_padding) for s in up.solutions["h"]] == [(1, 1)]
+    none = cc.solve_padding(cc.make_spec("maxpool", (2,)), {"w": 9}, {"w": 7})
+    assert not none.solved and {s.output for s in none.nearest["w"]} == {5}
+
+
+def test_evaluate_requests():
+    assert cc.evaluate({"h": 32, "k": "3", "s": "2"}).output == {"h": 15}
+    assert cc.evaluate({"size": "8x8", "chain": "conv k3; maxpool k2"}).output == {"h": 3, "w": 3}
+    with pytest.raises(UsageError, match="drop k"):
+        cc.evaluate({"size": "8", "chain": "conv k3", "k": "3"})
+    with pytest.raises(UsageError, match="once"):
+        cc.evaluate({"size": "8", "h": 8, "k": "3"})
+    with pytest.raises(UsageError, match="no input size"):
+        cc.evaluate({"k": "3"})
+    assert cc.parse_request_line('{"k": 5, "h": 28}') == {"k": 5, "h": 28}
+    with pytest.raises(UsageError, match="unknown keys"):
+        cc.parse_request_line('{"kernel": 5}')
+
+
+def test_never_imports_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, ptool.core.convcalc; print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.stdout.strip() == "False"
