@@ -4,15 +4,44 @@ from __future__ import annotations
 
 import os
 import sys
-from importlib import metadata
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
 from ptool import __version__
+from ptool.commands._plain_params import PlainParams
 from ptool.ui.errors import DEBUG_ENV, debug_enabled, report
 
+
+class _LazyGroup(PlainParams, TyperGroup):
+    """Imports and builds a subcommand only when it runs or help lists it, so `ptool convcalc`
+    never pays for the other commands' modules and their hundreds of options."""
+
+    def list_commands(self, ctx) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx, cmd_name: str):
+        if cmd_name in COMMANDS and cmd_name not in self.commands:
+            import importlib
+
+            holder = typer.Typer(rich_markup_mode=self.rich_markup_mode)
+            module = importlib.import_module(f"ptool.commands.{cmd_name.replace('-', '_')}")
+            module.register(holder)
+            self.commands[cmd_name] = typer.main.get_group(holder).commands[cmd_name]
+        return self.commands.get(cmd_name)
+
+    def resolve_command(self, ctx, args):
+        if args and args[0] not in COMMANDS:  # a typo: load its look-alikes for "Did you mean"
+            import difflib
+
+            for name in difflib.get_close_matches(args[0], COMMANDS):
+                self.get_command(ctx, name)
+        return super().resolve_command(ctx, args)
+
+
 app = typer.Typer(
+    cls=_LazyGroup,
     name="ptool",
     help="A command-line toolbox for people who train PyTorch models.",
     no_args_is_help=True,
@@ -25,6 +54,8 @@ app = typer.Typer(
 
 def _version_line() -> str:
     """ptool's version, and torch's read from package metadata (importing torch takes seconds)."""
+    from importlib import metadata
+
     try:
         torch_version = metadata.version("torch")
     except metadata.PackageNotFoundError:
@@ -66,16 +97,6 @@ COMMANDS: tuple[str, ...] = (
     "inspect-checkpoint",
     "lr-plot",
 )
-
-
-def _register() -> None:
-    import importlib
-
-    for name in COMMANDS:
-        importlib.import_module(f"ptool.commands.{name.replace('-', '_')}").register(app)
-
-
-_register()
 
 
 def main() -> None:

@@ -9,8 +9,10 @@ import sys
 from typing import Annotated
 
 import typer
+from typer.core import TyperCommand
 
 from ptool.commands._options import JsonOpt, QuietOpt, examples
+from ptool.commands._plain_params import PlainParams
 
 EXAMPLES = examples(
     "ptool convcalc --h 32 --k 3 --s 2",
@@ -75,15 +77,15 @@ CeilOpt = Annotated[
     bool, typer.Option("--ceil-mode", help="Pooling: ceil instead of floor (PyTorch's ceil_mode).")
 ]
 InChannelsOpt = Annotated[
-    int | None,
+    str | None,
     typer.Option("--in-channels", help="Input channels (for channels and parameter counts)."),
 ]
 OutChannelsOpt = Annotated[
-    int | None,
+    str | None,
     typer.Option("--out-channels", help="conv/convT output channels. \\[default: --in-channels]"),
 ]
 GroupsOpt = Annotated[
-    int | None,
+    str | None,
     typer.Option("--groups", help="conv/convT groups. \\[default: 1]", show_default=False),
 ]
 NoBiasOpt = Annotated[bool, typer.Option("--no-bias", help="conv/convT without bias (bias=False).")]
@@ -129,9 +131,9 @@ StdinOpt = Annotated[
 
 
 def convcalc(
-    h: Annotated[int | None, _dim_opt("h")] = None,
-    w: Annotated[int | None, _dim_opt("w")] = None,
-    d: Annotated[int | None, _dim_opt("d")] = None,
+    h: Annotated[str | None, _dim_opt("h")] = None,
+    w: Annotated[str | None, _dim_opt("w")] = None,
+    d: Annotated[str | None, _dim_opt("d")] = None,
     size: SizeOpt = None,
     layer: LayerOpt = None,
     k: KOpt = None,
@@ -153,10 +155,11 @@ def convcalc(
     json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Output size, channels, parameters and receptive field of conv, transposed conv and
-    pooling layers, or of a chain of them, with PyTorch's formulas and rules; solve for padding.
+    """Output sizes, parameters and receptive fields of conv / pooling layers and chains.
 
-    1-D, 2-D or 3-D by which of --d --h --w (or --size) are given. Never imports torch.
+    conv, convT, maxpool, avgpool and adaptive layers in 1-D, 2-D or 3-D (by which of --d --h
+    --w, or --size, are given), with PyTorch's formulas, defaults and refusals; --target solves
+    for the padding. Never imports torch.
     """
     from ptool.core import convcalc as core
     from ptool.core.errors import UsageError
@@ -230,5 +233,10 @@ def _stream(out, defaults: dict) -> None:
         raise PtoolError(f"{failed} of {total} lines failed (see their error lines)")
 
 
+class _Command(PlainParams, TyperCommand):
+    """Every value option here is a string that ptool.core.convcalc parses with its own
+    messages, so none of them needs Typer's pydantic coercion."""
+
+
 def register(app: typer.Typer) -> None:
-    app.command("convcalc", epilog=EXAMPLES, help=convcalc.__doc__)(convcalc)
+    app.command("convcalc", cls=_Command, epilog=EXAMPLES, help=convcalc.__doc__)(convcalc)

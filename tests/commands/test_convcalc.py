@@ -124,6 +124,23 @@ def test_bad_geometry_exits_2_with_one_line(args, rule):
     assert proc.stderr.startswith("error:")
 
 
+def test_starts_without_torch_or_pydantic():
+    """Start-up is the feature: no torch, and no pydantic (Typer's option coercion)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "sys.argv = ['ptool', 'convcalc', '--h', '32', '--k', '3', '--s', '2']\n"
+        "from ptool.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'pydantic') if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "conv: 32 -> 15" in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_help_has_examples():
     proc = convcalc("--help")
     assert proc.returncode == 0

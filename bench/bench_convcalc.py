@@ -1,0 +1,55 @@
+"""`ptool convcalc --h 32 --k 3 --s 2` against `python -c "import typer"`, in one run.
+
+Both are separate processes (wall time, median of --repeat runs, interleaved so a busy
+machine slows both alike). Goal: convcalc within 2.0x of importing Typer, the floor of any
+Typer CLI. ptool's modules are byte-compiled first, as an install or any first run leaves
+them (Typer's are, in site-packages), even where PYTHONDONTWRITEBYTECODE is set.
+
+    python bench/bench_convcalc.py [--repeat 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import compileall
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PTOOL = str(Path(sys.executable).with_name("ptool"))
+GOAL = 2.0
+COMMANDS = {
+    "ptool convcalc --h 32 --k 3 --s 2": [PTOOL, "convcalc", "--h", "32", "--k", "3", "--s", "2"],
+    'python -c "import typer"': [sys.executable, "-c", "import typer"],
+}
+
+
+def wall(command: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=15)
+    args = parser.parse_args()
+    compileall.compile_dir(Path(__file__).resolve().parents[1] / "ptool", quiet=1)
+    for command in COMMANDS.values():  # warm the page cache and .pyc files
+        wall(command)
+    times: dict[str, list[float]] = {name: [] for name in COMMANDS}
+    for _ in range(max(args.repeat, 10)):
+        for name, command in COMMANDS.items():
+            times[name].append(wall(command))
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    convcalc, typer = medians.values()
+    for name, value in medians.items():
+        print(f"{name:40s} median {value * 1000:7.1f} ms  ({len(times[name])} runs)")
+    verdict = "meets" if convcalc / typer <= GOAL else "misses"
+    print(f"ratio {convcalc / typer:.2f}x (goal <= {GOAL}x: {verdict})")
+
+
+if __name__ == "__main__":
+    main()

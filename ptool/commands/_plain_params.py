@@ -1,0 +1,32 @@
+"""Start-up without pydantic for options that need no conversion.
+
+Typer 0.29 builds a pydantic TypeAdapter for each option the first time it processes a value,
+even for the --help flag, and importing pydantic takes longer than importing Typer itself.
+String and bool options get Typer's own pass-through coercion instead (the value already has
+the right type), so `ptool --help` and `ptool convcalc` start in about Typer's import time.
+"""
+
+from __future__ import annotations
+
+try:  # Typer internals: without them Typer's own coercion runs, only slower
+    from typer._coercion import PassThroughRuntimeParam
+except ImportError:  # pragma: no cover - another Typer minor version
+    PassThroughRuntimeParam = None
+
+PLAIN = (str, bool)
+
+
+class PlainParams:
+    """Mixin for a Typer command or group class: str/bool options skip pydantic."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        if PassThroughRuntimeParam is not None:
+            for param in params:
+                descriptor = getattr(param, "type_descriptor", None)
+                plain = descriptor is not None and descriptor.annotation in PLAIN
+                if plain and getattr(param, "_runtime_param", None) is None:
+                    param._runtime_param = PassThroughRuntimeParam(
+                        parameter_info=descriptor.parameter_info, annotation=descriptor.annotation
+                    )
+        return params
