@@ -247,7 +247,12 @@ def make_spec(layer: str = "conv", kernel_size: Ints | None = None, **values) ->
             raise UsageError(
                 "adaptive pooling needs an output size", hint="--output-size 7 (or o7 in a chain)"
             )
-        kernel_size = None
+        fixed = [name for name in ("stride", "padding", "dilation") if name in values]
+        if kernel_size is not None or fixed:
+            raise UsageError(
+                "adaptive pooling takes only an output size; drop "
+                + ", ".join(["kernel_size"] * (kernel_size is not None) + fixed)
+            )
     elif kernel_size is None:
         raise UsageError(f"{layer} needs a kernel size", hint="--k 3 (or k3 in a chain)")
     spec = replace(LayerSpec(layer=layer, kernel_size=kernel_size), **values)

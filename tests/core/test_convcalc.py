@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -81,6 +81,7 @@ def ours(spec_values: dict, shape: tuple[int, ...], in_channels: int | None = No
 
 
 def assert_agree(expected, torch_error, got, our_error):
+    event("both refuse" if torch_error is not None else "same shape")
     assert (torch_error is None) == (our_error is None), (torch_error, our_error)
     if torch_error is None:
         assert got == expected
@@ -91,12 +92,12 @@ def assert_agree(expected, torch_error, got, our_error):
 def test_conv_matches_torch(data, shape):
     ndim = len(shape)
     k = per_dim(data.draw, ndim, st.integers(1, 5))
-    d = per_dim(data.draw, ndim, st.integers(1, 3))
+    d = per_dim(data.draw, ndim, st.sampled_from([1, 1, 2, 3]))
     s = per_dim(data.draw, ndim, st.integers(1, 3))
     padding = data.draw(st.sampled_from(["int", "int", "same", "valid"]))
     p = per_dim(data.draw, ndim, st.integers(0, 3)) if padding == "int" else padding
     in_ch, out_ch = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
-    groups = data.draw(st.sampled_from([1, 1, 2, 3]))
+    groups = data.draw(st.sampled_from([1, 1, 1, 2, 3]))
     bias = data.draw(st.booleans())
     try:
         layer = CONV[ndim](
@@ -135,10 +136,10 @@ def test_conv_transpose_matches_torch(data, shape):
     k = per_dim(data.draw, ndim, st.integers(1, 5))
     d = per_dim(data.draw, ndim, st.integers(1, 3))
     s = per_dim(data.draw, ndim, st.integers(1, 3))
-    p = per_dim(data.draw, ndim, st.integers(0, 4))
-    op = per_dim(data.draw, ndim, st.integers(0, 3))
+    p = per_dim(data.draw, ndim, st.integers(0, 3))
+    op = per_dim(data.draw, ndim, st.integers(0, 2))
     in_ch, out_ch = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
-    groups = data.draw(st.sampled_from([1, 1, 2]))
+    groups = data.draw(st.sampled_from([1, 1, 1, 2]))
     try:
         layer = CONVT[ndim](
             in_ch,
@@ -176,7 +177,7 @@ def test_pooling_matches_torch(data, shape, kind):
     k = per_dim(data.draw, ndim, st.integers(1, 4))
     s = data.draw(st.none() | st.just(per_dim(data.draw, ndim, st.integers(1, 3))))
     p = per_dim(data.draw, ndim, st.integers(0, 2))
-    d = per_dim(data.draw, ndim, st.integers(1, 3)) if kind == "maxpool" else (1,)
+    d = per_dim(data.draw, ndim, st.sampled_from([1, 1, 2, 3])) if kind == "maxpool" else (1,)
     ceil = data.draw(st.booleans())
     options = dict(kernel_size=full(k, ndim), padding=full(p, ndim), ceil_mode=ceil)
     if s is not None:
@@ -289,10 +290,11 @@ def test_refusals_name_the_rule(values, size, in_channels, message):
 
 @st.composite
 def rf_chains(draw, with_transpose: bool):
+    kinds = draw(st.lists(st.sampled_from(["conv", "maxpool", "avgpool"]), min_size=1, max_size=3))
+    if with_transpose:  # at least one transposed conv, anywhere in the chain
+        kinds[draw(st.integers(0, len(kinds) - 1))] = "convT"
     layers = []
-    for _ in range(draw(st.integers(1, 3))):
-        kinds = ["conv", "maxpool", "avgpool"] + ["convT"] * with_transpose
-        kind = draw(st.sampled_from(kinds))
+    for kind in kinds:
         k = draw(st.integers(1, 4))
         s = draw(st.integers(1, 3))
         if kind in cc.POOLS:
@@ -300,8 +302,6 @@ def rf_chains(draw, with_transpose: bool):
         else:
             p, d = draw(st.integers(0, 2)), draw(st.integers(1, 2))
         layers.append(cc.make_spec(kind, (k,), stride=(s,), padding=(p,), dilation=(d,)))
-    if with_transpose:
-        assume(any(spec.layer == "convT" for spec in layers))
     return layers
 
 
