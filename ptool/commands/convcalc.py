@@ -207,10 +207,11 @@ def _show(out, result, *, explain: bool) -> None:
         out.result(result, lambda: view.solve_table(result))
         if not result.solved:
             raise PtoolError(view.unsolved_message(result), hint=view.UNSOLVED_HINT)
-    elif isinstance(result, core.ChainResult):
-        out.result(result, lambda: view.chain_table(result, explain=explain))
     else:
-        out.result(result, lambda: view.layer_table(result, explain=explain))
+        table = view.chain_table if isinstance(result, core.ChainResult) else view.layer_table
+        out.result(result, lambda: table(result))
+        if explain:
+            out.print(view.explanation(result), soft_wrap=True)
 
 
 def _stream(out, defaults: dict) -> None:

@@ -480,11 +480,10 @@ def compute(
             rounding = "ceil" if spec.ceil_mode else "floor"
             text = f"{rounding}(({size[n]} + 2*{left} - {dk} - 1) / {s[n]}) + 1"
             if dropped:
-                text += (
-                    f" - 1 (the last window would start at {out * s[n]} >= "
-                    f"{size[n]} + {left}: in the right padding)"
-                )
-            text += f" = {out}"
+                text += f" - 1 = {out} (the last window would start at {out * s[n]} >= "
+                text += f"{size[n]} + {left}, past the input and left padding)"
+            else:
+                text += f" = {out}"
         if out < 1:
             raise UsageError(
                 f"output size is too small ({n}: input {size[n]} gives {out}); PyTorch's rule",

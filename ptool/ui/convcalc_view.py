@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
@@ -41,11 +40,21 @@ def _token(prefix: str, values: dict) -> str:
     return prefix + (distinct.pop() if len(distinct) == 1 else dims(values))
 
 
-def _formulas(formula: dict[str, str]) -> Text:
-    return Text("\n".join(f"{name}: {text}" for name, text in formula.items()))
+def explanation(result) -> Text:
+    """--explain: each formula with the numbers put in, one line per dimension (and layer).
+
+    Print with soft_wrap=True: a formula broken mid-way reads wrong."""
+    if hasattr(result, "layers"):
+        lines = []
+        for index, row in enumerate(result.layers, 1):
+            lines.append(f"{index} {describe(row)}")
+            lines += [f"  {name}: {text}" for name, text in row.formula.items()]
+    else:
+        lines = [f"{name}: {text}" for name, text in result.formula.items()]
+    return Text("\n".join(lines))
 
 
-def layer_table(result, *, explain: bool = False) -> Group:
+def layer_table(result) -> Table:
     """One row per dimension: the layer's numbers and the output they give."""
     title = f"{result.layer}: {dims(result.input)} -> {dims(result.output)}"
     if result.out_channels is not None:
@@ -55,7 +64,7 @@ def layer_table(result, *, explain: bool = False) -> Group:
     table = Table(title=escape(title), title_justify="left")
     columns = ["dim", "in"]
     if result.layer == "adaptive":
-        columns += ["windows [start, end)", "as fixed pool"]
+        columns += ["windows", "as pool"]
     else:
         columns += ["k", "s", "p", "dilation"]
         if result.layer == "convT":
@@ -79,10 +88,7 @@ def layer_table(result, *, explain: bool = False) -> Group:
                 row.append(str(result.output_padding[name]))
         row += [str(result.output[name]), *_field_cells(result, name)]
         table.add_row(*row)
-    parts = [table]
-    if explain:
-        parts.append(_formulas(result.formula))
-    return Group(*parts)
+    return table
 
 
 def _field_cells(result, name: str) -> list[str]:
@@ -91,7 +97,7 @@ def _field_cells(result, name: str) -> list[str]:
     return [str(result.receptive_field[name]), str(result.jump[name]), str(result.start[name])]
 
 
-def _windows(windows: dict, shown: int = 4) -> str:
+def _windows(windows: dict, shown: int = 3) -> str:
     pairs = [f"{s}-{e}" for s, e in zip(windows["start"], windows["end"], strict=True)]
     if len(pairs) > shown:
         pairs = [*pairs[: shown - 1], "...", pairs[-1]]
@@ -100,15 +106,17 @@ def _windows(windows: dict, shown: int = 4) -> str:
 
 def _equivalent(equivalent: dict | None) -> str:
     if equivalent is None:
-        return "none (windows differ)"
+        return "-"
     return f"k{equivalent['kernel_size']} s{equivalent['stride']}"
 
 
-def chain_table(chain, *, explain: bool = False) -> Group:
+def chain_table(chain) -> Table:
     """One row per layer, totals at the bottom."""
-    table = Table(title=f"chain on {dims(chain.input)}", title_justify="left", show_footer=True)
+    title = f"chain on {dims(chain.input)}"
+    if chain.in_channels is not None:
+        title += f", {chain.in_channels} channels"
+    table = Table(title=title, title_justify="left", show_footer=True)
     footers = [
-        "",
         "total",
         dims(chain.input),
         dims(chain.output),
@@ -118,28 +126,22 @@ def chain_table(chain, *, explain: bool = False) -> Group:
         dims(chain.jump),
         dims(chain.start),
     ]
-    headers = ["#", "layer", "input", "output", "channels", "params", "RF", "jump", "start"]
+    headers = ["layer", "input", "output", "channels", "params", "RF", "jump", "start"]
     for header, footer in zip(headers, footers, strict=True):
         justify = "left" if header == "layer" else "right"
-        table.add_column(header, footer=footer, justify=justify)
-    for index, row in enumerate(chain.layers, 1):
+        table.add_column(header, footer=footer, justify=justify, no_wrap=header == "layer")
+    for row in chain.layers:
         table.add_row(
-            str(index),
             describe(row),
             dims(row.input),
             dims(row.output),
-            _channels(row),
+            "-" if row.out_channels is None else str(row.out_channels),
             _params(row.params),
             dims(row.receptive_field),
             dims(row.jump),
             dims(row.start),
         )
-    parts = [table]
-    if explain:
-        for index, row in enumerate(chain.layers, 1):
-            parts.append(Text(f"{index} {describe(row)}", style="bold"))
-            parts.append(_formulas(row.formula))
-    return Group(*parts)
+    return table
 
 
 def describe(row) -> str:
