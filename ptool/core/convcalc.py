@@ -222,7 +222,7 @@ def parse_layer_tokens(text: str) -> LayerSpec:
                 break
         else:
             raise UsageError(
-                f"unknown token {token!r} in layer {text.strip()!r}; valid: {TOKEN_HELP}"
+                f"unknown token {token!r} in {text.strip()!r}", hint=f"valid: {TOKEN_HELP}"
             )
     return make_spec(**values)
 
@@ -275,7 +275,7 @@ def make_spec(layer: str = "conv", kernel_size: Ints | None = None, **values) ->
         raise UsageError(f"{layer} keeps its input channels: out_channels and groups do not apply")
     if spec.padding == "same" and spec.stride and any(s != 1 for s in spec.stride):
         raise UsageError(
-            "padding='same' is not supported for strided convolutions (PyTorch's rule)",
+            "padding='same' is not supported for strided convolutions",
             hint="use stride 1, or an integer padding (--target N finds one)",
         )
     return spec
@@ -440,8 +440,8 @@ def compute(
     params = _conv_params(spec, in_channels, out_ch, k)
     if spec.layer == "avgpool" and len(names) == 3 and any(size[n] < k[n] for n in names):
         raise UsageError(
-            f"input image ({_shape(size)}) smaller than kernel size ({_shape(k)}): "
-            "3-D avgpool needs every unpadded input side >= the kernel (PyTorch's avg_pool3d rule)"
+            f"input image ({_shape(size)}) smaller than kernel size ({_shape(k)})",
+            hint="3-D avgpool needs every side >= the kernel, before padding (avg_pool3d)",
         )
 
     output: dict[str, int] = {}
@@ -454,8 +454,9 @@ def compute(
         if spec.layer == "conv":
             if ke > size[n] + left + right:
                 raise UsageError(
-                    f"kernel size can't be greater than actual input size ({n}: padded input "
-                    f"{size[n] + left + right}, effective kernel {dk}+1 = {ke}); PyTorch's rule"
+                    f"{n}: kernel size can't be greater than actual input size "
+                    f"(padded {size[n] + left + right} < kernel {ke})",
+                    hint="a smaller kernel or dilation, more padding, or a larger input",
                 )
             out = (size[n] + left + right - ke) // s[n] + 1
             pad_text = f"2*{left}" if left == right else f"{left} + {right}"
@@ -463,18 +464,15 @@ def compute(
         elif spec.layer == "convT":
             if op[n] >= max(s[n], d[n]):
                 raise UsageError(
-                    "output padding must be smaller than either stride or dilation "
-                    f"({n}: output_padding={op[n]}, stride={s[n]}, dilation={d[n]}); "
-                    "PyTorch's rule"
+                    f"{n}: output padding must be smaller than either stride or dilation "
+                    f"(op {op[n]}, s {s[n]}, d {d[n]})"
                 )
             out = (size[n] - 1) * s[n] - 2 * left + ke - 1 + op[n] + 1
             text = f"({size[n]}-1)*{s[n]} - 2*{left} + {dk} + {op[n]} + 1 = {out}"
         else:
             if left > k[n] // 2:
                 raise UsageError(
-                    "pad should be at most half of kernel size "
-                    f"({n}: padding={left}, kernel_size={k[n]}: at most {k[n] // 2}); "
-                    "PyTorch's rule"
+                    f"{n}: pad should be at most half of kernel size ({left} > {k[n]} // 2)"
                 )
             out, dropped = _pool_out(size[n], k[n], s[n], left, d[n], spec.ceil_mode)
             rounding = "ceil" if spec.ceil_mode else "floor"
@@ -486,8 +484,8 @@ def compute(
                 text += f" = {out}"
         if out < 1:
             raise UsageError(
-                f"output size is too small ({n}: input {size[n]} gives {out}); PyTorch's rule",
-                hint="use a smaller kernel, stride or padding, or a larger input",
+                f"{n}: output size is too small (input {size[n]} gives {out})",
+                hint="a smaller kernel or stride, other padding, or a larger input",
             )
         output[n] = out
         formula[n] = text
