@@ -27,98 +27,44 @@ EXAMPLES = examples(
 )
 
 
-def _dim_opt(name: str) -> typer.models.OptionInfo:
-    return typer.Option(f"--{name}", help=f"Input size along {name}.", show_default=False)
+def _value(flag: str, help: str, metavar: str = "N"):
+    """A value option: a string that ptool.core.convcalc parses (per-dimension values too)."""
+    return Annotated[str | None, typer.Option(flag, help=help, metavar=metavar, show_default=False)]
 
 
-SizeOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--size", help="Input size: 32 (w), 32x32 (h, w) or 16x32x32 (d, h, w).", show_default=False
-    ),
-]
-LayerOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--layer",
-        help="conv, convT, maxpool, avgpool or adaptive. \\[default: conv]",
-        show_default=False,
-    ),
-]
 PER_DIM = "; 3 for every dimension or 3x5 per dimension"
-KOpt = Annotated[str | None, typer.Option("--k", help=f"kernel_size{PER_DIM}.", show_default=False)]
-SOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--s", help=f"stride{PER_DIM} \\[default: 1; pooling: the kernel].", show_default=False
-    ),
-]
-POpt = Annotated[
-    str | None,
-    typer.Option(
-        "--p",
-        help=f"padding{PER_DIM}; conv also takes same (stride 1) or valid. \\[default: 0]",
-        show_default=False,
-    ),
-]
-DilationOpt = Annotated[
-    str | None,
-    typer.Option("--dilation", help=f"dilation{PER_DIM}. \\[default: 1]", show_default=False),
-]
-OutputPaddingOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--output-padding",
-        help=f"convT output_padding{PER_DIM}; below max(stride, dilation). \\[default: 0]",
-        show_default=False,
-    ),
-]
+SizeOpt = _value("--size", "Input size: 32 (w), 32x32 (h, w) or 16x32x32 (d, h, w).", "DxHxW")
+LayerOpt = _value("--layer", "conv, convT, maxpool, avgpool or adaptive. \\[default: conv]", "NAME")
+KOpt = _value("--k", f"kernel_size{PER_DIM}.", "NxN")
+SOpt = _value("--s", f"stride{PER_DIM} \\[default: 1; pooling: the kernel].", "NxN")
+POpt = _value("--p", f"padding{PER_DIM}; conv also takes same (stride 1) or valid. \\[default: 0]")
+DilationOpt = _value("--dilation", f"dilation{PER_DIM}. \\[default: 1]", "NxN")
+OutputPaddingOpt = _value(
+    "--output-padding",
+    f"convT output_padding{PER_DIM}; below max(stride, dilation). \\[default: 0]",
+    "NxN",
+)
 CeilOpt = Annotated[
     bool, typer.Option("--ceil-mode", help="Pooling: ceil instead of floor (PyTorch's ceil_mode).")
 ]
-InChannelsOpt = Annotated[
-    str | None,
-    typer.Option("--in-channels", help="Input channels (for channels and parameter counts)."),
-]
-OutChannelsOpt = Annotated[
-    str | None,
-    typer.Option("--out-channels", help="conv/convT output channels. \\[default: --in-channels]"),
-]
-GroupsOpt = Annotated[
-    str | None,
-    typer.Option("--groups", help="conv/convT groups. \\[default: 1]", show_default=False),
-]
+InChannelsOpt = _value("--in-channels", "Input channels (for channels and parameter counts).")
+OutChannelsOpt = _value("--out-channels", "conv/convT output channels. \\[default: --in-channels]")
+GroupsOpt = _value("--groups", "conv/convT groups. \\[default: 1]")
 NoBiasOpt = Annotated[bool, typer.Option("--no-bias", help="conv/convT without bias (bias=False).")]
-OutputSizeOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--output-size", help=f"adaptive pooling output_size{PER_DIM}.", show_default=False
-    ),
-]
-ChainOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--chain",
-        help='Layers separated by ";": a name (conv, convT, maxpool, avgpool, adaptive) then '
-        "k3 (or k3x5), s2, p1 / psame / pvalid, d2, op1, c32, g2, o7, ceil, nobias.",
-        show_default=False,
-    ),
-]
-ChainFileOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--chain-file", help="A file with one layer per line ('#' comments).", show_default=False
-    ),
-]
-TargetOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--target",
-        help="Find the padding (and convT output_padding) that gives this output size; "
-        "exit 1 when none does.",
-        show_default=False,
-    ),
-]
+OutputSizeOpt = _value("--output-size", f"adaptive pooling output_size{PER_DIM}.", "NxN")
+ChainOpt = _value(
+    "--chain",
+    'Layers separated by ";": a name (conv, convT, maxpool, avgpool, adaptive) then '
+    "k3 (or k3x5), s2, p1 / psame / pvalid, d2, op1, c32, g2, o7, ceil, nobias.",
+    "LAYERS",
+)
+ChainFileOpt = _value("--chain-file", "A file with one layer per line ('#' comments).", "PATH")
+TargetOpt = _value(
+    "--target",
+    "Find the padding (and convT output_padding) that gives this output size; exit 1 when "
+    "none does.",
+    "NxN",
+)
 ExplainOpt = Annotated[bool, typer.Option("--explain", help="Show each formula with the numbers.")]
 StdinOpt = Annotated[
     bool,
@@ -131,9 +77,9 @@ StdinOpt = Annotated[
 
 
 def convcalc(
-    h: Annotated[str | None, _dim_opt("h")] = None,
-    w: Annotated[str | None, _dim_opt("w")] = None,
-    d: Annotated[str | None, _dim_opt("d")] = None,
+    h: _value("--h", "Input size along h.") = None,
+    w: _value("--w", "Input size along w.") = None,
+    d: _value("--d", "Input size along d.") = None,
     size: SizeOpt = None,
     layer: LayerOpt = None,
     k: KOpt = None,
@@ -157,9 +103,7 @@ def convcalc(
 ) -> None:
     """Output sizes, parameters and receptive fields of conv / pooling layers and chains.
 
-    conv, convT, maxpool, avgpool and adaptive layers in 1-D, 2-D or 3-D (by which of --d --h
-    --w, or --size, are given), with PyTorch's formulas, defaults and refusals; --target solves
-    for the padding. Never imports torch.
+    1-D, 2-D or 3-D by which of --d --h --w (or --size) are given. Never imports torch.
     """
     from ptool.core import convcalc as core
     from ptool.core.errors import UsageError

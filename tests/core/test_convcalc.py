@@ -87,87 +87,57 @@ def assert_agree(expected, torch_error, got, our_error):
         assert got == expected
 
 
-@settings(max_examples=700, **SETTINGS)
-@given(data=st.data(), shape=inputs())
-def test_conv_matches_torch(data, shape):
+def check_conv(cls, shape, in_ch: int, out_ch: int, options: dict, kind: str):
+    """A torch conv layer (construction or forward may raise) against convcalc's answer; the
+    options are both torch's keyword arguments and LayerSpec's fields."""
     ndim = len(shape)
-    k = per_dim(data.draw, ndim, st.integers(1, 5))
-    d = per_dim(data.draw, ndim, st.sampled_from([1, 1, 2, 3]))
-    s = per_dim(data.draw, ndim, st.integers(1, 3))
-    padding = data.draw(st.sampled_from(["int", "int", "same", "valid"]))
-    p = per_dim(data.draw, ndim, st.integers(0, 3)) if padding == "int" else padding
-    in_ch, out_ch = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
-    groups = data.draw(st.sampled_from([1, 1, 1, 2, 3]))
-    bias = data.draw(st.booleans())
+    full_options = {
+        key: full(value, ndim) if isinstance(value, tuple) else value
+        for key, value in options.items()
+    }
     try:
-        layer = CONV[ndim](
-            in_ch,
-            out_ch,
-            full(k, ndim),
-            stride=full(s, ndim),
-            padding=p if isinstance(p, str) else full(p, ndim),
-            dilation=full(d, ndim),
-            groups=groups,
-            bias=bias,
-        )
+        layer = cls(in_ch, out_ch, **full_options)
         expected, torch_error = torch_shape(layer, in_ch, shape)
     except TORCH_ERRORS as exc:
         layer, expected, torch_error = None, None, exc
-    spec = dict(
-        kernel_size=k,
-        stride=s,
-        padding=p,
-        dilation=d,
-        out_channels=out_ch,
-        groups=groups,
-        bias=bias,
-    )
-    got, result, our_error = ours(spec, shape, in_ch)
+    got, result, our_error = ours({**options, "layer": kind, "out_channels": out_ch}, shape, in_ch)
     assert_agree(expected, torch_error, got, our_error)
     if layer is not None and result is not None:
         assert result.params == sum(t.numel() for t in layer.parameters())
         assert result.out_channels == out_ch
 
 
+@settings(max_examples=700, **SETTINGS)
+@given(data=st.data(), shape=inputs())
+def test_conv_matches_torch(data, shape):
+    ndim = len(shape)
+    padding = data.draw(st.sampled_from(["int", "int", "same", "valid"]))
+    options = {
+        "kernel_size": per_dim(data.draw, ndim, st.integers(1, 5)),
+        "stride": per_dim(data.draw, ndim, st.integers(1, 3)),
+        "padding": per_dim(data.draw, ndim, st.integers(0, 3)) if padding == "int" else padding,
+        "dilation": per_dim(data.draw, ndim, st.sampled_from([1, 1, 2, 3])),
+        "groups": data.draw(st.sampled_from([1, 1, 1, 2, 3])),
+        "bias": data.draw(st.booleans()),
+    }
+    channels = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
+    check_conv(CONV[ndim], shape, *channels, options, "conv")
+
+
 @settings(max_examples=600, **SETTINGS)
 @given(data=st.data(), shape=inputs({1: 9, 2: 6, 3: 4}))
 def test_conv_transpose_matches_torch(data, shape):
     ndim = len(shape)
-    k = per_dim(data.draw, ndim, st.integers(1, 5))
-    d = per_dim(data.draw, ndim, st.integers(1, 3))
-    s = per_dim(data.draw, ndim, st.integers(1, 3))
-    p = per_dim(data.draw, ndim, st.integers(0, 3))
-    op = per_dim(data.draw, ndim, st.integers(0, 2))
-    in_ch, out_ch = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
-    groups = data.draw(st.sampled_from([1, 1, 1, 2]))
-    try:
-        layer = CONVT[ndim](
-            in_ch,
-            out_ch,
-            full(k, ndim),
-            stride=full(s, ndim),
-            padding=full(p, ndim),
-            output_padding=full(op, ndim),
-            dilation=full(d, ndim),
-            groups=groups,
-        )
-        expected, torch_error = torch_shape(layer, in_ch, shape)
-    except TORCH_ERRORS as exc:
-        layer, expected, torch_error = None, None, exc
-    spec = dict(
-        layer="convT",
-        kernel_size=k,
-        stride=s,
-        padding=p,
-        output_padding=op,
-        dilation=d,
-        out_channels=out_ch,
-        groups=groups,
-    )
-    got, result, our_error = ours(spec, shape, in_ch)
-    assert_agree(expected, torch_error, got, our_error)
-    if layer is not None and result is not None:
-        assert result.params == sum(t.numel() for t in layer.parameters())
+    options = {
+        "kernel_size": per_dim(data.draw, ndim, st.integers(1, 5)),
+        "stride": per_dim(data.draw, ndim, st.integers(1, 3)),
+        "padding": per_dim(data.draw, ndim, st.integers(0, 3)),
+        "output_padding": per_dim(data.draw, ndim, st.integers(0, 2)),
+        "dilation": per_dim(data.draw, ndim, st.integers(1, 3)),
+        "groups": data.draw(st.sampled_from([1, 1, 1, 2])),
+    }
+    channels = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
+    check_conv(CONVT[ndim], shape, *channels, options, "convT")
 
 
 @settings(max_examples=700, **SETTINGS)
@@ -337,14 +307,20 @@ def gradient_extents(specs, n: int) -> list[tuple[int, int] | None]:
     return extents
 
 
-@settings(max_examples=250, **SETTINGS)
-@given(specs=rf_chains(with_transpose=False), n=st.integers(8, 40))
-def test_receptive_field_equals_autograd_extent(specs, n):
+def field_of(specs, n: int) -> tuple[float, float, float]:
+    """(receptive field, jump, start) of a 1-D chain on n pixels; chains torch refuses are
+    covered by the shape oracles above."""
     try:
         chain = cc.compute_chain(specs, {"w": n})
     except UsageError:
         assume(False)
-    r, j, start = chain.receptive_field["w"], chain.jump["w"], chain.start["w"]
+    return chain.receptive_field["w"], chain.jump["w"], chain.start["w"]
+
+
+@settings(max_examples=250, **SETTINGS)
+@given(specs=rf_chains(with_transpose=False), n=st.integers(8, 40))
+def test_receptive_field_equals_autograd_extent(specs, n):
+    r, j, start = field_of(specs, n)
     checked = 0
     for i, extent in enumerate(gradient_extents(specs, n)):
         low, high = start + i * j - (r - 1) / 2, start + i * j + (r - 1) / 2
@@ -357,11 +333,7 @@ def test_receptive_field_equals_autograd_extent(specs, n):
 @settings(max_examples=150, **SETTINGS)
 @given(specs=rf_chains(with_transpose=True), n=st.integers(4, 16))
 def test_transposed_receptive_field_bounds_autograd_extent(specs, n):
-    try:
-        chain = cc.compute_chain(specs, {"w": n})
-    except UsageError:
-        assume(False)
-    r, j, start = chain.receptive_field["w"], chain.jump["w"], chain.start["w"]
+    r, j, start = field_of(specs, n)
     for i, extent in enumerate(gradient_extents(specs, n)):
         if extent is not None:
             centre = start + i * j
