@@ -184,4 +184,6 @@ class _Command(PlainParams, TyperCommand):
 
 
 def register(app: typer.Typer) -> None:
-    app.command("convcalc", cls=_Command, epilog=EXAMPLES, help=convcalc.__doc__)(convcalc)
+    app.command(
+        "convcalc", cls=_Command, epilog=EXAMPLES, help=convcalc.__doc__, no_args_is_help=True
+    )(convcalc)
