@@ -57,3 +57,11 @@ def test_unknown_command_is_a_usage_error():
     proc = run_ptool("no-such-command")
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
+
+
+def test_long_error_stays_one_line_in_a_pipe():
+    missing = "/no/such/" + "long-directory-name/" * 6 + "ckpt.pt"
+    proc = run_ptool("inspect-checkpoint", missing)
+    assert proc.returncode == 1
+    first = proc.stderr.splitlines()[0]
+    assert first.startswith("error:") and missing in first

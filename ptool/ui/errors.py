@@ -46,7 +46,8 @@ def report(exc: BaseException) -> int:
     from rich.markup import escape
 
     message, hint, code = describe(exc)
-    console = Console(stderr=True, highlight=False)
+    # soft_wrap: the message stays one line in a pipe or a CI log, whatever the width
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
     console.print(f"[bold red]error:[/bold red] {escape(message)}")
     if hint:
         console.print(f"[dim]hint:[/dim] {escape(hint)}")

@@ -83,4 +83,4 @@ class Output:
 
     def warn(self, message: str) -> None:
         if not self.quiet:
-            self.err.print(f"[yellow]warning:[/yellow] {message}")
+            self.err.print(f"[yellow]warning:[/yellow] {message}", soft_wrap=True)
