@@ -45,6 +45,7 @@ from ptool.core.runtime import (
     set_deterministic,
     shutdown_distributed,
 )
+from ptool.core.signals import Interrupted, StopRequest
 
 MAX_ROLLBACKS = 3
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -163,8 +164,11 @@ class Trainer:
         data: Any = None,
         prepare_model: Callable[[nn.Module], nn.Module] | None = None,
         checkpoint_extras: Callable[[], dict] | None = None,
+        reschedule: bool = False,
     ):
         self.started = time.perf_counter()
+        self.reschedule = reschedule
+        self.resumed_at: int | None = None  # the global step a resume started from
         check_config(config)
         self.dist = init_distributed(config.device)
         self.device = resolve_device(config.device, self.dist)
@@ -220,11 +224,14 @@ class Trainer:
         self.confusion: list[list[int]] | None = None
         if resume is not None:
             self.load_state(resume)
+            self.resumed_at = self.state.global_step
         self.train_model = self._wrap(self.model)
         self.tb = self._tensorboard()
         if main:
             rundir.write_config(self.run_dir, self.config.to_dict())
         self._good = self._snapshot()  # what a rollback returns to before the first save
+        # Ctrl-C / SIGTERM: one process only (DDP ranks would have to agree on the step)
+        self.stop = StopRequest(self.log, install=not self.dist.enabled)
 
     # --- setup ---------------------------------------------------------------------------
 
@@ -282,9 +289,9 @@ class Trainer:
     def _tensorboard(self) -> TensorBoardLog | None:
         if not (self.config.tensorboard and self.dist.is_main):
             return None
-        tb = TensorBoardLog(self.run_dir / "tensorboard")
+        tb = TensorBoardLog(self.run_dir / "tensorboard", purge_step=self._purge_step())
         val = self.data.val
-        if self.info.is_image and len(val):
+        if self.info.is_image and len(val) and self.resumed_at is None:
             tb.images(torch.stack([val[i][0] for i in range(min(16, len(val)))]))
         if self.config.log_graph:
             example = torch.stack([val[i][0] for i in range(min(2, len(val)))]).to(self.device)
@@ -292,6 +299,14 @@ class Trainer:
             if reason:
                 self.log(f"--log-graph: the model could not be traced ({reason})")
         return tb
+
+    def _purge_step(self) -> int | None:
+        """Where a resumed run's TensorBoard log restarts. TensorBoard purges every tag from
+        that step on, and per-epoch tags use the epoch number as their step: with one step per
+        epoch the two coincide, and purging would hide the last epoch's validation."""
+        if self.resumed_at is None or self.resumed_at <= self.state.epoch:
+            return None
+        return self.resumed_at
 
     # --- data order ----------------------------------------------------------------------
 
@@ -331,20 +346,25 @@ class Trainer:
         status, message = "completed", None
         self._fire("on_fit_start")
         try:
-            while self.state.epoch < self.config.epochs:
-                try:
-                    self.train_epoch()
-                except _Rollback:
-                    self._rollback()
-                    continue
-                if self.end_epoch():
-                    status = "early_stopped"
-                    message = (
-                        f"early stop: {self.monitor.name} did not improve by more than "
-                        f"{self.monitor.min_delta} for {self.config.early_stop_patience} epochs"
-                    )
-                    self.log(message)
-                    break
+            with self.stop:
+                while self.state.epoch < self.config.epochs:
+                    try:
+                        self.train_epoch()
+                    except _Rollback:
+                        self._rollback()
+                        continue
+                    stop_early = self.end_epoch()
+                    if self.stop.signum is not None:
+                        self._interrupt()
+                    if stop_early:
+                        status = "early_stopped"
+                        message = (
+                            f"early stop: {self.monitor.name} did not improve by more than "
+                            f"{self.monitor.min_delta} for {self.config.early_stop_patience} "
+                            "epochs"
+                        )
+                        self.log(message)
+                        break
         except NonFiniteLoss as exc:
             self._finish("diverged", str(exc))
             raise
@@ -398,14 +418,28 @@ class Trainer:
                 bar.update(1)
                 if index % max(1, total // 20) == 0 or index + 1 == total:
                     bar.set_postfix(self._postfix(loss, outputs, y), refresh=False)
-            if closes_window and self._should_save_step():
+            stopping = closes_window and self.stop.signum is not None
+            if stopping or (closes_window and self._should_save_step()):
                 self._flush_sums(loss_sum, correct, samples, began)
                 loss_sum.zero_(), correct.zero_()
                 samples, began = 0, time.perf_counter()
-                self.save()
+                if state.batch_in_epoch < total:  # else the epoch's end saves it
+                    self.save()
+                    if stopping:
+                        if bar is not None:
+                            bar.close()
+                        self._interrupt()
         if bar is not None:
             bar.close()
         self._flush_sums(loss_sum, correct, samples, began)
+
+    def _interrupt(self) -> None:
+        """After a signal: last.pt holds this step; finish the run's files and stop."""
+        state, stop = self.state, self.stop
+        where = f"epoch {state.epoch + 1}, step {state.global_step}"
+        message = f"{stop.name} at {where}: saved {self.files.last}"
+        self._finish("interrupted", message)
+        raise Interrupted(stop.signum, message, hint=f"resume with: ptool resume {self.run_dir}")
 
     def _flush_sums(self, loss_sum, correct, samples: int, began: float) -> None:
         state = self.state
@@ -626,7 +660,18 @@ class Trainer:
         """Put a checkpoint's weights, optimizer, schedule, scaler, EMA, counters, RNG back."""
         self.model.load_state_dict(ckpt["model_state_dict"])
         self.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
-        self.schedule.load_state_dict(ckpt["scheduler_state_dict"])
+        saved_schedule = ckpt["scheduler_state_dict"]
+        if self.reschedule:  # this config's horizon, at the saved position
+            from ptool.core.schedules import build_schedule
+
+            for group in self.optimizer.param_groups:
+                group["lr"] = group.get("initial_lr", group["lr"])
+            self.schedule = build_schedule(
+                self.optimizer, self.config, steps_per_epoch=self.steps_per_epoch
+            )
+            self.schedule.fast_forward(saved_schedule["steps"])
+        else:
+            self.schedule.load_state_dict(saved_schedule)
         if ckpt.get("scaler_state_dict"):
             self.scaler.load_state_dict(ckpt["scaler_state_dict"])
         if self.ema is not None and "ema_state_dict" in ckpt:
@@ -639,14 +684,7 @@ class Trainer:
         rollbacks = self.state.rollbacks + 1
         self.load_state(self._good)
         self.state.rollbacks = rollbacks
-        for group in self.optimizer.param_groups:
-            for key in ("lr", "initial_lr", "max_lr", "min_lr"):
-                if isinstance(group.get(key), float):
-                    group[key] *= 0.5
-        for scheduler in _torch_schedulers(self.schedule):  # those that recompute from base lrs
-            for attr in ("base_lrs", "max_lrs"):
-                if isinstance(getattr(scheduler, attr, None), list):
-                    setattr(scheduler, attr, [lr * 0.5 for lr in getattr(scheduler, attr)])
+        self.schedule.scale_lr(0.5)
 
     # --- reporting -----------------------------------------------------------------------
 
@@ -734,17 +772,6 @@ class Trainer:
         shutdown_distributed(self.dist)
 
 
-def _torch_schedulers(schedule: Any) -> list[Any]:
-    """The torch.optim.lr_scheduler objects inside an LRSchedule (SequentialLR's children too)."""
-    found, todo = [], [getattr(schedule, "scheduler", None), getattr(schedule, "plateau", None)]
-    while todo:
-        scheduler = todo.pop()
-        if scheduler is not None and scheduler not in found:
-            found.append(scheduler)
-            todo.extend(getattr(scheduler, "_schedulers", []))
-    return found
-
-
 def _cloned(value: Any) -> Any:
     """A deep copy whose tensors are detached clones (the in-memory rollback point)."""
     if isinstance(value, torch.Tensor):
@@ -770,6 +797,7 @@ def fit(
     data: Any = None,
     prepare_model: Callable[[nn.Module], nn.Module] | None = None,
     checkpoint_extras: Callable[[], dict] | None = None,
+    reschedule: bool = False,
 ) -> RunSummary:
     """Train per `config` (or continue `resume`, a loaded checkpoint); see the module doc.
 
@@ -789,6 +817,7 @@ def fit(
         data=data,
         prepare_model=prepare_model,
         checkpoint_extras=checkpoint_extras,
+        reschedule=reschedule,
     )
     try:
         return trainer.fit()

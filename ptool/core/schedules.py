@@ -195,6 +195,7 @@ class LRSchedule:
 
     def __init__(self, optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
         check_schedule(config, steps_per_epoch)
+        self.optimizer = optimizer
         self.interval = resolve_interval(config)
         unit = steps_per_epoch if self.interval == "step" else 1
         total = config.epochs * unit
@@ -239,6 +240,33 @@ class LRSchedule:
             self._advance()
         elif self.plateau is not None and not self._warming_up and _finite(metric):
             self.plateau.step(metric)  # with no value the plateau's patience is unchanged
+
+    def fast_forward(self, steps: int) -> None:
+        """Take `steps` scheduler steps at once: a freshly built schedule at a saved position
+        (`ptool resume --reschedule` re-plans the horizon this way)."""
+        with warnings.catch_warnings():  # no optimizer step happens while fast-forwarding
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+            for _ in range(steps):
+                self._advance()
+
+    def scale_lr(self, factor: float) -> None:
+        """Multiply the current lr and every value the schedulers recompute it from
+        (`--on-nonfinite rollback` halves the lr this way)."""
+        for group in self.optimizer.param_groups:
+            for key in ("lr", "initial_lr", "max_lr", "min_lr"):
+                if isinstance(group.get(key), float):
+                    group[key] *= factor
+        found, todo = [], [self.scheduler, self.plateau]
+        while todo:  # SequentialLR's children too
+            scheduler = todo.pop()
+            if scheduler is not None and scheduler not in found:
+                found.append(scheduler)
+                todo.extend(getattr(scheduler, "_schedulers", []))
+        for scheduler in found:
+            for attr in ("base_lrs", "max_lrs"):
+                values = getattr(scheduler, attr, None)
+                if isinstance(values, list):
+                    setattr(scheduler, attr, [v * factor for v in values])
 
     def state_dict(self) -> dict[str, Any]:
         return {
