@@ -90,6 +90,7 @@ def root(
 COMMANDS: tuple[str, ...] = (
     "convcalc",
     "train",
+    "resume",
     "eval",
     "predict",
     "quantize",

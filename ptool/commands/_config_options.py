@@ -25,7 +25,7 @@ def _cli_type(name: str) -> Any:
     return str  # lists and tuples are comma-separated strings, converted by cfg.convert
 
 
-def _parameter(name: str) -> inspect.Parameter:
+def _parameter(name: str, *, hidden: bool = False) -> inspect.Parameter:
     meta = cfg.FIELDS[name].metadata
     flag = "--" + name.replace("_", "-")
     kind = _cli_type(name)
@@ -42,6 +42,7 @@ def _parameter(name: str) -> inspect.Parameter:
         help=f"{help_text} [dim](default: {shown})[/dim]",
         rich_help_panel=_PANELS[meta["section"]],
         show_default=False,
+        hidden=hidden,
     )
     return inspect.Parameter(
         name,
@@ -52,13 +53,16 @@ def _parameter(name: str) -> inspect.Parameter:
 
 
 def with_config_options(
-    names: Iterable[str] | None = None,
+    names: Iterable[str] | None = None, *, shown: Iterable[str] | None = None
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Add one option per config field to a command; it receives them as `overrides: dict`.
 
     Only the flags actually given are in `overrides`, already converted and checked.
+    `shown`: the fields --help lists (default: all); the others are accepted but hidden, so
+    the command itself can refuse them with a better message than "no such option".
     """
     selected = list(names) if names is not None else list(cfg.FIELDS)
+    listed = set(shown) if shown is not None else set(selected)
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         own = [
@@ -66,7 +70,7 @@ def with_config_options(
             for p in inspect.signature(func, eval_str=True).parameters.values()
             if p.name != "overrides"
         ]
-        generated = [_parameter(name) for name in selected]
+        generated = [_parameter(name, hidden=name not in listed) for name in selected]
 
         def command(**kwargs: Any) -> Any:
             overrides = {}

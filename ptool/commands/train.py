@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ptool.commands._config_options import with_config_options
 from ptool.commands._options import JsonOpt, QuietOpt, examples
+from ptool.core.errors import UsageError
+
+if TYPE_CHECKING:
+    from ptool.ui.output import Output
 
 EXAMPLES = examples(
     "ptool train",
@@ -22,6 +27,22 @@ ConfigOpt = Annotated[
     str | None,
     typer.Option("--config", help="TOML or YAML file with any of the options below; flags win."),
 ]
+ResumeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--resume",
+        help="Continue the run of this checkpoint or run directory (same as `ptool resume`).",
+        show_default=False,
+    ),
+]
+RescheduleOpt = Annotated[
+    bool,
+    typer.Option(
+        "--reschedule",
+        help="With a resume that changes --epochs: re-plan the LR schedule for the new total "
+        "(default: it continues from its saved state).",
+    ),
+]
 PrintConfigOpt = Annotated[
     bool,
     typer.Option(
@@ -34,6 +55,8 @@ def train(
     *,
     config: ConfigOpt = None,
     print_config: PrintConfigOpt = False,
+    resume: ResumeOpt = None,
+    reschedule: RescheduleOpt = False,
     json: JsonOpt = False,
     quiet: QuietOpt = False,
     overrides: dict[str, Any],
@@ -43,32 +66,68 @@ def train(
     Writes checkpoints, TensorBoard logs, config.yaml and summary.json to the run directory
     (--out, default runs/<timestamp>). See the README's `ptool train` section.
     """
-    from ptool.core.config import resolve_config
+    from ptool.core.config import read_config_file, resolve_config
     from ptool.ui.output import Output
 
     out = Output(json=json, quiet=quiet)
+    if resume is not None:
+        from ptool.core.resume import plan_resume
+
+        given = {**(read_config_file(config) if config else {}), **overrides}
+        plan = plan_resume(resume, given, reschedule=reschedule)
+        if print_config:
+            _print_config(out, plan.config.to_dict())
+            return
+        run_and_report(out, plan.config.out, lambda log: resume_and_log(plan, out, log))
+        return
+    if reschedule:
+        raise UsageError("--reschedule re-plans a resumed run's schedule; it needs --resume")
     resolved = resolve_config(config, overrides)
     if print_config:
-        from ptool.core.rundir import config_yaml
-
-        values = resolved.to_dict()
-        out.result(values, lambda: config_yaml(values).rstrip("\n"))
+        _print_config(out, resolved.to_dict())
         return
 
-    if resolved.out:  # an unwritable --out fails now, before seconds of imports
+    def run(log: Callable[[str], None]) -> Any:
+        from ptool.core.engine import fit
+
+        return fit(resolved, quiet=quiet, log=log)
+
+    run_and_report(out, resolved.out, run)
+
+
+def _print_config(out: Output, values: dict[str, Any]) -> None:
+    from ptool.core.rundir import config_yaml
+
+    out.result(values, lambda: config_yaml(values).rstrip("\n"))
+
+
+def resume_and_log(plan: Any, out: Output, log: Callable[[str], None]) -> Any:
+    """Say where the run continues and what happens to its schedule, then continue it."""
+    from ptool.core.resume import resume_run
+
+    for note in plan.notes:
+        log(note)
+    return resume_run(plan, quiet=out.quiet, log=log)
+
+
+def run_and_report(
+    out: Output, run_dir: str | None, run: Callable[[Callable[[str], None]], Any]
+) -> None:
+    """Train (or resume) with epoch lines on stderr, then the summary table or JSON."""
+    if run_dir:  # an unwritable --out fails now, before seconds of imports
         from ptool.core.rundir import prepare_run_dir
 
-        prepare_run_dir(resolved.out)
+        prepare_run_dir(run_dir)
 
     from rich.markup import escape
 
-    from ptool.core.engine import fit
     from ptool.ui.train_view import summary_table
 
     def log(line: str) -> None:  # one line per epoch, never wrapped
-        out.err.print(escape(line), soft_wrap=True)
+        if not out.quiet:
+            out.err.print(escape(line), soft_wrap=True)
 
-    summary = fit(resolved, quiet=quiet, log=log)
+    summary = run(log)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the job
         out.result(summary.to_dict(), lambda: summary_table(summary))
 

@@ -119,11 +119,13 @@ def _epoch_number(path: Path) -> int:
 class TensorBoardLog:
     """A SummaryWriter with the tags ptool promises (see the README's TensorBoard section)."""
 
-    def __init__(self, log_dir: Path):
+    def __init__(self, log_dir: Path, *, purge_step: int | None = None):
+        """`purge_step`: a resumed run's first step; TensorBoard hides what the interrupted
+        run logged from that step on, so the curves have no duplicated steps."""
         from torch.utils.tensorboard import SummaryWriter
 
         self.log_dir = log_dir
-        self.writer = SummaryWriter(log_dir=str(log_dir))
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         self.writer.add_scalar(tag, value, step)

@@ -207,9 +207,10 @@ def find_default_checkpoint(runs_dir: str | Path = "runs", name: str = "best.pt"
 def newest_valid_checkpoint(run_dir: str | Path) -> Path:
     """The newest checkpoint in a run directory that loads (a torn or corrupt one is skipped)."""
     run_dir = Path(run_dir)
+    # last.pt first: best.pt and the epoch files are copies of an earlier last.pt
     candidates = sorted(
         (p for p in run_dir.glob("*.pt") if not p.name.startswith(".")),
-        key=lambda p: p.stat().st_mtime,
+        key=lambda p: (p.name == "last.pt", p.stat().st_mtime),
         reverse=True,
     )
     for candidate in candidates:

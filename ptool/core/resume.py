@@ -1,0 +1,173 @@
+"""`ptool resume` and `ptool train --resume`: continue a run exactly where its checkpoint left it.
+
+Torch-free at import: `ptool --help` reads RESUMABLE to list the resume flags.
+
+Only what does not change what is trained may differ at resume (how long, where, how it is
+reported); anything else is a new run, which `ptool train --init-from CKPT` starts from the
+checkpoint's weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ptool.core.config import FIELDS, TrainConfig
+from ptool.core.errors import PtoolError, UsageError
+
+# The flags a resume accepts: duration, early stopping, output, logging, device.
+RESUMABLE = (
+    "epochs",
+    "early_stop_patience",
+    "out",
+    "device",
+    "progress",
+    "tensorboard",
+    "log_every_steps",
+    "log_histograms",
+    "log_graph",
+    "save_every_steps",
+    "keep_last",
+)
+# Schedules with no horizon for --reschedule to re-plan.
+NO_HORIZON = ("none", "constant", "plateau")
+
+
+@dataclass
+class ResumePlan:
+    """What `resume_run` will do; `notes` are the lines to tell the user first."""
+
+    checkpoint: Path
+    ckpt: dict[str, Any]
+    config: TrainConfig
+    reschedule: bool
+    notes: list[str] = field(default_factory=list)
+
+
+def find_checkpoint(path: str | Path | None) -> Path:
+    """A checkpoint file as given, or the newest valid one in a run directory (default: the
+    newest run under ./runs)."""
+    if path is None:
+        runs = sorted(
+            (p for p in Path("runs").glob("*") if p.is_dir()), key=lambda p: p.stat().st_mtime
+        )
+        if not runs:
+            raise UsageError("no run to resume under ./runs", hint="pass a checkpoint or run dir")
+        path = runs[-1]
+    path = Path(path)
+    if path.is_dir():
+        from ptool.core.checkpoint import newest_valid_checkpoint
+
+        return newest_valid_checkpoint(path)
+    return path
+
+
+def _refuse_changes(saved: TrainConfig, overrides: dict[str, Any], checkpoint: Path) -> None:
+    for name, value in overrides.items():
+        if name in RESUMABLE or getattr(saved, name) == value:
+            continue
+        section = FIELDS[name].metadata["section"]
+        what = {"model": "the model", "data": "the data", "optimizer": "the optimizer"}.get(
+            section, f"the run's {section} settings"
+        )
+        raise UsageError(
+            f"--{name.replace('_', '-')} {value} changes {what} of the run being resumed "
+            f"(it has {getattr(saved, name)}); a resume continues the same run",
+            hint=f"start a new run from its weights: ptool train --init-from {checkpoint} ...",
+        )
+
+
+# What the engine's load_state reads: a checkpoint without them is a weights-only file.
+NEEDED = ("model_state_dict", "optimizer_state_dict", "scheduler_state_dict", "rng_state",
+          "callbacks", "epoch", "global_step")  # fmt: skip
+
+
+def _refuse_derived(ckpt: dict[str, Any], checkpoint: Path) -> None:
+    recipe = ckpt.get("quantization")
+    if recipe and recipe.get("converted") is False:
+        raise UsageError(
+            f"{checkpoint} belongs to a `ptool quantize qat` run",
+            hint=f"continue it with: ptool quantize qat --resume {checkpoint}",
+        )
+    if recipe:
+        raise UsageError(
+            f"{checkpoint} is a quantized model, not a training checkpoint",
+            hint="resume the run it came from (its last.pt)",
+        )
+    missing = [key for key in NEEDED if key not in ckpt]
+    if missing:
+        raise PtoolError(
+            f"{checkpoint} cannot be resumed: it has no {', '.join(missing)}",
+            hint=f"start a new run from its weights: ptool train --init-from {checkpoint}",
+        )
+
+
+def plan_resume(
+    path: str | Path | None,
+    overrides: dict[str, Any],
+    *,
+    reschedule: bool = False,
+    unsafe: bool = False,
+) -> ResumePlan:
+    """Load the checkpoint, check the overrides, and say what will happen to the schedule."""
+    from ptool.core.checkpoint import load_checkpoint
+
+    checkpoint = find_checkpoint(path)
+    ckpt = load_checkpoint(checkpoint, unsafe=unsafe)
+    _refuse_derived(ckpt, checkpoint)
+    from ptool.core.restore import config_and_info
+
+    saved, _ = config_and_info(ckpt)
+    _refuse_changes(saved, overrides, checkpoint)
+    config = saved.replace(**{k: v for k, v in overrides.items() if k in RESUMABLE})
+    if not config.out:
+        config = config.replace(out=str(checkpoint.parent))
+    done, step = ckpt["epoch"], ckpt["global_step"]
+    plan = ResumePlan(checkpoint, ckpt, config, reschedule)
+    if done >= config.epochs:
+        raise UsageError(
+            f"{checkpoint} has finished its {done} epochs",
+            hint=f"extend the run: ptool resume {checkpoint} --epochs {done + max(1, done // 2)}",
+        )
+    batch = ckpt.get("batch_in_epoch") or 0
+    where = f"epoch {done + 1}/{config.epochs}" + (f", batch {batch + 1}" if batch else "")
+    plan.notes.append(f"resuming {checkpoint} at {where} (step {step})")
+    if reschedule and saved.scheduler in NO_HORIZON:
+        plan.notes.append(f"--reschedule: the {saved.scheduler} schedule has no horizon to re-plan")
+        plan.reschedule = False
+    elif reschedule:
+        plan.notes.append(f"schedule re-planned for {config.epochs} epochs, now at step {step}")
+    elif config.epochs != saved.epochs:
+        plan.notes.append(
+            f"schedule continues from its saved state (planned for {saved.epochs} epochs); "
+            "--reschedule re-plans it for the new total"
+        )
+    return plan
+
+
+def resume_run(plan: ResumePlan, **fit_options: Any):
+    """Continue the run; pruned runs keep their compacted model and their recipe."""
+    from ptool.core.engine import fit
+
+    ckpt = plan.ckpt
+    extras: Callable[[], dict[str, Any]] | None = None
+    model = None
+    if ckpt.get("pruning"):
+        from ptool.core.restore import model_from_checkpoint
+
+        model = model_from_checkpoint(ckpt, load_weights=False)
+        extras = lambda: {"pruning": ckpt["pruning"]}  # noqa: E731
+    if plan.config.out != str(plan.checkpoint.parent):
+        from ptool.core.rundir import prepare_run_dir
+
+        prepare_run_dir(plan.config.out)
+    return fit(
+        plan.config,
+        resume=ckpt,
+        model=model,
+        checkpoint_extras=extras,
+        reschedule=plan.reschedule,
+        **fit_options,
+    )
