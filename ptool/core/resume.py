@@ -72,10 +72,11 @@ def _refuse_changes(saved: TrainConfig, overrides: dict[str, Any], checkpoint: P
         what = {"model": "the model", "data": "the data", "optimizer": "the optimizer"}.get(
             section, f"the run's {section} settings"
         )
+        flag = f"--{name.replace('_', '-')} {value}"
         raise UsageError(
-            f"--{name.replace('_', '-')} {value} changes {what} of the run being resumed "
-            f"(it has {getattr(saved, name)}); a resume continues the same run",
-            hint=f"start a new run from its weights: ptool train --init-from {checkpoint} ...",
+            f"{flag} changes {what} of the run being resumed (it has {getattr(saved, name)}); "
+            "a new run can start from its weights with --init-from",
+            hint=f"ptool train --init-from {checkpoint} {flag} ...",
         )
 
 

@@ -1,0 +1,158 @@
+"""Resume against its oracles: the uninterrupted run, torch's schedulers, lr_series, the disk."""
+
+from __future__ import annotations
+
+import builtins
+import shutil
+
+import pytest
+import torch
+
+from ptool.core import checkpoint as ckpt_io
+from ptool.core.engine import fit
+from ptool.core.errors import PtoolError, UsageError
+from ptool.core.resume import find_checkpoint, plan_resume, resume_run
+from ptool.core.schedules import lr_series
+from tests.core.test_engine import small
+
+# A data order that shuffles and an LR that changes at every step.
+EXACT = dict(epochs=3, deterministic=True, scheduler="onecycle", optimizer="sgd", lr=0.05)
+
+
+def weights(path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["model_state_dict"]
+
+
+def assert_same_weights(a, b) -> None:
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_stopped_after_an_epoch_and_resumed_is_bit_identical(tmp_path):
+    fit(small(tmp_path, "full", **EXACT), quiet=True)
+    fit(small(tmp_path, "cut", keep_last=3, **EXACT), quiet=True)
+    plan = plan_resume(tmp_path / "cut" / "epoch-1.pt", {"out": str(tmp_path / "resumed")})
+    summary = resume_run(plan, quiet=True)
+    assert summary.epochs == 3
+    assert_same_weights(weights(tmp_path / "full/last.pt"), weights(tmp_path / "resumed/last.pt"))
+
+
+def test_stopped_mid_epoch_and_resumed_is_bit_identical(tmp_path):
+    fit(small(tmp_path, "full", **EXACT), quiet=True)
+
+    class KeepStep7:
+        def on_checkpoint(self, trainer, path):
+            if trainer.state.global_step == 7:
+                shutil.copyfile(path, tmp_path / "mid.pt")
+
+    fit(small(tmp_path, "cut", save_every_steps=1, **EXACT), callbacks=[KeepStep7()], quiet=True)
+    mid = torch.load(tmp_path / "mid.pt", weights_only=True)
+    assert (mid["epoch"], mid["batch_in_epoch"]) == (1, 2)  # 5 batches per epoch
+    plan = plan_resume(tmp_path / "mid.pt", {"out": str(tmp_path / "resumed")})
+    assert "epoch 2/3, batch 3 (step 7)" in plan.notes[0]
+    resume_run(plan, quiet=True)
+    assert_same_weights(weights(tmp_path / "full/last.pt"), weights(tmp_path / "resumed/last.pt"))
+
+
+def test_tensorboard_curves_continue_without_duplicated_or_missing_steps(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = small(tmp_path, "run", tensorboard=True, save_every_steps=3, **EXACT)
+
+    class DieAtStep9:  # last.pt holds step 6; steps 6, 7 and 8 are logged, then the run dies
+        def on_step_end(self, trainer):
+            if trainer.state.global_step == 9:
+                raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        fit(config, callbacks=[DieAtStep9()], quiet=True)
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["global_step"] == 6
+    resume_run(plan_resume(tmp_path / "run", {}), quiet=True)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
+    assert [e.step for e in events.Scalars("lr")] == list(range(15))
+    assert [e.step for e in events.Scalars("val/loss")] == [1, 2, 3]
+    expected = [r["lr"] for r in lr_series(config, steps_per_epoch=5)]
+    assert [e.value for e in events.Scalars("lr")] == pytest.approx(expected, rel=1e-6)
+
+
+def test_extending_a_finished_run_continues_or_replans_the_schedule(tmp_path):
+    config = small(tmp_path, "run", epochs=2, scheduler="cosine", scheduler_interval="step")
+    fit(config, quiet=True)
+    with pytest.raises(UsageError, match="has finished its 2 epochs"):
+        plan_resume(tmp_path / "run", {})
+
+    continued = plan_resume(tmp_path / "run", {"epochs": 4, "out": str(tmp_path / "a")})
+    assert "continues from its saved state" in continued.notes[1]
+    replanned = plan_resume(
+        tmp_path / "run", {"epochs": 4, "out": str(tmp_path / "b")}, reschedule=True
+    )
+    assert "re-planned for 4 epochs" in replanned.notes[1]
+    resume_run(continued, quiet=True)
+    resume_run(replanned, quiet=True)
+    lr = lambda run: torch.load(tmp_path / run / "last.pt", weights_only=True)[  # noqa: E731
+        "optimizer_state_dict"
+    ]["param_groups"][0]["lr"]
+    # oracle for "continues": torch's cosine stepped past its horizon (T_max = 10 steps)
+    opt = torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=config.lr)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10)
+    for _ in range(20):
+        opt.step()
+        cosine.step()
+    assert lr("a") == pytest.approx(opt.param_groups[0]["lr"])
+    # oracle for "re-planned": the 4-epoch schedule's lr after its 20 steps
+    planned = config.replace(epochs=4)
+    last_used = lr_series(planned, steps_per_epoch=5)[-1]["lr"]
+    assert lr("b") < last_used and lr("b") == pytest.approx(0.0, abs=1e-12)
+
+
+def test_changing_the_model_data_or_optimizer_is_refused_naming_init_from(tmp_path):
+    fit(small(tmp_path, "run", epochs=1), quiet=True)
+    for change in ({"model": "cnn"}, {"data": "digits"}, {"optimizer": "sgd"}, {"lr": 0.5}):
+        with pytest.raises(UsageError, match="init-from") as info:
+            plan_resume(tmp_path / "run", {"epochs": 2, **change})
+        assert f"--{next(iter(change))}" in str(info.value)
+    plan = plan_resume(tmp_path / "run", {"epochs": 2, "model": "mlp", "early_stop_patience": 1})
+    assert plan.config.early_stop_patience == 1  # unchanged values and allowed flags pass
+
+
+def test_run_dir_resumes_from_its_newest_valid_checkpoint(tmp_path):
+    fit(small(tmp_path, "run", epochs=2, keep_last=2), quiet=True)
+    run = tmp_path / "run"
+    assert find_checkpoint(run) == run / "last.pt"
+    (run / "last.pt").write_bytes((run / "last.pt").read_bytes()[:1000])  # torn
+    assert find_checkpoint(run).name in ("best.pt", "epoch-2.pt")
+
+
+def test_a_full_disk_stops_the_run_and_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    config = small(tmp_path, "run", epochs=3)
+    fit(config.replace(epochs=1), quiet=True)
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+
+    def full_disk(path, mode="r", *args, **kwargs):  # the kernel's own ENOSPC, from /dev/full
+        if "w" in mode and ".last.pt.tmp" in str(path):
+            return builtins.open("/dev/full", mode, *args, **kwargs)
+        return builtins.open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt_io, "open", full_disk, raising=False)
+    with pytest.raises(PtoolError, match="no space left on device; the previous checkpoint is"):
+        resume_run(plan_resume(tmp_path / "run", {"epochs": 3}), quiet=True)
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before
+    assert not list((tmp_path / "run").glob(".last.pt.tmp*"))
+
+
+def test_checkpoints_that_cannot_be_resumed_fail_with_one_line(tmp_path):
+    fit(small(tmp_path, "run", epochs=1), quiet=True)
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    del ckpt["optimizer_state_dict"]
+    torch.save(ckpt, tmp_path / "weights-only.pt")
+    with pytest.raises(PtoolError, match="cannot be resumed: it has no optimizer_state_dict"):
+        plan_resume(tmp_path / "weights-only.pt", {"epochs": 2})
+    ckpt["format_version"] = 99
+    torch.save(ckpt, tmp_path / "newer.pt")
+    with pytest.raises(PtoolError, match="format version 99"):
+        plan_resume(tmp_path / "newer.pt", {})
+    full = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    full["config"]["model"] = "no.such.module:factory"
+    torch.save(full, tmp_path / "unbuildable.pt")
+    with pytest.raises(PtoolError):
+        resume_run(plan_resume(tmp_path / "unbuildable.pt", {"epochs": 2}), quiet=True)
