@@ -248,6 +248,8 @@ class Trainer:
             )
 
     def _init_from(self, model: nn.Module, path: str) -> None:
+        """Weights only (fine-tuning, transfer): a ptool checkpoint, a plain state_dict or the
+        one inside another tool's checkpoint; the keys that did not match are listed."""
         state = ckpt_io.extract_state_dict(ckpt_io.load(path))
         try:
             result = model.load_state_dict(state, strict=self.config.strict)
@@ -257,9 +259,13 @@ class Trainer:
                 f"--init-from {path} does not fit the model: {first}",
                 hint="use --no-strict to load only the matching keys",
             ) from None
-        if result.missing_keys or result.unexpected_keys:
-            missing, extra = len(result.missing_keys), len(result.unexpected_keys)
-            self.log(f"--init-from: {missing} missing and {extra} unexpected keys ignored")
+        loaded = len(state) - len(result.unexpected_keys)
+        total = len(model.state_dict())
+        self.log(f"--init-from {path}: {loaded} of the model's {total} tensors loaded")
+        unmatched = {"missing": result.missing_keys, "unexpected": result.unexpected_keys}
+        for kind, keys in unmatched.items():
+            if keys:
+                self.log(f"  {kind} keys ({len(keys)}): {', '.join(keys)}")
 
     def _place(self, model: nn.Module) -> nn.Module:
         model = model.to(self.device)
