@@ -71,6 +71,14 @@ class CheckpointFiles:
         self.keep_last = keep_last
         self.last = run_dir / "last.pt"
         self.best = run_dir / "best.pt"
+        self._remove_torn_writes()
+
+    def _remove_torn_writes(self) -> None:
+        """Temporary files of a process killed in mid-save (kill -9, power loss)."""
+        for tmp in self.run_dir.glob(".*.tmp-*"):
+            pid = tmp.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                tmp.unlink(missing_ok=True)
 
     def write_last(self, payload: dict) -> Path:
         return atomic_save(payload, self.last)
@@ -110,6 +118,16 @@ class CheckpointFiles:
                 str(p) for p in sorted(self.run_dir.glob("epoch-*.pt"), key=_epoch_number)
             ]
         return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _epoch_number(path: Path) -> int:

@@ -12,6 +12,7 @@ import os
 import pickle
 import platform
 import time
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -115,9 +116,14 @@ def load(
     if mmap is None:
         mmap = is_zip
     try:
-        if unsafe:
-            return torch.load(path, map_location=map_location, weights_only=False)
-        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap and is_zip)
+        with warnings.catch_warnings():
+            # torch's own rebuild of quantized tensors trips its storage deprecation notice.
+            warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
+            if unsafe:
+                return torch.load(path, map_location=map_location, weights_only=False)
+            return torch.load(
+                path, map_location=map_location, weights_only=True, mmap=mmap and is_zip
+            )
     except pickle.UnpicklingError as exc:
         if "Weights only load failed" in str(exc) or "Unsupported" in str(exc):
             if "invalid load key" in str(exc) or "could not find MARK" in str(exc):

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import builtins
+import errno
+import os
 import shutil
+import subprocess
+import warnings
 
 import pytest
 import torch
@@ -156,3 +160,57 @@ def test_checkpoints_that_cannot_be_resumed_fail_with_one_line(tmp_path):
     torch.save(full, tmp_path / "unbuildable.pt")
     with pytest.raises(PtoolError):
         resume_run(plan_resume(tmp_path / "unbuildable.pt", {"epochs": 2}), quiet=True)
+
+
+def test_an_unwritable_directory_stops_the_run_with_one_line(tmp_path, monkeypatch):
+    config = small(tmp_path, "run", epochs=3)
+    fit(config.replace(epochs=1), quiet=True)
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+
+    def denied(path, mode="r", *args, **kwargs):  # what open() raises in a read-only directory
+        if "w" in mode and ".last.pt.tmp" in str(path):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return builtins.open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt_io, "open", denied, raising=False)
+    with pytest.raises(
+        PtoolError, match=r"Permission denied; the previous checkpoint is untouched"
+    ):
+        resume_run(plan_resume(tmp_path / "run", {"epochs": 3}), quiet=True)
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before
+
+
+@pytest.mark.skipif(
+    os.geteuid() == 0, reason="root writes through chmod 0o500 (see the test above)"
+)
+def test_a_read_only_run_directory_stops_the_run_with_one_line(tmp_path):
+    fit(small(tmp_path, "run", epochs=1), quiet=True)
+    (tmp_path / "run").chmod(0o500)
+    try:
+        with pytest.raises(PtoolError, match="the previous checkpoint is untouched"):
+            resume_run(plan_resume(tmp_path / "run", {"epochs": 2}), quiet=True)
+    finally:
+        (tmp_path / "run").chmod(0o700)
+
+
+def test_a_temporary_file_left_by_a_killed_save_is_removed_at_resume(tmp_path):
+    fit(small(tmp_path, "run", epochs=1), quiet=True)
+    dead = subprocess.Popen(["true"])  # a process id that no longer runs  # noqa: S607
+    dead.wait()
+    torn = tmp_path / "run" / f".last.pt.tmp-{dead.pid}"
+    torn.write_bytes(b"PK\x03\x04 half a checkpoint")
+    resume_run(plan_resume(tmp_path / "run", {"epochs": 2}), quiet=True)
+    assert not torn.exists()
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 2
+
+
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor")
+def test_loading_a_quantized_tensor_prints_no_typed_storage_warning(tmp_path, monkeypatch):
+    q = torch.quantize_per_tensor(torch.randn(4, 4), 0.1, 0, torch.qint8)
+    torch.save({"q": q}, tmp_path / "q.pt")
+    # torch warns once per process; make it warn every time so an earlier load can't hide it
+    monkeypatch.setattr(torch.storage, "_always_warn_typed_storage_removal", True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert torch.equal(ckpt_io.load(tmp_path / "q.pt")["q"].int_repr(), q.int_repr())
+    assert not [w for w in caught if "TypedStorage" in str(w.message)]

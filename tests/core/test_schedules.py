@@ -158,6 +158,37 @@ def test_state_dict_round_trip_continues_identically():
 @pytest.mark.parametrize(
     "params",
     [
+        {"scheduler": "cosine"},
+        {"scheduler": "onecycle"},
+        {"scheduler": "step", "step_size": 1},
+        {"scheduler": "cosine", "warmup_epochs": 1},
+    ],
+)
+def test_scale_lr_continues_as_the_schedule_of_the_scaled_lr(params):
+    """Halving mid-run (rollback) = the schedule that had half the lr all along, from then on."""
+
+    def make(lr):
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+        return opt, build_schedule(
+            opt, TrainConfig(lr=lr, epochs=3, **params), steps_per_epoch=STEPS
+        )
+
+    opt, sched = make(0.1)
+    opt_half, sched_half = make(0.05)
+    for step in range(3 * STEPS):
+        if step == 5:
+            sched.scale_lr(0.5)
+        if step >= 5:
+            assert opt.param_groups[0]["lr"] == pytest.approx(opt_half.param_groups[0]["lr"])
+        for schedule in (sched, sched_half):
+            schedule.step_batch()
+            if (step + 1) % STEPS == 0:
+                schedule.step_epoch()
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
         {"lr": -0.1},
         {"scheduler": "cosine", "t_max": 0},
         {"scheduler": "multistep", "milestones": [5, 3]},
