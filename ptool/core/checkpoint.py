@@ -88,7 +88,12 @@ def _refusal(path: Path, exc: Exception) -> PtoolError:
     """Turn torch's long weights_only error into one line naming what the file asked for."""
     text = str(exc)
     asked = None
-    for marker in ("Unsupported global: GLOBAL ", "Unsupported operand", "Unsupported class "):
+    for marker in (
+        "Unsupported global: GLOBAL ",
+        "unsupported GLOBAL ",
+        "Unsupported operand",
+        "Unsupported class ",
+    ):
         if marker in text:
             asked = text.split(marker, 1)[1].split()[0].rstrip(".,")
             if marker == "Unsupported operand":
@@ -113,6 +118,10 @@ def load(
     if path.stat().st_size == 0:
         raise PtoolError(f"{path} is empty (0 bytes)")
     is_zip = zipfile.is_zipfile(path)
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not is_zip and head == b"PK\x03\x04":  # a zip checkpoint cut short
+        raise PtoolError(f"{path} is truncated or corrupt (its zip directory is missing)")
     if mmap is None:
         mmap = is_zip
     try:
@@ -126,7 +135,12 @@ def load(
             )
     except pickle.UnpicklingError as exc:
         if "Weights only load failed" in str(exc) or "Unsupported" in str(exc):
-            if "invalid load key" in str(exc) or "could not find MARK" in str(exc):
+            binary_pickle = is_zip or head[:1] == b"\x80"  # what torch.save writes
+            if (
+                "invalid load key" in str(exc)
+                or "could not find MARK" in str(exc)
+                or ("Unsupported operand" in str(exc) and not binary_pickle)
+            ):
                 raise PtoolError(
                     f"{path} is not a PyTorch checkpoint ({_first_line(exc)})"
                 ) from exc
@@ -134,6 +148,8 @@ def load(
         raise PtoolError(f"{path} is not a PyTorch checkpoint ({_first_line(exc)})") from exc
     except EOFError as exc:
         raise PtoolError(f"{path} is truncated (unexpected end of file)") from exc
+    except KeyError as exc:  # torch's legacy reader on bytes that are no pickle at all
+        raise PtoolError(f"{path} is not a PyTorch checkpoint (unknown pickle opcode)") from exc
     except (RuntimeError, ValueError, zipfile.BadZipFile, OSError) as exc:
         message = _first_line(exc)
         if "central directory" in message or "zip archive" in message:
