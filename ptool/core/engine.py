@@ -249,23 +249,36 @@ class Trainer:
 
     def _init_from(self, model: nn.Module, path: str) -> None:
         """Weights only (fine-tuning, transfer): a ptool checkpoint, a plain state_dict or the
-        one inside another tool's checkpoint; the keys that did not match are listed."""
+        one inside another tool's checkpoint. Keys that do not match, and with --no-strict
+        tensors of another shape (a new head), are listed; --strict refuses them."""
         state = ckpt_io.extract_state_dict(ckpt_io.load(path))
-        try:
-            result = model.load_state_dict(state, strict=self.config.strict)
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0]
+        own = model.state_dict()
+        unmatched = {
+            "missing": [k for k in own if k not in state],
+            "unexpected": [k for k in state if k not in own],
+            "shape-mismatched": [
+                f"{k} {list(v.shape)} vs {list(own[k].shape)}"
+                for k, v in state.items()
+                if k in own and getattr(v, "shape", None) != own[k].shape
+            ],
+        }
+        lines = [
+            f"{kind} keys ({len(keys)}): {', '.join(keys)}"
+            for kind, keys in unmatched.items()
+            if keys
+        ]
+        if self.config.strict and lines:
             raise UsageError(
-                f"--init-from {path} does not fit the model: {first}",
-                hint="use --no-strict to load only the matching keys",
-            ) from None
-        loaded = len(state) - len(result.unexpected_keys)
-        total = len(model.state_dict())
-        self.log(f"--init-from {path}: {loaded} of the model's {total} tensors loaded")
-        unmatched = {"missing": result.missing_keys, "unexpected": result.unexpected_keys}
-        for kind, keys in unmatched.items():
-            if keys:
-                self.log(f"  {kind} keys ({len(keys)}): {', '.join(keys)}")
+                f"--init-from {path} does not fit the model: {'; '.join(lines)}",
+                hint="use --no-strict to load only the matching tensors",
+            )
+        fits = {
+            k: v for k, v in state.items() if k in own and getattr(v, "shape", None) == own[k].shape
+        }
+        model.load_state_dict(fits, strict=False)
+        self.log(f"--init-from {path}: {len(fits)} of the model's {len(own)} tensors loaded")
+        for line in lines:
+            self.log(f"  {line}")
 
     def _place(self, model: nn.Module) -> nn.Module:
         model = model.to(self.device)

@@ -214,3 +214,24 @@ def test_loading_a_quantized_tensor_prints_no_typed_storage_warning(tmp_path, mo
         warnings.simplefilter("always")
         assert torch.equal(ckpt_io.load(tmp_path / "q.pt")["q"].int_repr(), q.int_repr())
     assert not [w for w in caught if "TypedStorage" in str(w.message)]
+
+
+def test_init_from_a_plain_state_dict_with_a_new_head(tmp_path):
+    """Transfer to 5 classes: the body loads, the head of another shape is listed and kept
+    fresh (--no-strict), and --strict refuses it naming both shapes."""
+    fit(small(tmp_path, "first", epochs=1), quiet=True)
+    body = weights(tmp_path / "first/last.pt")
+    torch.save(body, tmp_path / "plain.pt")
+    seen = {}
+
+    class Grab:
+        def on_fit_start(self, trainer):
+            seen.update({k: v.clone() for k, v in trainer.model.state_dict().items()})
+
+    new_task = dict(num_classes=5, epochs=1, init_from=str(tmp_path / "plain.pt"))
+    with pytest.raises(UsageError, match=r"shape-mismatched keys \(2\): head.weight \[3, 16\]"):
+        fit(small(tmp_path, "strict", **new_task), quiet=True)
+    fit(small(tmp_path, "loose", strict=False, **new_task), quiet=True, callbacks=[Grab()])
+    heads = [k for k in body if k.startswith("head")]
+    assert heads and all(torch.equal(seen[k], body[k]) for k in body if k not in heads)
+    assert all(seen[k].shape[0] == 5 for k in heads)
