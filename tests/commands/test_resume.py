@@ -123,12 +123,9 @@ def test_refusals_are_one_line_and_name_the_way_out(short_run, tmp_path):
     changed = run_ptool("resume", str(short_run), "--optimizer", "sgd")
     assert changed.returncode == 2 and "--init-from" in changed.stderr
     assert run_ptool("train", "--reschedule").returncode == 2
-    saved = (short_run / "last.pt").read_bytes()
+    saved = (short_run / "last.pt").read_bytes()  # every kind of bad file: tests/core
     for name, content, reason in (
-        ("empty.pt", b"", "is empty"),
-        ("junk.pt", b"not a checkpoint at all", "is not a PyTorch checkpoint"),
         ("notes.pt", b"hello\n", "is not a PyTorch checkpoint"),
-        ("head.pt", saved[:2000], "truncated"),
         ("half.pt", saved[: len(saved) // 2], "truncated"),
     ):
         (tmp_path / name).write_bytes(content)
