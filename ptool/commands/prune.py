@@ -113,9 +113,11 @@ def prune(
     *,
     overrides: dict[str, Any],
 ) -> None:
-    """Prune a checkpoint (torch.nn.utils.prune; --compact: Torch-Pruning), optionally fine-tune,
-    report per layer and before/after, write <ckpt stem>.pruned.pt. Fine-tuning defaults to the
-    run's own optimizer, lr and batch size, in <ckpt dir>/prune/<time>."""
+    """Prune a checkpoint, optionally fine-tune, and report per layer and before/after.
+
+    Methods from torch.nn.utils.prune; --compact removes channels with Torch-Pruning. Writes
+    <ckpt stem>.pruned.pt. Fine-tuning defaults to the run's own optimizer, lr and batch size,
+    in <ckpt dir>/prune/<time>."""
     from rich.markup import escape
 
     from ptool.core.prune.options import PruneOptions, check_options, parse_amount

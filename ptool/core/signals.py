@@ -37,7 +37,10 @@ class StopRequest:
     def __enter__(self) -> StopRequest:
         if self.install:
             for signum in SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
+                # An ignored signal stays ignored (a shell's background job ignores Ctrl-C),
+                # as Python itself does for SIGINT.
+                if signal.getsignal(signum) is not signal.SIG_IGN:
+                    self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
