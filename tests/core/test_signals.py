@@ -1,4 +1,4 @@
-"""StopRequest: a signal during training is recorded, not raised; an ignored signal stays ignored."""
+"""StopRequest: a signal in training is recorded, not raised; an ignored signal stays ignored."""
 
 import os
 import signal
