@@ -11,15 +11,22 @@ from rich.text import Text
 from ptool.ui.tables import SHOWN_METRICS, format_change, format_metric, format_speedup, human_bytes
 
 
+def _listing(names: list[str], shown: int = 6) -> str:
+    """A few names and the count when there are many (a torchvision model has hundreds)."""
+    if len(names) <= shown:
+        return ", ".join(names) or "none"
+    return f"{len(names)}: {', '.join(names[: shown - 1])}, ..., {names[-1]} (--json lists all)"
+
+
 def report_table(report: dict[str, Any]) -> Group:
     """fp32 vs quantized: sizes, latency at batch 1 and the training batch size, metrics."""
     recipe = report["recipe"]
     quant_name = "fp16" if recipe["dtype"] == "float16" else "int8"
     title = f"{report['mode']} quantization ({recipe['engine']}, {report['backend']} kernels)"
-    fused = ", ".join("+".join(group) for group in report["fused_modules"]) or "none"
+    fused = ["+".join(group) for group in report["fused_modules"]]
     notes = [
-        f"quantized layers: {', '.join(report['quantized_layers'])}",
-        f"fused: {fused}",
+        f"quantized layers: {_listing(report['quantized_layers'])}",
+        f"fused: {_listing(fused)}",
         f"latency: median of {report['bench_runs']} runs after warm-up, "
         f"{report['threads']} threads, random inputs",
         f"written: {report['output']}",

@@ -292,3 +292,20 @@ def test_qat_fine_tunes_through_the_engine_and_resumes_exactly(cnn_ckpt, tmp_pat
 def test_resume_needs_a_qat_run_checkpoint(cnn_ckpt):
     with pytest.raises(UsageError, match="is not a checkpoint of a `ptool quantize qat` run"):
         quantize_checkpoint(None, _fast("qat", resume=str(cnn_ckpt)))
+
+
+def test_static_quantizes_shufflenet_on_small_inputs(tmp_path):
+    """shufflenet's final mean over a 1x1 map (32 px inputs) trips torch's int8 `mean`;
+    ao.convert rewrites it to the keepdim form, which must give the float model's answers."""
+    ckpt = write_checkpoint(
+        tmp_path / "best.pt",
+        model="torchvision:shufflenet_v2_x0_5",
+        data="synthetic",
+        shape="3x32x32",
+        samples=512,
+        num_classes=4,
+    )
+    report = quantize_checkpoint(ckpt, _fast("static", calib_batches=4))
+    assert report["metrics_change"]["val/accuracy"] >= -0.05
+    x = _inputs(ckpt)
+    assert _reloaded(report["output"])(x).shape == (8, 4)

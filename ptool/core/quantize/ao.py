@@ -29,6 +29,7 @@ QAT_OBSERVERS = ("minmax", "moving-average")
 DTYPES = ("qint8", "float16")
 DYNAMIC_MODULES: dict[str, type[nn.Module]] = {"linear": nn.Linear, "lstm": nn.LSTM, "gru": nn.GRU}
 STATIC_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 REDUCE_RANGE = {"x86": True, "fbgemm": True, "qnnpack": False}
 
 # The warnings a quantized model keeps emitting after it is built (running it, loading its
@@ -262,8 +263,32 @@ def convert(prepared: nn.Module, recipe: dict[str, Any]) -> nn.Module:
     _, quantize_fx = _ao()
     with quiet():
         quantized = quantize_fx.convert_fx(prepared.eval())
+    _keepdim_means(quantized)
     _run(quantized, [_example(recipe)[0]], "the int8 model")
     return quantized
+
+
+def _keepdim_means(model: torch.fx.GraphModule) -> None:
+    """`x.mean(dims)` -> `x.mean(dims, keepdim=True).squeeze(dims)`, the same values.
+
+    torch's int8 `mean` without keepdim fails on a 1x1 map whose strides also read as
+    channels_last ("required rank 4 tensor to use channels_last format"): shufflenet's final
+    pooling on inputs of 32 px or less. The keepdim form has no such bug.
+    """
+    graph = model.graph
+    for node in list(graph.nodes):
+        is_mean = (node.op == "call_method" and node.target == "mean") or (
+            node.op == "call_function" and node.target is torch.mean
+        )
+        if not is_mean or len(node.args) != 2 or "keepdim" in node.kwargs:
+            continue
+        with graph.inserting_after(node):
+            squeezed = graph.call_function(torch.squeeze, (node, node.args[1]))
+        node.replace_all_uses_with(
+            squeezed, delete_user_cb=lambda user, new=squeezed: user is not new
+        )
+        node.kwargs = {**node.kwargs, "keepdim": True}
+    model.recompile()
 
 
 def calibrate(prepared: nn.Module, batches: Iterable[torch.Tensor]) -> int:
@@ -342,8 +367,8 @@ def fused_modules(float_model: nn.Module, quantized: nn.Module) -> list[list[str
     kept = {name for name, _ in quantized.named_modules()}
     groups: list[list[str]] = []
     for name, module in float_model.named_modules():
-        if list(module.children()) or not name:
-            continue
+        if not name or list(module.children()) or isinstance(module, CONTAINERS):
+            continue  # an empty container (shufflenet's identity branch1) is not a layer
         if name in kept or not groups:
             groups.append([name])
         else:
