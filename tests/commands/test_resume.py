@@ -40,6 +40,13 @@ def reference(tmp_path_factory):
     return weights(out / "last.pt")
 
 
+def _default_signals() -> None:
+    """In the child: Ctrl-C and SIGTERM act, even when the suite runs as a background job
+    (whose shell starts it with SIGINT ignored, which ptool then keeps ignoring)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def start(out) -> subprocess.Popen:
     env = {**os.environ, "PTOOL_DEBUG": "", "COLUMNS": "200"}
     return subprocess.Popen(
@@ -48,6 +55,7 @@ def start(out) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        preexec_fn=_default_signals,
     )
 
 
