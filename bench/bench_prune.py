@@ -47,7 +47,7 @@ def show(name: str, report: dict) -> None:
     params = report["parameters"]
     fewer = params["before"]["parameters"] / params["after"]["parameters"]
     print(
-        f"{name:<46} batch {latency['batch_size']}: {latency['before_ms']:.3f} -> "
+        f"{name:<58} batch {latency['batch_size']}: {latency['before_ms']:.3f} -> "
         f"{latency['after_ms']:.3f} ms = {latency['speedup']:.2f}x  params {fewer:.2f}x fewer"
         f"  accuracy {before:.2%} -> {pruned:.2%} pruned"
         + (f" -> {final:.2%} fine-tuned" if tuned else "")
@@ -67,6 +67,8 @@ def main() -> None:
             ckpt = train(root, label.replace(" ", "_"), **values)
             cases = (
                 ("ln-structured 0.5 --compact", {"method": "ln-structured", "compact": True}),
+                ("ln-structured 0.5 --compact --recalibrate-bn 20",
+                 {"method": "ln-structured", "compact": True, "recalibrate_bn": 20}),
                 ("ln-structured 0.5 --compact, 3 fine-tune epochs",
                  {"method": "ln-structured", "compact": True, "finetune_epochs": 3}),
                 ("l1-unstructured 0.5", {"method": "l1-unstructured"}),

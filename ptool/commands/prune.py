@@ -92,6 +92,15 @@ def prune(
             help="Fine-tune this many epochs after every step (train's engine and flags below).",
         ),
     ] = 0,
+    recalibrate_bn: Annotated[
+        int,
+        typer.Option(
+            "--recalibrate-bn",
+            metavar="N",
+            help="After every pruning step, re-estimate batch-norm statistics on N training "
+            "batches (no gradients; 0: off).",
+        ),
+    ] = 0,
     output: Annotated[
         str | None,
         typer.Option(
@@ -137,6 +146,7 @@ def prune(
         compact=compact,
         steps=steps,
         finetune_epochs=finetune_epochs,
+        recalibrate_bn=recalibrate_bn,
         train_overrides=overrides,
         output=output,
         evaluate=not no_eval,

@@ -87,6 +87,8 @@ def _title(report: dict[str, Any]) -> str:
         what += ", compacted"
     if report["steps"] > 1:
         what += f", {report['steps']} steps"
+    if report["recalibrate_bn"]:
+        what += f", batch-norm statistics re-estimated on {report['recalibrate_bn']} batches"
     if report["finetune_epochs"]:
         what += f", {report['finetune_epochs']} fine-tune epochs per step"
     return what

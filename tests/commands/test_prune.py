@@ -24,12 +24,15 @@ def workdir(tmp_path_factory):
 def test_compact_json_on_the_newest_run_then_quantize_static(workdir):
     result = run_ptool(
         "prune", "--method", "ln-structured", "--amount", "0.5", "--compact", "--json",
-        "--bench-runs", "2", cwd=workdir,
+        "--recalibrate-bn", "2", "--bench-runs", "2", cwd=workdir,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)  # stdout is one JSON document and nothing else
     assert "using the newest run's checkpoint: runs/tiny/best.pt" in result.stderr
     assert report["output"] == "runs/tiny/best.pruned.pt"
+    assert "re-estimated the statistics of 2 batch-norm layers on 2 training batches" in (
+        result.stderr
+    )
     assert {"layers", "global", "parameters", "file_bytes", "gzip_bytes", "latency"} <= set(report)
     assert set(report["metrics"]) == {"before", "after_pruning", "after_finetune"}
     assert report["layers"][0]["shape_after"] == [4, 1, 3, 3]

@@ -165,6 +165,35 @@ def test_compaction_shapes_outputs_and_reload(cnn_ckpt, float_model, tmp_path):
         assert not torch.allclose(masked(x), expected, atol=1e-3)
 
 
+def test_recalibrate_bn_measures_the_pruned_models_statistics(cnn_ckpt, tmp_path):
+    """Oracle: with one batch holding the whole training set, the first batch norm's running
+    statistics are that set's mean and unbiased variance of its input, measured by hand on
+    the compacted model; without the flag the old statistics are only sliced."""
+    from ptool.core.data import build_data
+    from ptool.core.restore import config_and_info
+
+    ckpt = ckpt_io.load_checkpoint(cnn_ckpt)
+    config, _ = config_and_info(ckpt)
+    train = build_data(config).train
+    whole = {"batch_size": len(train)}
+    options = {"method": "ln-structured", "amount": 0.5, "compact": True}
+    report, saved = _prune(cnn_ckpt, tmp_path, recalibrate_bn=1, train_overrides=whole, **options)
+    _, stale = _prune(cnn_ckpt, tmp_path, output=str(tmp_path / "stale.pt"), **options)
+    assert report["recipe"]["recalibrate_bn"] == saved["pruning"]["recalibrate_bn"] == 1
+
+    model = model_from_checkpoint(saved).eval()
+    seen = []
+    model.get_submodule("body.0.norm").register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    with torch.no_grad():
+        model(train.tensors[0])
+    state = saved["model_state_dict"]
+    torch.testing.assert_close(state["body.0.norm.running_mean"], seen[0].mean((0, 2, 3)))
+    torch.testing.assert_close(state["body.0.norm.running_var"], seen[0].var((0, 2, 3)))
+    old = stale["model_state_dict"]
+    for name in ("body.0.norm", "body.1.norm"):
+        assert not torch.allclose(state[f"{name}.running_var"], old[f"{name}.running_var"])
+
+
 def test_keep_masks_reload_keeps_the_masks(cnn_ckpt, float_model, tmp_path):
     _, saved = _prune(cnn_ckpt, tmp_path, amount=0.5, make_permanent=False)
     restored = model_from_checkpoint(saved).eval()
@@ -244,6 +273,7 @@ def test_compacted_finetune_run_rebuilds(cnn_ckpt, tmp_path):
         ({"method": "ln-structured", "include_head": True}, "would remove output classes"),
         ({"method": "ln-structured", "dim": 4}, "--dim 4 does not exist"),
         ({"train_overrides": {"lr": 0.1}}, "--lr sets fine-tuning"),
+        ({"recalibrate_bn": -1}, "--recalibrate-bn must be at least 0"),
         ({"method": "l2"}, "valid: l1-unstructured"),
     ],
 )

@@ -42,6 +42,7 @@ class PruneOptions:
     compact: bool = False
     steps: int = 1
     finetune_epochs: int = 0
+    recalibrate_bn: int = 0
     train_overrides: dict[str, Any] = field(default_factory=dict)
     output: str | None = None
     evaluate: bool = True
@@ -100,7 +101,12 @@ def check_options(options: PruneOptions) -> None:
             "--keep-masks has nothing to keep with --compact (the pruned channels are removed)",
             hint="drop --keep-masks",
         )
-    for name, low in (("steps", 1), ("finetune_epochs", 0), ("bench_runs", 1)):
+    for name, low in (
+        ("steps", 1),
+        ("finetune_epochs", 0),
+        ("recalibrate_bn", 0),
+        ("bench_runs", 1),
+    ):
         if getattr(options, name) < low:
             flag = "--" + name.replace("_", "-")
             raise UsageError(f"{flag} must be at least {low}, got {getattr(options, name)}")
