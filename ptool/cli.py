@@ -101,12 +101,14 @@ COMMANDS: tuple[str, ...] = (
 
 
 def main() -> None:
-    """Console-script entry point: known failures become one line and an exit code."""
+    """Console-script entry point: known failures, usage errors included, become one line and
+    an exit code (Typer's standalone mode would draw usage errors in a box)."""
     try:
-        app()
+        code = app(standalone_mode=False)
     except SystemExit:
         raise
     except Exception as exc:  # noqa: BLE001 - the one place that turns errors into messages
         if debug_enabled():
             raise
         sys.exit(report(exc))
+    sys.exit(code if isinstance(code, int) else 0)  # typer.Exit(code) comes back as its code

@@ -53,10 +53,30 @@ def test_help_lists_subcommands():
     assert "convcalc" in proc.stdout
 
 
-def test_unknown_command_is_a_usage_error():
-    proc = run_ptool("no-such-command")
-    assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr
+@pytest.mark.parametrize(
+    ("args", "message", "command"),
+    [
+        (["trian"], "No such command 'trian'. Did you mean 'train'?", "ptool"),
+        (["train", "--bogus"], "No such option: --bogus", "ptool train"),
+        (["train", "--epochs", "x"], "Invalid value for '--epochs'", "ptool train"),
+        (["resume", "a", "b"], "Got unexpected extra argument(s) (b)", "ptool resume"),
+        (["quantize", "static", "--observer"], "Option '--observer' requires an argument", None),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(args, message, command):
+    """Typer's parsing errors take ptool's form (no box, no usage block): error, then hint."""
+    proc = run_ptool(*args)
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert lines[0].startswith("error: ") and message in lines[0]
+    # the hint names the command when the parser knows it (a missing option value: it doesn't)
+    assert lines[1:] == ([f"hint: {command} --help shows the usage"] if command else [])
+
+
+def test_a_group_without_its_command_prints_its_help():
+    proc = run_ptool("quantize")
+    assert proc.returncode == 2  # Click's convention: help instead of a command is a usage error
+    assert "dynamic" in proc.stdout + proc.stderr and "error:" not in proc.stderr
 
 
 def test_long_error_stays_one_line_in_a_pipe():

@@ -22,6 +22,12 @@ def describe(exc: BaseException) -> tuple[str, str | None, int]:
     """(message, hint, exit code) for an exception that escaped a command."""
     if isinstance(exc, PtoolError):
         return str(exc), exc.hint, exc.exit_code
+    if callable(getattr(exc, "format_message", None)) and isinstance(
+        getattr(exc, "exit_code", None), int
+    ):  # Typer's usage errors (its vendored Click's), recognised without importing internals
+        ctx = getattr(exc, "ctx", None)
+        hint = f"{ctx.command_path} --help shows the usage" if ctx is not None else None
+        return exc.format_message(), hint, exc.exit_code
     if isinstance(exc, FileNotFoundError):
         return f"no such file or directory: {exc.filename or exc}", None, 1
     if isinstance(exc, IsADirectoryError):
@@ -46,6 +52,8 @@ def report(exc: BaseException) -> int:
     from rich.markup import escape
 
     message, hint, code = describe(exc)
+    if not message:  # a command run without arguments has printed its help
+        return code
     # soft_wrap: the message stays one line in a pipe or a CI log, whatever the width
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     console.print(f"[bold red]error:[/bold red] {escape(message)}")
