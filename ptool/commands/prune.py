@@ -10,17 +10,18 @@ import typer
 from ptool.commands._config_options import with_config_options
 from ptool.commands._options import JsonOpt, QuietOpt, examples
 from ptool.commands.quantize import QAT_FIELDS
+from ptool.core.prune.options import METHODS
 
 EXAMPLES = examples(
     "ptool prune --amount 0.3",
     "ptool prune runs/cnn/best.pt --method global-l1 --amount 0.5 --keep-masks",
     "ptool prune --method ln-structured --amount 0.5 --compact --finetune-epochs 3",
+    "ptool prune --method bn-scale --amount 0.5 --compact --finetune-epochs 3",
     "ptool prune --amount 0.8 --steps 4 --finetune-epochs 1 --lr 3e-4 --json",
 )
 
 # Fine-tuning takes train's own flags, as `quantize qat` does; --finetune-epochs is --epochs.
 FINETUNE_FIELDS = [name for name in QAT_FIELDS if name != "epochs"]
-METHODS = "l1-unstructured, random-unstructured, ln-structured, random-structured, global-l1"
 
 
 def prune(
@@ -31,9 +32,9 @@ def prune(
             show_default=False,
         ),
     ] = None,
-    method: Annotated[str, typer.Option("--method", help=f"Pruning method: {METHODS}.")] = (
-        "l1-unstructured"
-    ),
+    method: Annotated[
+        str, typer.Option("--method", help=f"Pruning method: {', '.join(METHODS)}.")
+    ] = ("l1-unstructured"),
     amount: Annotated[
         str,
         typer.Option(

@@ -71,6 +71,21 @@ def test_human_report(workdir, monkeypatch):
     assert int((state["body.0.conv.weight_mask"] == 0).sum()) == 7
 
 
+def test_bn_scale_compact_keeps_the_largest_batch_norm_scales(workdir):
+    result = run_ptool(
+        "prune", "runs/tiny/best.pt", "--method", "bn-scale", "--amount", "0.5", "--compact",
+        "--no-eval", "--bench-runs", "1", "--json", "-o", "bn-scale.pt", cwd=workdir,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["recipe"]["method"] == "bn-scale"
+    before = torch.load(workdir / "runs/tiny/best.pt", weights_only=True)["model_state_dict"]
+    after = torch.load(workdir / "bn-scale.pt", weights_only=True)["model_state_dict"]
+    for norm in ("body.0.norm", "body.1.norm"):
+        scale = before[f"{norm}.weight"]
+        kept = scale[scale.abs().argsort(descending=True)[: scale.numel() // 2]]
+        assert torch.equal(after[f"{norm}.weight"].sort().values, kept.sort().values)
+
+
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
@@ -78,6 +93,7 @@ def test_human_report(workdir, monkeypatch):
         (["--exclude", "conv"], 2, "error: the layer filter selects no layer"),
         (["--compact"], 2, "error: --compact removes whole channels"),
         (["--method", "ln-structured", "--compact", "--dim", "1"], 2, "error: --compact removes"),
+        (["--method", "bn-scale", "--dim", "1"], 2, "error: --method bn-scale ranks output"),
     ],
 )
 def test_bad_input_exits_with_one_line(workdir, args, code, message):

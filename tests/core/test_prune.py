@@ -123,20 +123,37 @@ def test_iterative_steps_end_exactly_on_the_amount(cnn_ckpt, tmp_path):
     assert sparsities == sorted(sparsities) and len(sparsities) == 3
 
 
-def _channel_zeroed(model: nn.Module, fraction: float) -> nn.Module:
-    """The float model with the ln-structured channels' outputs zeroed (conv rows and the
-    batch-norm scale and shift), which is what removing the channels computes."""
-    zeroed = copy.deepcopy(model)
+def _ln_structured_channels(model: nn.Module, fraction: float) -> dict[str, torch.Tensor]:
+    """The output channels `prune.ln_structured` empties in each conv (a boolean per channel)."""
+    gone = {}
     for name in CONVS:
-        conv = zeroed.get_submodule(name)
-        probe = copy.deepcopy(conv)
+        probe = copy.deepcopy(model.get_submodule(name))
         prune.ln_structured(probe, "weight", amount=fraction, n=2, dim=0)
-        gone = probe.weight_mask.flatten(1).sum(1) == 0
+        gone[name] = probe.weight_mask.flatten(1).sum(1) == 0
+    return gone
+
+
+def _smallest_bn_scale_channels(model: nn.Module, fraction: float) -> dict[str, torch.Tensor]:
+    """Network Slimming's choice: per conv, the channels whose batch-norm |scale| is smallest."""
+    gone = {}
+    for name in CONVS:
+        scale = model.get_submodule(name.replace("conv", "norm")).weight.detach().abs()
+        gone[name] = torch.zeros(scale.numel(), dtype=torch.bool)
+        gone[name][scale.argsort()[: round(fraction * scale.numel())]] = True
+    return gone
+
+
+def _channel_zeroed(model: nn.Module, gone: dict[str, torch.Tensor]) -> nn.Module:
+    """The float model with the `gone` channels' outputs zeroed (conv rows and the batch-norm
+    scale and shift), which is what removing the channels computes."""
+    zeroed = copy.deepcopy(model)
+    for name, channels in gone.items():
+        conv = zeroed.get_submodule(name)
         norm = zeroed.get_submodule(name.replace("conv", "norm"))
         with torch.no_grad():
-            conv.weight[gone] = 0
-            norm.weight[gone] = 0
-            norm.bias[gone] = 0
+            conv.weight[channels] = 0
+            norm.weight[channels] = 0
+            norm.bias[channels] = 0
     return zeroed
 
 
@@ -155,7 +172,7 @@ def test_compaction_shapes_outputs_and_reload(cnn_ckpt, float_model, tmp_path):
     restored = model_from_checkpoint(saved).eval()
     x = _inputs()
     with torch.no_grad():
-        expected = _channel_zeroed(float_model, 0.5)(x)
+        expected = _channel_zeroed(float_model, _ln_structured_channels(float_model, 0.5))(x)
         torch.testing.assert_close(restored(x), expected, atol=1e-5, rtol=1e-5)
         # PyTorch's ln_structured masks only the conv weight: the batch-norm shift of an
         # emptied channel still reaches the next layer, so that model is NOT the compacted one
@@ -163,6 +180,44 @@ def test_compaction_shapes_outputs_and_reload(cnn_ckpt, float_model, tmp_path):
         for name in CONVS:
             prune.ln_structured(masked.get_submodule(name), "weight", amount=0.5, n=2, dim=0)
         assert not torch.allclose(masked(x), expected, atol=1e-3)
+
+
+def test_bn_scale_removes_the_channels_with_the_smallest_batch_norm_scale(
+    cnn_ckpt, float_model, tmp_path
+):
+    gone = _smallest_bn_scale_channels(float_model, 0.5)
+    assert any(not torch.equal(gone[n], _ln_structured_channels(float_model, 0.5)[n]) for n in gone)
+
+    _, masked = _prune(cnn_ckpt, tmp_path, method="bn-scale", amount=0.5, make_permanent=False)
+    for name in CONVS:
+        mask = masked["model_state_dict"][f"{name}.weight_mask"]
+        assert torch.equal(mask.flatten(1).sum(1) == 0, gone[name])
+
+    report, saved = _prune(cnn_ckpt, tmp_path, method="bn-scale", amount=0.5, compact=True)
+    assert report["layers"][1]["shape_after"] == [8, 4, 3, 3]
+    restored = model_from_checkpoint(saved).eval()
+    x = _inputs()
+    with torch.no_grad():
+        expected = _channel_zeroed(float_model, gone)(x)
+        torch.testing.assert_close(restored(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_bn_scale_steps_rank_only_the_channels_left(cnn_ckpt, float_model, tmp_path):
+    """Two steps of 2 + 2 channels (of 8) end on the same 4 as one step: the ranking is fixed
+    by the untouched batch-norm scales, and step 2 ranks only the channels still unpruned."""
+    _, once = _prune(cnn_ckpt, tmp_path, method="bn-scale", amount=4, make_permanent=False)
+    _, twice = _prune(
+        cnn_ckpt, tmp_path, method="bn-scale", amount=4, steps=2, make_permanent=False
+    )
+    key = "body.0.conv.weight_mask"
+    assert torch.equal(once["model_state_dict"][key], twice["model_state_dict"][key])
+
+
+def test_bn_scale_needs_a_batch_norm_after_each_layer(tmp_path):
+    ckpt = write_checkpoint(tmp_path / "best.pt", epochs=0, model="cnn", channels=[8], norm="none")
+    with pytest.raises(UsageError, match="body.0.conv has none") as caught:
+        _prune(ckpt, tmp_path, method="bn-scale", amount=0.5)
+    assert "--method ln-structured" in caught.value.hint
 
 
 def test_recalibrate_bn_measures_the_pruned_models_statistics(cnn_ckpt, tmp_path):
@@ -272,6 +327,7 @@ def test_compacted_finetune_run_rebuilds(cnn_ckpt, tmp_path):
         ({"compact": True, "method": "ln-structured", "dim": 1}, "not --dim 1"),
         ({"method": "ln-structured", "include_head": True}, "would remove output classes"),
         ({"method": "ln-structured", "dim": 4}, "--dim 4 does not exist"),
+        ({"method": "bn-scale", "dim": 1}, "ranks output channels (--dim 0), not --dim 1"),
         ({"train_overrides": {"lr": 0.1}}, "--lr sets fine-tuning"),
         ({"recalibrate_bn": -1}, "--recalibrate-bn must be at least 0"),
         ({"method": "l2"}, "valid: l1-unstructured"),
@@ -283,7 +339,14 @@ def test_bad_input_is_refused_in_one_line(cnn_ckpt, tmp_path, values, message):
     assert message in str(caught.value) and "\n" not in str(caught.value)
 
 
-def test_untraceable_model_is_refused_for_compact(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("values", "hint"),
+    [
+        ({"method": "ln-structured", "compact": True}, "drop --compact"),
+        ({"method": "bn-scale"}, "use --method ln-structured"),
+    ],
+)
+def test_untraceable_model_is_refused_for_compact_and_bn_scale(tmp_path, monkeypatch, values, hint):
     module = tmp_path / "numpy_net.py"
     module.write_text(
         "import torch\nfrom torch import nn\n"
@@ -301,8 +364,8 @@ def test_untraceable_model_is_refused_for_compact(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     ckpt = write_checkpoint(tmp_path / "best.pt", epochs=0, model="numpy_net:build")
     with pytest.raises(PtoolError, match="Torch-Pruning cannot trace this model") as caught:
-        _prune(ckpt, tmp_path, method="ln-structured", amount=0.5, compact=True)
-    assert "drop --compact" in caught.value.hint
+        _prune(ckpt, tmp_path, amount=0.5, **values)
+    assert hint in caught.value.hint
 
 
 def test_apply_architecture_refuses_unknown_layer_kinds():

@@ -16,20 +16,25 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from ptool.core.errors import PtoolError
+from ptool.core.errors import PtoolError, UsageError
 from ptool.core.prune.masks import refresh_weights
 
 REBUILT = "Conv1d/2d/3d, Linear, BatchNorm, GroupNorm, LayerNorm and PReLU"
 
 
 class Compactor:
-    """The traced dependency graph of one model, reused for every layer it shrinks."""
+    """The traced dependency graph of one model, reused for every layer it scores or shrinks.
 
-    def __init__(self, model: nn.Module, example: torch.Tensor):
+    `flag` names the option that needs the trace (`--compact`, `--method bn-scale`), so a
+    model Torch-Pruning cannot trace is refused with a hint about that option.
+    """
+
+    def __init__(self, model: nn.Module, example: torch.Tensor, flag: str = "--compact"):
         import torch_pruning as tp
 
         self.model = model
         self.example = example
+        self.flag = flag
         was_training = model.training
         model.eval()
         try:
@@ -40,13 +45,26 @@ class Compactor:
                 self.output_shape = tuple(model(example).shape)
         except Exception as exc:  # noqa: BLE001 - any tracing failure becomes one line
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise PtoolError(
-                f"Torch-Pruning cannot trace this model for --compact ({type(exc).__name__}: "
-                f"{first})",
-                hint="drop --compact: structured masks keep the shapes and need no tracing",
-            ) from exc
+            raise self._untraceable(f"({type(exc).__name__}: {first})") from exc
         finally:
             model.train(was_training)
+
+    def _untraceable(self, detail: str) -> PtoolError:
+        hint = (
+            "use --method ln-structured: it ranks channels by their weights and needs no tracing"
+            if self.flag == "--method bn-scale"
+            else "drop --compact: structured masks keep the shapes and need no tracing"
+        )
+        return PtoolError(
+            f"Torch-Pruning cannot trace this model for {self.flag} {detail}", hint=hint
+        )
+
+    def _check_traced(self, layers: Mapping[str, nn.Module]) -> None:
+        for name, module in layers.items():
+            if module not in self.graph.module2node:
+                raise self._untraceable(
+                    f"({name} is not on the autograd path from the input to the output)"
+                )
 
     def _group(self, module: nn.Module, idxs: list[int]):
         pruner = self.graph.get_pruner_of_module(module)
@@ -55,13 +73,7 @@ class Compactor:
     def followers(self, layers: Mapping[str, nn.Module]) -> dict[str, str]:
         """Selected layers whose output channels are tied to an earlier selected layer's (e.g.
         by a residual add): they lose the leader's channels and are not scored themselves."""
-        for name, module in layers.items():
-            if module not in self.graph.module2node:
-                raise PtoolError(
-                    f"Torch-Pruning cannot trace this model for --compact: {name} is not on the "
-                    "autograd path from the input to the output",
-                    hint="drop --compact: structured masks keep the shapes and need no tracing",
-                )
+        self._check_traced(layers)
         names = {id(m): name for name, m in layers.items()}
         tied: dict[str, str] = {}
         for name, module in layers.items():
@@ -73,6 +85,26 @@ class Compactor:
                 if other and other != name and out and other not in tied:
                     tied[other] = name
         return tied
+
+    def bn_scales(self, layers: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
+        """Each layer's output-channel importance for --method bn-scale: the |scale| of the
+        batch norm that normalizes the channel (Network Slimming, Liu et al. 2017), averaged
+        over every batch norm tied to it, by Torch-Pruning's BNScaleImportance."""
+        import torch_pruning as tp
+
+        self._check_traced(layers)
+        scorer = tp.importance.BNScaleImportance(normalizer=None)
+        scores = {}
+        for name, module in layers.items():
+            score = scorer(self._group(module, list(range(module.weight.shape[0]))))
+            if score is None:
+                raise UsageError(
+                    f"--method bn-scale ranks channels by the batch norm after each layer; "
+                    f"{name} has none",
+                    hint="--exclude the layers without one, or use --method ln-structured",
+                )
+            scores[name] = score.detach()
+        return scores
 
     def remove(self, module: nn.Module, name: str, idxs: list[int]) -> None:
         """Physically drop output channels `idxs` of `module` and everything tied to them."""

@@ -162,6 +162,17 @@ def check_sizes(
     return sizes
 
 
+def lowest_channels_mask(module: nn.Module, scores: torch.Tensor, count: int) -> torch.Tensor:
+    """A weight mask that empties the `count` output channels still unpruned with the lowest
+    `scores` (ties: the first channel), for `prune.custom_from_mask`."""
+    mask = mask_of(module)
+    alive = torch.ones(scores.numel(), dtype=torch.bool) if mask is None else mask.flatten(1).any(1)
+    ranked = torch.where(alive, scores.float(), torch.inf).argsort(stable=True)
+    keep = torch.ones_like(module.weight)
+    keep[ranked[:count]] = 0
+    return keep
+
+
 def prune_layers(
     layers: Mapping[str, nn.Module],
     method: str,
@@ -169,8 +180,12 @@ def prune_layers(
     *,
     n: float = 2.0,
     dim: int = 0,
+    scores: Mapping[str, torch.Tensor] | None = None,
 ) -> None:
-    """One pruning step through torch.nn.utils.prune; masks stack on earlier ones."""
+    """One pruning step through torch.nn.utils.prune; masks stack on earlier ones.
+
+    `scores` are bn-scale's per-output-channel importances (`Compactor.bn_scales`).
+    """
     if method == "global-l1":
         params = [(m, PARAM) for m in layers.values()]
         prune.global_unstructured(
@@ -185,6 +200,9 @@ def prune_layers(
             prune.random_unstructured(module, PARAM, amount=amount)
         elif method == "ln-structured":
             prune.ln_structured(module, PARAM, amount=amount, n=n, dim=dim)
+        elif method == "bn-scale":
+            mask = lowest_channels_mask(module, scores[name], amount)
+            prune.custom_from_mask(module, PARAM, mask=mask)
         else:
             prune.random_structured(module, PARAM, amount=amount, dim=dim)
 

@@ -17,9 +17,10 @@ METHODS = (
     "random-unstructured",
     "ln-structured",
     "random-structured",
+    "bn-scale",
     "global-l1",
 )
-STRUCTURED = ("ln-structured", "random-structured")
+STRUCTURED = ("ln-structured", "random-structured", "bn-scale")
 KIND_NAMES = ("conv", "linear")
 # fine-tuning flags that also matter without --finetune-epochs: the random methods' seed and
 # the batch size of the latency measurement
@@ -89,7 +90,12 @@ def check_options(options: PruneOptions) -> None:
     if options.compact and not structured:
         raise UsageError(
             f"--compact removes whole channels; {options.method} leaves scattered zeros",
-            hint="use --method ln-structured or random-structured with --compact",
+            hint=f"use a structured method ({', '.join(STRUCTURED)}) with --compact",
+        )
+    if options.method == "bn-scale" and options.dim != 0:
+        raise UsageError(
+            f"--method bn-scale ranks output channels (--dim 0), not --dim {options.dim}",
+            hint="drop --dim, or use --method ln-structured along that dimension",
         )
     if options.compact and options.dim != 0:
         raise UsageError(

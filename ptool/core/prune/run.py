@@ -170,20 +170,25 @@ class Pruner:
 
     def step(self, counts: dict[str, int]) -> None:
         options = self.options
-        if not options.compact:
-            masks.prune_layers(self.layers(), options.method, counts, n=options.n, dim=options.dim)
-            return
-        compactor = compaction.Compactor(self.model, self.example)
         layers = self.layers()
-        self.tied = compactor.followers(layers)
-        for follower, leader in self.tied.items():
-            self.log(f"{follower}: output channels tied to {leader}'s, removed with them")
-        leaders = {name: m for name, m in layers.items() if name not in self.tied}
-        masks.prune_layers(leaders, options.method, counts, n=options.n, dim=0)
-        chosen = {name: masks.pruned_slices(masks.mask_of(m), 0) for name, m in leaders.items()}
+        graph = None
+        if options.compact or options.method == "bn-scale":
+            flag = "--method bn-scale" if options.method == "bn-scale" else "--compact"
+            graph = compaction.Compactor(self.model, self.example, flag)
+        if options.compact:
+            self.tied = graph.followers(layers)
+            for follower, leader in self.tied.items():
+                self.log(f"{follower}: output channels tied to {leader}'s, removed with them")
+            layers = {name: m for name, m in layers.items() if name not in self.tied}
+        scores = graph.bn_scales(layers) if options.method == "bn-scale" else None
+        dim = 0 if options.compact else options.dim
+        masks.prune_layers(layers, options.method, counts, n=options.n, dim=dim, scores=scores)
+        if not options.compact:
+            return
+        chosen = {name: masks.pruned_slices(masks.mask_of(m), 0) for name, m in layers.items()}
         masks.make_permanent(self.model)
-        for name, module in leaders.items():
-            compactor.remove(module, name, chosen[name])
+        for name, module in layers.items():
+            graph.remove(module, name, chosen[name])
 
     def recalibrate_bn(self, config: TrainConfig, data: Any, seed: int) -> None:
         batches = self.options.recalibrate_bn
