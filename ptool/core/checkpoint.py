@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from ptool import __version__
-from ptool.core.errors import PtoolError
+from ptool.core.errors import PtoolError, UsageError
 
 FORMAT = "ptool.checkpoint"
 FORMAT_VERSION = 1
@@ -77,11 +77,26 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
             )
             raise PtoolError(
                 f"could not write checkpoint {path}: {reason}; {previous}",
-                hint="free some disk space or choose a writable --out",
+                hint="free some disk space"
+                if exc.errno == errno.ENOSPC
+                else "choose a path you can write to",
             ) from exc
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def check_output(path: Path, source: Path, flag: str) -> None:
+    """Refuse, before any work, a derived file (`-o`, `--torchscript`) that would replace the
+    input checkpoint or that names a directory: the job would run, then fail or destroy."""
+    if path.resolve() == source.resolve():
+        raise UsageError(
+            f"{flag} would overwrite the input checkpoint {source}", hint="choose another -o"
+        )
+    if path.is_dir():
+        raise UsageError(
+            f"{flag} names a directory: {path}", hint="give a file path, e.g. -o DIR/out.pt"
+        )
 
 
 def _refusal(path: Path, exc: Exception) -> PtoolError:
@@ -126,8 +141,9 @@ def load(
         mmap = is_zip
     try:
         with warnings.catch_warnings():
-            # torch's own rebuild of quantized tensors trips its storage deprecation notice.
+            # torch's own rebuild of quantized tensors trips its deprecation notices.
             warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
+            warnings.filterwarnings("ignore", message="torch.quantize_per_tensor, ")
             if unsafe:
                 return torch.load(path, map_location=map_location, weights_only=False)
             return torch.load(

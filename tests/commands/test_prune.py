@@ -86,6 +86,18 @@ def test_bn_scale_compact_keeps_the_largest_batch_norm_scales(workdir):
         assert torch.equal(after[f"{norm}.weight"].sort().values, kept.sort().values)
 
 
+def test_a_quantized_input_is_refused_in_one_line(workdir):
+    """Loading int8 tensors trips torch's deprecation notice (once per process): not shown."""
+    from ptool.core.quantize import QuantizeOptions, quantize_checkpoint
+
+    output = workdir / "static.int8.pt"
+    options = QuantizeOptions(mode="static", evaluate=False, bench_runs=1, output=str(output))
+    quantize_checkpoint(workdir / "runs/tiny/best.pt", options)
+    result = run_ptool("prune", output.name, cwd=workdir)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: static.int8.pt is quantized (static)"), result.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [

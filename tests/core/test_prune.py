@@ -328,6 +328,11 @@ def test_compacted_finetune_run_rebuilds(cnn_ckpt, tmp_path):
         ({"method": "ln-structured", "include_head": True}, "would remove output classes"),
         ({"method": "ln-structured", "dim": 4}, "--dim 4 does not exist"),
         ({"method": "bn-scale", "dim": 1}, "ranks output channels (--dim 0), not --dim 1"),
+        (
+            {"method": "ln-structured", "compact": True, "amount": 8},
+            "--amount 8 would remove all 8 channels of body.0.conv",
+        ),
+        ({"output": "."}, "-o . names a directory"),
         ({"train_overrides": {"lr": 0.1}}, "--lr sets fine-tuning"),
         ({"recalibrate_bn": -1}, "--recalibrate-bn must be at least 0"),
         ({"method": "l2"}, "valid: l1-unstructured"),

@@ -4,6 +4,7 @@ reloaded by `torch.load(weights_only=True)` + `restore.model_from_checkpoint`, T
 from __future__ import annotations
 
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -161,6 +162,26 @@ def test_refuses_an_already_quantized_checkpoint(static_report):
         quantize_checkpoint(static_report["output"], _fast("static"))
 
 
+def test_outputs_never_replace_the_input_or_land_on_a_directory(mlp_ckpt, tmp_path):
+    """The --torchscript file is derived from -o: it must not be the input either."""
+    source = tmp_path / "model.torchscript.pt"
+    source.write_bytes(mlp_ckpt.read_bytes())
+    before = source.read_bytes()
+    options = _fast("dynamic", evaluate=False, torchscript=True, output=str(tmp_path / "model.pt"))
+    with pytest.raises(UsageError, match=r"--torchscript \(.*\) would overwrite the input"):
+        quantize_checkpoint(source, options)
+    assert source.read_bytes() == before
+    with pytest.raises(UsageError, match="names a directory"):
+        quantize_checkpoint(mlp_ckpt, _fast("dynamic", evaluate=False, output=str(tmp_path)))
+
+
+def test_loading_a_quantized_checkpoint_warns_nothing(static_report):
+    """prune/eval refuse or read it with their own one line, not torch's deprecation notice."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ckpt_io.load_checkpoint(static_report["output"])
+
+
 def test_refuses_cuda_before_loading_anything(tmp_path):
     with pytest.raises(UsageError, match="CPU only"):
         quantize_checkpoint(tmp_path / "missing.pt", _fast("static", device="cuda"))
@@ -178,6 +199,8 @@ def test_refuses_a_backend_this_cpu_lacks(cnn_ckpt, monkeypatch):
         (dict(mode="dynamic", modules=["conv"]), "--modules conv"),
         (dict(mode="qat", observer="histogram"), "--observer histogram does not work with qat"),
         (dict(mode="static", calib_batches=0), "--calib-batches must be at least 1"),
+        (dict(mode="qat", freeze_observers_epoch=0), "--freeze-observers-epoch must be at least 1"),
+        (dict(mode="qat", freeze_bn_epoch=-1), "--freeze-bn-epoch must be at least 0"),
     ],
 )
 def test_refuses_bad_options(options, message, tmp_path):

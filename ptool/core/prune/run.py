@@ -301,8 +301,7 @@ def prune_checkpoint(
         log(f"using the newest run's checkpoint: {path}")
     path = Path(path)
     output = Path(options.output) if options.output else default_output(path)
-    if output.resolve() == path.resolve():
-        raise UsageError(f"-o {output} would overwrite the input checkpoint")
+    ckpt_io.check_output(output, path, f"-o {output}")
     ckpt = ckpt_io.load_checkpoint(path)
     refuse_quantized(ckpt, path)
 
@@ -331,6 +330,13 @@ def prune_checkpoint(
     schedules = {
         name: masks.schedule(options.amount, size, options.steps) for name, size in sizes.items()
     }
+    if options.compact:
+        for name, size in sizes.items():
+            if size and schedules[name][-1] >= size:
+                raise UsageError(
+                    f"--amount {options.amount} would remove all {size} channels of {name}",
+                    hint="--compact keeps at least one channel per layer: give a smaller amount",
+                )
 
     data = None
     if options.evaluate or options.finetune_epochs or options.recalibrate_bn:

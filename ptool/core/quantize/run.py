@@ -81,6 +81,13 @@ def check_options(options: QuantizeOptions) -> None:
         if getattr(options, name) < 1:
             flag = "--" + name.replace("_", "-")
             raise UsageError(f"{flag} must be at least 1, got {getattr(options, name)}")
+    # observers frozen before any batch keep empty ranges (inf/-inf); frozen batch-norm
+    # statistics from epoch 0 keep the float model's, which is a valid choice
+    for name, low in (("freeze_observers_epoch", 1), ("freeze_bn_epoch", 0)):
+        value = getattr(options, name)
+        if value is not None and value < low:
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"{flag} must be at least {low}, got {value}")
     if options.resume and mode != "qat":
         raise UsageError(f"--resume continues a `ptool quantize qat` run, not {mode}")
 
@@ -289,8 +296,10 @@ def quantize_checkpoint(
     recipe = resume_recipe or _recipe(options, backend, info, path)
     recipe = {k: v for k, v in recipe.items() if k != "converted"}
     output = Path(options.output) if options.output else default_output(path, recipe["dtype"])
-    if output.resolve() == path.resolve():
-        raise UsageError(f"-o {output} would overwrite the input checkpoint")
+    ckpt_io.check_output(output, path, f"-o {output}")
+    if options.torchscript:
+        script = torchscript_path(output)
+        ckpt_io.check_output(script, path, f"--torchscript ({script})")
 
     float_model = _float_model(ckpt)
     ao.check_quantizable(float_model, recipe)
