@@ -13,6 +13,7 @@ from tests.core.test_inspect_fixtures import (
     in_torch_zip,
     malicious_pickles,
     ptool_checkpoint,
+    safetensors_file,
     torch_saved_with_payload,
 )
 
@@ -149,6 +150,33 @@ def test_pickled_module_needs_unsafe_load(tmp_path):
     report = json.loads(result.stdout)
     assert report["module_class"] == "torch.nn.modules.container.Sequential"
     assert [r["name"] for r in report["tensors"]] == ["0.weight", "0.bias"]
+
+
+def test_bad_header_low_precision_and_nan_diff(tmp_path):
+    """The audit's three: a corrupt safetensors header is one line and exit 1 (never the
+    'unexpected' catch-all), float8 --stats works, a NaN facing a number is a change."""
+    bad = safetensors_file(
+        tmp_path / "bad.safetensors",
+        {"w": {"dtype": "XX", "shape": [2], "data_offsets": [0, 8]}},
+        bytes(8),
+    )
+    result = run_ptool("inspect-checkpoint", str(bad), "--stats")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"error: {bad} is corrupt (bad safetensors header: tensor 'w' has unknown dtype \"XX\")"
+    ]
+    lowp = tmp_path / "lowp.pt"
+    torch.save({"f8": torch.tensor([1.0, -2.0]).to(torch.float8_e4m3fn)}, lowp)
+    torch.save(
+        {"f8": torch.tensor([float("nan"), -2.0]).to(torch.float8_e4m3fn)}, tmp_path / "nan.pt"
+    )
+    result = run_ptool(
+        "inspect-checkpoint", str(lowp), "--stats", "--diff", str(tmp_path / "nan.pt"), "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["stats"][0]["min"], report["stats"][0]["max"]) == (-2.0, 1.0)
+    assert report["diff"]["changed"] == [{"name": "f8", "max_abs_diff": None}]  # NaN
 
 
 def test_usage_errors(runs, tmp_path):

@@ -22,6 +22,7 @@ from tests.core.test_inspect_fixtures import (
     in_torch_zip,
     malicious_pickles,
     ptool_checkpoint,
+    safetensors_file,
     small_model,
     torch_saved_with_payload,
     trained_parts,
@@ -311,6 +312,136 @@ def test_diff_added_removed_reshaped_changed(tmp_path):
     assert [r["name"] for r in diff["reshaped"]] == ["reshaped", "retyped"]
     assert diff["changed"] == [{"name": "changed", "max_abs_diff": 2.0}]
     assert diff["unchanged"] == 2  # `same`, and `nan` (NaN in both at the same place)
+
+
+def test_diff_nan_in_one_file_only_is_a_change(tmp_path):
+    nan, inf = math.nan, math.inf
+    a = {
+        "nan_vs_number": torch.tensor([nan, 1.0]),
+        "nan_moved": torch.tensor([nan, 1.0]),
+        "same_specials": torch.tensor([nan, inf, -inf]),
+        "inf_flipped": torch.tensor([inf, 1.0]),
+        "complex": torch.tensor([1 + 0j, 2j], dtype=torch.complex64),
+    }
+    b = {
+        "nan_vs_number": torch.tensor([5.0, 1.0]),
+        "nan_moved": torch.tensor([1.0, nan]),
+        "same_specials": torch.tensor([nan, inf, -inf]),
+        "inf_flipped": torch.tensor([-inf, 1.0]),
+        "complex": torch.tensor([1j, 2j], dtype=torch.complex64),  # same magnitudes
+    }
+    torch.save(a, tmp_path / "a.pt")
+    torch.save(b, tmp_path / "b.pt")
+    diff = inspect(tmp_path / "a.pt", InspectOptions(diff=str(tmp_path / "b.pt")))["diff"]
+    changed = {c["name"]: c["max_abs_diff"] for c in diff["changed"]}
+    assert set(changed) == {"nan_vs_number", "nan_moved", "inf_flipped", "complex"}
+    assert math.isnan(changed["nan_vs_number"]) and math.isnan(changed["nan_moved"])
+    assert changed["inf_flipped"] == inf and changed["complex"] == 1.0
+    assert diff["unchanged"] == 1  # same_specials
+
+
+LOW_PRECISION = [
+    torch.bool,
+    torch.complex64,
+    torch.uint8,
+    torch.uint16,
+    torch.int8,
+    torch.float8_e4m3fn,
+    torch.float8_e5m2,
+    torch.bfloat16,
+]
+
+
+def test_stats_of_low_precision_and_unusual_dtypes(tmp_path, monkeypatch):
+    monkeypatch.setattr(values, "CHUNK", 3)
+    base = torch.tensor([0.0, 1.0, 2.0, -3.0, 4.0, 0.5, 0.0])
+    state = {str(dtype): base.to(dtype) for dtype in LOW_PRECISION}
+    state["quint8"] = torch.quantize_per_tensor(base, 0.5, 8, torch.quint8)
+    state["fp4"] = torch.tensor([0x21, 0xF0], dtype=torch.uint8).view(torch.float4_e2m1fn_x2)
+    state["bits8"] = torch.tensor([1, 2], dtype=torch.uint8).view(torch.bits8)
+    torch.save(state, tmp_path / "lowp.pt")
+    stats = {
+        s["name"]: s for s in inspect(tmp_path / "lowp.pt", InspectOptions(stats=True))["stats"]
+    }
+    for name, t in state.items():
+        if name in ("fp4", "bits8"):
+            continue
+        exact = t.dequantize() if t.is_quantized else t
+        exact = (exact.abs() if exact.is_complex() else exact).double()
+        s = stats[name]
+        assert (s["min"], s["max"]) == (exact.min().item(), exact.max().item()), name
+        assert s["mean"] == pytest.approx(exact.mean().item()), name
+        assert s["std"] == pytest.approx(exact.std().item()), name
+        assert (s["zeros"], s["nan"], s["inf"]) == (int((exact == 0).sum()), 0, 0), name
+    fp4 = stats["fp4"]  # the 4 values 0.5, 1, 0, -6 in 2 pairs
+    assert (fp4["min"], fp4["max"], fp4["zeros"], fp4["zero_fraction"]) == (-6.0, 1.0, 1, 0.25)
+    assert fp4["mean"] == pytest.approx(-4.5 / 4)
+    assert set(stats["bits8"].values()) == {"bits8", None}  # opaque bytes: nothing to compute
+
+
+def _safetensors_cases() -> dict[str, tuple[dict, int, str]]:
+    """name -> (header, data bytes, the message): each header is one the library refuses."""
+
+    def one(dtype="F32", shape=(2,), offsets=(0, 8)) -> dict:
+        return {"w": {"dtype": dtype, "shape": list(shape), "data_offsets": list(offsets)}}
+
+    return {
+        "unknown dtype": (one(dtype="XX"), 8, "tensor 'w' has unknown dtype \"XX\""),
+        "C128 (not in the spec)": (one(dtype="C128", offsets=(0, 32)), 32, "unknown dtype"),
+        "no torch dtype": (one(dtype="F6_E2M3", shape=(4,), offsets=(0, 3)), 3, "F6_E2M3"),
+        "negative shape": (one(shape=(-2, 2), offsets=(0, 16)), 16, r"shape \[-2, 2\]"),
+        "float shape": (one(shape=(2.5,)), 8, "non-negative integers"),
+        "reversed offsets": (one(offsets=(8, 0)), 8, "data_offsets"),
+        "short span": (one(shape=(3,)), 8, r"\(8 bytes\) but shape \[3\] of F32 needs 12"),
+        "half byte": (one(dtype="F4", shape=(3,), offsets=(0, 1)), 1, "whole bytes"),
+        "odd F4": (one(dtype="F4", shape=(2, 3), offsets=(0, 3)), 3, "even last dimension"),
+        "past the end": (one(offsets=(8, 16)), 8, "tensor 'w' .*gap"),
+        "truncated": (one(), 4, "truncated"),
+        "stray bytes": (one(), 12, "4 bytes after the last tensor"),
+        "overlap": (
+            {**one(), "v": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}},
+            8,
+            "tensor 'v' .*overlapping",
+        ),
+        "not an object": ({"w": [1, 2]}, 0, "tensor 'w' is not a JSON object"),
+        "metadata": ({"__metadata__": {"a": 1}, **one()}, 8, "__metadata__"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_safetensors_cases()))
+def test_bad_safetensors_header_refused(tmp_path, case):
+    header, size, message = _safetensors_cases()[case]
+    path = safetensors_file(tmp_path / "bad.safetensors", header, bytes(size))
+    with pytest.raises(PtoolError, match=message) as error:
+        read(path)
+    assert "\n" not in str(error.value)
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.ones(2)}, good)
+    for path_, options in [(path, InspectOptions(stats=True)), (good, InspectOptions(diff=path))]:
+        with pytest.raises(PtoolError, match=message):  # not safetensors' own error
+            inspect(path_, options)
+
+
+def test_hand_written_safetensors_of_every_torch_dtype(tmp_path):
+    from safetensors import safe_open
+
+    header, data = {}, b""
+    for i, (dtype, shape, size) in enumerate(
+        [("F8_E8M0", [2], 2), ("F8_E4M3FNUZ", [2], 2), ("F4", [2, 4], 4), ("U16", [1], 2)]
+    ):
+        header[f"t{i}"] = {
+            "dtype": dtype,
+            "shape": shape,
+            "data_offsets": [len(data), len(data) + size],
+        }
+        data += bytes(range(1, size + 1))
+    header["empty"] = {"dtype": "F32", "shape": [0, 3], "data_offsets": [len(data), len(data)]}
+    path = safetensors_file(tmp_path / "all.safetensors", header, data)
+    report = inspect(path, InspectOptions(stats=True))
+    with safe_open(path, "pt") as f:
+        oracle = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open API
+    assert sorted(_rows(report)) == sorted(_oracle_rows(oracle))
+    assert sorted(s["name"] for s in report["stats"]) == sorted(oracle)
 
 
 @pytest.mark.parametrize("wrap", ["bare", "zip"])

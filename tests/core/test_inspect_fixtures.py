@@ -4,6 +4,7 @@ tools', malicious ones."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import struct
@@ -142,3 +143,11 @@ def torch_saved_with_payload(sentinel: Path, path: Path, protocol: int) -> None:
     buffer = io.BytesIO()
     torch.save({"w": torch.ones(2), "evil": evil}, buffer, pickle_protocol=protocol)
     path.write_bytes(buffer.getvalue())
+
+
+def safetensors_file(path: Path, header: dict, data: bytes) -> Path:
+    """A safetensors file written by hand (8-byte little-endian header length, JSON header,
+    tensor bytes), so the header can be anything, valid or not."""
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+    return path

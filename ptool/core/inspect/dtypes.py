@@ -62,6 +62,8 @@ STORAGE_DTYPE: dict[str, str] = {
     "TypedStorage": "uint8",
 }
 
+# The safetensors spec's dtypes (as safetensors 0.8 accepts them) by torch name. F4 elements
+# come in pairs, torch's float4_e2m1fn_x2, the last dimension halved (as safetensors loads them).
 SAFETENSORS_DTYPE: dict[str, str] = {
     "F64": "float64",
     "F32": "float32",
@@ -78,8 +80,18 @@ SAFETENSORS_DTYPE: dict[str, str] = {
     "BOOL": "bool",
     "F8_E4M3": "float8_e4m3fn",
     "F8_E5M2": "float8_e5m2",
+    "F8_E4M3FNUZ": "float8_e4m3fnuz",
+    "F8_E5M2FNUZ": "float8_e5m2fnuz",
+    "F8_E8M0": "float8_e8m0fnu",
+    "F4": "float4_e2m1fn_x2",
     "C64": "complex64",
-    "C128": "complex128",
+}
+# Bits per element of every dtype in the spec; the 6-bit floats have no torch dtype.
+SAFETENSORS_BITS: dict[str, int] = {
+    **{name: 8 * ITEMSIZE[dtype] for name, dtype in SAFETENSORS_DTYPE.items()},
+    "F4": 4,
+    "F6_E2M3": 6,
+    "F6_E3M2": 6,
 }
 
 QUANTIZED = frozenset({"qint8", "quint8", "qint32", "quint4x2", "quint2x4"})

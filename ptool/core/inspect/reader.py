@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ptool.core.errors import PtoolError
-from ptool.core.inspect.dtypes import SAFETENSORS_DTYPE
+from ptool.core.inspect import safetensors_header
 from ptool.core.inspect.unpickler import (
     RefusedGlobal,
     Storage,
@@ -175,18 +175,7 @@ def _read_safetensors(path: Path, size: int) -> RawCheckpoint:
         raw = f.read(length)
     try:
         header = json.loads(raw)
-        metadata = header.pop("__metadata__", None) or {}
-        tensors = {}
-        end = 0
-        for name, entry in header.items():
-            begin, stop = (8 + length + int(o) for o in entry["data_offsets"])
-            dtype = SAFETENSORS_DTYPE.get(entry["dtype"], entry["dtype"].lower())
-            shape = tuple(int(s) for s in entry["shape"])
-            storage = Storage(name, dtype, 0, span=(begin, stop))
-            tensors[name] = TensorMeta(dtype, shape, storage=storage)
-            end = max(end, stop)
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         raise PtoolError(f"{path} is corrupt (bad safetensors header: {exc})") from None
-    if end > size:
-        raise PtoolError(f"{path} is truncated (tensor data ends at {end}, file has {size} bytes)")
+    tensors, metadata = safetensors_header.parse(path, header, 8 + length, size - 8 - length)
     return RawCheckpoint(path, "safetensors", tensors, size, metadata=dict(metadata))

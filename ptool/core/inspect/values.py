@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from ptool.core.checkpoint import load
+from ptool.core.errors import PtoolError
 from ptool.core.inspect.reader import RawCheckpoint, read
 from ptool.core.inspect.tree import model_tensors
 from ptool.core.inspect.unpickler import DType, TensorMeta
@@ -36,10 +37,14 @@ def tensor_source(
     """(names, get, release) over the same tensors, with the same names, as the metadata view;
     `release(t)` drops a read tensor's pages from memory where the file is memory-mapped."""
     if raw.container == "safetensors":
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(raw.path), framework="pt") as f:
-            yield list(f.keys()), f.get_tensor, _keep
+        try:
+            with safe_open(str(raw.path), framework="pt") as f:
+                yield list(f.keys()), f.get_tensor, _keep
+        except SafetensorError as exc:  # the header was checked: a file changed since, or a bug
+            reason = " ".join(str(exc).split())
+            raise PtoolError(f"{raw.path} is corrupt (safetensors: {reason})") from None
         return
     with warnings.catch_warnings():  # torch's deprecation notes on quantized tensors
         warnings.simplefilter("ignore")
@@ -73,30 +78,90 @@ def _release(t: torch.Tensor) -> None:
         libc.madvise(ctypes.c_void_p(begin), ctypes.c_size_t(end - begin), mmap.MADV_DONTNEED)
 
 
-def _plain(t: torch.Tensor) -> torch.Tensor:
-    """A flat real tensor to compute on: dequantized, magnitudes of complex values."""
+# Dtypes the statistics run in; the others are converted chunk by chunk (float16 / bfloat16
+# too: var_mean in their own precision is off in the third digit).
+NATIVE = frozenset({torch.float32, torch.float64})
+INTEGER = frozenset(
+    {torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64}
+    | {torch.uint16, torch.uint32, torch.uint64}
+)
+FLOAT4 = getattr(torch, "float4_e2m1fn_x2", None)
+FP4_VALUES = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]).repeat(2)  # e2m1 by nibble
+FP4_VALUES[8:] *= -1  # bit 3 is the sign
+STAT_KEYS = ("min", "max", "mean", "std", "zeros", "zero_fraction", "nan", "inf")
+
+Convert = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _same(chunk: torch.Tensor) -> torch.Tensor:
+    return chunk
+
+
+def _to_float32(chunk: torch.Tensor) -> torch.Tensor:
+    """float8 has no isfinite / var_mean / aminmax kernels, 16-bit floats lose precision in
+    them; float32 holds all their values exactly."""
+    return chunk.to(torch.float32)
+
+
+def _to_float64(chunk: torch.Tensor) -> torch.Tensor:
+    return chunk.to(torch.float64)
+
+
+def _magnitude(chunk: torch.Tensor) -> torch.Tensor:
+    return chunk.abs()
+
+
+def _decode_fp4(chunk: torch.Tensor) -> torch.Tensor:
+    """float4_e2m1fn_x2 bytes (torch has no kernels for them) as both halves' float32 values,
+    low nibbles then high ones: the order does not matter to statistics, and diff decodes both
+    files alike."""
+    return FP4_VALUES[torch.cat((chunk & 15, chunk >> 4)).long()]
+
+
+def _converter(dtype: torch.dtype) -> Convert | None:
+    """How to turn a chunk of `dtype` into one torch can compute on; None: it cannot."""
+    if dtype in NATIVE:
+        return _same
+    if dtype.is_floating_point:
+        return _to_float32
+    if dtype in INTEGER:
+        return _to_float64
+    return None  # bits8, bits16, ...: opaque bytes
+
+
+def _flat(t: torch.Tensor, *, complex_parts: bool = False) -> tuple[torch.Tensor, Convert | None]:
+    """The tensor as a flat view and the conversion each chunk of it needs. Converting chunk by
+    chunk keeps the upcast copy of a low-precision or integer tensor at CHUNK elements.
+    Quantized tensors are dequantized; complex ones give magnitudes, or with `complex_parts`
+    their real and imaginary parts."""
     t = t.detach()
     if t.is_quantized:
         t = t.dequantize()
     if t.is_complex():
-        t = t.abs()
-    if not t.is_floating_point():
-        t = t.double()
-    return t.reshape(-1)
+        if not complex_parts:
+            return t.reshape(-1), _magnitude
+        t = torch.view_as_real(t)
+    if FLOAT4 is not None and t.dtype == FLOAT4:
+        return t.view(torch.uint8).reshape(-1), _decode_fp4
+    return t.reshape(-1), _converter(t.dtype)
 
 
 def tensor_stats(t: torch.Tensor) -> dict[str, Any]:
-    """min / max / mean / std (unbiased) over the finite values; zeros, NaN and Inf counts.
+    """min / max / mean / std (unbiased) over the finite values; zeros, NaN and Inf counts;
+    all None for a dtype torch cannot compute on (bits8, ...).
 
-    Chunked (Chan's parallel variance over torch.var_mean of each chunk, in its own dtype)
-    so temporaries stay at CHUNK elements.
+    Chunked (Chan's parallel variance over torch.var_mean of each chunk, in float32 for
+    floats of 32 bits or fewer, in float64 for integers) so temporaries stay at CHUNK elements.
     """
-    flat = _plain(t)
+    flat, convert = _flat(t)
+    if convert is None:
+        return dict.fromkeys(STAT_KEYS)
     n, mean, m2 = 0, 0.0, 0.0
     low, high = math.inf, -math.inf
-    zeros = nans = infs = 0
+    numel = zeros = nans = infs = 0
     for start in range(0, flat.numel(), CHUNK):
-        chunk = flat[start : start + CHUNK]
+        chunk = convert(flat[start : start + CHUNK])
+        numel += chunk.numel()
         zeros += int((chunk == 0).sum())
         if not bool(torch.isfinite(chunk).all()):
             nans += int(torch.isnan(chunk).sum())
@@ -113,7 +178,6 @@ def tensor_stats(t: torch.Tensor) -> dict[str, Any]:
         m2 += float(var) * k + delta * delta * n * k / total
         n = total
         low, high = min(low, float(chunk_min)), max(high, float(chunk_max))
-    numel = flat.numel()
     return {
         "min": low if n else None,
         "max": high if n else None,
@@ -137,19 +201,25 @@ def stats(raw: RawCheckpoint, names: list[str], *, unsafe: bool = False) -> list
     return out
 
 
-def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Largest |a - b|, chunked; positions where both are NaN count as equal."""
-    fa, fb = _plain(a), _plain(b)
+def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float | None:
+    """Largest |a - b| (complex: of the real and imaginary parts), chunked. NaN in both at the
+    same place counts as equal; a NaN facing anything else makes the result NaN (JSON null).
+    None for dtypes torch cannot compute on whose bytes differ."""
+    fa, convert = _flat(a, complex_parts=True)
+    fb, _ = _flat(b, complex_parts=True)
+    if convert is None:
+        return 0.0 if torch.equal(fa.view(torch.uint8), fb.view(torch.uint8)) else None
     worst = 0.0
     for start in range(0, fa.numel(), CHUNK):
-        ca = fa[start : start + CHUNK].to(torch.float64)
-        cb = fb[start : start + CHUNK].to(torch.float64)
-        both_nan = torch.isnan(ca) & torch.isnan(cb)
-        same_inf = torch.isinf(ca) & (ca == cb)
-        d = (ca - cb).abs().masked_fill(both_nan | same_inf, 0)
-        worst = max(worst, float(d.max())) if d.numel() else worst
-        if math.isnan(worst):
-            break
+        ca = convert(fa[start : start + CHUNK]).to(torch.float64)
+        cb = convert(fb[start : start + CHUNK]).to(torch.float64)
+        nan_a, nan_b = torch.isnan(ca), torch.isnan(cb)
+        if bool((nan_a != nan_b).any()):
+            return math.nan
+        equal = nan_a | (ca == cb)  # NaN in both, or the same value (the same infinity too)
+        d = (ca - cb).abs().masked_fill(equal, 0)
+        if d.numel():
+            worst = max(worst, float(d.max()))
     return worst
 
 
@@ -175,25 +245,30 @@ def diff(
         }
         for name in (n for n in keep if n in set_b):
             a, b = get_a(name), get_b(name)
-            if a.shape != b.shape or a.dtype != b.dtype:
-                result["reshaped"].append(
-                    {
-                        "name": name,
-                        "shape": list(a.shape),
-                        "other_shape": list(b.shape),
-                        "dtype": str(a.dtype).removeprefix("torch."),
-                        "other_dtype": str(b.dtype).removeprefix("torch."),
-                    }
-                )
-                continue
-            worst = max_abs_diff(a, b)
+            _compare(result, name, a, b)
             release_a(a)
             release_b(b)
-            if worst == 0:
-                result["unchanged"] += 1
-            else:
-                result["changed"].append({"name": name, "max_abs_diff": worst})
     return result
+
+
+def _compare(result: dict[str, Any], name: str, a: torch.Tensor, b: torch.Tensor) -> None:
+    """Count one tensor present in both files as reshaped, changed or unchanged."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        result["reshaped"].append(
+            {
+                "name": name,
+                "shape": list(a.shape),
+                "other_shape": list(b.shape),
+                "dtype": str(a.dtype).removeprefix("torch."),
+                "other_dtype": str(b.dtype).removeprefix("torch."),
+            }
+        )
+        return
+    worst = max_abs_diff(a, b)
+    if worst == 0:
+        result["unchanged"] += 1
+    else:  # NaN (a NaN moved or appeared) and None (opaque bytes differ) are changes too
+        result["changed"].append({"name": name, "max_abs_diff": worst})
 
 
 def _to_meta(value: Any) -> Any:
