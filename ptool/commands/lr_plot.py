@@ -6,6 +6,7 @@ same `LRSchedule` that `ptool train` steps, stepped on a dummy optimizer.
 
 from __future__ import annotations
 
+import math
 import shlex
 from pathlib import Path
 from typing import Annotated, Any
@@ -129,8 +130,8 @@ def _group_lrs(text: str | None) -> list[float] | None:
         lrs = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise UsageError(f"--group-lrs expects comma-separated numbers, got {text!r}") from None
-    if not lrs or any(lr <= 0 for lr in lrs):
-        raise UsageError(f"--group-lrs must be positive numbers, got {text!r}")
+    if not lrs or not all(0 < lr < math.inf for lr in lrs):  # nan fails both comparisons
+        raise UsageError(f"--group-lrs must be positive finite numbers, got {text!r}")
     return lrs
 
 
@@ -192,10 +193,14 @@ def _compare_options(ctx: typer.Context, spec: str, base: dict[str, Any]) -> dic
     from ptool.core.config import convert
     from ptool.core.errors import UsageError
 
-    if not shlex.split(spec):
+    try:
+        words = shlex.split(spec)
+    except ValueError as exc:  # an unbalanced quote inside the spec
+        raise UsageError(f"--compare {spec!r}: {str(exc).lower()}") from None
+    if not words:
         raise UsageError("--compare: an empty spec; give a schedule name and flags")
     try:
-        sub = ctx.command.make_context(ctx.info_name, shlex.split(spec), parent=ctx.parent)
+        sub = ctx.command.make_context(ctx.info_name, words, parent=ctx.parent)
     except (typer.TyperException, ValueError) as exc:
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         raise UsageError(f"--compare {spec!r}: {message}") from None

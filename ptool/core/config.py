@@ -375,13 +375,40 @@ def convert(name: str, value: Any, *, source: str = "config") -> Any:
     return converted
 
 
+def _in_interval(value: float, interval: str) -> bool:
+    """Comparisons that hold inside: nan fails them all, and inf the open end of `[0, inf)`."""
+    low, high = (float(x) for x in interval[1:-1].split(","))
+    above = low < value if interval[0] == "(" else low <= value
+    below = value < high if interval[-1] == ")" else value <= high
+    return above and below
+
+
+def _describe(interval: str, value: float) -> str:
+    """'positive', 'at least 1' or 'in (0, 1]'; unbounded floats say they must be finite."""
+    low, high = interval[1:-1].split(", ")
+    if high != "inf":
+        return f"in {interval}"
+    finite = "finite and " if isinstance(value, float) else ""
+    return finite + ("positive" if interval == "(0, inf)" else f"at least {low}")
+
+
+def check_interval(name: str, value: Any, interval: str) -> None:
+    """Refuse a value (or any item of a list) outside `interval`, written like `(0, 1]`: the
+    flag, the valid range and the value, in one line. None (unset) passes."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    for item in values:
+        if item is not None and not _in_interval(item, interval):
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"{flag} must be {_describe(interval, item)}, got {item}")
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read a TOML or YAML config; keys may sit at the top level or under section tables."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"config file not found: {path}")
-    text = path.read_text()
     try:
+        text = path.read_text()
         if path.suffix in (".yaml", ".yml"):
             import yaml
 
@@ -396,8 +423,11 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             raise UsageError(f"config file must be .toml, .yaml or .yml: {path}")
     except UsageError:
         raise
-    except Exception as exc:  # the parsers' own error types differ
-        raise UsageError(f"cannot parse {path}: {exc}") from None
+    except Exception as exc:  # the parsers' own error types differ; YAML's span five lines
+        problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        detail = f"{problem}{where}" if problem else (str(exc).splitlines() or [repr(exc)])[0]
+        raise UsageError(f"cannot parse {path}: {detail}") from None
     if not isinstance(raw, dict):
         raise UsageError(f"{path}: expected a table of options at the top level")
     flat: dict[str, Any] = {}

@@ -30,7 +30,7 @@ from torch import nn
 from ptool.core import checkpoint as ckpt_io
 from ptool.core import rundir
 from ptool.core.callbacks import CheckpointFiles, Monitor, TensorBoardLog
-from ptool.core.config import TrainConfig
+from ptool.core.config import TrainConfig, check_interval
 from ptool.core.errors import PtoolError, UsageError
 from ptool.core.metrics import EpochMetrics, metric_names
 from ptool.core.optim import build_loss, build_optimizer
@@ -121,23 +121,37 @@ class _Rollback(Exception):
     """Raised inside an epoch to go back to the last good checkpoint."""
 
 
+# Options a type check cannot refuse, with their valid intervals (lists: item by item);
+# schedule options are checked with the schedule (`schedules.RANGES`).
+LIMITS: dict[str, str] = {
+    **dict.fromkeys(
+        ("batch_size", "accumulate", "epochs", "log_every_steps", "save_every_steps",
+         "keep_last", "samples", "num_classes", "image_size", "hidden", "channels"),
+        "[1, inf)",
+    ),
+    **dict.fromkeys(
+        ("num_workers", "grad_checkpoint", "crop_padding", "color_jitter", "momentum",
+         "dampening", "weight_decay", "eps", "alpha", "early_stop_patience", "min_delta",
+         "save_top_k", "class_weights", "pos_weight"),
+        "[0, inf)",
+    ),
+    **dict.fromkeys(("flip_p", "dropout", "label_smoothing"), "[0, 1]"),
+    "resized_crop_scale": "(0, 1]",
+    "val_split": "(0, 1)",
+    "betas": "[0, 1)",  # Adam's own bounds
+    "ema": "(0, 1)",
+    "clip_norm": "(0, inf)",
+    "clip_value": "(0, inf)",
+}  # fmt: skip
+
+
 def check_config(config: TrainConfig) -> None:
     """Values no type check catches, refused before any data is loaded."""
-    positive = {"batch_size": 1, "accumulate": 1, "epochs": 1, "log_every_steps": 1}
-    for name, low in positive.items():
-        if getattr(config, name) < low:
-            flag = "--" + name.replace("_", "-")
-            raise UsageError(f"{flag} must be at least {low}, got {getattr(config, name)}")
-    for name in ("save_every_steps", "keep_last"):
-        value = getattr(config, name)
-        if value is not None and value < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    if config.ema is not None and not 0 < config.ema < 1:
-        raise UsageError(f"--ema must be between 0 and 1 (e.g. 0.999), got {config.ema}")
-    for name in ("clip_norm", "clip_value"):
-        value = getattr(config, name)
-        if value is not None and value <= 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    for name, interval in LIMITS.items():
+        check_interval(name, getattr(config, name), interval)
+    low, high = config.resized_crop_scale
+    if low > high:
+        raise UsageError(f"--resized-crop-scale {low:g},{high:g}: the lower bound comes first")
 
 
 def _noop(_: str) -> None:

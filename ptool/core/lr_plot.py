@@ -242,7 +242,14 @@ def read_metric_file(path: str | Path, monitor: str | None = None) -> list[float
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"metric file not found: {path}")
-    rows = [row for row in csv.reader(path.read_text().splitlines()) if row]
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"{path} is not a text file ({exc.reason} at byte {exc.start})",
+            hint="one value per epoch, one a line",
+        ) from None
+    rows = [row for row in csv.reader(text.splitlines()) if row]
     if not rows:
         raise UsageError(f"{path} holds no metric values", hint="one value per epoch, one a line")
     column = -1

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch.optim import lr_scheduler
 
-from ptool.core.config import FIELDS, TrainConfig
+from ptool.core.config import FIELDS, TrainConfig, check_interval
 from ptool.core.errors import UsageError
 
 SCHEDULES: tuple[str, ...] = FIELDS["scheduler"].metadata["choices"]
@@ -37,6 +37,45 @@ def monitor_mode(config: TrainConfig) -> str:
     return "min" if "loss" in config.monitor else "max"
 
 
+# Every numeric schedule parameter: its valid interval (PyTorch's own where its scheduler checks
+# one, e.g. LinearLR's factors) and the schedules that read it (None: all). One table, so
+# `train` and `lr-plot` refuse the same values with the same one-line message.
+RANGES: dict[str, tuple[str, tuple[str, ...] | None]] = {
+    "lr": ("(0, inf)", None),
+    "epochs": ("[1, inf)", None),
+    "warmup_epochs": ("[0, inf)", None),
+    "warmup_steps": ("[0, inf)", None),
+    "warmup_start_factor": ("(0, 1]", None),  # LinearLR's start_factor
+    "max_lr": ("(0, inf)", None),
+    "step_size": ("[1, inf)", ("step",)),
+    "gamma": ("(0, inf)", ("step", "multistep", "exponential")),
+    "t_max": ("[1, inf)", ("cosine",)),
+    "eta_min": ("[0, inf)", ("cosine", "cosine-warm-restarts")),
+    "t_0": ("[1, inf)", ("cosine-warm-restarts",)),
+    "t_mult": ("[1, inf)", ("cosine-warm-restarts",)),
+    "pct_start": ("(0, 1)", ("onecycle",)),
+    "div_factor": ("(0, inf)", ("onecycle",)),  # OneCycleLR divides by both
+    "final_div_factor": ("(0, inf)", ("onecycle",)),
+    "start_factor": ("(0, 1]", ("linear",)),  # LinearLR's own bounds
+    "end_factor": ("[0, 1]", ("linear",)),
+    "total_iters": ("[1, inf)", ("linear", "polynomial")),
+    "power": ("[0, inf)", ("polynomial",)),  # a negative power divides by zero at the end
+    "step_size_up": ("[1, inf)", ("cyclic",)),
+    "factor": ("(0, 1)", ("plateau",)),
+    "patience": ("[0, inf)", ("plateau",)),
+    "threshold": ("[0, inf)", ("plateau",)),
+    "cooldown": ("[0, inf)", ("plateau",)),
+    "min_lr": ("[0, inf)", ("plateau",)),
+}
+
+
+def check_range(config: TrainConfig, name: str) -> None:
+    """One field against its RANGES row, when its schedule reads it."""
+    interval, used_by = RANGES[name]
+    if used_by is None or config.scheduler in used_by:
+        check_interval(name, getattr(config, name), interval)
+
+
 def check_schedule(config: TrainConfig, steps_per_epoch: int) -> None:
     """Refuse impossible parameters before anything is built, one line each."""
     name = config.scheduler
@@ -44,46 +83,22 @@ def check_schedule(config: TrainConfig, steps_per_epoch: int) -> None:
         from ptool.core.errors import unknown_name
 
         raise unknown_name("scheduler", name, SCHEDULES)
-    if config.lr <= 0:
-        raise UsageError(f"--lr must be positive, got {config.lr}")
-    if config.epochs < 1:
-        raise UsageError(f"--epochs must be at least 1, got {config.epochs}")
+    for field_name in RANGES:
+        check_range(config, field_name)
     if steps_per_epoch < 1:
         raise UsageError(
             f"{name} steps per optimizer step and needs a total step count "
             f"(epochs x steps per epoch); steps per epoch is {steps_per_epoch}",
             hint="give --steps-per-epoch, or --samples and --batch-size",
         )
-    if config.warmup_epochs < 0 or config.warmup_steps < 0:
-        raise UsageError("--warmup-epochs and --warmup-steps must be >= 0")
     if config.warmup_epochs and config.warmup_steps:
         raise UsageError("give --warmup-epochs or --warmup-steps, not both")
-    if not 0 < config.warmup_start_factor <= 1:
-        raise UsageError("--warmup-start-factor must be in (0, 1]")
-    if name == "step" and config.step_size < 1:
-        raise UsageError(f"--step-size must be at least 1, got {config.step_size}")
     if name == "multistep":
         ms = config.milestones
         if not ms:
             raise UsageError("multistep needs --milestones, e.g. --milestones 30,60")
         if any(b <= a for a, b in zip(ms, ms[1:], strict=False)) or ms[0] < 1:
             raise UsageError(f"--milestones must be positive and strictly increasing, got {ms}")
-    if name == "cosine" and config.t_max is not None and config.t_max < 1:
-        raise UsageError(f"--t-max must be at least 1, got {config.t_max}")
-    if name == "cosine-warm-restarts" and (config.t_0 < 1 or config.t_mult < 1):
-        raise UsageError("--t-0 and --t-mult must be at least 1")
-    if name in ("exponential", "step", "multistep") and config.gamma <= 0:
-        raise UsageError(f"--gamma must be positive, got {config.gamma}")
-    if name in ("linear", "polynomial") and config.total_iters < 1:
-        raise UsageError(f"--total-iters must be at least 1, got {config.total_iters}")
-    if name == "onecycle" and not 0 < config.pct_start < 1:
-        raise UsageError(f"--pct-start must be in (0, 1), got {config.pct_start}")
-    if name == "cyclic" and config.step_size_up < 1:
-        raise UsageError(f"--step-size-up must be at least 1, got {config.step_size_up}")
-    if config.max_lr is not None and config.max_lr <= 0:
-        raise UsageError(f"--max-lr must be positive, got {config.max_lr}")
-    if name == "plateau" and not 0 < config.factor < 1:
-        raise UsageError(f"--factor must be in (0, 1), got {config.factor}")
 
 
 def _finite(value: float | None) -> bool:
@@ -305,12 +320,12 @@ def lr_series(
     """
     from ptool.core.optim import OPTIMIZERS
 
+    check_schedule(config, steps_per_epoch)  # a bad flag first: it is wrong whatever the metric
     if config.scheduler == "plateau" and metrics is None:
         raise UsageError(
             "plateau needs a metric per epoch",
             hint="give --metric-file metrics.csv or --from-run runs/NAME",
         )
-    check_schedule(config, steps_per_epoch)
     lrs = group_lrs or [config.lr]
     groups = [{"params": [torch.zeros(1, requires_grad=True)], "lr": lr} for lr in lrs]
     optimizer = OPTIMIZERS[config.optimizer](groups, config)

@@ -172,6 +172,35 @@ def test_impossible_parameters_are_usage_errors(args):
         lr_plot(*args)
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("linear", "--start-factor", "0"), r"--start-factor must be in \(0, 1\], got 0.0"),
+        (("cosine", "--lr", "nan"), "--lr must be finite and positive, got nan"),
+        (("cosine", "--lr", "1e400"), "--lr must be finite and positive, got inf"),
+        (("cosine", "--group-lrs", "nan,0.1"), "--group-lrs must be positive finite numbers"),
+        (("plateau", "--patience", "-2"), "--patience must be at least 0, got -2"),
+        (("--compare", 'cosine "x'), "--compare 'cosine \"x': no closing quotation"),
+    ],
+)
+def test_bad_values_are_one_line_usage_errors(args, message):
+    with pytest.raises(UsageError, match=message) as refused:
+        lr_plot(*args, "--epochs", "3")
+    assert "\n" not in str(refused.value)
+
+
+def test_console_script_refuses_a_binary_metric_file_and_a_broken_run_config(tmp_path):
+    (tmp_path / "bin.csv").write_bytes(b"\xff\xfe\x00bad\n")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("garbage: [\n")
+    for args in (["plateau", "--epochs", "3", "--metric-file", "bin.csv"], ["--from-run", "run"]):
+        result = run_ptool("lr-plot", *args, cwd=tmp_path)
+        assert result.returncode == 2 and result.stdout == "", result.stderr
+        lines = result.stderr.splitlines()
+        assert lines[0].startswith("error: ") and len(lines) <= 2, result.stderr
+        assert all(line.startswith(("error: ", "hint: ")) for line in lines)
+
+
 def test_console_script_refuses_with_one_line_and_exit_2():
     result = run_ptool("lr-plot", "onecycle", "--lr", "0.1", "--epochs", "10")
     assert result.returncode == 2 and result.stdout == ""

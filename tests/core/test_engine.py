@@ -212,6 +212,36 @@ def test_bad_monitor_and_unwritable_out_fail_before_training(tmp_path):
         fit(small(tmp_path, out=str(blocker / "run")), quiet=True)
 
 
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"model": "mlp", "hidden": [16, -3]}, "--hidden must be at least 1, got -3"),
+        ({"dropout": 2.0}, "--dropout must be in [0, 1], got 2.0"),
+        ({"label_smoothing": 5.0}, "--label-smoothing must be in [0, 1], got 5.0"),
+        ({"flip_p": 2.0}, "--flip-p must be in [0, 1], got 2.0"),
+        ({"crop_padding": -1}, "--crop-padding must be at least 0, got -1"),
+        (
+            {"resized_crop_scale": (0.9, 0.5)},
+            "--resized-crop-scale 0.9,0.5: the lower bound comes first",
+        ),
+        ({"early_stop_patience": -1}, "--early-stop-patience must be at least 0, got -1"),
+        ({"save_top_k": -1}, "--save-top-k must be at least 0, got -1"),
+        ({"num_workers": -1}, "--num-workers must be at least 0, got -1"),
+        ({"weight_decay": -1.0}, "--weight-decay must be finite and at least 0, got -1.0"),
+        ({"weight_decay": math.nan}, "--weight-decay must be finite and at least 0, got nan"),
+        ({"betas": (0.9, 1.0)}, "--betas must be in [0, 1), got 1.0"),
+        ({"ema": 1.0}, "--ema must be in (0, 1), got 1.0"),
+        ({"clip_norm": 0.0}, "--clip-norm must be finite and positive, got 0.0"),
+    ],
+)
+def test_out_of_range_values_are_refused_before_training(tmp_path, values, message):
+    """Values torch would reject deep inside (or accept and misbehave on) fail in one line."""
+    with pytest.raises(UsageError) as caught:
+        fit(small(tmp_path, **values), quiet=True)
+    assert str(caught.value) == message
+    assert not (tmp_path / "run").exists()
+
+
 def test_regression_metrics(tmp_path):
     summary = fit(small(tmp_path, task="regression", num_classes=None, epochs=1), quiet=True)
     assert {"val/mae", "val/rmse", "val/r2", "val/loss"} <= set(summary.final_metrics)

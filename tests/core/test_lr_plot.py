@@ -38,7 +38,9 @@ def test_metric_file_forms(tmp_path):
     assert core.read_metric_file(table, "other") == [0.5, 0.6]  # the last column
     empty = tmp_path / "empty.csv"
     empty.write_text("val/loss\n")
-    for bad in (empty, tmp_path / "missing.csv"):
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(b"\xff\xfe\x00bad\n")
+    for bad in (empty, tmp_path / "missing.csv", binary):
         with pytest.raises(UsageError):
             core.read_metric_file(bad)
 
@@ -68,6 +70,15 @@ def test_sources_stack_checkpoint_then_config_file_then_flags(tmp_path):
         core.load_source(overrides={}, checkpoint=str(ckpt), run=str(tmp_path))
     with pytest.raises(UsageError, match="not a ptool run"):
         core.load_source(overrides={}, run=str(tmp_path))
+
+
+def test_a_broken_run_config_is_one_line_naming_the_file_and_place(tmp_path):
+    (tmp_path / "config.yaml").write_text("garbage: [\n")
+    with pytest.raises(UsageError) as refused:
+        core.load_source(overrides={}, run=str(tmp_path))
+    message = str(refused.value)
+    assert "\n" not in message and str(tmp_path / "config.yaml") in message
+    assert message.endswith("(line 2, column 1)")
 
 
 def test_run_log_reads_lr_per_group_and_the_monitored_metric(tmp_path):

@@ -201,6 +201,44 @@ def test_impossible_parameters_are_usage_errors(params):
         lr_series(TrainConfig(**{"epochs": 3, **params}), steps_per_epoch=STEPS)
 
 
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"lr": NAN}, "--lr must be finite and positive, got nan"),
+        ({"lr": INF}, "--lr must be finite and positive, got inf"),
+        ({"scheduler": "linear", "start_factor": 0.0}, r"--start-factor must be in \(0, 1\]"),
+        ({"scheduler": "linear", "start_factor": 2.0}, r"--start-factor must be in \(0, 1\]"),
+        ({"scheduler": "linear", "end_factor": -1.0}, r"--end-factor must be in \[0, 1\]"),
+        ({"scheduler": "polynomial", "power": -1.0}, "--power must be finite and at least 0"),
+        ({"scheduler": "onecycle", "div_factor": 0.0}, "--div-factor must be finite and positive"),
+        ({"scheduler": "onecycle", "div_factor": -2.0}, "--div-factor must be"),
+        ({"scheduler": "onecycle", "final_div_factor": 0.0}, "--final-div-factor must be"),
+        ({"scheduler": "onecycle", "max_lr": NAN}, "--max-lr must be finite and positive"),
+        ({"scheduler": "cosine", "eta_min": -1.0}, "--eta-min must be finite and at least 0"),
+        ({"scheduler": "cosine-warm-restarts", "eta_min": NAN}, "--eta-min must be"),
+        ({"scheduler": "exponential", "gamma": NAN}, "--gamma must be finite and positive"),
+        ({"scheduler": "plateau", "patience": -2}, "--patience must be at least 0, got -2"),
+        ({"scheduler": "plateau", "cooldown": -1}, "--cooldown must be at least 0, got -1"),
+        ({"scheduler": "plateau", "min_lr": -1.0}, "--min-lr must be finite and at least 0"),
+        ({"scheduler": "plateau", "threshold": NAN}, "--threshold must be"),
+    ],
+)
+def test_out_of_range_parameters_name_the_flag_and_the_range(params, message):
+    """Before the torch scheduler is built: it would crash (ZeroDivisionError, ValueError) or
+    step nonsense (an inf or negative lr)."""
+    config = TrainConfig(**{"epochs": 3, **params})
+    with pytest.raises(UsageError, match=message):
+        lr_series(config, steps_per_epoch=STEPS, metrics=[1.0] * 3)
+
+
+def test_parameters_a_schedule_does_not_read_are_not_checked():
+    config = TrainConfig(scheduler="cosine", epochs=3, power=-1.0, patience=-1)
+    assert len(lr_series(config, steps_per_epoch=STEPS)) == 3 * STEPS
+
+
 def test_onecycle_without_steps_is_refused():
     with pytest.raises(UsageError, match="steps per epoch"):
         lr_series(TrainConfig(scheduler="onecycle", epochs=3), steps_per_epoch=0)
