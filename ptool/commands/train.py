@@ -98,7 +98,7 @@ def train(
 def _print_config(out: Output, values: dict[str, Any]) -> None:
     from ptool.core.rundir import config_yaml
 
-    out.result(values, lambda: config_yaml(values).rstrip("\n"))
+    out.result(values, lambda: config_yaml(values))
 
 
 def resume_and_log(plan: Any, out: Output, log: Callable[[str], None]) -> Any:

@@ -8,6 +8,7 @@ from typing import Any
 from rich.console import Group, RenderableType
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from ptool.ui.tables import format_change, format_metric
 
@@ -27,6 +28,11 @@ def _names(report: dict[str, Any]) -> list[str]:
     return report["class_names"] or [str(i) for i in range(n)]
 
 
+def _labels(report: dict[str, Any]) -> list[Text]:
+    """Class names as table cells: plain text, so a name like `[red]` is shown, not styled."""
+    return [Text(name) for name in _names(report)]
+
+
 def metrics_table(report: dict[str, Any]) -> Table:
     table = Table()
     table.add_column("metric")
@@ -43,7 +49,7 @@ def per_class_table(report: dict[str, Any]) -> Table:
     table = Table(title="per class", title_justify="left")
     for column in ("class", "precision", "recall", "f1", "support"):
         table.add_column(column, justify="left" if column == "class" else "right")
-    for name, row in zip(_names(report), report["per_class"], strict=True):
+    for name, row in zip(_labels(report), report["per_class"], strict=True):
         scores = (f"{row[k]:.4f}" for k in ("precision", "recall", "f1"))
         table.add_row(name, *scores, str(row["support"]))
     return table
@@ -57,17 +63,13 @@ def _cell(count: int, *, diagonal: bool) -> str:
 
 def confusion_table(report: dict[str, Any]) -> Table:
     """Rows are true classes, columns predicted ones; the diagonal is bold."""
-    names = _names(report)
+    names = _labels(report)
     table = Table(title="confusion matrix (rows: true, columns: predicted)", title_justify="left")
     table.add_column("true \\ pred")
     for name in names:
         table.add_column(name, justify="right")
     for i, (name, row) in enumerate(zip(names, report["confusion_matrix"], strict=True)):
-        cells = [
-            f"[bold]{n}[/bold]" if i == j else (str(n) if n else "[dim]0[/dim]")
-            for j, n in enumerate(row)
-        ]
-        table.add_row(name, *cells)
+        table.add_row(name, *(_cell(n, diagonal=i == j) for j, n in enumerate(row)))
     return table
 
 

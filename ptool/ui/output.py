@@ -58,13 +58,20 @@ class Output:
         return not self.quiet and self.err.is_terminal
 
     def result(self, data: Any, render: Callable[[], RenderableType | None] | None = None) -> None:
-        """The command's result: `data` as JSON in JSON mode, else what `render` builds."""
+        """The command's result: `data` as JSON in JSON mode, else what `render` builds.
+
+        A `str` is written verbatim: plain-text results (YAML, CSV) are data for other tools,
+        which rich would wrap at the console width and read `[...]` in as style tags.
+        """
         if self.json:
             sys.stdout.write(dumps(data) + "\n")
             sys.stdout.flush()
         elif render is not None:
             renderable = render()
-            if renderable is not None:
+            if isinstance(renderable, str):
+                sys.stdout.write(renderable.rstrip("\n") + "\n")
+                sys.stdout.flush()
+            elif renderable is not None:
                 self.out.print(renderable)
 
     def json_line(self, data: Any) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 
 def predictions_table(predictions: list[dict[str, Any]], task: str) -> Table:
+    """Inputs and labels are plain text cells: a file or class named `[red]` shows as such."""
     table = Table()
     table.add_column("input", overflow="fold")
     table.add_column("prediction", justify="right")
@@ -17,8 +19,9 @@ def predictions_table(predictions: list[dict[str, Any]], task: str) -> Table:
         if task != "classification":
             value = record["prediction"]
             values = value if isinstance(value, list) else [value]
-            table.add_row(record["input"], ", ".join(f"{v:.4g}" for v in values))
+            table.add_row(Text(record["input"]), ", ".join(f"{v:.4g}" for v in values))
             continue
         top = "  ".join(f"{label}: {p:.1%}" for label, p in record["probabilities"].items())
-        table.add_row(record["input"], str(record.get("label", record["prediction"])), top)
+        label = str(record.get("label", record["prediction"]))
+        table.add_row(Text(record["input"]), Text(label), Text(top))
     return table

@@ -60,6 +60,22 @@ def test_config_file_then_flags(tmp_path):
     assert config["optimizer"] == "rmsprop" and config["batch_size"] == 8
 
 
+def test_printed_config_is_the_same_config_again(tmp_path):
+    """`ptool train --print-config > run.yaml` round-trips lists (`[flip, crop]`, which rich
+    would read as style tags) and values longer than a console line."""
+    long_path = tmp_path / ("d" * 120) / "data.csv"
+    args = ("--augment", "flip,crop", "--data", f"csv:{long_path}", "--hidden", "8,4")
+    printed = run_ptool("train", *args, "--print-config")
+    assert printed.returncode == 0, printed.stderr
+    saved = tmp_path / "run.yaml"
+    saved.write_text(printed.stdout)
+    again = run_ptool("train", "--config", str(saved), "--print-config", "--json")
+    assert again.returncode == 0, again.stderr
+    config = json.loads(again.stdout)
+    assert config["augment"] == ["flip", "crop"] and config["hidden"] == [8, 4]
+    assert config["data"] == f"csv:{long_path}"
+
+
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
