@@ -85,3 +85,21 @@ def test_long_error_stays_one_line_in_a_pipe():
     assert proc.returncode == 1
     first = proc.stderr.splitlines()[0]
     assert first.startswith("error:") and missing in first
+
+
+def test_a_data_loader_workers_error_is_its_original_last_line():
+    from ptool.ui.errors import describe
+
+    text = (
+        "Caught UnidentifiedImageError in DataLoader worker process 0.\n"
+        "Original Traceback (most recent call last):\n"
+        '  File "worker.py", line 349, in _worker_loop\n'
+        "PIL.UnidentifiedImageError: cannot identify image file 'cat/bad.png'\n"
+    )
+    message, _, code = describe(ValueError(text))
+    assert message == (
+        "unexpected ValueError: PIL.UnidentifiedImageError: cannot identify image file "
+        "'cat/bad.png'"
+    )
+    assert code == 1
+    assert describe(RuntimeError("first\nsecond"))[0] == "unexpected RuntimeError: first"

@@ -43,7 +43,20 @@ def describe(exc: BaseException) -> tuple[str, str | None, int]:
     ):  # torch.cuda.OutOfMemoryError, without importing torch
         return "CUDA out of memory", "try a smaller --batch-size or --precision bf16", 1
     name = type(exc).__name__
-    return f"unexpected {name}: {exc}", "rerun with --debug for the traceback and report it", 1
+    return (
+        f"unexpected {name}: {_one_line(str(exc))}",
+        "rerun with --debug for the traceback and report it",
+        1,
+    )
+
+
+def _one_line(text: str) -> str:
+    """The line that says what happened. A DataLoader worker's error carries the worker's
+    traceback in its message: its last line is the original exception."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    return lines[-1] if "Original Traceback" in text else lines[0]
 
 
 def report(exc: BaseException) -> int:

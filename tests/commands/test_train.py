@@ -76,6 +76,24 @@ def test_printed_config_is_the_same_config_again(tmp_path):
     assert config["data"] == f"csv:{long_path}"
 
 
+def test_an_unreadable_image_fails_in_one_line(tmp_path):
+    from PIL import Image
+
+    for label in ("cat", "dog"):
+        (tmp_path / "imgs" / label).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(tmp_path / "imgs" / label / f"{i}.png")
+    (tmp_path / "imgs" / "cat" / "bad.png").write_text("not a png")
+    result = run_ptool(
+        "train", "--data", f"imagefolder:{tmp_path / 'imgs'}", "--image-size", "8",
+        "--epochs", "1", "--num-workers", "1", "--out", str(tmp_path / "r"), "--progress", "off",
+    )  # fmt: skip
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith(("error", "hint"))]
+    assert errors[0].startswith("error: ") and "cannot identify image file" in errors[0]
+    assert "Traceback" not in result.stderr and len(errors) == 2
+
+
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
