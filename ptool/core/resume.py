@@ -123,7 +123,8 @@ def plan_resume(
     saved, _ = config_and_info(ckpt)
     _refuse_changes(saved, overrides, checkpoint)
     config = saved.replace(**{k: v for k, v in overrides.items() if k in RESUMABLE})
-    if not config.out:
+    moved = not overrides.get("out")
+    if moved:  # the run continues where its checkpoint is now
         config = config.replace(out=str(checkpoint.parent))
     done, step = ckpt["epoch"], ckpt["global_step"]
     plan = ResumePlan(checkpoint, ckpt, config, reschedule)
@@ -135,6 +136,8 @@ def plan_resume(
     batch = ckpt.get("batch_in_epoch") or 0
     where = f"epoch {done + 1}/{config.epochs}" + (f", batch {batch + 1}" if batch else "")
     plan.notes.append(f"resuming {checkpoint} at {where} (step {step})")
+    if moved and saved.out and Path(saved.out).resolve() != Path(config.out).resolve():
+        plan.notes.append(f"writing to {config.out} (the run was saved from {saved.out})")
     if reschedule and saved.scheduler in NO_HORIZON:
         plan.notes.append(f"--reschedule: the {saved.scheduler} schedule has no horizon to re-plan")
         plan.reschedule = False

@@ -119,6 +119,19 @@ def test_changing_the_model_data_or_optimizer_is_refused_naming_init_from(tmp_pa
     assert plan.config.early_stop_patience == 1  # unchanged values and allowed flags pass
 
 
+def test_a_copied_or_moved_run_continues_where_it_is_now(tmp_path):
+    """The saved `out` names the original directory: resuming the copy must not write there."""
+    fit(small(tmp_path, "run", epochs=1), quiet=True)
+    original = (tmp_path / "run" / "last.pt").read_bytes()
+    shutil.copytree(tmp_path / "run", tmp_path / "copy")
+    plan = plan_resume(tmp_path / "copy", {"epochs": 2})
+    assert plan.config.out == str(tmp_path / "copy")
+    assert f"(the run was saved from {tmp_path / 'run'})" in plan.notes[1]
+    resume_run(plan, quiet=True)
+    assert (tmp_path / "run" / "last.pt").read_bytes() == original
+    assert torch.load(tmp_path / "copy" / "last.pt", weights_only=True)["epoch"] == 2
+
+
 def test_run_dir_resumes_from_its_newest_valid_checkpoint(tmp_path):
     fit(small(tmp_path, "run", epochs=2, keep_last=2), quiet=True)
     run = tmp_path / "run"
