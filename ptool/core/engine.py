@@ -197,6 +197,8 @@ class Trainer:
             progress = {"on": True, "off": False}.get(config.progress, sys.stderr.isatty())
         self.progress = bool(progress and main and not quiet)
         self.monitor = Monitor.from_config(self.config)
+        if main and resume is None:
+            rundir.refuse_other_run(run_dir)
         self.run_dir = rundir.prepare_run_dir(run_dir) if main else run_dir
         seed_everything(seed)
         set_deterministic(self.config.deterministic)

@@ -126,6 +126,10 @@ def plan_resume(
     moved = not overrides.get("out")
     if moved:  # the run continues where its checkpoint is now
         config = config.replace(out=str(checkpoint.parent))
+    elif Path(config.out).resolve() != checkpoint.parent.resolve():
+        from ptool.core.rundir import refuse_other_run
+
+        refuse_other_run(config.out)
     done, step = ckpt["epoch"], ckpt["global_step"]
     plan = ResumePlan(checkpoint, ckpt, config, reschedule)
     if done >= config.epochs:

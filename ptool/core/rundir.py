@@ -46,6 +46,22 @@ def prepare_run_dir(path: str | Path) -> Path:
     return path
 
 
+CHECKPOINT_PATTERNS = ("last.pt", "best.pt", "epoch-*.pt", "best-epoch*.pt")
+
+
+def refuse_other_run(path: str | Path) -> None:
+    """A new run (or a resume into --out DIR) must not replace another run's checkpoints:
+    refuse a directory that holds some, before anything is written."""
+    path = Path(path)
+    found = sorted({p.name for pattern in CHECKPOINT_PATTERNS for p in path.glob(pattern)})
+    if found:
+        shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+        raise UsageError(
+            f"--out {path} holds another run's checkpoints ({shown})",
+            hint=f"continue that run with: ptool resume {path}; or choose another --out",
+        )
+
+
 def config_yaml(values: dict[str, Any]) -> str:
     """The config as YAML, flat keys in field order: exactly what `--config` reads back."""
     import yaml

@@ -132,6 +132,18 @@ def test_a_copied_or_moved_run_continues_where_it_is_now(tmp_path):
     assert torch.load(tmp_path / "copy" / "last.pt", weights_only=True)["epoch"] == 2
 
 
+def test_a_new_run_or_a_resume_never_replaces_another_runs_checkpoints(tmp_path):
+    fit(small(tmp_path, "run", epochs=1), quiet=True)
+    fit(small(tmp_path, "other", epochs=1, seed=1), quiet=True)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").glob("*.pt")}
+    with pytest.raises(UsageError, match="holds another run's checkpoints") as info:
+        fit(small(tmp_path, "run", epochs=1, model="cnn"), quiet=True)
+    assert info.value.hint.startswith(f"continue that run with: ptool resume {tmp_path / 'run'}")
+    with pytest.raises(UsageError, match="holds another run's checkpoints"):
+        plan_resume(tmp_path / "other", {"epochs": 2, "out": str(tmp_path / "run")})
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").glob("*.pt")} == before
+
+
 def test_run_dir_resumes_from_its_newest_valid_checkpoint(tmp_path):
     fit(small(tmp_path, "run", epochs=2, keep_last=2), quiet=True)
     run = tmp_path / "run"
