@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -15,6 +16,7 @@ EXAMPLES = examples(
     "ptool eval runs/digits/best.pt --compare runs/digits/best.pruned.pt runs/digits/best.int8.pt",
     "ptool eval runs/digits/best.pt --json | jq .metrics.accuracy",
 )
+FIGURE_SUFFIXES = (".png", ".svg", ".pdf")  # what matplotlib writes without extra backends
 
 
 def eval_(
@@ -81,6 +83,8 @@ def eval_(
         )
     if output is not None and (compare or len(positional) > 1):
         raise UsageError("-o draws one checkpoint's confusion matrix; drop --compare or -o")
+    if output is not None and Path(output).suffix.lower() not in FIGURE_SUFFIXES:
+        raise UsageError(f"-o {output}: expected a {', '.join(FIGURE_SUFFIXES)} file")
     if not positional:
         from ptool.core.checkpoint import find_default_checkpoint
 

@@ -49,6 +49,14 @@ class Reader:
         self.stdin = stdin
 
     def read(self, inputs: Iterable[str]) -> Iterator[Sample]:
+        """Every input's sample; one with NaN or infinite values fails alone (the model would
+        answer it with NaN scores, which argmax reads as class 0)."""
+        for sample in self._read(inputs):
+            if sample.tensor is not None and not bool(torch.isfinite(sample.tensor).all()):
+                sample = Sample(sample.name, error="the input holds NaN or infinite values")
+            yield sample
+
+    def _read(self, inputs: Iterable[str]) -> Iterator[Sample]:
         for spec in inputs:
             if spec == "-":
                 yield from self.json_lines()
@@ -243,6 +251,9 @@ def predict(
                 yield {"input": sample.name, "error": sample.error}
                 continue
             out = next(outputs)
+            if not bool(torch.isfinite(out).all()):
+                yield {"input": sample.name, "error": "the model's output is NaN or infinite"}
+                continue
             if info.task != "classification":
                 values = out.tolist()
                 yield {

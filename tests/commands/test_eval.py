@@ -89,3 +89,9 @@ def test_refusals_are_one_line(workdir, ptool_in):
         2,
         "error: several checkpoints given",
     )
+    for target in ("cm.txt", "runs"):  # matplotlib cannot write it; a directory
+        figure = ptool_in("eval", "runs/tiny/last.pt", "-o", target)
+        assert (figure.returncode, figure.stderr.splitlines()[0]) == (
+            2,
+            f"error: -o {target}: expected a .png, .svg, .pdf file",
+        )

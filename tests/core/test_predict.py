@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from PIL import Image
 
 from ptool.core.config import TrainConfig
 from ptool.core.data import build_data
-from ptool.core.predict import Reader, load_predictor, predict
+from ptool.core.predict import Reader, Sample, load_predictor, predict
 
 
 def _train(out, **values):
@@ -90,8 +91,11 @@ def test_bad_inputs_fail_alone(image_run, tmp_path):
     folder.mkdir()
     Image.fromarray((raw[0, 0] * 255).byte().numpy()).save(folder / "a.png")
     torch.save(raw[:2, :, :4], tmp_path / "small.pt")
+    nan = raw[:2].clone()
+    nan[0, 0, 0, 0] = float("nan")
+    torch.save(nan, tmp_path / "nan.pt")
     lines = "{not json\n" + json.dumps({"x": 1}) + "\n" + json.dumps(raw[0].tolist()) + "\n"
-    inputs = ["broken.png", "big.png", "missing.png", "folder", "small.pt", "-"]
+    inputs = ["broken.png", "big.png", "missing.png", "folder", "small.pt", "nan.pt", "-"]
     records = _records(
         image_run, [str(tmp_path / p) if p != "-" else p for p in inputs], io.StringIO(lines)
     )
@@ -101,6 +105,8 @@ def test_bad_inputs_fail_alone(image_run, tmp_path):
     assert errors["missing.png"] == "no such file"
     assert errors["folder/a.png"] is None
     assert errors["small.pt[0]"] == "shape [1, 4, 8]; the model expects 1x8x8 images (grayscale)"
+    assert errors["nan.pt[0]"] == "the input holds NaN or infinite values"
+    assert errors["nan.pt[1]"] is None
     assert errors["stdin:1"].startswith("not JSON")
     assert errors["stdin:2"] == 'a JSON object needs an "input" key'
     assert errors["stdin:3"] is None
@@ -153,3 +159,20 @@ def test_quantized_checkpoint_predictions(image_run, tmp_path):
 
     (report,) = evaluate_checkpoints([output])
     assert (predicted == labels.numpy()).mean() == pytest.approx(report["metrics"]["accuracy"])
+
+
+class _Log(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(x)  # NaN scores for negative inputs
+
+
+def test_a_nan_output_is_an_error_not_class_0():
+    """A diverged model's NaN scores would argmax to class 0 with null probabilities."""
+    info = SimpleNamespace(task="classification", class_names=None)
+    samples = [
+        Sample("a", torch.tensor([-1.0, 2.0, 3.0])),
+        Sample("b", torch.tensor([1.0, 3.0, 2.0])),
+    ]
+    records = list(predict(_Log(), samples, info))
+    assert records[0] == {"input": "a", "error": "the model's output is NaN or infinite"}
+    assert records[1]["prediction"] == 1 and "error" not in records[1]
