@@ -209,6 +209,24 @@ def test_tensors_tuple_regression_and_images(tmp_path):
     assert bundle.info.task == "regression" and bundle.info.input_shape == [1, 8, 8]
 
 
+@pytest.mark.parametrize(
+    ("tensors", "message"),
+    [
+        ({"x": torch.randn(0, 4), "y": torch.zeros(0, dtype=torch.long)}, r"no samples \(0 rows\)"),
+        (
+            {"x": torch.randn(10, 4), "y": torch.zeros(10, dtype=torch.long),
+             "x_val": torch.randn(3, 5), "y_val": torch.zeros(3, dtype=torch.long)},
+            r"x_val rows have shape \[5\], the training rows \[4\]",
+        ),
+    ],
+)  # fmt: skip
+def test_tensors_without_rows_or_with_mismatched_val_rows_are_refused(tmp_path, tensors, message):
+    path = tmp_path / "t.pt"
+    torch.save(tensors, path)
+    with pytest.raises(UsageError, match=message):
+        build_data(cfg(data=f"tensors:{path}"))
+
+
 def test_pickled_tensor_dataset_is_refused_with_layouts(tmp_path):
     path = tmp_path / "ds.pt"
     torch.save(TensorDataset(torch.randn(4, 2), torch.zeros(4)), path)

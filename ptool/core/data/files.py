@@ -165,6 +165,13 @@ def tensors_source(config: Any, path: str) -> DataBundle:
     for a, b in pairs:
         if not isinstance(b, torch.Tensor) or len(a) != len(b):
             raise UsageError(f"tensors: {p}: targets must be a tensor with one row per input")
+        if not len(a):
+            raise UsageError(f"tensors: {p}: no samples (0 rows)")
+    if val is not None and pairs[1][0].shape[1:] != pairs[0][0].shape[1:]:
+        raise UsageError(
+            f"tensors: {p}: x_val rows have shape {list(pairs[1][0].shape[1:])}, the training "
+            f"rows {list(pairs[0][0].shape[1:])}"
+        )
     integer = not pairs[0][1].is_floating_point()
     task = check_task(
         config,
