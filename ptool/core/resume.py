@@ -158,14 +158,13 @@ def plan_resume(
 def resume_run(plan: ResumePlan, **fit_options: Any):
     """Continue the run; pruned runs keep their compacted model and their recipe."""
     from ptool.core.engine import fit
+    from ptool.core.restore import model_from_checkpoint
 
     ckpt = plan.ckpt
+    # rebuilt as eval and predict rebuild it (a model that cannot be is exit 1, a bad file)
+    model = model_from_checkpoint(ckpt, load_weights=False)
     extras: Callable[[], dict[str, Any]] | None = None
-    model = None
     if ckpt.get("pruning"):
-        from ptool.core.restore import model_from_checkpoint
-
-        model = model_from_checkpoint(ckpt, load_weights=False)
         extras = lambda: {"pruning": ckpt["pruning"]}  # noqa: E731
     if plan.config.out != str(plan.checkpoint.parent):
         from ptool.core.rundir import prepare_run_dir

@@ -144,6 +144,16 @@ def test_a_new_run_or_a_resume_never_replaces_another_runs_checkpoints(tmp_path)
     assert {p.name: p.read_bytes() for p in (tmp_path / "run").glob("*.pt")} == before
 
 
+def test_a_model_that_cannot_be_rebuilt_fails_like_in_eval(tmp_path):
+    fit(small(tmp_path, "run", epochs=1), quiet=True)
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    ckpt["config"]["model"] = "nosuchmod:build"
+    torch.save(ckpt, tmp_path / "run" / "last.pt")
+    with pytest.raises(PtoolError, match="cannot rebuild the checkpoint's model") as info:
+        resume_run(plan_resume(tmp_path / "run", {"epochs": 2}), quiet=True)
+    assert info.value.exit_code == 1  # a bad file, as eval and predict say it
+
+
 def test_run_dir_resumes_from_its_newest_valid_checkpoint(tmp_path):
     fit(small(tmp_path, "run", epochs=2, keep_last=2), quiet=True)
     run = tmp_path / "run"
