@@ -49,17 +49,13 @@ class ResumePlan:
 def find_checkpoint(path: str | Path | None) -> Path:
     """A checkpoint file as given, or the newest valid one in a run directory (default: the
     newest run under ./runs)."""
-    if path is None:
-        runs = sorted(
-            (p for p in Path("runs").glob("*") if p.is_dir()), key=lambda p: p.stat().st_mtime
-        )
-        if not runs:
-            raise UsageError("no run to resume under ./runs", hint="pass a checkpoint or run dir")
-        path = runs[-1]
+    from ptool.core.checkpoint import find_default_checkpoint, newest_valid_checkpoint
+
+    if path is None:  # the run whose last.pt is newest: files that prune or quantize add to a
+        # run directory do not make it the newest run, as they do not for eval's best.pt
+        path = find_default_checkpoint(name="last.pt").parent
     path = Path(path)
     if path.is_dir():
-        from ptool.core.checkpoint import newest_valid_checkpoint
-
         return newest_valid_checkpoint(path)
     return path
 

@@ -154,6 +154,18 @@ def test_a_model_that_cannot_be_rebuilt_fails_like_in_eval(tmp_path):
     assert info.value.exit_code == 1  # a bad file, as eval and predict say it
 
 
+def test_without_an_argument_the_newest_run_is_the_one_eval_picks(tmp_path, monkeypatch):
+    """A file that prune or quantize writes into an older run does not make it the newest."""
+    monkeypatch.chdir(tmp_path)
+    fit(small(tmp_path, "runs/a", epochs=1), quiet=True)
+    fit(small(tmp_path, "runs/b", epochs=1), quiet=True)
+    os.utime(tmp_path / "runs/a/last.pt", (1, 1))  # b's checkpoints are the newest
+    os.utime(tmp_path / "runs/a/best.pt", (1, 1))
+    (tmp_path / "runs/a/best.pruned.pt").write_bytes(b"")  # a's directory is touched last
+    assert find_checkpoint(None).resolve() == (tmp_path / "runs/b/last.pt").resolve()
+    assert ckpt_io.find_default_checkpoint().resolve() == (tmp_path / "runs/b/best.pt").resolve()
+
+
 def test_run_dir_resumes_from_its_newest_valid_checkpoint(tmp_path):
     fit(small(tmp_path, "run", epochs=2, keep_last=2), quiet=True)
     run = tmp_path / "run"
