@@ -111,6 +111,12 @@ def plan_resume(
     """Load the checkpoint, check the overrides, and say what will happen to the schedule."""
     from ptool.core.checkpoint import load_checkpoint
 
+    if overrides.get("init_from"):
+        raise UsageError(
+            "--init-from starts a new run from a checkpoint's weights; resuming continues a run "
+            "with all of its state",
+            hint="give one of them: ptool resume CKPT, or ptool train --init-from CKPT",
+        )
     checkpoint = find_checkpoint(path)
     ckpt = load_checkpoint(checkpoint, unsafe=unsafe)
     _refuse_derived(ckpt, checkpoint)

@@ -141,6 +141,10 @@ def test_refusals(run, tmp_path):
     torch.save(other, tmp_path / "other.pt")
     with pytest.raises(UsageError, match="other data or preprocessing"):
         evaluate_checkpoints([run / "last.pt", tmp_path / "other.pt"])
+    (tmp_path / "rows.csv").write_text("a,b,label\n1,2,0\n3,4,1\n5,6,0\n7,8,1\n")
+    with pytest.raises(UsageError) as tabular:
+        evaluate_checkpoints([run / "last.pt"], data=f"csv:{tmp_path / 'rows.csv'}")
+    assert str(tabular.value).endswith("is tabular; the model expects images of shape [1, 8, 8]")
 
 
 def test_compare_with_a_quantized_checkpoint_runs_on_cpu(run, tmp_path):

@@ -115,6 +115,8 @@ def test_changing_the_model_data_or_optimizer_is_refused_naming_init_from(tmp_pa
         with pytest.raises(UsageError, match="init-from") as info:
             plan_resume(tmp_path / "run", {"epochs": 2, **change})
         assert f"--{next(iter(change))}" in str(info.value)
+    with pytest.raises(UsageError, match="--init-from starts a new run"):
+        plan_resume(tmp_path / "run", {"epochs": 2, "init_from": str(tmp_path / "run/best.pt")})
     plan = plan_resume(tmp_path / "run", {"epochs": 2, "model": "mlp", "early_stop_patience": 1})
     assert plan.config.early_stop_patience == 1  # unchanged values and allowed flags pass
 
