@@ -83,28 +83,30 @@ class CheckpointFiles:
     def write_last(self, payload: dict) -> Path:
         return atomic_save(payload, self.last)
 
-    def after_epoch(self, epoch: int, value: float | None, monitor: Monitor, state: Any) -> None:
-        """Called after last.pt holds `epoch`: update best.pt, the top-k and the epoch files."""
+    def rank(self, epoch: int, value: float | None, monitor: Monitor, state: Any) -> list[str]:
+        """Enter `epoch` in the top-k (`state.top_k`) before last.pt is written, so the
+        checkpoint lists it and a resume keeps ranking it; returns the names pushed out."""
+        if self.save_top_k <= 1 or value is None or not math.isfinite(value):
+            return []
+        entries = [*state.top_k, [value, epoch, f"best-epoch{epoch}.pt"]]
+        entries.sort(key=lambda e: e[0], reverse=monitor.mode == "max")
+        state.top_k = entries[: self.save_top_k]
+        return [name for _, _, name in entries[self.save_top_k :]]
+
+    def after_epoch(self, epoch: int, state: Any, dropped: list[str]) -> None:
+        """Called after last.pt holds `epoch`: copy it to best.pt, best-epochN.pt and
+        epoch-N.pt as `state` says, and remove the top-k files `rank` pushed out."""
         if self.keep_last:
             atomic_copy(self.last, self.run_dir / f"epoch-{epoch}.pt")
             kept = sorted(self.run_dir.glob("epoch-*.pt"), key=_epoch_number)
             for old in kept[: -self.keep_last]:
                 old.unlink(missing_ok=True)
-        if self.save_top_k <= 0 or value is None or not math.isfinite(value):
-            return
-        is_best = state.best_epoch == epoch
-        if is_best:
+        if self.save_top_k > 0 and state.best_epoch == epoch:
             atomic_copy(self.last, self.best)
-        if self.save_top_k == 1:
-            return
-        entries = [*state.top_k, [value, epoch, f"best-epoch{epoch}.pt"]]
-        entries.sort(key=lambda e: e[0], reverse=monitor.mode == "max")
-        keep, drop = entries[: self.save_top_k], entries[self.save_top_k :]
-        if any(e[1] == epoch for e in keep):
+        if any(entry[1] == epoch for entry in state.top_k):
             atomic_copy(self.last, self.run_dir / f"best-epoch{epoch}.pt")
-        for _, _, name in drop:
+        for name in dropped:
             (self.run_dir / name).unlink(missing_ok=True)
-        state.top_k = keep
 
     def paths(self, state: Any) -> dict[str, Any]:
         found = {

@@ -621,9 +621,10 @@ class Trainer:
             state.early_stop_best, state.early_stop_wait = value, 0
         else:
             state.early_stop_wait += 1
+        dropped = self.files.rank(state.epoch, value, monitor, state)
         self.save()
         if self.dist.is_main:
-            self.files.after_epoch(state.epoch, value, monitor, state)
+            self.files.after_epoch(state.epoch, state, dropped)
         if self.tb is not None:
             # per-step train/loss owns its tag; the epoch means go to train_epoch/*
             epoch_tags = {k.replace("train/", "train_epoch/"): v for k, v in metrics.items()}

@@ -168,6 +168,23 @@ def test_without_an_argument_the_newest_run_is_the_one_eval_picks(tmp_path, monk
     assert ckpt_io.find_default_checkpoint().resolve() == (tmp_path / "runs/b/best.pt").resolve()
 
 
+def test_top_k_files_stay_the_k_best_epochs_across_a_resume(tmp_path):
+    """Each checkpoint's top-k list includes its own epoch, so the resumed run ranks it."""
+    fit(small(tmp_path, "run", epochs=3, save_top_k=2, keep_last=6, lr=0.05), quiet=True)
+    resume_run(plan_resume(tmp_path / "run", {"epochs": 6}), quiet=True)
+    run = tmp_path / "run"
+    losses = {
+        saved["epoch"]: saved["metrics"]["val/loss"]
+        for saved in (torch.load(p, weights_only=True) for p in run.glob("epoch-*.pt"))
+    }
+    best_two = sorted(losses, key=losses.get)[:2]
+    assert sorted(p.name for p in run.glob("best-epoch*.pt")) == sorted(
+        f"best-epoch{e}.pt" for e in best_two
+    )
+    listed = torch.load(run / "last.pt", weights_only=True)["callbacks"]["train_state"]["top_k"]
+    assert sorted(entry[1] for entry in listed) == sorted(best_two)
+
+
 def test_run_dir_resumes_from_its_newest_valid_checkpoint(tmp_path):
     fit(small(tmp_path, "run", epochs=2, keep_last=2), quiet=True)
     run = tmp_path / "run"
