@@ -717,10 +717,13 @@ class Trainer:
         restore_rng_state(ckpt["rng_state"])
 
     def _rollback(self) -> None:
+        """Back to the last good state with the lr halved once per rollback so far: that
+        state's optimizer holds the halvings made before it was saved, not the later ones."""
         rollbacks = self.state.rollbacks + 1
         self.load_state(self._good)
+        halved = self.state.rollbacks
         self.state.rollbacks = rollbacks
-        self.schedule.scale_lr(0.5)
+        self.schedule.scale_lr(0.5 ** (rollbacks - halved))
 
     # --- reporting -----------------------------------------------------------------------
 

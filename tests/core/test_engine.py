@@ -147,6 +147,18 @@ def test_nonfinite_rollback_halves_the_lr_and_gives_up_after_three(tmp_path):
         fit(config.replace(out=str(tmp_path / "always")), quiet=True, prepare_model=AlwaysNaN)
 
 
+@pytest.mark.parametrize(
+    ("calls", "epochs"),
+    [({7, 8}, 2), ({7, 20}, 4)],  # back to back; with a checkpoint (lr 0.05) between them
+)
+def test_each_rollback_halves_the_lr_once_more(tmp_path, calls, epochs):
+    config = small(tmp_path, on_nonfinite="rollback", optimizer="sgd", lr=0.1, epochs=epochs)
+    summary = fit(config, quiet=True, prepare_model=lambda m: NaNAt(m, calls))
+    assert summary.status == "completed" and summary.rollbacks == 2
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert ckpt["optimizer_state_dict"]["param_groups"][0]["lr"] == pytest.approx(0.025)
+
+
 class NaNAt(nn.Module):
     """Wraps a model; training forwards number `calls` (0-based) return NaN."""
 
