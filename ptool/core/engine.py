@@ -154,6 +154,18 @@ def check_config(config: TrainConfig) -> None:
         raise UsageError(f"--resized-crop-scale {low:g},{high:g}: the lower bound comes first")
 
 
+def _norm_statistics(model: nn.Module) -> list[torch.Tensor]:
+    """Batch-norm running statistics: a training forward updates them even when its batch is
+    then skipped, so `--on-nonfinite skip` puts them back."""
+    return [
+        buffer
+        for module in model.modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm)
+        for buffer in (module.running_mean, module.running_var, module.num_batches_tracked)
+        if buffer is not None
+    ]
+
+
 def _noop(_: str) -> None:
     pass
 
@@ -424,6 +436,7 @@ class Trainer:
         bar = self._bar(epoch, start, total)
         began = time.perf_counter()
         classification = self.info.task == "classification"
+        norms = _norm_statistics(self.model) if config.on_nonfinite == "skip" else []
         for index, (x, y) in enumerate(self._loader(self.data.train, order, train=True), start):
             x, y = self._to_device(x, y)
             window_start = index - index % accumulate
@@ -431,6 +444,7 @@ class Trainer:
             closes_window = index + 1 == window_start + window
             sync = closes_window or not self.dist.enabled
             with contextlib.nullcontext() if sync else self.train_model.no_sync():
+                kept = [t.clone() for t in norms]  # what a skipped batch's forward must not change
                 with self._autocast():
                     outputs = self.train_model(x)
                     loss = self.loss_fn(outputs, y)
@@ -443,8 +457,11 @@ class Trainer:
                     if classification:
                         correct += (outputs.detach().argmax(dim=1) == y).sum()
                     samples += n
-                elif closes_window and self.dist.enabled and contributed:
-                    self._all_reduce_grads()
+                else:
+                    for buffer, value in zip(norms, kept, strict=True):
+                        buffer.copy_(value)
+                    if closes_window and self.dist.enabled and contributed:
+                        self._all_reduce_grads()
             state.batch_in_epoch = index + 1
             if closes_window:
                 self._optimizer_step(contributed, loss)
@@ -467,6 +484,11 @@ class Trainer:
         if bar is not None:
             bar.close()
         self._flush_sums(loss_sum, correct, samples, began)
+        if not state.train_samples and total:
+            raise NonFiniteLoss(
+                f"every batch of epoch {epoch + 1} had a non-finite loss (all skipped); stopped",
+                hint="check the data for NaN values, or lower --lr",
+            )
 
     def _interrupt(self) -> None:
         """After a signal: last.pt holds this step; finish the run's files and stop."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import struct
 
 import numpy as np
@@ -225,6 +226,18 @@ def test_tensors_without_rows_or_with_mismatched_val_rows_are_refused(tmp_path, 
     torch.save(tensors, path)
     with pytest.raises(UsageError, match=message):
         build_data(cfg(data=f"tensors:{path}"))
+
+
+def test_nan_or_infinite_values_are_refused_at_load(tmp_path):
+    x = torch.randn(30, 4)
+    x[[5, 9], 1] = torch.tensor([math.nan, math.inf])
+    path = tmp_path / "t.pt"
+    torch.save({"x": x, "y": torch.arange(30) % 2}, path)
+    with pytest.raises(UsageError, match=r"NaN or infinite input values: 2 \(the first: row 5\)"):
+        build_data(cfg(data=f"tensors:{path}"))
+    (tmp_path / "n.csv").write_text("a,b,y\n1,2,0.5\n3,4,nan\n5,6,1.5\n7,8,2.5\n")
+    with pytest.raises(UsageError, match="NaN or infinite target values: 1"):
+        build_data(cfg(data=f"csv:{tmp_path / 'n.csv'}", target="y", task="regression"))
 
 
 def test_pickled_tensor_dataset_is_refused_with_layouts(tmp_path):

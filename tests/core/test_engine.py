@@ -180,6 +180,37 @@ class AlwaysNaN(NaNAt):
         super().__init__(model, set(range(1000)))
 
 
+class NaNInputAt(nn.Module):
+    """Wraps a model; training forwards number `calls` (0-based) see NaN inputs, which reach
+    the batch-norm statistics before the loss is known to be NaN."""
+
+    def __init__(self, model: nn.Module, calls: set[int]):
+        super().__init__()
+        self.model, self.calls, self.count = model, calls, 0
+
+    def forward(self, x):
+        if self.training:
+            self.count += 1
+            if self.count - 1 in self.calls:
+                x = x * math.nan
+        return self.model(x)
+
+
+def test_nonfinite_skip_leaves_no_trace_in_batch_norm_statistics(tmp_path):
+    config = small(tmp_path, on_nonfinite="skip", norm="batch")
+    summary = fit(config, quiet=True, prepare_model=lambda m: NaNInputAt(m, {2}))
+    assert summary.nonfinite_skipped == 1
+    saved = weights(tmp_path / "run" / "last.pt")
+    assert all(torch.isfinite(v.float()).all() for k, v in saved.items() if "running" in k)
+    assert summary.final_metrics["val/loss"] == summary.final_metrics["val/loss"]  # not NaN
+
+
+def test_an_epoch_with_every_batch_skipped_fails(tmp_path):
+    config = small(tmp_path, on_nonfinite="skip")
+    with pytest.raises(NonFiniteLoss, match="every batch of epoch 1 had a non-finite loss"):
+        fit(config, quiet=True, prepare_model=AlwaysNaN)
+
+
 def test_early_stopping_and_checkpoint_files(tmp_path):
     config = small(
         tmp_path,

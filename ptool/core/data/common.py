@@ -79,6 +79,21 @@ def check_num_classes(config: Any, source: str, found: int) -> None:
 # --- in-memory sources ---------------------------------------------------------------------
 
 
+def _check_finite(source: str, x: torch.Tensor, y: torch.Tensor) -> None:
+    """NaN or infinite values would make the normalization statistics NaN and every loss NaN:
+    refuse them at load, naming the first row that holds one."""
+    for name, values in (("input", x), ("target", y)):
+        if values.is_floating_point():
+            bad = ~torch.isfinite(values.reshape(len(values), -1)).all(dim=1)
+            if bool(bad.any()):
+                first = int(bad.nonzero()[0])
+                raise UsageError(
+                    f"{source}: rows with NaN or infinite {name} values: {int(bad.sum())} "
+                    f"(the first: row {first})",
+                    hint="drop or fill those rows first",
+                )
+
+
 def in_memory_bundle(
     config: Any,
     *,
@@ -96,6 +111,8 @@ def in_memory_bundle(
     training split gets a per-sample transform (augment, then normalize) and is served by a
     DataLoader; validation stays in memory, normalized once.
     """
+    for x, y in (data, val) if val is not None else (data,):
+        _check_finite(source, x, y)
     if val is None or config.val_split is not None:
         data, val = _split_tensors(config, *data)
     (x_train, y_train), (x_val, y_val) = data, val
