@@ -343,7 +343,10 @@ def convert(name: str, value: Any, *, source: str = "config") -> Any:
     try:
         if origin in (list, tuple):
             (item_type, *_) = typing.get_args(kind)
-            items = value.split(",") if isinstance(value, str) else list(value)
+            if isinstance(value, str):
+                items = value.split(",")
+            else:  # a single value in a config file (`hidden: 64`) is a one-item list
+                items = list(value) if isinstance(value, (list, tuple)) else [value]
             items = [
                 item_type(x.strip()) if isinstance(x, str) else item_type(x)
                 for x in items
@@ -434,7 +437,15 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     for key, value in raw.items():
         key = key.replace("-", "_")
         if key in SECTIONS and isinstance(value, dict):
-            flat.update({k.replace("-", "_"): v for k, v in value.items()})
+            for name, item in value.items():
+                name = name.replace("-", "_")
+                home = FIELDS[name].metadata["section"] if name in FIELDS else key
+                if home != key:  # a misplaced option would be read as if it were right
+                    raise UsageError(
+                        f"{path}: {name} belongs under [{home}], not [{key}]",
+                        hint=f"move it to [{home}] or to the top level",
+                    )
+                flat[name] = item
         else:
             flat[key] = value
     return flat

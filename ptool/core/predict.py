@@ -263,7 +263,7 @@ def predict(
                 continue
             probs = out.softmax(dim=0)
             top = probs.topk(min(top_k, len(probs)))
-            index = int(probs.argmax())
+            index = int(top.indices[0])  # not argmax: on a tie it may pick another class
             record: dict[str, Any] = {"input": sample.name, "prediction": index}
             if names:
                 record["label"] = names[index]

@@ -45,7 +45,7 @@ def describe(exc: BaseException) -> tuple[str, str | None, int]:
     name = type(exc).__name__
     return (
         f"unexpected {name}: {_one_line(str(exc))}",
-        "rerun with --debug for the traceback and report it",
+        "rerun with PTOOL_DEBUG=1 (or ptool --debug ...) for the traceback and report it",
         1,
     )
 

@@ -47,3 +47,17 @@ def test_file_then_flags_precedence(tmp_path, suffix):
     config = resolve_config(path, {"epochs": 7})
     assert (config.lr, config.epochs, config.hidden) == (0.5, 7, [32, 16])
     assert config.batch_size == TrainConfig().batch_size
+
+
+def test_an_option_under_another_group_is_refused(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text("[data]\nlr = 0.3\n")
+    with pytest.raises(UsageError, match=r"lr belongs under \[optimizer\], not \[data\]"):
+        resolve_config(path)
+
+
+def test_a_single_value_for_a_list_option_is_a_one_item_list(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model: mlp\nhidden: 64\nclass_weights: 2\n")
+    config = resolve_config(path)
+    assert config.hidden == [64] and config.class_weights == [2.0]

@@ -176,3 +176,16 @@ def test_a_nan_output_is_an_error_not_class_0():
     records = list(predict(_Log(), samples, info))
     assert records[0] == {"input": "a", "error": "the model's output is NaN or infinite"}
     assert records[1]["prediction"] == 1 and "error" not in records[1]
+
+
+class _Tied(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x  # the inputs are the scores
+
+
+def test_the_prediction_is_the_first_of_the_top_probabilities_even_on_ties():
+    info = SimpleNamespace(task="classification", class_names=None)
+    scores = ([1.0, 3.0, 3.0, 0.0], [0.0] * 4, [2.0, 2.0, 5.0, 5.0])
+    samples = [Sample(str(i), torch.tensor(s)) for i, s in enumerate(scores)]
+    for record in predict(_Tied(), samples, info, top_k=2):
+        assert str(record["prediction"]) == next(iter(record["probabilities"]))
