@@ -105,8 +105,9 @@ def resume_and_log(plan: Any, out: Output, log: Callable[[str], None]) -> Any:
     """Say where the run continues and what happens to its schedule, then continue it."""
     from ptool.core.resume import resume_run
 
-    for note in plan.notes:
-        log(note)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the job
+        for note in plan.notes:
+            log(note)
     return resume_run(plan, quiet=out.quiet, log=log)
 
 

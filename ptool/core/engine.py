@@ -149,6 +149,12 @@ def check_config(config: TrainConfig) -> None:
     """Values no type check catches, refused before any data is loaded."""
     for name, interval in LIMITS.items():
         check_interval(name, getattr(config, name), interval)
+    if config.grad_checkpoint == 1:
+        raise UsageError(
+            "--grad-checkpoint 1 checkpoints nothing: the last of the K segments keeps its "
+            "activations (as in torch.utils.checkpoint.checkpoint_sequential)",
+            hint="give 2 or more segments, or 0 to turn it off",
+        )
     low, high = config.resized_crop_scale
     if low > high:
         raise UsageError(f"--resized-crop-scale {low:g},{high:g}: the lower bound comes first")

@@ -134,6 +134,15 @@ def plan_resume(
         refuse_other_run(config.out)
     done, step = ckpt["epoch"], ckpt["global_step"]
     plan = ResumePlan(checkpoint, ckpt, config, reschedule)
+    wait = ckpt.get("callbacks", {}).get("train_state", {}).get("early_stop_wait", 0)
+    patience = config.early_stop_patience
+    if patience is not None and wait >= patience:  # the engine's own stopping rule
+        raise UsageError(
+            f"{checkpoint} stopped early: {config.monitor} did not improve for {wait} epochs "
+            f"(--early-stop-patience {patience})",
+            hint=f"continue it with more patience: ptool resume {checkpoint} "
+            f"--early-stop-patience {wait + max(1, patience)}",
+        )
     if done >= config.epochs:
         raise UsageError(
             f"{checkpoint} has finished its {done} epochs",

@@ -275,6 +275,11 @@ def test_bad_monitor_and_unwritable_out_fail_before_training(tmp_path):
         ({"betas": (0.9, 1.0)}, "--betas must be in [0, 1), got 1.0"),
         ({"ema": 1.0}, "--ema must be in (0, 1), got 1.0"),
         ({"clip_norm": 0.0}, "--clip-norm must be finite and positive, got 0.0"),
+        (
+            {"grad_checkpoint": 1},
+            "--grad-checkpoint 1 checkpoints nothing: the last of the K segments keeps its "
+            "activations (as in torch.utils.checkpoint.checkpoint_sequential)",
+        ),
     ],
 )
 def test_out_of_range_values_are_refused_before_training(tmp_path, values, message):

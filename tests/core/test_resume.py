@@ -185,6 +185,16 @@ def test_top_k_files_stay_the_k_best_epochs_across_a_resume(tmp_path):
     assert sorted(entry[1] for entry in listed) == sorted(best_two)
 
 
+def test_an_early_stopped_run_needs_more_patience_to_go_on(tmp_path):
+    config = small(tmp_path, "run", epochs=8, min_delta=10.0, early_stop_patience=2)
+    assert fit(config, quiet=True).status == "early_stopped"
+    with pytest.raises(UsageError, match="stopped early: val/loss did not improve for 2") as info:
+        plan_resume(tmp_path / "run", {})
+    assert info.value.hint.endswith("--early-stop-patience 4")
+    summary = resume_run(plan_resume(tmp_path / "run", {"early_stop_patience": 4}), quiet=True)
+    assert summary.epochs == 5 and summary.status == "early_stopped"
+
+
 def test_run_dir_resumes_from_its_newest_valid_checkpoint(tmp_path):
     fit(small(tmp_path, "run", epochs=2, keep_last=2), quiet=True)
     run = tmp_path / "run"
