@@ -57,7 +57,8 @@ def model_from_checkpoint(ckpt: dict[str, Any], *, load_weights: bool = True) ->
             raise PtoolError("the checkpoint holds no model_state_dict")
         try:
             model.load_state_dict(state)
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise PtoolError(f"the saved weights do not fit the rebuilt model: {first}") from exc
+        except RuntimeError as exc:  # torch's first line only says which module
+            lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+            detail = lines[1] if len(lines) > 1 else lines[0]
+            raise PtoolError(f"the saved weights do not fit the rebuilt model: {detail}") from exc
     return model

@@ -312,6 +312,33 @@ def test_qat_fine_tunes_through_the_engine_and_resumes_exactly(cnn_ckpt, tmp_pat
             assert torch.equal(value, b[key]), key
 
 
+def test_qat_of_a_pruned_checkpoint_rebuilds_and_claims_only_what_it_keeps(cnn_ckpt, tmp_path):
+    """A compacted model's QAT run checkpoints carry its shapes; a masked one's zeros regrow
+    in QAT, so the output does not claim them."""
+    from ptool.core.prune import PruneOptions, prune_checkpoint
+
+    def pruned(name: str, **values) -> Path:
+        options = PruneOptions(amount=0.5, evaluate=False, bench_runs=1, **values)
+        options.output = str(tmp_path / f"{name}.pt")
+        return Path(prune_checkpoint(cnn_ckpt, options)["output"])
+
+    compact = pruned("compact", method="ln-structured", compact=True)
+    _qat(compact, tmp_path, "part", epochs=1)
+    run_ckpt = ckpt_io.load_checkpoint(tmp_path / "part" / "last.pt")
+    assert run_ckpt["pruning"]["compacted"]
+    with torch.no_grad():  # rebuilt at the compacted size, fake-quantized
+        assert model_from_checkpoint(run_ckpt)(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+    lines: list[str] = []
+    masked = pruned("masked", make_permanent=False)
+    overrides = {"epochs": 1, "tensorboard": False, "out": str(tmp_path / "masked_qat")}
+    options = _fast("qat", train_overrides=overrides, evaluate=False)
+    options.output = str(tmp_path / "masked.int8.pt")
+    quantize_checkpoint(masked, options, log=lines.append)
+    assert any("zeros of l1-unstructured pruning grow back" in line for line in lines)
+    assert "pruning" not in torch.load(options.output, weights_only=True)
+
+
 def test_resume_needs_a_qat_run_checkpoint(cnn_ckpt):
     with pytest.raises(UsageError, match="is not a checkpoint of a `ptool quantize qat` run"):
         quantize_checkpoint(None, _fast("qat", resume=str(cnn_ckpt)))

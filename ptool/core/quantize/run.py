@@ -224,11 +224,13 @@ def run_qat(
     recipe: dict[str, Any],
     *,
     resume: dict[str, Any] | None,
+    pruning: dict[str, Any] | None,
     log: Callable[[str], None],
     quiet: bool,
     progress: bool | None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Fake-quantized fine-tuning through `fit()`, then convert the best epoch's weights."""
+    """Fake-quantized fine-tuning through `fit()`, then convert the best epoch's weights.
+    Its checkpoints carry the source's `pruning` recipe, so a compacted model rebuilds."""
     from ptool.core.engine import fit
 
     prepared: list[nn.Module] = []
@@ -248,7 +250,10 @@ def run_qat(
         model=copy.deepcopy(float_model),
         data=data,
         prepare_model=prepare_for_qat,
-        checkpoint_extras=lambda: {"quantization": {**recipe, "converted": False}},
+        checkpoint_extras=lambda: {
+            "quantization": {**recipe, "converted": False},
+            **({"pruning": pruning} if pruning else {}),  # a compacted model's shapes
+        },
     )
     model = prepared[0]
     best = summary.checkpoints.get("best")
@@ -302,6 +307,14 @@ def quantize_checkpoint(
         ckpt_io.check_output(script, path, f"--torchscript ({script})")
 
     float_model = _float_model(ckpt)
+    pruning = ckpt.get("pruning")
+    if pruning and recipe["mode"] == "qat" and not pruning.get("compacted"):
+        log(
+            f"warning: QAT trains every weight, so the zeros of {pruning.get('method')} "
+            "pruning grow back; the output does not keep the pruning recipe "
+            "(`quantize static` keeps the zeros)"
+        )
+        pruning = None
     ao.check_quantizable(float_model, recipe)
     if recipe["mode"] != "dynamic":
         ao.check_traceable(float_model)
@@ -338,6 +351,7 @@ def quantize_checkpoint(
             data,
             recipe,
             resume=resume_ckpt,
+            pruning=pruning,
             log=log,
             quiet=quiet,
             progress=progress,
@@ -361,8 +375,8 @@ def quantize_checkpoint(
         "quantization": recipe,
         "meta": ckpt_io.meta(),
     }
-    if ckpt.get("pruning"):
-        payload["pruning"] = ckpt["pruning"]
+    if pruning:
+        payload["pruning"] = pruning
     ckpt_io.atomic_save(payload, output)
     script = None
     if options.torchscript:
