@@ -339,6 +339,24 @@ def test_qat_of_a_pruned_checkpoint_rebuilds_and_claims_only_what_it_keeps(cnn_c
     assert "pruning" not in torch.load(options.output, weights_only=True)
 
 
+def test_a_moved_qat_run_resumes_from_anywhere(cnn_ckpt, tmp_path, monkeypatch):
+    """The run finds its float checkpoint from its own directory; another CKPT is refused."""
+    import shutil
+
+    (tmp_path / "old").mkdir()
+    shutil.copy(cnn_ckpt, tmp_path / "old" / "best.pt")
+    monkeypatch.chdir(tmp_path / "old")
+    _qat(Path("best.pt"), tmp_path / "old", "qat/run", epochs=1)  # source recorded as "best.pt"
+    shutil.move(tmp_path / "old", tmp_path / "new")
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "new" / "qat" / "run"
+    report = _qat(None, tmp_path, "resumed", epochs=2, resume=str(run))  # a run directory
+    assert Path(report["checkpoint"]).resolve() == (tmp_path / "new" / "best.pt").resolve()
+    options = _fast("qat", resume=str(run), evaluate=False)
+    with pytest.raises(UsageError, match="continues the QAT of .*, not of"):
+        quantize_checkpoint(cnn_ckpt, options)
+
+
 def test_resume_needs_a_qat_run_checkpoint(cnn_ckpt):
     with pytest.raises(UsageError, match="is not a checkpoint of a `ptool quantize qat` run"):
         quantize_checkpoint(None, _fast("qat", resume=str(cnn_ckpt)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,15 +263,25 @@ def run_qat(
     return ao.convert(model, recipe), summary.to_dict()
 
 
-def _resume_recipe(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    ckpt = ckpt_io.load_checkpoint(path)
+def _resume_recipe(path: str) -> tuple[dict[str, Any], dict[str, Any], Path | None]:
+    """The QAT run checkpoint (a file, or a run directory's newest), its recipe, and the float
+    checkpoint it started from where that still is."""
+    resume = Path(path)
+    if resume.is_dir():
+        resume = ckpt_io.newest_valid_checkpoint(resume)
+    ckpt = ckpt_io.load_checkpoint(resume)
     recipe = ckpt.get("quantization") or {}
     if recipe.get("mode") != "qat" or recipe.get("converted") is not False:
         raise UsageError(
             f"--resume {path} is not a checkpoint of a `ptool quantize qat` run",
             hint="pass the run's last.pt (in the qat/ folder next to the float checkpoint)",
         )
-    return ckpt, recipe
+    # as recorded (relative to the directory it was run from), or from the run directory,
+    # which finds it wherever the two were moved together
+    candidates = [Path(recipe["source"])]
+    if recipe["qat"].get("source_from_run"):
+        candidates.append(resume.parent / recipe["qat"]["source_from_run"])
+    return ckpt, recipe, next((c for c in candidates if c.is_file()), None)
 
 
 def quantize_checkpoint(
@@ -285,8 +296,19 @@ def quantize_checkpoint(
     check_options(options)
     resume_ckpt = resume_recipe = None
     if options.resume:
-        resume_ckpt, resume_recipe = _resume_recipe(options.resume)
-        path = path or resume_recipe["source"]
+        resume_ckpt, resume_recipe, source = _resume_recipe(options.resume)
+        if path is None and source is None:
+            raise UsageError(
+                f"the float checkpoint this QAT run started from ({resume_recipe['source']}) "
+                "is not there",
+                hint="pass it: ptool quantize qat CKPT --resume RUN",
+            )
+        if path is not None and source is not None and Path(path).resolve() != source.resolve():
+            raise UsageError(
+                f"--resume {options.resume} continues the QAT of {source}, not of {path}",
+                hint="drop CKPT: the run knows its float checkpoint",
+            )
+        path = path or source
     if path is None:
         path = ckpt_io.find_default_checkpoint()
         log(f"using the newest run's checkpoint: {path}")
@@ -344,6 +366,9 @@ def quantize_checkpoint(
                 "freeze_observers_epoch": options.freeze_observers_epoch,
                 "freeze_bn_epoch": options.freeze_bn_epoch,
                 "run_dir": train_config.out,
+                "source_from_run": os.path.relpath(
+                    path.resolve(), Path(train_config.out).resolve()
+                ),
             }
         quantized, qat_summary = run_qat(
             float_model,
