@@ -482,7 +482,7 @@ class Trainer:
                 loss_sum.zero_(), correct.zero_()
                 samples, began = 0, time.perf_counter()
                 if state.batch_in_epoch < total:  # else the epoch's end saves it
-                    self.save()
+                    self.save(synced=self._should_save_step())
                     if stopping:
                         if bar is not None:
                             bar.close()
@@ -611,7 +611,8 @@ class Trainer:
             self.confusion = confusion
         return values
 
-    def _train_metrics(self) -> dict[str, float]:
+    def _job_sums(self) -> tuple[float, float, float]:
+        """The running epoch's loss sum, correct count and samples over every process."""
         state = self.state
         sums = torch.tensor(
             [state.train_loss_sum, state.train_correct, float(state.train_samples)],
@@ -622,7 +623,10 @@ class Trainer:
             import torch.distributed as dist
 
             dist.all_reduce(sums)
-        loss_sum, correct, samples = sums.tolist()
+        return tuple(sums.tolist())
+
+    def _train_metrics(self) -> dict[str, float]:
+        loss_sum, correct, samples = self._job_sums()
         values = {"train/loss": loss_sum / samples if samples else math.nan}
         if self.info.task == "classification":
             values["train/accuracy"] = correct / samples if samples else math.nan
@@ -666,8 +670,9 @@ class Trainer:
 
     # --- checkpoints and state -----------------------------------------------------------
 
-    def payload(self) -> dict[str, Any]:
-        """The checkpoint (DESIGN.md format v1): tensors and plain values only."""
+    def payload(self, synced: bool = True) -> dict[str, Any]:
+        """The checkpoint (DESIGN.md format v1): tensors and plain values only. `synced`: every
+        process builds it at this step (not one stopped alone by a signal)."""
         state = self.state
         data_order = {
             "seed": self.config.seed,
@@ -698,7 +703,7 @@ class Trainer:
             "config": self.config.to_dict(),
             "data_info": self.info.to_dict(),
             "rng_state": {**capture_rng_state(), "data_order": data_order},
-            "callbacks": {"train_state": state.to_dict()},
+            "callbacks": {"train_state": self._train_state(synced)},
             "meta": ckpt_io.meta(),
         }
         if self.ema is not None:
@@ -708,9 +713,18 @@ class Trainer:
             payload.update(self.checkpoint_extras())
         return payload
 
-    def save(self) -> None:
+    def _train_state(self, synced: bool) -> dict[str, Any]:
+        """The counters to save; under DDP the running sums are the whole job's when every
+        process saves together (rank 0 takes them back at resume, the others start from 0)."""
+        saved = self.state.to_dict()
+        if self.dist.enabled and synced:
+            loss_sum, correct, samples = self._job_sums()
+            saved.update(train_loss_sum=loss_sum, train_correct=correct, train_samples=int(samples))
+        return saved
+
+    def save(self, synced: bool = True) -> None:
         """last.pt on rank 0, and the in-memory copy a rollback returns to (every rank)."""
-        payload = self.payload()
+        payload = self.payload(synced)
         if self.dist.is_main:
             path = self.files.write_last(payload)
             self._fire("on_checkpoint", path)
@@ -742,6 +756,9 @@ class Trainer:
             self.ema.module.load_state_dict(ckpt["ema_state_dict"])
             self.ema.n_averaged.fill_(ckpt["callbacks"]["ema"]["n_averaged"])
         self.state = TrainState.from_dict(ckpt["callbacks"]["train_state"])
+        if not self.dist.is_main:  # rank 0 carries the job's running sums
+            self.state.train_loss_sum = self.state.train_correct = 0.0
+            self.state.train_samples = 0
         restore_rng_state(ckpt["rng_state"])
 
     def _rollback(self) -> None:
