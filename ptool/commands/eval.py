@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ptool.commands._options import DeviceOpt, JsonOpt, QuietOpt, examples
+from ptool.ui.lr_plot_view import FIGURE_SUFFIXES
 
 EXAMPLES = examples(
     "ptool eval",
@@ -16,7 +17,6 @@ EXAMPLES = examples(
     "ptool eval runs/digits/best.pt --compare runs/digits/best.pruned.pt runs/digits/best.int8.pt",
     "ptool eval runs/digits/best.pt --json | jq .metrics.accuracy",
 )
-FIGURE_SUFFIXES = (".png", ".svg", ".pdf")  # what matplotlib writes without extra backends
 
 
 def eval_(

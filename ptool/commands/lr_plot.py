@@ -6,7 +6,6 @@ same `LRSchedule` that `ptool train` steps, stepped on a dummy optimizer.
 
 from __future__ import annotations
 
-import math
 import shlex
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,7 +14,8 @@ import typer
 
 from ptool.commands._config_options import with_config_options
 from ptool.commands._options import JsonOpt, QuietOpt, examples
-from ptool.core.config import FIELDS
+from ptool.core.config import FIELDS, check_interval
+from ptool.ui.lr_plot_view import FIGURE_SUFFIXES
 
 SCHEDULE_FIELDS = [
     name
@@ -130,8 +130,9 @@ def _group_lrs(text: str | None) -> list[float] | None:
         lrs = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise UsageError(f"--group-lrs expects comma-separated numbers, got {text!r}") from None
-    if not lrs or not all(0 < lr < math.inf for lr in lrs):  # nan fails both comparisons
-        raise UsageError(f"--group-lrs must be positive finite numbers, got {text!r}")
+    if not lrs:
+        raise UsageError(f"--group-lrs expects comma-separated numbers, got {text!r}")
+    check_interval("group_lrs", lrs, "(0, inf)")
     return lrs
 
 
@@ -259,7 +260,7 @@ def lr_plot(
     if json and csv:
         raise UsageError("give --json or --csv, not both")
     suffix = Path(output).suffix.lower() if output else None
-    if output and suffix not in (".png", ".svg", ".pdf", ".csv"):
+    if output and suffix not in (*FIGURE_SUFFIXES, ".csv"):
         raise UsageError(f"-o {output}: expected a .png, .svg, .pdf or .csv file")
     base = {
         "schedule": schedule,

@@ -101,11 +101,16 @@ def _print_config(out: Output, values: dict[str, Any]) -> None:
     out.result(values, lambda: config_yaml(values))
 
 
+def _speaks_for_the_job() -> bool:
+    """Under torchrun, rank 0 prints for the whole job."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def resume_and_log(plan: Any, out: Output, log: Callable[[str], None]) -> Any:
     """Say where the run continues and what happens to its schedule, then continue it."""
     from ptool.core.resume import resume_run
 
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the job
+    if _speaks_for_the_job():
         for note in plan.notes:
             log(note)
     return resume_run(plan, quiet=out.quiet, log=log)
@@ -129,7 +134,7 @@ def run_and_report(
             out.err.print(escape(line), soft_wrap=True)
 
     summary = run(log)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the job
+    if _speaks_for_the_job():
         out.result(summary.to_dict(), lambda: summary_table(summary))
 
 

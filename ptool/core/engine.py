@@ -147,8 +147,12 @@ LIMITS: dict[str, str] = {
 
 def check_config(config: TrainConfig) -> None:
     """Values no type check catches, refused before any data is loaded."""
+    from ptool.core.schedules import RANGES, check_range
+
     for name, interval in LIMITS.items():
         check_interval(name, getattr(config, name), interval)
+    for name in RANGES:  # the schedule's own, before any data or model is built
+        check_range(config, name)
     if config.grad_checkpoint == 1:
         raise UsageError(
             "--grad-checkpoint 1 checkpoints nothing: the last of the K segments keeps its "
@@ -443,6 +447,8 @@ class Trainer:
         began = time.perf_counter()
         classification = self.info.task == "classification"
         norms = _norm_statistics(self.model) if config.on_nonfinite == "skip" else []
+        kept = [t.clone() for t in norms]  # what a skipped batch's forward must not change
+        trained = False  # the same on every process: _finite agrees on each skip
         for index, (x, y) in enumerate(self._loader(self.data.train, order, train=True), start):
             x, y = self._to_device(x, y)
             window_start = index - index % accumulate
@@ -450,13 +456,14 @@ class Trainer:
             closes_window = index + 1 == window_start + window
             sync = closes_window or not self.dist.enabled
             with contextlib.nullcontext() if sync else self.train_model.no_sync():
-                kept = [t.clone() for t in norms]  # what a skipped batch's forward must not change
+                for value, buffer in zip(kept, norms, strict=True):
+                    value.copy_(buffer)
                 with self._autocast():
                     outputs = self.train_model(x)
                     loss = self.loss_fn(outputs, y)
                 if self._finite(loss, index):
                     self.scaler.scale(loss / window if window > 1 else loss).backward()
-                    contributed = True
+                    contributed = trained = True
                     n = y.shape[0]
                     detached = loss.detach()
                     loss_sum += detached.double() * n
@@ -482,7 +489,7 @@ class Trainer:
                 loss_sum.zero_(), correct.zero_()
                 samples, began = 0, time.perf_counter()
                 if state.batch_in_epoch < total:  # else the epoch's end saves it
-                    self.save(synced=self._should_save_step())
+                    self.save()
                     if stopping:
                         if bar is not None:
                             bar.close()
@@ -490,7 +497,7 @@ class Trainer:
         if bar is not None:
             bar.close()
         self._flush_sums(loss_sum, correct, samples, began)
-        if not state.train_samples and total:
+        if not trained and start < total:
             raise NonFiniteLoss(
                 f"every batch of epoch {epoch + 1} had a non-finite loss (all skipped); stopped",
                 hint="check the data for NaN values, or lower --lr",
@@ -670,9 +677,8 @@ class Trainer:
 
     # --- checkpoints and state -----------------------------------------------------------
 
-    def payload(self, synced: bool = True) -> dict[str, Any]:
-        """The checkpoint (DESIGN.md format v1): tensors and plain values only. `synced`: every
-        process builds it at this step (not one stopped alone by a signal)."""
+    def payload(self) -> dict[str, Any]:
+        """The checkpoint (DESIGN.md format v1): tensors and plain values only."""
         state = self.state
         data_order = {
             "seed": self.config.seed,
@@ -703,7 +709,7 @@ class Trainer:
             "config": self.config.to_dict(),
             "data_info": self.info.to_dict(),
             "rng_state": {**capture_rng_state(), "data_order": data_order},
-            "callbacks": {"train_state": self._train_state(synced)},
+            "callbacks": {"train_state": self._train_state()},
             "meta": ckpt_io.meta(),
         }
         if self.ema is not None:
@@ -713,18 +719,19 @@ class Trainer:
             payload.update(self.checkpoint_extras())
         return payload
 
-    def _train_state(self, synced: bool) -> dict[str, Any]:
-        """The counters to save; under DDP the running sums are the whole job's when every
-        process saves together (rank 0 takes them back at resume, the others start from 0)."""
+    def _train_state(self) -> dict[str, Any]:
+        """The counters to save; under DDP the running sums are the whole job's (every process
+        saves at the same steps: torchrun's processes take no signals of their own), and rank 0
+        takes them back at resume while the others start from zero."""
         saved = self.state.to_dict()
-        if self.dist.enabled and synced:
+        if self.dist.enabled:
             loss_sum, correct, samples = self._job_sums()
             saved.update(train_loss_sum=loss_sum, train_correct=correct, train_samples=int(samples))
         return saved
 
-    def save(self, synced: bool = True) -> None:
+    def save(self) -> None:
         """last.pt on rank 0, and the in-memory copy a rollback returns to (every rank)."""
-        payload = self.payload(synced)
+        payload = self.payload()
         if self.dist.is_main:
             path = self.files.write_last(payload)
             self._fire("on_checkpoint", path)

@@ -175,7 +175,7 @@ def split_dataset(config: Any, info: Any, *, data: str | None = None, split: str
     gets the checkpoint's mean/std; its shape and classes must match the model's.
     """
     from ptool.core.data import build_data
-    from ptool.core.data.common import TABULAR_IMAGE_SIZE
+    from ptool.core.data.common import TabularImageSize
     from ptool.core.errors import UsageError, unknown_name
 
     if split not in SPLITS:
@@ -189,9 +189,7 @@ def split_dataset(config: Any, info: Any, *, data: str | None = None, split: str
         data_config = data_config.replace(**changes)
     try:
         bundle = build_data(data_config)
-    except UsageError as exc:  # the model's image size, asked of a tabular source
-        if own or str(exc) != TABULAR_IMAGE_SIZE:
-            raise
+    except TabularImageSize:  # the model's image size, asked of a tabular source
         raise UsageError(
             f"--data {data} is tabular; the model expects images of shape {info.input_shape}"
         ) from None

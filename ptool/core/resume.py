@@ -136,7 +136,8 @@ def plan_resume(
     plan = ResumePlan(checkpoint, ckpt, config, reschedule)
     wait = ckpt.get("callbacks", {}).get("train_state", {}).get("early_stop_wait", 0)
     patience = config.early_stop_patience
-    if patience is not None and wait >= patience:  # the engine's own stopping rule
+    at_epoch_end = done > 0 and not ckpt.get("batch_in_epoch")
+    if at_epoch_end and patience is not None and wait >= patience:  # the engine's rule
         raise UsageError(
             f"{checkpoint} stopped early: {config.monitor} did not improve for {wait} epochs "
             f"(--early-stop-patience {patience})",

@@ -178,7 +178,7 @@ def test_impossible_parameters_are_usage_errors(args):
         (("linear", "--start-factor", "0"), r"--start-factor must be in \(0, 1\], got 0.0"),
         (("cosine", "--lr", "nan"), "--lr must be finite and positive, got nan"),
         (("cosine", "--lr", "1e400"), "--lr must be finite and positive, got inf"),
-        (("cosine", "--group-lrs", "nan,0.1"), "--group-lrs must be positive finite numbers"),
+        (("cosine", "--group-lrs", "nan,0.1"), "--group-lrs must be finite and positive, got nan"),
         (("plateau", "--patience", "-2"), "--patience must be at least 0, got -2"),
         (("--compare", 'cosine "x'), "--compare 'cosine \"x': no closing quotation"),
     ],

@@ -275,6 +275,8 @@ def test_bad_monitor_and_unwritable_out_fail_before_training(tmp_path):
         ({"betas": (0.9, 1.0)}, "--betas must be in [0, 1), got 1.0"),
         ({"ema": 1.0}, "--ema must be in (0, 1), got 1.0"),
         ({"clip_norm": 0.0}, "--clip-norm must be finite and positive, got 0.0"),
+        ({"lr": math.nan}, "--lr must be finite and positive, got nan"),  # before the optimizer
+        ({"warmup_start_factor": 2.0}, "--warmup-start-factor must be in (0, 1], got 2.0"),
         (
             {"grad_checkpoint": 1},
             "--grad-checkpoint 1 checkpoints nothing: the last of the K segments keeps its "

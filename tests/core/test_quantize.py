@@ -350,8 +350,13 @@ def test_a_moved_qat_run_resumes_from_anywhere(cnn_ckpt, tmp_path, monkeypatch):
     shutil.move(tmp_path / "old", tmp_path / "new")
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "new" / "qat" / "run"
-    report = _qat(None, tmp_path, "resumed", epochs=2, resume=str(run))  # a run directory
+    overrides = {"epochs": 2, "tensorboard": False}
+    options = _fast("qat", resume=str(run), train_overrides=overrides, evaluate=False)
+    options.output = str(tmp_path / "resumed.int8.pt")
+    report = quantize_checkpoint(None, options)  # a run directory, moved since
     assert Path(report["checkpoint"]).resolve() == (tmp_path / "new" / "best.pt").resolve()
+    assert ckpt_io.load_checkpoint(run / "last.pt")["epoch"] == 2  # continued where it is now
+    assert not (tmp_path / "old").exists()
     options = _fast("qat", resume=str(run), evaluate=False)
     with pytest.raises(UsageError, match="continues the QAT of .*, not of"):
         quantize_checkpoint(cnn_ckpt, options)

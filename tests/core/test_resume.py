@@ -193,6 +193,14 @@ def test_an_early_stopped_run_needs_more_patience_to_go_on(tmp_path):
     assert info.value.hint.endswith("--early-stop-patience 4")
     summary = resume_run(plan_resume(tmp_path / "run", {"early_stop_patience": 4}), quiet=True)
     assert summary.epochs == 5 and summary.status == "early_stopped"
+    # patience 0 stops at an epoch's end; a mid-epoch checkpoint has not stopped yet
+    config = small(tmp_path, "mid", epochs=2, early_stop_patience=0, save_every_steps=2)
+    fit(config, quiet=True)
+    mid = torch.load(tmp_path / "mid" / "last.pt", weights_only=True)
+    mid.update(epoch=0, batch_in_epoch=2)
+    mid["callbacks"]["train_state"].update(epoch=0, batch_in_epoch=2, early_stop_wait=0)
+    torch.save(mid, tmp_path / "mid.pt")
+    assert plan_resume(tmp_path / "mid.pt", {"out": str(tmp_path / "mid2")}).config.epochs == 2
 
 
 def test_run_dir_resumes_from_its_newest_valid_checkpoint(tmp_path):

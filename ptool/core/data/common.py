@@ -152,13 +152,14 @@ def in_memory_bundle(
     return DataBundle(train=train_set, val=TensorDataset(x_val, y_val), info=info)
 
 
-TABULAR_IMAGE_SIZE = "--image-size needs image data; this source is tabular"
+class TabularImageSize(UsageError):
+    """--image-size asked of tabular data (eval names the model's shape instead)."""
 
 
 def resize_images(x: torch.Tensor, size: int) -> torch.Tensor:
     """Resize a whole (N, C, H, W) tensor once (bilinear, antialiased) to size x size."""
     if x.dim() != 4:
-        raise UsageError(TABULAR_IMAGE_SIZE)
+        raise TabularImageSize("--image-size needs image data; this source is tabular")
     if size < 1:
         raise UsageError(f"--image-size must be positive, got {size}")
     return torch.nn.functional.interpolate(

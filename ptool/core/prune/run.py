@@ -181,8 +181,9 @@ class Pruner:
                 self.log(f"{follower}: output channels tied to {leader}'s, removed with them")
             layers = {name: m for name, m in layers.items() if name not in self.tied}
         scores = graph.bn_scales(layers) if options.method == "bn-scale" else None
-        dim = 0 if options.compact else options.dim
-        masks.prune_layers(layers, options.method, counts, n=options.n, dim=dim, scores=scores)
+        masks.prune_layers(
+            layers, options.method, counts, n=options.n, dim=options.dim, scores=scores
+        )
         if not options.compact:
             return
         chosen = {name: masks.pruned_slices(masks.mask_of(m), 0) for name, m in layers.items()}

@@ -21,7 +21,7 @@ from torch import nn
 
 from ptool.core import benchmark
 from ptool.core import checkpoint as ckpt_io
-from ptool.core.config import TrainConfig
+from ptool.core.config import TrainConfig, check_interval
 from ptool.core.errors import PtoolError, UsageError
 from ptool.core.quantize import ao
 
@@ -78,17 +78,12 @@ def check_options(options: QuantizeOptions) -> None:
         raise UsageError(
             f"--observer {observer} does not work with {mode}; valid: {', '.join(valid)}"
         )
-    for name in ("calib_batches", "bench_runs"):
-        if getattr(options, name) < 1:
-            flag = "--" + name.replace("_", "-")
-            raise UsageError(f"{flag} must be at least 1, got {getattr(options, name)}")
     # observers frozen before any batch keep empty ranges (inf/-inf); frozen batch-norm
     # statistics from epoch 0 keep the float model's, which is a valid choice
-    for name, low in (("freeze_observers_epoch", 1), ("freeze_bn_epoch", 0)):
-        value = getattr(options, name)
-        if value is not None and value < low:
-            flag = "--" + name.replace("_", "-")
-            raise UsageError(f"{flag} must be at least {low}, got {value}")
+    limits = {"calib_batches": "[1, inf)", "bench_runs": "[1, inf)"}
+    limits.update(freeze_observers_epoch="[1, inf)", freeze_bn_epoch="[0, inf)")
+    for name, interval in limits.items():
+        check_interval(name, getattr(options, name), interval)
     if options.resume and mode != "qat":
         raise UsageError(f"--resume continues a `ptool quantize qat` run, not {mode}")
 
@@ -359,7 +354,10 @@ def quantize_checkpoint(
     else:
         if resume_ckpt is not None:
             train_config = TrainConfig.from_dict(resume_ckpt["config"], source="checkpoint")
-            train_config = train_config.replace(**options.train_overrides, device="cpu")
+            run_dir = Path(options.resume)  # where the run is now, as `ptool resume` does
+            run_dir = run_dir if run_dir.is_dir() else run_dir.parent
+            overrides = {"out": str(run_dir), **options.train_overrides}
+            train_config = train_config.replace(**overrides, device="cpu")
         else:
             train_config = qat_config(config, options.train_overrides, path)
             recipe["qat"] = {
