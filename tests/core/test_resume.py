@@ -7,6 +7,7 @@ import errno
 import os
 import shutil
 import subprocess
+import time
 import warnings
 
 import pytest
@@ -71,6 +72,9 @@ def test_tensorboard_curves_continue_without_duplicated_or_missing_steps(tmp_pat
     with pytest.raises(RuntimeError, match="killed"):
         fit(config, callbacks=[DieAtStep9()], quiet=True)
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["global_step"] == 6
+    # TensorBoard reads event files in name order: a timestamp in seconds, then a per-process
+    # writer counter compared as text; a real resume is a new process seconds later
+    time.sleep(1.1)
     resume_run(plan_resume(tmp_path / "run", {}), quiet=True)
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
     assert [e.step for e in events.Scalars("lr")] == list(range(15))
