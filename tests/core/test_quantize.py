@@ -4,7 +4,6 @@ reloaded by `torch.load(weights_only=True)` + `restore.model_from_checkpoint`, T
 from __future__ import annotations
 
 import textwrap
-import warnings
 from pathlib import Path
 
 import pytest
@@ -173,13 +172,6 @@ def test_outputs_never_replace_the_input_or_land_on_a_directory(mlp_ckpt, tmp_pa
     assert source.read_bytes() == before
     with pytest.raises(UsageError, match="names a directory"):
         quantize_checkpoint(mlp_ckpt, _fast("dynamic", evaluate=False, output=str(tmp_path)))
-
-
-def test_loading_a_quantized_checkpoint_warns_nothing(static_report):
-    """prune/eval refuse or read it with their own one line, not torch's deprecation notice."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        ckpt_io.load_checkpoint(static_report["output"])
 
 
 def test_refuses_cuda_before_loading_anything(tmp_path):
