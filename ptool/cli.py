@@ -28,7 +28,8 @@ class _LazyGroup(PlainParams, TyperGroup):
             holder = typer.Typer(rich_markup_mode=self.rich_markup_mode)
             module = importlib.import_module(f"ptool.commands.{cmd_name.replace('-', '_')}")
             module.register(holder)
-            self.commands[cmd_name] = typer.main.get_group(holder).commands[cmd_name]
+            command = typer.main.get_group(holder).commands[cmd_name]
+            self.commands[cmd_name] = _reflowed(command)
         return self.commands.get(cmd_name)
 
     def resolve_command(self, ctx, args):
@@ -38,6 +39,19 @@ class _LazyGroup(PlainParams, TyperGroup):
             for name in difflib.get_close_matches(args[0], COMMANDS):
                 self.get_command(ctx, name)
         return super().resolve_command(ctx, args)
+
+
+def _reflowed(command):
+    """Join the single line breaks of a command's help (and its subcommands'): Typer's "rich"
+    mode keeps them, so docstring paragraphs wrapped at 100 columns came out ragged at 80."""
+    import inspect
+
+    if command.help:
+        paragraphs = inspect.cleandoc(command.help).split("\n\n")
+        command.help = "\n\n".join(" ".join(p.split()) for p in paragraphs)
+    for subcommand in getattr(command, "commands", {}).values():
+        _reflowed(subcommand)
+    return command
 
 
 app = typer.Typer(

@@ -8,6 +8,7 @@ import sys
 from importlib import metadata
 
 import pytest
+import typer
 
 from tests.conftest import run_ptool
 
@@ -51,6 +52,31 @@ def test_help_lists_subcommands():
     proc = run_ptool("--help")
     assert proc.returncode == 0
     assert "convcalc" in proc.stdout
+
+
+def _commands():
+    from ptool.cli import app
+
+    root = typer.main.get_command(app)
+    ctx = typer.Context(root)
+    for name in root.list_commands(ctx):
+        command = root.get_command(ctx, name)
+        yield name, command
+        for sub, subcommand in getattr(command, "commands", {}).items():
+            yield f"{name} {sub}", subcommand
+
+
+def test_help_paragraphs_wrap_to_the_terminal_and_arguments_read_as_metavars():
+    """Typer's rich mode keeps a docstring's line breaks; each paragraph must be one line so
+    it wraps at any width. Arguments show as CKPT/FILE/... like the README, not [ckpt]."""
+    seen = []
+    for name, command in _commands():
+        seen.append(name)
+        assert "\n" not in command.help.replace("\n\n", ""), name
+        for param in command.params:
+            if param.param_type_name == "argument":
+                assert param.metavar and param.metavar.isupper(), (name, param.name)
+    assert {"train", "prune", "quantize static", "inspect-checkpoint"} <= set(seen)
 
 
 @pytest.mark.parametrize(

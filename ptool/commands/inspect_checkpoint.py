@@ -22,6 +22,7 @@ def inspect_checkpoint(
     files: Annotated[
         list[str],
         typer.Argument(
+            metavar="FILE",
             help="Checkpoint files: ptool .pt, any torch.save state dict or nesting of one "
             "(Lightning, timm, pytorch_model.bin), .safetensors. Several: one line each.",
             show_default=False,

@@ -47,6 +47,7 @@ EXAMPLES = examples(
 ScheduleArg = Annotated[
     list[str] | None,
     typer.Argument(
+        metavar="SCHEDULE",
         help="Schedule name (as `train --scheduler`); with --compare, one quoted spec per "
         'schedule, e.g. "cosine --lr 0.1".',
         show_default=False,

@@ -23,7 +23,7 @@ def predict(
     inputs: Annotated[
         list[str],
         typer.Argument(
-            metavar="INPUT...",
+            metavar="INPUT",
             help="Image files or folders, a CSV, a .pt tensor file, or - for JSON lines on stdin.",
         ),
     ],

@@ -28,6 +28,7 @@ def prune(
     ckpt: Annotated[
         str | None,
         typer.Argument(
+            metavar="CKPT",
             help="Checkpoint from `ptool train` (default: the newest runs/*/best.pt).",
             show_default=False,
         ),

@@ -38,6 +38,7 @@ QAT_FIELDS = ["batch_size"] + [
 CkptArg = Annotated[
     str | None,
     typer.Argument(
+        metavar="CKPT",
         help="Checkpoint from `ptool train` (default: the newest runs/*/best.pt).",
         show_default=False,
     ),

@@ -22,6 +22,7 @@ def resume(
     ckpt: Annotated[
         str | None,
         typer.Argument(
+            metavar="CKPT",
             help="A checkpoint, or a run directory (its newest valid checkpoint). "
             "Default: the newest run under ./runs.",
             show_default=False,
