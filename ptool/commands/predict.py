@@ -93,9 +93,9 @@ def predict(
 
         out.print(predictions_table(predictions, info.task))
     if errors:
+        others = "; the others were predicted" if done else ""
         raise PtoolError(
-            f"{len(errors)} of {len(errors) + done} inputs failed (listed above); "
-            "the others were predicted"
+            f"{len(errors)} of {len(errors) + done} inputs failed (listed above){others}"
         )
 
 

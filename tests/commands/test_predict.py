@@ -60,6 +60,12 @@ def test_json_lines_with_a_failed_input_in_the_batch(workdir):
     ]
 
 
+def test_when_every_input_fails_no_others_are_claimed(ptool_in):
+    result = ptool_in("predict", "run/last.pt", "broken.png")
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == "error: 1 of 1 inputs failed (listed above)"
+
+
 def test_same_input_same_output_and_json_errors(ptool_in):
     first = ptool_in(
         "predict", "run/last.pt", "val.pt", "broken.png", "--json", "--batch-size", "7"
