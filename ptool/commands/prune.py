@@ -163,7 +163,6 @@ def prune(
         out.err.print(escape(line), soft_wrap=True)
 
     report = prune_checkpoint(ckpt, options, log=log if not quiet else lambda _: None, quiet=quiet)
-    out.info(f"pruned checkpoint: {escape(report['output'])}")
     out.result(report, lambda: report_view(report))
 
 
