@@ -163,6 +163,8 @@ def prune(
         out.err.print(escape(line), soft_wrap=True)
 
     report = prune_checkpoint(ckpt, options, log=log if not quiet else lambda _: None, quiet=quiet)
+    if out.json:  # the report says it otherwise
+        out.info(f"written: {escape(report['output'])}")
     out.result(report, lambda: report_view(report))
 
 

@@ -101,10 +101,8 @@ def _run(ckpt: str | None, options: Any, *, json: bool, quiet: bool) -> None:
         out.err.print(escape(line), soft_wrap=True)
 
     report = quantize_checkpoint(ckpt, options, log=log, quiet=quiet)
-    out.info(
-        f"{report['mode']} int8 model by {report['library']} ({report['backend']} kernels): "
-        f"{escape(report['output'])}"
-    )
+    if out.json:  # the table says it otherwise
+        out.info(f"written: {escape(report['output'])}")
     out.result(report, lambda: report_table(report))
 
 

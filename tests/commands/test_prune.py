@@ -30,6 +30,7 @@ def test_compact_json_on_the_newest_run_then_quantize_static(workdir):
     report = json.loads(result.stdout)  # stdout is one JSON document and nothing else
     assert "using the newest run's checkpoint: runs/tiny/best.pt" in result.stderr
     assert report["output"] == "runs/tiny/best.pruned.pt"
+    assert result.stderr.splitlines()[-1] == "written: runs/tiny/best.pruned.pt"
     assert "re-estimated the statistics of 2 batch-norm layers on 2 training batches" in (
         result.stderr
     )
@@ -67,6 +68,7 @@ def test_human_report(workdir, monkeypatch):
     for text in ("body.0.conv", "8x1x3x3", "sparsity", "file size, gzip", "latency, batch 64",
                  "val/accuracy", "written: masked.pt (with weight_orig/weight_mask"):  # fmt: skip
         assert text in result.stdout
+    assert result.output.count("masked.pt") == 1  # named once, by the report
     state = torch.load(workdir / "masked.pt", weights_only=True)["model_state_dict"]
     assert int((state["body.0.conv.weight_mask"] == 0).sum()) == 7
 

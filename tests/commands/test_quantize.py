@@ -25,7 +25,7 @@ def test_static_json_on_the_newest_run(workdir):
     report = json.loads(result.stdout)  # stdout is one JSON document and nothing else
     assert report["checkpoint"] == "runs/tiny/best.pt"
     assert "using the newest run's checkpoint: runs/tiny/best.pt" in result.stderr
-    assert "static int8 model by torch.ao.quantization" in result.stderr
+    assert f"written: {report['output']}" in result.stderr
     assert "Deprecat" not in result.stderr and "UserWarning" not in result.stderr
     assert set(report["fp32"]) == set(report["quantized"])
     assert {"size", "param_bytes", "speedup_batch_1", "speedup_batch_n"} <= set(report["ratios"])
