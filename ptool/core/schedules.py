@@ -93,12 +93,27 @@ def check_schedule(config: TrainConfig, steps_per_epoch: int) -> None:
         )
     if config.warmup_epochs and config.warmup_steps:
         raise UsageError("give --warmup-epochs or --warmup-steps, not both")
+    if name == "onecycle":
+        check_onecycle_ends(config)
     if name == "multistep":
         ms = config.milestones
         if not ms:
             raise UsageError("multistep needs --milestones, e.g. --milestones 30,60")
         if any(b <= a for a, b in zip(ms, ms[1:], strict=False)) or ms[0] < 1:
             raise UsageError(f"--milestones must be positive and strictly increasing, got {ms}")
+
+
+def check_onecycle_ends(config: TrainConfig) -> None:
+    """OneCycleLR starts at max_lr / div_factor and ends that / final_div_factor: each in range
+    on its own, two factors can still overflow to an infinite lr (or underflow to 0 at start)."""
+    start = (config.max_lr or config.lr) / config.div_factor
+    end = start / config.final_div_factor
+    if not (0 < start < math.inf and end < math.inf):
+        raise UsageError(
+            f"onecycle would run from {start:g} to {end:g}: --div-factor {config.div_factor:g} "
+            f"and --final-div-factor {config.final_div_factor:g} leave no finite, positive lr",
+            hint="the defaults are --div-factor 25 --final-div-factor 1e4",
+        )
 
 
 def _finite(value: float | None) -> bool:

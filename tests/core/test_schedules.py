@@ -217,6 +217,8 @@ NAN, INF = float("nan"), float("inf")
         ({"scheduler": "onecycle", "div_factor": -2.0}, "--div-factor must be"),
         ({"scheduler": "onecycle", "final_div_factor": 0.0}, "--final-div-factor must be"),
         ({"scheduler": "onecycle", "max_lr": NAN}, "--max-lr must be finite and positive"),
+        ({"scheduler": "onecycle", "div_factor": 1e-320}, "onecycle would run from inf to inf"),
+        ({"scheduler": "onecycle", "div_factor": 1e-300, "final_div_factor": 1e-300}, "to inf"),
         ({"scheduler": "cosine", "eta_min": -1.0}, "--eta-min must be finite and at least 0"),
         ({"scheduler": "cosine-warm-restarts", "eta_min": NAN}, "--eta-min must be"),
         ({"scheduler": "exponential", "gamma": NAN}, "--gamma must be finite and positive"),
