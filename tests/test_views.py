@@ -1,10 +1,11 @@
-"""Rendering of user-given names: class labels and input names are text, never rich markup."""
+"""Rendering: user-given names are text, never rich markup; reports say what they measured."""
 
 from __future__ import annotations
 
 from rich.console import Console
 
 from ptool.ui.eval_view import confusion_table, per_class_table
+from ptool.ui.inspect_view import pruning_table
 from ptool.ui.predict_view import predictions_table
 
 NAMES = ["[red]", "[b]x[/b]"]
@@ -33,3 +34,22 @@ def test_inputs_and_labels_in_predict_table_are_shown_as_written():
               "probabilities": {"[b]x[/b]": 0.9}}  # fmt: skip
     text = _rendered(predictions_table([record], "classification"))
     assert "[red].png" in text and "[b]x[/b]: 90.0%" in text
+
+
+def test_a_compacted_checkpoint_reports_what_was_removed_not_zero_sparsity():
+    shapes = {"body.0.conv.weight": [16, 1, 3, 3], "head.weight": [10, 64]}
+    pruning = {
+        "source": "weights",
+        "sparsity": 0.0,  # no zeros: the channels are gone
+        "layers": [{"name": "body.0.conv.weight", "numel": 144, "zeros": 0, "sparsity": 0.0}],
+        "recipe": {"method": "ln-structured", "compacted": True, "architecture": shapes,
+                   "sparsity": 0.75},
+    }  # fmt: skip
+    text = _rendered(pruning_table(pruning))
+    assert (
+        "Pruning (compacted): 75.00% of the selected weights removed; zeros among those "
+        "left 0.00%" in text
+    )
+    assert "architecture=2 tensor shapes" in text and "[16, 1, 3, 3]" not in text
+    pruning["recipe"]["compacted"] = False
+    assert "Pruning (from weights): overall sparsity 0.00%" in _rendered(pruning_table(pruning))

@@ -152,7 +152,12 @@ def optimizer_tables(report: dict[str, Any]) -> list[RenderableType]:
 
 
 def _recipe(recipe: dict[str, Any] | None) -> str | None:
-    return f"recipe: {escape(_value(recipe))}" if recipe else None
+    if not recipe:
+        return None
+    shapes = recipe.get("architecture")
+    if isinstance(shapes, dict):  # the Tensors table shows them; the JSON keeps them
+        recipe = {**recipe, "architecture": f"{len(shapes)} tensor shapes"}
+    return f"recipe: {escape(_value(recipe))}"
 
 
 def pruning_table(pruning: dict[str, Any]) -> Group:
@@ -166,10 +171,15 @@ def pruning_table(pruning: dict[str, Any]) -> Group:
             _value(layer["zeros"]),
             "-" if sparsity is None else f"{sparsity:.2%}",
         )
-    title = (
-        f"Pruning (from {pruning['source']}): overall sparsity "
-        f"{'-' if overall is None else f'{overall:.2%}'}"
-    )
+    zeros = "-" if overall is None else f"{overall:.2%}"
+    title = f"Pruning (from {pruning['source']}): overall sparsity {zeros}"
+    recipe = pruning["recipe"] or {}
+    removed = recipe.get("sparsity")
+    if recipe.get("compacted") and isinstance(removed, float):
+        title = (
+            f"Pruning (compacted): {removed:.2%} of the selected weights removed; "
+            f"zeros among those left {zeros}"
+        )
     return _section(title, table, _recipe(pruning["recipe"]))
 
 
