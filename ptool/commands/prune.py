@@ -21,7 +21,8 @@ EXAMPLES = examples(
 )
 
 # Fine-tuning takes train's own flags, as `quantize qat` does; --finetune-epochs is --epochs.
-FINETUNE_FIELDS = [name for name in QAT_FIELDS if name != "epochs"]
+# Fine-tuning takes QAT's train flags, plus the device and precision QAT (a CPU run) lacks.
+FINETUNE_FIELDS = [name for name in QAT_FIELDS if name != "epochs"] + ["device", "precision"]
 
 
 def prune(

@@ -108,6 +108,7 @@ def test_a_quantized_input_is_refused_in_one_line(workdir):
         (["--compact"], 2, "error: --compact removes whole channels"),
         (["--method", "ln-structured", "--compact", "--dim", "1"], 2, "error: --compact removes"),
         (["--method", "bn-scale", "--dim", "1"], 2, "error: --method bn-scale ranks output"),
+        (["--finetune-epochs", "1", "--lr", "-1"], 2, "error: --lr must be finite and positive"),
     ],
 )
 def test_bad_input_exits_with_one_line(workdir, args, code, message):
@@ -115,3 +116,12 @@ def test_bad_input_exits_with_one_line(workdir, args, code, message):
     assert result.returncode == code
     assert result.stderr.startswith(message), result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal needs a machine without CUDA")
+def test_finetune_device_reaches_the_engine(workdir):
+    args = ("runs/tiny/best.pt", "--finetune-epochs", "1", "--device", "cuda", "--no-eval")
+    result = run_ptool("prune", *args, "-o", "gpu.pt", cwd=workdir)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: --device cuda: no CUDA GPU is available"), result.stderr
+    assert not (workdir / "gpu.pt").exists()

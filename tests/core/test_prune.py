@@ -15,9 +15,11 @@ from torch import nn
 from torch.nn.utils import prune
 
 from ptool.core import checkpoint as ckpt_io
+from ptool.core.config import TrainConfig
 from ptool.core.errors import PtoolError, UsageError
 from ptool.core.prune import PruneOptions, apply_architecture, prune_checkpoint
 from ptool.core.prune.masks import schedule
+from ptool.core.prune.run import finetune_config
 from ptool.core.restore import model_from_checkpoint
 from tests.core.test_quantize import write_checkpoint
 
@@ -293,6 +295,15 @@ def test_finetune_keeps_pruned_weights_at_zero(cnn_ckpt, tmp_path):
     best = ckpt_io.load_checkpoint(tmp_path / "ft" / "step-2" / "best.pt")
     assert best["pruning"]["masks"] is True
     model_from_checkpoint(best)
+
+
+def test_finetuning_runs_on_this_machines_device_not_the_runs(tmp_path):
+    """A checkpoint trained on cuda:3 fine-tunes where `prune` runs (auto), or on --device."""
+    run = TrainConfig(device="cuda:3", compile=True, ema=0.9)
+    source = tmp_path / "run" / "best.pt"
+    config = finetune_config(run, {}, source, 2)
+    assert (config.device, config.compile, config.ema, config.epochs) == ("auto", False, None, 2)
+    assert finetune_config(run, {"device": "cpu"}, source, 2).device == "cpu"
 
 
 def test_compacted_finetune_run_rebuilds(cnn_ckpt, tmp_path):

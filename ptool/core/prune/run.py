@@ -39,7 +39,8 @@ def finetune_config(
     config: TrainConfig, overrides: dict[str, Any], source: Path, epochs: int
 ) -> TrainConfig:
     """The run's own config (optimizer, lr, schedule, batch size) for `epochs` epochs in a run
-    dir beside the checkpoint (<ckpt dir>/prune/<time>), then the flags given; on the CPU."""
+    dir beside the checkpoint (<ckpt dir>/prune/<time>), then the flags given. The device is
+    this machine's (`auto`, as train's default), not the one the run was trained on."""
     from ptool.core import rundir
 
     values = {
@@ -48,8 +49,8 @@ def finetune_config(
         "init_from": None,
         "ema": None,
         "compile": False,
+        "device": "auto",
         **overrides,
-        "device": "cpu",
     }
     return config.replace(**values)
 
@@ -282,7 +283,7 @@ def _finetune(
     best = summary.checkpoints.get("best")
     if best:
         pruner.model.load_state_dict(ckpt_io.load_checkpoint(best)["model_state_dict"])
-    pruner.model.eval()
+    pruner.model.cpu().eval()  # fit() moved it to its device; pruning and the report run here
     return summary.to_dict()
 
 
@@ -311,6 +312,16 @@ def prune_checkpoint(
     config, info = config_and_info(ckpt)
     if "batch_size" in options.train_overrides:
         config = config.replace(batch_size=options.train_overrides["batch_size"])
+    base_config = None
+    if options.finetune_epochs:  # its flags are checked before any pruning work
+        from ptool.core.engine import check_config
+        from ptool.core.runtime import resolve_device
+
+        base_config = finetune_config(
+            config, options.train_overrides, path, options.finetune_epochs
+        )
+        check_config(base_config)
+        resolve_device(base_config.device)
     model = model_from_checkpoint(ckpt).eval()
     layers = masks.select_layers(
         model,
@@ -368,11 +379,6 @@ def prune_checkpoint(
         return _recipe(options, pruner.model, selected, previous, path, seed)
 
     history: list[dict[str, Any]] = []
-    base_config = None
-    if options.finetune_epochs:
-        base_config = finetune_config(
-            config, options.train_overrides, path, options.finetune_epochs
-        )
     for k in range(1, options.steps + 1):
         counts = {
             name: counts[k - 1] - (counts[k - 2] if k > 1 else 0)
