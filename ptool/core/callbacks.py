@@ -140,12 +140,21 @@ class TensorBoardLog:
     """A SummaryWriter with the tags ptool promises (see the README's TensorBoard section)."""
 
     def __init__(self, log_dir: Path, *, purge_step: int | None = None):
-        """`purge_step`: a resumed run's first step; TensorBoard hides what the interrupted
-        run logged from that step on, so the curves have no duplicated steps."""
+        """`purge_step`: a resumed run's first step; TensorBoard hides what the earlier run
+        logged from that step on (every tag: per-epoch tags are logged at a step too), so the
+        curves have no duplicated steps."""
         from torch.utils.tensorboard import SummaryWriter
 
         self.log_dir = log_dir
         self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+
+    def purge_from(self, step: int) -> None:
+        """Hide what this log holds from `step` on, as `purge_step` does at start-up: the
+        SessionLog.START event tells TensorBoard's reader to drop it (a rollback replays it)."""
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+
+        start = SessionLog(status=SessionLog.START)
+        self.writer._get_file_writer().add_event(Event(step=step, session_log=start))
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         self.writer.add_scalar(tag, value, step)

@@ -358,11 +358,8 @@ class Trainer:
         return tb
 
     def _purge_step(self) -> int | None:
-        """Where a resumed run's TensorBoard log restarts. TensorBoard purges every tag from
-        that step on, and per-epoch tags use the epoch number as their step: with one step per
-        epoch the two coincide, and purging would hide the last epoch's validation."""
-        if self.resumed_at is None or self.resumed_at <= self.state.epoch:
-            return None
+        """Where a resumed run's TensorBoard log restarts: TensorBoard hides every tag from that
+        step on, which is exact because per-epoch tags sit at their epoch's last step."""
         return self.resumed_at
 
     # --- data order ----------------------------------------------------------------------
@@ -567,7 +564,7 @@ class Trainer:
         if contributed:
             last_step = state.batch_in_epoch == self.batches_per_epoch
             if self.tb is not None and config.log_histograms and last_step:
-                self.tb.histograms(self.model, state.epoch + 1, grads=True)  # before zero_grad
+                self.tb.histograms(self.model, state.global_step, grads=True)  # before zero_grad
             if config.clip_norm is not None or config.clip_value is not None:
                 self.scaler.unscale_(self.optimizer)
                 params = [p for p in self.model.parameters() if p.grad is not None]
@@ -667,9 +664,11 @@ class Trainer:
         if self.tb is not None:
             # per-step train/loss owns its tag; the epoch means go to train_epoch/*
             epoch_tags = {k.replace("train/", "train_epoch/"): v for k, v in metrics.items()}
-            self.tb.scalars({k: v for k, v in epoch_tags.items() if k != "lr"}, state.epoch)
+            epoch_tags["epoch"] = state.epoch
+            step = self._epoch_step()
+            self.tb.scalars({k: v for k, v in epoch_tags.items() if k != "lr"}, step)
             if config.log_histograms:
-                self.tb.histograms(self.model, state.epoch)
+                self.tb.histograms(self.model, step)
         self.log(self._epoch_line(metrics))
         self._fire("on_epoch_end", metrics)
         patience = config.early_stop_patience
@@ -770,12 +769,21 @@ class Trainer:
 
     def _rollback(self) -> None:
         """Back to the last good state with the lr halved once per rollback so far: that
-        state's optimizer holds the halvings made before it was saved, not the later ones."""
+        state's optimizer holds the halvings made before it was saved, not the later ones.
+        TensorBoard drops what was logged since, as the steps are replayed."""
         rollbacks = self.state.rollbacks + 1
         self.load_state(self._good)
         halved = self.state.rollbacks
         self.state.rollbacks = rollbacks
         self.schedule.scale_lr(0.5 ** (rollbacks - halved))
+        if self.tb is not None:
+            self.tb.purge_from(self.state.global_step)
+
+    def _epoch_step(self) -> int:
+        """The TensorBoard step of per-epoch tags: the index of the epoch's last optimizer
+        step, so they share the x-axis with `train/loss` and `lr` and a resume purges them
+        exactly."""
+        return max(self.state.global_step - 1, 0)
 
     # --- reporting -----------------------------------------------------------------------
 

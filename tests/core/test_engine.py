@@ -147,6 +147,22 @@ def test_nonfinite_rollback_halves_the_lr_and_gives_up_after_three(tmp_path):
         fit(config.replace(out=str(tmp_path / "always")), quiet=True, prepare_model=AlwaysNaN)
 
 
+def test_a_rollback_replaces_the_replayed_steps_in_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = small(
+        tmp_path, on_nonfinite="rollback", optimizer="sgd", lr=0.1, tensorboard=True,
+        log_every_steps=1,
+    )  # fmt: skip
+    fit(config, quiet=True, prepare_model=lambda m: NaNAt(m, {7}))  # back to step 5, lr halved
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
+    lr = events.Scalars("lr")
+    assert [e.step for e in lr] == list(range(10))
+    assert [e.value for e in lr] == pytest.approx([0.1] * 5 + [0.05] * 5)
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(10))
+    assert [e.step for e in events.Scalars("val/loss")] == [4, 9]
+
+
 @pytest.mark.parametrize(
     ("calls", "epochs"),
     [({7, 8}, 2), ({7, 20}, 4)],  # back to back; with a checkpoint (lr 0.05) between them
@@ -307,9 +323,11 @@ def test_tensorboard_tags(tmp_path):
     tags = set(events.Tags()["scalars"])
     assert {"lr", "lr/group1", "train/loss", "val/loss", "val/accuracy"} <= tags
     assert [e.step for e in events.Scalars("lr")] == list(range(10))
-    assert [e.step for e in events.Scalars("val/loss")] == [1, 2]
     assert [e.step for e in events.Scalars("train/loss")] == [0, 2, 4, 6, 8]
-    assert [e.step for e in events.Scalars("train_epoch/accuracy")] == [1, 2]
+    # per-epoch tags at the index of the epoch's last step (5 steps per epoch)
+    assert [e.step for e in events.Scalars("val/loss")] == [4, 9]
+    assert [e.step for e in events.Scalars("train_epoch/accuracy")] == [4, 9]
+    assert [(e.step, e.value) for e in events.Scalars("epoch")] == [(4, 1), (9, 2)]
 
 
 def test_resume_from_a_mid_epoch_checkpoint_matches_the_uninterrupted_run(tmp_path):

@@ -78,9 +78,28 @@ def test_tensorboard_curves_continue_without_duplicated_or_missing_steps(tmp_pat
     resume_run(plan_resume(tmp_path / "run", {}), quiet=True)
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
     assert [e.step for e in events.Scalars("lr")] == list(range(15))
-    assert [e.step for e in events.Scalars("val/loss")] == [1, 2, 3]
+    assert [e.step for e in events.Scalars("val/loss")] == [4, 9, 14]
     expected = [r["lr"] for r in lr_series(config, steps_per_epoch=5)]
     assert [e.value for e in events.Scalars("lr")] == pytest.approx(expected, rel=1e-6)
+
+
+def test_resuming_from_an_earlier_epoch_replaces_the_later_curves(tmp_path):
+    """From epoch-1.pt of a finished run: epochs 2 and 3 are trained again, and TensorBoard
+    shows each step and each epoch once."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = small(tmp_path, "run", tensorboard=True, keep_last=3, log_every_steps=1, **EXACT)
+    fit(config, quiet=True)
+    time.sleep(1.1)  # see the test above
+    plan = plan_resume(tmp_path / "run" / "epoch-1.pt", {})
+    assert "epoch 2/3" in plan.notes[0]
+    resume_run(plan, quiet=True)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(15))
+    assert [e.step for e in events.Scalars("val/loss")] == [4, 9, 14]
+    assert [(e.step, e.value) for e in events.Scalars("epoch")] == [(4, 1), (9, 2), (14, 3)]
+    resumed = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["metrics"]
+    assert events.Scalars("val/loss")[-1].value == pytest.approx(resumed["val/loss"])
 
 
 def test_extending_a_finished_run_continues_or_replans_the_schedule(tmp_path):
