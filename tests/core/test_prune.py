@@ -297,6 +297,27 @@ def test_finetune_keeps_pruned_weights_at_zero(cnn_ckpt, tmp_path):
     model_from_checkpoint(best)
 
 
+def test_the_step_after_finetuning_ranks_the_finetuned_weights(cnn_ckpt, tmp_path):
+    """Step 2 prunes the smallest |weight| of what fine-tuning's best epoch left (torch's
+    iterative l1), not the masked copy from the last training forward."""
+    # the best of 2 epochs by the highest val/loss: epoch 1, not the weights fit() ended with
+    overrides = {"tensorboard": False, "out": str(tmp_path / "ft"), "seed": 0, "mode": "max"}
+    _, saved = _prune(
+        cnn_ckpt, tmp_path, amount=0.6, steps=2, finetune_epochs=2, make_permanent=False,
+        train_overrides=overrides,
+    )  # fmt: skip
+    tuned = torch.load(tmp_path / "ft" / "step-1" / "best.pt", weights_only=True)
+    assert tuned["epoch"] == 1
+    for name in CONVS:
+        mask = tuned["model_state_dict"][f"{name}.weight_mask"]
+        weight = tuned["model_state_dict"][f"{name}.weight_orig"] * mask
+        more = round(0.6 * mask.numel()) - int((mask == 0).sum())
+        left = mask.flatten().nonzero().flatten()
+        oracle = mask.flatten().clone()
+        oracle[left[weight.flatten()[left].abs().argsort()[:more]]] = 0
+        assert torch.equal(saved["model_state_dict"][f"{name}.weight_mask"].flatten(), oracle)
+
+
 def test_finetuning_runs_on_this_machines_device_not_the_runs(tmp_path):
     """A checkpoint trained on cuda:3 fine-tunes where `prune` runs (auto), or on --device."""
     run = TrainConfig(device="cuda:3", compile=True, ema=0.9)

@@ -283,7 +283,10 @@ def _finetune(
     best = summary.checkpoints.get("best")
     if best:
         pruner.model.load_state_dict(ckpt_io.load_checkpoint(best)["model_state_dict"])
-    pruner.model.cpu().eval()  # fit() moved it to its device; pruning and the report run here
+    # fit() moved it to its device; pruning and the report run here. The masked `weight`
+    # attributes are neither parameters nor buffers: recompute them from the weights now held
+    # (else the next step ranks the last training forward's copy, on the fit() device)
+    masks.refresh_weights(pruner.model.cpu()).eval()
     return summary.to_dict()
 
 
