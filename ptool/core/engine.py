@@ -147,12 +147,11 @@ LIMITS: dict[str, str] = {
 
 def check_config(config: TrainConfig) -> None:
     """Values no type check catches, refused before any data is loaded."""
-    from ptool.core.schedules import RANGES, check_range
+    from ptool.core.schedules import check_schedule_flags
 
     for name, interval in LIMITS.items():
         check_interval(name, getattr(config, name), interval)
-    for name in RANGES:  # the schedule's own, before any data or model is built
-        check_range(config, name)
+    check_schedule_flags(config)  # the schedule's own, before any data or model is built
     if config.grad_checkpoint == 1:
         raise UsageError(
             "--grad-checkpoint 1 checkpoints nothing: the last of the K segments keeps its "
@@ -162,6 +161,19 @@ def check_config(config: TrainConfig) -> None:
     low, high = config.resized_crop_scale
     if low > high:
         raise UsageError(f"--resized-crop-scale {low:g},{high:g}: the lower bound comes first")
+
+
+def check_monitor(config: TrainConfig, info: Any) -> None:
+    """--monitor names a metric the run logs (for the data's task, with --ema or not)."""
+    valid = metric_names(info, "train")[:1] + metric_names(info, "val")
+    if info.task == "classification":
+        valid.insert(1, "train/accuracy")
+    if config.ema is not None:
+        valid += metric_names(info, "val_ema")
+    if config.monitor not in valid:
+        raise UsageError(
+            f"--monitor {config.monitor!r} is not a metric of this run; valid: {', '.join(valid)}"
+        )
 
 
 def _norm_statistics(model: nn.Module) -> list[torch.Tensor]:
@@ -229,7 +241,7 @@ class Trainer:
 
         self.data = data if data is not None else build_data(self.config)
         self.info = self.data.info
-        self._check_monitor()
+        check_monitor(config, self.info)
         if model is None:
             from ptool.core.models import build_model
 
@@ -272,18 +284,6 @@ class Trainer:
         self.stop = StopRequest(self.log, install=not self.dist.enabled)
 
     # --- setup ---------------------------------------------------------------------------
-
-    def _check_monitor(self) -> None:
-        valid = metric_names(self.info, "train")[:1] + metric_names(self.info, "val")
-        if self.info.task == "classification":
-            valid.insert(1, "train/accuracy")
-        if self.config.ema is not None:
-            valid += metric_names(self.info, "val_ema")
-        if self.monitor.name not in valid:
-            raise UsageError(
-                f"--monitor {self.monitor.name!r} is not a metric of this run; "
-                f"valid: {', '.join(valid)}"
-            )
 
     def _init_from(self, model: nn.Module, path: str) -> None:
         """Weights only (fine-tuning, transfer): a ptool checkpoint, a plain state_dict or the

@@ -78,6 +78,18 @@ def check_range(config: TrainConfig, name: str) -> None:
 
 def check_schedule(config: TrainConfig, steps_per_epoch: int) -> None:
     """Refuse impossible parameters before anything is built, one line each."""
+    check_schedule_flags(config)
+    if steps_per_epoch < 1:
+        raise UsageError(
+            f"{config.scheduler} steps per optimizer step and needs a total step count "
+            f"(epochs x steps per epoch); steps per epoch is {steps_per_epoch}",
+            hint="give --steps-per-epoch, or --samples and --batch-size",
+        )
+
+
+def check_schedule_flags(config: TrainConfig) -> None:
+    """What check_schedule refuses without knowing the steps per epoch (train, prune and QAT
+    check it before loading data)."""
     name = config.scheduler
     if name not in SCHEDULES:
         from ptool.core.errors import unknown_name
@@ -85,12 +97,6 @@ def check_schedule(config: TrainConfig, steps_per_epoch: int) -> None:
         raise unknown_name("scheduler", name, SCHEDULES)
     for field_name in RANGES:
         check_range(config, field_name)
-    if steps_per_epoch < 1:
-        raise UsageError(
-            f"{name} steps per optimizer step and needs a total step count "
-            f"(epochs x steps per epoch); steps per epoch is {steps_per_epoch}",
-            hint="give --steps-per-epoch, or --samples and --batch-size",
-        )
     if config.warmup_epochs and config.warmup_steps:
         raise UsageError("give --warmup-epochs or --warmup-steps, not both")
     if name == "onecycle":

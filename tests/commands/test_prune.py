@@ -109,6 +109,8 @@ def test_a_quantized_input_is_refused_in_one_line(workdir):
         (["--method", "ln-structured", "--compact", "--dim", "1"], 2, "error: --compact removes"),
         (["--method", "bn-scale", "--dim", "1"], 2, "error: --method bn-scale ranks output"),
         (["--finetune-epochs", "1", "--lr", "-1"], 2, "error: --lr must be finite and positive"),
+        (["--finetune-epochs", "1", "--scheduler", "multistep"], 2, "error: multistep needs"),
+        (["--finetune-epochs", "1", "--monitor", "val/bogus"], 2, "error: --monitor 'val/bogus'"),
     ],
 )
 def test_bad_input_exits_with_one_line(workdir, args, code, message):

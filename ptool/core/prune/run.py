@@ -317,13 +317,14 @@ def prune_checkpoint(
         config = config.replace(batch_size=options.train_overrides["batch_size"])
     base_config = None
     if options.finetune_epochs:  # its flags are checked before any pruning work
-        from ptool.core.engine import check_config
+        from ptool.core.engine import check_config, check_monitor
         from ptool.core.runtime import resolve_device
 
         base_config = finetune_config(
             config, options.train_overrides, path, options.finetune_epochs
         )
         check_config(base_config)
+        check_monitor(base_config, info)
         resolve_device(base_config.device)
     model = model_from_checkpoint(ckpt).eval()
     layers = masks.select_layers(
