@@ -348,14 +348,20 @@ class Trainer:
             return None
         tb = TensorBoardLog(self.run_dir / "tensorboard", purge_step=self._purge_step())
         val = self.data.val
-        if self.info.is_image and len(val) and self.resumed_at is None:
-            tb.images(torch.stack([val[i][0] for i in range(min(16, len(val)))]))
+        if self.resumed_at is None:
+            self._log_inputs(tb)
         if self.config.log_graph:
             example = torch.stack([val[i][0] for i in range(min(2, len(val)))]).to(self.device)
             reason = tb.graph(self.model, example)
             if reason:
                 self.log(f"--log-graph: the model could not be traced ({reason})")
         return tb
+
+    def _log_inputs(self, tb: TensorBoardLog) -> None:
+        """A few validation images at step 0, for image data."""
+        val = self.data.val
+        if self.info.is_image and len(val):
+            tb.images(torch.stack([val[i][0] for i in range(min(16, len(val)))]))
 
     def _purge_step(self) -> int | None:
         """Where a resumed run's TensorBoard log restarts: TensorBoard hides every tag from that
@@ -778,6 +784,8 @@ class Trainer:
         self.schedule.scale_lr(0.5 ** (rollbacks - halved))
         if self.tb is not None:
             self.tb.purge_from(self.state.global_step)
+            if self.state.global_step == 0:
+                self._log_inputs(self.tb)  # purged with everything else at step 0
 
     def _epoch_step(self) -> int:
         """The TensorBoard step of per-epoch tags: the index of the epoch's last optimizer

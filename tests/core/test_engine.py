@@ -163,6 +163,19 @@ def test_a_rollback_replaces_the_replayed_steps_in_tensorboard(tmp_path):
     assert [e.step for e in events.Scalars("val/loss")] == [4, 9]
 
 
+def test_a_rollback_to_step_0_keeps_the_input_images(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = small(
+        tmp_path, shape="1x8x8", model="cnn", channels=[4], on_nonfinite="rollback",
+        optimizer="sgd", lr=0.1, tensorboard=True,
+    )  # fmt: skip
+    fit(config, quiet=True, prepare_model=lambda m: NaNAt(m, {2}))  # before the first save
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
+    assert [e.step for e in events.Images("inputs")] == [0]
+    assert [e.step for e in events.Scalars("lr")] == list(range(10))
+
+
 @pytest.mark.parametrize(
     ("calls", "epochs"),
     [({7, 8}, 2), ({7, 20}, 4)],  # back to back; with a checkpoint (lr 0.05) between them
