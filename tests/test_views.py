@@ -38,18 +38,24 @@ def test_inputs_and_labels_in_predict_table_are_shown_as_written():
 
 def test_a_compacted_checkpoint_reports_what_was_removed_not_zero_sparsity():
     shapes = {"body.0.conv.weight": [16, 1, 3, 3], "head.weight": [10, 64]}
+    compacted = {"method": "ln-structured", "compacted": True, "architecture": shapes,
+                 "sparsity": 0.75, "torch_pruning_version": "1.6.0"}  # fmt: skip
     pruning = {
         "source": "weights",
         "sparsity": 0.0,  # no zeros: the channels are gone
         "layers": [{"name": "body.0.conv.weight", "numel": 144, "zeros": 0, "sparsity": 0.0}],
-        "recipe": {"method": "ln-structured", "compacted": True, "architecture": shapes,
-                   "sparsity": 0.75},
-    }  # fmt: skip
+        "recipe": compacted,
+    }
     text = _rendered(pruning_table(pruning))
     assert (
         "Pruning (compacted): 75.00% of the selected weights removed; zeros among those "
         "left 0.00%" in text
     )
     assert "architecture=2 tensor shapes" in text and "[16, 1, 3, 3]" not in text
-    pruning["recipe"]["compacted"] = False
-    assert "Pruning (from weights): overall sparsity 0.00%" in _rendered(pruning_table(pruning))
+    # pruned again without --compact: the zeros are this round's, the shapes the earlier one's
+    pruning["sparsity"] = 0.3
+    pruning["recipe"] = {"method": "l1-unstructured", "compacted": True, "architecture": shapes,
+                         "sparsity": 0.3, "previous": compacted}  # fmt: skip
+    text = _rendered(pruning_table(pruning))
+    assert "Pruning (from weights): overall sparsity 30.00%" in text
+    assert text.count("architecture=2 tensor shapes") == 2 and "[16, 1, 3, 3]" not in text

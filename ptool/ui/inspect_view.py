@@ -151,13 +151,19 @@ def optimizer_tables(report: dict[str, Any]) -> list[RenderableType]:
     return out
 
 
-def _recipe(recipe: dict[str, Any] | None) -> str | None:
-    if not recipe:
-        return None
-    shapes = recipe.get("architecture")
-    if isinstance(shapes, dict):  # the Tensors table shows them; the JSON keeps them
+def _shapes_counted(recipe: dict[str, Any]) -> dict[str, Any]:
+    """A pruning recipe (and the earlier rounds it keeps) with `architecture` as a count: the
+    Tensors table shows the shapes, the JSON keeps them."""
+    shapes, previous = recipe.get("architecture"), recipe.get("previous")
+    if isinstance(shapes, dict):
         recipe = {**recipe, "architecture": f"{len(shapes)} tensor shapes"}
-    return f"recipe: {escape(_value(recipe))}"
+    if isinstance(previous, dict):
+        recipe = {**recipe, "previous": _shapes_counted(previous)}
+    return recipe
+
+
+def _recipe(recipe: dict[str, Any] | None) -> str | None:
+    return f"recipe: {escape(_value(_shapes_counted(recipe)))}" if recipe else None
 
 
 def pruning_table(pruning: dict[str, Any]) -> Group:
@@ -175,7 +181,8 @@ def pruning_table(pruning: dict[str, Any]) -> Group:
     title = f"Pruning (from {pruning['source']}): overall sparsity {zeros}"
     recipe = pruning["recipe"] or {}
     removed = recipe.get("sparsity")
-    if recipe.get("compacted") and isinstance(removed, float):
+    compacted_now = "torch_pruning_version" in recipe  # this round ran --compact
+    if compacted_now and isinstance(removed, float):
         title = (
             f"Pruning (compacted): {removed:.2%} of the selected weights removed; "
             f"zeros among those left {zeros}"

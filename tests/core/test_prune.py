@@ -339,6 +339,9 @@ def test_compacted_finetune_run_rebuilds(cnn_ckpt, tmp_path):
     )
     run_best = ckpt_io.load_checkpoint(tmp_path / "ft" / "best.pt")
     assert run_best["pruning"]["compacted"]
+    assert (
+        run_best["pruning"]["sparsity"] == report["recipe"]["sparsity"] > 0.5
+    )  # what inspect shows
     assert run_best["model_state_dict"]["body.0.conv.weight"].shape[0] == 4
     model_from_checkpoint(run_best)
     assert report["recipe"]["seed"] is not None

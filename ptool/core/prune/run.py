@@ -380,7 +380,13 @@ def prune_checkpoint(
     previous = ckpt.get("pruning")
 
     def recipe() -> dict[str, Any]:
-        return _recipe(options, pruner.model, selected, previous, path, seed)
+        """What the model is now: also in the fine-tune run's checkpoints."""
+        rows = layer_rows(before_layers, layer_snapshot(pruner.model), selected, pruner.tied)
+        sparsity = global_sparsity(rows)["sparsity"]
+        return {
+            **_recipe(options, pruner.model, selected, previous, path, seed),
+            "sparsity": sparsity,
+        }
 
     history: list[dict[str, Any]] = []
     for k in range(1, options.steps + 1):
@@ -421,7 +427,6 @@ def prune_checkpoint(
     after_layers = layer_snapshot(model)
     rows = layer_rows(before_layers, after_layers, selected, pruner.tied)
     final_recipe = recipe()
-    final_recipe["sparsity"] = global_sparsity(rows)["sparsity"]
     state = model.state_dict()
 
     last = history[-1]
