@@ -136,6 +136,12 @@ def _epoch_number(path: Path) -> int:
     return int(path.stem.split("-")[1])
 
 
+def epoch_tag(metric: str) -> str:
+    """The TensorBoard tag of a per-epoch metric: `train/loss` is the per-step tag, so the
+    epoch means of train/* are logged as train_epoch/*."""
+    return "train_epoch/" + metric.removeprefix("train/") if metric.startswith("train/") else metric
+
+
 class TensorBoardLog:
     """A SummaryWriter with the tags ptool promises (see the README's TensorBoard section)."""
 

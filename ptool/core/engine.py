@@ -29,7 +29,7 @@ from torch import nn
 
 from ptool.core import checkpoint as ckpt_io
 from ptool.core import rundir
-from ptool.core.callbacks import CheckpointFiles, Monitor, TensorBoardLog
+from ptool.core.callbacks import CheckpointFiles, Monitor, TensorBoardLog, epoch_tag
 from ptool.core.config import TrainConfig, check_interval
 from ptool.core.errors import PtoolError, UsageError
 from ptool.core.metrics import EpochMetrics, metric_names
@@ -668,8 +668,7 @@ class Trainer:
         if self.dist.is_main:
             self.files.after_epoch(state.epoch, state, dropped)
         if self.tb is not None:
-            # per-step train/loss owns its tag; the epoch means go to train_epoch/*
-            epoch_tags = {k.replace("train/", "train_epoch/"): v for k, v in metrics.items()}
+            epoch_tags = {epoch_tag(k): v for k, v in metrics.items()}
             epoch_tags["epoch"] = state.epoch
             step = self._epoch_step()
             self.tb.scalars({k: v for k, v in epoch_tags.items() if k != "lr"}, step)

@@ -217,7 +217,9 @@ def read_run_log(run_dir: Path, monitor: str) -> RunLog:
     while f"lr/group{index}" in scalars:
         lrs.append(scalars[f"lr/group{index}"])
         index += 1
-    return RunLog(lrs=lrs, metric=[value for _, value in scalars.get(monitor, [])])
+    from ptool.core.callbacks import epoch_tag
+
+    return RunLog(lrs=lrs, metric=[value for _, value in scalars.get(epoch_tag(monitor), [])])
 
 
 def logged_lines(log: RunLog, *, steps_per_epoch: int) -> list[Line]:

@@ -112,3 +112,19 @@ def test_schedule_lines_one_per_group_with_key_numbers():
     assert key["warmup_end_step"] == 3 and key["restart_steps"] == [9, 15]
     rows = lines[0].to_dict()["rows"]
     assert rows[4] == {"step": 4, "epoch": 4 / 3, "lr": lines[0].lrs[4]}
+
+
+def test_a_run_log_gives_train_metrics_per_epoch_not_per_step(tmp_path):
+    """train/loss is the per-step tag; the epoch means a plateau replay needs are train_epoch/*."""
+    from ptool.core.callbacks import TensorBoardLog
+    from ptool.core.lr_plot import read_run_log
+
+    tb = TensorBoardLog(tmp_path / "tensorboard")
+    for step in range(6):
+        tb.scalar("lr", 0.1, step)
+        tb.scalar("train/loss", 10.0 + step, step)
+    tb.scalars({"train_epoch/loss": 2.0, "val/loss": 3.0}, 2)
+    tb.scalars({"train_epoch/loss": 1.0, "val/loss": 4.0}, 5)
+    tb.close()
+    assert read_run_log(tmp_path, "train/loss").metric == [2.0, 1.0]
+    assert read_run_log(tmp_path, "val/loss").metric == [3.0, 4.0]
