@@ -220,6 +220,8 @@ class Trainer:
         check_config(config)
         self.dist = init_distributed(config.device)
         self.device = resolve_device(config.device, self.dist)
+        # running sums in float64, except on MPS, which has no float64
+        self.sum_dtype = torch.float32 if self.device.type == "mps" else torch.float64
         seed = pick_seed(config.seed, self.dist)
         run_dir = Path(config.out) if config.out else rundir.default_run_dir()
         self.config = config.replace(seed=seed, out=str(run_dir))
@@ -442,8 +444,8 @@ class Trainer:
         accumulate = config.accumulate
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-        correct = torch.zeros((), device=self.device, dtype=torch.float64)
+        loss_sum = torch.zeros((), device=self.device, dtype=self.sum_dtype)
+        correct = torch.zeros((), device=self.device, dtype=self.sum_dtype)
         samples = 0
         contributed = False
         bar = self._bar(epoch, start, total)
@@ -469,7 +471,7 @@ class Trainer:
                     contributed = trained = True
                     n = y.shape[0]
                     detached = loss.detach()
-                    loss_sum += detached.double() * n
+                    loss_sum += detached.to(self.sum_dtype) * n
                     if classification:
                         correct += (outputs.detach().argmax(dim=1) == y).sum()
                     samples += n
@@ -626,7 +628,7 @@ class Trainer:
         state = self.state
         sums = torch.tensor(
             [state.train_loss_sum, state.train_correct, float(state.train_samples)],
-            dtype=torch.float64,
+            dtype=self.sum_dtype,
             device=self.device,
         )
         if self.dist.enabled:
