@@ -187,8 +187,12 @@ class TensorBoardLog:
 
     def graph(self, model: nn.Module, example: torch.Tensor) -> str | None:
         """Trace the model into the graph tab; returns a reason when tracing fails."""
+        import warnings
+
         try:
-            self.writer.add_graph(model, example)
+            with warnings.catch_warnings():  # add_graph's own torch.jit.trace deprecation notes
+                warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
+                self.writer.add_graph(model, example)
         except Exception as exc:  # noqa: BLE001 - tracing fails in model-specific ways
             return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return None

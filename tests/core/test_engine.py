@@ -343,6 +343,17 @@ def test_tensorboard_tags(tmp_path):
     assert [(e.step, e.value) for e in events.Scalars("epoch")] == [(4, 1), (9, 2)]
 
 
+def test_log_graph_passes_on_no_torch_jit_deprecation_notes(tmp_path):
+    """add_graph traces with torch.jit, which warns; nothing a ptool user can act on."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(small(tmp_path, tensorboard=True, log_graph=True, epochs=1), quiet=True)
+    assert (tmp_path / "run" / "tensorboard").is_dir()
+    assert not [w for w in caught if "torch.jit" in str(w.message)]
+
+
 def test_resume_from_a_mid_epoch_checkpoint_matches_the_uninterrupted_run(tmp_path):
     changes = dict(epochs=2, dropout=0.2, save_every_steps=3, ema=0.9, optimizer="adam")
     fit(small(tmp_path, "full", **changes), quiet=True)
