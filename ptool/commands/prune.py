@@ -20,8 +20,8 @@ EXAMPLES = examples(
     "ptool prune --amount 0.8 --steps 4 --finetune-epochs 1 --lr 3e-4 --json",
 )
 
-# Fine-tuning takes train's own flags, as `quantize qat` does; --finetune-epochs is --epochs.
-# Fine-tuning takes QAT's train flags, plus the device and precision QAT (a CPU run) lacks.
+# Fine-tuning takes train's own flags as `quantize qat` does (--finetune-epochs is --epochs),
+# plus the device and precision that QAT, a CPU run, leaves out.
 FINETUNE_FIELDS = [name for name in QAT_FIELDS if name != "epochs"] + ["device", "precision"]
 
 
