@@ -39,13 +39,24 @@ def dumps(data: Any, *, indent: int | None = 2) -> str:
     return json.dumps(_jsonable(data), indent=indent, allow_nan=False)
 
 
+def _pipe_width() -> int | None:
+    """Unbounded tables and lines when stdout is a pipe or a file (rich would wrap them at 80
+    columns and split tensor names over lines that grep then misses); COLUMNS still wins, and a
+    terminal keeps its own width."""
+    import os
+
+    if sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit():
+        return None
+    return 10_000
+
+
 class Output:
     """Human, JSON or quiet output, chosen once per command."""
 
     def __init__(self, *, json: bool = False, quiet: bool = False):
         self.json = json
         self.quiet = quiet
-        self.out = Console(soft_wrap=False, highlight=False)
+        self.out = Console(soft_wrap=False, highlight=False, width=_pipe_width())
         self.err = Console(stderr=True, highlight=False)
 
     @property

@@ -28,6 +28,17 @@ def runs(tmp_path_factory):
     return root
 
 
+def test_a_pipe_gets_whole_lines_for_grep(tmp_path):
+    """Without a terminal (and without COLUMNS), tables keep their natural width: rich would
+    fold long tensor names at 80 columns, and `| grep NAME` would miss them."""
+    name = "encoder.layers.11.self_attention.in_projection.weight"
+    torch.save({name: torch.zeros(3, 4), "head.bias": torch.zeros(3)}, tmp_path / "sd.pt")
+    result = run_ptool("inspect-checkpoint", str(tmp_path / "sd.pt"), env={"COLUMNS": ""})
+    assert result.returncode == 0, result.stderr
+    (row,) = [line for line in result.stdout.splitlines() if name in line]
+    assert "(3, 4)" in row and "float32" in row
+
+
 def test_human_view(runs):
     result = run_ptool("inspect-checkpoint", str(runs / "a" / "last.pt"))
     assert result.returncode == 0, result.stderr
