@@ -39,6 +39,9 @@ def dumps(data: Any, *, indent: int | None = 2) -> str:
     return json.dumps(_jsonable(data), indent=indent, allow_nan=False)
 
 
+PIPE_WIDTH = 10_000
+
+
 def _pipe_width() -> int | None:
     """Unbounded tables and lines when stdout is a pipe or a file (rich would wrap them at 80
     columns and split tensor names over lines that grep then misses); COLUMNS still wins, and a
@@ -47,7 +50,7 @@ def _pipe_width() -> int | None:
 
     if sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit():
         return None
-    return 10_000
+    return PIPE_WIDTH
 
 
 class Output:
@@ -56,6 +59,7 @@ class Output:
     def __init__(self, *, json: bool = False, quiet: bool = False):
         self.json = json
         self.quiet = quiet
+        self.piped = _pipe_width() is not None
         self.out = Console(soft_wrap=False, highlight=False, width=_pipe_width())
         self.err = Console(stderr=True, highlight=False)
 
@@ -83,7 +87,7 @@ class Output:
                 sys.stdout.write(renderable.rstrip("\n") + "\n")
                 sys.stdout.flush()
             elif renderable is not None:
-                self.out.print(renderable)
+                self._print(renderable)
 
     def json_line(self, data: Any) -> None:
         """One JSON line on stdout (for commands that stream results)."""
@@ -93,7 +97,18 @@ class Output:
     def print(self, *objects: Any, **kwargs: Any) -> None:
         """Human-readable result text on stdout (never in JSON mode)."""
         if not self.json:
+            self._print(*objects, **kwargs)
+
+    def _print(self, *objects: Any, **kwargs: Any) -> None:
+        """Rich output; in a pipe without the padding rich adds to fill a table's columns (a
+        long value in one row would pad every other row to its width)."""
+        if not self.piped:
             self.out.print(*objects, **kwargs)
+            return
+        with self.out.capture() as captured:
+            self.out.print(*objects, **kwargs)
+        sys.stdout.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
+        sys.stdout.flush()
 
     def info(self, message: RenderableType) -> None:
         if not self.quiet:

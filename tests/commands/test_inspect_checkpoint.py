@@ -30,13 +30,20 @@ def runs(tmp_path_factory):
 
 def test_a_pipe_gets_whole_lines_for_grep(tmp_path):
     """Without a terminal (and without COLUMNS), tables keep their natural width: rich would
-    fold long tensor names at 80 columns, and `| grep NAME` would miss them."""
+    fold long tensor names at 80 columns, and `| grep NAME` would miss them. A long value
+    (safetensors metadata) does not pad the other lines to its width."""
+    from safetensors.torch import save_file
+
     name = "encoder.layers.11.self_attention.in_projection.weight"
-    torch.save({name: torch.zeros(3, 4), "head.bias": torch.zeros(3)}, tmp_path / "sd.pt")
-    result = run_ptool("inspect-checkpoint", str(tmp_path / "sd.pt"), env={"COLUMNS": ""})
+    path = tmp_path / "lora.safetensors"
+    save_file({name: torch.zeros(3, 4)}, path, metadata={"ss_tags": "tag, " * 300})
+    result = run_ptool("inspect-checkpoint", str(path), env={"COLUMNS": ""})
     assert result.returncode == 0, result.stderr
     (row,) = [line for line in result.stdout.splitlines() if name in line]
     assert "(3, 4)" in row and "float32" in row
+    (metadata,) = [line for line in result.stdout.splitlines() if "ss_tags" in line]
+    assert metadata.endswith("tag,")  # one line, not folded
+    assert [line for line in result.stdout.splitlines() if line != line.rstrip()] == []
 
 
 def test_human_view(runs):
