@@ -214,7 +214,18 @@ def test_console_script_refuses_with_one_line_and_exit_2():
         ["--scheduler", "onecycle", "--warmup-steps", "5", "--accumulate", "2"],
         ["--scheduler", "cosine", "--warmup-epochs", "1", "--no-decay-norm-bias"],
         # plateau replays the monitored metric's logged epoch values (max mode: a cut per epoch)
-        ["--scheduler", "plateau", "--monitor", "train/loss", "--mode", "max", "--patience", "0"],
+        [
+            "--scheduler",
+            "plateau",
+            "--monitor",
+            "train/loss",
+            "--mode",
+            "max",
+            "--patience",
+            "0",
+            "--log-every-steps",
+            "1",
+        ],  # fmt: skip
     ],
 )
 def test_series_equals_the_lr_a_real_train_run_logged(tmp_path, flags):

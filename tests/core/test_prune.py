@@ -327,6 +327,18 @@ def test_finetuning_runs_on_this_machines_device_not_the_runs(tmp_path):
     assert finetune_config(run, {"device": "cpu"}, source, 2).device == "cpu"
 
 
+def test_finetuning_a_run_that_monitored_its_ema_monitors_the_model(cnn_ckpt, tmp_path):
+    """Fine-tuning drops --ema, so the run's `val_ema/loss` becomes `val/loss`."""
+    ckpt = ckpt_io.load_checkpoint(cnn_ckpt)
+    ckpt["config"] = {**ckpt["config"], "ema": 0.9, "monitor": "val_ema/accuracy"}
+    torch.save(ckpt, tmp_path / "ema.pt")
+    report, _ = _prune(
+        tmp_path / "ema.pt", tmp_path, amount=0.3, finetune_epochs=1,
+        train_overrides={"tensorboard": False, "out": str(tmp_path / "ft")},
+    )  # fmt: skip
+    assert report["history"][0]["finetune"]["monitor"] == "val/accuracy"
+
+
 def test_compacted_finetune_run_rebuilds(cnn_ckpt, tmp_path):
     report, _ = _prune(
         cnn_ckpt,

@@ -40,7 +40,8 @@ def finetune_config(
 ) -> TrainConfig:
     """The run's own config (optimizer, lr, schedule, batch size) for `epochs` epochs in a run
     dir beside the checkpoint (<ckpt dir>/prune/<time>), then the flags given. The device is
-    this machine's (`auto`, as train's default), not the one the run was trained on."""
+    this machine's (`auto`, as train's default), not the one the run was trained on. Without
+    EMA, a run that monitored `val_ema/X` monitors `val/X`."""
     from ptool.core import rundir
 
     values = {
@@ -50,6 +51,7 @@ def finetune_config(
         "ema": None,
         "compile": False,
         "device": "auto",
+        "monitor": config.monitor.replace("val_ema/", "val/", 1),
         **overrides,
     }
     return config.replace(**values)
@@ -379,10 +381,10 @@ def prune_checkpoint(
     pruner = Pruner(model, options, selected, example, log)
     previous = ckpt.get("pruning")
 
+    sparsity = 0.0  # of the selected weights, after the latest step
+
     def recipe() -> dict[str, Any]:
         """What the model is now: also in the fine-tune run's checkpoints."""
-        rows = layer_rows(before_layers, layer_snapshot(pruner.model), selected, pruner.tied)
-        sparsity = global_sparsity(rows)["sparsity"]
         return {
             **_recipe(options, pruner.model, selected, previous, path, seed),
             "sparsity": sparsity,
