@@ -88,8 +88,8 @@ def check_schedule(config: TrainConfig, steps_per_epoch: int) -> None:
 
 
 def check_schedule_flags(config: TrainConfig) -> None:
-    """What check_schedule refuses without knowing the steps per epoch (train, and prune's
-    fine-tuning, check it before loading data)."""
+    """What check_schedule refuses without knowing the steps per epoch (train, prune's
+    fine-tuning and QAT check it before loading data)."""
     name = config.scheduler
     if name not in SCHEDULES:
         from ptool.core.errors import unknown_name

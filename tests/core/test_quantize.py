@@ -354,6 +354,16 @@ def test_a_moved_qat_run_resumes_from_anywhere(cnn_ckpt, tmp_path, monkeypatch):
         quantize_checkpoint(cnn_ckpt, options)
 
 
+def test_qat_train_flags_are_checked_before_any_data_is_loaded(cnn_ckpt, tmp_path):
+    """The run's data is gone (a CSV that was moved): a bad --lr is still what is reported."""
+    ckpt = ckpt_io.load_checkpoint(cnn_ckpt)
+    ckpt["config"] = {**ckpt["config"], "data": f"csv:{tmp_path / 'moved.csv'}"}
+    torch.save(ckpt, tmp_path / "moved.pt")
+    options = QuantizeOptions(mode="qat", train_overrides={"lr": -1.0}, output=str(tmp_path / "q"))
+    with pytest.raises(UsageError, match="--lr must be finite and positive"):
+        quantize_checkpoint(tmp_path / "moved.pt", options)
+
+
 def test_resume_needs_a_qat_run_checkpoint(cnn_ckpt):
     with pytest.raises(UsageError, match="is not a checkpoint of a `ptool quantize qat` run"):
         quantize_checkpoint(None, _fast("qat", resume=str(cnn_ckpt)))

@@ -336,22 +336,10 @@ def quantize_checkpoint(
     if recipe["mode"] != "dynamic":
         ao.check_traceable(float_model)
 
-    data = None
-    if options.evaluate or recipe["mode"] != "dynamic":
-        from ptool.core.data import build_data
+    train_config = None
+    if recipe["mode"] == "qat":  # its train flags are checked before any data is loaded
+        from ptool.core.engine import check_config, check_monitor
 
-        data = build_data(config)
-
-    qat_summary = None
-    if recipe["mode"] == "dynamic":
-        quantized = ao.quantize_dynamic(copy.deepcopy(float_model), recipe)
-    elif recipe["mode"] == "static":
-        prepared = ao.prepare(copy.deepcopy(float_model), recipe)
-        calib = _calibration_data(config, info, options.calib_data, data)
-        seen = ao.calibrate(prepared, calibration_batches(config, calib, options.calib_batches))
-        recipe["calibration"] = {"batches": seen, "data": options.calib_data or config.data}
-        quantized = ao.convert(prepared, recipe)
-    else:
         if resume_ckpt is not None:
             train_config = TrainConfig.from_dict(resume_ckpt["config"], source="checkpoint")
             run_dir = Path(options.resume)  # where the run is now, as `ptool resume` does
@@ -368,6 +356,25 @@ def quantize_checkpoint(
                     path.resolve(), Path(train_config.out).resolve()
                 ),
             }
+        check_config(train_config)
+        check_monitor(train_config, info)
+
+    data = None
+    if options.evaluate or recipe["mode"] != "dynamic":
+        from ptool.core.data import build_data
+
+        data = build_data(config)
+
+    qat_summary = None
+    if recipe["mode"] == "dynamic":
+        quantized = ao.quantize_dynamic(copy.deepcopy(float_model), recipe)
+    elif recipe["mode"] == "static":
+        prepared = ao.prepare(copy.deepcopy(float_model), recipe)
+        calib = _calibration_data(config, info, options.calib_data, data)
+        seen = ao.calibrate(prepared, calibration_batches(config, calib, options.calib_batches))
+        recipe["calibration"] = {"batches": seen, "data": options.calib_data or config.data}
+        quantized = ao.convert(prepared, recipe)
+    else:
         quantized, qat_summary = run_qat(
             float_model,
             train_config,
