@@ -39,9 +39,6 @@ def dumps(data: Any, *, indent: int | None = 2) -> str:
     return json.dumps(_jsonable(data), indent=indent, allow_nan=False)
 
 
-PIPE_WIDTH = 10_000
-
-
 def _pipe_width() -> int | None:
     """Unbounded tables and lines when stdout is a pipe or a file (rich would wrap them at 80
     columns and split tensor names over lines that grep then misses); COLUMNS still wins, and a
@@ -50,7 +47,7 @@ def _pipe_width() -> int | None:
 
     if sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit():
         return None
-    return PIPE_WIDTH
+    return 10_000
 
 
 class Output:
@@ -59,8 +56,9 @@ class Output:
     def __init__(self, *, json: bool = False, quiet: bool = False):
         self.json = json
         self.quiet = quiet
-        self.piped = _pipe_width() is not None
-        self.out = Console(soft_wrap=False, highlight=False, width=_pipe_width())
+        width = _pipe_width()
+        self.piped = width is not None
+        self.out = Console(soft_wrap=False, highlight=False, width=width)
         self.err = Console(stderr=True, highlight=False)
 
     @property
