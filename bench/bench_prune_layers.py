@@ -1,9 +1,9 @@
 """Where the time of the digits cnn goes, dense vs `ln-structured 0.5 --compact` (issue 8).
 
 Why the compaction's 3.8x fewer multiply-adds give under 2x lower latency at batch 32 on 1x8x8
-inputs: per layer medians of both models, then the whole forward in three forms (as trained in
-NCHW, channels_last, and torch.jit.optimize_for_inference: frozen, conv-bn folded, oneDNN
-prepacked weights). All ratios come from this one process with the same threads; the load
+inputs: per layer medians of both models, then the whole forward in four forms (as trained in
+NCHW, channels_last, torch.jit.optimize_for_inference: frozen, conv-bn folded, oneDNN prepacked
+weights, and torch.compile: inductor's generated C++, about 15 s to compile both). All ratios come from this one process with the same threads; the load
 average is printed, run it when the machine is quiet.
 
     .venv/bin/python bench/bench_prune_layers.py [THREADS]
@@ -113,6 +113,9 @@ def main() -> None:
     a_model, b_model = frozen(dense, x), frozen(pruned, x)
     a, b = median_us(lambda: a_model(x)), median_us(lambda: b_model(x))
     print(f"{'jit.optimize_for_inference (frozen, folded)':<44}{a:>10.1f}{b:>11.1f}{a / b:>7.2f}x")
+    a_model, b_model = torch.compile(dense), torch.compile(pruned)  # compiled at the first call
+    a, b = median_us(lambda: a_model(x)), median_us(lambda: b_model(x))
+    print(f"{'torch.compile (inductor)':<44}{a:>10.1f}{b:>11.1f}{a / b:>7.2f}x")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
