@@ -13,6 +13,14 @@ JsonOpt = Annotated[
 QuietOpt = Annotated[
     bool, typer.Option("--quiet", "-q", help="Silence everything on stderr but errors.")
 ]
+UnsafeLoadOpt = Annotated[
+    bool,
+    typer.Option(
+        "--unsafe-load",
+        help="Allow a checkpoint that needs full unpickling (runs code from the file: "
+        "only for files you trust).",
+    ),
+]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 
 

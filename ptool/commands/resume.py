@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from ptool.commands._config_options import with_config_options
-from ptool.commands._options import JsonOpt, QuietOpt, examples
+from ptool.commands._options import JsonOpt, QuietOpt, UnsafeLoadOpt, examples
 from ptool.commands.train import RescheduleOpt, resume_and_log, run_and_report
 
 EXAMPLES = examples(
@@ -30,14 +30,7 @@ def resume(
     ] = None,
     *,
     reschedule: RescheduleOpt = False,
-    unsafe_load: Annotated[
-        bool,
-        typer.Option(
-            "--unsafe-load",
-            help="Allow a checkpoint that needs full unpickling (runs code from the file: "
-            "only for files you trust).",
-        ),
-    ] = False,
+    unsafe_load: UnsafeLoadOpt = False,
     json: JsonOpt = False,
     quiet: QuietOpt = False,
     overrides: dict[str, Any],

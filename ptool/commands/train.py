@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ptool.commands._config_options import with_config_options
-from ptool.commands._options import JsonOpt, QuietOpt, examples
+from ptool.commands._options import JsonOpt, QuietOpt, UnsafeLoadOpt, examples
 from ptool.core.errors import UsageError
 
 if TYPE_CHECKING:
@@ -57,6 +57,7 @@ def train(
     print_config: PrintConfigOpt = False,
     resume: ResumeOpt = None,
     reschedule: RescheduleOpt = False,
+    unsafe_load: UnsafeLoadOpt = False,
     json: JsonOpt = False,
     quiet: QuietOpt = False,
     overrides: dict[str, Any],
@@ -74,7 +75,7 @@ def train(
         from ptool.core.resume import plan_resume
 
         given = {**(read_config_file(config) if config else {}), **overrides}
-        plan = plan_resume(resume, given, reschedule=reschedule)
+        plan = plan_resume(resume, given, reschedule=reschedule, unsafe=unsafe_load)
         if print_config:
             _print_config(out, plan.config.to_dict())
             return
@@ -90,7 +91,7 @@ def train(
     def run(log: Callable[[str], None]) -> Any:
         from ptool.core.engine import fit
 
-        return fit(resolved, quiet=quiet, log=log)
+        return fit(resolved, quiet=quiet, log=log, unsafe_load=unsafe_load)
 
     run_and_report(out, resolved.out, run)
 

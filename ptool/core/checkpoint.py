@@ -28,6 +28,10 @@ FORMAT_VERSION = 1
 UNSAFE_HINT = (
     "only if you trust the file, rerun with --unsafe-load: unpickling can run arbitrary code"
 )
+# Where the command has no --unsafe-load: ptool writes plain types only (format version 1).
+NOT_PTOOL_HINT = (
+    "ptool's own checkpoints never need unpickling; `ptool inspect-checkpoint` shows what it holds"
+)
 
 
 def meta() -> dict[str, Any]:
@@ -99,7 +103,7 @@ def check_output(path: Path, source: Path, flag: str) -> None:
         )
 
 
-def _refusal(path: Path, exc: Exception) -> PtoolError:
+def _refusal(path: Path, exc: Exception, hint: str) -> PtoolError:
     """Turn torch's long weights_only error into one line naming what the file asked for."""
     text = str(exc)
     asked = None
@@ -115,15 +119,21 @@ def _refusal(path: Path, exc: Exception) -> PtoolError:
                 asked = "an unsupported pickle opcode"
             break
     what = f"it asks for {asked}" if asked else "it needs arbitrary unpickling"
-    return PtoolError(f"refusing to load {path}: {what}", hint=UNSAFE_HINT)
+    return PtoolError(f"refusing to load {path}: {what}", hint=hint)
 
 
 def load(
-    path: str | Path, *, map_location: Any = "cpu", unsafe: bool = False, mmap: bool | None = None
+    path: str | Path,
+    *,
+    map_location: Any = "cpu",
+    unsafe: bool = False,
+    mmap: bool | None = None,
+    refusal_hint: str = UNSAFE_HINT,
 ) -> Any:
     """Load any torch checkpoint safely (`weights_only=True`), with one-line errors.
 
     `mmap` defaults to on for zip-format files, so a big file is mapped, not copied into memory.
+    `refusal_hint` follows a file that needs full unpickling (default: name --unsafe-load).
     """
     path = Path(path)
     if not path.exists():
@@ -160,7 +170,7 @@ def load(
                 raise PtoolError(
                     f"{path} is not a PyTorch checkpoint ({_first_line(exc)})"
                 ) from exc
-            raise _refusal(path, exc) from exc
+            raise _refusal(path, exc, refusal_hint) from exc
         raise PtoolError(f"{path} is not a PyTorch checkpoint ({_first_line(exc)})") from exc
     except EOFError as exc:
         raise PtoolError(f"{path} is truncated (unexpected end of file)") from exc
@@ -182,9 +192,17 @@ def is_ptool_checkpoint(obj: Any) -> bool:
     return isinstance(obj, Mapping) and obj.get("format") == FORMAT
 
 
-def load_checkpoint(path: str | Path, *, map_location: Any = "cpu", unsafe: bool = False) -> dict:
-    """Load a ptool checkpoint, refusing foreign files and files from a newer format."""
-    ckpt = load(path, map_location=map_location, unsafe=unsafe)
+def load_checkpoint(
+    path: str | Path,
+    *,
+    map_location: Any = "cpu",
+    unsafe: bool = False,
+    refusal_hint: str = NOT_PTOOL_HINT,
+) -> dict:
+    """Load a ptool checkpoint, refusing foreign files and files from a newer format.
+
+    A command with --unsafe-load passes `refusal_hint=UNSAFE_HINT`."""
+    ckpt = load(path, map_location=map_location, unsafe=unsafe, refusal_hint=refusal_hint)
     if not is_ptool_checkpoint(ckpt):
         raise PtoolError(
             f"{path} is not a ptool checkpoint (no format key)",

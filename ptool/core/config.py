@@ -347,27 +347,14 @@ def convert(name: str, value: Any, *, source: str = "config") -> Any:
                 items = value.split(",")
             else:  # a single value in a config file (`hidden: 64`) is a one-item list
                 items = list(value) if isinstance(value, (list, tuple)) else [value]
-            items = [
-                item_type(x.strip()) if isinstance(x, str) else item_type(x)
-                for x in items
-                if x != ""
-            ]
+            items = [_scalar(item_type, x) for x in items if x != ""]
             if origin is tuple:
                 arity = len(typing.get_args(kind))
                 if len(items) != arity:
                     raise ValueError(f"expected {arity} comma-separated values")
                 return tuple(items)
             return items
-        if kind is bool:
-            if isinstance(value, str):
-                lowered = value.lower()
-                if lowered not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
-                    raise ValueError("expected true or false")
-                return lowered in ("true", "1", "yes", "on")
-            return bool(value)
-        if kind is int and isinstance(value, float) and not value.is_integer():
-            raise ValueError("expected an integer")
-        converted = kind(value)
+        converted = _scalar(kind, value)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"{source}: invalid value {value!r} for {flag}: {exc}") from None
     choices = FIELDS[name].metadata.get("choices")
@@ -376,6 +363,37 @@ def convert(name: str, value: Any, *, source: str = "config") -> Any:
             f"{source}: invalid value {converted!r} for {flag}; valid: {', '.join(choices)}"
         )
     return converted
+
+
+def as_flag(name: str, value: Any) -> str:
+    """The command-line form of one value, ready to paste: `--no-shuffle`, `--channels 16,32`."""
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool):
+        return flag if value else f"--no-{flag[2:]}"
+    if isinstance(value, (list, tuple)):
+        return f"{flag} {','.join(map(str, value))}"
+    return f"{flag} {'none' if value is None else value}"
+
+
+def _scalar(kind: type, value: Any) -> Any:
+    """One value of a field, or one item of a list field, without Python's lax casts: a
+    fraction is not an int (`int(1.5)` is 1) and a YAML `true` is not a number."""
+    if isinstance(value, str):
+        value = value.strip()
+    if kind is bool:
+        if isinstance(value, str):
+            lowered = value.lower()
+            if lowered not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                raise ValueError("expected true or false")
+            return lowered in ("true", "1", "yes", "on")
+        if not isinstance(value, (bool, int)) or value not in (0, 1):
+            raise ValueError("expected true or false")
+        return bool(value)
+    if isinstance(value, bool) and kind in (int, float):
+        raise ValueError("expected a number")
+    if kind is int and isinstance(value, float) and not value.is_integer():
+        raise ValueError("expected an integer")
+    return kind(value)
 
 
 def _in_interval(value: float, interval: str) -> bool:
@@ -406,7 +424,8 @@ def check_interval(name: str, value: Any, interval: str) -> None:
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a TOML or YAML config; keys may sit at the top level or under section tables."""
+    """Read a TOML or YAML config, each value converted and checked; keys may sit at the top
+    level or under section tables."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"config file not found: {path}")
@@ -448,7 +467,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
                 flat[name] = item
         else:
             flat[key] = value
-    return flat
+    return {name: convert(name, value, source=str(path)) for name, value in flat.items()}
 
 
 def resolve_config(

@@ -213,6 +213,7 @@ class Trainer:
         prepare_model: Callable[[nn.Module], nn.Module] | None = None,
         checkpoint_extras: Callable[[], dict] | None = None,
         reschedule: bool = False,
+        unsafe_load: bool = False,
     ):
         self.started = time.perf_counter()
         self.reschedule = reschedule
@@ -249,7 +250,7 @@ class Trainer:
 
             model = build_model(self.config, self.info)
         if self.config.init_from and resume is None:
-            self._init_from(model, self.config.init_from)
+            self._init_from(model, self.config.init_from, unsafe=unsafe_load)
         if prepare_model is not None:
             model = prepare_model(model)
         self.model = self._place(model)
@@ -287,11 +288,11 @@ class Trainer:
 
     # --- setup ---------------------------------------------------------------------------
 
-    def _init_from(self, model: nn.Module, path: str) -> None:
+    def _init_from(self, model: nn.Module, path: str, *, unsafe: bool) -> None:
         """Weights only (fine-tuning, transfer): a ptool checkpoint, a plain state_dict or the
         one inside another tool's checkpoint. Keys that do not match, and with --no-strict
         tensors of another shape (a new head), are listed; --strict refuses them."""
-        state = ckpt_io.extract_state_dict(ckpt_io.load(path))
+        state = ckpt_io.extract_state_dict(ckpt_io.load(path, unsafe=unsafe))
         own = model.state_dict()
         unmatched = {
             "missing": [k for k in own if k not in state],
@@ -893,40 +894,16 @@ def _cloned(value: Any) -> Any:
     return value
 
 
-def fit(
-    config: TrainConfig,
-    *,
-    resume: dict | None = None,
-    callbacks: Iterable[Any] = (),
-    quiet: bool = False,
-    progress: bool | None = None,
-    log: Callable[[str], None] | None = None,
-    model: nn.Module | None = None,
-    data: Any = None,
-    prepare_model: Callable[[nn.Module], nn.Module] | None = None,
-    checkpoint_extras: Callable[[], dict] | None = None,
-    reschedule: bool = False,
-) -> RunSummary:
-    """Train per `config` (or continue `resume`, a loaded checkpoint); see the module doc.
+def fit(config: TrainConfig, **options: Any) -> RunSummary:
+    """Train per `config` (or continue `resume`, a loaded checkpoint); see the module doc and
+    `Trainer` for the options.
 
     `log` receives the human lines (epoch lines, warnings; default: stderr); `progress`
     forces the tqdm bar on/off (default: config.progress, auto = stderr is a terminal).
     Callbacks are objects with any of on_fit_start(trainer), on_step_end(trainer),
     on_epoch_end(trainer, metrics), on_checkpoint(trainer, path), on_fit_end(trainer, summary).
     """
-    trainer = Trainer(
-        config,
-        resume=resume,
-        callbacks=callbacks,
-        quiet=quiet,
-        progress=progress,
-        log=log,
-        model=model,
-        data=data,
-        prepare_model=prepare_model,
-        checkpoint_extras=checkpoint_extras,
-        reschedule=reschedule,
-    )
+    trainer = Trainer(config, **options)
     try:
         return trainer.fit()
     finally:

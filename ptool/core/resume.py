@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ptool.core.config import FIELDS, TrainConfig
+from ptool.core.config import FIELDS, TrainConfig, as_flag
 from ptool.core.errors import PtoolError, UsageError
 
 # The flags a resume accepts: duration, early stopping, output, logging, device.
@@ -68,11 +68,46 @@ def _refuse_changes(saved: TrainConfig, overrides: dict[str, Any], checkpoint: P
         what = {"model": "the model", "data": "the data", "optimizer": "the optimizer"}.get(
             section, f"the run's {section} settings"
         )
-        flag = f"--{name.replace('_', '-')} {value}"
+        flag = as_flag(name, value)
         raise UsageError(
             f"{flag} changes {what} of the run being resumed (it has {getattr(saved, name)}); "
             "a new run can start from its weights with --init-from",
             hint=f"ptool train --init-from {checkpoint} {flag} ...",
+        )
+
+
+def _run_identity(config: Any) -> dict[str, Any] | None:
+    """What two checkpoints of one run share: their config, but for what a resume may change."""
+    if not isinstance(config, dict):
+        return None
+    return {name: value for name, value in config.items() if name not in RESUMABLE}
+
+
+def _refuse_foreign_files(checkpoint: Path, ckpt: dict[str, Any]) -> None:
+    """Continuing in the checkpoint's own directory rewrites its last.pt, best.pt, ...: refuse
+    when those are another run's (a checkpoint copied into someone else's run directory)."""
+    from ptool.core.inspect.reader import Refused, read
+    from ptool.core.rundir import run_checkpoints
+
+    mine = _run_identity(ckpt.get("config"))
+
+    def same_run(path: Path) -> bool:
+        if path.resolve() == checkpoint.resolve():
+            return True
+        try:
+            theirs = read(path).obj  # the config only: no tensor is read
+        except Refused:  # another tool's file
+            return False
+        except PtoolError:  # a torn or corrupt file holds no run to lose
+            return True
+        return isinstance(theirs, dict) and _run_identity(theirs.get("config")) == mine
+
+    found = run_checkpoints(checkpoint.parent, same_run=same_run)
+    if found:
+        raise UsageError(
+            f"{checkpoint.parent} holds another run's checkpoints ({found}); continuing "
+            f"{checkpoint.name} there would replace them",
+            hint=f"continue it in a directory of its own: ptool resume {checkpoint} --out DIR",
         )
 
 
@@ -109,7 +144,7 @@ def plan_resume(
     unsafe: bool = False,
 ) -> ResumePlan:
     """Load the checkpoint, check the overrides, and say what will happen to the schedule."""
-    from ptool.core.checkpoint import load_checkpoint
+    from ptool.core.checkpoint import UNSAFE_HINT, load_checkpoint
 
     if overrides.get("init_from"):
         raise UsageError(
@@ -118,7 +153,7 @@ def plan_resume(
             hint="give one of them: ptool resume CKPT, or ptool train --init-from CKPT",
         )
     checkpoint = find_checkpoint(path)
-    ckpt = load_checkpoint(checkpoint, unsafe=unsafe)
+    ckpt = load_checkpoint(checkpoint, unsafe=unsafe, refusal_hint=UNSAFE_HINT)
     _refuse_derived(ckpt, checkpoint)
     from ptool.core.restore import config_and_info
 
@@ -128,7 +163,9 @@ def plan_resume(
     moved = not overrides.get("out")
     if moved:  # the run continues where its checkpoint is now
         config = config.replace(out=str(checkpoint.parent))
-    elif Path(config.out).resolve() != checkpoint.parent.resolve():
+    if Path(config.out).resolve() == checkpoint.parent.resolve():
+        _refuse_foreign_files(checkpoint, ckpt)
+    else:
         from ptool.core.rundir import refuse_other_run
 
         refuse_other_run(config.out)
@@ -159,6 +196,12 @@ def plan_resume(
         plan.reschedule = False
     elif reschedule:
         plan.notes.append(f"schedule re-planned for {config.epochs} epochs, now at step {step}")
+    elif config.epochs > saved.epochs and saved.scheduler == "onecycle":
+        raise UsageError(
+            f"onecycle was planned for {saved.epochs} epochs and cannot step past its end",
+            hint=f"re-plan it for the new total: ptool resume {checkpoint} "
+            f"--epochs {config.epochs} --reschedule",
+        )
     elif config.epochs != saved.epochs:
         plan.notes.append(
             f"schedule continues from its saved state (planned for {saved.epochs} epochs); "

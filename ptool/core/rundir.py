@@ -10,6 +10,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,15 +50,24 @@ def prepare_run_dir(path: str | Path) -> Path:
 CHECKPOINT_PATTERNS = ("last.pt", "best.pt", "epoch-*.pt", "best-epoch*.pt")
 
 
+def run_checkpoints(path: str | Path, *, same_run: Callable[[Path], bool] | None = None) -> str:
+    """The run checkpoints in `path` (but those `same_run` claims), listed for a message;
+    empty when there are none."""
+    found = sorted(
+        p.name
+        for p in {p for pattern in CHECKPOINT_PATTERNS for p in Path(path).glob(pattern)}
+        if same_run is None or not same_run(p)
+    )
+    return ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+
+
 def refuse_other_run(path: str | Path) -> None:
     """A new run (or a resume into --out DIR) must not replace another run's checkpoints:
     refuse a directory that holds some, before anything is written."""
-    path = Path(path)
-    found = sorted({p.name for pattern in CHECKPOINT_PATTERNS for p in path.glob(pattern)})
+    found = run_checkpoints(path)
     if found:
-        shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
         raise UsageError(
-            f"--out {path} holds another run's checkpoints ({shown})",
+            f"--out {path} holds another run's checkpoints ({found})",
             hint=f"continue that run with: ptool resume {path}; or choose another --out",
         )
 

@@ -22,7 +22,17 @@ def test_flag_strings_convert_to_field_types():
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("optimizer", "lion"), ("batch_size", "ten"), ("betas", "0.9"), ("epochs", 1.5)],
+    [
+        ("optimizer", "lion"),
+        ("batch_size", "ten"),
+        ("betas", "0.9"),
+        ("epochs", 1.5),
+        ("milestones", 1.5),  # int(1.5) would be 1
+        ("milestones", [2, 3.5]),
+        ("epochs", True),  # YAML's `true` is no count
+        ("lr", False),
+        ("shuffle", 2),
+    ],
 )
 def test_bad_values_are_usage_errors(name, value):
     with pytest.raises(UsageError):
@@ -61,3 +71,16 @@ def test_a_single_value_for_a_list_option_is_a_one_item_list(tmp_path):
     path.write_text("model: mlp\nhidden: 64\nclass_weights: 2\n")
     config = resolve_config(path)
     assert config.hidden == [64] and config.class_weights == [2.0]
+
+
+def test_a_config_file_is_checked_when_read(tmp_path):
+    """`train --resume --config` compares the file's values with the run's: they must be the
+    converted, checked values, as resolve_config would build them."""
+    from ptool.core.config import read_config_file
+
+    path = tmp_path / "run.yaml"
+    path.write_text("resized_crop_scale: [0.08, 1.0]\nlr: 1e-3\nepochs: '4'\n")
+    assert read_config_file(path) == {"resized_crop_scale": (0.08, 1.0), "lr": 1e-3, "epochs": 4}
+    path.write_text("lrr: 0.1\n")
+    with pytest.raises(UsageError, match=f"{path}: unknown option 'lrr'"):
+        read_config_file(path)

@@ -169,13 +169,54 @@ def test_a_new_run_or_a_resume_never_replaces_another_runs_checkpoints(tmp_path)
     assert {p.name: p.read_bytes() for p in (tmp_path / "run").glob("*.pt")} == before
 
 
+def test_a_checkpoint_copied_into_another_runs_directory_does_not_replace_its_files(tmp_path):
+    """Continuing where the checkpoint is rewrites last.pt and best.pt there: only when they are
+    the same run's (an earlier epoch file resumes in its own run directory as before)."""
+    fit(small(tmp_path, "a", epochs=1, keep_last=2), quiet=True)
+    fit(small(tmp_path, "b", epochs=1, seed=1), quiet=True)
+    shutil.copyfile(tmp_path / "a" / "last.pt", tmp_path / "b" / "from-a.pt")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "b").glob("*.pt")}
+    with pytest.raises(UsageError, match=r"holds another run's checkpoints \(best.pt, last.pt\)"):
+        plan_resume(tmp_path / "b" / "from-a.pt", {"epochs": 2})
+    assert {p.name: p.read_bytes() for p in (tmp_path / "b").glob("*.pt")} == before
+    own = plan_resume(tmp_path / "a" / "epoch-1.pt", {"epochs": 2, "early_stop_patience": 3})
+    assert own.config.out == str(tmp_path / "a")
+    elsewhere = plan_resume(tmp_path / "b" / "from-a.pt", {"epochs": 2, "out": str(tmp_path / "c")})
+    assert elsewhere.config.out == str(tmp_path / "c")
+
+
+def test_onecycle_cannot_be_extended_without_replanning(tmp_path):
+    fit(small(tmp_path, "run", epochs=1, scheduler="onecycle"), quiet=True)
+    with pytest.raises(UsageError, match="onecycle was planned for 1 epochs") as info:
+        plan_resume(tmp_path / "run", {"epochs": 2})
+    assert info.value.hint.endswith("--epochs 2 --reschedule")
+    resume_run(plan_resume(tmp_path / "run", {"epochs": 2}, reschedule=True), quiet=True)
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 2
+
+
+def test_refusal_hints_are_commands_that_run(tmp_path):
+    from typer.testing import CliRunner
+
+    from ptool.cli import app
+
+    fit(small(tmp_path, "run", epochs=1), quiet=True)
+    changes = (({"hidden": [8, 8]}, "--hidden 8,8"), ({"shuffle": False}, "--no-shuffle"))
+    for change, flag in changes:
+        with pytest.raises(UsageError) as info:
+            plan_resume(tmp_path / "run", {"epochs": 2, **change})
+        checkpoint = tmp_path / "run" / "last.pt"
+        assert info.value.hint == f"ptool train --init-from {checkpoint} {flag} ..."
+        args = info.value.hint.split()[1:-1] + ["--print-config"]
+        assert CliRunner().invoke(app, args).exit_code == 0
+
+
 def test_a_model_that_cannot_be_rebuilt_fails_like_in_eval(tmp_path):
     fit(small(tmp_path, "run", epochs=1), quiet=True)
     ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     ckpt["config"]["model"] = "nosuchmod:build"
     torch.save(ckpt, tmp_path / "run" / "last.pt")
     with pytest.raises(PtoolError, match="cannot rebuild the checkpoint's model") as info:
-        resume_run(plan_resume(tmp_path / "run", {"epochs": 2}), quiet=True)
+        resume_run(plan_resume(tmp_path / "run", {"epochs": 2, "out": str(tmp_path / "o")}))
     assert info.value.exit_code == 1  # a bad file, as eval and predict say it
 
 
@@ -354,3 +395,22 @@ def test_init_from_a_plain_state_dict_with_a_new_head(tmp_path):
     heads = [k for k in body if k.startswith("head")]
     assert heads and all(torch.equal(seen[k], body[k]) for k in body if k not in heads)
     assert all(seen[k].shape[0] == 5 for k in heads)
+
+
+def test_a_checkpoint_that_needs_unpickling_loads_only_with_unsafe_load(tmp_path):
+    """A Lightning checkpoint keeps its hyper-parameters as an argparse.Namespace: train
+    --init-from takes it with --unsafe-load; the commands without that flag don't name it."""
+    import argparse
+
+    fit(small(tmp_path, "first", epochs=1), quiet=True)
+    state = {f"model.{k}": v for k, v in weights(tmp_path / "first/last.pt").items()}
+    lightning = {"state_dict": state, "hyper_parameters": argparse.Namespace(lr=0.1)}
+    torch.save(lightning, tmp_path / "lightning.ckpt")
+    config = small(tmp_path, "second", epochs=1, init_from=str(tmp_path / "lightning.ckpt"))
+    with pytest.raises(PtoolError, match="argparse.Namespace") as info:
+        fit(config, quiet=True)
+    assert "--unsafe-load" in info.value.hint
+    fit(config, quiet=True, unsafe_load=True)
+    with pytest.raises(PtoolError, match="argparse.Namespace") as info:
+        ckpt_io.load_checkpoint(tmp_path / "lightning.ckpt")  # eval, predict, prune, quantize
+    assert "--unsafe-load" not in info.value.hint
