@@ -612,6 +612,7 @@ class Trainer:
     def validate(self, model: nn.Module, metrics: EpochMetrics) -> dict[str, float]:
         """Every validation sample once over all ranks (rank r takes samples r, r + W, ...)."""
         model.eval()
+        self._fire("on_validation_start", model)
         order = torch.arange(self.dist.rank, len(self.data.val), self.dist.world_size)
         for x, y in self._loader(self.data.val, order, train=False):
             x, y = self._to_device(x, y)
@@ -619,6 +620,7 @@ class Trainer:
                 outputs = model(x)
                 loss = self.loss_fn(outputs, y)
             metrics.update(outputs, y, loss)
+        self._fire("on_validation_end", model)
         values, confusion = metrics.compute()
         if metrics is self.val_metrics:
             self.confusion = confusion
@@ -901,6 +903,7 @@ def fit(config: TrainConfig, **options: Any) -> RunSummary:
     `log` receives the human lines (epoch lines, warnings; default: stderr); `progress`
     forces the tqdm bar on/off (default: config.progress, auto = stderr is a terminal).
     Callbacks are objects with any of on_fit_start(trainer), on_step_end(trainer),
+    on_validation_start(trainer, model), on_validation_end(trainer, model),
     on_epoch_end(trainer, metrics), on_checkpoint(trainer, path), on_fit_end(trainer, summary).
     """
     trainer = Trainer(config, **options)

@@ -61,4 +61,6 @@ def model_from_checkpoint(ckpt: dict[str, Any], *, load_weights: bool = True) ->
             lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
             detail = lines[1] if len(lines) > 1 else lines[0]
             raise PtoolError(f"the saved weights do not fit the rebuilt model: {detail}") from exc
+        if ckpt.get("quantization"):  # a QAT run's fake-quantized model keeps its saved ranges
+            quantize.pause_observers(model)
     return model

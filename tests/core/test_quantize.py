@@ -384,3 +384,17 @@ def test_static_quantizes_shufflenet_on_small_inputs(tmp_path):
     assert report["metrics_change"]["val/accuracy"] >= -0.05
     x = _inputs(ckpt)
     assert _reloaded(report["output"])(x).shape == (8, 4)
+
+
+def test_a_qat_runs_ranges_are_set_by_training_data_only(cnn_ckpt, tmp_path):
+    """FakeQuantize observes in eval mode too: validation (in the run, and `ptool eval` of its
+    checkpoint) must not move the int8 ranges, so eval reproduces the logged metrics."""
+    from ptool.core.evaluate import evaluate_checkpoints
+
+    overrides = {"epochs": 1, "tensorboard": False, "out": str(tmp_path / "run")}
+    options = _fast("qat", train_overrides=overrides, evaluate=False)
+    quantize_checkpoint(cnn_ckpt, options)
+    run_ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    for _ in range(2):
+        (report,) = evaluate_checkpoints([tmp_path / "run" / "last.pt"], device="cpu")
+        assert report["metrics"]["loss"] == pytest.approx(run_ckpt["metrics"]["val/loss"], rel=1e-6)

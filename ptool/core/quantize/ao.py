@@ -319,6 +319,23 @@ def freeze_observers(model: nn.Module) -> None:
     model.apply(tq.disable_observer)
 
 
+def pause_observers(model: nn.Module) -> list[tuple[nn.Module, torch.Tensor]]:
+    """Stop every observer and return what `restore_observers` needs: FakeQuantize observes
+    in eval mode too, so evaluating a QAT model would move its int8 ranges toward the data."""
+    saved = [
+        (module, module.observer_enabled.clone())
+        for module in model.modules()
+        if isinstance(getattr(module, "observer_enabled", None), torch.Tensor)
+    ]
+    freeze_observers(model)
+    return saved
+
+
+def restore_observers(saved: list[tuple[nn.Module, torch.Tensor]]) -> None:
+    for module, enabled in saved:
+        module.observer_enabled.copy_(enabled)
+
+
 def freeze_bn_stats(model: nn.Module) -> None:
     import torch.ao.nn.intrinsic.qat as nniqat
 

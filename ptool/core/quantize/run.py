@@ -165,7 +165,8 @@ def _calibration_data(config: TrainConfig, info: Any, spec: str | None, data: An
 
 
 class FreezeSchedule:
-    """Engine callback: stop observers / batch-norm statistics after the given epochs.
+    """Engine callback: stop observers / batch-norm statistics after the given epochs, and
+    the observers during every validation.
 
     Applied at the start too, so a resumed run freezes what the uninterrupted one had.
     """
@@ -175,6 +176,7 @@ class FreezeSchedule:
         self.bn_epoch = bn_epoch
         self.log = log
         self.done: set[str] = set()
+        self.paused: list = []
 
     def _apply(self, trainer: Any) -> None:
         epoch = trainer.state.epoch
@@ -195,6 +197,12 @@ class FreezeSchedule:
 
     def on_epoch_end(self, trainer: Any, metrics: dict) -> None:
         self._apply(trainer)
+
+    def on_validation_start(self, trainer: Any, model: Any) -> None:
+        self.paused = ao.pause_observers(model)  # validation data must not set int8 ranges
+
+    def on_validation_end(self, trainer: Any, model: Any) -> None:
+        ao.restore_observers(self.paused)
 
 
 def qat_config(config: TrainConfig, overrides: dict[str, Any], source: Path) -> TrainConfig:
