@@ -90,9 +90,11 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     return path
 
 
-def check_output(path: Path, source: Path, flag: str) -> None:
+def check_output(path: Path, source: Path, flag: str, *, derived_only: bool = True) -> None:
     """Refuse, before any work, a derived file (`-o`, `--torchscript`) that would replace the
-    input checkpoint or that names a directory: the job would run, then fail or destroy."""
+    input checkpoint or that names a directory: the job would run, then fail or destroy.
+    With `derived_only`, an existing file is replaced only if it is one that prune or quantize
+    write (a rerun), never a training checkpoint or a file ptool did not write."""
     if path.resolve() == source.resolve():
         raise UsageError(
             f"{flag} would overwrite the input checkpoint {source}", hint="choose another -o"
@@ -101,6 +103,26 @@ def check_output(path: Path, source: Path, flag: str) -> None:
         raise UsageError(
             f"{flag} names a directory: {path}", hint="give a file path, e.g. -o DIR/out.pt"
         )
+    if derived_only and path.exists() and not _is_derived(path):
+        raise UsageError(
+            f"{flag} would replace {path}, which is not a pruned or quantized checkpoint",
+            hint="choose another -o, or move that file away first",
+        )
+
+
+def _is_derived(path: Path) -> bool:
+    """What prune and quantize write: a pruned or quantized ptool checkpoint, no training state."""
+    from ptool.core.inspect.reader import read
+
+    try:
+        obj = read(path).obj  # the object tree only: no tensor is read
+    except PtoolError:
+        return False
+    return (
+        is_ptool_checkpoint(obj)
+        and bool(obj.get("pruning") or obj.get("quantization"))
+        and "optimizer_state_dict" not in obj
+    )
 
 
 def _refusal(path: Path, exc: Exception, hint: str) -> PtoolError:

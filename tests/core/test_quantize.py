@@ -174,6 +174,23 @@ def test_outputs_never_replace_the_input_or_land_on_a_directory(mlp_ckpt, tmp_pa
         quantize_checkpoint(mlp_ckpt, _fast("dynamic", evaluate=False, output=str(tmp_path)))
 
 
+def test_output_replaces_a_derived_file_but_never_a_training_checkpoint(mlp_ckpt, tmp_path):
+    """A rerun replaces its own output; a run's last.pt or another tool's file is refused."""
+    last = tmp_path / "last.pt"
+    last.write_bytes(mlp_ckpt.read_bytes())
+    foreign = tmp_path / "weights.pt"
+    torch.save({"w": torch.zeros(2)}, foreign)
+    for target in (last, foreign):
+        before = target.read_bytes()
+        options = _fast("dynamic", evaluate=False, output=str(target))
+        with pytest.raises(UsageError, match="which is not a pruned or quantized checkpoint"):
+            quantize_checkpoint(mlp_ckpt, options)
+        assert target.read_bytes() == before
+    options = _fast("dynamic", evaluate=False, output=str(tmp_path / "q.pt"))
+    first = quantize_checkpoint(mlp_ckpt, options)
+    assert quantize_checkpoint(mlp_ckpt, options)["output"] == first["output"]
+
+
 def test_refuses_cuda_before_loading_anything(tmp_path):
     with pytest.raises(UsageError, match="CPU only"):
         quantize_checkpoint(tmp_path / "missing.pt", _fast("static", device="cuda"))

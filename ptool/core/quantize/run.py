@@ -329,7 +329,7 @@ def quantize_checkpoint(
     ckpt_io.check_output(output, path, f"-o {output}")
     if options.torchscript:
         script = torchscript_path(output)
-        ckpt_io.check_output(script, path, f"--torchscript ({script})")
+        ckpt_io.check_output(script, path, f"--torchscript ({script})", derived_only=False)
 
     float_model = _float_model(ckpt)
     pruning = ckpt.get("pruning")
