@@ -163,6 +163,13 @@ def test_csv_classification_with_string_labels(tmp_path):
     assert torch.allclose(x.mean(0), torch.zeros(2), atol=1e-5)  # standardized with train stats
 
 
+def test_csv_saved_by_excel_with_a_byte_order_mark(tmp_path):
+    path = write_csv(tmp_path / "t.csv", ["label", "a"], [[i % 2, i] for i in range(10)])
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    bundle = build_data(cfg(data=f"csv:{path}", target="label"))
+    assert bundle.info.input_shape == [1] and bundle.info.num_classes == 2
+
+
 def test_csv_regression_and_target_choice(tmp_path):
     rows = [[i * 0.5, i * 0.25 + 0.1, i] for i in range(10)]
     path = write_csv(tmp_path / "r.csv", ["y", "x1", "x2"], rows)

@@ -45,7 +45,7 @@ def _labels(values: list[str], numbers: list[float | None]) -> tuple[torch.Tenso
 def csv_source(config: Any, path: str) -> DataBundle:
     """A CSV with a header row: numeric feature columns and one target column (--target)."""
     p = _existing_file("csv", path)
-    with p.open(newline="") as f:
+    with p.open(newline="", encoding="utf-8-sig") as f:  # Excel writes a BOM
         rows = [row for row in csv.reader(f) if any(cell.strip() for cell in row)]
     if len(rows) < 3:
         raise UsageError(f"csv: {p} needs a header row and at least 2 data rows")
