@@ -130,9 +130,13 @@ def _refuse_derived(ckpt: dict[str, Any], checkpoint: Path) -> None:
         )
     missing = [key for key in NEEDED if key not in ckpt]
     if missing:
+        # a pruned model's shapes or masks are not the config's: prune rebuilds them
+        again = f"ptool prune {checkpoint} --amount 0 --finetune-epochs 3"
         raise PtoolError(
             f"{checkpoint} cannot be resumed: it has no {', '.join(missing)}",
-            hint=f"start a new run from its weights: ptool train --init-from {checkpoint}",
+            hint=f"fine-tune it with: {again}"
+            if ckpt.get("pruning")
+            else f"start a new run from its weights: ptool train --init-from {checkpoint}",
         )
 
 

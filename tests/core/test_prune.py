@@ -383,12 +383,34 @@ def test_compacted_finetune_run_rebuilds(cnn_ckpt, tmp_path):
         ({"train_overrides": {"lr": 0.1}}, "--lr sets fine-tuning"),
         ({"recalibrate_bn": -1}, "--recalibrate-bn must be at least 0"),
         ({"method": "l2"}, "valid: l1-unstructured"),
+        ({"train_overrides": {"batch_size": 0}}, "--batch-size must be at least 1"),
+        ({"method": "ln-structured", "n": float("nan")}, "--n nan is no norm order"),
     ],
 )
 def test_bad_input_is_refused_in_one_line(cnn_ckpt, tmp_path, values, message):
     with pytest.raises(UsageError) as caught:
         _prune(cnn_ckpt, tmp_path, **values)
     assert message in str(caught.value) and "\n" not in str(caught.value)
+    assert not list(tmp_path.glob("*.pt"))  # refused before anything was written
+
+
+def test_a_finetune_out_holding_another_run_is_refused_before_pruning(cnn_ckpt, tmp_path):
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "last.pt").write_bytes(cnn_ckpt.read_bytes())
+    for steps, where in ((1, taken), (2, taken / "step-2")):
+        where.mkdir(exist_ok=True)
+        (where / "last.pt").write_bytes(cnn_ckpt.read_bytes())
+        overrides = {"out": str(taken if steps == 1 else tmp_path / "taken")}
+        with pytest.raises(UsageError, match=f"--out {where} holds another run's"):
+            _prune(cnn_ckpt, tmp_path, steps=steps, finetune_epochs=1, train_overrides=overrides)
+    assert not list(tmp_path.glob("*.pt"))
+
+
+def test_bn_scale_with_the_head_names_only_what_works(cnn_ckpt, tmp_path):
+    with pytest.raises(UsageError) as caught:
+        _prune(cnn_ckpt, tmp_path, method="bn-scale", include_head=True)
+    assert caught.value.hint == "drop --include-head"
 
 
 @pytest.mark.parametrize(
@@ -428,3 +450,25 @@ def test_apply_architecture_refuses_unknown_layer_kinds():
         nn.Sequential(nn.Linear(4, 2)), {"0.weight": [3, 4], "0.bias": [3]}
     )
     assert (resized[0].in_features, resized[0].out_features) == (4, 3)
+
+
+def test_a_pruned_output_cannot_be_resumed_and_the_hint_fine_tunes_it(cnn_ckpt, tmp_path):
+    from ptool.core.errors import PtoolError
+    from ptool.core.resume import plan_resume
+
+    report, _ = _prune(cnn_ckpt, tmp_path, method="ln-structured", amount=0.5, compact=True)
+    with pytest.raises(PtoolError, match="cannot be resumed") as caught:
+        plan_resume(report["output"], {})
+    assert caught.value.hint == (
+        f"fine-tune it with: ptool prune {report['output']} --amount 0 --finetune-epochs 3"
+    )
+    overrides = {"out": str(tmp_path / "again"), "tensorboard": False}
+    _, saved = _prune(
+        Path(report["output"]),
+        tmp_path,
+        amount=0,
+        finetune_epochs=1,
+        train_overrides=overrides,
+        output=str(tmp_path / "again.pt"),
+    )  # fmt: skip: the hint's command, with 1 epoch
+    assert saved["model_state_dict"]["body.0.conv.weight"].shape[0] == 4

@@ -6,6 +6,7 @@ unpruned, an int a count of them; ptool refuses a fraction of 1 or more (nothing
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,8 @@ def check_options(options: PruneOptions) -> None:
         raise UsageError(
             f"--modules {','.join(options.modules)}: valid kinds: {', '.join(KIND_NAMES)}"
         )
+    if math.isnan(options.n):  # every channel's norm would be NaN, all ranked equal
+        raise UsageError("--n nan is no norm order", hint="e.g. --n 1, --n 2 (default) or --n inf")
     structured = options.method in STRUCTURED
     if options.compact and not structured:
         raise UsageError(

@@ -57,6 +57,11 @@ def finetune_config(
     return config.replace(**values)
 
 
+def step_run_dir(out: str, step: int, steps: int) -> str:
+    """Where step `step` of `steps` fine-tunes: --out itself, or --out/step-K when iterative."""
+    return str(Path(out) / f"step-{step}") if steps > 1 else out
+
+
 def _permanent(model: nn.Module) -> nn.Module:
     """A copy with the masks baked into plain weights: what runs after `prune.remove`."""
     dense = copy.deepcopy(masks.refresh_weights(model)).eval()
@@ -312,14 +317,17 @@ def prune_checkpoint(
     ckpt = ckpt_io.load_checkpoint(path)
     refuse_quantized(ckpt, path)
 
+    from ptool.core.engine import check_config
     from ptool.core.restore import config_and_info, model_from_checkpoint
 
     config, info = config_and_info(ckpt)
-    if "batch_size" in options.train_overrides:
+    if "batch_size" in options.train_overrides:  # the latency's batch, fine-tuning or not
         config = config.replace(batch_size=options.train_overrides["batch_size"])
+        check_config(config)
     base_config = None
     if options.finetune_epochs:  # its flags are checked before any pruning work
-        from ptool.core.engine import check_config, check_monitor
+        from ptool.core.engine import check_monitor
+        from ptool.core.rundir import refuse_other_run
         from ptool.core.runtime import resolve_device
 
         base_config = finetune_config(
@@ -328,6 +336,8 @@ def prune_checkpoint(
         check_config(base_config)
         check_monitor(base_config, info)
         resolve_device(base_config.device)
+        for k in range(1, options.steps + 1):
+            refuse_other_run(step_run_dir(base_config.out, k, options.steps))
     model = model_from_checkpoint(ckpt).eval()
     layers = masks.select_layers(
         model,
@@ -342,7 +352,12 @@ def prune_checkpoint(
         raise UsageError(
             f"--include-head with {options.method} along --dim 0 would remove output classes "
             f"of {head}",
-            hint="drop --include-head, or use --dim 1 (its inputs) without --compact",
+            hint="drop --include-head"
+            + (
+                ""
+                if options.method == "bn-scale"
+                else ", or use --dim 1 (its inputs) without --compact"
+            ),
         )
     sizes = masks.check_sizes(options.amount, layers, options.method, options.dim)
     schedules = {
@@ -413,9 +428,7 @@ def prune_checkpoint(
             "finetune": None,
         }
         if base_config is not None:
-            run_config = base_config
-            if options.steps > 1:
-                run_config = base_config.replace(out=str(Path(base_config.out) / f"step-{k}"))
+            run_config = base_config.replace(out=step_run_dir(base_config.out, k, options.steps))
             log(f"fine-tuning {options.finetune_epochs} epochs in {run_config.out}")
             entry["finetune"] = _finetune(
                 pruner, run_config, data, recipe, quiet=quiet, progress=progress
