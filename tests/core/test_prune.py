@@ -470,5 +470,5 @@ def test_a_pruned_output_cannot_be_resumed_and_the_hint_fine_tunes_it(cnn_ckpt, 
         finetune_epochs=1,
         train_overrides=overrides,
         output=str(tmp_path / "again.pt"),
-    )  # fmt: skip: the hint's command, with 1 epoch
+    )  # the hint's command, with 1 epoch
     assert saved["model_state_dict"]["body.0.conv.weight"].shape[0] == 4
