@@ -169,6 +169,8 @@ def load(
         head = f.read(4)
     if not is_zip and head == b"PK\x03\x04":  # a zip checkpoint cut short
         raise PtoolError(f"{path} is truncated or corrupt (its zip directory is missing)")
+    if not is_zip and head[:1] != b"\x80":  # torch.save writes a zip, or a binary pickle
+        raise PtoolError(f"{path} is not a PyTorch checkpoint (not a torch.save file)")
     if mmap is None:
         mmap = is_zip
     try:
@@ -189,11 +191,9 @@ def load(
                 or "could not find MARK" in str(exc)
                 or ("Unsupported operand" in str(exc) and not binary_pickle)
             ):
-                raise PtoolError(
-                    f"{path} is not a PyTorch checkpoint ({_first_line(exc)})"
-                ) from exc
+                raise PtoolError(f"{path} is not a PyTorch checkpoint ({_reason(exc)})") from exc
             raise _refusal(path, exc, refusal_hint) from exc
-        raise PtoolError(f"{path} is not a PyTorch checkpoint ({_first_line(exc)})") from exc
+        raise PtoolError(f"{path} is not a PyTorch checkpoint ({_reason(exc)})") from exc
     except EOFError as exc:
         raise PtoolError(f"{path} is truncated (unexpected end of file)") from exc
     except KeyError as exc:  # torch's legacy reader on bytes that are no pickle at all
@@ -203,6 +203,15 @@ def load(
         if "central directory" in message or "zip archive" in message:
             raise PtoolError(f"{path} is truncated or corrupt ({message})") from exc
         raise PtoolError(f"cannot read {path}: {message}") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    """torch's own reason, without its advice to retry with weights_only=False."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        return text.split(marker, 1)[1].strip().splitlines()[0]
+    return _first_line(exc)
 
 
 def _first_line(exc: BaseException) -> str:
