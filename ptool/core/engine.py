@@ -465,7 +465,7 @@ class Trainer:
                 for value, buffer in zip(kept, norms, strict=True):
                     value.copy_(buffer)
                 with self._autocast():
-                    outputs = self.train_model(x)
+                    outputs = self._train_forward(x)
                     loss = self.loss_fn(outputs, y)
                 if self._finite(loss, index):
                     self.scaler.scale(loss / window if window > 1 else loss).backward()
@@ -508,6 +508,19 @@ class Trainer:
                 f"every batch of epoch {epoch + 1} had a non-finite loss (all skipped); stopped",
                 hint="check the data for NaN values, or lower --lr",
             )
+
+    def _train_forward(self, x: torch.Tensor) -> torch.Tensor:
+        try:
+            return self.train_model(x)
+        except ValueError as exc:  # BatchNorm's "Expected more than 1 value per channel"
+            if "more than 1 value per channel" not in str(exc) or len(x) != 1:
+                raise
+            samples = len(self.train_order(self.state.epoch))
+            raise UsageError(
+                f"the last training batch holds 1 sample ({samples} samples, --batch-size "
+                f"{self.config.batch_size}), which batch norm cannot normalize in training",
+                hint="add --drop-last, or choose another --batch-size",
+            ) from None
 
     def _interrupt(self) -> None:
         """After a signal: last.pt holds this step; finish the run's files and stop."""

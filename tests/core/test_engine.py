@@ -429,3 +429,11 @@ def test_init_from_starts_from_another_runs_weights(tmp_path):
     assert all(torch.equal(seen[k], first[k]) for k in first)
     with pytest.raises(UsageError, match="does not fit the model"):
         fit(small(tmp_path, "third", hidden=[7], init_from=init), quiet=True)
+
+
+def test_a_last_batch_of_one_sample_through_batch_norm_names_drop_last(tmp_path):
+    config = small(tmp_path, "run", norm="batch", batch_size=79, epochs=1)  # 80 train samples
+    with pytest.raises(UsageError, match=r"holds 1 sample \(80 samples, --batch-size 79\)") as info:
+        fit(config, quiet=True)
+    assert info.value.hint.startswith("add --drop-last")
+    fit(config.replace(drop_last=True, out=str(tmp_path / "dropped")), quiet=True)
