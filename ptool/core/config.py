@@ -56,6 +56,12 @@ class TrainConfig:
         "or 0.2 where it has none.",
         "data",
     )
+    data_seed: int | None = _opt(
+        None,
+        "Seed of the validation split and of synthetic data (default: --seed, or 0 without "
+        "one, recorded).",
+        "data",
+    )
     image_size: int | None = _opt(
         None, "Resize images to this size (imagefolder: default 64).", "data"
     )

@@ -1,8 +1,8 @@
 """What every source shares: seeded splits, per-sample transforms, in-memory bundles.
 
 Seeding: every seeded choice (the synthetic data itself, validation splits) uses
-`config.seed`, or 0 when it is None, so the same config always sees the same split even
-when the training run itself is unseeded.
+`config.data_seed`, else `config.seed`, else 0, so the same config always sees the same split
+even when the training run itself is unseeded (the engine records 0 as its data_seed).
 """
 
 from __future__ import annotations
@@ -27,7 +27,10 @@ DEFAULT_VAL_FRACTION = 0.2
 
 
 def data_seed(config: Any) -> int:
-    return config.seed if config.seed is not None else 0
+    for seed in (config.data_seed, config.seed):
+        if seed is not None:
+            return seed
+    return 0
 
 
 def split_indices(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

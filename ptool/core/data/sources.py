@@ -1,8 +1,7 @@
 """The data sources behind `--data SPEC`: a registry of names and `prefix:PATH` specs.
 
 Seeding: every seeded choice (the synthetic data itself, validation splits) uses
-`config.seed`, or 0 when it is None, so the same config always sees the same split even
-when the training run itself is unseeded.
+`common.data_seed(config)`: --data-seed, else --seed, else 0.
 """
 
 from __future__ import annotations
