@@ -388,10 +388,10 @@ class Trainer:
         exact = samples / self.config.batch_size
         return math.floor(exact) if train and self.config.drop_last else math.ceil(exact)
 
-    def _loader(self, dataset, order: torch.Tensor, *, train: bool):
+    def _loader(self, dataset, order: torch.Tensor, *, train: bool, seed: int | None = None):
         from ptool.core.data import make_loader
 
-        return make_loader(dataset, self.config, order, train=train, device=self.device)
+        return make_loader(dataset, self.config, order, train=train, device=self.device, seed=seed)
 
     def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.to(self.device, non_blocking=True)
@@ -457,7 +457,8 @@ class Trainer:
         norms = _norm_statistics(self.model) if config.on_nonfinite == "skip" else []
         kept = [t.clone() for t in norms]  # what a skipped batch's forward must not change
         trained = False  # the same on every process: _finite agrees on each skip
-        for index, (x, y) in enumerate(self._loader(self.data.train, order, train=True), start):
+        loader = self._loader(self.data.train, order, train=True, seed=self.config.seed + epoch)
+        for index, (x, y) in enumerate(loader, start):
             x, y = self._to_device(x, y)
             window_start = index - index % accumulate
             window = min(accumulate, total - window_start)

@@ -59,6 +59,23 @@ def test_stopped_mid_epoch_and_resumed_is_bit_identical(tmp_path):
     assert_same_weights(weights(tmp_path / "full/last.pt"), weights(tmp_path / "resumed/last.pt"))
 
 
+def test_augmented_data_in_worker_processes_resumes_mid_epoch_bit_identical(tmp_path):
+    """Random crops and flips served by a DataLoader worker: each sample's draws come from
+    (seed, epoch, index), not from whichever worker serves it after the restart."""
+    images = dict(data="synthetic", shape="1x8x8", augment="crop,flip", crop_padding=1,
+                  num_workers=1, dropout=0.2, **EXACT)  # fmt: skip
+    fit(small(tmp_path, "full", **images), quiet=True)
+
+    class KeepStep7:
+        def on_checkpoint(self, trainer, path):
+            if trainer.state.global_step == 7:
+                shutil.copyfile(path, tmp_path / "mid.pt")
+
+    fit(small(tmp_path, "cut", save_every_steps=1, **images), callbacks=[KeepStep7()], quiet=True)
+    resume_run(plan_resume(tmp_path / "mid.pt", {"out": str(tmp_path / "resumed")}), quiet=True)
+    assert_same_weights(weights(tmp_path / "full/last.pt"), weights(tmp_path / "resumed/last.pt"))
+
+
 def test_tensorboard_curves_continue_without_duplicated_or_missing_steps(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -74,17 +74,42 @@ def _staged(dataset: TensorDataset, device: torch.device) -> tuple[torch.Tensor,
     return cache[str(device)]
 
 
-class OrderSampler(Sampler[int]):
-    """Yields the engine's order; swappable so a persistent DataLoader can be reused."""
+class OrderSampler(Sampler):
+    """Yields the engine's order (with the epoch's seed, for `SeededSamples`); swappable so a
+    persistent DataLoader can be reused."""
 
-    def __init__(self, order: torch.Tensor):
+    def __init__(self, order: torch.Tensor, seed: int | None = None):
         self.order = order
+        self.seed = seed
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.order.tolist())
+    def __iter__(self) -> Iterator[int | tuple[int, int]]:
+        indices = self.order.tolist()
+        return iter(indices if self.seed is None else [(i, self.seed) for i in indices])
 
     def __len__(self) -> int:
         return len(self.order)
+
+
+class SeededSamples(Dataset):
+    """`dataset[i]` with torch's CPU generator seeded from (epoch seed, i) for the call, so a
+    sample's random transforms draw the same values whichever worker serves it, and after a
+    resume mid-epoch (where the workers restart and a DataLoader draws new worker seeds)."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, seed = key
+        generator = torch.default_generator  # the CPU one only: manual_seed would seed CUDA
+        state = generator.get_state()
+        generator.manual_seed((seed * 6364136223846793005 + index) % 2**63)
+        try:
+            return self.dataset[index]
+        finally:
+            generator.set_state(state)
 
 
 def seed_worker(worker_id: int) -> None:
@@ -99,9 +124,19 @@ _PERSISTENT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def make_loader(
-    dataset: Dataset, config: Any, order: torch.Tensor, *, train: bool, device: Any = "cpu"
+    dataset: Dataset,
+    config: Any,
+    order: torch.Tensor,
+    *,
+    train: bool,
+    device: Any = "cpu",
+    seed: int | None = None,
 ):
-    """Batches of `dataset[order[i:i + batch_size]]`, in that order (see module docstring)."""
+    """Batches of `dataset[order[i:i + batch_size]]`, in that order (see module docstring).
+
+    `seed` (the engine's, per epoch) makes a DataLoader's randomness a function of it alone:
+    each sample's transforms (`SeededSamples`) and the workers' seeds, none drawn from the
+    global RNG, which the model's own randomness (dropout) keeps to itself."""
     device = torch.device(device)
     order = torch.as_tensor(order, dtype=torch.long)
     drop_last = bool(train and config.drop_last)
@@ -110,15 +145,16 @@ def make_loader(
     workers = config.num_workers if config.num_workers is not None else default_num_workers(dataset)
     pin = config.pin_memory if config.pin_memory is not None else device.type == "cuda"
     persistent = bool(config.persistent_workers and workers > 0)
-    key = (config.batch_size, drop_last, workers, pin)
+    key = (config.batch_size, drop_last, workers, pin, seed is None)
     if persistent and dataset in _PERSISTENT and _PERSISTENT[dataset][0] == key:
         loader = _PERSISTENT[dataset][1]
-        loader.sampler.order = order
+        loader.sampler.order, loader.sampler.seed = order, seed
         return loader
     loader = DataLoader(
-        dataset,
+        dataset if seed is None else SeededSamples(dataset),
         batch_size=config.batch_size,
-        sampler=OrderSampler(order),
+        sampler=OrderSampler(order, seed),
+        generator=None if seed is None else torch.Generator().manual_seed(seed),
         drop_last=drop_last,
         num_workers=workers,
         pin_memory=pin,
