@@ -184,6 +184,33 @@ def test_compaction_shapes_outputs_and_reload(cnn_ckpt, float_model, tmp_path):
         assert not torch.allclose(masked(x), expected, atol=1e-3)
 
 
+def test_compacting_a_masked_checkpoint_removes_its_channels_and_the_new_ones(
+    cnn_ckpt, float_model, tmp_path
+):
+    """--keep-masks, then --compact: the second amount applies to the channels left (torch's
+    iterative ln_structured is the oracle), and no emptied channel stays in the model."""
+    _, first = _prune(cnn_ckpt, tmp_path, method="ln-structured", amount=0.5, make_permanent=False)
+    masked = tmp_path / "masked.pt"
+    ckpt_io.atomic_save(first, masked)
+    options = dict(method="ln-structured", amount=0.5, compact=True, output=None)
+    _, saved = _prune(masked, tmp_path, **options)
+    oracle, gone = copy.deepcopy(float_model), {}
+    for name in CONVS:
+        conv = oracle.get_submodule(name)
+        for _ in range(2):
+            prune.ln_structured(conv, "weight", amount=0.5, n=2, dim=0)
+        gone[name] = conv.weight_mask.flatten(1).sum(1) == 0
+    assert [int(g.sum()) for g in gone.values()] == [6, 12]  # of 8 and 16: 4 + 2, 8 + 4
+    state = saved["model_state_dict"]
+    assert state["body.0.conv.weight"].shape[0] == 2 and state["body.1.conv.weight"].shape[0] == 4
+    assert all(state[f"{n}.weight"].flatten(1).abs().sum(1).all() for n in CONVS)
+    x = _inputs()
+    with torch.no_grad():
+        expected = _channel_zeroed(float_model, gone)(x)
+        restored = model_from_checkpoint(saved).eval()
+        torch.testing.assert_close(restored(x), expected, atol=1e-5, rtol=1e-5)
+
+
 def test_bn_scale_removes_the_channels_with_the_smallest_batch_norm_scale(
     cnn_ckpt, float_model, tmp_path
 ):

@@ -109,6 +109,17 @@ def pruned_slices(mask: torch.Tensor, dim: int) -> list[int]:
     return torch.nonzero(mask.sum(dim=others) == 0).flatten().tolist()
 
 
+def mask_empty_channels(module: nn.Module) -> None:
+    """Mask the output channels whose weights are all zero (structured masks of the input,
+    made permanent), so the next structured step ranks only the channels left, as torch's
+    iterative pruning does, and the compaction removes them too."""
+    weight = module.weight.detach()
+    alive = weight.flatten(1).ne(0).any(dim=1)
+    if not bool(alive.all()):
+        shape = (-1,) + (1,) * (weight.dim() - 1)
+        prune.custom_from_mask(module, PARAM, alive.view(shape).expand_as(weight))
+
+
 def target_count(amount: int | float, size: int) -> int:
     """Units pruned in all, as PyTorch counts an `amount` of `size` remaining units."""
     return amount if isinstance(amount, int) else round(amount * size)

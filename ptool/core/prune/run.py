@@ -188,6 +188,8 @@ class Pruner:
             for follower, leader in self.tied.items():
                 self.log(f"{follower}: output channels tied to {leader}'s, removed with them")
             layers = {name: m for name, m in layers.items() if name not in self.tied}
+            for module in layers.values():
+                masks.mask_empty_channels(module)
         scores = graph.bn_scales(layers) if options.method == "bn-scale" else None
         masks.prune_layers(
             layers, options.method, counts, n=options.n, dim=options.dim, scores=scores
