@@ -25,7 +25,9 @@ EXAMPLES = examples(
 
 ConfigOpt = Annotated[
     str | None,
-    typer.Option("--config", help="TOML or YAML file with any of the options below; flags win."),
+    typer.Option(
+        "--config", help="TOML, YAML or JSON file with any of the options below; flags win."
+    ),
 ]
 ResumeOpt = Annotated[
     str | None,

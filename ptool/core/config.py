@@ -430,7 +430,7 @@ def check_interval(name: str, value: Any, interval: str) -> None:
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a TOML or YAML config, each value converted and checked; keys may sit at the top
+    """Read a TOML, YAML or JSON config, each value converted and checked; keys may sit at the top
     level or under section tables."""
     path = Path(path)
     if not path.is_file():
@@ -441,6 +441,10 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             import yaml
 
             raw = yaml.safe_load(text) or {}
+        elif path.suffix == ".json":  # what `--print-config --json` prints
+            import json
+
+            raw = json.loads(text)
         elif path.suffix == ".toml":
             try:
                 import tomllib
@@ -448,7 +452,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
                 import tomli as tomllib
             raw = tomllib.loads(text)
         else:
-            raise UsageError(f"config file must be .toml, .yaml or .yml: {path}")
+            raise UsageError(f"config file must be .toml, .yaml, .yml or .json: {path}")
     except UsageError:
         raise
     except Exception as exc:  # the parsers' own error types differ; YAML's span five lines

@@ -84,3 +84,12 @@ def test_a_config_file_is_checked_when_read(tmp_path):
     path.write_text("lrr: 0.1\n")
     with pytest.raises(UsageError, match=f"{path}: unknown option 'lrr'"):
         read_config_file(path)
+
+
+def test_a_json_config_is_what_print_config_json_prints(tmp_path):
+    import json
+
+    config = resolve_config(None, {"lr": 0.1, "hidden": [32, 16], "betas": (0.8, 0.9)})
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(config.to_dict()))
+    assert resolve_config(path) == config
