@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ptool.core.errors import UsageError, unknown_name
+from ptool.core.errors import PtoolError, UsageError, unknown_name
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -198,6 +198,14 @@ def build_torchvision(name: str, info: Any) -> nn.Module:
     return model
 
 
+def _user_code_error(what: str, exc: Exception) -> PtoolError:
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return PtoolError(
+        f"{what} raised {type(exc).__name__}: {first}",
+        hint="the error is in that code, not in ptool; ptool --debug shows its traceback",
+    )
+
+
 def build_factory(spec: str, info: Any) -> nn.Module:
     """`module.path:function`, called as function(input_shape=[...], num_outputs=N).
 
@@ -213,6 +221,8 @@ def build_factory(spec: str, info: Any) -> nn.Module:
             f"cannot import model module {module_name!r}: {exc}",
             hint=f"valid models: {', '.join(VALID_MODELS)}",
         ) from exc
+    except Exception as exc:  # noqa: BLE001 - the user's module failed, not ptool
+        raise _user_code_error(f"importing {module_name}", exc) from exc
     factory = getattr(module, function_name, None)
     if not callable(factory):
         raise UsageError(f"{module_name} has no function {function_name!r}")
@@ -223,6 +233,8 @@ def build_factory(spec: str, info: Any) -> nn.Module:
             f"{spec} failed: {exc}",
             hint="a model factory takes keyword arguments input_shape=[...] and num_outputs=N",
         ) from exc
+    except Exception as exc:  # noqa: BLE001
+        raise _user_code_error(spec, exc) from exc
     if not isinstance(model, nn.Module):
         raise UsageError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
     return model

@@ -10,7 +10,7 @@ from torch import nn
 
 from ptool.core.config import TrainConfig
 from ptool.core.data import DataInfo
-from ptool.core.errors import UsageError
+from ptool.core.errors import PtoolError, UsageError
 from ptool.core.models import MODELS, build_model
 
 
@@ -82,7 +82,10 @@ def test_user_factory(tmp_path, monkeypatch):
         "    return torch.nn.Linear(3, num_outputs)\n"
         "def not_a_model(input_shape, num_outputs):\n"
         "    return 42\n"
+        "def boom(input_shape, num_outputs):\n"
+        "    raise RuntimeError('factory failed')\n"
     )
+    (tmp_path / "broken.py").write_text("raise KeyError('half-written')\n")
     monkeypatch.chdir(tmp_path)
     net = build_model(TrainConfig(model="my_models:build"), info([1, 4, 4], outputs=3))
     assert net(torch.randn(2, 1, 4, 4)).shape == (2, 3)
@@ -90,6 +93,13 @@ def test_user_factory(tmp_path, monkeypatch):
         build_model(TrainConfig(model="my_models:wrong"), info([1, 4, 4]))
     with pytest.raises(UsageError, match="returned int"):
         build_model(TrainConfig(model="my_models:not_a_model"), info([1, 4, 4]))
+    for spec, message in (
+        ("my_models:boom", "my_models:boom raised RuntimeError: factory failed"),
+        ("broken:build", "importing broken raised KeyError: 'half-written'"),
+    ):
+        with pytest.raises(PtoolError, match=message) as caught:
+            build_model(TrainConfig(model=spec), info([1, 4, 4]))
+        assert not isinstance(caught.value, UsageError) and "not in ptool" in caught.value.hint
     with pytest.raises(UsageError, match="cannot import model module 'nope'"):
         build_model(TrainConfig(model="nope:build"), info([1, 4, 4]))
     with pytest.raises(UsageError, match="--grad-checkpoint"):
