@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
@@ -123,6 +124,7 @@ def run_and_report(
     out: Output, run_dir: str | None, run: Callable[[Callable[[str], None]], Any]
 ) -> None:
     """Train (or resume) with epoch lines on stderr, then the summary table or JSON."""
+    created = bool(run_dir) and not os.path.exists(run_dir)
     if run_dir:  # an unwritable --out fails now, before seconds of imports
         from ptool.core.rundir import prepare_run_dir
 
@@ -136,7 +138,13 @@ def run_and_report(
         if not out.quiet:
             out.err.print(escape(line), soft_wrap=True)
 
-    summary = run(log)
+    try:
+        summary = run(log)
+    except BaseException:
+        if created:  # a run refused before writing anything leaves no empty --out behind
+            with contextlib.suppress(OSError):
+                os.rmdir(run_dir)
+        raise
     if _speaks_for_the_job():
         out.result(summary.to_dict(), lambda: summary_table(summary))
 
