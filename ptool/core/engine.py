@@ -73,6 +73,7 @@ class TrainState:
     train_samples: int = 0
     samples_seen: int = 0  # training samples over the whole run (this rank)
     train_time_s: float = 0.0
+    wall_time_s: float = 0.0  # of the sessions before this one, up to their last checkpoint
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -216,6 +217,7 @@ class Trainer:
         unsafe_load: bool = False,
     ):
         self.started = time.perf_counter()
+        self.wall_before = 0.0  # wall time of the sessions before a resume
         self.reschedule = reschedule
         self.resumed_at: int | None = None  # the global step a resume started from
         check_config(config)
@@ -749,6 +751,7 @@ class Trainer:
         saves at the same steps: torchrun's processes take no signals of their own), and rank 0
         takes them back at resume while the others start from zero."""
         saved = self.state.to_dict()
+        saved["wall_time_s"] = self._wall_time()
         if self.dist.enabled:
             loss_sum, correct, samples = self._job_sums()
             saved.update(train_loss_sum=loss_sum, train_correct=correct, train_samples=int(samples))
@@ -788,6 +791,7 @@ class Trainer:
             self.ema.module.load_state_dict(ckpt["ema_state_dict"])
             self.ema.n_averaged.fill_(ckpt["callbacks"]["ema"]["n_averaged"])
         self.state = TrainState.from_dict(ckpt["callbacks"]["train_state"])
+        self.wall_before = self.state.wall_time_s
         if not self.dist.is_main:  # rank 0 carries the job's running sums
             self.state.train_loss_sum = self.state.train_correct = 0.0
             self.state.train_samples = 0
@@ -850,9 +854,13 @@ class Trainer:
             + f"  lr {metrics['lr']:.3g}"
         )
 
+    def _wall_time(self) -> float:
+        """The run's wall time: earlier sessions (a resume's checkpoint says) and this one."""
+        return self.wall_before + time.perf_counter() - self.started
+
     def _finish(self, status: str, message: str | None) -> RunSummary:
         state = self.state
-        wall = time.perf_counter() - self.started
+        wall = self._wall_time()
         samples = state.samples_seen * self.dist.world_size
         summary = RunSummary(
             run_dir=str(self.run_dir),

@@ -149,6 +149,15 @@ def test_extending_a_finished_run_continues_or_replans_the_schedule(tmp_path):
     assert lr("b") < last_used and lr("b") == pytest.approx(0.0, abs=1e-12)
 
 
+def test_a_resumed_runs_wall_time_counts_every_session(tmp_path):
+    first = fit(small(tmp_path, "run", epochs=1), quiet=True)
+    saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    before = saved["callbacks"]["train_state"]["wall_time_s"]
+    assert 0 < before <= first.wall_time_s
+    resumed = resume_run(plan_resume(tmp_path / "run", {"epochs": 2}), quiet=True)
+    assert resumed.wall_time_s > before and resumed.wall_time_s >= resumed.train_time_s
+
+
 def test_changing_the_model_data_or_optimizer_is_refused_naming_init_from(tmp_path):
     fit(small(tmp_path, "run", epochs=1), quiet=True)
     for change in ({"model": "cnn"}, {"data": "digits"}, {"optimizer": "sgd"}, {"lr": 0.5}):
