@@ -7,6 +7,7 @@ not a mean of per-batch values. `ptool eval` builds the same collection.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -50,7 +51,9 @@ class EpochMetrics:
     def __init__(self, info: Any, device: torch.device, prefix: str):
         self.prefix = prefix
         self.task = info.task
-        self.loss = torchmetrics.MeanMetric().to(device)
+        # a NaN batch loss keeps the epoch's NaN: torchmetrics' default warns and drops it,
+        # reporting the other batches' loss, and "disable" drops the weights too (1.x)
+        self.loss = torchmetrics.MeanMetric(nan_strategy=math.nan).to(device)
         self.collection = build_metrics(info).to(device)
 
     def update(self, outputs: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import numpy as np
@@ -103,6 +104,20 @@ def test_epoch_metrics_match_sklearn_over_the_whole_epoch():
     regression.update(out, target, nn.functional.mse_loss(out, target))
     values, _ = regression.compute()
     assert values["val/r2"] == pytest.approx(r2_score(target.numpy(), out.numpy()), abs=1e-5)
+
+
+def test_a_nan_batch_loss_makes_the_epochs_loss_nan_without_a_warning():
+    """torchmetrics' default would warn, drop the NaN and report the other batches' mean."""
+    import warnings
+
+    metrics = EpochMetrics(info(), torch.device("cpu"), "val")
+    logits, targets = torch.randn(8, 4), torch.randint(4, (8,))
+    metrics.update(logits, targets, torch.tensor(0.5))
+    metrics.update(logits, targets, torch.tensor(float("nan")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        values, _ = metrics.compute()
+    assert math.isnan(values["val/loss"])
 
 
 def test_rng_state_round_trips_through_weights_only_load(tmp_path):
