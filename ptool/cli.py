@@ -32,6 +32,19 @@ class _LazyGroup(PlainParams, TyperGroup):
             self.commands[cmd_name] = _reflowed(command)
         return self.commands.get(cmd_name)
 
+    def invoke(self, ctx):
+        """A reader that closed stdout early (`ptool predict ... | head -1`) wants no more:
+        stop quietly with exit 0 (Typer would exit 1 without a word)."""
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            from ptool.ui.output import silence_stdout, stdout_closed
+
+            if not stdout_closed():
+                raise
+            silence_stdout()
+            raise typer.Exit(0) from None
+
     def resolve_command(self, ctx, args):
         if args and args[0] not in COMMANDS:  # a typo: load its look-alikes for "Did you mean"
             import difflib

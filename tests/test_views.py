@@ -59,3 +59,32 @@ def test_a_compacted_checkpoint_reports_what_was_removed_not_zero_sparsity():
     text = _rendered(pruning_table(pruning))
     assert "Pruning (from weights): overall sparsity 30.00%" in text
     assert text.count("architecture=2 tensor shapes") == 2 and "[16, 1, 3, 3]" not in text
+
+
+def test_a_file_that_grew_is_larger_not_0_99x_smaller():
+    from ptool.ui import prune_view, quantize_view
+
+    sizes = {"file_bytes": 1000, "param_bytes": 800, "latency_ms_batch_1": 1.0,
+             "latency_ms_batch_n": 2.0, "metrics": None}  # fmt: skip
+    grown = {**sizes, "file_bytes": 1010, "param_bytes": 400}
+    report = {
+        "recipe": {"dtype": "qint8", "engine": "x86"}, "mode": "dynamic", "backend": "fbgemm",
+        "fused_modules": [], "quantized_layers": ["fc"], "bench_runs": 3, "threads": 1,
+        "output": "q.pt", "batch_size": 8, "fp32": sizes, "quantized": grown,
+        "ratios": {"size": 1000 / 1010, "param_bytes": 2.0, "speedup_batch_1": 1.0,
+                   "speedup_batch_n": 1.0},
+    }  # fmt: skip
+    text = _rendered(quantize_view.report_table(report))
+    assert "1.01x larger" in text and "2.00x smaller" in text and "0.99x" not in text
+    pruned = {
+        "metrics": {"before": {}, "after_pruning": {}, "after_finetune": None},
+        "parameters": {"before": {"parameters": 100, "nonzero": 100},
+                       "after": {"parameters": 100, "nonzero": 50}},
+        "file_bytes": {"before": 1000, "after": 1200}, "gzip_bytes": {"before": 900, "after": 450},
+        "global": {"sparsity_before": 0.0, "sparsity": 0.5},
+        "latency": {"batch_size": 8, "before_ms": 1.0, "after_ms": 1.0, "speedup": 1.0},
+        "method": "l1-unstructured", "amount": 0.5, "compacted": False, "steps": 1,
+        "recalibrate_bn": 0, "finetune_epochs": 0,
+    }  # fmt: skip
+    text = _rendered(prune_view.summary_table(pruned))
+    assert "1.20x larger" in text and "2.00x smaller" in text and "2.00x fewer" in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -83,8 +84,8 @@ def eval_(
         )
     if output is not None and (compare or len(positional) > 1):
         raise UsageError("-o draws one checkpoint's confusion matrix; drop --compare or -o")
-    if output is not None and Path(output).suffix.lower() not in FIGURE_SUFFIXES:
-        raise UsageError(f"-o {output}: expected a {', '.join(FIGURE_SUFFIXES)} file")
+    if output is not None:
+        _check_figure_path(Path(output))
     if not positional:
         from ptool.core.checkpoint import find_default_checkpoint
 
@@ -96,19 +97,63 @@ def eval_(
     from ptool.ui.eval_view import compare_table, report_view
 
     reports = evaluate_checkpoints(
-        paths, data=data, split=split, device=device, batch_size=batch_size
+        paths,
+        data=data,
+        split=split,
+        device=device,
+        batch_size=batch_size,
+        check_info=None if output is None else _check_classification,
     )
     if len(reports) > 1:
         out.result(reports, lambda: compare_table(reports))
         return
     report = reports[0]
+    out.result(report, lambda: report_view(report))  # first: a failed write keeps the metrics
     if output is not None:
-        if report["confusion_matrix"] is None:
-            raise UsageError("-o draws a confusion matrix; this is a regression model")
-        from ptool.ui.eval_view import write_confusion_png
+        written = _write_confusion(report, Path(output))
+        out.info(f"confusion matrix written: {escape(str(written))}")
 
-        out.info(f"confusion matrix written: {escape(str(write_confusion_png(report, output)))}")
-    out.result(report, lambda: report_view(report))
+
+def _check_figure_path(path: Path) -> None:
+    """Refuse, before evaluating, an -o that could not be written; missing folders are fine
+    (created when writing, as `quantize -o` does)."""
+    from ptool.core.errors import UsageError
+
+    if path.suffix.lower() not in FIGURE_SUFFIXES or path.is_dir():
+        raise UsageError(f"-o {path}: expected a {', '.join(FIGURE_SUFFIXES)} file")
+    folder = path.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"-o {path}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(
+            f"-o {path}: cannot write in {folder}", hint="choose a path you can write to"
+        )
+
+
+def _check_classification(info) -> None:
+    from ptool.core.errors import UsageError
+
+    if info.task != "classification":
+        raise UsageError(
+            f"-o draws a confusion matrix; this is a {info.task} model", hint="drop -o"
+        )
+
+
+def _write_confusion(report: dict, path: Path) -> Path:
+    """The confusion matrix image, its folder created; a failure is one line after the metrics."""
+    from ptool.core.errors import PtoolError
+    from ptool.ui.eval_view import write_confusion_png
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return write_confusion_png(report, path)
+    except OSError as exc:
+        raise PtoolError(
+            f"could not write {path}: {exc.strerror or exc}; the metrics above are complete",
+            hint="choose a path you can write to",
+        ) from exc
 
 
 def register(app: typer.Typer) -> None:

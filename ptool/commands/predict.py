@@ -24,7 +24,8 @@ def predict(
         list[str],
         typer.Argument(
             metavar="INPUT",
-            help="Image files or folders, a CSV, a .pt tensor file, or - for JSON lines on stdin.",
+            help="Image files or folders, a CSV, a torch.save tensor file (.pt, .pth, ...), "
+            "or - for JSON lines on stdin.",
         ),
     ],
     top_k: Annotated[

@@ -12,6 +12,7 @@ import contextlib
 import statistics
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -261,8 +262,13 @@ def evaluate_checkpoints(
     split: str = "val",
     device: str = "auto",
     batch_size: int | None = None,
+    check_info: Callable[[Any], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """One report per checkpoint, all on the first checkpoint's data split (same samples)."""
+    """One report per checkpoint, all on the first checkpoint's data split (same samples).
+
+    `check_info(data_info)` of the first checkpoint runs before any data is loaded, so a
+    caller refuses what the task cannot give (a confusion matrix of a regression model) first.
+    """
     from ptool.core.checkpoint import load_checkpoint
     from ptool.core.data import make_loader
     from ptool.core.errors import UsageError
@@ -275,6 +281,8 @@ def evaluate_checkpoints(
         ckpts = [load_checkpoint(path) for path in paths]
     infos = [config_and_info(ckpt) for ckpt in ckpts]
     config, info = infos[0]
+    if check_info is not None:
+        check_info(info)
     for path, (_, other) in zip(paths[1:], infos[1:], strict=True):
         if _preprocessing(other) != _preprocessing(info):
             raise UsageError(

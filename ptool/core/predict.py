@@ -3,8 +3,9 @@
 Readers turn each input (image file or folder, CSV row, row of a `.pt` tensor, JSON line)
 into `Sample(name, tensor)` or `Sample(name, error=...)`: a bad input fails alone, the
 others still get predictions. Tensors are raw values as the run's data held them before
-normalization (images as floats in [0, 1]); `data.val_transform(info)` then applies the
-run's normalization (and, for image files, its channel conversion and resize).
+normalization (images as floats in [0, 1], or uint8 0-255 pixels like an image file's);
+`data.val_transform(info)` then applies the run's normalization (and, for image files, its
+channel conversion and resize).
 """
 
 from __future__ import annotations
@@ -21,6 +22,20 @@ from torch import nn
 
 # Extensions that Pillow opens; a folder input yields every such file below it, sorted.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+TENSOR_EXTENSIONS = (".pt", ".pth", ".bin")
+
+
+def is_tensor_file(path: Path) -> bool:
+    """A torch.save file, by suffix or by content (a zip archive, or a pickle as legacy
+    torch.save writes), so `x.pth` or `batch.tensor` are not opened as images."""
+    if path.suffix.lower() in TENSOR_EXTENSIONS:
+        return True
+    try:
+        with path.open("rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False  # the image reader reports it
+    return head == b"PK\x03\x04" or head[:1] == b"\x80"
 
 
 @dataclass
@@ -36,6 +51,13 @@ def _expects(info: Any) -> str:
         c, h, w = shape
         return f"{c}x{h}x{w} images ({'grayscale' if c == 1 else f'{c} channels'})"
     return f"{shape[0]} features"
+
+
+def _expects_rows(info: Any) -> str:
+    shape = list(info.input_shape)
+    shapes = [shape, shape[1:]] if info.is_image and shape[0] == 1 else [shape]
+    rows = " or ".join(str(["N", *s]).replace("'", "") for s in shapes)
+    return f"expected {rows} for the model's {_expects(info)}"
 
 
 class Reader:
@@ -72,25 +94,32 @@ class Reader:
                 yield Sample(spec, error="no such file")
             elif path.suffix.lower() == ".csv":
                 yield from self.csv_rows(path)
-            elif path.suffix.lower() == ".pt":
+            elif is_tensor_file(path):
                 yield from self.tensor_file(path)
             else:
                 yield self.image(path)
 
     # -- tensors from any reader: exact shape, then the run's normalization ---------------
 
+    def is_sample(self, shape: Iterable[int]) -> bool:
+        """Whether a tensor of `shape` is one input (an (H, W) one for a grayscale model)."""
+        expected, shape = list(self.info.input_shape), list(shape)
+        grayscale_2d = self.info.is_image and expected[0] == 1 and shape == expected[1:]
+        return shape == expected or grayscale_2d
+
     def from_values(self, name: str, values: Any) -> Sample:
+        """uint8 image data stays uint8: val_transform scales it by 1/255, as for image files."""
         try:
-            x = torch.as_tensor(values, dtype=torch.float32)
+            x = torch.as_tensor(values)
+            if not (self.info.is_image and x.dtype == torch.uint8):
+                x = x.to(torch.float32)
         except (TypeError, ValueError, RuntimeError) as exc:
             return Sample(name, error=f"not a numeric array ({exc})")
-        shape = list(self.info.input_shape)
-        grayscale_2d = self.info.is_image and shape[0] == 1 and list(x.shape) == shape[1:]
-        if list(x.shape) != shape and not grayscale_2d:
+        if not self.is_sample(x.shape):
             return Sample(
                 name, error=f"shape {list(x.shape)}; the model expects {_expects(self.info)}"
             )
-        return Sample(name, self.transform(x.reshape(shape)))
+        return Sample(name, self.transform(x.reshape(self.info.input_shape)))
 
     def json_lines(self) -> Iterator[Sample]:
         import sys
@@ -129,6 +158,14 @@ class Reader:
             keys = "/".join(X_KEYS)
             yield Sample(str(path), error=f"expected a tensor [N, ...] or a dict with {keys}")
             return
+        if not self.is_sample(obj.shape[1:]):
+            if self.is_sample(obj.shape):  # one sample, saved without its batch dim
+                yield self.from_values(str(path), obj)
+            else:  # one line for the file, not one per row
+                yield Sample(
+                    str(path), error=f"shape {list(obj.shape)}; {_expects_rows(self.info)}"
+                )
+            return
         for i, row in enumerate(obj):
             yield self.from_values(f"{path}[{i}]", row)
 
@@ -138,7 +175,7 @@ class Reader:
                 str(path), error=f"a CSV holds features; the model expects {_expects(self.info)}"
             )
             return
-        with path.open(newline="") as f:
+        with path.open(newline="", encoding="utf-8-sig") as f:  # Excel writes a BOM
             rows = [row for row in csv.reader(f) if any(cell.strip() for cell in row)]
         if not rows:
             yield Sample(str(path), error="empty CSV")

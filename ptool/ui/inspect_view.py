@@ -47,9 +47,10 @@ def summary_table(report: dict[str, Any]) -> Table:
     container = report["container"] + (
         f" (archive v{report['archive_version']})" if report["archive_version"] else ""
     )
+    fmt = f"{report['format']}{version}"
     rows = [
         ("file", f"{report['file']} ({human_bytes(report['file_bytes'])})"),
-        ("format", f"{report['format']}{version}, {container}"),
+        ("format", fmt if container == fmt else f"{fmt}, {container}"),  # safetensors once
         ("nn.Module class", report["module_class"]),
         ("versions", _value({k: s[k] for k in ("ptool_version", "torch_version") if s[k]})),
         ("created", s["created"]),
@@ -87,12 +88,19 @@ def tensors_table(report: dict[str, Any]) -> Group:
             table.add_row(
                 escape(r["name"]),
                 str(tuple(r["shape"])),
-                r["dtype"],
+                _dtype(r),
                 f"{r['numel']:,}",
                 human_bytes(r["bytes"]),
                 r["kind"],
             )
     return _section(title, table, totals_line(report["totals"]))
+
+
+def _dtype(row: dict[str, Any]) -> str:
+    """The dtype, and for a sparse tensor its layout and stored elements."""
+    if "layout" not in row:
+        return row["dtype"]
+    return f"{row['dtype']} {row['layout']}, nnz {row['nnz']:,}"
 
 
 def totals_line(totals: dict[str, Any]) -> str:

@@ -50,6 +50,33 @@ def _pipe_width() -> int | None:
     return 10_000
 
 
+def stdout_closed() -> bool:
+    """Whether stdout's reader went away (`ptool ... | head -1`): the write end of a pipe
+    whose read end is closed polls as an error. Without poll (Windows), assume it did."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, ValueError, OSError):
+        return True
+
+
+def silence_stdout() -> None:
+    """Point stdout at the null device, so the flush at exit finds no closed pipe to fail on
+    (the recipe of Python's signal docs, 'Note on SIGPIPE')."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (AttributeError, ValueError, OSError):
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives until exit, like stdout
+    finally:
+        os.close(devnull)
+
+
 class Output:
     """Human, JSON or quiet output, chosen once per command."""
 

@@ -8,7 +8,15 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from ptool.ui.tables import SHOWN_METRICS, format_change, format_metric, format_speedup, human_bytes
+from ptool.ui.tables import (
+    SHOWN_METRICS,
+    format_change,
+    format_metric,
+    format_ratio,
+    format_shrink,
+    format_speedup,
+    human_bytes,
+)
 
 
 def _shape(shape: list[int]) -> str:
@@ -55,10 +63,10 @@ def summary_table(report: dict[str, Any]) -> Table:
     row("sparsity (selected layers)", *sparsity, "")
     for key, label in (("parameters", "parameters"), ("nonzero", "nonzero parameters")):
         old, new = params["before"][key], params["after"][key]
-        row(label, f"{old:,}", f"{new:,}", f"{old / max(new, 1):.2f}x fewer")
+        row(label, f"{old:,}", f"{new:,}", format_ratio(old / max(new, 1), "fewer", "more"))
     for sizes, label in ((files, "file size"), (gz, "file size, gzip")):
         old, new = sizes["before"], sizes["after"]
-        row(label, human_bytes(old), human_bytes(new), f"{old / new:.2f}x smaller")
+        row(label, human_bytes(old), human_bytes(new), format_shrink(old / new))
     row(
         f"latency, batch {latency['batch_size']}",
         f"{latency['before_ms']:.3f} ms",

@@ -8,7 +8,14 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from ptool.ui.tables import SHOWN_METRICS, format_change, format_metric, format_speedup, human_bytes
+from ptool.ui.tables import (
+    SHOWN_METRICS,
+    format_change,
+    format_metric,
+    format_shrink,
+    format_speedup,
+    human_bytes,
+)
 
 
 def _listing(names: list[str], shown: int = 6) -> str:
@@ -43,13 +50,13 @@ def report_table(report: dict[str, Any]) -> Group:
         "file size",
         human_bytes(fp32["file_bytes"]),
         human_bytes(quant["file_bytes"]),
-        f"{ratios['size']:.2f}x smaller",
+        format_shrink(ratios["size"]),
     )
     table.add_row(
         "parameter bytes",
         human_bytes(fp32["param_bytes"]),
         human_bytes(quant["param_bytes"]),
-        f"{ratios['param_bytes']:.2f}x smaller",
+        format_shrink(ratios["param_bytes"]),
     )
     for key, label in (("batch_1", "batch 1"), ("batch_n", f"batch {report['batch_size']}")):
         table.add_row(

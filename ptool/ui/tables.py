@@ -1,4 +1,4 @@
-"""Number formats shared by tables: byte sizes and element counts."""
+"""Number formats shared by tables: byte sizes, element counts, metrics and ratios."""
 
 from __future__ import annotations
 
@@ -45,6 +45,16 @@ def format_change(name: str, delta: float) -> str:
     return f"{delta * 100:+.2f} pts" if _is_fraction(name) else f"{delta:+.4g}"
 
 
+def format_ratio(ratio: float, better: str, worse: str) -> str:
+    """old/new as the reader says it, never below 1x: '2.09x faster', '1.75x slower'."""
+    return f"{ratio:.2f}x {better}" if ratio >= 1 else f"{1 / ratio:.2f}x {worse}"
+
+
 def format_speedup(ratio: float) -> str:
-    """old/new latency as the reader says it: '2.09x faster' or '1.75x slower'."""
-    return f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
+    """old/new latency: '2.09x faster' or '1.75x slower'."""
+    return format_ratio(ratio, "faster", "slower")
+
+
+def format_shrink(ratio: float) -> str:
+    """old/new size: '3.91x smaller' or, when the new file grew, '1.01x larger'."""
+    return format_ratio(ratio, "smaller", "larger")

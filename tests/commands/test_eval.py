@@ -96,3 +96,50 @@ def test_refusals_are_one_line(workdir, ptool_in):
             2,
             f"error: -o {target}: expected a .png, .svg, .pdf file",
         )
+
+
+def _no_data(*_args, **_kwargs):
+    raise AssertionError("the data was loaded: the check came after the evaluation")
+
+
+def test_confusion_png_into_new_folders_keeps_the_json_metrics(workdir, ptool_in):
+    result = ptool_in("eval", "runs/tiny/last.pt", "-o", "sub/dir/cm.png", "--json")
+    assert result.returncode == 0, result.stderr
+    assert "accuracy" in json.loads(result.stdout)["metrics"]
+    assert (workdir / "sub/dir/cm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_figure_refusals_come_before_the_evaluation(workdir, ptool_in, monkeypatch):
+    from ptool.core.config import TrainConfig
+    from ptool.core.engine import fit
+
+    values = dict(data="synthetic", task="regression", model="mlp", samples=64, epochs=1)
+    fit(
+        TrainConfig.from_dict({**values, "tensorboard": False, "out": str(workdir / "reg")}),
+        quiet=True,
+    )
+    (workdir / "blocker").write_text("a file where a folder should be")
+    monkeypatch.setattr("ptool.core.evaluate.split_dataset", _no_data)
+    regression = ptool_in("eval", "reg/last.pt", "-o", "reg.png")
+    assert (regression.returncode, regression.stderr.splitlines()[0]) == (
+        2,
+        "error: -o draws a confusion matrix; this is a regression model",
+    )
+    blocked = ptool_in("eval", "runs/tiny/last.pt", "-o", "blocker/cm.png")
+    assert (blocked.returncode, blocked.stderr.splitlines()[0]) == (
+        2,
+        "error: -o blocker/cm.png: blocker is a file, not a folder",
+    )
+
+
+def test_a_failed_figure_write_still_prints_the_metrics(ptool_in, monkeypatch):
+    def full_disk(_report, path):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr("ptool.ui.eval_view.write_confusion_png", full_disk)
+    result = ptool_in("eval", "runs/tiny/last.pt", "-o", "cm.png", "--json")
+    assert result.returncode == 1
+    assert "accuracy" in json.loads(result.stdout)["metrics"]
+    assert result.stderr.splitlines()[0] == (
+        "error: could not write cm.png: No space left on device; the metrics above are complete"
+    )

@@ -228,3 +228,19 @@ def test_real_train_output(tmp_path):
     assert [g["lr"] for g in opt["param_groups"]] == [
         g["lr"] for g in oracle["optimizer_state_dict"]["param_groups"]
     ]
+
+
+def test_sparse_tensors_and_the_safetensors_format_line(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "misc.pt"
+    torch.save({"sp": torch.eye(3).to_sparse(), "w": torch.ones(2)}, path)
+    result = run_ptool("inspect-checkpoint", str(path), "--stats")
+    assert result.returncode == 0, result.stderr
+    (row,) = [line for line in result.stdout.splitlines() if "│ sp" in line and "(3, 3)" in line]
+    assert "float32 sparse_coo, nnz 3" in row and "60 B" in row  # 2x3 int64 indices, 3 floats
+    save_file({"w": torch.zeros(2)}, tmp_path / "m.safetensors")
+    result = run_ptool("inspect-checkpoint", str(tmp_path / "m.safetensors"))
+    assert result.returncode == 0, result.stderr
+    (fmt,) = [line.rstrip() for line in result.stdout.splitlines() if line.startswith("format")]
+    assert fmt == "format  safetensors"  # once, not "safetensors, safetensors"

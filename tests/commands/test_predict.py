@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 
 import pytest
 import torch
 from PIL import Image
 
 from tests.commands._inprocess import run_main
-from tests.conftest import run_ptool
+from tests.conftest import PTOOL, run_ptool
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +111,33 @@ def test_table_on_a_terminal_and_refusals(workdir, ptool_in, monkeypatch):
         2,
         "error: --top-k must be at least 1, got 0",
     )
+
+
+def test_a_reader_that_stops_early_ends_it_quietly(workdir):
+    """`ptool predict CKPT many.pt | head -1`: exit 0, nothing on stderr, no traceback. The
+    output is far bigger than a pipe's buffer, so ptool is still writing when head leaves."""
+    torch.save(torch.rand(3000, 1, 8, 8), workdir / "many.pt")
+    env = {**os.environ, "PTOOL_DEBUG": ""}
+    proc = subprocess.Popen(
+        [PTOOL, "predict", "run/last.pt", "many.pt"],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    first = json.loads(proc.stdout.readline())
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert (proc.wait(timeout=300), stderr) == (0, "")
+    assert first["input"] == "many.pt[0]"
+
+
+def test_uint8_and_pth_tensor_files_end_to_end(workdir, ptool_in):
+    """Pixels saved as 0-255 bytes in a .pth file predict as the same pixels in a PNG."""
+    x = torch.load(workdir / "val.pt")
+    torch.save((x[:1] * 255).round().to(torch.uint8), workdir / "u8.pth")
+    result = ptool_in("predict", "run/last.pt", "digit.png", "u8.pth", "--json")
+    assert result.returncode == 0, result.stderr
+    png, tensor = json.loads(result.stdout)["predictions"]
+    assert tensor["input"] == "u8.pth[0]"
+    assert tensor["probabilities"] == png["probabilities"]

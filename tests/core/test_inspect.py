@@ -539,3 +539,70 @@ def test_groups_and_tree_subtotals(ptool_ckpt):
     tree = report["tree"]
     assert tree["numel"] == 80 and [c["name"] for c in tree["children"]] == ["0", "1", "3"]
     assert report["totals"]["numel"] == 80
+
+
+def _sparse_state() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    dense = torch.randn(6, 5) * (torch.rand(6, 5) > 0.6)
+    dense[0, 0] = float("nan")
+    return {
+        "coo": dense.to_sparse(),
+        "hybrid": torch.randn(4, 3).relu().to_sparse(1),  # a sparse dim, then a dense one
+        "csr": dense.nan_to_num(0).to_sparse_csr(),
+        "bsc": torch.randn(4, 6).relu().to_sparse_bsc((2, 3)),
+        "dense": torch.randn(3),
+    }
+
+
+def test_sparse_tensors_are_described_without_their_bytes(tmp_path):
+    """torch.load(weights_only=True) loads sparse tensors, so inspect reads them too: layout,
+    shape, dtype, nnz and the bytes of their indices and values."""
+    path = tmp_path / "misc.pt"
+    torch.save(_sparse_state(), path)
+    oracle = torch.load(path, weights_only=True)
+    rows = {r["name"]: r for r in inspect(path, InspectOptions())["tensors"]}
+    for name, t in oracle.items():
+        row = rows[name]
+        assert (row["shape"], row["dtype"]) == (list(t.shape), str(t.dtype).removeprefix("torch."))
+        if t.layout == torch.strided:
+            assert "layout" not in row
+            continue
+        assert (row["layout"], row["nnz"]) == (str(t.layout).removeprefix("torch."), t._nnz())
+        parts = values._sparse_parts(t)
+        assert row["bytes"] == sum(p.numel() * p.element_size() for p in parts)
+
+
+def test_sparse_stats_are_those_of_the_dense_tensor(tmp_path):
+    path = tmp_path / "misc.pt"
+    torch.save(_sparse_state(), path)
+    stats = {s["name"]: s for s in inspect(path, InspectOptions(stats=True))["stats"]}
+    for name, t in torch.load(path, weights_only=True).items():
+        got = {k: v for k, v in stats[name].items() if k != "name"}
+        assert got == pytest.approx(values.tensor_stats(t.to_dense())), name
+    assert stats["coo"]["nan"] == 1 and stats["coo"]["zero_fraction"] > 0.3
+    diff = inspect(path, InspectOptions(diff=str(path)))["diff"]
+    assert diff["unchanged"] == 5 and not diff["changed"]
+
+
+def test_fx_activation_qparams_are_buffers_and_dynamic_layers_have_no_output_qparams(tmp_path):
+    from torch.ao.quantization import get_default_qconfig_mapping, quantize_fx
+
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3)).eval()
+    example = (torch.randn(2, 1, 4, 4),)
+    prepared = quantize_fx.prepare_fx(model, get_default_qconfig_mapping("x86"), example)
+    prepared(torch.randn(8, 1, 4, 4))
+    static = quantize_fx.convert_fx(prepared)
+    torch.save(static.state_dict(), tmp_path / "fx.pt")
+    report = inspect(tmp_path / "fx.pt", InspectOptions())
+    kinds = {r["name"]: r["kind"] for r in report["tensors"]}
+    assert kinds["0_input_scale_0"] == kinds["0_input_zero_point_0"] == "buffer"
+    assert kinds["2_scale_0"] == kinds["2_zero_point_0"] == "buffer"
+    assert kinds["0.bias"] == "parameter"
+    static_rows = {row["name"]: row for row in report["quantization"]["layers"]}
+    assert static_rows["0"]["output_scale"] == pytest.approx(float(static.get_submodule("0").scale))
+
+    dynamic = torch.ao.quantization.quantize_dynamic(nn.Sequential(nn.Linear(4, 3)), {nn.Linear})
+    torch.save(dynamic.state_dict(), tmp_path / "dyn.pt")
+    (layer,) = inspect(tmp_path / "dyn.pt", InspectOptions())["quantization"]["layers"]
+    assert "output_scale" not in layer and "output_zero_point" not in layer
+    assert layer["activations"] == "dynamic"

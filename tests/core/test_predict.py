@@ -104,12 +104,53 @@ def test_bad_inputs_fail_alone(image_run, tmp_path):
     assert "16x16 pixels; the model expects 1x8x8 images" in errors["big.png"]
     assert errors["missing.png"] == "no such file"
     assert errors["folder/a.png"] is None
-    assert errors["small.pt[0]"] == "shape [1, 4, 8]; the model expects 1x8x8 images (grayscale)"
+    assert errors["small.pt"] == (  # one line for the file, not one per row
+        "shape [2, 1, 4, 8]; expected [N, 1, 8, 8] or [N, 8, 8] "
+        "for the model's 1x8x8 images (grayscale)"
+    )
     assert errors["nan.pt[0]"] == "the input holds NaN or infinite values"
     assert errors["nan.pt[1]"] is None
     assert errors["stdin:1"].startswith("not JSON")
     assert errors["stdin:2"] == 'a JSON object needs an "input" key'
     assert errors["stdin:3"] is None
+
+
+def test_uint8_tensors_are_pixels_scaled_like_image_files(image_run, tmp_path):
+    """0-255 bytes in a tensor file are what an 8-bit PNG holds: both divided by 255."""
+    (raw, _), _ = _raw_val(image_run)
+    pixels = (raw[:4] * 255).round().to(torch.uint8)
+    torch.save(pixels, tmp_path / "u8.pt")
+    for i in range(4):
+        Image.fromarray(pixels[i, 0].numpy()).save(tmp_path / f"{i}.png")
+    pngs = _records(image_run, [str(tmp_path / f"{i}.png") for i in range(4)])
+    tensors = _records(image_run, [str(tmp_path / "u8.pt")])
+    assert [r["probabilities"] for r in tensors] == [r["probabilities"] for r in pngs]
+    floats = _records(image_run, ["-"], io.StringIO(json.dumps((pixels[:4] / 255).tolist()[0])))
+    assert tensors[0]["probabilities"] == pytest.approx(floats[0]["probabilities"], abs=1e-6)
+
+
+def test_torch_files_are_recognized_by_suffix_or_content(image_run, tmp_path):
+    (raw, _), _ = _raw_val(image_run)
+    torch.save(raw[:3], tmp_path / "x.pt")
+    torch.save(raw[:3], tmp_path / "x.pth")
+    torch.save(raw[:3], tmp_path / "x.tensor")  # a zip archive
+    torch.save(raw[:3], tmp_path / "legacy.data", _use_new_zipfile_serialization=False)
+    expected = [r["probabilities"] for r in _records(image_run, [str(tmp_path / "x.pt")])]
+    for name in ("x.pth", "x.tensor", "legacy.data"):
+        records = _records(image_run, [str(tmp_path / name)])
+        assert [r["input"] for r in records] == [f"{tmp_path / name}[{i}]" for i in range(3)]
+        assert [r["probabilities"] for r in records] == expected
+
+
+@pytest.mark.parametrize("sample", [lambda raw: raw[0, 0], lambda raw: raw[0]])
+def test_a_file_with_one_sample_without_batch_dim(image_run, tmp_path, sample):
+    """torch.save(X[0]) of a [N, 8, 8] or [N, 1, 8, 8] tensor is one input, not 8 rows."""
+    (raw, _), _ = _raw_val(image_run)
+    torch.save(sample(raw).clone(), tmp_path / "single.pt")
+    (record,) = _records(image_run, [str(tmp_path / "single.pt")])
+    (expected,) = _records(image_run, ["-"], io.StringIO(json.dumps(raw[0].tolist())))
+    assert "error" not in record
+    assert record["probabilities"] == expected["probabilities"]
 
 
 def test_csv_rows_by_column_name_and_regression_values(tmp_path):
@@ -138,6 +179,10 @@ def test_csv_rows_by_column_name_and_regression_values(tmp_path):
         "input": f"{tmp_path / 'rows.csv'}:5",
         "error": "column 'a' is not a number ('x')",
     }
+    a, b, c = x[0].tolist()
+    (tmp_path / "bom.csv").write_text(f"\ufeffa,b,c\n{a},{b},{c}\n")  # Excel's CSV UTF-8
+    (record,) = _records(ckpt, [str(tmp_path / "bom.csv")])
+    assert record["prediction"] == pytest.approx(records[0]["prediction"], rel=1e-6)
     (tmp_path / "wrong.csv").write_text("a,b,d\n1,2,3\n")
     (record,) = _records(ckpt, [str(tmp_path / "wrong.csv")])
     assert record["error"] == "missing columns c; the model expects columns a, b, c"

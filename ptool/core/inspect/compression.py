@@ -62,6 +62,17 @@ def _range(reader: RawReader, t: TensorMeta) -> list[float] | None:
     return None if values is None else [values.min().item(), values.max().item()]
 
 
+def _is_dynamic(row: dict[str, Any], mode: str | None) -> bool:
+    """A dynamically quantized layer: it quantizes its input on the fly and outputs floats, so
+    its saved output scale and zero point are torch's unused defaults (1.0 and 0). A ptool
+    recipe says which mode it ran; other files are judged by those defaults."""
+    if "output_scale" not in row or "weight_dtype" not in row:
+        return False
+    if mode is not None:
+        return mode == "dynamic"
+    return row["output_scale"] == 1.0 and row.get("output_zero_point") == 0
+
+
 def quantization(
     state: Mapping, tensors: list[tuple[str, TensorMeta]], recipe: Any, reader: RawReader
 ) -> dict[str, Any] | None:
@@ -91,6 +102,12 @@ def quantization(
     for name, value in state.items():
         if isinstance(value, DType) and name.endswith("_packed_params.dtype"):
             layer(_layer_of(name)).setdefault("weight_dtype", value.name)
+    mode = recipe.get("mode") if isinstance(recipe, Mapping) else None
+    for row in layers.values():
+        if _is_dynamic(row, mode):
+            row.pop("output_scale", None)
+            row.pop("output_zero_point", None)
+            row["activations"] = "dynamic"
     if not layers and recipe is None:
         return None
     return {

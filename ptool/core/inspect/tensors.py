@@ -11,6 +11,9 @@ from ptool.core.inspect.unpickler import TensorMeta
 # torch's own modules (BatchNorm statistics, pruning masks, quantization parameters).
 BUFFER_NAMES = frozenset({"running_mean", "running_var", "num_batches_tracked", "n_averaged"})
 QPARAM_NAMES = frozenset({"scale", "zero_point"})
+# torch.fx's quantized graphs keep their activations' parameters as attributes of the root
+# module, named after the node: `body_0_conv_input_scale_0`, `..._input_zero_point_0`.
+FX_QPARAM = re.compile(r"_(scale|zero_point)_\d+$")
 
 
 def kind(name: str, t: TensorMeta) -> str:
@@ -20,23 +23,29 @@ def kind(name: str, t: TensorMeta) -> str:
     last = name.rsplit(".", 1)[-1]
     if last in BUFFER_NAMES or last.endswith("_mask"):
         return "buffer"
-    if last in QPARAM_NAMES and t.numel <= 1 and not t.quant:
+    qparam = last in QPARAM_NAMES or FX_QPARAM.search(last)
+    if qparam and t.numel <= 1 and not t.quant:
         return "buffer"
     return "parameter"
 
 
+def row(name: str, t: TensorMeta) -> dict[str, Any]:
+    """A tensor's row; a sparse one's also names its layout and stored elements (nnz)."""
+    out = {
+        "name": name,
+        "shape": list(t.shape),
+        "dtype": t.dtype,
+        "numel": t.numel,
+        "bytes": t.nbytes,
+        "kind": kind(name, t),
+    }
+    if t.sparse:
+        out.update(layout=t.sparse["layout"], nnz=t.sparse["nnz"])
+    return out
+
+
 def rows(tensors: list[tuple[str, TensorMeta]]) -> list[dict[str, Any]]:
-    return [
-        {
-            "name": name,
-            "shape": list(t.shape),
-            "dtype": t.dtype,
-            "numel": t.numel,
-            "bytes": t.nbytes,
-            "kind": kind(name, t),
-        }
-        for name, t in tensors
-    ]
+    return [row(name, t) for name, t in tensors]
 
 
 def totals(table: list[dict[str, Any]]) -> dict[str, Any]:

@@ -69,6 +69,7 @@ class TensorMeta:
     storage: Storage | None = None
     is_parameter: bool = False
     quant: dict[str, Any] | None = None  # qscheme, scale/zero_point or per-channel tensors
+    sparse: dict[str, Any] | None = None  # layout, nnz, parts (its index and value tensors)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -84,6 +85,9 @@ class TensorMeta:
 
     @property
     def nbytes(self) -> int:
+        """Bytes stored: a sparse tensor's are those of its indices and values."""
+        if self.sparse:
+            return sum(part.nbytes for part in self.sparse["parts"])
         return self.numel * self.itemsize
 
 
@@ -124,6 +128,23 @@ def _rebuild_meta_tensor(dtype: DType, size, stride, *_rest) -> TensorMeta:
     return TensorMeta(dtype.name, tuple(size), tuple(stride), extra={"device": "meta"})
 
 
+def _rebuild_sparse_tensor(layout: str, data: tuple) -> TensorMeta:
+    """COO: (indices [ndim, nnz], values [nnz, ...], size[, coalesced]); csr/csc/bsr/bsc:
+    (compressed indices, plain indices [..., nnz], values, size). Only their metadata."""
+    layout = str(layout).removeprefix("torch.")
+    if layout == "sparse_coo":
+        indices, values, size = data[:3]
+        parts = (indices, values)
+    else:
+        compressed, indices, values, size = data
+        parts = (compressed, indices, values)
+    if not all(isinstance(part, TensorMeta) for part in parts):
+        raise pickle.UnpicklingError(f"malformed {layout} tensor")
+    nnz = indices.shape[-1] if indices.shape else 0
+    sparse = {"layout": layout, "nnz": nnz, "parts": parts}
+    return TensorMeta(values.dtype, tuple(size), sparse=sparse)
+
+
 def _rebuild_from_type(func: Callable, new_type: Any, args: tuple, _state: Any) -> Any:
     result = func(*args)
     if new_type == PARAMETER and isinstance(result, TensorMeta):
@@ -161,6 +182,7 @@ _REBUILDERS: dict[str, Callable] = {
     "_rebuild_tensor_v2": _rebuild_tensor,
     "_rebuild_tensor_v3": _rebuild_tensor_v3,
     "_rebuild_qtensor": _rebuild_qtensor,
+    "_rebuild_sparse_tensor": _rebuild_sparse_tensor,
     "_rebuild_parameter": _rebuild_parameter,
     "_rebuild_parameter_with_state": _rebuild_parameter,
     "_rebuild_meta_tensor_no_storage": _rebuild_meta_tensor,

@@ -67,7 +67,7 @@ def _release(t: torch.Tensor) -> None:
     import ctypes
     import mmap
 
-    if t.is_quantized or not hasattr(mmap, "MADV_DONTNEED"):
+    if t.is_quantized or t.layout != torch.strided or not hasattr(mmap, "MADV_DONTNEED"):
         return
     storage = t.untyped_storage()
     page = mmap.PAGESIZE
@@ -153,6 +153,8 @@ def tensor_stats(t: torch.Tensor) -> dict[str, Any]:
     Chunked (Chan's parallel variance over torch.var_mean of each chunk, in float32 for
     floats of 32 bits or fewer, in float64 for integers) so temporaries stay at CHUNK elements.
     """
+    if t.layout != torch.strided:
+        return _sparse_stats(t)
     flat, convert = _flat(t)
     if convert is None:
         return dict.fromkeys(STAT_KEYS)
@@ -188,6 +190,31 @@ def tensor_stats(t: torch.Tensor) -> dict[str, Any]:
         "nan": nans,
         "inf": infs,
     }
+
+
+def _sparse_stats(t: torch.Tensor) -> dict[str, Any]:
+    """A sparse tensor's statistics as its dense form's, without densifying it: those of its
+    stored values merged with the zeros it does not store (duplicate COO entries summed)."""
+    values = (t.coalesce() if t.layout == torch.sparse_coo else t).values()
+    out = tensor_stats(values)
+    implicit = t.numel() - values.numel()
+    if implicit == 0 or out["zeros"] is None:
+        return out
+    n = values.numel() - out["nan"] - out["inf"]  # finite stored values
+    mean = out["mean"] or 0.0
+    m2 = out["std"] ** 2 * (n - 1) if out["std"] is not None else 0.0
+    total = n + implicit
+    m2 += mean * mean * n * implicit / total
+    zeros = out["zeros"] + implicit
+    out.update(
+        min=min(out["min"] if n else 0.0, 0.0),
+        max=max(out["max"] if n else 0.0, 0.0),
+        mean=mean * n / total,
+        std=math.sqrt(m2 / (total - 1)) if total > 1 else None,
+        zeros=zeros,
+        zero_fraction=zeros / t.numel(),
+    )
+    return out
 
 
 def stats(raw: RawCheckpoint, names: list[str], *, unsafe: bool = False) -> list[dict[str, Any]]:
@@ -252,7 +279,9 @@ def diff(
 
 
 def _compare(result: dict[str, Any], name: str, a: torch.Tensor, b: torch.Tensor) -> None:
-    """Count one tensor present in both files as reshaped, changed or unchanged."""
+    """Count one tensor present in both files as reshaped, changed or unchanged (sparse
+    tensors by their dense values)."""
+    a, b = (t.to_dense() if t.layout != torch.strided else t for t in (a, b))
     if a.shape != b.shape or a.dtype != b.dtype:
         result["reshaped"].append(
             {
@@ -271,8 +300,25 @@ def _compare(result: dict[str, Any], name: str, a: torch.Tensor, b: torch.Tensor
         result["changed"].append({"name": name, "max_abs_diff": worst})
 
 
+def _sparse_parts(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """What torch.save stores of a sparse tensor: its indices and values."""
+    if t.layout == torch.sparse_coo:
+        return t._indices(), t._values()
+    if t.layout in (torch.sparse_csr, torch.sparse_bsr):
+        return t.crow_indices(), t.col_indices(), t.values()
+    return t.ccol_indices(), t.row_indices(), t.values()
+
+
 def _to_meta(value: Any) -> Any:
     """A torch.load'ed tree with tensors as TensorMeta (the values kept for small reads)."""
+    if isinstance(value, torch.Tensor) and value.layout != torch.strided:
+        sparse = {
+            "layout": str(value.layout).removeprefix("torch."),
+            "nnz": value._nnz(),
+            "parts": tuple(_to_meta(part) for part in _sparse_parts(value)),
+        }
+        dtype = str(value.dtype).removeprefix("torch.")
+        return TensorMeta(dtype, tuple(value.shape), sparse=sparse)
     if isinstance(value, torch.Tensor):
         quant = None
         if value.is_quantized:
