@@ -62,7 +62,7 @@ CompareOpt = Annotated[
     ),
 ]
 ConfigOpt = Annotated[
-    str | None, typer.Option("--config", help="A train config file (TOML/YAML); flags win.")
+    str | None, typer.Option("--config", help="A train config file (TOML/YAML/JSON); flags win.")
 ]
 FromCheckpointOpt = Annotated[
     str | None,
@@ -137,7 +137,7 @@ def _group_lrs(text: str | None) -> list[float] | None:
     return lrs
 
 
-def _schedule_lines(options: dict[str, Any], label: str | None) -> tuple[list, list]:
+def _schedule_lines(options: dict[str, Any], label: str | None, out: Any) -> tuple[list, list]:
     """(computed lines, logged lines) for one source."""
     from ptool.core import lr_plot as core
     from ptool.core.config import convert
@@ -165,11 +165,7 @@ def _schedule_lines(options: dict[str, Any], label: str | None) -> tuple[list, l
     spe = core.steps_per_epoch(
         config, given=given, samples=options["samples"], train_size=source.train_size
     )
-    metrics = None
-    if options["metric_file"]:
-        metrics = core.read_metric_file(options["metric_file"], config.monitor)
-    elif log is not None and log.metric:
-        metrics = log.metric
+    metrics = _metrics(options["metric_file"], config, source.run_dir, log, out)
     group_lrs = _group_lrs(options["group_lrs"])
     if group_lrs is None and source.groups > 1:  # ptool gives every group the run's lr
         group_lrs = [config.lr] * source.groups
@@ -182,6 +178,27 @@ def _schedule_lines(options: dict[str, Any], label: str | None) -> tuple[list, l
     )
     logged = core.logged_lines(log, steps_per_epoch=spe) if log is not None else []
     return lines, logged
+
+
+def _metrics(path: str | None, config: Any, run_dir: Any, log: Any, out: Any) -> list | None:
+    """plateau's metric per epoch. A file short of --epochs is refused (the plot would invent
+    the rest); a run that stopped early is plotted on, its last value repeated, with a warning."""
+    from ptool.core import lr_plot as core
+
+    if path:
+        metrics = core.read_metric_file(path, config.monitor)
+        if config.scheduler == "plateau":
+            core.check_metric_count(metrics, config.epochs, path)
+        return metrics
+    if log is None or not log.metric:
+        return None
+    missing = config.epochs - len(log.metric)
+    if config.scheduler == "plateau" and missing > 0:
+        out.warn(
+            f"{run_dir} logged {config.monitor} for {len(log.metric)} of {config.epochs} "
+            f"epochs; the plot repeats its last value for the other {missing}"
+        )
+    return log.metric
 
 
 def _logged_steps_per_epoch(log: Any) -> int | None:
@@ -284,7 +301,7 @@ def lr_plot(
         sources = [(base, None)]
     lines, logged = [], []
     for options, label in sources:
-        computed, run_lines = _schedule_lines(options, label)
+        computed, run_lines = _schedule_lines(options, label, out)
         lines += computed
         if not logged:  # a run's log is drawn once, however many specs share it
             logged = run_lines
@@ -326,7 +343,7 @@ def _render(out, lines, *, x_axis, log_y, title, output, csv, chart) -> None:
                 lines, x_axis=x_axis, log_y=log_y, title=title, width=width, height=22
             )
             parts.append(Text.from_ansi(text))
-        parts.append(view.key_table(lines))
+        parts.append(view.key_table(lines, fold=not out.piped))
         from rich.console import Group
 
         return Group(*parts)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from ptool.core.errors import UsageError
 
@@ -207,31 +208,50 @@ def parse_layer_tokens(text: str) -> LayerSpec:
     if not tokens:
         raise UsageError("empty layer in chain")
     values: dict = {"layer": parse_layer(tokens[0])}
+    given: dict[str, str] = {}  # field -> the token that set it
     for token in tokens[1:]:
-        lowered = token.lower()
-        if lowered == "ceil":
-            values["ceil_mode"] = True
-            continue
-        if lowered == "nobias":
-            values["bias"] = False
-            continue
-        for prefix, name, parse in _TOKENS:
-            rest = lowered[len(prefix) :]
-            if lowered.startswith(prefix) and rest and (rest[0].isdigit() or name == "padding"):
-                values[name] = parse(rest)
-                break
-        else:
+        name, value = _parse_token(token, text)
+        if name in given:
             raise UsageError(
-                f"unknown token {token!r} in {text.strip()!r}", hint=f"valid: {TOKEN_HELP}"
+                f"{token!r} sets {name} again (after {given[name]!r}) in {text.strip()!r}",
+                hint="give each parameter of a layer once",
             )
+        given[name] = token
+        values[name] = value
     return make_spec(**values)
 
 
+def _parse_token(token: str, text: str) -> tuple[str, Any]:
+    """'s2' -> ('stride', (2,)): the LayerSpec field a chain token sets, and its value."""
+    lowered = token.lower()
+    if lowered == "ceil":
+        return "ceil_mode", True
+    if lowered == "nobias":
+        return "bias", False
+    for prefix, name, parse in _TOKENS:
+        rest = lowered[len(prefix) :]
+        if lowered.startswith(prefix) and rest and (rest[0].isdigit() or name == "padding"):
+            return name, parse(rest)
+    raise UsageError(f"unknown token {token!r} in {text.strip()!r}", hint=f"valid: {TOKEN_HELP}")
+
+
 def parse_chain(text: str) -> list[LayerSpec]:
-    """Layers separated by ';' or new lines; '#' starts a comment."""
-    lines = (line.split("#", 1)[0] for line in text.splitlines())
-    parts = [p.strip() for line in lines for p in line.split(";")]
-    specs = [parse_layer_tokens(p) for p in parts if p]
+    """Layers separated by ';' or new lines; '#' starts a comment. Blank lines and one ';'
+    ending a line are fine; an empty layer between two ';' is a typo, refused."""
+    specs: list[LayerSpec] = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        parts = [p.strip() for p in line.split(";")]
+        if parts[-1] == "":
+            parts.pop()
+        if not any(parts):
+            continue
+        for part in parts:
+            if not part:
+                raise UsageError(
+                    f"layer {len(specs) + 1} is empty in {line!r}", hint="remove the extra ';'"
+                )
+            specs.append(parse_layer_tokens(part))
     if not specs:
         raise UsageError(
             "the chain has no layers", hint='e.g. --chain "conv k3 p1 c32; maxpool k2"'

@@ -267,3 +267,14 @@ def read_metric_file(path: str | Path, monitor: str | None = None) -> list[float
     if not values:
         raise UsageError(f"{path} holds no metric values", hint="one value per epoch, one a line")
     return values
+
+
+def check_metric_count(metrics: list[float], epochs: int, path: str | Path) -> None:
+    """plateau steps on one value per epoch: fewer than --epochs would leave the plot to invent
+    the rest. More is fine (a plot of the first epochs of a longer run)."""
+    if len(metrics) < epochs:
+        raise UsageError(
+            f"{path} holds {len(metrics)} metric values for {epochs} epochs; "
+            "plateau needs one per epoch",
+            hint=f"give --epochs {len(metrics)}, or a value for every epoch",
+        )

@@ -23,6 +23,9 @@ from ptool.core.errors import UsageError
 
 SCHEDULES: tuple[str, ...] = FIELDS["scheduler"].metadata["choices"]
 PER_STEP = ("onecycle", "cyclic")
+# what prune's and QAT's fine-tuning reset: they start from trained weights, and a short run
+# would not outlast the warmup of the long one it comes from
+NO_WARMUP = {"warmup_epochs": 0, "warmup_steps": 0}
 
 
 def resolve_interval(config: TrainConfig) -> str:
@@ -85,6 +88,18 @@ def check_schedule(config: TrainConfig, steps_per_epoch: int) -> None:
             f"(epochs x steps per epoch); steps per epoch is {steps_per_epoch}",
             hint="give --steps-per-epoch, or --samples and --batch-size",
         )
+    check_warmup_length(config, config.warmup_steps, config.epochs * steps_per_epoch, "step")
+
+
+def check_warmup_length(config: TrainConfig, warmup: int, total: int, unit: str) -> None:
+    """A warmup of N steps reaches --lr at step N, so a run of N steps or fewer never does.
+    Prune's and QAT's fine-tuning inherit the warmup of the longer run they start from."""
+    if warmup and warmup >= total:
+        raise UsageError(
+            f"a {warmup}-{unit} warmup is not shorter than the {total}-{unit} run: "
+            f"the lr would never reach {config.lr:g}",
+            hint=f"give fewer --warmup-{unit}s (0 for none), or more epochs",
+        )
 
 
 def check_schedule_flags(config: TrainConfig) -> None:
@@ -99,6 +114,9 @@ def check_schedule_flags(config: TrainConfig) -> None:
         check_range(config, field_name)
     if config.warmup_epochs and config.warmup_steps:
         raise UsageError("give --warmup-epochs or --warmup-steps, not both")
+    if config.warmup_steps and config.scheduler_interval == "epoch":
+        raise UsageError("--warmup-steps needs --scheduler-interval step (or auto)")
+    check_warmup_length(config, config.warmup_epochs, config.epochs, "epoch")
     if name == "onecycle":
         check_onecycle_ends(config)
     if name == "multistep":
@@ -236,8 +254,6 @@ class LRSchedule:
         unit = steps_per_epoch if self.interval == "step" else 1
         total = config.epochs * unit
         self.warmup_length = config.warmup_steps or config.warmup_epochs * unit
-        if self.warmup_length and self.interval == "epoch" and config.warmup_steps:
-            raise UsageError("--warmup-steps needs --scheduler-interval step (or auto)")
         length = max(1, total - self.warmup_length)
         main = _main_scheduler(optimizer, config, unit, length)
         self.plateau = main if isinstance(main, lr_scheduler.ReduceLROnPlateau) else None
@@ -254,8 +270,11 @@ class LRSchedule:
             self.scheduler: Any = lr_scheduler.SequentialLR(
                 optimizer, [warmup, main], milestones=[self.warmup_length]
             )
+        elif self.plateau is not None or main is None:
+            # The plateau steps on its own; a constant lr needs only the warmup's ramp.
+            self.scheduler = warmup
         else:
-            self.scheduler = warmup if self.plateau is not None else main
+            self.scheduler = main
         self.steps = 0  # steps taken by `self.scheduler`
 
     @property
@@ -371,7 +390,7 @@ def _step_through(optimizer, schedule, config, steps_per_epoch, metrics) -> list
             schedule.step_batch()
             step += 1
         metric = None
-        if metrics is not None:
+        if metrics is not None:  # short: a run that stopped early (lr-plot warns), held on
             metric = metrics[epoch] if epoch < len(metrics) else metrics[-1]
         schedule.step_epoch(metric)
     return rows

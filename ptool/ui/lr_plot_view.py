@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -56,17 +57,76 @@ def terminal_chart(
     figure.theme("simple")  # no painted background: the terminal's own shows through
     figure.plot_size(width, height)
     for line in lines:
-        xs, ys = envelope(_x(line, x_axis), line.lrs, buckets=2 * width)
+        xs, ys = envelope(*_plotted(_x(line, x_axis), line.lrs, log_y), buckets=2 * width)
         signal = figure.signal(xs, ys, marker="braille").lines().label(line.label)
         figure.draw(signal)
-    if log_y:
-        figure.ruler("y").scale("log")
+    low, high = _y_range([lr for line in lines for lr in line.lrs], log_y)
+    figure.ruler("y").lim(low, high)
+    figure.ruler("y").ticks(*_y_ticks(low, high, log_y))
     figure.label(x_axis, "x")
     figure.label("lr", "y")
     figure.title(title)
     chart = figure.build().string()
     figure.clear()
     return chart
+
+
+def _plotted(xs: list[float], lrs: Sequence[float], log_y: bool) -> tuple[list, list]:
+    """The points drawn: on a log axis log10(lr), drawn by hand (plotext's own log axis labels
+    its ticks with fixed decimals, and fails on an lr of 0, which a log axis cannot show)."""
+    if not log_y:
+        return xs, list(lrs)
+    kept = [(x, math.log10(lr)) for x, lr in zip(xs, lrs, strict=True) if lr > 0]
+    return [x for x, _ in kept], [y for _, y in kept]
+
+
+def _y_range(lrs: Sequence[float], log_y: bool) -> tuple[float, float]:
+    """The data's range (in log10 on a log axis); a constant lr gets a band around it, not the
+    [-1, 1] plotext would give it."""
+    values = [math.log10(lr) for lr in lrs if lr > 0] if log_y else list(lrs)
+    low, high = (min(values), max(values)) if values else (0.0, 1.0)
+    if low == high:
+        pad = 1.0 if log_y else abs(low) / 2 or 1.0
+        low, high = low - pad, high + pad
+    return low, high
+
+
+def _y_ticks(low: float, high: float, log_y: bool) -> tuple[list, list]:
+    """Tick positions and compact labels: whole decades on a log axis spanning two or more,
+    else round values (0.025, 0.05, ...) placed on the axis's own scale."""
+    if not log_y:
+        values = _round_ticks(low, high)
+        return values, _compact(values)
+    first, last = math.ceil(low), math.floor(high)
+    decades = list(range(first, last + 1, max(1, math.ceil((last - first + 1) / 6))))
+    values = [10.0**d for d in decades] if len(decades) >= 2 else _round_ticks(10**low, 10**high)
+    return [math.log10(v) for v in values], _compact(values)
+
+
+def _round_ticks(low: float, high: float, most: int = 6) -> list[float]:
+    """The multiples of 1, 2, 2.5 or 5 x 10^k in [low, high], the finest step giving at most
+    `most` of them (two at least)."""
+    base = 10 ** math.floor(math.log10((high - low) / most))
+    for mult in (1, 2, 2.5, 5, 10):
+        step = base * mult
+        first, last = math.ceil(low / step - 1e-9), math.floor(high / step + 1e-9)
+        if last - first < most:
+            break
+    return [min(max(k * step, low), high) for k in range(first, last + 1)]
+
+
+def _compact(values: list[float]) -> list[str]:
+    """`.3g` (4e-7, 0.075, 0.1), more digits only where neighbours would read the same."""
+    for digits in range(3, 10):
+        labels = [_tidy(f"{v:.{digits}g}") for v in values]
+        if len(set(labels)) == len(set(values)):
+            return labels
+    return labels
+
+
+def _tidy(label: str) -> str:
+    """1e-07 -> 1e-7, 1e+20 -> 1e20: the exponent's sign and zero say nothing."""
+    return label.replace("e-0", "e-").replace("e+0", "e").replace("e+", "e")
 
 
 def _fmt(value: float | None) -> str:
@@ -80,12 +140,15 @@ def _steps(steps: list[int], limit: int = 6) -> str:
     return shown + (f", ... ({len(steps)})" if len(steps) > limit else "")
 
 
-def key_table(lines: Sequence[Any]) -> Table:
-    """The numbers under the chart: start, peak, end, warmup end, restarts (steps)."""
+def key_table(lines: Sequence[Any], *, fold: bool = True) -> Table:
+    """The numbers under the chart: start, peak, end, warmup end, restarts (steps). Long
+    --compare labels fold on a terminal; in a pipe (`fold=False`) every row stays one line."""
     table = Table(box=None, pad_edge=False, header_style="bold")
     for name in ("series", "start", "peak", "at step", "end", "warmup end", "restarts"):
-        if name == "series":  # long --compare labels fold; the numbers never do
+        if name == "series" and fold:  # the numbers never fold
             table.add_column(name, overflow="fold", max_width=32)
+        elif name == "series":
+            table.add_column(name, no_wrap=True)
         elif name == "restarts":
             table.add_column(name)
         else:

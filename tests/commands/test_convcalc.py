@@ -114,6 +114,8 @@ def test_stdin_json_lines_with_a_bad_line():
          "out_channels must be divisible by groups"),
         (["--h", "2", "--layer", "maxpool", "--k", "3"], "output size is too small"),
         (["--h", "8", "--chain", "conv k3 q4"], "unknown token 'q4'"),
+        (["--h", "8", "--chain", "conv k3 s2 s3"], "'s3' sets stride again (after 's2')"),
+        (["--h", "8", "--chain", "conv k3; ; conv k3"], "layer 2 is empty in 'conv k3; ; conv k3'"),
     ],
 )  # fmt: skip
 def test_bad_geometry_exits_2_with_one_line(args, rule):
@@ -122,6 +124,7 @@ def test_bad_geometry_exits_2_with_one_line(args, rule):
     assert rule in proc.stderr
     assert "Traceback" not in proc.stderr and proc.stdout == ""
     assert proc.stderr.startswith("error:")
+    assert all(line.startswith(("error: ", "hint: ")) for line in proc.stderr.splitlines())
 
 
 def test_starts_without_torch_or_pydantic():

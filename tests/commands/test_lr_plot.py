@@ -181,6 +181,9 @@ def test_impossible_parameters_are_usage_errors(args):
         (("cosine", "--group-lrs", "nan,0.1"), "--group-lrs must be finite and positive, got nan"),
         (("plateau", "--patience", "-2"), "--patience must be at least 0, got -2"),
         (("--compare", 'cosine "x'), "--compare 'cosine \"x': no closing quotation"),
+        (("cosine", "--warmup-epochs", "20"), "a 20-epoch warmup is not shorter than the 3-epoch"),
+        (("constant", "--warmup-epochs", "3"), "the lr would never reach 0.001"),
+        (("step", "--warmup-steps", "6", "--steps-per-epoch", "2"), "6-step warmup .* 6-step run"),
     ],
 )
 def test_bad_values_are_one_line_usage_errors(args, message):
@@ -254,3 +257,72 @@ def test_series_equals_the_lr_a_real_train_run_logged(tmp_path, flags):
         assert [v for _, v in logged] == pytest.approx(
             [row["lr"] for row in line["rows"]], rel=1e-6
         )
+
+
+def test_constant_with_warmup_ramps_then_holds_like_linear_lr():
+    """`constant`/`none` + warmup used to stay at warmup_start_factor x lr for the whole run."""
+    for name in ("constant", "none"):
+        (line,) = series(name, "--lr", "0.1", "--epochs", "6", "--warmup-epochs", "2")
+        expected = _stepped(lambda o: lr_scheduler.LinearLR(o, 0.01, 1.0, 2), 6)
+        assert [row["lr"] for row in line["rows"]] == pytest.approx(expected, rel=1e-12)
+        assert expected[2:] == pytest.approx([0.1] * 4)  # the oracle reaches --lr and holds it
+        assert (
+            line["peak"] == pytest.approx(0.1) and line["peak_step"] == line["warmup_end_step"] == 2
+        )
+
+
+def test_a_metric_file_short_of_the_epochs_is_refused(tmp_path):
+    metrics = tmp_path / "m.csv"
+    metrics.write_text("1.0\n0.8\n0.8\n")
+    with pytest.raises(UsageError, match="holds 3 metric values for 8 epochs") as refused:
+        lr_plot("plateau", "--epochs", "8", "--metric-file", str(metrics))
+    assert refused.value.hint == "give --epochs 3, or a value for every epoch"
+    assert len(series("plateau", "--epochs", "2", "--metric-file", str(metrics))[0]["rows"]) == 2
+    assert series("cosine", "--epochs", "8", "--metric-file", str(metrics))  # not plateau: unread
+
+
+def test_a_run_that_logged_fewer_epochs_warns_on_stderr(tmp_path):
+    """A run stopped early: plotted to its configured end, the padding said on stderr."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    (tmp_path / "config.yaml").write_text("scheduler: plateau\nepochs: 5\nlr: 0.1\n")
+    writer = SummaryWriter(str(tmp_path / "tensorboard"))
+    for step in range(2):
+        writer.add_scalar("lr", 0.1, step)
+        writer.add_scalar("val/loss", 1.0, step + 1)
+    writer.close()
+    result = CliRunner().invoke(app, ["lr-plot", "--from-run", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == (
+        f"warning: {tmp_path} logged val/loss for 2 of 5 epochs; the plot repeats its last "
+        "value for the other 3\n"
+    )
+    assert len(json.loads(result.stdout)["series"][0]["rows"]) == 5
+
+
+def test_compare_labels_stay_whole_in_a_pipe():
+    specs = ("multistep --lr 0.1 --milestones 1,2", "cosine-warm-restarts --lr 0.1 --t-0 1")
+    result = run_ptool("lr-plot", "--epochs", "3", "--compare", *specs, env={"COLUMNS": ""})
+    assert result.returncode == 0, result.stderr
+    rows = result.stdout.splitlines()
+    assert len(rows) == 3 and [row.split("  ")[0] for row in rows[1:]] == list(specs)
+
+
+def _y_labels(chart):
+    return [line.split("\u2524")[0].strip() for line in chart.splitlines() if "\u2524" in line]
+
+
+def test_chart_tick_labels_read_small_values():
+    """Fixed decimals read 4e-7 as 0.000000; ticks sit on round values, whole decades on a
+    log axis."""
+    log = _y_labels(lr_plot("exponential", "--gamma", "0.5", "--lr", "0.1", "--epochs", "20",
+                            "--log-y", "--chart"))  # fmt: skip
+    assert log == ["0.1", "0.01", "0.001", "0.0001", "1e-5", "1e-6"]
+    small = _y_labels(lr_plot("linear", "--lr", "1e-6", "--start-factor", "0.4", "--epochs", "3",
+                              "--total-iters", "2", "--chart"))  # fmt: skip
+    assert small == ["1e-6", "8e-7", "6e-7", "4e-7"]
+    constant = _y_labels(lr_plot("constant", "--lr", "1e-3", "--epochs", "3", "--chart"))
+    assert "0.001" in constant and not any(label.startswith("-") for label in constant)
+    # an lr of 0 has no place on a log axis: left out, not a crash
+    zero = lr_plot("polynomial", "--total-iters", "2", "--epochs", "4", "--log-y", "--chart")
+    assert _y_labels(zero)[0] == "0.001"

@@ -375,6 +375,43 @@ def test_parse_chain_tokens():
         cc.parse_chain(" ; # nothing")
 
 
+@pytest.mark.parametrize(
+    ("chain", "message"),
+    [
+        ("conv k3 s2 s3", r"'s3' sets stride again \(after 's2'\) in 'conv k3 s2 s3'"),
+        ("conv k3 k5", "'k5' sets kernel_size again"),
+        ("conv k3 psame p1", r"'p1' sets padding again \(after 'psame'\)"),
+        ("maxpool k2 ceil ceil", "'ceil' sets ceil_mode again"),
+        ("conv k3 nobias nobias", "'nobias' sets bias again"),
+        ("convT k4 s2 op1 op0", "'op0' sets output_padding again"),
+    ],
+)
+def test_a_parameter_given_twice_in_a_layer_is_refused(chain, message):
+    """Before: the last one silently won (`s2 s3` strode 3)."""
+    with pytest.raises(UsageError, match=message) as refused:
+        cc.parse_chain(chain)
+    assert refused.value.hint == "give each parameter of a layer once"
+
+
+@pytest.mark.parametrize(
+    ("chain", "message"),
+    [
+        ("conv k3; ; conv k3", "layer 2 is empty in 'conv k3; ; conv k3'"),
+        ("conv k3;; maxpool k2", "layer 2 is empty"),
+        ("; conv k3", "layer 1 is empty"),
+        ("conv k3\nmaxpool k2; ; conv k3 # x", "layer 3 is empty in 'maxpool k2; ; conv k3'"),
+    ],
+)
+def test_an_empty_layer_between_semicolons_is_refused(chain, message):
+    with pytest.raises(UsageError, match=message):
+        cc.parse_chain(chain)
+
+
+def test_blank_lines_comments_and_a_closing_semicolon_are_not_layers():
+    chain = "# stem\nconv k3 c8;\n\n  # pool\nmaxpool k2;\nconv k3; maxpool k2\n"
+    assert [s.layer for s in cc.parse_chain(chain)] == ["conv", "maxpool", "conv", "maxpool"]
+
+
 def test_chain_rows_and_totals():
     chain = cc.compute_chain(
         cc.parse_chain("conv k3 p1 c32; maxpool k2; conv k3 s2 c64; convT k4 s2 p1 c32"),

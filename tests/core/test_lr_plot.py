@@ -128,3 +128,12 @@ def test_a_run_log_gives_train_metrics_per_epoch_not_per_step(tmp_path):
     tb.close()
     assert read_run_log(tmp_path, "train/loss").metric == [2.0, 1.0]
     assert read_run_log(tmp_path, "val/loss").metric == [3.0, 4.0]
+
+
+def test_a_metric_file_short_of_the_epochs_is_refused():
+    """plateau steps on one value per epoch: the plot must not invent the missing ones."""
+    core.check_metric_count([1.0, 0.9, 0.8], 3, "m.csv")
+    core.check_metric_count([1.0, 0.9, 0.8], 2, "m.csv")  # a longer run's first epochs
+    with pytest.raises(UsageError, match="m.csv holds 3 metric values for 8 epochs") as refused:
+        core.check_metric_count([1.0, 0.9, 0.8], 8, "m.csv")
+    assert refused.value.hint == "give --epochs 3, or a value for every epoch"

@@ -354,6 +354,20 @@ def test_finetuning_runs_on_this_machines_device_not_the_runs(tmp_path):
     assert finetune_config(run, {"device": "cpu"}, source, 2).device == "cpu"
 
 
+def test_finetuning_drops_the_runs_warmup_unless_given(tmp_path):
+    """A 30-epoch run's 5 warmup epochs would outlast a 3-epoch fine-tune (refused)."""
+    from ptool.core.engine import check_config
+    from ptool.core.quantize.run import qat_config
+
+    run = TrainConfig(epochs=30, warmup_epochs=5, scheduler="cosine")
+    source = tmp_path / "run" / "best.pt"
+    for config in (finetune_config(run, {}, source, 3), qat_config(run, {}, source)):
+        assert config.warmup_epochs == 0
+        check_config(config)
+    given = finetune_config(run, {"warmup_epochs": 1}, source, 3)
+    assert given.warmup_epochs == 1
+
+
 def test_finetuning_a_run_that_monitored_its_ema_monitors_the_model(cnn_ckpt, tmp_path):
     """Fine-tuning drops --ema, so the run's `val_ema/loss` becomes `val/loss`."""
     ckpt = ckpt_io.load_checkpoint(cnn_ckpt)

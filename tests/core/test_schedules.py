@@ -8,7 +8,7 @@ from torch.optim import lr_scheduler
 
 from ptool.core.config import TrainConfig
 from ptool.core.errors import UsageError
-from ptool.core.schedules import build_schedule, lr_series, schedule_events
+from ptool.core.schedules import build_schedule, check_schedule_flags, lr_series, schedule_events
 
 pytestmark = pytest.mark.filterwarnings("ignore:Detected call of")
 
@@ -136,8 +136,16 @@ def test_warmup_steps_make_the_schedule_per_step_in_steps():
     assert got == pytest.approx(expected)
 
 
-def test_state_dict_round_trip_continues_identically():
-    config = TrainConfig(scheduler="onecycle", lr=0.1, epochs=3)
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"scheduler": "onecycle"},
+        {"scheduler": "constant", "warmup_steps": 7},  # saved mid-warmup, resumed ramping
+        {"scheduler": "none", "warmup_steps": 7},
+    ],
+)
+def test_state_dict_round_trip_continues_identically(params):
+    config = TrainConfig(lr=0.1, epochs=3, **params)
 
     def make():
         opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
@@ -149,10 +157,14 @@ def test_state_dict_round_trip_continues_identically():
     opt_b, sched_b = make()
     sched_b.load_state_dict(sched_a.state_dict())
     opt_b.load_state_dict(opt_a.state_dict())
+    lrs = []
     for _ in range(4):
         sched_a.step_batch()
         sched_b.step_batch()
         assert opt_a.param_groups[0]["lr"] == opt_b.param_groups[0]["lr"]
+        lrs.append(opt_b.param_groups[0]["lr"])
+    if "warmup_steps" in params:  # still ramping when saved, then at --lr
+        assert lrs[0] < lrs[1] == pytest.approx(0.1) == lrs[-1]
 
 
 @pytest.mark.parametrize(
@@ -162,6 +174,8 @@ def test_state_dict_round_trip_continues_identically():
         {"scheduler": "onecycle"},
         {"scheduler": "step", "step_size": 1},
         {"scheduler": "cosine", "warmup_epochs": 1},
+        {"scheduler": "constant", "warmup_epochs": 2},  # halved mid-warmup
+        {"scheduler": "none", "warmup_steps": 9},
     ],
 )
 def test_scale_lr_continues_as_the_schedule_of_the_scaled_lr(params):
@@ -252,9 +266,10 @@ def test_parameter_groups_each_get_a_series():
     assert [(r["group"], r["lr"]) for r in rows] == [(0, 0.1), (1, 0.01), (0, 0.05), (1, 0.005)]
 
 
-@pytest.mark.parametrize("name", sorted(set(CASES) - {"none", "constant"}))
+@pytest.mark.parametrize("name", sorted(CASES))
 def test_warmup_epochs_compose_with_every_schedule(name):
-    """Warmup + X = SequentialLR([LinearLR, X]) with the milestone in the schedule's units."""
+    """Warmup + X = SequentialLR([LinearLR, X]) with the milestone in the schedule's units;
+    warmup + a constant lr = LinearLR alone, which holds --lr once it is there."""
     params, make, per_step = CASES[name]
     warmup = 2
     config = TrainConfig(
@@ -271,9 +286,50 @@ def test_warmup_epochs_compose_with_every_schedule(name):
             total = (EPOCHS - warmup) * STEPS
             main = lr_scheduler.OneCycleLR(o, 0.5, total_steps=total, cycle_momentum=False)
         warm = lr_scheduler.LinearLR(o, 0.01, 1.0, milestone)
+        if main is None:
+            return warm
         return lr_scheduler.SequentialLR(o, [warm, main], milestones=[milestone])
 
     assert got == pytest.approx(_oracle(sequential, per_step=per_step), rel=1e-12, abs=1e-15)
+    if name in ("none", "constant"):  # from warmup_start_factor x lr up to --lr, then held
+        assert got[0] == pytest.approx(0.001)
+        assert got[milestone * (1 if per_step else STEPS) :] == pytest.approx([0.1] * 40)
+
+
+def test_constant_warmup_ramps_like_linear_lr_then_holds():
+    """The reported run: 0.001 at every epoch before the fix."""
+    config = TrainConfig(scheduler="constant", lr=0.1, epochs=6, warmup_epochs=2)
+    got = [row["lr"] for row in lr_series(config, steps_per_epoch=1)]
+    assert got == pytest.approx([0.001, 0.0505, 0.1, 0.1, 0.1, 0.1], rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"warmup_epochs": 3}, "a 3-epoch warmup is not shorter than the 3-epoch run"),
+        ({"warmup_epochs": 20, "scheduler": "cosine"}, "20-epoch warmup .* 3-epoch run"),
+        ({"warmup_epochs": 3, "scheduler": "constant"}, "the lr would never reach 0.1"),
+        ({"warmup_steps": 12}, "a 12-step warmup is not shorter than the 12-step run"),
+        ({"warmup_steps": 50, "scheduler": "onecycle"}, "50-step warmup .* 12-step run"),
+    ],
+)
+def test_a_warmup_as_long_as_the_run_is_refused(params, message):
+    """The lr would never reach --lr. train, prune's and QAT's fine-tuning check it too."""
+    config = TrainConfig(**{"lr": 0.1, "epochs": 3, **params})
+    with pytest.raises(UsageError, match=message) as refused:
+        lr_series(config, steps_per_epoch=STEPS)
+    assert "\n" not in str(refused.value) and "--warmup-" in refused.value.hint
+    if "warmup_epochs" in params:  # refused before any data is loaded
+        with pytest.raises(UsageError, match=message):
+            check_schedule_flags(config)
+
+
+@pytest.mark.parametrize("params", [{"warmup_epochs": 2}, {"warmup_steps": 11}])
+def test_the_longest_warmup_allowed_reaches_the_lr_at_the_last_step(params):
+    config = TrainConfig(scheduler="constant", lr=0.1, epochs=3, **params)
+    got = [row["lr"] for row in lr_series(config, steps_per_epoch=STEPS)]
+    last = STEPS if "warmup_epochs" in params else 1  # the last epoch's steps, or the last step
+    assert got[-last:] == pytest.approx([0.1] * last) and got[-last - 1] < 0.1
 
 
 def test_warmup_then_plateau_on_the_metric():

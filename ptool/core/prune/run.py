@@ -38,14 +38,17 @@ def refuse_quantized(ckpt: dict[str, Any], path: Path) -> None:
 def finetune_config(
     config: TrainConfig, overrides: dict[str, Any], source: Path, epochs: int
 ) -> TrainConfig:
-    """The run's own config (optimizer, lr, schedule, batch size) for `epochs` epochs in a run
-    dir beside the checkpoint (<ckpt dir>/prune/<time>), then the flags given. The device is
-    this machine's (`auto`, as train's default), not the one the run was trained on. Without
-    EMA, a run that monitored `val_ema/X` monitors `val/X`."""
+    """The run's own config (optimizer, lr, schedule, batch size; no warmup: the weights are
+    trained already) for `epochs` epochs in a run dir beside the checkpoint
+    (<ckpt dir>/prune/<time>), then the flags given. The device is this machine's (`auto`, as
+    train's default), not the one the run was trained on. Without EMA, a run that monitored
+    `val_ema/X` monitors `val/X`."""
     from ptool.core import rundir
+    from ptool.core.schedules import NO_WARMUP
 
     values = {
         "epochs": epochs,
+        **NO_WARMUP,
         "out": str(rundir.default_run_dir(source.parent / "prune")),
         "init_from": None,
         "ema": None,

@@ -206,13 +206,15 @@ class FreezeSchedule:
 
 
 def qat_config(config: TrainConfig, overrides: dict[str, Any], source: Path) -> TrainConfig:
-    """The run's config with QAT's defaults (3 epochs, lr x 0.1, a run dir beside the
-    checkpoint), then the flags given; always on the CPU."""
+    """The run's config with QAT's defaults (3 epochs, lr x 0.1, no warmup: the weights are
+    trained already; a run dir beside the checkpoint), then the flags given; always on the CPU."""
     from ptool.core import rundir
+    from ptool.core.schedules import NO_WARMUP
 
     values = {
         "epochs": QAT_DEFAULTS["epochs"],
         "lr": config.lr * QAT_DEFAULTS["lr_factor"],
+        **NO_WARMUP,
         "out": str(rundir.default_run_dir(source.parent / "qat")),
         "init_from": None,
         **overrides,
