@@ -22,7 +22,7 @@ from ptool.core.checkpoint import _fsync_dir, atomic_save
 
 @dataclass
 class Monitor:
-    """The metric that picks best.pt and stops early; `mode` auto: min for losses, else max."""
+    """The metric that picks best.pt and stops early (`schedules.monitor_mode`)."""
 
     name: str
     mode: str
@@ -30,10 +30,9 @@ class Monitor:
 
     @classmethod
     def from_config(cls, config: Any) -> Monitor:
-        mode = config.mode
-        if mode == "auto":
-            mode = "min" if "loss" in config.monitor else "max"
-        return cls(config.monitor, mode, abs(config.min_delta))
+        from ptool.core.schedules import monitor_mode
+
+        return cls(config.monitor, monitor_mode(config), abs(config.min_delta))
 
     def better(self, value: float, reference: float | None, delta: float = 0.0) -> bool:
         """`value` beats `reference` by more than `delta`; any finite value beats None."""

@@ -34,10 +34,16 @@ def resolve_interval(config: TrainConfig) -> str:
     return "step" if config.scheduler in PER_STEP or config.warmup_steps else "epoch"
 
 
+# metrics where lower is better (torchmetrics' `higher_is_better` False), besides losses
+LOWER_IS_BETTER = ("mae", "mse", "rmse")
+
+
 def monitor_mode(config: TrainConfig) -> str:
+    """--mode, or auto: min for a loss or an error metric (val/rmse), max for the rest."""
     if config.mode != "auto":
         return config.mode
-    return "min" if "loss" in config.monitor else "max"
+    metric = config.monitor.rsplit("/", 1)[-1]
+    return "min" if "loss" in metric or metric in LOWER_IS_BETTER else "max"
 
 
 # Every numeric schedule parameter: its valid interval (PyTorch's own where its scheduler checks
