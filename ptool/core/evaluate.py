@@ -70,9 +70,16 @@ def evaluate(
     device: torch.device | str = "cpu",
     *,
     prefix: str = "val",
+    autocast_dtype: torch.dtype | None = None,
 ) -> Evaluation:
-    """Every batch of `loader` once, in eval mode, without gradients."""
+    """Every batch of `loader` once, in eval mode, without gradients (under autocast to
+    `autocast_dtype`, as the run's own validation computed with --precision bf16/fp16)."""
     device = torch.device(device)
+    autocast = (
+        torch.autocast(device.type, dtype=autocast_dtype)
+        if autocast_dtype is not None
+        else contextlib.nullcontext()
+    )
     metrics = EpochMetrics(info, device, prefix)
     classification = info.task == "classification"
     per_class = _per_class_metrics(info.num_classes).to(device) if classification else None
@@ -86,10 +93,13 @@ def evaluate(
             x, y = x.to(device), y.to(device)
             _sync(device)
             start = time.perf_counter()
-            outputs = model(x)
+            with autocast:
+                outputs = model(x)
             _sync(device)
             latencies.append(time.perf_counter() - start)
-            metrics.update(outputs, y, loss_fn(outputs, y))
+            with autocast:
+                loss = loss_fn(outputs, y)
+            metrics.update(outputs, y, loss)
             if per_class is not None:
                 per_class.update(outputs.detach().float(), y)
             samples += len(y)
@@ -271,6 +281,7 @@ def evaluate_checkpoints(
     """
     from ptool.core.checkpoint import load_checkpoint
     from ptool.core.data import make_loader
+    from ptool.core.engine import PRECISIONS
     from ptool.core.errors import UsageError
     from ptool.core.optim import build_loss
     from ptool.core.restore import config_and_info, model_from_checkpoint
@@ -299,9 +310,12 @@ def evaluate_checkpoints(
     reports = []
     for path, ckpt in zip(paths, ckpts, strict=True):
         loader = make_loader(dataset, config, order, train=False, device=run_device)
+        precision = "fp32" if ckpt.get("quantization") else ckpt["config"].get("precision", "fp32")
         with quiet_int8_loading():
             model = model_from_checkpoint(ckpt).to(run_device)
-            result = evaluate(model, loader, info, loss_fn, run_device)
+            result = evaluate(
+                model, loader, info, loss_fn, run_device, autocast_dtype=PRECISIONS[precision]
+            )
         reports.append(
             {
                 "checkpoint": str(path),
@@ -312,6 +326,7 @@ def evaluate_checkpoints(
                 "task": info.task,
                 "device": str(run_device),
                 "batch_size": config.batch_size,
+                "precision": precision,
                 "samples": result.samples,
                 "metrics": {k.split("/", 1)[1]: v for k, v in result.metrics.items()},
                 "per_class": result.per_class,

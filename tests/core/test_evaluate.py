@@ -163,3 +163,17 @@ def test_compare_with_a_quantized_checkpoint_runs_on_cpu(run, tmp_path):
     )
     with pytest.raises(UsageError, match="CPU only"):
         evaluate_checkpoints([output], device="cuda")
+
+
+def test_a_bf16_runs_checkpoint_evaluates_in_bf16_as_its_validation_did(tmp_path):
+    from ptool.core.engine import fit
+
+    config = TrainConfig(
+        data="synthetic", shape="12", samples=200, num_classes=3, model="mlp", hidden=[32],
+        epochs=1, seed=0, precision="bf16", tensorboard=False, out=str(tmp_path / "run"),
+    )  # fmt: skip
+    fit(config, quiet=True)
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    (report,) = evaluate_checkpoints([tmp_path / "run" / "last.pt"], device="cpu")
+    assert report["precision"] == "bf16"
+    assert report["metrics"]["loss"] == pytest.approx(ckpt["metrics"]["val/loss"], rel=1e-6)
