@@ -58,8 +58,8 @@ class TrainConfig:
     )
     data_seed: int | None = _opt(
         None,
-        "Seed of the validation split and of synthetic data (default: --seed, or 0 without "
-        "one, recorded).",
+        "Seed of the validation split and of synthetic data (default: the run's --seed); "
+        "fixes the split across seeds.",
         "data",
     )
     image_size: int | None = _opt(

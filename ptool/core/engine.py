@@ -226,8 +226,6 @@ class Trainer:
         # running sums in float64, except on MPS, which has no float64
         self.sum_dtype = torch.float32 if self.device.type == "mps" else torch.float64
         seed = pick_seed(config.seed, self.dist)
-        if config.seed is None and config.data_seed is None:  # the random seed is the run's;
-            config = config.replace(data_seed=0)  # the split stays the unseeded default
         run_dir = Path(config.out) if config.out else rundir.default_run_dir()
         self.config = config.replace(seed=seed, out=str(run_dir))
         self.callbacks = list(callbacks)

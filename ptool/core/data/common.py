@@ -1,8 +1,8 @@
 """What every source shares: seeded splits, per-sample transforms, in-memory bundles.
 
 Seeding: every seeded choice (the synthetic data itself, validation splits) uses
-`config.data_seed`, else `config.seed`, else 0, so the same config always sees the same split
-even when the training run itself is unseeded (the engine records 0 as its data_seed).
+`config.data_seed`, else `config.seed` (the engine draws and records one for an unseeded run,
+so a rerun with that seed sees the same split), else 0.
 """
 
 from __future__ import annotations
