@@ -841,10 +841,12 @@ class Trainer:
         return postfix
 
     def _epoch_line(self, metrics: dict[str, float]) -> str:
+        """The usual figures, and the monitored one (it picks best.pt) whatever it is."""
         shown = [
             f"{name} {value:.4f}"
             for name, value in metrics.items()
-            if name != "lr" and name.rsplit("/", 1)[-1] in ("loss", "accuracy", "mae", "r2")
+            if name == self.monitor.name
+            or (name != "lr" and name.rsplit("/", 1)[-1] in ("loss", "accuracy", "mae", "r2"))
         ]
         return (
             f"epoch {self.state.epoch}/{self.config.epochs}  "

@@ -322,9 +322,13 @@ def test_out_of_range_values_are_refused_before_training(tmp_path, values, messa
 
 
 def test_regression_metrics(tmp_path):
-    summary = fit(small(tmp_path, task="regression", num_classes=None, epochs=1), quiet=True)
+    lines = []
+    config = small(tmp_path, task="regression", num_classes=None, epochs=1, monitor="val/rmse")
+    summary = fit(config, log=lines.append)
     assert {"val/mae", "val/rmse", "val/r2", "val/loss"} <= set(summary.final_metrics)
     assert summary.confusion_matrix is None
+    assert summary.monitor == "val/rmse" and summary.mode == "min"
+    assert f"val/rmse {summary.final_metrics['val/rmse']:.4f}" in lines[0]  # the monitored one
 
 
 def test_tensorboard_tags(tmp_path):
