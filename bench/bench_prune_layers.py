@@ -3,8 +3,9 @@
 Why the compaction's 3.8x fewer multiply-adds give under 2x lower latency at batch 32 on 1x8x8
 inputs: per layer medians of both models, then the whole forward in four forms (as trained in
 NCHW, channels_last, torch.jit.optimize_for_inference: frozen, conv-bn folded, oneDNN prepacked
-weights, and torch.compile: inductor's generated C++, about 15 s to compile both). All ratios come from this one process with the same threads; the load
-average is printed, run it when the machine is quiet.
+weights, and torch.compile: inductor's generated C++, about 15 s to compile both). All
+ratios come from this one process with the same threads; the load average is printed, run it
+when the machine is quiet.
 
     .venv/bin/python bench/bench_prune_layers.py [THREADS]
 """
