@@ -42,37 +42,28 @@ def test_stopped_after_an_epoch_and_resumed_is_bit_identical(tmp_path):
     assert_same_weights(weights(tmp_path / "full/last.pt"), weights(tmp_path / "resumed/last.pt"))
 
 
-def test_stopped_mid_epoch_and_resumed_is_bit_identical(tmp_path):
-    fit(small(tmp_path, "full", **EXACT), quiet=True)
+# Random crops and flips served by a DataLoader worker, and dropout: each sample's draws come
+# from (seed, epoch, index), not from whichever worker serves it after the restart.
+AUGMENTED = dict(data="synthetic", shape="1x8x8", augment="crop,flip", crop_padding=1,
+                 num_workers=1, dropout=0.2)  # fmt: skip
+
+
+@pytest.mark.parametrize("data", [{}, AUGMENTED], ids=["in-memory", "augmented-in-a-worker"])
+def test_stopped_mid_epoch_and_resumed_is_bit_identical(tmp_path, data):
+    fit(small(tmp_path, "full", **data, **EXACT), quiet=True)
 
     class KeepStep7:
         def on_checkpoint(self, trainer, path):
             if trainer.state.global_step == 7:
                 shutil.copyfile(path, tmp_path / "mid.pt")
 
-    fit(small(tmp_path, "cut", save_every_steps=1, **EXACT), callbacks=[KeepStep7()], quiet=True)
+    cut = small(tmp_path, "cut", save_every_steps=1, **data, **EXACT)
+    fit(cut, callbacks=[KeepStep7()], quiet=True)
     mid = torch.load(tmp_path / "mid.pt", weights_only=True)
     assert (mid["epoch"], mid["batch_in_epoch"]) == (1, 2)  # 5 batches per epoch
     plan = plan_resume(tmp_path / "mid.pt", {"out": str(tmp_path / "resumed")})
     assert "epoch 2/3, batch 3 (step 7)" in plan.notes[0]
     resume_run(plan, quiet=True)
-    assert_same_weights(weights(tmp_path / "full/last.pt"), weights(tmp_path / "resumed/last.pt"))
-
-
-def test_augmented_data_in_worker_processes_resumes_mid_epoch_bit_identical(tmp_path):
-    """Random crops and flips served by a DataLoader worker: each sample's draws come from
-    (seed, epoch, index), not from whichever worker serves it after the restart."""
-    images = dict(data="synthetic", shape="1x8x8", augment="crop,flip", crop_padding=1,
-                  num_workers=1, dropout=0.2, **EXACT)  # fmt: skip
-    fit(small(tmp_path, "full", **images), quiet=True)
-
-    class KeepStep7:
-        def on_checkpoint(self, trainer, path):
-            if trainer.state.global_step == 7:
-                shutil.copyfile(path, tmp_path / "mid.pt")
-
-    fit(small(tmp_path, "cut", save_every_steps=1, **images), callbacks=[KeepStep7()], quiet=True)
-    resume_run(plan_resume(tmp_path / "mid.pt", {"out": str(tmp_path / "resumed")}), quiet=True)
     assert_same_weights(weights(tmp_path / "full/last.pt"), weights(tmp_path / "resumed/last.pt"))
 
 
