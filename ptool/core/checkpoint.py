@@ -164,12 +164,12 @@ def load(
         raise PtoolError(f"{path} is a directory, not a checkpoint file")
     if path.stat().st_size == 0:
         raise PtoolError(f"{path} is empty (0 bytes)")
-    is_zip = zipfile.is_zipfile(path)
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if not is_zip and head == b"PK\x03\x04":  # a zip checkpoint cut short
+    from ptool.core.inspect.reader import sniff
+
+    is_zip, kind = zipfile.is_zipfile(path), sniff(path)
+    if kind == "zip" and not is_zip:  # a zip checkpoint cut short
         raise PtoolError(f"{path} is truncated or corrupt (its zip directory is missing)")
-    if not is_zip and head[:1] != b"\x80":  # torch.save writes a zip, or a binary pickle
+    if kind not in ("zip", "pickle"):  # torch.save writes a zip, or a binary pickle
         raise PtoolError(f"{path} is not a PyTorch checkpoint (not a torch.save file)")
     if mmap is None:
         mmap = is_zip
@@ -178,26 +178,25 @@ def load(
             # torch's own rebuild of quantized tensors trips its deprecation notices.
             warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
             warnings.filterwarnings("ignore", message="torch.quantize_per_tensor, ")
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
             if unsafe:
                 return torch.load(path, map_location=map_location, weights_only=False)
             return torch.load(
                 path, map_location=map_location, weights_only=True, mmap=mmap and is_zip
             )
     except pickle.UnpicklingError as exc:
-        if "Weights only load failed" in str(exc) or "Unsupported" in str(exc):
-            binary_pickle = is_zip or head[:1] == b"\x80"  # what torch.save writes
-            if (
-                "invalid load key" in str(exc)
-                or "could not find MARK" in str(exc)
-                or ("Unsupported operand" in str(exc) and not binary_pickle)
-            ):
-                raise PtoolError(f"{path} is not a PyTorch checkpoint ({_reason(exc)})") from exc
+        text = str(exc)
+        # a bad byte stream, not a request for code (a legacy file: any opcode it can't read)
+        broken = ("invalid load key", "could not find MARK")
+        broken += () if is_zip else ("Unsupported operand",)
+        refused = "Weights only load failed" in text or "Unsupported" in text
+        if refused and not any(marker in text for marker in broken):
             raise _refusal(path, exc, refusal_hint) from exc
         raise PtoolError(f"{path} is not a PyTorch checkpoint ({_reason(exc)})") from exc
     except EOFError as exc:
         raise PtoolError(f"{path} is truncated (unexpected end of file)") from exc
-    except KeyError as exc:  # torch's legacy reader on bytes that are no pickle at all
-        raise PtoolError(f"{path} is not a PyTorch checkpoint (unknown pickle opcode)") from exc
+    except (KeyError, IndexError) as exc:  # torch's legacy reader on a pickle it did not write
+        raise PtoolError(f"{path} is not a PyTorch checkpoint (a corrupt pickle)") from exc
     except (RuntimeError, ValueError, zipfile.BadZipFile, OSError) as exc:
         message = _first_line(exc)
         if "central directory" in message or "zip archive" in message:

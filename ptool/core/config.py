@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import shlex
 import types
 import typing
 from dataclasses import dataclass, field
@@ -377,8 +378,8 @@ def as_flag(name: str, value: Any) -> str:
     if isinstance(value, bool):
         return flag if value else f"--no-{flag[2:]}"
     if isinstance(value, (list, tuple)):
-        return f"{flag} {','.join(map(str, value))}"
-    return f"{flag} {'none' if value is None else value}"
+        return f"{flag} {shlex.quote(','.join(map(str, value)))}"
+    return f"{flag} {'none' if value is None else shlex.quote(str(value))}"
 
 
 def _scalar(kind: type, value: Any) -> Any:

@@ -28,14 +28,14 @@ TENSOR_EXTENSIONS = (".pt", ".pth", ".bin")
 def is_tensor_file(path: Path) -> bool:
     """A torch.save file, by suffix or by content (a zip archive, or a pickle as legacy
     torch.save writes), so `x.pth` or `batch.tensor` are not opened as images."""
+    from ptool.core.inspect.reader import sniff
+
     if path.suffix.lower() in TENSOR_EXTENSIONS:
         return True
     try:
-        with path.open("rb") as f:
-            head = f.read(4)
+        return sniff(path) in ("zip", "pickle")
     except OSError:
         return False  # the image reader reports it
-    return head == b"PK\x03\x04" or head[:1] == b"\x80"
 
 
 @dataclass

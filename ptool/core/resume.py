@@ -77,10 +77,13 @@ def _refuse_changes(saved: TrainConfig, overrides: dict[str, Any], checkpoint: P
 
 
 def _run_identity(config: Any) -> dict[str, Any] | None:
-    """What two checkpoints of one run share: their config, but for what a resume may change."""
-    if not isinstance(config, dict):
+    """What two checkpoints of one run share: their config, but for what a resume may change,
+    with the defaults of fields a checkpoint from an older ptool lacks."""
+    try:
+        values = TrainConfig.from_dict(config).to_dict()
+    except (PtoolError, TypeError, AttributeError):  # not a config this ptool reads
         return None
-    return {name: value for name, value in config.items() if name not in RESUMABLE}
+    return {name: value for name, value in values.items() if name not in RESUMABLE}
 
 
 def _refuse_foreign_files(checkpoint: Path, ckpt: dict[str, Any]) -> None:
@@ -100,7 +103,8 @@ def _refuse_foreign_files(checkpoint: Path, ckpt: dict[str, Any]) -> None:
             return False
         except PtoolError:  # a torn or corrupt file holds no run to lose
             return True
-        return isinstance(theirs, dict) and _run_identity(theirs.get("config")) == mine
+        same = isinstance(theirs, dict) and _run_identity(theirs.get("config")) == mine
+        return same and mine is not None
 
     found = run_checkpoints(checkpoint.parent, same_run=same_run)
     if found:

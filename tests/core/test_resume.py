@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import errno
 import os
+import shlex
 import shutil
 import subprocess
 import time
@@ -198,6 +199,10 @@ def test_a_checkpoint_copied_into_another_runs_directory_does_not_replace_its_fi
     assert {p.name: p.read_bytes() for p in (tmp_path / "b").glob("*.pt")} == before
     own = plan_resume(tmp_path / "a" / "epoch-1.pt", {"epochs": 2, "early_stop_patience": 3})
     assert own.config.out == str(tmp_path / "a")
+    older = torch.load(tmp_path / "a" / "best.pt", weights_only=True)
+    del older["config"]["data_seed"]  # written by a ptool without that option
+    torch.save(older, tmp_path / "a" / "best.pt")
+    assert plan_resume(tmp_path / "a" / "last.pt", {"epochs": 2}).config.out == str(tmp_path / "a")
     elsewhere = plan_resume(tmp_path / "b" / "from-a.pt", {"epochs": 2, "out": str(tmp_path / "c")})
     assert elsewhere.config.out == str(tmp_path / "c")
 
@@ -217,13 +222,17 @@ def test_refusal_hints_are_commands_that_run(tmp_path):
     from ptool.cli import app
 
     fit(small(tmp_path, "run", epochs=1), quiet=True)
-    changes = (({"hidden": [8, 8]}, "--hidden 8,8"), ({"shuffle": False}, "--no-shuffle"))
+    changes = (
+        ({"hidden": [8, 8]}, "--hidden 8,8"),
+        ({"shuffle": False}, "--no-shuffle"),
+        ({"data": "csv:my data.csv"}, "--data 'csv:my data.csv'"),
+    )
     for change, flag in changes:
         with pytest.raises(UsageError) as info:
             plan_resume(tmp_path / "run", {"epochs": 2, **change})
         checkpoint = tmp_path / "run" / "last.pt"
         assert info.value.hint == f"ptool train --init-from {checkpoint} {flag} ..."
-        args = info.value.hint.split()[1:-1] + ["--print-config"]
+        args = shlex.split(info.value.hint)[1:-1] + ["--print-config"]
         assert CliRunner().invoke(app, args).exit_code == 0
 
 
@@ -317,6 +326,8 @@ def test_checkpoints_that_cannot_be_resumed_fail_with_one_line(tmp_path):
         ("junk.pt", b"not a checkpoint at all", "is not a PyTorch checkpoint"),
         ("notes.pt", b"hello\n", "is not a PyTorch checkpoint"),
         ("table.csv", b"a,b\n1,2\n", "is not a PyTorch checkpoint"),  # torch: IndexError
+        ("bad-opcode.pt", b"\x80\x02garbage", "is not a PyTorch checkpoint"),
+        ("one-byte.pt", b"\x80", "is not a PyTorch checkpoint"),  # torch: IndexError
         ("head.pt", saved[:2000], "is truncated or corrupt"),
         ("half.pt", saved[: len(saved) // 2], "is truncated or corrupt"),
     ):

@@ -88,6 +88,20 @@ def _unpickle(path: Path, data: bytes, persistent_load) -> Any:
         raise PtoolError(f"{path} is corrupt (bad pickle: {exc})") from None
 
 
+def sniff(path: Path) -> str | None:
+    """The container a file's first bytes name: "zip" (torch.save), "pickle" (legacy
+    torch.save, or any pickle), "safetensors" (a header size, then JSON), or None."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head.startswith(b"PK"):
+        return "zip"
+    if head[:1] == b"\x80":
+        return "pickle"
+    if len(head) == 9 and head[8:9] == b"{":
+        return "safetensors"
+    return None
+
+
 def read(path: str | Path) -> RawCheckpoint:
     """Detect the format and read the object tree; one-line PtoolError for anything wrong."""
     path = Path(path)
@@ -98,14 +112,10 @@ def read(path: str | Path) -> RawCheckpoint:
     size = path.stat().st_size
     if size == 0:
         raise PtoolError(f"{path} is empty (0 bytes)")
-    with open(path, "rb") as f:
-        head = f.read(9)
-    if head.startswith(b"PK"):
-        return _read_zip(path, size)
-    if head[:1] == b"\x80":
-        return _read_pickle_stream(path, size)
-    if len(head) == 9 and head[8:9] == b"{":
-        return _read_safetensors(path, size)
+    readers = {"zip": _read_zip, "pickle": _read_pickle_stream, "safetensors": _read_safetensors}
+    kind = sniff(path)
+    if kind is not None:
+        return readers[kind](path, size)
     raise PtoolError(
         f"{path} is not a checkpoint (not a torch.save file, a pickle or a safetensors file)"
     )
