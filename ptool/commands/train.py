@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -124,7 +125,7 @@ def run_and_report(
     out: Output, run_dir: str | None, run: Callable[[Callable[[str], None]], Any]
 ) -> None:
     """Train (or resume) with epoch lines on stderr, then the summary table or JSON."""
-    created = bool(run_dir) and not os.path.exists(run_dir)
+    created = _first_missing(run_dir) if run_dir else None
     if run_dir:  # an unwritable --out fails now, before seconds of imports
         from ptool.core.rundir import prepare_run_dir
 
@@ -142,11 +143,30 @@ def run_and_report(
         summary = run(log)
     except BaseException:
         if created:  # a run refused before writing anything leaves no empty --out behind
-            with contextlib.suppress(OSError):
-                os.rmdir(run_dir)
+            _remove_empty(Path(run_dir), Path(created))
         raise
     if _speaks_for_the_job():
         out.result(summary.to_dict(), lambda: summary_table(summary))
+
+
+def _first_missing(path: str) -> str | None:
+    """The outermost folder of `path` that does not exist yet (what --out will create)."""
+    missing = None
+    for folder in (Path(path), *Path(path).parents):
+        if folder.exists():
+            break
+        missing = str(folder)
+    return missing
+
+
+def _remove_empty(path: Path, created: Path) -> None:
+    """Remove `path` and its parents up to `created` while they are empty."""
+    with contextlib.suppress(OSError):  # a folder with files in it stays
+        while True:
+            path.rmdir()
+            if path == created:
+                return
+            path = path.parent
 
 
 def register(app: typer.Typer) -> None:

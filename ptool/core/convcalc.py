@@ -241,11 +241,11 @@ def parse_chain(text: str) -> list[LayerSpec]:
     specs: list[LayerSpec] = []
     for line in text.splitlines():
         line = line.split("#", 1)[0].strip()
+        if line in ("", ";"):
+            continue
         parts = [p.strip() for p in line.split(";")]
         if parts[-1] == "":
             parts.pop()
-        if not any(parts):
-            continue
         for part in parts:
             if not part:
                 raise UsageError(

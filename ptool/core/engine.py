@@ -51,6 +51,14 @@ MAX_ROLLBACKS = 3
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def autocast(device: torch.device, precision: str) -> Any:
+    """torch.autocast to --precision's dtype on `device` (a no-op context for fp32)."""
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
 @dataclass
 class TrainState:
     """Every counter an exact resume needs, as plain Python values (ckpt["callbacks"])."""
@@ -265,7 +273,6 @@ class Trainer:
         self.schedule = build_schedule(
             self.optimizer, self.config, steps_per_epoch=self.steps_per_epoch
         )
-        self.autocast_dtype = PRECISIONS[self.config.precision]
         self.scaler = torch.amp.GradScaler(
             "cuda", enabled=self.config.precision == "fp16" and self.device.type == "cuda"
         )
@@ -401,9 +408,7 @@ class Trainer:
         return x, y
 
     def _autocast(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+        return autocast(self.device, self.config.precision)
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -629,14 +634,16 @@ class Trainer:
         """Every validation sample once over all ranks (rank r takes samples r, r + W, ...)."""
         model.eval()
         self._fire("on_validation_start", model)
-        order = torch.arange(self.dist.rank, len(self.data.val), self.dist.world_size)
-        for x, y in self._loader(self.data.val, order, train=False):
-            x, y = self._to_device(x, y)
-            with self._autocast():
-                outputs = model(x)
-                loss = self.loss_fn(outputs, y)
-            metrics.update(outputs, y, loss)
-        self._fire("on_validation_end", model)
+        try:
+            order = torch.arange(self.dist.rank, len(self.data.val), self.dist.world_size)
+            for x, y in self._loader(self.data.val, order, train=False):
+                x, y = self._to_device(x, y)
+                with self._autocast():
+                    outputs = model(x)
+                    loss = self.loss_fn(outputs, y)
+                metrics.update(outputs, y, loss)
+        finally:
+            self._fire("on_validation_end", model)
         values, confusion = metrics.compute()
         if metrics is self.val_metrics:
             self.confusion = confusion
@@ -920,17 +927,44 @@ def _cloned(value: Any) -> Any:
     return value
 
 
-def fit(config: TrainConfig, **options: Any) -> RunSummary:
-    """Train per `config` (or continue `resume`, a loaded checkpoint); see the module doc and
-    `Trainer` for the options.
+def fit(
+    config: TrainConfig,
+    *,
+    resume: dict | None = None,
+    callbacks: Iterable[Any] = (),
+    quiet: bool = False,
+    progress: bool | None = None,
+    log: Callable[[str], None] | None = None,
+    model: nn.Module | None = None,
+    data: Any = None,
+    prepare_model: Callable[[nn.Module], nn.Module] | None = None,
+    checkpoint_extras: Callable[[], dict] | None = None,
+    reschedule: bool = False,
+    unsafe_load: bool = False,
+) -> RunSummary:
+    """Train per `config` (or continue `resume`, a loaded checkpoint); see the module doc.
 
     `log` receives the human lines (epoch lines, warnings; default: stderr); `progress`
-    forces the tqdm bar on/off (default: config.progress, auto = stderr is a terminal).
+    forces the tqdm bar on/off (default: config.progress, auto = stderr is a terminal);
+    `unsafe_load` lets --init-from unpickle a trusted file.
     Callbacks are objects with any of on_fit_start(trainer), on_step_end(trainer),
     on_validation_start(trainer, model), on_validation_end(trainer, model),
     on_epoch_end(trainer, metrics), on_checkpoint(trainer, path), on_fit_end(trainer, summary).
     """
-    trainer = Trainer(config, **options)
+    trainer = Trainer(
+        config,
+        resume=resume,
+        callbacks=callbacks,
+        quiet=quiet,
+        progress=progress,
+        log=log,
+        model=model,
+        data=data,
+        prepare_model=prepare_model,
+        checkpoint_extras=checkpoint_extras,
+        reschedule=reschedule,
+        unsafe_load=unsafe_load,
+    )
     try:
         return trainer.fit()
     finally:

@@ -70,16 +70,13 @@ def evaluate(
     device: torch.device | str = "cpu",
     *,
     prefix: str = "val",
-    autocast_dtype: torch.dtype | None = None,
+    precision: str = "fp32",
 ) -> Evaluation:
-    """Every batch of `loader` once, in eval mode, without gradients (under autocast to
-    `autocast_dtype`, as the run's own validation computed with --precision bf16/fp16)."""
+    """Every batch of `loader` once, in eval mode, without gradients (under autocast for
+    --precision bf16/fp16, as the run's own validation computed)."""
+    from ptool.core.engine import autocast
+
     device = torch.device(device)
-    autocast = (
-        torch.autocast(device.type, dtype=autocast_dtype)
-        if autocast_dtype is not None
-        else contextlib.nullcontext()
-    )
     metrics = EpochMetrics(info, device, prefix)
     classification = info.task == "classification"
     per_class = _per_class_metrics(info.num_classes).to(device) if classification else None
@@ -93,11 +90,11 @@ def evaluate(
             x, y = x.to(device), y.to(device)
             _sync(device)
             start = time.perf_counter()
-            with autocast:
+            with autocast(device, precision):
                 outputs = model(x)
             _sync(device)
             latencies.append(time.perf_counter() - start)
-            with autocast:
+            with autocast(device, precision):
                 loss = loss_fn(outputs, y)
             metrics.update(outputs, y, loss)
             if per_class is not None:
@@ -281,7 +278,6 @@ def evaluate_checkpoints(
     """
     from ptool.core.checkpoint import load_checkpoint
     from ptool.core.data import make_loader
-    from ptool.core.engine import PRECISIONS
     from ptool.core.errors import UsageError
     from ptool.core.optim import build_loss
     from ptool.core.restore import config_and_info, model_from_checkpoint
@@ -308,14 +304,12 @@ def evaluate_checkpoints(
     loss_fn = build_loss(config, info).to(run_device)
     order = torch.arange(len(dataset))
     reports = []
-    for path, ckpt in zip(paths, ckpts, strict=True):
+    for path, ckpt, (own_config, _) in zip(paths, ckpts, infos, strict=True):
         loader = make_loader(dataset, config, order, train=False, device=run_device)
-        precision = "fp32" if ckpt.get("quantization") else ckpt["config"].get("precision", "fp32")
+        precision = "fp32" if ckpt.get("quantization") else own_config.precision
         with quiet_int8_loading():
             model = model_from_checkpoint(ckpt).to(run_device)
-            result = evaluate(
-                model, loader, info, loss_fn, run_device, autocast_dtype=PRECISIONS[precision]
-            )
+            result = evaluate(model, loader, info, loss_fn, run_device, precision=precision)
         reports.append(
             {
                 "checkpoint": str(path),

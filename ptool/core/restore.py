@@ -62,5 +62,5 @@ def model_from_checkpoint(ckpt: dict[str, Any], *, load_weights: bool = True) ->
             detail = lines[1] if len(lines) > 1 else lines[0]
             raise PtoolError(f"the saved weights do not fit the rebuilt model: {detail}") from exc
         if ckpt.get("quantization"):  # a QAT run's fake-quantized model keeps its saved ranges
-            quantize.pause_observers(model)
+            quantize.freeze_observers(model)
     return model

@@ -34,8 +34,8 @@ def resolve_interval(config: TrainConfig) -> str:
     return "step" if config.scheduler in PER_STEP or config.warmup_steps else "epoch"
 
 
-# metrics where lower is better (torchmetrics' `higher_is_better` False), besides losses
-LOWER_IS_BETTER = ("mae", "mse", "rmse")
+# metrics.build_metrics' error metrics: torchmetrics' `higher_is_better` False (tested)
+LOWER_IS_BETTER = ("mae", "rmse")
 
 
 def monitor_mode(config: TrainConfig) -> str:

@@ -103,10 +103,10 @@ def test_an_unreadable_image_fails_in_one_line(tmp_path):
     ],
 )
 def test_bad_input_is_one_line_before_training(tmp_path, args, code, message):
-    result = run_ptool("train", *TINY, "--out", str(tmp_path / "r"), *args)
+    result = run_ptool("train", *TINY, "--out", str(tmp_path / "r" / "run"), *args)
     assert result.returncode == code, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
-    assert not (tmp_path / "r").exists()  # no empty run directory left behind
+    assert not (tmp_path / "r").exists()  # no empty run directory (nor parent) left behind
 
 
 def test_unwritable_out_is_a_usage_error(tmp_path):

@@ -87,9 +87,19 @@ def test_a_config_file_is_checked_when_read(tmp_path):
 
 
 def test_a_json_config_is_what_print_config_json_prints(tmp_path):
-    import json
+    from typer.testing import CliRunner
 
-    config = resolve_config(None, {"lr": 0.1, "hidden": [32, 16], "betas": (0.8, 0.9)})
+    from ptool.cli import app
+
+    flags = ["--lr", "0.1", "--hidden", "32,16", "--betas", "0.8,0.9", "--no-shuffle"]
+    printed = CliRunner().invoke(app, ["train", *flags, "--print-config", "--json"])
+    assert printed.exit_code == 0
     path = tmp_path / "run.json"
-    path.write_text(json.dumps(config.to_dict()))
-    assert resolve_config(path) == config
+    path.write_text(printed.stdout)
+    config = resolve_config(path)
+    assert (config.lr, config.hidden, config.betas, config.shuffle) == (
+        0.1,
+        [32, 16],
+        (0.8, 0.9),
+        False,
+    )

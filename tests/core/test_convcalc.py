@@ -400,6 +400,7 @@ def test_a_parameter_given_twice_in_a_layer_is_refused(chain, message):
         ("conv k3;; maxpool k2", "layer 2 is empty"),
         ("; conv k3", "layer 1 is empty"),
         ("conv k3\nmaxpool k2; ; conv k3 # x", "layer 3 is empty in 'maxpool k2; ; conv k3'"),
+        ("conv k3\n;;\nconv k3", "layer 2 is empty in ';;'"),
     ],
 )
 def test_an_empty_layer_between_semicolons_is_refused(chain, message):

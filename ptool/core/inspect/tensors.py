@@ -23,7 +23,7 @@ def kind(name: str, t: TensorMeta) -> str:
     last = name.rsplit(".", 1)[-1]
     if last in BUFFER_NAMES or last.endswith("_mask"):
         return "buffer"
-    qparam = last in QPARAM_NAMES or FX_QPARAM.search(last)
+    qparam = last in QPARAM_NAMES or ("." not in name and FX_QPARAM.search(name))
     if qparam and t.numel <= 1 and not t.quant:
         return "buffer"
     return "parameter"

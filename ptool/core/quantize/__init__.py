@@ -6,7 +6,7 @@ torchao) without touching the command; `run` is the job: rebuild, quantize, repo
 
 from __future__ import annotations
 
-from ptool.core.quantize.ao import available, describe_state, pause_observers, prepare_for_load
+from ptool.core.quantize.ao import available, describe_state, freeze_observers, prepare_for_load
 from ptool.core.quantize.run import MODES, QuantizeOptions, quantize_checkpoint
 
 __all__ = [
@@ -14,7 +14,7 @@ __all__ = [
     "QuantizeOptions",
     "available",
     "describe_state",
-    "pause_observers",
+    "freeze_observers",
     "prepare_for_load",
     "quantize_checkpoint",
 ]
