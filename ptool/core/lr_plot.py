@@ -69,15 +69,19 @@ class Source:
     """A resolved schedule source: the config plus what a checkpoint or run adds to it."""
 
     config: TrainConfig
-    train_size: int | None = None  # training samples, from a checkpoint's data_info
+    train_size: int | None = None  # training samples per process, from a checkpoint
     groups: int = 1  # parameter groups of the checkpoint's optimizer
     run_dir: Path | None = None
 
 
 def _checkpoint_facts(ckpt: dict) -> tuple[int | None, int]:
+    """(training samples per process, parameter groups): a torchrun job of W processes gives
+    each ceil(N / W) samples (DistributedSampler pads), so its steps per epoch are fewer."""
     info = ckpt.get("data_info") or {}
     groups = len((ckpt.get("optimizer_state_dict") or {}).get("param_groups") or [None])
-    return info.get("train_size"), groups
+    world = ((ckpt.get("rng_state") or {}).get("data_order") or {}).get("world_size", 1)
+    size = info.get("train_size")
+    return (math.ceil(size / world) if size is not None else None), groups
 
 
 def _newest_checkpoint(run_dir: Path) -> dict | None:

@@ -115,6 +115,26 @@ def _refuse_foreign_files(checkpoint: Path, ckpt: dict[str, Any]) -> None:
         )
 
 
+def _refuse_other_world_size(ckpt: dict[str, Any], checkpoint: Path) -> None:
+    """The data order, the batches and the steps per epoch depend on the number of processes
+    (each takes every world_size-th sample): a resume must run as many as the run did."""
+    import os
+
+    saved = ckpt["rng_state"].get("data_order", {}).get("world_size", 1)
+    now = int(os.environ.get("WORLD_SIZE", "1"))
+    if saved != now:
+        how = (
+            f"torchrun --nproc_per_node {saved} -m ptool resume {checkpoint}"
+            if saved > 1
+            else f"ptool resume {checkpoint} (without torchrun)"
+        )
+        raise UsageError(
+            f"{checkpoint} was trained by {saved} process{'es' if saved > 1 else ''}, this "
+            f"resume runs {now}: the data order and steps per epoch depend on it",
+            hint=f"resume it as it ran: {how}",
+        )
+
+
 # What the engine's load_state reads: a checkpoint without them is a weights-only file.
 NEEDED = ("model_state_dict", "optimizer_state_dict", "scheduler_state_dict", "rng_state",
           "callbacks", "epoch", "global_step")  # fmt: skip
@@ -177,6 +197,7 @@ def plan_resume(
         from ptool.core.rundir import refuse_other_run
 
         refuse_other_run(config.out)
+    _refuse_other_world_size(ckpt, checkpoint)
     done, step = ckpt["epoch"], ckpt["global_step"]
     plan = ResumePlan(checkpoint, ckpt, config, reschedule)
     wait = ckpt.get("callbacks", {}).get("train_state", {}).get("early_stop_wait", 0)

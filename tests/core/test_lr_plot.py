@@ -45,7 +45,7 @@ def test_metric_file_forms(tmp_path):
             core.read_metric_file(bad)
 
 
-def _checkpoint(path, config, *, train_size=1000, groups=2):
+def _checkpoint(path, config, *, train_size=1000, groups=2, world_size=1):
     torch.save(
         {
             "format": "ptool.checkpoint",
@@ -53,6 +53,7 @@ def _checkpoint(path, config, *, train_size=1000, groups=2):
             "config": config.to_dict(),
             "data_info": {"train_size": train_size},
             "optimizer_state_dict": {"param_groups": [{"lr": config.lr}] * groups},
+            "rng_state": {"data_order": {"world_size": world_size}},
         },
         path,
     )
@@ -70,6 +71,19 @@ def test_sources_stack_checkpoint_then_config_file_then_flags(tmp_path):
         core.load_source(overrides={}, checkpoint=str(ckpt), run=str(tmp_path))
     with pytest.raises(UsageError, match="not a ptool run"):
         core.load_source(overrides={}, run=str(tmp_path))
+
+
+def test_a_torchrun_jobs_checkpoint_plots_the_steps_each_process_took(tmp_path):
+    """Each of W processes takes its DistributedSampler share: the engine's oracle is the
+    length of runtime.epoch_order on one rank."""
+    from ptool.core.runtime import Distributed, epoch_order
+
+    config = TrainConfig(scheduler="onecycle", batch_size=16, epochs=2)
+    ckpt = _checkpoint(tmp_path / "c.pt", config, train_size=1001, world_size=2)
+    source = core.load_source(overrides={}, checkpoint=str(ckpt))
+    rank_share = epoch_order(1001, seed=0, epoch=0, shuffle=True, info=Distributed(world_size=2))
+    assert source.train_size == len(rank_share) == 501
+    assert core.steps_per_epoch(config, train_size=source.train_size) == 32  # ceil(501 / 16)
 
 
 def test_a_broken_run_config_is_one_line_naming_the_file_and_place(tmp_path):

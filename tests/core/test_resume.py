@@ -207,6 +207,19 @@ def test_a_checkpoint_copied_into_another_runs_directory_does_not_replace_its_fi
     assert elsewhere.config.out == str(tmp_path / "c")
 
 
+def test_a_resume_runs_as_many_processes_as_the_run(tmp_path, monkeypatch):
+    fit(small(tmp_path, "run", epochs=1), quiet=True)
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    ckpt["rng_state"]["data_order"]["world_size"] = 2  # as a torchrun job of 2 saves it
+    torch.save(ckpt, tmp_path / "ddp.pt")
+    with pytest.raises(UsageError, match="trained by 2 processes, this resume runs 1") as info:
+        plan_resume(tmp_path / "ddp.pt", {"epochs": 2, "out": str(tmp_path / "a")})
+    assert "torchrun --nproc_per_node 2 -m ptool resume" in info.value.hint
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UsageError, match="trained by 1 process, this resume runs 2"):
+        plan_resume(tmp_path / "run", {"epochs": 2})
+
+
 def test_onecycle_cannot_be_extended_without_replanning(tmp_path):
     fit(small(tmp_path, "run", epochs=1, scheduler="onecycle"), quiet=True)
     with pytest.raises(UsageError, match="onecycle was planned for 1 epochs") as info:
