@@ -420,10 +420,10 @@ class Trainer:
                 while self.state.epoch < self.config.epochs:
                     try:
                         self.train_epoch()
+                        stop_early = self.end_epoch()
                     except _Rollback:
                         self._rollback()
                         continue
-                    stop_early = self.end_epoch()
                     if self.stop.signum is not None:
                         self._interrupt()
                     if stop_early:
@@ -557,16 +557,21 @@ class Trainer:
             bad = flag[0].bool()
         if not bool(bad):
             return True
-        state, policy = self.state, self.config.on_nonfinite
+        state = self.state
         where = (
             f"loss is {float(loss.detach()):g} at step {state.global_step} "
             f"(epoch {state.epoch + 1}, batch {index + 1})"
         )
-        if policy == "skip":
+        return self._nonfinite(where)
+
+    def _nonfinite(self, where: str, *, can_skip: bool = True) -> bool:
+        """--on-nonfinite: skip (False: leave this batch or step out), roll back, or stop."""
+        state, policy = self.state, self.config.on_nonfinite
+        if policy == "skip" and can_skip:
             state.nonfinite_skipped += 1
             return False
         kept = f"last good checkpoint: {self.files.last}" if self.files.last.exists() else ""
-        if policy == "rollback":
+        if policy == "rollback":  # the last save holds finite weights: each one is checked
             if state.rollbacks < MAX_ROLLBACKS:
                 self.log(f"{where}: rolling back to the last good state and halving the lr")
                 raise _Rollback
@@ -574,9 +579,9 @@ class Trainer:
                 f"{where}, after {MAX_ROLLBACKS} rollbacks; stopped. {kept}".strip(),
                 hint="lower --lr, add --clip-norm, or check the data for NaN values",
             )
+        other = ", or --on-nonfinite skip|rollback" if policy == "stop" else ""
         raise NonFiniteLoss(
-            f"{where}; stopped. {kept}".strip(),
-            hint="lower --lr, add --clip-norm, or --on-nonfinite skip|rollback",
+            f"{where}; stopped. {kept}".strip(), hint=f"lower --lr or add --clip-norm{other}"
         )
 
     def _all_reduce_grads(self) -> None:
@@ -595,17 +600,18 @@ class Trainer:
             last_step = state.batch_in_epoch == self.batches_per_epoch
             if self.tb is not None and config.log_histograms and last_step:
                 self.tb.histograms(self.model, state.global_step, grads=True)  # before zero_grad
+            params = [p for p in self.model.parameters() if p.grad is not None]
+            norm = None
             if config.clip_norm is not None or config.clip_value is not None:
                 self.scaler.unscale_(self.optimizer)
-                params = [p for p in self.model.parameters() if p.grad is not None]
                 if config.clip_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(params, config.clip_norm)
+                    norm = torch.nn.utils.clip_grad_norm_(params, config.clip_norm)
                 if config.clip_value is not None:
                     torch.nn.utils.clip_grad_value_(params, config.clip_value)
-            if self.scaler.is_enabled():
+            if self.scaler.is_enabled():  # it skips a step with inf/NaN gradients itself
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
-            else:
+            elif self._finite_grads(params, norm):
                 self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             if self.ema is not None:
@@ -620,6 +626,20 @@ class Trainer:
         self.schedule.step_batch()
         state.global_step += 1
         self._fire("on_step_end")
+
+    def _finite_grads(self, params: list[torch.Tensor], norm: torch.Tensor | None) -> bool:
+        """A finite loss can still overflow the gradients (a huge lr): stepping on them would
+        turn the weights to NaN, whatever --on-nonfinite says. The norm clipping computed, or
+        one fused norm; every process holds the same (all-reduced) gradients."""
+        if norm is None:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        if bool(torch.isfinite(norm)):
+            return True
+        state = self.state
+        return self._nonfinite(
+            f"gradient norm is {float(norm):g} at step {state.global_step} "
+            f"(epoch {state.epoch + 1})"
+        )
 
     def _should_save_step(self) -> bool:
         every = self.config.save_every_steps
@@ -677,6 +697,9 @@ class Trainer:
         metrics.update(self.validate(self.model, self.val_metrics))
         if self.ema is not None:
             metrics.update(self.validate(self.ema.module, self.ema_metrics))
+        if not math.isfinite(metrics["val/loss"]):  # the weights themselves are broken
+            self._nonfinite(f"validation loss is {metrics['val/loss']:g} after epoch "
+                            f"{state.epoch + 1}", can_skip=False)  # fmt: skip
         metrics["lr"] = float(self.optimizer.param_groups[0]["lr"])
         value = metrics.get(monitor.name)
         self.schedule.step_epoch(value)

@@ -240,6 +240,45 @@ def test_an_epoch_with_every_batch_skipped_fails(tmp_path):
         fit(config, quiet=True, prepare_model=AlwaysNaN)
 
 
+class InfGradAt(NaNAt):
+    """Training forwards number `calls` add sqrt(0) of a zero parameter: the loss stays
+    finite, its gradient (1 / (2 sqrt(0))) is inf."""
+
+    def __init__(self, model: nn.Module, calls: set[int]):
+        super().__init__(model, calls)
+        self.zero = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        out = self.model(x)
+        if self.training:
+            self.count += 1
+            if self.count - 1 in self.calls:
+                return out + torch.sqrt(self.zero)
+        return out
+
+
+def test_a_finite_loss_with_inf_gradients_is_not_stepped_on(tmp_path):
+    config = small(tmp_path, epochs=1, on_nonfinite="skip", optimizer="sgd", lr=0.1)
+    summary = fit(config, quiet=True, prepare_model=lambda m: InfGradAt(m, {1, 3}))
+    assert summary.status == "completed" and summary.nonfinite_skipped == 2
+    assert all(torch.isfinite(v).all() for v in weights(tmp_path / "run" / "last.pt").values())
+    with pytest.raises(NonFiniteLoss, match=r"gradient norm is inf at step 1 \(epoch 1\)"):
+        fit(config.replace(on_nonfinite="stop", out=str(tmp_path / "stop")), quiet=True,
+            prepare_model=lambda m: InfGradAt(m, {1}))  # fmt: skip
+
+
+def test_weights_that_diverge_with_finite_losses_stop_every_policy(tmp_path):
+    """A huge lr: finite losses and gradients, but the weights (and batch-norm statistics)
+    overflow; the NaN validation loss stops the run, skip or not, before it saves them."""
+    for policy in ("skip", "stop", "rollback"):
+        config = small(tmp_path, policy, optimizer="sgd", lr=1e6, norm="batch", on_nonfinite=policy)
+        with pytest.raises(NonFiniteLoss, match="validation loss is nan after epoch 1"):
+            fit(config, quiet=True)
+        assert not (tmp_path / policy / "last.pt").exists() or all(
+            torch.isfinite(v.float()).all() for v in weights(tmp_path / policy / "last.pt").values()
+        )
+
+
 def test_early_stopping_and_checkpoint_files(tmp_path):
     config = small(
         tmp_path,
