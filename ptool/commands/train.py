@@ -88,6 +88,12 @@ def train(
     if reschedule:
         raise UsageError("--reschedule re-plans a resumed run's schedule; it needs --resume")
     resolved = resolve_config(config, overrides)
+    synthetic_only = sorted({"shape", "samples"} & overrides.keys())
+    if synthetic_only and resolved.data != "synthetic":
+        raise UsageError(
+            f"--{synthetic_only[0]} shapes synthetic data; --data {resolved.data} has its own",
+            hint="add --data synthetic, or drop it",
+        )
     if print_config:
         _print_config(out, resolved.to_dict())
         return

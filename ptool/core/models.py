@@ -162,6 +162,9 @@ MODELS: dict[str, Callable[[Any, Any], nn.Module]] = {"mlp": build_mlp, "cnn": b
 VALID_MODELS = (*MODELS, "torchvision:NAME", "module.path:function")
 
 
+AUX_HEADS = ("googlenet", "inception_v3")
+
+
 def build_torchvision(name: str, info: Any) -> nn.Module:
     """torchvision.models.get_model(NAME, weights=None, num_classes=...).
 
@@ -176,7 +179,9 @@ def build_torchvision(name: str, info: Any) -> nn.Module:
     if len(info.input_shape) != 3:
         shape = info.input_shape
         raise UsageError(f"torchvision:{name} needs image inputs; the data gives {shape}")
-    model = torchvision.models.get_model(name, weights=None, num_classes=info.num_outputs)
+    # their train-mode outputs carry auxiliary heads (a namedtuple): one plain logits tensor
+    extra = {"aux_logits": False, "init_weights": True} if name in AUX_HEADS else {}
+    model = torchvision.models.get_model(name, weights=None, num_classes=info.num_outputs, **extra)
     channels = info.input_shape[0]
     first = next(
         ((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), (None, None)

@@ -100,6 +100,7 @@ def test_an_unreadable_image_fails_in_one_line(tmp_path):
         (("--optimizer", "lamb"), 2, "valid: sgd, adam, adamw, rmsprop"),
         (("--model", "resnet"), 2, "unknown model 'resnet'; valid: mlp, cnn"),
         (("--data", "csv:missing.csv"), 2, "missing.csv"),
+        (("--data", "digits", "--samples", "100"), 2, "--samples shapes synthetic data"),
     ],
 )
 def test_bad_input_is_one_line_before_training(tmp_path, args, code, message):

@@ -72,6 +72,14 @@ def test_torchvision_model_adapts_first_conv_to_channels():
     assert net(torch.randn(2, 1, 16, 16)).shape == (2, 4)
 
 
+def test_torchvision_models_with_auxiliary_heads_give_plain_logits_in_training():
+    """googlenet's train-mode output is a namedtuple with aux logits, which no loss takes."""
+    net = build_model(TrainConfig(model="torchvision:googlenet"), info([3, 32, 32], outputs=4))
+    net.train()
+    out = net(torch.randn(2, 3, 32, 32))
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 4)
+
+
 def test_user_factory(tmp_path, monkeypatch):
     (tmp_path / "my_models.py").write_text(
         "import torch\n"
