@@ -122,10 +122,11 @@ def test_a_data_loader_workers_error_is_its_original_last_line():
         '  File "worker.py", line 349, in _worker_loop\n'
         "PIL.UnidentifiedImageError: cannot identify image file 'cat/bad.png'\n"
     )
-    message, _, code = describe(ValueError(text))
-    assert message == (
-        "unexpected ValueError: PIL.UnidentifiedImageError: cannot identify image file "
-        "'cat/bad.png'"
+    message, hint, code = describe(ValueError(text))
+    assert message == "cannot identify image file 'cat/bad.png' (not an image Pillow reads)"
+    assert (hint, code) == ("remove or replace that file", 1)  # a data error, not a ptool bug
+    worker = text.replace("UnidentifiedImageError", "KeyError")
+    assert describe(ValueError(worker))[0] == (
+        "unexpected ValueError: PIL.KeyError: cannot identify image file 'cat/bad.png'"
     )
-    assert code == 1
     assert describe(RuntimeError("first\nsecond"))[0] == "unexpected RuntimeError: first"

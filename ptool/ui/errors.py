@@ -43,6 +43,9 @@ def describe(exc: BaseException) -> tuple[str, str | None, int]:
     ):  # torch.cuda.OutOfMemoryError, without importing torch
         return "CUDA out of memory", "try a smaller --batch-size or --precision bf16", 1
     name = type(exc).__name__
+    if "UnidentifiedImageError" in f"{name} {exc}":  # Pillow's, maybe from a loader worker
+        line = _one_line(str(exc)).removeprefix("PIL.UnidentifiedImageError: ")
+        return f"{line} (not an image Pillow reads)", "remove or replace that file", 1
     return (
         f"unexpected {name}: {_one_line(str(exc))}",
         "rerun with PTOOL_DEBUG=1 (or ptool --debug ...) for the traceback and report it",

@@ -92,6 +92,7 @@ def test_an_unreadable_image_fails_in_one_line(tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith(("error", "hint"))]
     assert errors[0].startswith("error: ") and "cannot identify image file" in errors[0]
     assert "Traceback" not in result.stderr and len(errors) == 2
+    assert "bad.png" in errors[0] and "report it" not in errors[1]  # the data's fault
 
 
 @pytest.mark.parametrize(
