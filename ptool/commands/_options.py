@@ -21,6 +21,12 @@ UnsafeLoadOpt = Annotated[
         "only for files you trust).",
     ),
 ]
+EmaOpt = Annotated[
+    bool,
+    typer.Option(
+        "--ema", help="Use the EMA weights a `ptool train --ema` run saved beside the model's."
+    ),
+]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ptool.commands._options import DeviceOpt, JsonOpt, QuietOpt, examples
+from ptool.commands._options import DeviceOpt, EmaOpt, JsonOpt, QuietOpt, examples
 from ptool.ui.lr_plot_view import FIGURE_SUFFIXES
 
 EXAMPLES = examples(
@@ -54,6 +54,7 @@ def eval_(
         typer.Option("--batch-size", help="Default: the run's.", show_default=False),
     ] = None,
     device: DeviceOpt = "auto",
+    ema: EmaOpt = False,
     output: Annotated[
         str | None,
         typer.Option(
@@ -103,6 +104,7 @@ def eval_(
         device=device,
         batch_size=batch_size,
         check_info=None if output is None else _check_classification,
+        ema=ema,
     )
     if len(reports) > 1:
         out.result(reports, lambda: compare_table(reports))

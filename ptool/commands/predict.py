@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ptool.commands._options import DeviceOpt, JsonOpt, QuietOpt, examples
+from ptool.commands._options import DeviceOpt, EmaOpt, JsonOpt, QuietOpt, examples
 
 EXAMPLES = examples(
     "ptool predict runs/digits/best.pt digit.png more_digits/",
@@ -33,6 +33,7 @@ def predict(
     ] = 5,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Inputs per forward pass.")] = 64,
     device: DeviceOpt = "auto",
+    ema: EmaOpt = False,
     json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -58,7 +59,7 @@ def predict(
     from ptool.core.predict import Reader, load_predictor, unused_csv_columns
     from ptool.core.predict import predict as run_predict
 
-    model, info, run_device = load_predictor(checkpoint, device)
+    model, info, run_device = load_predictor(checkpoint, device, ema=ema)
     for spec in inputs:
         if spec.lower().endswith(".csv") and (unused := unused_csv_columns(info, Path(spec))):
             out.info(

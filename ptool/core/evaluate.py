@@ -270,6 +270,7 @@ def evaluate_checkpoints(
     device: str = "auto",
     batch_size: int | None = None,
     check_info: Callable[[Any], None] | None = None,
+    ema: bool = False,
 ) -> list[dict[str, Any]]:
     """One report per checkpoint, all on the first checkpoint's data split (same samples).
 
@@ -308,7 +309,7 @@ def evaluate_checkpoints(
         loader = make_loader(dataset, config, order, train=False, device=run_device)
         precision = "fp32" if ckpt.get("quantization") else own_config.precision
         with quiet_int8_loading():
-            model = model_from_checkpoint(ckpt).to(run_device)
+            model = model_from_checkpoint(ckpt, ema=ema).to(run_device)
             result = evaluate(model, loader, info, loss_fn, run_device, precision=precision)
         reports.append(
             {
@@ -321,6 +322,7 @@ def evaluate_checkpoints(
                 "device": str(run_device),
                 "batch_size": config.batch_size,
                 "precision": precision,
+                "weights": "ema" if ema else "model",
                 "samples": result.samples,
                 "metrics": {k.split("/", 1)[1]: v for k, v in result.metrics.items()},
                 "per_class": result.per_class,

@@ -311,8 +311,11 @@ def predict(
             yield record
 
 
-def load_predictor(path: str | Path, device: str = "auto") -> tuple[nn.Module, Any, torch.device]:
-    """(model in eval mode on its device, DataInfo, device) for a checkpoint."""
+def load_predictor(
+    path: str | Path, device: str = "auto", *, ema: bool = False
+) -> tuple[nn.Module, Any, torch.device]:
+    """(model in eval mode on its device, DataInfo, device) for a checkpoint (its EMA weights
+    with `ema`)."""
     from ptool.core.checkpoint import load_checkpoint
     from ptool.core.evaluate import device_for, quiet_int8_loading
     from ptool.core.restore import config_and_info, model_from_checkpoint
@@ -321,5 +324,5 @@ def load_predictor(path: str | Path, device: str = "auto") -> tuple[nn.Module, A
         ckpt = load_checkpoint(path)
         _, info = config_and_info(ckpt)
         run_device = device_for(device, bool(ckpt.get("quantization")))
-        model = model_from_checkpoint(ckpt).to(run_device).eval()
+        model = model_from_checkpoint(ckpt, ema=ema).to(run_device).eval()
     return model, info, run_device

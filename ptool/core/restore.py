@@ -30,16 +30,24 @@ def config_and_info(ckpt: dict[str, Any]) -> tuple[TrainConfig, DataInfo]:
     return config, DataInfo.from_dict(ckpt["data_info"])
 
 
-def model_from_checkpoint(ckpt: dict[str, Any], *, load_weights: bool = True) -> nn.Module:
-    """Build the checkpoint's model (float, pruned, compacted or quantized) and load its weights."""
+def model_from_checkpoint(
+    ckpt: dict[str, Any], *, load_weights: bool = True, ema: bool = False
+) -> nn.Module:
+    """Build the checkpoint's model (float, pruned, compacted or quantized) and load its weights
+    (with `ema`: the exponential moving average a --ema run kept beside them)."""
     from ptool.core.models import build_model
 
+    if ema and "ema_state_dict" not in ckpt:
+        raise UsageError(
+            "--ema: the checkpoint holds no EMA weights (its run had no --ema)",
+            hint="drop --ema",
+        )
     config, info = config_and_info(ckpt)
     try:
         model = build_model(config, info)
     except UsageError as exc:
         raise PtoolError(f"cannot rebuild the checkpoint's model: {exc}", hint=exc.hint) from exc
-    state = ckpt.get("model_state_dict")
+    state = ckpt.get("ema_state_dict" if ema else "model_state_dict")
     pruning = ckpt.get("pruning")
     if pruning:
         from ptool.core import prune

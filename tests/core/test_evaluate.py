@@ -177,3 +177,29 @@ def test_a_bf16_runs_checkpoint_evaluates_in_bf16_as_its_validation_did(tmp_path
     (report,) = evaluate_checkpoints([tmp_path / "run" / "last.pt"], device="cpu")
     assert report["precision"] == "bf16"
     assert report["metrics"]["loss"] == pytest.approx(ckpt["metrics"]["val/loss"], rel=1e-6)
+
+
+def test_ema_weights_evaluate_to_the_logged_val_ema_metrics(tmp_path):
+    from ptool.core.engine import fit
+    from ptool.core.predict import load_predictor
+
+    config = TrainConfig(
+        data="synthetic", shape="12", samples=200, num_classes=3, model="mlp", hidden=[32],
+        epochs=2, seed=0, ema=0.9, monitor="val_ema/loss", tensorboard=False,
+        out=str(tmp_path / "run"),
+    )  # fmt: skip
+    fit(config, quiet=True)
+    best = tmp_path / "run" / "best.pt"
+    logged = torch.load(best, weights_only=True)["metrics"]
+    (ema,) = evaluate_checkpoints([best], device="cpu", ema=True)
+    (raw,) = evaluate_checkpoints([best], device="cpu")
+    assert ema["weights"] == "ema" and raw["weights"] == "model"
+    assert ema["metrics"]["loss"] == pytest.approx(logged["val_ema/loss"], rel=1e-6)
+    assert raw["metrics"]["loss"] == pytest.approx(logged["val/loss"], rel=1e-6)
+    assert ema["metrics"]["loss"] != raw["metrics"]["loss"]
+    model, _, _ = load_predictor(best, "cpu", ema=True)
+    saved = torch.load(best, weights_only=True)["ema_state_dict"]
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+    fit(config.replace(ema=None, monitor="val/loss", out=str(tmp_path / "plain")), quiet=True)
+    with pytest.raises(UsageError, match="holds no EMA weights"):
+        evaluate_checkpoints([tmp_path / "plain" / "best.pt"], device="cpu", ema=True)
