@@ -196,14 +196,16 @@ class TensorBoardLog:
             return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return None
 
-    def hparams(self, config: dict[str, Any], metrics: dict[str, float]) -> None:
+    def hparams(self, config: dict[str, Any], metrics: dict[str, float], step: int) -> None:
+        """The config and final metrics for the HParams dashboard, at the last epoch's step
+        (at step 0, a resumed run's sessions would each leave a value there)."""
         plain = {
             k: (v if isinstance(v, (int, float, str, bool)) else str(v))
             for k, v in config.items()
             if v is not None
         }
         finite = {f"hparam/{k}": v for k, v in metrics.items() if math.isfinite(v)}
-        self.writer.add_hparams(plain, finite, run_name=".")
+        self.writer.add_hparams(plain, finite, run_name=".", global_step=step)
 
     def close(self) -> None:
         self.writer.flush()

@@ -918,7 +918,7 @@ class Trainer:
         if self.tb is not None:
             if state.last_metrics:
                 final = {k: v for k, v in state.last_metrics.items() if k != "lr"}
-                self.tb.hparams(self.config.to_dict(), final)
+                self.tb.hparams(self.config.to_dict(), final, self._epoch_step())
             self.tb.close()
         if self.dist.is_main:
             rundir.write_summary(self.run_dir, summary.to_dict())

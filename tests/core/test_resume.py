@@ -109,6 +109,10 @@ def test_resuming_from_an_earlier_epoch_replaces_the_later_curves(tmp_path):
     assert [(e.step, e.value) for e in events.Scalars("epoch")] == [(4, 1), (9, 2), (14, 3)]
     resumed = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["metrics"]
     assert events.Scalars("val/loss")[-1].value == pytest.approx(resumed["val/loss"])
+    # the final metrics for the HParams dashboard: once, at the last epoch's step
+    final = events.Scalars("hparam/val/loss")
+    assert [e.step for e in final] == [14]
+    assert final[0].value == pytest.approx(resumed["val/loss"])
 
 
 def test_extending_a_finished_run_continues_or_replans_the_schedule(tmp_path):
