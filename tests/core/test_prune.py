@@ -442,7 +442,7 @@ def test_a_finetune_out_holding_another_run_is_refused_before_pruning(cnn_ckpt, 
     for steps, where in ((1, taken), (2, taken / "step-2")):
         where.mkdir(exist_ok=True)
         (where / "last.pt").write_bytes(cnn_ckpt.read_bytes())
-        overrides = {"out": str(taken if steps == 1 else tmp_path / "taken")}
+        overrides = {"out": str(taken)}  # step K of several fine-tunes in taken/step-K
         with pytest.raises(UsageError, match=f"--out {where} holds another run's"):
             _prune(cnn_ckpt, tmp_path, steps=steps, finetune_epochs=1, train_overrides=overrides)
     assert not list(tmp_path.glob("*.pt"))
