@@ -1,13 +1,14 @@
-"""Where the time of the digits cnn goes, dense vs `ln-structured 0.5 --compact` (issue 8).
+"""Where the time of the built-in cnn goes, dense vs `ln-structured 0.5 --compact` (issue 8).
 
 Why the compaction's 3.8x fewer multiply-adds give under 2x lower latency at batch 32 on 1x8x8
 inputs: per layer medians of both models, then the whole forward in four forms (as trained in
 NCHW, channels_last, torch.jit.optimize_for_inference: frozen, conv-bn folded, oneDNN prepacked
 weights, and torch.compile: inductor's generated C++, about 15 s to compile both). All
 ratios come from this one process with the same threads; the load average is printed, run it
-when the machine is quiet.
+when the machine is quiet. The cnn trains on digits (1x8x8); a SHAPE such as 3x32x32 trains
+it on synthetic images of that shape instead, to see how the floor moves with the input size.
 
-    .venv/bin/python bench/bench_prune_layers.py [THREADS]
+    .venv/bin/python bench/bench_prune_layers.py [THREADS] [SHAPE]
 """
 
 from __future__ import annotations
@@ -73,13 +74,18 @@ def frozen(model: nn.Module, x: torch.Tensor) -> torch.jit.ScriptModule:
 def main() -> None:
     if len(sys.argv) > 1:
         torch.set_num_threads(int(sys.argv[1]))
+    shape = sys.argv[2] if len(sys.argv) > 2 else "1x8x8"
+    data = {} if shape == "1x8x8" else {"data": "synthetic", "shape": shape, "samples": 256}
     load = os.getloadavg()[0]
     threads = torch.get_num_threads()
-    print(f"torch {torch.__version__}, {threads} threads, load average {load:.2f}, batch {BATCH}")
+    print(
+        f"torch {torch.__version__}, {threads} threads, load average {load:.2f}, batch {BATCH}, "
+        f"{data.get('data', 'digits')} {shape}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         config = TrainConfig(seed=0, epochs=1, batch_size=BATCH, out=str(root / "cnn"),
-                             tensorboard=False, progress="off")  # fmt: skip
+                             tensorboard=False, progress="off", **data)  # fmt: skip
         fit(config, quiet=True)
         options = PruneOptions(method="ln-structured", amount=0.5, compact=True, evaluate=False,
                                bench_runs=1, output=str(root / "pruned.pt"))  # fmt: skip
@@ -88,7 +94,8 @@ def main() -> None:
             model_from_checkpoint(ckpt_io.load_checkpoint(path)).eval()
             for path in (root / "cnn" / "last.pt", root / "pruned.pt")
         )
-    x = torch.randn(BATCH, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    sizes = [int(size) for size in shape.split("x")]
+    x = torch.randn(BATCH, *sizes, generator=torch.Generator().manual_seed(0))
 
     print(f"\n{'layer':<14}{'kind':<20}{'dense us':>10}{'pruned us':>11}{'ratio':>8}")
     for (name, kind, a), (_, _, b) in zip(per_layer(dense, x), per_layer(pruned, x), strict=True):
