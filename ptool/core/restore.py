@@ -7,6 +7,7 @@ turns the freshly built float model into the saved structure before the weights 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -28,6 +29,32 @@ def config_and_info(ckpt: dict[str, Any]) -> tuple[TrainConfig, DataInfo]:
     except UsageError as exc:
         raise PtoolError(f"the checkpoint's config is not valid here: {exc}") from exc
     return config, DataInfo.from_dict(ckpt["data_info"])
+
+
+def finetune_config(
+    config: TrainConfig, source: Path, folder: str, overrides: dict[str, Any], **defaults: Any
+) -> TrainConfig:
+    """The run's own config (optimizer, lr, schedule, batch size) to fine-tune the model saved
+    at `source` (prune, QAT) in a run dir beside it (<ckpt dir>/<folder>/<time>): `defaults`,
+    then the flags given. A fine-tune starts from trained weights in a changed model, so the
+    run's warmup (a short run would not outlast a long run's), --init-from, --ema and
+    --compile go, and it trains on this machine's device (`auto`), not the run's. Without EMA, a
+    run that monitored `val_ema/X` monitors `val/X`."""
+    from ptool.core import rundir
+
+    values = {
+        "warmup_epochs": 0,
+        "warmup_steps": 0,
+        "out": str(rundir.default_run_dir(source.parent / folder)),
+        "init_from": None,
+        "ema": None,
+        "compile": False,
+        "device": "auto",
+        "monitor": config.monitor.replace("val_ema/", "val/", 1),
+        **defaults,
+        **overrides,
+    }
+    return config.replace(**values)
 
 
 def model_from_checkpoint(

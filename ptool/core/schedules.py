@@ -23,9 +23,6 @@ from ptool.core.errors import UsageError
 
 SCHEDULES: tuple[str, ...] = FIELDS["scheduler"].metadata["choices"]
 PER_STEP = ("onecycle", "cyclic")
-# what prune's and QAT's fine-tuning reset: they start from trained weights, and a short run
-# would not outlast the warmup of the long one it comes from
-NO_WARMUP = {"warmup_epochs": 0, "warmup_steps": 0}
 
 
 def resolve_interval(config: TrainConfig) -> str:

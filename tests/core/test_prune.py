@@ -19,8 +19,7 @@ from ptool.core.config import TrainConfig
 from ptool.core.errors import PtoolError, UsageError
 from ptool.core.prune import PruneOptions, apply_architecture, prune_checkpoint
 from ptool.core.prune.masks import schedule
-from ptool.core.prune.run import finetune_config
-from ptool.core.restore import model_from_checkpoint
+from ptool.core.restore import finetune_config, model_from_checkpoint
 from tests.core.test_quantize import write_checkpoint
 
 CONVS = ("body.0.conv", "body.1.conv")
@@ -349,9 +348,9 @@ def test_finetuning_runs_on_this_machines_device_not_the_runs(tmp_path):
     """A checkpoint trained on cuda:3 fine-tunes where `prune` runs (auto), or on --device."""
     run = TrainConfig(device="cuda:3", compile=True, ema=0.9)
     source = tmp_path / "run" / "best.pt"
-    config = finetune_config(run, {}, source, 2)
+    config = finetune_config(run, source, "prune", {}, epochs=2)
     assert (config.device, config.compile, config.ema, config.epochs) == ("auto", False, None, 2)
-    assert finetune_config(run, {"device": "cpu"}, source, 2).device == "cpu"
+    assert finetune_config(run, source, "prune", {"device": "cpu"}, epochs=2).device == "cpu"
 
 
 def test_finetuning_drops_the_runs_warmup_unless_given(tmp_path):
@@ -361,10 +360,11 @@ def test_finetuning_drops_the_runs_warmup_unless_given(tmp_path):
 
     run = TrainConfig(epochs=30, warmup_epochs=5, scheduler="cosine")
     source = tmp_path / "run" / "best.pt"
-    for config in (finetune_config(run, {}, source, 3), qat_config(run, {}, source)):
+    tuned = finetune_config(run, source, "prune", {}, epochs=3)
+    for config in (tuned, qat_config(run, {}, source)):
         assert config.warmup_epochs == 0
         check_config(config)
-    given = finetune_config(run, {"warmup_epochs": 1}, source, 3)
+    given = finetune_config(run, source, "prune", {"warmup_epochs": 1}, epochs=3)
     assert given.warmup_epochs == 1
 
 

@@ -321,6 +321,22 @@ def test_qat_fine_tunes_through_the_engine_and_resumes_exactly(cnn_ckpt, tmp_pat
             assert torch.equal(value, b[key]), key
 
 
+def test_qat_drops_the_runs_ema_compile_and_precision(tmp_path):
+    """The flags QAT refuses are not inherited from the run either (an EMA of the float model
+    failed on the fake-quant model's new buffers); its `val_ema/` monitor becomes `val/`."""
+    run = {"ema": 0.9, "monitor": "val_ema/accuracy", "precision": "bf16", "compile": True}
+    ckpt = write_checkpoint(
+        tmp_path / "ema" / "best.pt", epochs=1, model="mlp", hidden=[16], channels_last=True, **run
+    )
+    report = _qat(ckpt, tmp_path, "qat", epochs=1)
+    assert report["qat"]["status"] == "completed"
+    config = torch.load(tmp_path / "qat" / "last.pt", weights_only=True)["config"]
+    assert (config["ema"], config["compile"], config["precision"], config["channels_last"]) == (
+        None, False, "fp32", False
+    )  # fmt: skip
+    assert config["monitor"] == "val/accuracy"
+
+
 def test_qat_of_a_pruned_checkpoint_rebuilds_and_claims_only_what_it_keeps(cnn_ckpt, tmp_path):
     """A compacted model's QAT run checkpoints carry its shapes; a masked one's zeros regrow
     in QAT, so the output does not claim them."""

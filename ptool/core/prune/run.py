@@ -35,31 +35,6 @@ def refuse_quantized(ckpt: dict[str, Any], path: Path) -> None:
         )
 
 
-def finetune_config(
-    config: TrainConfig, overrides: dict[str, Any], source: Path, epochs: int
-) -> TrainConfig:
-    """The run's own config (optimizer, lr, schedule, batch size; no warmup: the weights are
-    trained already) for `epochs` epochs in a run dir beside the checkpoint
-    (<ckpt dir>/prune/<time>), then the flags given. The device is this machine's (`auto`, as
-    train's default), not the one the run was trained on. Without EMA, a run that monitored
-    `val_ema/X` monitors `val/X`."""
-    from ptool.core import rundir
-    from ptool.core.schedules import NO_WARMUP
-
-    values = {
-        "epochs": epochs,
-        **NO_WARMUP,
-        "out": str(rundir.default_run_dir(source.parent / "prune")),
-        "init_from": None,
-        "ema": None,
-        "compile": False,
-        "device": "auto",
-        "monitor": config.monitor.replace("val_ema/", "val/", 1),
-        **overrides,
-    }
-    return config.replace(**values)
-
-
 def step_run_dir(out: str, step: int, steps: int) -> str:
     """Where step `step` of `steps` fine-tunes: --out itself, or --out/step-K when iterative."""
     return str(Path(out) / f"step-{step}") if steps > 1 else out
@@ -323,7 +298,7 @@ def prune_checkpoint(
     refuse_quantized(ckpt, path)
 
     from ptool.core.engine import check_config
-    from ptool.core.restore import config_and_info, model_from_checkpoint
+    from ptool.core.restore import config_and_info, finetune_config, model_from_checkpoint
 
     config, info = config_and_info(ckpt)
     if "batch_size" in options.train_overrides:  # the latency's batch, fine-tuning or not
@@ -336,7 +311,7 @@ def prune_checkpoint(
         from ptool.core.runtime import resolve_device
 
         base_config = finetune_config(
-            config, options.train_overrides, path, options.finetune_epochs
+            config, path, "prune", options.train_overrides, epochs=options.finetune_epochs
         )
         check_config(base_config)
         check_monitor(base_config, info)

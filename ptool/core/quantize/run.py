@@ -206,21 +206,19 @@ class FreezeSchedule:
 
 
 def qat_config(config: TrainConfig, overrides: dict[str, Any], source: Path) -> TrainConfig:
-    """The run's config with QAT's defaults (3 epochs, lr x 0.1, no warmup: the weights are
-    trained already; a run dir beside the checkpoint), then the flags given; always on the CPU."""
-    from ptool.core import rundir
-    from ptool.core.schedules import NO_WARMUP
+    """The fine-tune config with QAT's defaults (3 epochs, lr x 0.1), then the flags given;
+    always fp32 on the CPU, where the int8 kernels run."""
+    from ptool.core.restore import finetune_config
 
-    values = {
-        "epochs": QAT_DEFAULTS["epochs"],
-        "lr": config.lr * QAT_DEFAULTS["lr_factor"],
-        **NO_WARMUP,
-        "out": str(rundir.default_run_dir(source.parent / "qat")),
-        "init_from": None,
-        **overrides,
-        "device": "cpu",
-    }
-    return config.replace(**values)
+    tuned = finetune_config(
+        config,
+        source,
+        "qat",
+        overrides,
+        epochs=QAT_DEFAULTS["epochs"],
+        lr=config.lr * QAT_DEFAULTS["lr_factor"],
+    )
+    return tuned.replace(device="cpu", precision="fp32", channels_last=False)
 
 
 def run_qat(
