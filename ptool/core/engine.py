@@ -226,7 +226,6 @@ class Trainer:
     ):
         self.started = time.perf_counter()
         self.wall_before = 0.0  # wall time of the sessions before a resume
-        self.reschedule = reschedule
         self.resumed_at: int | None = None  # the global step a resume started from
         check_config(config)
         self.dist = init_distributed(config.device)
@@ -285,7 +284,7 @@ class Trainer:
         self.ema_metrics = EpochMetrics(self.info, self.device, "val_ema") if self.ema else None
         self.confusion: list[list[int]] | None = None
         if resume is not None:
-            self.load_state(resume)
+            self.load_state(resume, replan=reschedule)
             self.resumed_at = self.state.global_step
         self.train_model = self._wrap(self.model)
         self.tb = self._tensorboard()
@@ -797,12 +796,13 @@ class Trainer:
     def _snapshot(self) -> dict[str, Any] | None:
         return _cloned(self.payload()) if self.config.on_nonfinite == "rollback" else None
 
-    def load_state(self, ckpt: dict[str, Any]) -> None:
-        """Put a checkpoint's weights, optimizer, schedule, scaler, EMA, counters, RNG back."""
+    def load_state(self, ckpt: dict[str, Any], *, replan: bool = False) -> None:
+        """Put a checkpoint's weights, optimizer, schedule, scaler, EMA, counters, RNG back;
+        `replan` (a resume with --reschedule, once) builds this config's schedule instead."""
         self.model.load_state_dict(ckpt["model_state_dict"])
         self.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
         saved_schedule = ckpt["scheduler_state_dict"]
-        if self.reschedule:  # this config's horizon, at the saved position
+        if replan:  # this config's horizon, at the saved position
             from ptool.core.schedules import build_schedule
 
             for group in self.optimizer.param_groups:

@@ -458,6 +458,34 @@ def test_rollback_also_halves_a_schedule_that_recomputes_from_base_lrs(tmp_path)
     assert lr(rolled) == pytest.approx(lr(plain) * 0.5)
 
 
+def test_a_rescheduled_resume_keeps_its_halvings_over_later_rollbacks(tmp_path):
+    """--reschedule re-plans the schedule once, at the resume: a second rollback returns to a
+    state that holds the first one's halving (it used to re-plan from the config's lr)."""
+    config = small(
+        tmp_path, "first", on_nonfinite="rollback", optimizer="sgd", lr=0.1,
+        scheduler="onecycle", epochs=6, keep_last=10,
+    )  # fmt: skip
+    fit(config, quiet=True, prepare_model=lambda m: NaNAt(m, set()))  # the same state keys
+    lrs = {}
+    for reschedule in (False, True):
+        seen = lrs.setdefault(reschedule, [])
+
+        class Record:
+            def on_step_end(self, trainer):
+                seen.append(trainer.optimizer.param_groups[0]["lr"])  # noqa: B023
+
+        summary = fit(
+            config.replace(out=str(tmp_path / f"resumed-{reschedule}")),
+            resume=torch.load(tmp_path / "first" / "epoch-1.pt", weights_only=True),
+            quiet=True,
+            reschedule=reschedule,
+            prepare_model=lambda m: NaNAt(m, {7, 20}),
+            callbacks=[Record()],
+        )
+        assert summary.rollbacks == 2
+    assert lrs[True] == pytest.approx(lrs[False])  # the same config: the same plan
+
+
 def test_init_from_starts_from_another_runs_weights(tmp_path):
     fit(small(tmp_path, "first", epochs=1), quiet=True)
     seen = {}
