@@ -423,8 +423,9 @@ class Trainer:
                     except _Rollback:
                         self._rollback()
                         continue
-                    if self.stop.signum is not None:
-                        self._interrupt()
+                    finished = stop_early or self.state.epoch >= self.config.epochs
+                    if self.stop.signum is not None and not finished:
+                        self._interrupt()  # (a signal after the last epoch's work finishes it)
                     if stop_early:
                         status = "early_stopped"
                         message = (

@@ -486,6 +486,28 @@ def test_a_rescheduled_resume_keeps_its_halvings_over_later_rollbacks(tmp_path):
     assert lrs[True] == pytest.approx(lrs[False])  # the same config: the same plan
 
 
+@pytest.mark.parametrize("last", [True, False])
+def test_a_signal_during_the_last_validation_finishes_the_run(tmp_path, last):
+    """Ctrl-C once the last epoch has trained ends it "completed" (it used to call it
+    interrupted and hint a resume, which refused the finished run); before that, it stops."""
+    import signal
+
+    from ptool.core.signals import Interrupted
+
+    class SignalInValidation:
+        def on_validation_end(self, trainer, model):
+            if trainer.state.epoch + 1 == (trainer.config.epochs if last else 1):
+                trainer.stop.signum = signal.SIGINT
+
+    config = small(tmp_path)
+    if not last:
+        with pytest.raises(Interrupted, match="SIGINT at epoch 2"):
+            fit(config, quiet=True, callbacks=[SignalInValidation()])
+        return
+    summary = fit(config, quiet=True, callbacks=[SignalInValidation()])
+    assert summary.status == "completed" and summary.epochs == 2
+
+
 def test_init_from_starts_from_another_runs_weights(tmp_path):
     fit(small(tmp_path, "first", epochs=1), quiet=True)
     seen = {}
