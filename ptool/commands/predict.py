@@ -43,7 +43,6 @@ def predict(
     table when stdout is a terminal. Failed inputs are listed on stderr (and under "errors"
     with --json); the others still get predictions; the exit code is then 1.
     """
-    from pathlib import Path
 
     from rich.markup import escape
 
@@ -56,18 +55,13 @@ def predict(
         raise UsageError(f"--batch-size must be positive, got {batch_size}")
     out = Output(json=json, quiet=quiet)
 
-    from ptool.core.predict import Reader, load_predictor, unused_csv_columns
+    from ptool.core.predict import Reader, load_predictor
     from ptool.core.predict import predict as run_predict
 
     model, info, run_device = load_predictor(checkpoint, device, ema=ema)
-    for spec in inputs:
-        if spec.lower().endswith(".csv") and (unused := unused_csv_columns(info, Path(spec))):
-            out.info(
-                f"{escape(spec)}: ignoring columns the model does not use: {', '.join(unused)}"
-            )
     records = run_predict(
         model,
-        Reader(info).read(inputs),
+        Reader(info, note=lambda line: out.info(escape(line))).read(inputs),
         info,
         batch_size=batch_size,
         device=run_device,

@@ -10,9 +10,8 @@ channel conversion and resize).
 
 from __future__ import annotations
 
-import csv
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -63,12 +62,15 @@ def _expects_rows(info: Any) -> str:
 class Reader:
     """Turns inputs into preprocessed samples for one checkpoint's model."""
 
-    def __init__(self, info: Any, stdin: TextIO | None = None):
+    def __init__(
+        self, info: Any, stdin: TextIO | None = None, note: Callable[[str], None] = lambda _: None
+    ):
         from ptool.core.data import val_transform
 
         self.info = info
         self.transform = val_transform(info)
         self.stdin = stdin
+        self.note = note  # what a user should know that is no error (a CSV's unused columns)
 
     def read(self, inputs: Iterable[str]) -> Iterator[Sample]:
         """Every input's sample; one with NaN or infinite values fails alone (the model would
@@ -175,8 +177,13 @@ class Reader:
                 str(path), error=f"a CSV holds features; the model expects {_expects(self.info)}"
             )
             return
-        with path.open(newline="", encoding="utf-8-sig") as f:  # Excel writes a BOM
-            rows = [row for row in csv.reader(f) if any(cell.strip() for cell in row)]
+        from ptool.core.data.files import read_csv
+
+        try:
+            rows = read_csv(path)
+        except ValueError as exc:
+            yield Sample(str(path), error=str(exc))
+            return
         if not rows:
             yield Sample(str(path), error="empty CSV")
             return
@@ -192,6 +199,8 @@ class Reader:
                 )
                 return
             columns = [header.index(name) for name in expected]
+            if unused := [name for name in header if name not in expected]:
+                self.note(f"{path}: ignoring columns the model does not use: {', '.join(unused)}")
             body = enumerate(rows[1:], start=2)
         else:  # no saved names: every column is a feature, the header row optional
             columns = list(range(len(header)))
@@ -239,15 +248,6 @@ def _number(text: str) -> float | None:
         return float(text)
     except ValueError:
         return None
-
-
-def unused_csv_columns(info: Any, path: Path) -> list[str]:
-    """Columns of a CSV that are not training features (e.g. its target), for a note."""
-    if info.feature_names is None or not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        header = next(csv.reader(f), [])
-    return [cell.strip() for cell in header if cell.strip() not in info.feature_names]
 
 
 def _batches(samples: Iterable[Sample], size: int) -> Iterator[list[Sample]]:

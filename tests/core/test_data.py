@@ -198,6 +198,13 @@ def test_csv_errors(tmp_path):
         build_data(cfg(data=f"csv:{bad}"))
     with pytest.raises(UsageError, match="no such file"):
         build_data(cfg(data=f"csv:{tmp_path / 'missing.csv'}"))
+    latin = write_csv(tmp_path / "latin.csv", ["a", "y"], [[1, 0], [2, 1], [3, 0]])
+    latin.write_bytes(latin.read_bytes().replace(b"a,", b"\xe9t\xe9,"))  # Latin-1 "été"
+    with pytest.raises(UsageError, match=r"latin.csv: not UTF-8 text \(byte 0xe9\)"):
+        build_data(cfg(data=f"csv:{latin}"))
+    (tmp_path / "long.csv").write_text("a,y\n" + "1" * 200_000 + ",0\n")
+    with pytest.raises(UsageError, match=r"long.csv: not readable as CSV \(field larger"):
+        build_data(cfg(data=f"csv:{tmp_path / 'long.csv'}"))
 
 
 def test_tensors_dict_with_val_split(tmp_path):

@@ -38,9 +38,10 @@ def _raw_val(ckpt_path):
     return build_data(config.replace(normalize=False)).val.tensors, build_data(config).val.tensors
 
 
-def _records(ckpt_path, inputs, stdin=None, **kwargs):
+def _records(ckpt_path, inputs, stdin=None, note=lambda _: None, **kwargs):
     model, info, device = load_predictor(ckpt_path, "cpu")
-    return list(predict(model, Reader(info, stdin).read(inputs), info, device=device, **kwargs))
+    reader = Reader(info, stdin, note=note)
+    return list(predict(model, reader.read(inputs), info, device=device, **kwargs))
 
 
 def test_tensor_file_json_lines_and_images_match_the_validation_pipeline(image_run, tmp_path):
@@ -169,7 +170,9 @@ def test_csv_rows_by_column_name_and_regression_values(tmp_path):
     # columns in another order, the target column present, one bad row
     lines = ["target,c,a,b"] + [f"0,{r[2]},{r[0]},{r[1]}" for r in x[:3].tolist()] + ["0,1,x,2"]
     (tmp_path / "rows.csv").write_text("\n".join(lines) + "\n")
-    records = _records(ckpt, [str(tmp_path / "rows.csv")])
+    notes = []
+    records = _records(ckpt, [str(tmp_path / "rows.csv")], note=notes.append)
+    assert notes == [f"{tmp_path / 'rows.csv'}: ignoring columns the model does not use: target"]
     with torch.no_grad():
         oracle = model((x[:3] - torch.tensor(info.mean)) / torch.tensor(info.std))
     assert [r["prediction"] for r in records[:3]] == pytest.approx(
@@ -181,8 +184,13 @@ def test_csv_rows_by_column_name_and_regression_values(tmp_path):
     }
     a, b, c = x[0].tolist()
     (tmp_path / "bom.csv").write_text(f"\ufeffa,b,c\n{a},{b},{c}\n")  # Excel's CSV UTF-8
-    (record,) = _records(ckpt, [str(tmp_path / "bom.csv")])
+    (record,) = _records(ckpt, [str(tmp_path / "bom.csv")], note=notes.append)
     assert record["prediction"] == pytest.approx(records[0]["prediction"], rel=1e-6)
+    assert len(notes) == 1  # the BOM is no part of column a's name
+    (tmp_path / "latin.csv").write_bytes(b"a,b,c\n1,2,3\n# caf\xe9\n")  # not UTF-8
+    latin, bom = _records(ckpt, [str(tmp_path / "latin.csv"), str(tmp_path / "bom.csv")])
+    assert latin["error"] == "not UTF-8 text (byte 0xe9); save it as UTF-8"
+    assert "prediction" in bom  # a bad input fails alone
     (tmp_path / "wrong.csv").write_text("a,b,d\n1,2,3\n")
     (record,) = _records(ckpt, [str(tmp_path / "wrong.csv")])
     assert record["error"] == "missing columns c; the model expects columns a, b, c"

@@ -23,6 +23,19 @@ def _existing_file(kind: str, path: str) -> Path:
     return p
 
 
+def read_csv(path: Path) -> list[list[str]]:
+    """The non-blank rows of a CSV file read as UTF-8 (Excel's byte-order mark dropped); a
+    ValueError says why a file is not that."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            return [row for row in csv.reader(f) if any(cell.strip() for cell in row)]
+    except UnicodeDecodeError as exc:
+        byte = exc.object[exc.start : exc.start + 1].hex()
+        raise ValueError(f"not UTF-8 text (byte 0x{byte}); save it as UTF-8") from None
+    except csv.Error as exc:  # e.g. a field over csv.field_size_limit()
+        raise ValueError(f"not readable as CSV ({exc})") from None
+
+
 def _as_number(text: str) -> float | None:
     try:
         return float(text)
@@ -45,8 +58,10 @@ def _labels(values: list[str], numbers: list[float | None]) -> tuple[torch.Tenso
 def csv_source(config: Any, path: str) -> DataBundle:
     """A CSV with a header row: numeric feature columns and one target column (--target)."""
     p = _existing_file("csv", path)
-    with p.open(newline="", encoding="utf-8-sig") as f:  # Excel writes a BOM
-        rows = [row for row in csv.reader(f) if any(cell.strip() for cell in row)]
+    try:
+        rows = read_csv(p)
+    except ValueError as exc:
+        raise UsageError(f"csv: {p}: {exc}") from None
     if len(rows) < 3:
         raise UsageError(f"csv: {p} needs a header row and at least 2 data rows")
     header = [name.strip() for name in rows[0]]
