@@ -160,10 +160,7 @@ def prune(
     from ptool.core.prune.run import prune_checkpoint
     from ptool.ui.prune_view import report_view
 
-    def log(line: str) -> None:
-        out.err.print(escape(line), soft_wrap=True)
-
-    report = prune_checkpoint(ckpt, options, log=log if not quiet else lambda _: None, quiet=quiet)
+    report = prune_checkpoint(ckpt, options, log=out.log, quiet=quiet)
     if out.json:  # the report says it otherwise
         out.info(f"written: {escape(report['output'])}")
     out.result(report, lambda: report_view(report))

@@ -97,10 +97,7 @@ def _run(ckpt: str | None, options: Any, *, json: bool, quiet: bool) -> None:
 
     out = Output(json=json, quiet=quiet)
 
-    def log(line: str) -> None:
-        out.err.print(escape(line), soft_wrap=True)
-
-    report = quantize_checkpoint(ckpt, options, log=log, quiet=quiet)
+    report = quantize_checkpoint(ckpt, options, log=out.log, quiet=quiet)
     if out.json:  # the table says it otherwise
         out.info(f"written: {escape(report['output'])}")
     out.result(report, lambda: report_table(report))

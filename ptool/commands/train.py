@@ -137,16 +137,10 @@ def run_and_report(
 
         prepare_run_dir(run_dir)
 
-    from rich.markup import escape
-
     from ptool.ui.train_view import summary_table
 
-    def log(line: str) -> None:  # one line per epoch, never wrapped
-        if not out.quiet:
-            out.err.print(escape(line), soft_wrap=True)
-
     try:
-        summary = run(log)
+        summary = run(out.log)
     except BaseException:
         if created:  # a run refused before writing anything leaves no empty --out behind
             _remove_empty(Path(run_dir), Path(created))

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console, RenderableType
+from rich.markup import escape
 
 
 def _jsonable(value: Any) -> Any:
@@ -88,15 +89,6 @@ class Output:
         self.out = Console(soft_wrap=False, highlight=False, width=width)
         self.err = Console(stderr=True, highlight=False)
 
-    @property
-    def human(self) -> bool:
-        return not self.json
-
-    @property
-    def show_progress(self) -> bool:
-        """Progress bars only for a person watching stderr."""
-        return not self.quiet and self.err.is_terminal
-
     def result(self, data: Any, render: Callable[[], RenderableType | None] | None = None) -> None:
         """The command's result: `data` as JSON in JSON mode, else what `render` builds.
 
@@ -138,6 +130,12 @@ class Output:
     def info(self, message: RenderableType) -> None:
         if not self.quiet:
             self.err.print(message)
+
+    def log(self, line: str) -> None:
+        """A progress line from the core (an epoch, a step) on stderr: plain text, never
+        wrapped, silent with --quiet."""
+        if not self.quiet:
+            self.err.print(escape(line), soft_wrap=True)
 
     def warn(self, message: str) -> None:
         if not self.quiet:

@@ -44,6 +44,16 @@ def test_human_table(workdir):
     assert (workdir / "tiny.int8.pt").is_file()
 
 
+def test_quiet_silences_stderr(workdir):
+    result = run_ptool(
+        "quantize", "dynamic", "--quiet", "--json", "--no-eval", "--bench-runs", "2",
+        "-o", "quiet.int8.pt", cwd=workdir,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # not even "using the newest run's checkpoint"
+    assert json.loads(result.stdout)["checkpoint"] == "runs/tiny/best.pt"
+
+
 def test_cuda_is_refused_in_one_line(workdir):
     """The other refusals (backend, quantized input, no layers) are tested in-process."""
     result = run_ptool("quantize", "dynamic", "runs/tiny/best.pt", "--device", "cuda", cwd=workdir)
