@@ -97,6 +97,10 @@ def train(
     if print_config:
         _print_config(out, resolved.to_dict())
         return
+    if resolved.out is None and _speaks_for_the_job():  # so a refusal removes it, as --out's
+        from ptool.core.rundir import default_run_dir
+
+        resolved = resolved.replace(out=str(default_run_dir()))
 
     def run(log: Callable[[str], None]) -> Any:
         from ptool.core.engine import fit

@@ -37,6 +37,7 @@ from ptool.core.optim import build_loss, build_optimizer
 from ptool.core.runtime import (
     capture_rng_state,
     epoch_order,
+    from_main_rank,
     init_distributed,
     pick_seed,
     resolve_device,
@@ -234,6 +235,7 @@ class Trainer:
         self.sum_dtype = torch.float32 if self.device.type == "mps" else torch.float64
         seed = pick_seed(config.seed, self.dist)
         run_dir = Path(config.out) if config.out else rundir.default_run_dir()
+        run_dir = Path(from_main_rank(str(run_dir), self.dist))  # ranks may stamp apart
         self.config = config.replace(seed=seed, out=str(run_dir))
         self.callbacks = list(callbacks)
         self.checkpoint_extras = checkpoint_extras

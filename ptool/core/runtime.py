@@ -92,14 +92,19 @@ def resolve_device(spec: str, info: Distributed | None = None) -> torch.device:
     return device
 
 
+def from_main_rank(value: Any, info: Distributed) -> Any:
+    """Rank 0's `value` (any picklable object) on every rank. `broadcast_object_list` picks the
+    backend's device itself: nccl cannot broadcast a CPU tensor."""
+    if not info.enabled:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def pick_seed(seed: int | None, info: Distributed) -> int:
     """The run's seed: the given one, or a random one (the same on every rank) to record."""
-    if seed is not None:
-        return seed
-    chosen = torch.tensor([secrets.randbelow(2**31)])
-    if info.enabled:
-        dist.broadcast(chosen, src=0)
-    return int(chosen.item())
+    return seed if seed is not None else from_main_rank(secrets.randbelow(2**31), info)
 
 
 def seed_everything(seed: int) -> None:

@@ -111,6 +111,13 @@ def test_bad_input_is_one_line_before_training(tmp_path, args, code, message):
     assert not (tmp_path / "r").exists()  # no empty run directory (nor parent) left behind
 
 
+def test_a_refused_run_without_out_leaves_no_run_directory(tmp_path):
+    (tmp_path / "runs" / "earlier").mkdir(parents=True)
+    result = run_ptool("train", *TINY, "--monitor", "val/nope", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["earlier"]
+
+
 def test_unwritable_out_is_a_usage_error(tmp_path):
     (tmp_path / "file").write_text("")
     result = run_ptool("train", *TINY, "--out", str(tmp_path / "file" / "run"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -162,3 +163,28 @@ def test_auto_mode_follows_torchmetrics_higher_is_better(task):
         expected = "max" if metric.higher_is_better else "min"
         assert Monitor.from_config(TrainConfig(monitor=f"val/{name}")).mode == expected, name
     assert Monitor.from_config(TrainConfig(monitor="val/loss")).mode == "min"
+
+
+def _rank_values(rank: int, root: str) -> None:
+    import json
+
+    import torch.distributed as dist
+
+    from ptool.core.runtime import from_main_rank, pick_seed
+
+    dist.init_process_group("gloo", init_method=f"file://{root}/init", rank=rank, world_size=2)
+    try:
+        group = Distributed(rank=rank, world_size=2)
+        values = [from_main_rank(f"runs/stamp-of-rank-{rank}", group), pick_seed(None, group)]
+        Path(root, f"rank-{rank}.json").write_text(json.dumps(values))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_take_rank_0s_run_dir_and_seed(tmp_path):
+    """Processes started apart can stamp another default run dir and draw another seed."""
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_rank_values, args=(str(tmp_path),), nprocs=2, start_method="fork")
+    zero, one = ((tmp_path / f"rank-{r}.json").read_text() for r in (0, 1))
+    assert zero == one and "runs/stamp-of-rank-0" in zero
