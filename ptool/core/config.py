@@ -307,6 +307,20 @@ class TrainConfig:
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
+    def batches_per_epoch(self, samples: int) -> int:
+        """Training batches in an epoch of `samples` (per process under DDP)."""
+        return batch_count(samples, self.batch_size, drop_last=self.drop_last)
+
+    def steps_per_epoch(self, samples: int) -> int:
+        """Optimizer steps in an epoch of `samples`: batches in groups of --accumulate, the
+        last group stepping even when short."""
+        return -(-self.batches_per_epoch(samples) // self.accumulate)
+
+
+def batch_count(samples: int, batch_size: int, *, drop_last: bool) -> int:
+    """Batches of `batch_size` over `samples`, as a DataLoader counts them."""
+    return samples // batch_size if drop_last else -(-samples // batch_size)
+
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(TrainConfig)}
 _HINTS = typing.get_type_hints(TrainConfig)

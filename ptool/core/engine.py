@@ -267,8 +267,9 @@ class Trainer:
         self.model = self._place(model)
         self.loss_fn = build_loss(self.config, self.info).to(self.device)
         self.optimizer = build_optimizer(self.model, self.config)
-        self.batches_per_epoch = self._batches(len(self.train_order(0)), train=True)
-        self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.config.accumulate)
+        samples = len(self.train_order(0))
+        self.batches_per_epoch = self.config.batches_per_epoch(samples)
+        self.steps_per_epoch = self.config.steps_per_epoch(samples)
         from ptool.core.schedules import build_schedule
 
         self.schedule = build_schedule(
@@ -359,7 +360,9 @@ class Trainer:
     def _tensorboard(self) -> TensorBoardLog | None:
         if not (self.config.tensorboard and self.dist.is_main):
             return None
-        tb = TensorBoardLog(self.run_dir / "tensorboard", purge_step=self._purge_step())
+        # a resumed run's log restarts where it resumed: TensorBoard hides every tag from that
+        # step on, which is exact because per-epoch tags sit at their epoch's last step
+        tb = TensorBoardLog(self.run_dir / "tensorboard", purge_step=self.resumed_at)
         val = self.data.val
         if self.resumed_at is None:
             self._log_inputs(tb)
@@ -376,11 +379,6 @@ class Trainer:
         if self.info.is_image and len(val):
             tb.images(torch.stack([val[i][0] for i in range(min(16, len(val)))]))
 
-    def _purge_step(self) -> int | None:
-        """Where a resumed run's TensorBoard log restarts: TensorBoard hides every tag from that
-        step on, which is exact because per-epoch tags sit at their epoch's last step."""
-        return self.resumed_at
-
     # --- data order ----------------------------------------------------------------------
 
     def train_order(self, epoch: int) -> torch.Tensor:
@@ -391,10 +389,6 @@ class Trainer:
             shuffle=self.config.shuffle,
             info=self.dist,
         )
-
-    def _batches(self, samples: int, *, train: bool) -> int:
-        exact = samples / self.config.batch_size
-        return math.floor(exact) if train and self.config.drop_last else math.ceil(exact)
 
     def _loader(self, dataset, order: torch.Tensor, *, train: bool, seed: int | None = None):
         from ptool.core.data import make_loader

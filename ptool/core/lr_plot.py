@@ -32,9 +32,6 @@ class Line:
     warmup_end_step: int | None = None
     restart_steps: list[int] = field(default_factory=list)
 
-    def epoch(self, step: int) -> float:
-        return step / self.steps_per_epoch
-
     def key_numbers(self) -> dict[str, Any]:
         """start, peak (first step reaching it), end, lowest, warmup end and restart steps."""
         peak = max(range(len(self.lrs)), key=self.lrs.__getitem__)
@@ -153,9 +150,7 @@ def steps_per_epoch(
         return 0 if resolve_interval(config) == "step" else 1
     if size < 1 or config.batch_size < 1 or config.accumulate < 1:
         raise UsageError("--samples, --batch-size and --accumulate must be at least 1")
-    exact = size / config.batch_size
-    batches = math.floor(exact) if config.drop_last else math.ceil(exact)
-    return math.ceil(batches / config.accumulate)
+    return config.steps_per_epoch(size)
 
 
 def schedule_lines(

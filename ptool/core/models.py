@@ -9,6 +9,7 @@ final classifier `nn.Linear`.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
 import sys
@@ -69,12 +70,7 @@ class SequentialNet(nn.Module):
 
 def _recompute_guard(module: nn.Module):
     """Checkpoint contexts: nothing on forward; keep norm buffers unchanged on recompute."""
-    return _nullcontext(), _buffers_restored(module)
-
-
-@contextmanager
-def _nullcontext():
-    yield
+    return contextlib.nullcontext(), _buffers_restored(module)
 
 
 @contextmanager

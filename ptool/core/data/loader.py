@@ -7,16 +7,15 @@ one; everything else goes through a torch `DataLoader` with PyTorch's options.
 
 from __future__ import annotations
 
-import math
 import os
-import random
 import weakref
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
+
+from ptool.core.config import batch_count
 
 
 def is_in_memory(dataset: Dataset) -> bool:
@@ -52,8 +51,7 @@ class TensorBatches:
         self.drop_last = drop_last
 
     def __len__(self) -> int:
-        n = len(self.order) / self.batch_size
-        return math.floor(n) if self.drop_last else math.ceil(n)
+        return batch_count(len(self.order), self.batch_size, drop_last=self.drop_last)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for i in range(len(self)):
@@ -112,13 +110,6 @@ class SeededSamples(Dataset):
             generator.set_state(state)
 
 
-def seed_worker(worker_id: int) -> None:
-    """Seed NumPy and `random` in each worker from torch's per-worker seed."""
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
-
-
 # Loaders with persistent workers are kept per dataset and reused with the next order.
 _PERSISTENT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -159,7 +150,6 @@ def make_loader(
         num_workers=workers,
         pin_memory=pin,
         persistent_workers=persistent,
-        worker_init_fn=seed_worker if workers > 0 else None,
     )
     if persistent:
         _PERSISTENT[dataset] = (key, loader)

@@ -93,6 +93,3 @@ SAFETENSORS_BITS: dict[str, int] = {
     "F6_E2M3": 6,
     "F6_E3M2": 6,
 }
-
-QUANTIZED = frozenset({"qint8", "quint8", "qint32", "quint4x2", "quint2x4"})
-FLOATING = frozenset(name for name in ITEMSIZE if name.startswith(("float", "bfloat", "complex")))
