@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ptool.core.checkpoint import _fsync_dir, atomic_save
+from ptool.core.errors import first_line
 
 
 @dataclass
@@ -193,7 +194,7 @@ class TensorBoardLog:
                 warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
                 self.writer.add_graph(model, example)
         except Exception as exc:  # noqa: BLE001 - tracing fails in model-specific ways
-            return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return first_line(exc)
         return None
 
     def hparams(self, config: dict[str, Any], metrics: dict[str, float], step: int) -> None:

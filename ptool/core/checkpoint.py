@@ -21,13 +21,11 @@ from typing import Any
 import torch
 
 from ptool import __version__
-from ptool.core.errors import PtoolError, UsageError
+from ptool.core.errors import PtoolError, UsageError, first_line
+from ptool.core.inspect.reader import UNSAFE_HINT
 
 FORMAT = "ptool.checkpoint"
 FORMAT_VERSION = 1
-UNSAFE_HINT = (
-    "only if you trust the file, rerun with --unsafe-load: unpickling can run arbitrary code"
-)
 # Where the command has no --unsafe-load: ptool writes plain types only (format version 1).
 NOT_PTOOL_HINT = (
     "ptool's own checkpoints never need unpickling; `ptool inspect-checkpoint` shows what it holds"
@@ -198,7 +196,7 @@ def load(
     except (KeyError, IndexError) as exc:  # torch's legacy reader on a pickle it did not write
         raise PtoolError(f"{path} is not a PyTorch checkpoint (a corrupt pickle)") from exc
     except (RuntimeError, ValueError, zipfile.BadZipFile, OSError) as exc:
-        message = _first_line(exc)
+        message = first_line(exc)
         if "central directory" in message or "zip archive" in message:
             raise PtoolError(f"{path} is truncated or corrupt ({message})") from exc
         raise PtoolError(f"cannot read {path}: {message}") from exc
@@ -210,12 +208,7 @@ def _reason(exc: BaseException) -> str:
     marker = "WeightsUnpickler error:"
     if marker in text:
         return text.split(marker, 1)[1].strip().splitlines()[0]
-    return _first_line(exc)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
+    return first_line(exc)
 
 
 def is_ptool_checkpoint(obj: Any) -> bool:

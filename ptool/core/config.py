@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ptool.core.errors import UsageError
+from ptool.core.errors import UsageError, first_line
 
 SECTIONS = ("data", "model", "loss", "optimizer", "scheduler", "loop", "checkpoint", "logging")
 
@@ -473,7 +473,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     except Exception as exc:  # the parsers' own error types differ; YAML's span five lines
         problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        detail = f"{problem}{where}" if problem else (str(exc).splitlines() or [repr(exc)])[0]
+        detail = f"{problem}{where}" if problem else first_line(exc)
         raise UsageError(f"cannot parse {path}: {detail}") from None
     if not isinstance(raw, dict):
         raise UsageError(f"{path}: expected a table of options at the top level")

@@ -26,3 +26,10 @@ def unknown_name(kind: str, name: str, valid: list[str] | tuple[str, ...]) -> Us
     close = difflib.get_close_matches(name, valid, n=1)
     hint = f"did you mean {close[0]!r}?" if close else None
     return UsageError(f"unknown {kind} {name!r}; valid: {', '.join(valid)}", hint=hint)
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's first non-blank message line (torch's errors often run to a dozen),
+    else its type's name."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ptool.core.errors import PtoolError, UsageError, unknown_name
+from ptool.core.errors import PtoolError, UsageError, first_line, unknown_name
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -200,9 +200,9 @@ def build_torchvision(name: str, info: Any) -> nn.Module:
 
 
 def _user_code_error(what: str, exc: Exception) -> PtoolError:
-    first = (str(exc).strip().splitlines() or [""])[0]
     return PtoolError(
-        f"{what} raised {type(exc).__name__}: {first}",
+        f"{what} raised {type(exc).__name__}"
+        + (f": {first_line(exc)}" if str(exc).strip() else ""),
         hint="the error is in that code, not in ptool; ptool --debug shows its traceback",
     )
 
@@ -275,9 +275,8 @@ def check_io(model: nn.Module, info: Any, spec: str) -> None:
         with torch.no_grad():
             out = model(torch.zeros(2, *info.input_shape))
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
         raise UsageError(
-            f"model {spec} cannot take inputs of shape {info.input_shape}: {first}",
+            f"model {spec} cannot take inputs of shape {info.input_shape}: {first_line(exc)}",
             hint="use --image-size or another --model",
         ) from exc
     finally:

@@ -172,7 +172,8 @@ def plan_resume(
     unsafe: bool = False,
 ) -> ResumePlan:
     """Load the checkpoint, check the overrides, and say what will happen to the schedule."""
-    from ptool.core.checkpoint import UNSAFE_HINT, load_checkpoint
+    from ptool.core.checkpoint import load_checkpoint
+    from ptool.core.inspect.reader import UNSAFE_HINT
 
     if overrides.get("init_from"):
         raise UsageError(

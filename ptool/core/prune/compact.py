@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from ptool.core.errors import PtoolError, UsageError
+from ptool.core.errors import PtoolError, UsageError, first_line
 from ptool.core.prune.masks import refresh_weights
 
 REBUILT = "Conv1d/2d/3d, Linear, BatchNorm, GroupNorm, LayerNorm and PReLU"
@@ -44,8 +44,7 @@ class Compactor:
             with torch.no_grad():
                 self.output_shape = tuple(model(example).shape)
         except Exception as exc:  # noqa: BLE001 - any tracing failure becomes one line
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise self._untraceable(f"({type(exc).__name__}: {first})") from exc
+            raise self._untraceable(f"({type(exc).__name__}: {first_line(exc)})") from exc
         finally:
             model.train(was_training)
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ptool.core.errors import PtoolError, UsageError, unknown_name
+from ptool.core.errors import PtoolError, UsageError, first_line, unknown_name
 
 LIBRARY = "torch.ao.quantization"
 BACKENDS = ("x86", "fbgemm", "qnnpack")
@@ -202,15 +202,10 @@ def check_traceable(model: nn.Module) -> None:
             else f"the forward of {type(model).__name__}"
         )
         raise UsageError(
-            f"cannot quantize: {where} cannot be traced by torch.fx ({_first_line(exc)})",
+            f"cannot quantize: {where} cannot be traced by torch.fx ({first_line(exc)})",
             hint="static and qat need a traceable forward (no data-dependent control flow); "
             "`ptool quantize dynamic` needs no tracing",
         ) from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 def check_quantizable(model: nn.Module, recipe: dict[str, Any]) -> None:
@@ -255,7 +250,7 @@ def prepare(model: nn.Module, recipe: dict[str, Any]) -> nn.Module:
                 return quantize_fx.prepare_qat_fx(model.train(), mapping, _example(recipe))
             return quantize_fx.prepare_fx(model.eval(), mapping, _example(recipe))
     except Exception as exc:  # noqa: BLE001 - FX fails in model-specific ways
-        raise UsageError(f"cannot quantize this model with torch.fx: {_first_line(exc)}") from exc
+        raise UsageError(f"cannot quantize this model with torch.fx: {first_line(exc)}") from exc
 
 
 def convert(prepared: nn.Module, recipe: dict[str, Any]) -> nn.Module:
@@ -308,7 +303,7 @@ def _run(model: nn.Module, batches: Iterable[torch.Tensor], what: str) -> int:
                 seen += 1
         except Exception as exc:  # noqa: BLE001 - ops without int8 support fail variously
             raise UsageError(
-                f"cannot quantize: {what} fails to run ({_first_line(exc)})",
+                f"cannot quantize: {what} fails to run ({first_line(exc)})",
                 hint="`ptool quantize dynamic` quantizes the Linear layers only",
             ) from exc
     return seen
