@@ -452,60 +452,56 @@ class Trainer:
         correct = torch.zeros((), device=self.device, dtype=self.sum_dtype)
         samples = 0
         contributed = False
-        bar = self._bar(epoch, start, total)
         began = time.perf_counter()
         classification = self.info.task == "classification"
         norms = _norm_statistics(self.model) if config.on_nonfinite == "skip" else []
         kept = [t.clone() for t in norms]  # what a skipped batch's forward must not change
         trained = False  # the same on every process: _finite agrees on each skip
         loader = self._loader(self.data.train, order, train=True, seed=self.config.seed + epoch)
-        for index, (x, y) in enumerate(loader, start):
-            x, y = self._to_device(x, y)
-            window_start = index - index % accumulate
-            window = min(accumulate, total - window_start)
-            closes_window = index + 1 == window_start + window
-            sync = closes_window or not self.dist.enabled
-            with contextlib.nullcontext() if sync else self.train_model.no_sync():
-                for value, buffer in zip(kept, norms, strict=True):
-                    value.copy_(buffer)
-                with self._autocast():
-                    outputs = self._train_forward(x)
-                    loss = self.loss_fn(outputs, y)
-                if self._finite(loss, index):
-                    self.scaler.scale(loss / window if window > 1 else loss).backward()
-                    contributed = trained = True
-                    n = y.shape[0]
-                    detached = loss.detach()
-                    loss_sum += detached.to(self.sum_dtype) * n
-                    if classification:
-                        correct += (outputs.detach().argmax(dim=1) == y).sum()
-                    samples += n
-                else:
-                    for buffer, value in zip(norms, kept, strict=True):
-                        buffer.copy_(value)
-                    if closes_window and self.dist.enabled and contributed:
-                        self._all_reduce_grads()
-            state.batch_in_epoch = index + 1
-            if closes_window:
-                self._optimizer_step(contributed, loss)
-                contributed = False
-            if bar is not None:
+        with self._bar(epoch, start, total) as bar:  # closed on any way out
+            for index, (x, y) in enumerate(loader, start):
+                x, y = self._to_device(x, y)
+                window_start = index - index % accumulate
+                window = min(accumulate, total - window_start)
+                closes_window = index + 1 == window_start + window
+                sync = closes_window or not self.dist.enabled
+                with contextlib.nullcontext() if sync else self.train_model.no_sync():
+                    for value, buffer in zip(kept, norms, strict=True):
+                        value.copy_(buffer)
+                    with self._autocast():
+                        outputs = self._train_forward(x)
+                        loss = self.loss_fn(outputs, y)
+                    if self._finite(loss, index):
+                        self.scaler.scale(loss / window if window > 1 else loss).backward()
+                        contributed = trained = True
+                        n = y.shape[0]
+                        detached = loss.detach()
+                        loss_sum += detached.to(self.sum_dtype) * n
+                        if classification:
+                            correct += (outputs.detach().argmax(dim=1) == y).sum()
+                        samples += n
+                    else:
+                        for buffer, value in zip(norms, kept, strict=True):
+                            buffer.copy_(value)
+                        if closes_window and self.dist.enabled and contributed:
+                            self._all_reduce_grads()
+                state.batch_in_epoch = index + 1
+                if closes_window:
+                    self._optimizer_step(contributed, loss)
+                    contributed = False
                 bar.update(1)
-                if index % max(1, total // 20) == 0 or index + 1 == total:
+                if self.progress and (index % max(1, total // 20) == 0 or index + 1 == total):
                     bar.set_postfix(self._postfix(loss, outputs, y), refresh=False)
-            stopping = closes_window and self.stop.signum is not None
-            if stopping or (closes_window and self._should_save_step()):
-                self._flush_sums(loss_sum, correct, samples, began)
-                loss_sum.zero_(), correct.zero_()
-                samples, began = 0, time.perf_counter()
-                if state.batch_in_epoch < total:  # else the epoch's end saves it
-                    self.save()
-                    if stopping:
-                        if bar is not None:
-                            bar.close()
-                        self._interrupt()
-        if bar is not None:
-            bar.close()
+                stopping = closes_window and self.stop.signum is not None
+                if stopping or (closes_window and self._should_save_step()):
+                    self._flush_sums(loss_sum, correct, samples, began)
+                    loss_sum.zero_(), correct.zero_()
+                    samples, began = 0, time.perf_counter()
+                    if state.batch_in_epoch < total:  # else the epoch's end saves it
+                        self.save()
+                        if stopping:
+                            bar.close()  # before the run's last lines
+                            self._interrupt()
         self._flush_sums(loss_sum, correct, samples, began)
         if not trained and start < total:
             raise NonFiniteLoss(
@@ -845,11 +841,10 @@ class Trainer:
     # --- reporting -----------------------------------------------------------------------
 
     def _bar(self, epoch: int, start: int, total: int):
-        if not self.progress:
-            return None
         from tqdm.auto import tqdm
 
         return tqdm(
+            disable=not self.progress,  # a no-op bar
             total=total,
             initial=start,
             desc=f"epoch {epoch + 1}/{self.config.epochs}",
