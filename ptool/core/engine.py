@@ -290,6 +290,8 @@ class Trainer:
             self.load_state(resume, replan=reschedule)
             self.resumed_at = self.state.global_step
         self.train_model = self._wrap(self.model)
+        # the folder is claimed after every check, so a refused run leaves it as it was
+        self.lock = rundir.RunDirLock(self.run_dir) if main else None
         self.tb = self._tensorboard()
         if main:
             rundir.write_config(self.run_dir, self.config.to_dict())
@@ -926,6 +928,9 @@ class Trainer:
         if self.tb is not None:
             self.tb.close()
             self.tb = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
         shutdown_distributed(self.dist)
 
 

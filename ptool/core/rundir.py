@@ -1,7 +1,8 @@
 """The run directory: where a run's files go, and the config/summary files in it (no torch).
 
 Layout: config.yaml (the resolved config; `ptool train --config runs/NAME/config.yaml` reruns
-it), last.pt, best.pt, best-epochN.pt, epoch-N.pt, summary.json, tensorboard/.
+it), last.pt, best.pt, best-epochN.pt, epoch-N.pt, summary.json, tensorboard/, and
+.ptool.lock while a process trains there.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ptool.core.errors import UsageError
 
 CONFIG_NAME = "config.yaml"
 SUMMARY_NAME = "summary.json"
+LOCK_NAME = ".ptool.lock"
 
 
 def default_run_dir(root: str | Path = "runs") -> Path:
@@ -70,6 +72,52 @@ def refuse_other_run(path: str | Path) -> None:
             f"--out {path} holds another run's checkpoints ({found})",
             hint=f"continue that run with: ptool resume {path}; or choose another --out",
         )
+
+
+class RunDirLock:
+    """An exclusive `flock` on <run dir>/.ptool.lock while one process trains there: a second
+    run or resume into the folder is refused even before the first one's first checkpoint.
+    The kernel drops the lock when its process ends, kill -9 included, so a stale file never
+    blocks. (No `fcntl` on Windows: no lock there.)"""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / LOCK_NAME
+        self.handle = None
+        try:
+            import fcntl
+        except ImportError:
+            return
+        while self.handle is None:
+            handle = self.path.open("a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                owner = handle.read().strip()
+                handle.close()
+                raise UsageError(
+                    f"--out {run_dir} is in use by another ptool process"
+                    + (f" (pid {owner})" if owner else ""),
+                    hint="wait for it to finish, or choose another --out",
+                ) from None
+            try:  # the file a releasing process unlinked is no lock: take the new one
+                same = os.stat(self.path).st_ino == os.fstat(handle.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                handle.truncate(0)
+                handle.write(f"{os.getpid()}\n")
+                handle.flush()
+                self.handle = handle
+            else:
+                handle.close()
+
+    def release(self) -> None:
+        """Unlink the file while still holding it, then let go: the folder is left as it was."""
+        if self.handle is not None:
+            self.path.unlink(missing_ok=True)
+            self.handle.close()
+            self.handle = None
 
 
 def config_yaml(values: dict[str, Any]) -> str:

@@ -544,3 +544,21 @@ def test_data_seed_pins_the_split_across_seeds(tmp_path):
     assert torch.equal(val_inputs(seed=1, data_seed=5), val_inputs(seed=2, data_seed=5))
     assert torch.equal(val_inputs(seed=None, data_seed=5), val_inputs(seed=5))
     assert data_seed(small(tmp_path, seed=None)) == 0  # what build_data sees outside a run
+
+
+def test_a_folder_another_process_trains_in_is_refused_until_it_ends(tmp_path):
+    """Before its first checkpoint, a running run's folder looked free: a second run on the
+    same --out trained into it, and the two overwrote each other's files."""
+    import os
+
+    from ptool.core.rundir import LOCK_NAME, RunDirLock
+
+    config = small(tmp_path)
+    (tmp_path / "run").mkdir()
+    held = RunDirLock(tmp_path / "run")  # another process's, as flock sees a second open
+    with pytest.raises(UsageError, match=rf"--out .*run is in use by .* \(pid {os.getpid()}\)"):
+        fit(config, quiet=True)
+    assert list((tmp_path / "run").iterdir()) == [tmp_path / "run" / LOCK_NAME]  # untouched
+    held.release()
+    assert fit(config, quiet=True).status == "completed"
+    assert not (tmp_path / "run" / LOCK_NAME).exists()  # released with the run
