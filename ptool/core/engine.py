@@ -33,7 +33,7 @@ from ptool.core.callbacks import CheckpointFiles, Monitor, TensorBoardLog, epoch
 from ptool.core.config import TrainConfig, check_interval
 from ptool.core.errors import PtoolError, UsageError
 from ptool.core.metrics import EpochMetrics, metric_names
-from ptool.core.optim import build_loss, build_optimizer
+from ptool.core.optim import build_loss, build_optimizer, mean_weight
 from ptool.core.runtime import (
     capture_rng_state,
     epoch_order,
@@ -655,7 +655,7 @@ class Trainer:
                 with self._autocast():
                     outputs = model(x)
                     loss = self.loss_fn(outputs, y)
-                metrics.update(outputs, y, loss)
+                metrics.update(outputs, y, loss, mean_weight(self.loss_fn, y))
         finally:
             self._fire("on_validation_end", model)
         values, confusion = metrics.compute()

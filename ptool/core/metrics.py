@@ -56,9 +56,18 @@ class EpochMetrics:
         self.loss = torchmetrics.MeanMetric(nan_strategy=math.nan).to(device)
         self.collection = build_metrics(info).to(device)
 
-    def update(self, outputs: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> None:
+    def update(
+        self,
+        outputs: torch.Tensor,
+        targets: torch.Tensor,
+        loss: torch.Tensor,
+        weight: torch.Tensor | int | None = None,
+    ) -> None:
+        """`weight`: the batch loss's share of the epoch's (`optim.mean_weight`; default:
+        the sample count)."""
         outputs = outputs.detach().float()
-        self.loss.update(loss.detach().float(), weight=targets.shape[0])
+        weight = targets.shape[0] if weight is None else weight
+        self.loss.update(loss.detach().float(), weight=weight)
         if self.task == "regression":  # R2 averages over outputs; one output is a flat vector
             targets = targets.float().reshape(outputs.shape)
             if outputs.shape[-1] == 1:

@@ -36,6 +36,16 @@ class TaskLoss(nn.Module):
         return self.criterion(outputs, targets)
 
 
+def mean_weight(loss_fn: nn.Module, targets: torch.Tensor) -> torch.Tensor | int:
+    """What one batch's mean loss stands for in a mean over batches, so an epoch's loss is the
+    whole set's at any batch size: torch divides a class-weighted cross-entropy by the summed
+    weights of the batch's targets, any other loss by its sample count."""
+    criterion = getattr(loss_fn, "criterion", loss_fn)  # a TaskLoss or a torch criterion
+    if isinstance(criterion, nn.CrossEntropyLoss) and criterion.weight is not None:
+        return criterion.weight[targets].sum()
+    return targets.shape[0]
+
+
 def resolve_loss_name(config: Any, info: Any) -> str:
     if config.loss != "auto":
         return config.loss

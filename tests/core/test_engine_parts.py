@@ -16,7 +16,7 @@ from ptool.core.config import TrainConfig
 from ptool.core.data import DataInfo
 from ptool.core.errors import UsageError
 from ptool.core.metrics import EpochMetrics
-from ptool.core.optim import build_loss, build_optimizer
+from ptool.core.optim import build_loss, build_optimizer, mean_weight
 from ptool.core.runtime import Distributed, capture_rng_state, epoch_order, restore_rng_state
 
 
@@ -105,6 +105,23 @@ def test_epoch_metrics_match_sklearn_over_the_whole_epoch():
     regression.update(out, target, nn.functional.mse_loss(out, target))
     values, _ = regression.compute()
     assert values["val/r2"] == pytest.approx(r2_score(target.numpy(), out.numpy()), abs=1e-5)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_a_class_weighted_loss_is_the_whole_sets_at_any_batch_size(smoothing):
+    """Weighted cross-entropy divides by the targets' summed weights, not their count."""
+    config = TrainConfig(class_weights=[1.0, 2.0, 3.0, 4.0], label_smoothing=smoothing)
+    loss_fn = build_loss(config, info())
+    logits, targets = torch.randn(50, 4), torch.randint(4, (50,))
+    oracle = nn.functional.cross_entropy(
+        logits, targets, weight=torch.tensor(config.class_weights), label_smoothing=smoothing
+    )
+    for size in (1, 8, 50):
+        metrics = EpochMetrics(info(), torch.device("cpu"), "val")
+        for i in range(0, 50, size):
+            x, y = logits[i : i + size], targets[i : i + size]
+            metrics.update(x, y, loss_fn(x, y), mean_weight(loss_fn, y))
+        assert metrics.compute()[0]["val/loss"] == pytest.approx(float(oracle), rel=1e-5)
 
 
 def test_a_nan_batch_loss_makes_the_epochs_loss_nan_without_a_warning():

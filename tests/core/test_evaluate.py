@@ -22,6 +22,18 @@ def _batches(x, y, size=16):
     return [(x[i : i + size], y[i : i + size]) for i in range(0, len(x), size)]
 
 
+def test_a_class_weighted_loss_does_not_depend_on_the_batch_size():
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(50, 6, generator=gen), torch.randint(4, (50,), generator=gen)
+    model, weight = torch.nn.Linear(6, 4), torch.tensor([1.0, 2.0, 3.0, 4.0])
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
+    with torch.no_grad():
+        oracle = loss_fn(model(x), y).item()
+    for size in (1, 16, 50):
+        result = evaluate(model, _batches(x, y, size), _info("classification", 4), loss_fn)
+        assert result.metrics["val/loss"] == pytest.approx(oracle, rel=1e-5)
+
+
 def test_classification_figures_match_sklearn():
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(50, 6, generator=gen), torch.randint(4, (50,), generator=gen)
