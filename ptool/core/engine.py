@@ -647,6 +647,11 @@ class Trainer:
     def validate(self, model: nn.Module, metrics: EpochMetrics) -> dict[str, float]:
         """Every validation sample once over all ranks (rank r takes samples r, r + W, ...)."""
         model.eval()
+        if self.dist.enabled:  # each rank's last forward moved its own batch-norm statistics:
+            import torch.distributed as dist  # validate (and save) rank 0's on every rank
+
+            for buffer in model.buffers():
+                dist.broadcast(buffer, src=0)
         self._fire("on_validation_start", model)
         try:
             order = torch.arange(self.dist.rank, len(self.data.val), self.dist.world_size)

@@ -125,6 +125,17 @@ def test_unwritable_out_is_a_usage_error(tmp_path):
     assert "cannot write to --out" in result.stderr
 
 
+def _torchrun_train(*args: str) -> subprocess.CompletedProcess:
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PTOOL_DEBUG": ""}
+    ddp = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "ptool", "train", *args],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert ddp.returncode == 0, ddp.stderr
+    return ddp
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes_match_one_process_with_the_global_batch(tmp_path):
     common = (
@@ -133,14 +144,7 @@ def test_torchrun_two_processes_match_one_process_with_the_global_batch(tmp_path
     )  # fmt: skip
     single = run_ptool("train", *common, "--batch-size", "16", "--out", str(tmp_path / "one"))
     assert single.returncode == 0, single.stderr
-    torchrun = Path(sys.executable).with_name("torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PTOOL_DEBUG": ""}
-    ddp = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "ptool", "train",
-         *common, "--batch-size", "8", "--out", str(tmp_path / "two"), "--json"],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
-    assert ddp.returncode == 0, ddp.stderr
+    ddp = _torchrun_train(*common, "--batch-size", "8", "--out", str(tmp_path / "two"), "--json")
     summary = json.loads(ddp.stdout)  # one document: only rank 0 prints
     assert summary["world_size"] == 2
     one = torch.load(tmp_path / "one" / "last.pt", weights_only=True)
@@ -149,3 +153,18 @@ def test_torchrun_two_processes_match_one_process_with_the_global_batch(tmp_path
         torch.testing.assert_close(two["model_state_dict"][name], value, rtol=1e-5, atol=1e-6)
     for name in ("train/loss", "val/loss", "val/accuracy"):
         assert two["metrics"][name] == pytest.approx(one["metrics"][name], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_torchrun_metrics_are_those_of_the_saved_batch_norm_statistics(tmp_path):
+    """Each rank's last training forward moves its own running statistics; the logged val/*
+    (which pick best.pt) used to mix the ranks' while the checkpoint holds rank 0's."""
+    out = tmp_path / "bn"
+    _torchrun_train(*TINY, "--samples", "240", "--norm", "batch", "--device", "cpu",
+                    "--no-tensorboard", "--quiet", "--out", str(out))  # fmt: skip
+    logged = torch.load(out / "best.pt", weights_only=True)["metrics"]
+    result = run_ptool("eval", str(out / "best.pt"), "--json")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)["metrics"]
+    for name in ("loss", "accuracy", "f1"):
+        assert metrics[name] == pytest.approx(logged[f"val/{name}"], rel=1e-5), name
