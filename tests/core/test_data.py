@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 import struct
+from urllib.error import URLError
 
 import numpy as np
 import pytest
@@ -13,7 +14,8 @@ from torch.utils.data import TensorDataset
 
 from ptool.core.config import TrainConfig
 from ptool.core.data import DataInfo, build_data, is_in_memory, make_loader, val_transform
-from ptool.core.errors import UsageError
+from ptool.core.data.common import split_indices
+from ptool.core.errors import PtoolError, UsageError
 
 
 def cfg(**kw) -> TrainConfig:
@@ -207,6 +209,24 @@ def test_csv_errors(tmp_path):
         build_data(cfg(data=f"csv:{tmp_path / 'long.csv'}"))
 
 
+def test_csv_without_header_or_commas_is_refused(tmp_path):
+    rows = [[i * 0.5, i % 3, ["cat", "dog"][i % 2]] for i in range(10)]
+    write_csv(tmp_path / "data.csv", rows[0], rows[1:])  # the first data row as header
+    with pytest.raises(UsageError, match="data.csv has no header row") as err:
+        build_data(cfg(data=f"csv:{tmp_path / 'data.csv'}"))
+    assert "naming the columns" in err.value.hint
+    numbers = [[i, i * 2, i % 2] for i in range(10)]
+    write_csv(tmp_path / "numbers.csv", numbers[0], numbers[1:])
+    with pytest.raises(UsageError, match="numbers.csv has no header row"):
+        build_data(cfg(data=f"csv:{tmp_path / 'numbers.csv'}"))
+    write_csv(tmp_path / "pandas.csv", ["0", "1", "kind"], rows)  # DataFrame(X) column names
+    assert build_data(cfg(data=f"csv:{tmp_path / 'pandas.csv'}")).info.feature_names == ["0", "1"]
+    (tmp_path / "semi.csv").write_text("a;b;y\n1;2;0\n3;4;1\n5;6;0\n")
+    with pytest.raises(UsageError, match="semi.csv has a single column, 'a;b;y'") as err:
+        build_data(cfg(data=f"csv:{tmp_path / 'semi.csv'}", target="y"))
+    assert "comma-separated" in err.value.hint
+
+
 def test_tensors_dict_with_val_split(tmp_path):
     x, y = torch.randn(30, 5), torch.randint(0, 3, (30,))
     path = tmp_path / "d.pt"
@@ -222,6 +242,24 @@ def test_tensors_tuple_regression_and_images(tmp_path):
     torch.save((torch.rand(20, 8, 8), torch.randn(20)), path)
     bundle = build_data(cfg(data=f"tensors:{path}"))
     assert bundle.info.task == "regression" and bundle.info.input_shape == [1, 8, 8]
+
+
+@pytest.mark.parametrize("shape", [(40, 3, 5, 6), (40, 5, 6)])
+def test_uint8_image_tensors_are_pixels_scaled_to_0_1(tmp_path, shape):
+    """As image files and `ptool predict`'s uint8 inputs: the same data as the floats / 255."""
+    pixels = torch.randint(
+        0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    y = torch.arange(40) % 2
+    torch.save({"x": pixels, "y": y}, tmp_path / "u8.pt")
+    torch.save({"x": pixels.float() / 255, "y": y}, tmp_path / "f.pt")
+    u8, f = (build_data(cfg(data=f"tensors:{tmp_path / n}")) for n in ("u8.pt", "f.pt"))
+    assert (u8.info.mean, u8.info.std) == (f.info.mean, f.info.std)
+    for a, b in ((u8.train, f.train), (u8.val, f.val)):
+        assert torch.equal(a.tensors[0], b.tensors[0])
+    _, val_idx = split_indices(40, 0.2, seed=0)
+    predicted = val_transform(u8.info)(pixels[val_idx[0]])  # predict's preprocessing
+    assert torch.allclose(predicted, u8.val.tensors[0][0], atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -242,6 +280,41 @@ def test_tensors_without_rows_or_with_mismatched_val_rows_are_refused(tmp_path, 
         build_data(cfg(data=f"tensors:{path}"))
 
 
+ONE_HOT = torch.nn.functional.one_hot(torch.arange(30) % 3)
+
+
+@pytest.mark.parametrize(
+    ("y", "task", "message"),
+    [
+        (ONE_HOT, "auto", r"class targets must be a 1-D tensor \[N\] .*not shape \[30, 3\]"),
+        (ONE_HOT.float(), "classification", r"not shape \[30, 3\]"),
+        (torch.arange(30) % 4 / 2, "classification", "needs whole-number targets .*not 0.5"),
+        (torch.full((30,), math.inf), "classification", "needs whole-number targets .*not inf"),
+        (torch.tensor(1), "auto", "targets must be a tensor with one row per input"),
+    ],
+)
+def test_tensors_targets_that_are_not_class_indices_are_refused(tmp_path, y, task, message):
+    torch.save({"x": torch.randn(30, 4), "y": y}, tmp_path / "t.pt")
+    with pytest.raises(UsageError, match=message):
+        build_data(cfg(data=f"tensors:{tmp_path / 't.pt'}", task=task))
+
+
+def test_tensors_targets_as_classes_or_outputs(tmp_path):
+    """Whole floats are classes with --task classification; [N, K] targets regress K outputs."""
+    x, labels = torch.randn(30, 4), torch.arange(30) % 3
+    for y, task, outputs in (
+        (labels.float(), "classification", 3),
+        (labels.unsqueeze(1), "auto", 3),
+        (ONE_HOT, "regression", 3),
+        (torch.randn(30, 2), "auto", 2),
+    ):
+        torch.save({"x": x, "y": y, "x_val": x, "y_val": y}, tmp_path / "t.pt")
+        bundle = build_data(cfg(data=f"tensors:{tmp_path / 't.pt'}", task=task))
+        assert bundle.info.num_outputs == outputs
+        expected = labels if bundle.info.task == "classification" else y.float()
+        assert torch.equal(bundle.val.tensors[1], expected)
+
+
 def test_nan_or_infinite_values_are_refused_at_load(tmp_path):
     x = torch.randn(30, 4)
     x[[5, 9], 1] = torch.tensor([math.nan, math.inf])
@@ -250,7 +323,7 @@ def test_nan_or_infinite_values_are_refused_at_load(tmp_path):
     with pytest.raises(UsageError, match=r"NaN or infinite input values: 2 \(the first: row 5\)"):
         build_data(cfg(data=f"tensors:{path}"))
     (tmp_path / "n.csv").write_text("a,b,y\n1,2,0.5\n3,4,nan\n5,6,1.5\n7,8,2.5\n")
-    with pytest.raises(UsageError, match="NaN or infinite target values: 1"):
+    with pytest.raises(UsageError, match=r"NaN or infinite target values: 1 \(the first: line 3\)"):
         build_data(cfg(data=f"csv:{tmp_path / 'n.csv'}", target="y", task="regression"))
 
 
@@ -318,6 +391,35 @@ def test_torchvision_missing_dir_names_the_flags(tmp_path):
     with pytest.raises(UsageError, match="mnist not found under --data-dir") as err:
         build_data(cfg(data="mnist", data_dir=str(tmp_path)))
     assert "--download" in err.value.hint
+
+
+MIRRORS_FAILED = RuntimeError(  # what torchvision's MNIST raises when every mirror failed
+    "Error downloading train-images-idx3-ubyte.gz:\n"
+    "Tried https://ossci-datasets.s3.amazonaws.com/mnist/, got:\n<urlopen error timed out>\n"
+    "Tried http://yann.lecun.com/exdb/mnist/, got:\n<urlopen error [Errno -2] unknown name>\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "cls", "error"),
+    [
+        ("mnist", "MNIST", MIRRORS_FAILED),
+        ("fashion-mnist", "FashionMNIST", MIRRORS_FAILED),
+        ("kmnist", "KMNIST", MIRRORS_FAILED),
+        ("cifar10", "CIFAR10", URLError(OSError(-2, "unknown name"))),
+    ],
+)
+def test_torchvision_download_offline_is_one_line(tmp_path, monkeypatch, name, cls, error):
+    import torchvision.datasets
+
+    def offline(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(torchvision.datasets, cls, offline)
+    expected = rf"^could not download {name} into --data-dir .*dl: <urlopen error \[Errno -2\] "
+    with pytest.raises(PtoolError, match=expected + "unknown name>$") as err:
+        build_data(cfg(data=name, data_dir=str(tmp_path / "dl"), download=True))
+    assert err.value.hint.startswith("offline?")
 
 
 def write_idx(path, array: np.ndarray) -> None:

@@ -82,7 +82,9 @@ def check_num_classes(config: Any, source: str, found: int) -> None:
 # --- in-memory sources ---------------------------------------------------------------------
 
 
-def _check_finite(source: str, x: torch.Tensor, y: torch.Tensor) -> None:
+def _check_finite(
+    source: str, x: torch.Tensor, y: torch.Tensor, row_name: Callable[[int], str]
+) -> None:
     """NaN or infinite values would make the normalization statistics NaN and every loss NaN:
     refuse them at load, naming the first row that holds one."""
     for name, values in (("input", x), ("target", y)):
@@ -92,7 +94,7 @@ def _check_finite(source: str, x: torch.Tensor, y: torch.Tensor) -> None:
                 first = int(bad.nonzero()[0])
                 raise UsageError(
                     f"{source}: rows with NaN or infinite {name} values: {int(bad.sum())} "
-                    f"(the first: row {first})",
+                    f"(the first: {row_name(first)})",
                     hint="drop or fill those rows first",
                 )
 
@@ -106,16 +108,18 @@ def in_memory_bundle(
     num_classes: int | None,
     class_names: list[str] | None = None,
     val: tuple[torch.Tensor, torch.Tensor] | None = None,
+    row_name: Callable[[int], str] = "row {}".format,
 ) -> DataBundle:
     """Split, normalize with the train split's statistics, keep (x, y) tensors in memory.
 
     `data` is split (seeded, --val-split or 0.2) unless the source has its own `val` and
     --val-split is not given. --image-size resizes the images once, here. With --augment the
     training split gets a per-sample transform (augment, then normalize) and is served by a
-    DataLoader; validation stays in memory, normalized once.
+    DataLoader; validation stays in memory, normalized once. `row_name` numbers a row in
+    errors (a CSV's line).
     """
     for x, y in (data, val) if val is not None else (data,):
-        _check_finite(source, x, y)
+        _check_finite(source, x, y, row_name)
     if val is None or config.val_split is not None:
         data, val = _split_tensors(config, *data)
     (x_train, y_train), (x_val, y_val) = data, val

@@ -55,6 +55,16 @@ def _labels(values: list[str], numbers: list[float | None]) -> tuple[torch.Tenso
     return torch.tensor([index[v] for v in values]), names
 
 
+def _is_data_row(first: list[str], rest: list[list[str]]) -> bool:
+    """Whether a would-be header is a data row: each cell a number, or a label that its column
+    holds again below (a header of numbers and a name, as pandas writes, is a header)."""
+    return all(
+        _as_number(cell) is not None
+        or any(col < len(row) and row[col].strip() == cell for row in rest)
+        for col, cell in enumerate(first)
+    )
+
+
 def csv_source(config: Any, path: str) -> DataBundle:
     """A CSV with a header row: numeric feature columns and one target column (--target)."""
     p = _existing_file("csv", path)
@@ -65,6 +75,16 @@ def csv_source(config: Any, path: str) -> DataBundle:
     if len(rows) < 3:
         raise UsageError(f"csv: {p} needs a header row and at least 2 data rows")
     header = [name.strip() for name in rows[0]]
+    if len(header) == 1 and any(sep in header[0] for sep in ";\t"):
+        raise UsageError(
+            f"csv: {p} has a single column, {header[0]!r}",
+            hint="ptool reads comma-separated files: save it with ',' between the fields",
+        )
+    if _is_data_row(header, rows[1:]):
+        raise UsageError(
+            f"csv: {p} has no header row (line 1 holds data, not column names)",
+            hint="add a first line naming the columns, the target's too",
+        )
     target = config.target if config.target is not None else header[-1]
     if target not in header:
         raise UsageError(
@@ -119,6 +139,7 @@ def csv_source(config: Any, path: str) -> DataBundle:
         task=task,
         num_classes=num_classes,
         class_names=names,
+        row_name=lambda i: f"line {i + 2}",  # the numbering of the errors above
     )
     bundle.info.feature_names = [name for col, name in enumerate(header) if col != t]
     return bundle
@@ -165,10 +186,31 @@ def _read_tensors(p: Path) -> tuple[tuple, tuple | None]:
 
 
 def _inputs(x: Any, p: Path) -> torch.Tensor:
+    """Float inputs; uint8 images are 0-255 pixels, scaled to [0, 1] as torchvision's ToTensor
+    and `ptool predict` scale them, so a run and its predictions see the same values."""
     if not isinstance(x, torch.Tensor) or x.dim() not in (1, 2, 3, 4):
         raise UsageError(f"tensors: inputs in {p} must be a tensor [N,F], [N,H,W] or [N,C,H,W]")
-    x = x.float()
+    x = x.float() / 255 if x.dtype == torch.uint8 and x.dim() >= 3 else x.float()
     return x.unsqueeze(1) if x.dim() in (1, 3) else x
+
+
+def _check_class_targets(y: torch.Tensor, p: Path) -> None:
+    """Class targets are one index per row: a one-hot [N, K] or a fractional value would be
+    mangled by the cast to int64, so refuse them."""
+    if y.numel() != len(y):
+        raise UsageError(
+            f"tensors: {p}: class targets must be a 1-D tensor [N] of class indices, "
+            f"not shape {list(y.shape)}",
+            hint="one-hot targets? save y.argmax(1); for K outputs to regress: --task regression",
+        )
+    if y.is_floating_point():
+        bad = ~(torch.isfinite(y) & (y == y.round()))
+        if bool(bad.any()):
+            raise UsageError(
+                f"tensors: {p}: --task classification needs whole-number targets (class "
+                f"indices), not {y[bad][0].item():g}",
+                hint="save the class indices, or drop --task classification for regression",
+            )
 
 
 def tensors_source(config: Any, path: str) -> DataBundle:
@@ -178,7 +220,7 @@ def tensors_source(config: Any, path: str) -> DataBundle:
     pairs = [(x, y)] + ([val] if val is not None else [])
     pairs = [(_inputs(a, p), b) for a, b in pairs]
     for a, b in pairs:
-        if not isinstance(b, torch.Tensor) or len(a) != len(b):
+        if not isinstance(b, torch.Tensor) or b.dim() == 0 or len(a) != len(b):
             raise UsageError(f"tensors: {p}: targets must be a tensor with one row per input")
         if not len(a):
             raise UsageError(f"tensors: {p}: no samples (0 rows)")
@@ -194,6 +236,8 @@ def tensors_source(config: Any, path: str) -> DataBundle:
         ("classification", "regression") if integer else ("regression", "classification"),
     )
     if task == "classification":
+        for _, b in pairs:
+            _check_class_targets(b, p)
         pairs = [(a, b.long().reshape(len(b))) for a, b in pairs]
         labels = torch.cat([b for _, b in pairs])
         if labels.min() < 0:

@@ -45,7 +45,10 @@ def _open_torchvision(name: str, config: Any, *, train: bool):
     try:
         return cls(root, download=config.download, **kwargs)
     except RuntimeError as exc:
-        if "not found" not in str(exc).lower():
+        text = str(exc)
+        if text.startswith("Error downloading"):  # the MNIST family: each mirror's error, a line
+            raise _download_failed(name, root, text.strip().splitlines()[-1]) from exc
+        if "not found" not in text.lower():
             raise
         raise UsageError(
             f"{name} not found under --data-dir {root}",
@@ -53,10 +56,14 @@ def _open_torchvision(name: str, config: Any, *, train: bool):
             "(needs network)",
         ) from exc
     except OSError as exc:  # URLError, connection and disk errors while downloading
-        raise PtoolError(
-            f"could not download {name} into --data-dir {root}: {exc}",
-            hint="offline? copy the dataset files there and drop --download",
-        ) from exc
+        raise _download_failed(name, root, exc) from exc
+
+
+def _download_failed(name: str, root: str, reason: object) -> PtoolError:
+    return PtoolError(
+        f"could not download {name} into --data-dir {root}: {reason}",
+        hint="offline? copy the dataset files there and drop --download",
+    )
 
 
 def torchvision_dataset(config: Any, name: str) -> DataBundle:
