@@ -224,8 +224,10 @@ class Trainer:
         checkpoint_extras: Callable[[], dict] | None = None,
         reschedule: bool = False,
         unsafe_load: bool = False,
+        resume_command: str = "ptool resume",
     ):
         self.started = time.perf_counter()
+        self.resume_command = resume_command  # what continues this run, for the hints
         self.wall_before = 0.0  # wall time of the sessions before a resume
         self.resumed_at: int | None = None  # the global step a resume started from
         check_config(config)
@@ -530,7 +532,8 @@ class Trainer:
         where = f"epoch {state.epoch + 1}, step {state.global_step}"
         message = f"{stop.name} at {where}: saved {self.files.last}"
         self._finish("interrupted", message)
-        raise Interrupted(stop.signum, message, hint=f"resume with: ptool resume {self.run_dir}")
+        command = rundir.resume_command(self.dist.world_size, self.resume_command)
+        raise Interrupted(stop.signum, message, hint=f"resume with: {command} {self.run_dir}")
 
     def _flush_sums(self, loss_sum, correct, samples: int, began: float) -> None:
         state = self.state
@@ -966,12 +969,14 @@ def fit(
     checkpoint_extras: Callable[[], dict] | None = None,
     reschedule: bool = False,
     unsafe_load: bool = False,
+    resume_command: str = "ptool resume",
 ) -> RunSummary:
     """Train per `config` (or continue `resume`, a loaded checkpoint); see the module doc.
 
     `log` receives the human lines (epoch lines, warnings; default: stderr); `progress`
     forces the tqdm bar on/off (default: config.progress, auto = stderr is a terminal);
-    `unsafe_load` lets --init-from unpickle a trusted file.
+    `unsafe_load` lets --init-from unpickle a trusted file; `resume_command` is what the hints
+    name to continue the run (QAT's own).
     Callbacks are objects with any of on_fit_start(trainer), on_step_end(trainer),
     on_validation_start(trainer, model), on_validation_end(trainer, model),
     on_epoch_end(trainer, metrics), on_checkpoint(trainer, path), on_fit_end(trainer, summary).
@@ -989,6 +994,7 @@ def fit(
         checkpoint_extras=checkpoint_extras,
         reschedule=reschedule,
         unsafe_load=unsafe_load,
+        resume_command=resume_command,
     )
     try:
         return trainer.fit()

@@ -115,24 +115,25 @@ def _refuse_foreign_files(checkpoint: Path, ckpt: dict[str, Any]) -> None:
         )
 
 
-def _refuse_other_world_size(ckpt: dict[str, Any], checkpoint: Path) -> None:
+def _refuse_other_world_size(ckpt: dict[str, Any], checkpoint: Path) -> str:
     """The data order, the batches and the steps per epoch depend on the number of processes
-    (each takes every world_size-th sample): a resume must run as many as the run did."""
+    (each takes every world_size-th sample): a resume must run as many as the run did.
+    Returns the command that resumes it (under torchrun for more than one)."""
     import os
+
+    from ptool.core.rundir import resume_command
 
     saved = ckpt["rng_state"].get("data_order", {}).get("world_size", 1)
     now = int(os.environ.get("WORLD_SIZE", "1"))
+    command = resume_command(saved)
     if saved != now:
-        how = (
-            f"torchrun --nproc_per_node {saved} -m ptool resume {checkpoint}"
-            if saved > 1
-            else f"ptool resume {checkpoint} (without torchrun)"
-        )
+        how = f"{command} {checkpoint}" + (" (without torchrun)" if saved == 1 else "")
         raise UsageError(
             f"{checkpoint} was trained by {saved} process{'es' if saved > 1 else ''}, this "
             f"resume runs {now}: the data order and steps per epoch depend on it",
             hint=f"resume it as it ran: {how}",
         )
+    return command
 
 
 # What the engine's load_state reads: a checkpoint without them is a weights-only file.
@@ -198,7 +199,7 @@ def plan_resume(
         from ptool.core.rundir import refuse_other_run
 
         refuse_other_run(config.out)
-    _refuse_other_world_size(ckpt, checkpoint)
+    command = _refuse_other_world_size(ckpt, checkpoint)
     done, step = ckpt["epoch"], ckpt["global_step"]
     plan = ResumePlan(checkpoint, ckpt, config, reschedule)
     wait = ckpt.get("callbacks", {}).get("train_state", {}).get("early_stop_wait", 0)
@@ -208,13 +209,13 @@ def plan_resume(
         raise UsageError(
             f"{checkpoint} stopped early: {config.monitor} did not improve for {wait} epochs "
             f"(--early-stop-patience {patience})",
-            hint=f"continue it with more patience: ptool resume {checkpoint} "
+            hint=f"continue it with more patience: {command} {checkpoint} "
             f"--early-stop-patience {wait + max(1, patience)}",
         )
     if done >= config.epochs:
         raise UsageError(
             f"{checkpoint} has finished its {done} epochs",
-            hint=f"extend the run: ptool resume {checkpoint} --epochs {done + max(1, done // 2)}",
+            hint=f"extend the run: {command} {checkpoint} --epochs {done + max(1, done // 2)}",
         )
     batch = ckpt.get("batch_in_epoch") or 0
     where = f"epoch {done + 1}/{config.epochs}" + (f", batch {batch + 1}" if batch else "")
@@ -229,7 +230,7 @@ def plan_resume(
     elif config.epochs > saved.epochs and saved.scheduler == "onecycle":
         raise UsageError(
             f"onecycle was planned for {saved.epochs} epochs and cannot step past its end",
-            hint=f"re-plan it for the new total: ptool resume {checkpoint} "
+            hint=f"re-plan it for the new total: {command} {checkpoint} "
             f"--epochs {config.epochs} --reschedule",
         )
     elif config.epochs != saved.epochs:

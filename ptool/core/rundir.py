@@ -63,6 +63,13 @@ def run_checkpoints(path: str | Path, *, same_run: Callable[[Path], bool] | None
     return ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
 
 
+def resume_command(world_size: int, command: str = "ptool resume") -> str:
+    """The command that continues a run of `world_size` processes: under torchrun when > 1."""
+    if world_size > 1:
+        return f"torchrun --nproc_per_node {world_size} -m {command}"
+    return command
+
+
 def refuse_other_run(path: str | Path) -> None:
     """A new run (or a resume into --out DIR) must not replace another run's checkpoints:
     refuse a directory that holds some, before anything is written."""

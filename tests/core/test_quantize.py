@@ -301,7 +301,7 @@ def _qat(ckpt: Path, tmp_path: Path, name: str, epochs: int, resume: str | None 
     return quantize_checkpoint(None if resume else ckpt, options)
 
 
-def test_qat_fine_tunes_through_the_engine_and_resumes_exactly(cnn_ckpt, tmp_path):
+def test_qat_fine_tunes_through_the_engine_and_resumes_exactly(cnn_ckpt, tmp_path, monkeypatch):
     whole = _qat(cnn_ckpt, tmp_path, "whole", epochs=2)
     assert whole["qat"]["epochs"] == 2 and whole["qat"]["status"] == "completed"
     assert whole["metrics_change"]["val/accuracy"] >= -0.02
@@ -310,8 +310,21 @@ def test_qat_fine_tunes_through_the_engine_and_resumes_exactly(cnn_ckpt, tmp_pat
     assert run_ckpt["quantization"]["converted"] is False
     assert "activation_post_process_0.scale" in run_ckpt["model_state_dict"]  # fake-quant state
 
-    _qat(cnn_ckpt, tmp_path, "part", epochs=1)
-    resumed = _qat(cnn_ckpt, tmp_path, "part", epochs=2, resume=str(tmp_path / "part/last.pt"))
+    import signal
+
+    from ptool.core.quantize.run import FreezeSchedule
+    from ptool.core.signals import Interrupted
+
+    def ctrl_c_after_epoch_1(self, trainer, metrics):
+        trainer.stop.signum = signal.SIGINT if trainer.state.epoch == 1 else None
+
+    monkeypatch.setattr(FreezeSchedule, "on_epoch_end", ctrl_c_after_epoch_1)
+    with pytest.raises(Interrupted) as info:
+        _qat(cnn_ckpt, tmp_path, "part", epochs=2)
+    monkeypatch.undo()
+    hint = f"resume with: ptool quantize qat --resume {tmp_path / 'part'}"
+    assert info.value.hint == hint  # not `ptool resume`, which refuses a QAT run
+    resumed = _qat(cnn_ckpt, tmp_path, "part", epochs=2, resume=str(tmp_path / "part"))
     assert resumed["checkpoint"] == str(cnn_ckpt)  # found through the run's recipe
     a = torch.load(whole["output"], weights_only=True)["model_state_dict"]
     b = torch.load(resumed["output"], weights_only=True)["model_state_dict"]

@@ -222,6 +222,12 @@ def test_a_resume_runs_as_many_processes_as_the_run(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(UsageError, match="trained by 1 process, this resume runs 2"):
         plan_resume(tmp_path / "run", {"epochs": 2})
+    with pytest.raises(UsageError, match="has finished its 1 epochs") as info:
+        plan_resume(tmp_path / "ddp.pt", {})
+    assert info.value.hint == (  # the other hints too: as the run ran, under torchrun
+        f"extend the run: torchrun --nproc_per_node 2 -m ptool resume {tmp_path / 'ddp.pt'} "
+        "--epochs 2"
+    )
 
 
 def test_onecycle_cannot_be_extended_without_replanning(tmp_path):

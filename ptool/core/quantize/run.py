@@ -254,6 +254,7 @@ def run_qat(
         model=copy.deepcopy(float_model),
         data=data,
         prepare_model=prepare_for_qat,
+        resume_command="ptool quantize qat --resume",
         checkpoint_extras=lambda: {
             "quantization": {**recipe, "converted": False},
             **({"pruning": pruning} if pruning else {}),  # a compacted model's shapes
