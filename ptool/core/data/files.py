@@ -57,10 +57,11 @@ def _labels(values: list[str], numbers: list[float | None]) -> tuple[torch.Tenso
 
 def _is_data_row(first: list[str], rest: list[list[str]]) -> bool:
     """Whether a would-be header is a data row: each cell a number, or a label that its column
-    holds again below (a header of numbers and a name, as pandas writes, is a header)."""
+    holds again in the next 1,000 rows (a header of numbers and a name, as pandas writes, is a
+    header)."""
     return all(
         _as_number(cell) is not None
-        or any(col < len(row) and row[col].strip() == cell for row in rest)
+        or any(col < len(row) and row[col].strip() == cell for row in rest[:1000])
         for col, cell in enumerate(first)
     )
 
