@@ -865,7 +865,7 @@ class Trainer:
         )
 
     def _postfix(self, loss: torch.Tensor, outputs: torch.Tensor, y: torch.Tensor) -> dict:
-        postfix = {"loss": f"{float(loss):.4f}"}
+        postfix = {"loss": f"{float(loss.detach()):.4f}"}
         if self.info.task == "classification":
             accuracy = (outputs.detach().argmax(dim=1) == y).float().mean()
             postfix["acc"] = f"{float(accuracy):.3f}"

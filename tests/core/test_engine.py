@@ -562,3 +562,12 @@ def test_a_folder_another_process_trains_in_is_refused_until_it_ends(tmp_path):
     held.release()
     assert fit(config, quiet=True).status == "completed"
     assert not (tmp_path / "run" / LOCK_NAME).exists()  # released with the run
+
+
+def test_the_progress_bar_warns_nothing(tmp_path):
+    """Its postfix read the loss that still required grad: torch warned on every terminal run."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit(small(tmp_path), progress=True, log=lambda _: None)
