@@ -95,6 +95,9 @@ def train(
             hint="add --data synthetic, or drop it",
         )
     if print_config:
+        from ptool.core.engine import check_config
+
+        check_config(resolved)  # the printed config is one that trains
         _print_config(out, resolved.to_dict())
         return
     if resolved.out is None and _speaks_for_the_job():  # so a refusal removes it, as --out's

@@ -58,6 +58,9 @@ def test_config_file_then_flags(tmp_path):
     printed = run_ptool("train", "--config", str(yaml_file), "--print-config", "--json")
     config = json.loads(printed.stdout)
     assert config["optimizer"] == "rmsprop" and config["batch_size"] == 8
+    (tmp_path / "bad.yaml").write_text("lr: -1\n")  # a range, not a type: checked too
+    refused = run_ptool("train", "--config", str(tmp_path / "bad.yaml"), "--print-config")
+    assert refused.returncode == 2 and "--lr" in refused.stderr and not refused.stdout
 
 
 def test_printed_config_is_the_same_config_again(tmp_path):
