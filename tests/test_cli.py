@@ -79,6 +79,28 @@ def test_help_paragraphs_wrap_to_the_terminal_and_arguments_read_as_metavars():
     assert {"train", "prune", "quantize static", "inspect-checkpoint"} <= set(seen)
 
 
+def test_help_gives_the_defaults_each_command_uses():
+    """resume, prune and QAT start from a run's config: train's defaults would mislead."""
+    from ptool.core.quantize.run import QAT_DEFAULTS
+
+    helps = {
+        name: {
+            p.name: p.help.replace("[dim]", "").replace("[/dim]", "")
+            for p in command.params
+            if p.help
+        }
+        for name, command in _commands()
+    }
+    assert helps["train"]["epochs"].endswith("(default: 10)")
+    assert helps["train"]["out"].endswith("(default: runs/<timestamp>)")
+    assert helps["resume"]["epochs"].endswith("(default: the run's)")
+    assert helps["resume"]["out"].endswith("(default: the checkpoint's folder)")
+    assert helps["quantize qat"]["epochs"].endswith(f"(default: {QAT_DEFAULTS['epochs']})")
+    assert helps["quantize qat"]["lr"].endswith(f"x {QAT_DEFAULTS['lr_factor']})")
+    assert helps["prune"]["lr"].endswith("(default: the run's)")
+    assert helps["prune"]["warmup_epochs"].endswith("(default: 0)")
+
+
 @pytest.mark.parametrize(
     ("args", "message", "command"),
     [

@@ -8,7 +8,7 @@ the flag is on the command line.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Annotated, Any
 
 import typer
@@ -25,15 +25,16 @@ def _cli_type(name: str) -> Any:
     return str  # lists and tuples are comma-separated strings, converted by cfg.convert
 
 
-def _parameter(name: str, *, hidden: bool = False) -> inspect.Parameter:
+def _parameter(name: str, *, hidden: bool = False, shown: str | None = None) -> inspect.Parameter:
     meta = cfg.FIELDS[name].metadata
     flag = "--" + name.replace("_", "-")
     kind = _cli_type(name)
     decls = [f"{flag}/--no-{name.replace('_', '-')}"] if kind is bool else [flag]
-    default = cfg.FIELDS[name].default
-    if default is inspect.Parameter.empty or default is cfg.dataclasses.MISSING:
-        default = cfg.FIELDS[name].default_factory()  # type: ignore[misc]
-    shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+    if shown is None:  # train's default
+        default = cfg.FIELDS[name].default
+        if default is inspect.Parameter.empty or default is cfg.dataclasses.MISSING:
+            default = cfg.FIELDS[name].default_factory()  # type: ignore[misc]
+        shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
     help_text = meta["help"]
     if meta.get("choices"):
         help_text += f" \\[{'|'.join(meta['choices'])}]"  # escaped: rich markup
@@ -53,16 +54,22 @@ def _parameter(name: str, *, hidden: bool = False) -> inspect.Parameter:
 
 
 def with_config_options(
-    names: Iterable[str] | None = None, *, shown: Iterable[str] | None = None
+    names: Iterable[str] | None = None,
+    *,
+    shown: Iterable[str] | None = None,
+    defaults: Mapping[str, str] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Add one option per config field to a command; it receives them as `overrides: dict`.
 
     Only the flags actually given are in `overrides`, already converted and checked.
     `shown`: the fields --help lists (default: all); the others are accepted but hidden, so
     the command itself can refuse them with a better message than "no such option".
+    `defaults`: what --help gives as a field's default where it is not train's (a command
+    that starts from a checkpoint's config: "the run's"); `"*"` stands for every other field.
     """
     selected = list(names) if names is not None else list(cfg.FIELDS)
     listed = set(shown) if shown is not None else set(selected)
+    defaults = defaults or {}
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         own = [
@@ -70,7 +77,10 @@ def with_config_options(
             for p in inspect.signature(func, eval_str=True).parameters.values()
             if p.name != "overrides"
         ]
-        generated = [_parameter(name, hidden=name not in listed) for name in selected]
+        generated = [
+            _parameter(name, hidden=name not in listed, shown=defaults.get(name, defaults.get("*")))
+            for name in selected
+        ]
 
         def command(**kwargs: Any) -> Any:
             overrides = {}

@@ -9,7 +9,7 @@ import typer
 
 from ptool.commands._config_options import with_config_options
 from ptool.commands._options import JsonOpt, QuietOpt, examples
-from ptool.commands.quantize import QAT_FIELDS
+from ptool.commands.quantize import FINETUNE_DEFAULTS, QAT_FIELDS
 from ptool.core.prune.options import METHODS
 
 EXAMPLES = examples(
@@ -168,5 +168,8 @@ def prune(
 
 def register(app: typer.Typer) -> None:
     app.command("prune", epilog=EXAMPLES, help=prune.__doc__)(
-        with_config_options(FINETUNE_FIELDS)(prune)
+        with_config_options(
+            FINETUNE_FIELDS,
+            defaults={**FINETUNE_DEFAULTS, "device": "auto", "out": "<ckpt dir>/prune/<time>"},
+        )(prune)
     )

@@ -35,6 +35,17 @@ QAT_FIELDS = ["batch_size"] + [
     and name not in _NOT_FOR_QAT
 ]
 
+# What --help gives as the defaults of a fine-tune from a checkpoint (prune's too): the run's
+# own config, without its warmup (restore.finetune_config); QAT's own epochs and lr
+# (quantize.run.QAT_DEFAULTS).
+FINETUNE_DEFAULTS = {"*": "the run's", "warmup_epochs": "0", "warmup_steps": "0"}
+QAT_HELP_DEFAULTS = {
+    **FINETUNE_DEFAULTS,
+    "epochs": "3",
+    "lr": "the run's x 0.1",
+    "out": "<ckpt dir>/qat/<time>",
+}
+
 CkptArg = Annotated[
     str | None,
     typer.Argument(
@@ -249,5 +260,7 @@ def register(app: typer.Typer) -> None:
     )
     sub.command("dynamic", epilog=EXAMPLES, help=dynamic.__doc__)(dynamic)
     sub.command("static", epilog=EXAMPLES, help=static.__doc__)(static)
-    sub.command("qat", epilog=EXAMPLES, help=qat.__doc__)(with_config_options(QAT_FIELDS)(qat))
+    sub.command("qat", epilog=EXAMPLES, help=qat.__doc__)(
+        with_config_options(QAT_FIELDS, defaults=QAT_HELP_DEFAULTS)(qat)
+    )
     app.add_typer(sub)

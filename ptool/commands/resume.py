@@ -52,5 +52,7 @@ def register(app: typer.Typer) -> None:
     from ptool.core.resume import RESUMABLE
 
     app.command("resume", epilog=EXAMPLES, help=resume.__doc__)(
-        with_config_options(shown=RESUMABLE)(resume)
+        with_config_options(
+            shown=RESUMABLE, defaults={"*": "the run's", "out": "the checkpoint's folder"}
+        )(resume)
     )

@@ -182,4 +182,4 @@ def register(app: typer.Typer) -> None:
         epilog=EXAMPLES,
         help=train.__doc__,
         no_args_is_help=False,
-    )(with_config_options()(train))
+    )(with_config_options(defaults={"out": "runs/<timestamp>"})(train))

@@ -270,7 +270,7 @@ class TrainConfig:
     strict: bool = _opt(True, "With --init-from: require every key to match.", "loop")
 
     # checkpoint -------------------------------------------------------------------------
-    out: str | None = _opt(None, "Run directory (default: runs/<timestamp>).", "checkpoint")
+    out: str | None = _opt(None, "Run directory.", "checkpoint")
     save_every_steps: int | None = _opt(
         None, "Also write last.pt every N optimizer steps (resumes mid-epoch).", "checkpoint"
     )
