@@ -353,22 +353,25 @@ def convert(name: str, value: Any, *, source: str = "config") -> Any:
     if name not in FIELDS:
         raise _unknown_key(name, source)
     flag = "--" + name.replace("_", "-")
+    where = "" if source == "option" else f"{source}: "  # a flag names itself
     if value is None or (
         isinstance(value, str) and value.lower() in ("none", "null") and is_optional(name)
     ):
         if is_optional(name):
             return None
-        raise UsageError(f"{source}: {flag} needs a value")
+        raise UsageError(f"{where}{flag} needs a value")
     kind = field_type(name)
     origin = typing.get_origin(kind)
     try:
         if origin in (list, tuple):
             (item_type, *_) = typing.get_args(kind)
-            if isinstance(value, str):
-                items = value.split(",")
+            if isinstance(value, str):  # "" is the empty list
+                items = value.split(",") if value.strip() else []
+                if any(not item.strip() for item in items):
+                    raise ValueError("an empty item between commas")
             else:  # a single value in a config file (`hidden: 64`) is a one-item list
                 items = list(value) if isinstance(value, (list, tuple)) else [value]
-            items = [_scalar(item_type, x) for x in items if x != ""]
+            items = [_scalar(item_type, x) for x in items]
             if origin is tuple:
                 arity = len(typing.get_args(kind))
                 if len(items) != arity:
@@ -377,11 +380,11 @@ def convert(name: str, value: Any, *, source: str = "config") -> Any:
             return items
         converted = _scalar(kind, value)
     except (TypeError, ValueError) as exc:
-        raise UsageError(f"{source}: invalid value {value!r} for {flag}: {exc}") from None
+        raise UsageError(f"{where}invalid value {value!r} for {flag}: {exc}") from None
     choices = FIELDS[name].metadata.get("choices")
     if choices and converted not in choices:
         raise UsageError(
-            f"{source}: invalid value {converted!r} for {flag}; valid: {', '.join(choices)}"
+            f"{where}invalid value {converted!r} for {flag}; valid: {', '.join(choices)}"
         )
     return converted
 
@@ -414,7 +417,12 @@ def _scalar(kind: type, value: Any) -> Any:
         raise ValueError("expected a number")
     if kind is int and isinstance(value, float) and not value.is_integer():
         raise ValueError("expected an integer")
-    return kind(value)
+    try:
+        return kind(value)
+    except ValueError:  # int("x"): "invalid literal for int() with base 10"
+        raise ValueError(
+            {int: "expected an integer", float: "expected a number"}.get(kind, "")
+        ) from None
 
 
 def _in_interval(value: float, interval: str) -> bool:

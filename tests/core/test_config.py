@@ -18,6 +18,7 @@ def test_flag_strings_convert_to_field_types():
     assert convert("betas", "0.8,0.99") == (0.8, 0.99)
     assert convert("shuffle", "false") is False
     assert convert("clip_norm", "none") is None
+    assert convert("augment", "") == []  # `--augment ""`: none
 
 
 @pytest.mark.parametrize(
@@ -37,6 +38,21 @@ def test_flag_strings_convert_to_field_types():
 def test_bad_values_are_usage_errors(name, value):
     with pytest.raises(UsageError):
         convert(name, value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "source", "message"),
+    [
+        ("task", "foo", "option", "invalid value 'foo' for --task; valid: auto, "),
+        ("hidden", "16,x", "option", "invalid value '16,x' for --hidden: expected an integer"),
+        ("hidden", "16,,8", "run.yaml", "run.yaml: invalid value '16,,8' for --hidden: an empty"),
+    ],
+)
+def test_bad_values_say_what_is_wrong(name, value, source, message):
+    """A flag names itself (no "option:" label); Python's int() wording stays out."""
+    with pytest.raises(UsageError) as info:
+        convert(name, value, source=source)
+    assert str(info.value).startswith(message)
 
 
 def test_unknown_key_suggests_the_close_one(tmp_path):
