@@ -11,6 +11,7 @@ import errno
 import os
 import pickle
 import platform
+import shutil
 import time
 import warnings
 import zipfile
@@ -70,20 +71,24 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        if isinstance(exc, OSError):
-            reason = (
-                "no space left on device" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
-            )
-            previous = (
-                "the previous checkpoint is untouched" if path.exists() else "nothing was written"
-            )
-            raise PtoolError(
-                f"could not write checkpoint {path}: {reason}; {previous}",
-                hint="free some disk space"
-                if exc.errno == errno.ENOSPC
-                else "choose a path you can write to",
-            ) from exc
-        raise
+        # torch's zip writer reports a short write (a disk that fills up meanwhile) as its own
+        # RuntimeError ("[enforce fail at inline_container.cc] . unexpected pos ...")
+        short = isinstance(exc, RuntimeError) and "inline_container" in str(exc)
+        if not (isinstance(exc, OSError) or short):
+            raise
+        full = short or exc.errno == errno.ENOSPC
+        if short:
+            free = shutil.disk_usage(path.parent).free
+            reason = f"the write stopped short, {free:,} bytes free on the device"
+        else:
+            reason = "no space left on device" if full else exc.strerror or str(exc)
+        previous = (
+            "the previous checkpoint is untouched" if path.exists() else "nothing was written"
+        )
+        raise PtoolError(
+            f"could not write checkpoint {path}: {reason}; {previous}",
+            hint="free some disk space" if full else "choose a path you can write to",
+        ) from exc
     _fsync_dir(path.parent)
     return path
 

@@ -341,6 +341,45 @@ def test_a_full_disk_stops_the_run_and_leaves_the_previous_checkpoint(tmp_path, 
     assert not list((tmp_path / "run").glob(".last.pt.tmp*"))
 
 
+def test_a_disk_that_fills_during_the_write_is_one_line_too(tmp_path, monkeypatch):
+    """The disk fills after torch's zip writer started: its own RuntimeError ("unexpected pos"),
+    not an OSError, used to surface as an internal error."""
+    import errno
+    import io
+
+    fit(small(tmp_path, "run", epochs=1), quiet=True)
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+
+    class FillsUp(io.RawIOBase):  # 600 bytes fit, then the kernel's ENOSPC
+        def __init__(self, path):
+            self.file, self.room = builtins.open(path, "wb"), 600  # noqa: SIM115 - closed by close()
+
+        def writable(self):
+            return True
+
+        def write(self, data):
+            if self.room <= 0:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            n = min(len(data), self.room)
+            self.room -= n
+            return self.file.write(bytes(data[:n]))
+
+        def close(self):
+            self.file.close()
+            super().close()
+
+    def filling(path, mode="r", *args, **kwargs):
+        if "w" in mode and ".last.pt.tmp" in str(path):
+            return FillsUp(path)
+        return builtins.open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt_io, "open", filling, raising=False)
+    with pytest.raises(PtoolError, match="the write stopped short, .* bytes free on the device; "):
+        resume_run(plan_resume(tmp_path / "run", {"epochs": 2}), quiet=True)
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before
+    assert not list((tmp_path / "run").glob(".last.pt.tmp*"))
+
+
 def test_checkpoints_that_cannot_be_resumed_fail_with_one_line(tmp_path):
     fit(small(tmp_path, "run", epochs=1), quiet=True)
     saved = (tmp_path / "run" / "last.pt").read_bytes()
