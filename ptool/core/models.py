@@ -274,7 +274,7 @@ def check_io(model: nn.Module, info: Any, spec: str) -> None:
     try:
         with torch.no_grad():
             out = model(torch.zeros(2, *info.input_shape))
-    except RuntimeError as exc:
+    except (RuntimeError, AssertionError, ValueError) as exc:  # ViT asserts its image size
         raise UsageError(
             f"model {spec} cannot take inputs of shape {info.input_shape}: {first_line(exc)}",
             hint="use --image-size or another --model",

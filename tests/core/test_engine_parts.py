@@ -60,6 +60,10 @@ def test_losses_match_torch():
         ({"loss": "mse"}, "classification", "needs regression targets"),
         ({"loss": "cross-entropy"}, "regression", "needs class targets"),
         ({"optimizer": "sgd", "nesterov": True}, "classification", "--optimizer sgd"),
+        # another loss's option, which this run would ignore
+        ({"label_smoothing": 0.1}, "regression", "--label-smoothing is an option of the cross"),
+        ({"pos_weight": [2.0]}, "classification", "this run's is cross-entropy"),
+        ({"loss": "bce-with-logits", "class_weights": [1.0] * 4}, "classification", "--class-w"),
     ],
 )
 def test_bad_loss_and_optimizer_settings_are_usage_errors(changes, task, message):

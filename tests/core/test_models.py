@@ -90,6 +90,11 @@ def test_user_factory(tmp_path, monkeypatch):
         "    return torch.nn.Linear(3, num_outputs)\n"
         "def not_a_model(input_shape, num_outputs):\n"
         "    return 42\n"
+        "class Vit(torch.nn.Module):\n"  # torchvision's ViT asserts its image size
+        "    def forward(self, x):\n"
+        "        assert x.shape[-1] == 224, 'Wrong image height!'\n"
+        "def vit(input_shape, num_outputs):\n"
+        "    return Vit()\n"
         "def boom(input_shape, num_outputs):\n"
         "    raise RuntimeError('factory failed')\n"
     )
@@ -97,8 +102,9 @@ def test_user_factory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     net = build_model(TrainConfig(model="my_models:build"), info([1, 4, 4], outputs=3))
     assert net(torch.randn(2, 1, 4, 4)).shape == (2, 3)
-    with pytest.raises(UsageError, match="cannot take inputs of shape"):
-        build_model(TrainConfig(model="my_models:wrong"), info([1, 4, 4]))
+    for name in ("wrong", "vit"):
+        with pytest.raises(UsageError, match="cannot take inputs of shape"):
+            build_model(TrainConfig(model=f"my_models:{name}"), info([1, 4, 4]))
     with pytest.raises(UsageError, match="returned int"):
         build_model(TrainConfig(model="my_models:not_a_model"), info([1, 4, 4]))
     for spec, message in (
