@@ -47,7 +47,12 @@ def eval_(
         ),
     ] = None,
     split: Annotated[
-        str, typer.Option("--split", help="val, train (with validation transforms) or test.")
+        str,
+        typer.Option(
+            "--split",
+            help="val, train (with validation transforms), test, or all (train + val: a held-out "
+            "--data source as a whole).",
+        ),
     ] = "val",
     batch_size: Annotated[
         int | None,

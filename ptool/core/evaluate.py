@@ -25,7 +25,7 @@ from torchmetrics import classification as tmc
 from ptool.core.metrics import EpochMetrics
 from ptool.core.optim import mean_weight
 
-SPLITS = ("val", "train", "test")
+SPLITS = ("val", "train", "test", "all")
 
 
 class Evaluation(NamedTuple):
@@ -172,8 +172,22 @@ def _test_split(config: Any, bundle: Any) -> Dataset:
         return TransformedSubset(test, None, bundle.val.transform)
     raise UsageError(
         f"--data {spec} has no test split of its own",
-        hint="use --split val or train, or --data SPEC naming a held-out source",
+        hint="use --split val, train or all, or --data SPEC naming a held-out source (with "
+        "--split all, every sample of it)",
     )
+
+
+def _joined(first: Dataset, second: Dataset) -> Dataset:
+    """Both splits as one dataset; in-memory ones stay tensors (the fast loader)."""
+    from torch.utils.data import ConcatDataset
+
+    from ptool.core.data import is_in_memory
+
+    if is_in_memory(first) and is_in_memory(second):
+        return TensorDataset(
+            *(torch.cat(pair) for pair in zip(first.tensors, second.tensors, strict=True))
+        )
+    return ConcatDataset([first, second])
 
 
 def split_dataset(config: Any, info: Any, *, data: str | None = None, split: str = "val"):
@@ -204,6 +218,8 @@ def split_dataset(config: Any, info: Any, *, data: str | None = None, split: str
         ) from None
     if split == "test":
         dataset = _test_split(data_config, bundle)
+    elif split == "all":  # a held-out file (`--data csv:other.csv`) as a whole
+        dataset = _joined(bundle.train, bundle.val)
     else:
         dataset = bundle.val if split == "val" else bundle.train
     if own:

@@ -137,6 +137,13 @@ def test_train_split_uses_validation_transforms_and_other_sources_the_runs_stati
     (file,) = evaluate_checkpoints([run / "last.pt"], data=f"tensors:{path}")
     for name, value in own["metrics"].items():
         assert file["metrics"][name] == pytest.approx(value, rel=1e-5, abs=1e-7)
+    # --split all: every sample of a held-out source, not its 20% validation split
+    whole = split_dataset(config, info, data=f"tensors:{path}", split="all")
+    torch.testing.assert_close(
+        whole.tensors[0], torch.cat([plain.train.tensors[0], other.tensors[0]])
+    )
+    (every,) = evaluate_checkpoints([run / "last.pt"], data=f"tensors:{path}", split="all")
+    assert every["samples"] == len(x) + len(xv)
 
     torch.save({"x": torch.rand(20, 3, 8, 8), "y": torch.randint(10, (20,))}, path)
     with pytest.raises(UsageError, match=r"model expects \[1, 8, 8\]"):
