@@ -6,7 +6,6 @@ in the engine's `TrainState`; these helpers only decide and write.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import shutil
@@ -17,8 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ptool.core.checkpoint import _fsync_dir, atomic_save
+from ptool.core.checkpoint import atomic_save
 from ptool.core.errors import first_line
+from ptool.core.rundir import atomic_write
 
 
 @dataclass
@@ -45,17 +45,9 @@ class Monitor:
 
 
 def atomic_copy(source: Path, target: Path) -> Path:
-    """Copy a finished checkpoint under another name, atomically (temp file + os.replace)."""
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        shutil.copyfile(source, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-    _fsync_dir(target.parent)
+    """Copy a finished checkpoint under another name, atomically."""
+    with atomic_write(target) as f, open(source, "rb") as src:
+        shutil.copyfileobj(src, f)
     return target
 
 

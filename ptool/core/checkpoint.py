@@ -6,9 +6,7 @@ Format version 1 (see DESIGN.md): a `torch.save`d dict of plain types and tensor
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import os
 import pickle
 import platform
 import shutil
@@ -24,6 +22,7 @@ import torch
 from ptool import __version__
 from ptool.core.errors import PtoolError, UsageError, first_line
 from ptool.core.inspect.reader import UNSAFE_HINT
+from ptool.core.rundir import atomic_write
 
 FORMAT = "ptool.checkpoint"
 FORMAT_VERSION = 1
@@ -44,33 +43,15 @@ def meta() -> dict[str, Any]:
     }
 
 
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """`torch.save` to a temporary file beside `path`, fsync, then `os.replace`.
-
-    A crash at any moment leaves the old file or the new one, never a torn one; a failed
-    write (full disk, no permission) removes the temporary file and leaves the old one.
-    """
+    """`torch.save` through `rundir.atomic_write` (a crash leaves the old file or the new one,
+    never a torn one); a failed write (full disk, no permission) is one line."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
+        with atomic_write(path) as f:
             torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+    except (OSError, RuntimeError) as exc:
         # torch's zip writer reports a short write (a disk that fills up meanwhile) as its own
         # RuntimeError ("[enforce fail at inline_container.cc] . unexpected pos ...")
         short = isinstance(exc, RuntimeError) and "inline_container" in str(exc)
@@ -89,7 +70,6 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
             f"could not write checkpoint {path}: {reason}; {previous}",
             hint="free some disk space" if full else "choose a path you can write to",
         ) from exc
-    _fsync_dir(path.parent)
     return path
 
 

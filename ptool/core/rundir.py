@@ -7,13 +7,14 @@ it), last.pt, best.pt, best-epochN.pt, epoch-N.pt, summary.json, tensorboard/, a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ptool.core.errors import UsageError
 
@@ -134,10 +135,37 @@ def config_yaml(values: dict[str, Any]) -> str:
     return yaml.safe_dump(values, sort_keys=False, default_flow_style=None)
 
 
-def write_text_atomic(path: Path, text: str) -> Path:
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in `directory` durable (its entry, not only the file's bytes)."""
+    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_write(path: Path, mode: str = "wb") -> Iterator[IO]:
+    """Write `path` through a temporary file beside it, fsynced, then `os.replace`d over it:
+    a crash at any moment leaves the old file or the new one, never a torn one, and a failed
+    write removes the temporary file and leaves the old one."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):  # gone already after the replace
+            tmp.unlink()
+    fsync_dir(path.parent)
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    with atomic_write(path, "w") as f:
+        f.write(text)
     return path
 
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from ptool.core import checkpoint as ckpt_io
+from ptool.core import rundir
 from ptool.core.engine import fit
 from ptool.core.errors import PtoolError, UsageError
 from ptool.core.resume import find_checkpoint, plan_resume, resume_run
@@ -334,7 +335,7 @@ def test_a_full_disk_stops_the_run_and_leaves_the_previous_checkpoint(tmp_path, 
             return builtins.open("/dev/full", mode, *args, **kwargs)
         return builtins.open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(ckpt_io, "open", full_disk, raising=False)
+    monkeypatch.setattr(rundir, "open", full_disk, raising=False)  # atomic_write's
     with pytest.raises(PtoolError, match="no space left on device; the previous checkpoint is"):
         resume_run(plan_resume(tmp_path / "run", {"epochs": 3}), quiet=True)
     assert (tmp_path / "run" / "last.pt").read_bytes() == before
@@ -373,7 +374,7 @@ def test_a_disk_that_fills_during_the_write_is_one_line_too(tmp_path, monkeypatc
             return FillsUp(path)
         return builtins.open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(ckpt_io, "open", filling, raising=False)
+    monkeypatch.setattr(rundir, "open", filling, raising=False)  # atomic_write's
     with pytest.raises(PtoolError, match="the write stopped short, .* bytes free on the device; "):
         resume_run(plan_resume(tmp_path / "run", {"epochs": 2}), quiet=True)
     assert (tmp_path / "run" / "last.pt").read_bytes() == before
@@ -423,7 +424,7 @@ def test_an_unwritable_directory_stops_the_run_with_one_line(tmp_path, monkeypat
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
         return builtins.open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(ckpt_io, "open", denied, raising=False)
+    monkeypatch.setattr(rundir, "open", denied, raising=False)  # atomic_write's
     with pytest.raises(
         PtoolError, match=r"Permission denied; the previous checkpoint is untouched"
     ):
