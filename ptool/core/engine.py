@@ -98,7 +98,7 @@ class RunSummary:
     """What a run did; `to_dict()` is summary.json and `ptool train --json`."""
 
     run_dir: str
-    status: str  # completed | early_stopped | diverged
+    status: str  # completed | early_stopped | diverged | interrupted
     epochs: int
     global_step: int
     monitor: str

@@ -1,8 +1,5 @@
-"""The data sources behind `--data SPEC`: a registry of names and `prefix:PATH` specs.
-
-Seeding: every seeded choice (the synthetic data itself, validation splits) uses
-`common.data_seed(config)`: --data-seed, else --seed, else 0.
-"""
+"""The data sources behind `--data SPEC`: a registry of names and `prefix:PATH` specs
+(their seeding: `common`)."""
 
 from __future__ import annotations
 
