@@ -27,17 +27,24 @@ EXAMPLES = examples(
 )
 
 
-def _value(flag: str, help: str, metavar: str = "N"):
+def _value(flag: str, help: str, metavar: str = "N", *aliases: str):
     """A value option: a string that ptool.core.convcalc parses (per-dimension values too)."""
-    return Annotated[str | None, typer.Option(flag, help=help, metavar=metavar, show_default=False)]
+    option = typer.Option(flag, *aliases, help=help, metavar=metavar, show_default=False)
+    return Annotated[str | None, option]
 
 
 PER_DIM = "; 3 for every dimension or 3x5 per dimension"
 SizeOpt = _value("--size", "Input size: 32 (w), 32x32 (h, w) or 16x32x32 (d, h, w).", "DxHxW")
 LayerOpt = _value("--layer", "conv, convT, maxpool, avgpool or adaptive. \\[default: conv]", "NAME")
-KOpt = _value("--k", f"kernel_size{PER_DIM}.", "NxN")
-SOpt = _value("--s", f"stride{PER_DIM} \\[default: 1; pooling: the kernel].", "NxN")
-POpt = _value("--p", f"padding{PER_DIM}; conv also takes same (stride 1) or valid. \\[default: 0]")
+# short flags, and PyTorch's names as aliases
+KOpt = _value("--k", f"kernel_size{PER_DIM}.", "NxN", "--kernel-size")
+SOpt = _value("--s", f"stride{PER_DIM} \\[default: 1; pooling: the kernel].", "NxN", "--stride")
+POpt = _value(
+    "--p",
+    f"padding{PER_DIM}; conv also takes same (stride 1) or valid. \\[default: 0]",
+    "N",
+    "--padding",
+)
 DilationOpt = _value("--dilation", f"dilation{PER_DIM}. \\[default: 1]", "NxN")
 OutputPaddingOpt = _value(
     "--output-padding",

@@ -29,6 +29,8 @@ def test_json_shape():
     assert doc["input"] == {"h": 32} and doc["output"] == {"h": 15}
     assert doc["receptive_field"] == {"h": 3} and doc["jump"] == {"h": 2}
     assert list(doc)[:3] == ["layer", "input", "output"]
+    pytorch_names = convcalc("--h", "32", "--kernel-size", "3", "--stride", "2", "--json")
+    assert json.loads(pytorch_names.stdout) == doc  # the short flags' aliases
 
 
 def test_explain_prints_the_formula_with_numbers():
