@@ -95,7 +95,7 @@ def train(
             hint="add --data synthetic, or drop it",
         )
     if print_config:
-        from ptool.core.engine import check_config
+        from ptool.core.checks import check_config
 
         check_config(resolved)  # the printed config is one that trains
         _print_config(out, resolved.to_dict())

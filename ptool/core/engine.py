@@ -30,11 +30,13 @@ from torch import nn
 from ptool.core import checkpoint as ckpt_io
 from ptool.core import rundir
 from ptool.core.callbacks import CheckpointFiles, Monitor, TensorBoardLog, epoch_tag
-from ptool.core.config import TrainConfig, check_interval
+from ptool.core.checks import check_config, check_monitor
+from ptool.core.config import TrainConfig
 from ptool.core.errors import PtoolError, UsageError
-from ptool.core.metrics import EpochMetrics, metric_names
+from ptool.core.metrics import EpochMetrics
 from ptool.core.optim import build_loss, build_optimizer, mean_weight
 from ptool.core.runtime import (
+    autocast,
     capture_rng_state,
     epoch_order,
     from_main_rank,
@@ -49,15 +51,6 @@ from ptool.core.runtime import (
 from ptool.core.signals import Interrupted, StopRequest
 
 MAX_ROLLBACKS = 3
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def autocast(device: torch.device, precision: str) -> Any:
-    """torch.autocast to --precision's dtype on `device` (a no-op context for fp32)."""
-    dtype = PRECISIONS[precision]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 @dataclass
@@ -129,61 +122,6 @@ class NonFiniteLoss(PtoolError):
 
 class _Rollback(Exception):
     """Raised inside an epoch to go back to the last good checkpoint."""
-
-
-# Options a type check cannot refuse, with their valid intervals (lists: item by item);
-# schedule options are checked with the schedule (`schedules.RANGES`).
-LIMITS: dict[str, str] = {
-    **dict.fromkeys(
-        ("batch_size", "accumulate", "epochs", "log_every_steps", "save_every_steps",
-         "keep_last", "samples", "num_classes", "image_size", "hidden", "channels"),
-        "[1, inf)",
-    ),
-    **dict.fromkeys(
-        ("num_workers", "grad_checkpoint", "crop_padding", "color_jitter", "momentum",
-         "dampening", "weight_decay", "eps", "alpha", "early_stop_patience", "min_delta",
-         "save_top_k", "class_weights", "pos_weight"),
-        "[0, inf)",
-    ),
-    **dict.fromkeys(("flip_p", "dropout", "label_smoothing"), "[0, 1]"),
-    "resized_crop_scale": "(0, 1]",
-    "val_split": "(0, 1)",
-    "betas": "[0, 1)",  # Adam's own bounds
-    "ema": "(0, 1)",
-    "clip_norm": "(0, inf)",
-    "clip_value": "(0, inf)",
-}  # fmt: skip
-
-
-def check_config(config: TrainConfig) -> None:
-    """Values no type check catches, refused before any data is loaded."""
-    from ptool.core.schedules import check_schedule_flags
-
-    for name, interval in LIMITS.items():
-        check_interval(name, getattr(config, name), interval)
-    check_schedule_flags(config)  # the schedule's own, before any data or model is built
-    if config.grad_checkpoint == 1:
-        raise UsageError(
-            "--grad-checkpoint 1 checkpoints nothing: the last of the K segments keeps its "
-            "activations (as in torch.utils.checkpoint.checkpoint_sequential)",
-            hint="give 2 or more segments, or 0 to turn it off",
-        )
-    low, high = config.resized_crop_scale
-    if low > high:
-        raise UsageError(f"--resized-crop-scale {low:g},{high:g}: the lower bound comes first")
-
-
-def check_monitor(config: TrainConfig, info: Any) -> None:
-    """--monitor names a metric the run logs (for the data's task, with --ema or not)."""
-    valid = metric_names(info, "train")[:1] + metric_names(info, "val")
-    if info.task == "classification":
-        valid.insert(1, "train/accuracy")
-    if config.ema is not None:
-        valid += metric_names(info, "val_ema")
-    if config.monitor not in valid:
-        raise UsageError(
-            f"--monitor {config.monitor!r} is not a metric of this run; valid: {', '.join(valid)}"
-        )
 
 
 def _norm_statistics(model: nn.Module) -> list[torch.Tensor]:

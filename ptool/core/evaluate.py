@@ -75,7 +75,7 @@ def evaluate(
 ) -> Evaluation:
     """Every batch of `loader` once, in eval mode, without gradients (under autocast for
     --precision bf16/fp16, as the run's own validation computed)."""
-    from ptool.core.engine import autocast
+    from ptool.core.runtime import autocast
 
     device = torch.device(device)
     metrics = EpochMetrics(info, device, prefix)

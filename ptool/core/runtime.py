@@ -6,6 +6,7 @@ helpers at every checkpoint), so a later resume can put every generator back exa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import secrets
@@ -90,6 +91,18 @@ def resolve_device(spec: str, info: Distributed | None = None) -> torch.device:
     elif device.type not in ("cpu", "cuda", "mps"):
         raise UsageError(f"invalid --device {spec!r}; valid: auto, cpu, cuda, cuda:N, mps")
     return device
+
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, precision: str) -> Any:
+    """torch.autocast to --precision's dtype on `device` (a no-op context for fp32): the
+    training step, validation and `ptool eval` run under the same one."""
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def from_main_rank(value: Any, info: Distributed) -> Any:

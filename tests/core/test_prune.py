@@ -355,7 +355,7 @@ def test_finetuning_runs_on_this_machines_device_not_the_runs(tmp_path):
 
 def test_finetuning_drops_the_runs_warmup_unless_given(tmp_path):
     """A 30-epoch run's 5 warmup epochs would outlast a 3-epoch fine-tune (refused)."""
-    from ptool.core.engine import check_config
+    from ptool.core.checks import check_config
     from ptool.core.quantize.run import qat_config
 
     run = TrainConfig(epochs=30, warmup_epochs=5, scheduler="cosine")

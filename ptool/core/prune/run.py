@@ -297,7 +297,7 @@ def prune_checkpoint(
     ckpt = ckpt_io.load_checkpoint(path)
     refuse_quantized(ckpt, path)
 
-    from ptool.core.engine import check_config
+    from ptool.core.checks import check_config
     from ptool.core.restore import config_and_info, finetune_config, model_from_checkpoint
 
     config, info = config_and_info(ckpt)
@@ -306,7 +306,7 @@ def prune_checkpoint(
         check_config(config)
     base_config = None
     if options.finetune_epochs:  # its flags are checked before any pruning work
-        from ptool.core.engine import check_monitor
+        from ptool.core.checks import check_monitor
         from ptool.core.rundir import refuse_other_run
         from ptool.core.runtime import resolve_device
 

@@ -347,7 +347,7 @@ def quantize_checkpoint(
 
     train_config = None
     if recipe["mode"] == "qat":  # its train flags are checked before any data is loaded
-        from ptool.core.engine import check_config, check_monitor
+        from ptool.core.checks import check_config, check_monitor
 
         if resume_ckpt is not None:
             train_config = TrainConfig.from_dict(resume_ckpt["config"], source="checkpoint")
