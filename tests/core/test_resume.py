@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import errno
+import io
 import os
 import shlex
 import shutil
@@ -325,58 +326,51 @@ def test_run_dir_resumes_from_its_newest_valid_checkpoint(tmp_path):
     assert find_checkpoint(run).name in ("best.pt", "epoch-2.pt")
 
 
-def test_a_full_disk_stops_the_run_and_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+class _FillsUp(io.RawIOBase):
+    """A file on a disk that fills up mid-write: 600 bytes fit, then the kernel's ENOSPC."""
+
+    def __init__(self, path):
+        self.file, self.room = builtins.open(path, "wb"), 600  # noqa: SIM115 - see close()
+
+    def writable(self):
+        return True
+
+    def write(self, data):
+        if self.room <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        n = min(len(data), self.room)
+        self.room -= n
+        return self.file.write(bytes(data[:n]))
+
+    def close(self):
+        self.file.close()
+        super().close()
+
+
+@pytest.mark.parametrize(
+    ("writer", "message"),
+    [
+        # full before the write: the kernel's own ENOSPC, from /dev/full
+        (lambda _: builtins.open("/dev/full", "wb"), "no space left on device; the previous"),  # noqa: SIM115
+        # full during it: torch's zip writer raises its own RuntimeError ("unexpected pos")
+        (_FillsUp, "the write stopped short, .* bytes free on the device; the previous"),
+    ],
+)
+def test_a_full_disk_stops_the_run_and_leaves_the_previous_checkpoint(
+    tmp_path, monkeypatch, writer, message
+):
     config = small(tmp_path, "run", epochs=3)
     fit(config.replace(epochs=1), quiet=True)
     before = (tmp_path / "run" / "last.pt").read_bytes()
 
-    def full_disk(path, mode="r", *args, **kwargs):  # the kernel's own ENOSPC, from /dev/full
+    def opener(path, mode="r", *args, **kwargs):
         if "w" in mode and ".last.pt.tmp" in str(path):
-            return builtins.open("/dev/full", mode, *args, **kwargs)
+            return writer(path)
         return builtins.open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(rundir, "open", full_disk, raising=False)  # atomic_write's
-    with pytest.raises(PtoolError, match="no space left on device; the previous checkpoint is"):
+    monkeypatch.setattr(rundir, "open", opener, raising=False)  # atomic_write's
+    with pytest.raises(PtoolError, match=message):
         resume_run(plan_resume(tmp_path / "run", {"epochs": 3}), quiet=True)
-    assert (tmp_path / "run" / "last.pt").read_bytes() == before
-    assert not list((tmp_path / "run").glob(".last.pt.tmp*"))
-
-
-def test_a_disk_that_fills_during_the_write_is_one_line_too(tmp_path, monkeypatch):
-    """The disk fills after torch's zip writer started: its own RuntimeError ("unexpected pos"),
-    not an OSError, used to surface as an internal error."""
-    import errno
-    import io
-
-    fit(small(tmp_path, "run", epochs=1), quiet=True)
-    before = (tmp_path / "run" / "last.pt").read_bytes()
-
-    class FillsUp(io.RawIOBase):  # 600 bytes fit, then the kernel's ENOSPC
-        def __init__(self, path):
-            self.file, self.room = builtins.open(path, "wb"), 600  # noqa: SIM115 - closed by close()
-
-        def writable(self):
-            return True
-
-        def write(self, data):
-            if self.room <= 0:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            n = min(len(data), self.room)
-            self.room -= n
-            return self.file.write(bytes(data[:n]))
-
-        def close(self):
-            self.file.close()
-            super().close()
-
-    def filling(path, mode="r", *args, **kwargs):
-        if "w" in mode and ".last.pt.tmp" in str(path):
-            return FillsUp(path)
-        return builtins.open(path, mode, *args, **kwargs)
-
-    monkeypatch.setattr(rundir, "open", filling, raising=False)  # atomic_write's
-    with pytest.raises(PtoolError, match="the write stopped short, .* bytes free on the device; "):
-        resume_run(plan_resume(tmp_path / "run", {"epochs": 2}), quiet=True)
     assert (tmp_path / "run" / "last.pt").read_bytes() == before
     assert not list((tmp_path / "run").glob(".last.pt.tmp*"))
 
