@@ -100,17 +100,21 @@ def train(
         check_config(resolved)  # the printed config is one that trains
         _print_config(out, resolved.to_dict())
         return
+    created = None
     if resolved.out is None and _speaks_for_the_job():  # so a refusal removes it, as --out's
-        from ptool.core.rundir import default_run_dir
+        from ptool.core.rundir import claim_default_run_dir
 
-        resolved = resolved.replace(out=str(default_run_dir()))
+        created = _first_missing("runs")  # runs/ itself, or only the folder claimed in it
+        run_dir = str(claim_default_run_dir())
+        created = created or run_dir
+        resolved = resolved.replace(out=run_dir)
 
     def run(log: Callable[[str], None]) -> Any:
         from ptool.core.engine import fit
 
         return fit(resolved, quiet=quiet, log=log, unsafe_load=unsafe_load)
 
-    run_and_report(out, resolved.out, run)
+    run_and_report(out, resolved.out, run, created=created)
 
 
 def _print_config(out: Output, values: dict[str, Any]) -> None:
@@ -135,10 +139,15 @@ def resume_and_log(plan: Any, out: Output, log: Callable[[str], None]) -> Any:
 
 
 def run_and_report(
-    out: Output, run_dir: str | None, run: Callable[[Callable[[str], None]], Any]
+    out: Output,
+    run_dir: str | None,
+    run: Callable[[Callable[[str], None]], Any],
+    *,
+    created: str | None = None,
 ) -> None:
-    """Train (or resume) with epoch lines on stderr, then the summary table or JSON."""
-    created = _first_missing(run_dir) if run_dir else None
+    """Train (or resume) with epoch lines on stderr, then the summary table or JSON. A refused
+    run removes the folders it created (`created`: the outermost, when already made)."""
+    created = created or (_first_missing(run_dir) if run_dir else None)
     if run_dir:  # an unwritable --out fails now, before seconds of imports
         from ptool.core.rundir import prepare_run_dir
 

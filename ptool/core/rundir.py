@@ -34,6 +34,19 @@ def default_run_dir(root: str | Path = "runs") -> Path:
     return candidate
 
 
+def claim_default_run_dir(root: str | Path = "runs") -> Path:
+    """`default_run_dir`, created here without `exist_ok`: two runs started in the same second
+    (a shell loop's `&`) take <time> and <time>-2 instead of the same folder."""
+    Path(root).mkdir(parents=True, exist_ok=True)
+    while True:
+        candidate = default_run_dir(root)
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:  # another process took it since the look
+            continue
+
+
 def prepare_run_dir(path: str | Path) -> Path:
     """Create the directory and prove it is writable, before any training starts."""
     path = Path(path)

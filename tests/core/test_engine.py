@@ -571,3 +571,14 @@ def test_the_progress_bar_warns_nothing(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fit(small(tmp_path), progress=True, log=lambda _: None)
+
+
+def test_runs_started_together_without_out_take_folders_of_their_own(tmp_path):
+    """A shell loop's `ptool train &` x 8 in one second: each claims its own runs/<time>(-N)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ptool.core.rundir import claim_default_run_dir
+
+    with ThreadPoolExecutor(8) as pool:
+        claimed = list(pool.map(lambda _: claim_default_run_dir(tmp_path / "runs"), range(8)))
+    assert len(set(claimed)) == 8 and all(path.is_dir() for path in claimed)
