@@ -64,3 +64,26 @@ def check_monitor(config: TrainConfig, info: Any) -> None:
         raise UsageError(
             f"--monitor {config.monitor!r} is not a metric of this run; valid: {', '.join(valid)}"
         )
+
+
+def check_loss_options(config: TrainConfig, info: Any) -> None:
+    """A loss's own options given with another loss (label smoothing on a regression run) are
+    refused rather than ignored. For new runs only: a checkpoint an older ptool wrote with such
+    an option still loads, resumes and fine-tunes (the loss ignores it)."""
+    from ptool.core.optim import resolve_loss_name
+
+    name = resolve_loss_name(config, info)
+    given = {
+        "label_smoothing": ("cross-entropy", config.label_smoothing != 0),
+        "class_weights": ("cross-entropy", config.class_weights is not None),
+        "pos_weight": ("bce-with-logits", config.pos_weight is not None),
+    }
+    for option, (owner, set_) in given.items():
+        if set_ and name != owner:
+            raise UsageError(
+                f"--{option.replace('_', '-')} is an option of the {owner} loss; this run's is "
+                f"{name}",
+                hint=f"drop it, or give --loss {owner}"
+                if info.task == "classification"
+                else "drop it",
+            )

@@ -30,7 +30,7 @@ from torch import nn
 from ptool.core import checkpoint as ckpt_io
 from ptool.core import rundir
 from ptool.core.callbacks import CheckpointFiles, Monitor, TensorBoardLog, epoch_tag
-from ptool.core.checks import check_config, check_monitor
+from ptool.core.checks import check_config, check_loss_options, check_monitor
 from ptool.core.config import TrainConfig
 from ptool.core.errors import PtoolError, UsageError
 from ptool.core.metrics import EpochMetrics
@@ -196,6 +196,8 @@ class Trainer:
         self.data = data if data is not None else build_data(self.config)
         self.info = self.data.info
         check_monitor(config, self.info)
+        if resume is None and model is None:  # a new run from flags, not a checkpoint's fine-tune
+            check_loss_options(config, self.info)
         if model is None:
             from ptool.core.models import build_model
 

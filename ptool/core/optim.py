@@ -56,18 +56,6 @@ def build_loss(config: Any, info: Any) -> TaskLoss:
     """cross-entropy (class weights, label smoothing), mse, or bce-with-logits (pos_weight)."""
     name = resolve_loss_name(config, info)
     classification = info.task == "classification"
-    given = {  # a loss's own options, refused with another loss rather than ignored
-        "label_smoothing": ("cross-entropy", config.label_smoothing != 0),
-        "class_weights": ("cross-entropy", config.class_weights is not None),
-        "pos_weight": ("bce-with-logits", config.pos_weight is not None),
-    }
-    for option, (owner, set_) in given.items():
-        if set_ and name != owner:
-            raise UsageError(
-                f"--{option.replace('_', '-')} is an option of the {owner} loss; this run's is "
-                f"{name}",
-                hint=f"drop it, or give --loss {owner}" if classification else "drop it",
-            )
     if name == "cross-entropy":
         if not classification:
             raise UsageError(

@@ -60,10 +60,6 @@ def test_losses_match_torch():
         ({"loss": "mse"}, "classification", "needs regression targets"),
         ({"loss": "cross-entropy"}, "regression", "needs class targets"),
         ({"optimizer": "sgd", "nesterov": True}, "classification", "--optimizer sgd"),
-        # another loss's option, which this run would ignore
-        ({"label_smoothing": 0.1}, "regression", "--label-smoothing is an option of the cross"),
-        ({"pos_weight": [2.0]}, "classification", "this run's is cross-entropy"),
-        ({"loss": "bce-with-logits", "class_weights": [1.0] * 4}, "classification", "--class-w"),
     ],
 )
 def test_bad_loss_and_optimizer_settings_are_usage_errors(changes, task, message):
@@ -109,6 +105,24 @@ def test_epoch_metrics_match_sklearn_over_the_whole_epoch():
     regression.update(out, target, nn.functional.mse_loss(out, target))
     values, _ = regression.compute()
     assert values["val/r2"] == pytest.approx(r2_score(target.numpy(), out.numpy()), abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("changes", "task", "message"),
+    [
+        ({"label_smoothing": 0.1}, "regression", "--label-smoothing is an option of the cross"),
+        ({"pos_weight": [2.0]}, "classification", "this run's is cross-entropy"),
+        ({"loss": "bce-with-logits", "class_weights": [1.0] * 4}, "classification", "--class-w"),
+    ],
+)
+def test_another_losss_option_is_refused_for_a_new_run_only(changes, task, message):
+    """A new run is told; a checkpoint an older ptool saved with it still builds its loss."""
+    from ptool.core.checks import check_loss_options
+
+    config = TrainConfig(**changes)
+    with pytest.raises(UsageError, match=message):
+        check_loss_options(config, info(task, outputs=1))
+    build_loss(config, info(task, outputs=1))  # eval, resume, prune of such a checkpoint
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
