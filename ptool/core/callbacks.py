@@ -163,8 +163,11 @@ class TensorBoardLog:
                 self.writer.add_scalar(tag, value, step)
 
     def images(self, x: torch.Tensor, step: int = 0) -> None:
-        """A few input images, each rescaled to [0, 1] (inputs are normalized)."""
+        """A few input images, each rescaled to [0, 1] (inputs are normalized). TensorBoard
+        draws 1 or 3 channels: other counts show their first, as grayscale."""
         x = x[:16].detach().float().cpu()
+        if x.shape[1] not in (1, 3):
+            x = x[:, :1]
         low = x.amin(dim=(1, 2, 3), keepdim=True)
         high = x.amax(dim=(1, 2, 3), keepdim=True)
         self.writer.add_images("inputs", (x - low) / (high - low).clamp_min(1e-8), step)

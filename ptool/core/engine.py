@@ -234,12 +234,17 @@ class Trainer:
         self.train_model = self._wrap(self.model)
         # the folder is claimed after every check, so a refused run leaves it as it was
         self.lock = rundir.RunDirLock(self.run_dir) if main else None
-        self.tb = self._tensorboard()
-        if main:
-            rundir.write_config(self.run_dir, self.config.to_dict())
-        self._good = self._snapshot()  # what a rollback returns to before the first save
-        # Ctrl-C / SIGTERM: one process only (DDP ranks would have to agree on the step)
-        self.stop = StopRequest(self.log, install=not self.dist.enabled)
+        self.tb = None
+        try:
+            self.tb = self._tensorboard()
+            if main:
+                rundir.write_config(self.run_dir, self.config.to_dict())
+            self._good = self._snapshot()  # what a rollback returns to before the first save
+            # Ctrl-C / SIGTERM: one process only (DDP ranks would have to agree on the step)
+            self.stop = StopRequest(self.log, install=not self.dist.enabled)
+        except BaseException:  # fit() closes a Trainer it got; this one it never gets
+            self.close()
+            raise
 
     # --- setup ---------------------------------------------------------------------------
 

@@ -582,3 +582,27 @@ def test_runs_started_together_without_out_take_folders_of_their_own(tmp_path):
     with ThreadPoolExecutor(8) as pool:
         claimed = list(pool.map(lambda _: claim_default_run_dir(tmp_path / "runs"), range(8)))
     assert len(set(claimed)) == 8 and all(path.is_dir() for path in claimed)
+
+
+def test_a_failure_after_the_folder_is_claimed_lets_it_go(tmp_path, monkeypatch):
+    from ptool.core import rundir
+
+    def broken(*_):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(rundir, "write_config", broken)
+    with pytest.raises(OSError, match="disk gone"):
+        fit(small(tmp_path), quiet=True)
+    assert not (tmp_path / "run" / rundir.LOCK_NAME).exists()
+    monkeypatch.undo()
+    assert fit(small(tmp_path), quiet=True).status == "completed"  # not "in use" by itself
+
+
+def test_images_of_other_channel_counts_are_logged_by_their_first(tmp_path):
+    """TensorBoard's add_images takes 1 or 3 channels; 2 used to crash the run at its start."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = small(tmp_path, shape="2x8x8", model="cnn", channels=[4], tensorboard=True)
+    assert fit(config, quiet=True).status == "completed"
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
+    assert "inputs" in events.Tags()["images"]
