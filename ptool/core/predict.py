@@ -177,7 +177,7 @@ class Reader:
                 str(path), error=f"a CSV holds features; the model expects {_expects(self.info)}"
             )
             return
-        from ptool.core.data.files import read_csv
+        from ptool.core.data.files import is_data_row, read_csv
 
         try:
             rows = read_csv(path)
@@ -191,6 +191,9 @@ class Reader:
         expected = self.info.feature_names
         if expected is not None:
             missing = [name for name in expected if name not in header]
+            if missing and is_data_row(header, rows[1:]):
+                yield Sample(str(path), error="no header row (line 1 holds data, not column names)")
+                return
             if missing:
                 yield Sample(
                     str(path),

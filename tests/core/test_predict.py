@@ -194,6 +194,9 @@ def test_csv_rows_by_column_name_and_regression_values(tmp_path):
     (tmp_path / "wrong.csv").write_text("a,b,d\n1,2,3\n")
     (record,) = _records(ckpt, [str(tmp_path / "wrong.csv")])
     assert record["error"] == "missing columns c; the model expects columns a, b, c"
+    (tmp_path / "headless.csv").write_text("1,2,3\n4,5,6\n")
+    (record,) = _records(ckpt, [str(tmp_path / "headless.csv")])
+    assert record["error"] == "no header row (line 1 holds data, not column names)"
 
 
 def test_quantized_checkpoint_predictions(image_run, tmp_path):

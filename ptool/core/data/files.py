@@ -55,7 +55,7 @@ def _labels(values: list[str], numbers: list[float | None]) -> tuple[torch.Tenso
     return torch.tensor([index[v] for v in values]), names
 
 
-def _is_data_row(first: list[str], rest: list[list[str]]) -> bool:
+def is_data_row(first: list[str], rest: list[list[str]]) -> bool:
     """Whether a would-be header is a data row: each cell a number, or a label that its column
     holds again in the next 1,000 rows (a header of numbers and a name, as pandas writes, is a
     header)."""
@@ -81,7 +81,7 @@ def csv_source(config: Any, path: str) -> DataBundle:
             f"csv: {p} has a single column, {header[0]!r}",
             hint="ptool reads comma-separated files: save it with ',' between the fields",
         )
-    if _is_data_row(header, rows[1:]):
+    if is_data_row(header, rows[1:]):
         raise UsageError(
             f"csv: {p} has no header row (line 1 holds data, not column names)",
             hint="add a first line naming the columns, the target's too",
