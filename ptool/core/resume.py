@@ -193,6 +193,10 @@ def plan_resume(
     moved = not overrides.get("out")
     if moved:  # the run continues where its checkpoint is now
         config = config.replace(out=str(checkpoint.parent))
+    if Path(config.out).is_dir():  # a process training there now: before any "resuming"
+        from ptool.core.rundir import RunDirLock
+
+        RunDirLock(Path(config.out)).release()
     if Path(config.out).resolve() == checkpoint.parent.resolve():
         _refuse_foreign_files(checkpoint, ckpt)
     else:

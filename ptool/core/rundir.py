@@ -84,6 +84,22 @@ def resume_command(world_size: int, command: str = "ptool resume") -> str:
     return command
 
 
+def continue_command(run_dir: str | Path) -> str:
+    """The command that continues the run in `run_dir`, read from its last.pt's metadata (no
+    tensor is read): a QAT run's own, under torchrun for a multi-process run."""
+    from ptool.core.errors import PtoolError
+    from ptool.core.inspect.reader import read
+
+    try:
+        ckpt = read(Path(run_dir) / "last.pt").obj
+    except (PtoolError, OSError):  # not a checkpoint, or unreadable
+        return "ptool resume"
+    ckpt = ckpt if isinstance(ckpt, dict) else {}
+    qat = (ckpt.get("quantization") or {}).get("converted") is False
+    world = ((ckpt.get("rng_state") or {}).get("data_order") or {}).get("world_size", 1)
+    return resume_command(world, "ptool quantize qat --resume" if qat else "ptool resume")
+
+
 def refuse_other_run(path: str | Path) -> None:
     """A new run (or a resume into --out DIR) must not replace another run's checkpoints:
     refuse a directory that holds some, before anything is written."""
@@ -91,7 +107,8 @@ def refuse_other_run(path: str | Path) -> None:
     if found:
         raise UsageError(
             f"--out {path} holds another run's checkpoints ({found})",
-            hint=f"continue that run with: ptool resume {path}; or choose another --out",
+            hint=f"continue that run with: {continue_command(path)} {path}; or choose another "
+            "--out",
         )
 
 

@@ -563,6 +563,14 @@ def test_a_folder_another_process_trains_in_is_refused_until_it_ends(tmp_path):
     assert fit(config, quiet=True).status == "completed"
     assert not (tmp_path / "run" / LOCK_NAME).exists()  # released with the run
 
+    from ptool.core.resume import plan_resume
+
+    held = RunDirLock(tmp_path / "run")  # a resume is refused at its plan, before "resuming"
+    with pytest.raises(UsageError, match="is in use by another ptool process"):
+        plan_resume(tmp_path / "run", {"epochs": 3})
+    held.release()
+    assert plan_resume(tmp_path / "run", {"epochs": 3}).config.epochs == 3
+
 
 def test_the_progress_bar_warns_nothing(tmp_path):
     """Its postfix read the loss that still required grad: torch warned on every terminal run."""

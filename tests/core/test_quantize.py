@@ -324,6 +324,11 @@ def test_qat_fine_tunes_through_the_engine_and_resumes_exactly(cnn_ckpt, tmp_pat
     monkeypatch.undo()
     hint = f"resume with: ptool quantize qat --resume {tmp_path / 'part'}"
     assert info.value.hint == hint  # not `ptool resume`, which refuses a QAT run
+    from ptool.core.rundir import refuse_other_run
+
+    with pytest.raises(UsageError) as taken:  # a new run's --out naming that folder
+        refuse_other_run(tmp_path / "part")
+    assert f"ptool quantize qat --resume {tmp_path / 'part'}" in taken.value.hint
     resumed = _qat(cnn_ckpt, tmp_path, "part", epochs=2, resume=str(tmp_path / "part"))
     assert resumed["checkpoint"] == str(cnn_ckpt)  # found through the run's recipe
     a = torch.load(whole["output"], weights_only=True)["model_state_dict"]
