@@ -185,8 +185,8 @@ class Trainer:
             progress = {"on": True, "off": False}.get(config.progress, sys.stderr.isatty())
         self.progress = bool(progress and main and not quiet)
         self.monitor = Monitor.from_config(self.config)
-        if main and resume is None:
-            rundir.refuse_other_run(run_dir)
+        if resume is None:
+            self._on_rank_0(lambda: rundir.refuse_other_run(run_dir))
         self.run_dir = rundir.prepare_run_dir(run_dir) if main else run_dir
         seed_everything(seed)
         set_deterministic(self.config.deterministic)
@@ -233,7 +233,7 @@ class Trainer:
             self.resumed_at = self.state.global_step
         self.train_model = self._wrap(self.model)
         # the folder is claimed after every check, so a refused run leaves it as it was
-        self.lock = rundir.RunDirLock(self.run_dir) if main else None
+        self.lock = self._on_rank_0(lambda: rundir.RunDirLock(self.run_dir))
         self.tb = None
         try:
             self.tb = self._tensorboard()
@@ -247,6 +247,20 @@ class Trainer:
             raise
 
     # --- setup ---------------------------------------------------------------------------
+
+    def _on_rank_0(self, check: Callable[[], Any]) -> Any:
+        """`check` on rank 0 only (the run folder is its), its refusal raised on every rank:
+        the others would wait for rank 0 and die of a closed connection instead."""
+        result = refusal = None
+        if self.dist.is_main:
+            try:
+                result = check()
+            except UsageError as exc:
+                refusal = (str(exc), exc.hint)
+        refusal = from_main_rank(refusal, self.dist)
+        if refusal is not None:
+            raise UsageError(*refusal)
+        return result
 
     def _init_from(self, model: nn.Module, path: str, *, unsafe: bool) -> None:
         """Weights only (fine-tuning, transfer): a ptool checkpoint, a plain state_dict or the

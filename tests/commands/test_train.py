@@ -128,14 +128,14 @@ def test_unwritable_out_is_a_usage_error(tmp_path):
     assert "cannot write to --out" in result.stderr
 
 
-def _torchrun_train(*args: str) -> subprocess.CompletedProcess:
+def _torchrun_train(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PTOOL_DEBUG": ""}
     ddp = subprocess.run(
         [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "ptool", "train", *args],
         capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip
-    assert ddp.returncode == 0, ddp.stderr
+    assert (ddp.returncode == 0) == ok, ddp.stderr
     return ddp
 
 
@@ -171,3 +171,13 @@ def test_torchrun_metrics_are_those_of_the_saved_batch_norm_statistics(tmp_path)
     metrics = json.loads(result.stdout)["metrics"]
     for name in ("loss", "accuracy", "f1"):
         assert metrics[name] == pytest.approx(logged[f"val/{name}"], rel=1e-5), name
+
+
+@pytest.mark.slow
+def test_torchrun_a_refusal_about_the_run_folder_reaches_every_rank(tmp_path):
+    """Rank 0 checks the folder; rank 1 used to die of a closed gloo connection ("report it")."""
+    taken = str(tmp_path / "taken")
+    assert run_ptool("train", *TINY, "--epochs", "1", "--out", taken).returncode == 0
+    ddp = _torchrun_train(*TINY, "--device", "cpu", "--out", taken, ok=False)
+    assert ddp.stderr.count(f"error: --out {taken} holds another run's checkpoints") == 2
+    assert "unexpected" not in ddp.stderr and "Connection closed" not in ddp.stderr
