@@ -420,9 +420,7 @@ def _scalar(kind: type, value: Any) -> Any:
     try:
         return kind(value)
     except ValueError:  # int("x"): "invalid literal for int() with base 10"
-        raise ValueError(
-            {int: "expected an integer", float: "expected a number"}.get(kind, "")
-        ) from None
+        raise ValueError("expected an integer" if kind is int else "expected a number") from None
 
 
 def _in_interval(value: float, interval: str) -> bool:

@@ -174,8 +174,8 @@ class Trainer:
         # running sums in float64, except on MPS, which has no float64
         self.sum_dtype = torch.float32 if self.device.type == "mps" else torch.float64
         seed = pick_seed(config.seed, self.dist)
-        run_dir = config.out or (rundir.claim_default_run_dir() if self.dist.is_main else None)
-        run_dir = Path(from_main_rank(str(run_dir), self.dist))  # the folder rank 0 took
+        run_dir = config.out or (str(rundir.claim_default_run_dir()) if self.dist.is_main else "")
+        run_dir = Path(from_main_rank(run_dir, self.dist))  # the folder rank 0 took
         self.config = config.replace(seed=seed, out=str(run_dir))
         self.callbacks = list(callbacks)
         self.checkpoint_extras = checkpoint_extras
