@@ -118,17 +118,17 @@ def test_a_reader_that_stops_early_ends_it_quietly(workdir):
     output is far bigger than a pipe's buffer, so ptool is still writing when head leaves."""
     torch.save(torch.rand(3000, 1, 8, 8), workdir / "many.pt")
     env = {**os.environ, "PTOOL_DEBUG": ""}
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [PTOOL, "predict", "run/last.pt", "many.pt"],
         cwd=workdir,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-    )
-    first = json.loads(proc.stdout.readline())
-    proc.stdout.close()
-    stderr = proc.stderr.read().decode()
-    assert (proc.wait(timeout=300), stderr) == (0, "")
+    ) as proc:
+        first = json.loads(proc.stdout.readline())
+        proc.stdout.close()
+        stderr = proc.stderr.read().decode()
+        assert (proc.wait(timeout=300), stderr) == (0, "")
     assert first["input"] == "many.pt[0]"
 
 

@@ -21,6 +21,9 @@ def workdir(tmp_path_factory):
     return root
 
 
+# torch.load of qint8 tensors warns about torch's own deprecations
+@pytest.mark.filterwarnings("ignore:TypedStorage is deprecated")
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor")
 def test_compact_json_on_the_newest_run_then_quantize_static(workdir):
     result = run_ptool(
         "prune", "--method", "ln-structured", "--amount", "0.5", "--compact", "--json",
