@@ -137,5 +137,19 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - the one place that turns errors into messages
         if debug_enabled():
             raise
-        sys.exit(report(exc))
+        sys.exit(report(exc, command_path(sys.argv[1:])))
     sys.exit(code if isinstance(code, int) else 0)  # typer.Exit(code) comes back as its code
+
+
+def command_path(args: list[str]) -> str:
+    """The command that `args` name ("ptool quantize static"), for errors whose parser context
+    is gone: the words at the start of `args` that name a command or group."""
+    command = typer.main.get_command(app)
+    path = ["ptool"]
+    for word in args:
+        lookup = getattr(command, "get_command", None)  # groups only
+        command = lookup(None, word) if lookup else None
+        if command is None:
+            break
+        path.append(word)
+    return " ".join(path)

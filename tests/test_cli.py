@@ -108,7 +108,12 @@ def test_help_gives_the_defaults_each_command_uses():
         (["train", "--bogus"], "No such option: --bogus", "ptool train"),
         (["train", "--epochs", "x"], "Invalid value for '--epochs'", "ptool train"),
         (["resume", "a", "b"], "Got unexpected extra argument(s) (b)", "ptool resume"),
-        (["quantize", "static", "--observer"], "Option '--observer' requires an argument", None),
+        (
+            ["quantize", "static", "--observer"],
+            "Option '--observer' requires an argument",
+            "ptool quantize static",
+        ),
+        (["convcalc", "--h"], "Option '--h' requires an argument", "ptool convcalc"),
     ],
 )
 def test_usage_errors_are_one_line_and_exit_2(args, message, command):
@@ -117,8 +122,7 @@ def test_usage_errors_are_one_line_and_exit_2(args, message, command):
     assert proc.returncode == 2 and proc.stdout == ""
     lines = proc.stderr.splitlines()
     assert lines[0].startswith("error: ") and message in lines[0]
-    # the hint names the command when the parser knows it (a missing option value: it doesn't)
-    assert lines[1:] == ([f"hint: {command} --help shows the usage"] if command else [])
+    assert lines[1:] == [f"hint: {command} --help shows the usage"]
 
 
 def test_a_group_without_its_command_prints_its_help():

@@ -18,16 +18,17 @@ def debug_enabled() -> bool:
     return os.environ.get(DEBUG_ENV, "") not in ("", "0", "false", "False")
 
 
-def describe(exc: BaseException) -> tuple[str, str | None, int]:
-    """(message, hint, exit code) for an exception that escaped a command."""
+def describe(exc: BaseException, command_path: str = "ptool") -> tuple[str, str | None, int]:
+    """(message, hint, exit code) for an exception that escaped a command. `command_path`
+    names the command for a usage error that carries none (a missing option value)."""
     if isinstance(exc, PtoolError):
         return str(exc), exc.hint, exc.exit_code
     if callable(getattr(exc, "format_message", None)) and isinstance(
         getattr(exc, "exit_code", None), int
     ):  # Typer's usage errors (its vendored Click's), recognised without importing internals
         ctx = getattr(exc, "ctx", None)
-        hint = f"{ctx.command_path} --help shows the usage" if ctx is not None else None
-        return exc.format_message(), hint, exc.exit_code
+        path = ctx.command_path if ctx is not None else command_path
+        return exc.format_message(), f"{path} --help shows the usage", exc.exit_code
     if isinstance(exc, FileNotFoundError):
         return f"no such file or directory: {exc.filename or exc}", None, 1
     if isinstance(exc, IsADirectoryError):
@@ -62,12 +63,12 @@ def _one_line(text: str) -> str:
     return lines[-1] if "Original Traceback" in text else lines[0]
 
 
-def report(exc: BaseException) -> int:
+def report(exc: BaseException, command_path: str = "ptool") -> int:
     """Print the one-line message for `exc` on stderr and return the exit code."""
     from rich.console import Console
     from rich.markup import escape
 
-    message, hint, code = describe(exc)
+    message, hint, code = describe(exc, command_path)
     if not message:  # a command run without arguments has printed its help
         return code
     # soft_wrap: the message stays one line in a pipe or a CI log, whatever the width
