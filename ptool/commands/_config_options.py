@@ -8,6 +8,7 @@ the flag is on the command line.
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Annotated, Any
 
@@ -30,17 +31,22 @@ def _parameter(name: str, *, hidden: bool = False, shown: str | None = None) -> 
     flag = "--" + name.replace("_", "-")
     kind = _cli_type(name)
     decls = [f"{flag}/--no-{name.replace('_', '-')}"] if kind is bool else [flag]
-    if shown is None:  # train's default
+    help_text = meta["help"]
+    own = re.compile(r" \(default: [^)]*\)")  # a help text that says its default in words
+    if shown is not None:  # this command's default, not the one the help text describes
+        help_text = own.sub("", help_text)
+    elif not own.search(help_text):  # train's default
         default = cfg.FIELDS[name].default
         if default is inspect.Parameter.empty or default is cfg.dataclasses.MISSING:
             default = cfg.FIELDS[name].default_factory()  # type: ignore[misc]
         shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
-    help_text = meta["help"]
     if meta.get("choices"):
         help_text += f" \\[{'|'.join(meta['choices'])}]"  # escaped: rich markup
+    if shown is not None:
+        help_text += f" [dim](default: {shown})[/dim]"
     option = typer.Option(
         *decls,
-        help=f"{help_text} [dim](default: {shown})[/dim]",
+        help=help_text,
         rich_help_panel=_PANELS[meta["section"]],
         show_default=False,
         hidden=hidden,

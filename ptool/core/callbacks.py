@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,9 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ptool.core.checkpoint import atomic_save
+from ptool.core.checkpoint import atomic_copy, atomic_save
 from ptool.core.errors import first_line
-from ptool.core.rundir import atomic_write
 
 
 @dataclass
@@ -44,17 +43,12 @@ class Monitor:
         return value < reference - delta if self.mode == "min" else value > reference + delta
 
 
-def atomic_copy(source: Path, target: Path) -> Path:
-    """Copy a finished checkpoint under another name, atomically."""
-    with atomic_write(target) as f, open(source, "rb") as src:
-        shutil.copyfileobj(src, f)
-    return target
-
-
 class CheckpointFiles:
     """last.pt, best.pt, best-epochN.pt (top-k) and epoch-N.pt (keep-last) in a run directory.
 
-    last.pt is serialized once per save; the other names are atomic copies of it.
+    A checkpoint is serialized once per save; the other names are atomic copies of it. last.pt
+    is written last: a resume starts from it, so a kill before it is replaced redoes the epoch
+    (and writes its copies again), and a kill after it finds every copy written.
     """
 
     def __init__(self, run_dir: Path, *, save_top_k: int, keep_last: int | None):
@@ -72,8 +66,13 @@ class CheckpointFiles:
             if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
                 tmp.unlink(missing_ok=True)
 
-    def write_last(self, payload: dict) -> Path:
-        return atomic_save(payload, self.last)
+    def write(self, payload: dict, copies: list[Path] | tuple[()] = ()) -> Path:
+        """`copies` of the checkpoint (`epoch_copies`), then last.pt."""
+        first, *rest = [*copies, self.last]
+        atomic_save(payload, first)
+        for target in rest:
+            atomic_copy(first, target)
+        return self.last
 
     def rank(self, epoch: int, value: float | None, monitor: Monitor, state: Any) -> list[str]:
         """Enter `epoch` in the top-k (`state.top_k`) before last.pt is written, so the
@@ -85,20 +84,34 @@ class CheckpointFiles:
         state.top_k = entries[: self.save_top_k]
         return [name for _, _, name in entries[self.save_top_k :]]
 
-    def after_epoch(self, epoch: int, state: Any, dropped: list[str]) -> None:
-        """Called after last.pt holds `epoch`: copy it to best.pt, best-epochN.pt and
-        epoch-N.pt as `state` says, and remove the top-k files `rank` pushed out."""
-        if self.keep_last:
-            atomic_copy(self.last, self.run_dir / f"epoch-{epoch}.pt")
-            kept = sorted(self.run_dir.glob("epoch-*.pt"), key=_epoch_number)
-            for old in kept[: -self.keep_last]:
-                old.unlink(missing_ok=True)
+    def epoch_copies(self, epoch: int, state: Any) -> list[Path]:
+        """The names an epoch's checkpoint is saved under besides last.pt, as `state` says:
+        epoch-N.pt, best.pt, best-epochN.pt."""
+        names = [f"epoch-{epoch}.pt"] if self.keep_last else []
         if self.save_top_k > 0 and state.best_epoch == epoch:
-            atomic_copy(self.last, self.best)
+            names.append(self.best.name)
         if any(entry[1] == epoch for entry in state.top_k):
-            atomic_copy(self.last, self.run_dir / f"best-epoch{epoch}.pt")
+            names.append(f"best-epoch{epoch}.pt")
+        return [self.run_dir / name for name in names]
+
+    def remove_old(self, epoch: int, dropped: list[str]) -> None:
+        """Once last.pt holds `epoch`: the epoch-N.pt files beyond --keep-last and the top-k
+        files `rank` pushed out."""
+        if self.keep_last:
+            for old in self._epoch_files(epoch)[: -self.keep_last]:
+                old.unlink(missing_ok=True)
         for name in dropped:
             (self.run_dir / name).unlink(missing_ok=True)
+
+    def _epoch_files(self, epoch: int) -> list[Path]:
+        """epoch-N.pt up to `epoch`, oldest first. Later ones belong to a timeline that a resume
+        from an earlier checkpoint abandoned: this run replaces them when it gets there."""
+        numbered = {}
+        for path in self.run_dir.glob("epoch-*.pt"):  # not epoch-3.pruned.pt: prune's output
+            match = re.fullmatch(r"epoch-(\d+)\.pt", path.name)
+            if match and int(match[1]) <= epoch:
+                numbered[int(match[1])] = path
+        return [numbered[n] for n in sorted(numbered)]
 
     def paths(self, state: Any) -> dict[str, Any]:
         found = {
@@ -108,9 +121,7 @@ class CheckpointFiles:
         if self.save_top_k > 1:
             found["top_k"] = [str(self.run_dir / name) for _, _, name in state.top_k]
         if self.keep_last:
-            found["epochs"] = [
-                str(p) for p in sorted(self.run_dir.glob("epoch-*.pt"), key=_epoch_number)
-            ]
+            found["epochs"] = [str(p) for p in self._epoch_files(state.epoch)]
         return found
 
 
@@ -122,10 +133,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # someone else's process
         return True
     return True
-
-
-def _epoch_number(path: Path) -> int:
-    return int(path.stem.split("-")[1])
 
 
 def epoch_tag(metric: str) -> str:
@@ -193,8 +200,9 @@ class TensorBoardLog:
         return None
 
     def hparams(self, config: dict[str, Any], metrics: dict[str, float], step: int) -> None:
-        """The config and final metrics for the HParams dashboard, at the last epoch's step
-        (at step 0, a resumed run's sessions would each leave a value there)."""
+        """The config and final metrics for the HParams dashboard, at the run's global step,
+        the step its checkpoint resumes from: a resume purges them (TensorBoard's
+        `purge_step`), so a run stopped and resumed shows them once, the last session's."""
         plain = {
             k: (v if isinstance(v, (int, float, str, bool)) else str(v))
             for k, v in config.items()
@@ -203,6 +211,9 @@ class TensorBoardLog:
         finite = {f"hparam/{k}": v for k, v in metrics.items() if math.isfinite(v)}
         self.writer.add_hparams(plain, finite, run_name=".", global_step=step)
 
-    def close(self) -> None:
+    def flush(self) -> None:
         self.writer.flush()
+
+    def close(self) -> None:
+        self.flush()
         self.writer.close()

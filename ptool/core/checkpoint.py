@@ -6,6 +6,7 @@ Format version 1 (see DESIGN.md): a `torch.save`d dict of plain types and tensor
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import pickle
 import platform
@@ -13,9 +14,9 @@ import shutil
 import time
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -43,14 +44,14 @@ def meta() -> dict[str, Any]:
     }
 
 
-def atomic_save(obj: Any, path: str | Path) -> Path:
-    """`torch.save` through `rundir.atomic_write` (a crash leaves the old file or the new one,
-    never a torn one); a failed write (full disk, no permission) is one line."""
-    path = Path(path)
+@contextlib.contextmanager
+def _checkpoint_write(path: Path) -> Iterator[IO[bytes]]:
+    """`rundir.atomic_write` (a crash leaves the old file or the new one, never a torn one);
+    a failed write (full disk, no permission) is one line."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with atomic_write(path) as f:
-            torch.save(obj, f)
+            yield f
     except (OSError, RuntimeError) as exc:
         # torch's zip writer reports a short write (a disk that fills up meanwhile) as its own
         # RuntimeError ("[enforce fail at inline_container.cc] . unexpected pos ...")
@@ -70,7 +71,21 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
             f"could not write checkpoint {path}: {reason}; {previous}",
             hint="free some disk space" if full else "choose a path you can write to",
         ) from exc
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """`torch.save`, atomically."""
+    path = Path(path)
+    with _checkpoint_write(path) as f:
+        torch.save(obj, f)
     return path
+
+
+def atomic_copy(source: Path, target: Path) -> Path:
+    """Copy a finished checkpoint under another name, atomically."""
+    with _checkpoint_write(target) as f, open(source, "rb") as src:
+        shutil.copyfileobj(src, f)
+    return target
 
 
 def check_output(path: Path, source: Path, flag: str, *, derived_only: bool = True) -> None:

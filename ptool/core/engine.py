@@ -676,16 +676,16 @@ class Trainer:
         else:
             state.early_stop_wait += 1
         dropped = self.files.rank(state.epoch, value, monitor, state)
-        self.save()
-        if self.dist.is_main:
-            self.files.after_epoch(state.epoch, state, dropped)
-        if self.tb is not None:
-            epoch_tags = {epoch_tag(k): v for k, v in metrics.items()}
+        if self.tb is not None:  # before the checkpoint: a resume from an earlier one purges
+            epoch_tags = {epoch_tag(k): v for k, v in metrics.items()}  # them, none is lost
             epoch_tags["epoch"] = state.epoch
             step = self._epoch_step()
             self.tb.scalars({k: v for k, v in epoch_tags.items() if k != "lr"}, step)
             if config.log_histograms:
                 self.tb.histograms(self.model, step)
+        self.save(self.files.epoch_copies(state.epoch, state))
+        if self.dist.is_main:
+            self.files.remove_old(state.epoch, dropped)
         self.log(self._epoch_line(metrics))
         self._fire("on_epoch_end", metrics)
         patience = config.early_stop_patience
@@ -746,11 +746,14 @@ class Trainer:
             saved.update(train_loss_sum=loss_sum, train_correct=correct, train_samples=int(samples))
         return saved
 
-    def save(self) -> None:
-        """last.pt on rank 0, and the in-memory copy a rollback returns to (every rank)."""
+    def save(self, copies: list[Path] | tuple[()] = ()) -> None:
+        """last.pt (after its `copies`) on rank 0, and the in-memory copy a rollback returns to
+        (every rank)."""
         payload = self.payload()
+        if self.tb is not None:  # what it logged up to this checkpoint is on disk first
+            self.tb.flush()
         if self.dist.is_main:
-            path = self.files.write_last(payload)
+            path = self.files.write(payload, copies)
             self._fire("on_checkpoint", path)
         if self.config.on_nonfinite == "rollback":
             self._good = _cloned(payload)
@@ -879,7 +882,7 @@ class Trainer:
         if self.tb is not None:
             if state.last_metrics:
                 final = {k: v for k, v in state.last_metrics.items() if k != "lr"}
-                self.tb.hparams(self.config.to_dict(), final, self._epoch_step())
+                self.tb.hparams(self.config.to_dict(), final, state.global_step)
             self.tb.close()
         if self.dist.is_main:
             rundir.write_summary(self.run_dir, summary.to_dict())

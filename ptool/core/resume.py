@@ -14,15 +14,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ptool.core import rundir
 from ptool.core.config import FIELDS, TrainConfig, as_flag
 from ptool.core.errors import PtoolError, UsageError
 
-# The flags a resume accepts: duration, early stopping, output, logging, device.
+# The flags a resume accepts: duration, early stopping, output, logging, device, and the
+# DataLoader's workers (each sample's augmentation draws do not depend on which one serves it).
 RESUMABLE = (
     "epochs",
     "early_stop_patience",
     "out",
     "device",
+    "num_workers",
+    "pin_memory",
+    "persistent_workers",
     "progress",
     "tensorboard",
     "log_every_steps",
@@ -55,9 +60,18 @@ def find_checkpoint(path: str | Path | None) -> Path:
         # run directory do not make it the newest run, as they do not for eval's best.pt
         path = find_default_checkpoint(name="last.pt").parent
     path = Path(path)
-    if path.is_dir():
+    if not path.is_dir():
+        return path
+    try:
         return newest_valid_checkpoint(path)
-    return path
+    except PtoolError as exc:
+        if not (path / rundir.CONFIG_NAME).is_file():
+            raise
+        raise PtoolError(
+            str(exc),
+            hint="it stopped before its first checkpoint; start it again: ptool train --config "
+            f"{path / rundir.CONFIG_NAME} --out {path}",
+        ) from None
 
 
 def _refuse_changes(saved: TrainConfig, overrides: dict[str, Any], checkpoint: Path) -> None:
@@ -90,7 +104,6 @@ def _refuse_foreign_files(checkpoint: Path, ckpt: dict[str, Any]) -> None:
     """Continuing in the checkpoint's own directory rewrites its last.pt, best.pt, ...: refuse
     when those are another run's (a checkpoint copied into someone else's run directory)."""
     from ptool.core.inspect.reader import Refused, read
-    from ptool.core.rundir import run_checkpoints
 
     mine = _run_identity(ckpt.get("config"))
 
@@ -106,7 +119,7 @@ def _refuse_foreign_files(checkpoint: Path, ckpt: dict[str, Any]) -> None:
         same = isinstance(theirs, dict) and _run_identity(theirs.get("config")) == mine
         return same and mine is not None
 
-    found = run_checkpoints(checkpoint.parent, same_run=same_run)
+    found = rundir.run_checkpoints(checkpoint.parent, same_run=same_run)
     if found:
         raise UsageError(
             f"{checkpoint.parent} holds another run's checkpoints ({found}); continuing "
@@ -121,11 +134,9 @@ def _refuse_other_world_size(ckpt: dict[str, Any], checkpoint: Path) -> str:
     Returns the command that resumes it (under torchrun for more than one)."""
     import os
 
-    from ptool.core.rundir import resume_command
-
     saved = ckpt["rng_state"].get("data_order", {}).get("world_size", 1)
     now = int(os.environ.get("WORLD_SIZE", "1"))
-    command = resume_command(saved)
+    command = rundir.resume_command(saved)
     if saved != now:
         how = f"{command} {checkpoint}" + (" (without torchrun)" if saved == 1 else "")
         raise UsageError(
@@ -194,15 +205,11 @@ def plan_resume(
     if moved:  # the run continues where its checkpoint is now
         config = config.replace(out=str(checkpoint.parent))
     if Path(config.out).is_dir():  # a process training there now: before any "resuming"
-        from ptool.core.rundir import RunDirLock
-
-        RunDirLock(Path(config.out)).release()
+        rundir.RunDirLock(Path(config.out)).release()
     if Path(config.out).resolve() == checkpoint.parent.resolve():
         _refuse_foreign_files(checkpoint, ckpt)
     else:
-        from ptool.core.rundir import refuse_other_run
-
-        refuse_other_run(config.out)
+        rundir.refuse_other_run(config.out)
     command = _refuse_other_world_size(ckpt, checkpoint)
     done, step = ckpt["epoch"], ckpt["global_step"]
     plan = ResumePlan(checkpoint, ckpt, config, reschedule)
@@ -219,30 +226,46 @@ def plan_resume(
     if done >= config.epochs:
         raise UsageError(
             f"{checkpoint} has finished its {done} epochs",
-            hint=f"extend the run: {command} {checkpoint} --epochs {done + max(1, done // 2)}",
+            hint=f"extend the run: {command} {checkpoint} --epochs {rundir.longer(done)}",
         )
     batch = ckpt.get("batch_in_epoch") or 0
     where = f"epoch {done + 1}/{config.epochs}" + (f", batch {batch + 1}" if batch else "")
     plan.notes.append(f"resuming {checkpoint} at {where} (step {step})")
+    last = checkpoint.parent / "last.pt"
+    if checkpoint != last and (path is None or Path(path).is_dir()) and last.exists():
+        plan.notes.append(f"{last} does not load (torn or corrupt): skipped for {checkpoint.name}")
     if moved and saved.out and Path(saved.out).resolve() != Path(config.out).resolve():
         plan.notes.append(f"writing to {config.out} (the run was saved from {saved.out})")
+    # the schedule's own horizon: a resume that changed --epochs without --reschedule kept it
+    planned = ckpt["scheduler_state_dict"].get("planned_epochs", saved.epochs)
     if reschedule and saved.scheduler in NO_HORIZON:
         plan.notes.append(f"--reschedule: the {saved.scheduler} schedule has no horizon to re-plan")
         plan.reschedule = False
     elif reschedule:
         plan.notes.append(f"schedule re-planned for {config.epochs} epochs, now at step {step}")
-    elif config.epochs > saved.epochs and saved.scheduler == "onecycle":
+    elif config.epochs > planned and saved.scheduler == "onecycle":
         raise UsageError(
-            f"onecycle was planned for {saved.epochs} epochs and cannot step past its end",
+            f"onecycle was planned for {planned} epochs and cannot step past its end",
             hint=f"re-plan it for the new total: {command} {checkpoint} "
             f"--epochs {config.epochs} --reschedule",
         )
-    elif config.epochs != saved.epochs:
+    elif config.epochs != planned and saved.scheduler not in NO_HORIZON:
         plan.notes.append(
-            f"schedule continues from its saved state (planned for {saved.epochs} epochs); "
-            "--reschedule re-plans it for the new total"
+            f"schedule continues from its saved state (planned for {planned} epochs"
+            + (
+                ": past them the cosine rises again from its floor"
+                if _periodic_past(saved, planned, config)
+                else ""
+            )
+            + "); --reschedule re-plans it for the new total"
         )
     return plan
+
+
+def _periodic_past(saved: TrainConfig, planned: int, config: TrainConfig) -> bool:
+    """Whether the run goes past the end of a cosine that spans its planned epochs: PyTorch's
+    CosineAnnealingLR is periodic, so the lr rises from eta_min again there."""
+    return saved.scheduler == "cosine" and saved.t_max is None and config.epochs > planned
 
 
 def resume_run(plan: ResumePlan, **fit_options: Any):
@@ -257,9 +280,7 @@ def resume_run(plan: ResumePlan, **fit_options: Any):
     if ckpt.get("pruning"):
         extras = lambda: {"pruning": ckpt["pruning"]}  # noqa: E731
     if plan.config.out != str(plan.checkpoint.parent):
-        from ptool.core.rundir import prepare_run_dir
-
-        prepare_run_dir(plan.config.out)
+        rundir.prepare_run_dir(plan.config.out)
     return fit(
         plan.config,
         resume=ckpt,

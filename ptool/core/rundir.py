@@ -84,20 +84,30 @@ def resume_command(world_size: int, command: str = "ptool resume") -> str:
     return command
 
 
+def longer(epochs: int) -> int:
+    """The --epochs a hint suggests to extend a finished run: half as long again."""
+    return epochs + max(1, epochs // 2)
+
+
 def continue_command(run_dir: str | Path) -> str:
     """The command that continues the run in `run_dir`, read from its last.pt's metadata (no
-    tensor is read): a QAT run's own, under torchrun for a multi-process run."""
+    tensor is read): a QAT run's own, under torchrun for a multi-process run, with a longer
+    --epochs for a run that has finished its epochs."""
     from ptool.core.errors import PtoolError
     from ptool.core.inspect.reader import read
 
     try:
         ckpt = read(Path(run_dir) / "last.pt").obj
     except (PtoolError, OSError):  # not a checkpoint, or unreadable
-        return "ptool resume"
+        return f"ptool resume {run_dir}"
     ckpt = ckpt if isinstance(ckpt, dict) else {}
     qat = (ckpt.get("quantization") or {}).get("converted") is False
     world = ((ckpt.get("rng_state") or {}).get("data_order") or {}).get("world_size", 1)
-    return resume_command(world, "ptool quantize qat --resume" if qat else "ptool resume")
+    command = resume_command(world, "ptool quantize qat --resume" if qat else "ptool resume")
+    done, planned = ckpt.get("epoch"), (ckpt.get("config") or {}).get("epochs")
+    if isinstance(done, int) and isinstance(planned, int) and done >= planned:
+        return f"{command} {run_dir} --epochs {longer(done)}"
+    return f"{command} {run_dir}"
 
 
 def refuse_other_run(path: str | Path) -> None:
@@ -107,8 +117,7 @@ def refuse_other_run(path: str | Path) -> None:
     if found:
         raise UsageError(
             f"--out {path} holds another run's checkpoints ({found})",
-            hint=f"continue that run with: {continue_command(path)} {path}; or choose another "
-            "--out",
+            hint=f"continue that run with: {continue_command(path)}; or choose another --out",
         )
 
 

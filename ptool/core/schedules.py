@@ -255,6 +255,7 @@ class LRSchedule:
         self.optimizer = optimizer
         self.interval = resolve_interval(config)
         unit = steps_per_epoch if self.interval == "step" else 1
+        self.planned_epochs = config.epochs  # the horizon, which a resume may keep past --epochs
         total = config.epochs * unit
         self.warmup_length = config.warmup_steps or config.warmup_epochs * unit
         length = max(1, total - self.warmup_length)
@@ -330,12 +331,14 @@ class LRSchedule:
         return {
             "interval": self.interval,
             "steps": self.steps,
+            "planned_epochs": self.planned_epochs,
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "plateau": self.plateau.state_dict() if self.plateau is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.steps = state["steps"]
+        self.planned_epochs = state.get("planned_epochs", self.planned_epochs)
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         if self.plateau is not None and state.get("plateau") is not None:

@@ -53,10 +53,11 @@ class StopRequest:
 
     def _handle(self, signum: int, _frame: object) -> None:
         if self.signum is not None:
-            os.write(2, b"\naborted; the last checkpoint on disk is intact\n")
+            os.write(2, b"\naborted; the checkpoints on disk are intact\n")
             os._exit(128 + signum)
         self.signum = signum
+        again = "press Ctrl-C again" if signum == signal.SIGINT else "send it again"
         self.log(
             f"{signal.Signals(signum).name}: finishing the current step and saving last.pt "
-            "(press Ctrl-C again to abort at once)"
+            f"({again} to abort at once)"
         )

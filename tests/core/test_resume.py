@@ -51,8 +51,12 @@ AUGMENTED = dict(data="synthetic", shape="1x8x8", augment="crop,flip", crop_padd
                  num_workers=1, dropout=0.2)  # fmt: skip
 
 
-@pytest.mark.parametrize("data", [{}, AUGMENTED], ids=["in-memory", "augmented-in-a-worker"])
-def test_stopped_mid_epoch_and_resumed_is_bit_identical(tmp_path, data):
+@pytest.mark.parametrize(
+    ("data", "workers"),
+    [({}, {}), (AUGMENTED, {}), (AUGMENTED, {"num_workers": 0})],
+    ids=["in-memory", "augmented-in-a-worker", "augmented-resumed-without-workers"],
+)
+def test_stopped_mid_epoch_and_resumed_is_bit_identical(tmp_path, data, workers):
     fit(small(tmp_path, "full", **data, **EXACT), quiet=True)
 
     class KeepStep7:
@@ -64,7 +68,7 @@ def test_stopped_mid_epoch_and_resumed_is_bit_identical(tmp_path, data):
     fit(cut, callbacks=[KeepStep7()], quiet=True)
     mid = torch.load(tmp_path / "mid.pt", weights_only=True)
     assert (mid["epoch"], mid["batch_in_epoch"]) == (1, 2)  # 5 batches per epoch
-    plan = plan_resume(tmp_path / "mid.pt", {"out": str(tmp_path / "resumed")})
+    plan = plan_resume(tmp_path / "mid.pt", {"out": str(tmp_path / "resumed"), **workers})
     assert "epoch 2/3, batch 3 (step 7)" in plan.notes[0]
     resume_run(plan, quiet=True)
     assert_same_weights(weights(tmp_path / "full/last.pt"), weights(tmp_path / "resumed/last.pt"))
@@ -111,9 +115,9 @@ def test_resuming_from_an_earlier_epoch_replaces_the_later_curves(tmp_path):
     assert [(e.step, e.value) for e in events.Scalars("epoch")] == [(4, 1), (9, 2), (14, 3)]
     resumed = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["metrics"]
     assert events.Scalars("val/loss")[-1].value == pytest.approx(resumed["val/loss"])
-    # the final metrics for the HParams dashboard: once, at the last epoch's step
+    # the final metrics for the HParams dashboard: once, at the run's global step (15 steps)
     final = events.Scalars("hparam/val/loss")
-    assert [e.step for e in final] == [14]
+    assert [e.step for e in final] == [15]
     assert final[0].value == pytest.approx(resumed["val/loss"])
 
 
@@ -187,7 +191,9 @@ def test_a_new_run_or_a_resume_never_replaces_another_runs_checkpoints(tmp_path)
     before = {p.name: p.read_bytes() for p in (tmp_path / "run").glob("*.pt")}
     with pytest.raises(UsageError, match="holds another run's checkpoints") as info:
         fit(small(tmp_path, "run", epochs=1, model="cnn"), quiet=True)
-    assert info.value.hint.startswith(f"continue that run with: ptool resume {tmp_path / 'run'}")
+    # the run has finished its 1 epoch: the hint's command extends it
+    command = f"ptool resume {tmp_path / 'run'} --epochs 2"
+    assert info.value.hint == f"continue that run with: {command}; or choose another --out"
     with pytest.raises(UsageError, match="holds another run's checkpoints"):
         plan_resume(tmp_path / "other", {"epochs": 2, "out": str(tmp_path / "run")})
     assert {p.name: p.read_bytes() for p in (tmp_path / "run").glob("*.pt")} == before
@@ -324,6 +330,84 @@ def test_run_dir_resumes_from_its_newest_valid_checkpoint(tmp_path):
     assert find_checkpoint(run) == run / "last.pt"
     (run / "last.pt").write_bytes((run / "last.pt").read_bytes()[:1000])  # torn
     assert find_checkpoint(run).name in ("best.pt", "epoch-2.pt")
+    notes = plan_resume(run, {"epochs": 3}).notes
+    assert f"{run / 'last.pt'} does not load (torn or corrupt): skipped for" in notes[1]
+    for path in run.glob("*.pt"):
+        path.unlink()
+    with pytest.raises(PtoolError, match="no valid checkpoint") as info:
+        plan_resume(run, {})
+    assert info.value.hint.endswith(f"ptool train --config {run / 'config.yaml'} --out {run}")
+
+
+def test_a_kill_before_an_epochs_copies_are_written_redoes_the_epoch(tmp_path, monkeypatch):
+    """An epoch's copies (epoch-N.pt, best.pt) are written before last.pt: killed between them,
+    the run's last.pt is the epoch before, so the resume redoes the epoch and writes its copies
+    again. (Written after last.pt, best.pt stayed an older epoch's for good.)"""
+    from ptool.core import callbacks
+
+    fit(small(tmp_path, "full", keep_last=3, **EXACT), quiet=True)
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    best = torch.load(full / "last.pt", weights_only=True)["callbacks"]["train_state"]
+    assert best["best_epoch"] >= 2  # an epoch with a last.pt before it
+    copy = callbacks.atomic_copy
+
+    def killed_at_the_best_copy(source, target):
+        if target.name == "best.pt" and source.name == f"epoch-{best['best_epoch']}.pt":
+            raise RuntimeError("killed")
+        return copy(source, target)
+
+    monkeypatch.setattr(callbacks, "atomic_copy", killed_at_the_best_copy)
+    with pytest.raises(RuntimeError, match="killed"):
+        fit(small(tmp_path, "cut", keep_last=3, **EXACT), quiet=True)
+    monkeypatch.undo()
+    assert torch.load(cut / "last.pt", weights_only=True)["epoch"] == best["best_epoch"] - 1
+    summary = resume_run(plan_resume(cut, {}), quiet=True)
+    for name in ("last.pt", "best.pt", "epoch-1.pt", "epoch-2.pt", "epoch-3.pt"):
+        assert_same_weights(weights(full / name), weights(cut / name))
+    assert summary.checkpoints["epochs"] == [str(cut / f"epoch-{n}.pt") for n in (1, 2, 3)]
+
+
+def test_the_schedules_own_horizon_survives_a_resume_that_changed_epochs(tmp_path):
+    """onecycle planned for 3 epochs, resumed from epoch-1.pt for 2, then for 3 again: that is
+    its own plan, so it continues (no refusal, no note) and ends as the uninterrupted run."""
+    fit(small(tmp_path, "full", **EXACT), quiet=True)
+    fit(small(tmp_path, "run", keep_last=3, **EXACT), quiet=True)
+    run = tmp_path / "run"
+    shortened = plan_resume(run / "epoch-1.pt", {"epochs": 2})
+    assert "planned for 3 epochs" in shortened.notes[1]
+    summary = resume_run(shortened, quiet=True)
+    # epoch-3.pt of the abandoned timeline stays on disk, outside this run's --keep-last
+    assert summary.checkpoints["epochs"] == [str(run / "epoch-1.pt"), str(run / "epoch-2.pt")]
+    assert (run / "epoch-3.pt").exists()
+    plan = plan_resume(run, {"epochs": 3})
+    assert len(plan.notes) == 1  # "resuming ...", and no word on the schedule
+    resume_run(plan, quiet=True)
+    assert_same_weights(weights(tmp_path / "full/last.pt"), weights(run / "last.pt"))
+    with pytest.raises(UsageError, match="onecycle was planned for 3 epochs"):
+        plan_resume(run, {"epochs": 4})
+
+
+def test_an_interrupted_sessions_hparams_give_way_to_the_resumed_runs(tmp_path):
+    """A Ctrl-C'd session logs its metrics for the HParams dashboard at its checkpoint's step,
+    which the resume purges: the resumed run shows one point, its own."""
+    import signal
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from ptool.core.signals import Interrupted
+
+    class CtrlCAtStep7:
+        def on_step_end(self, trainer):
+            if trainer.state.global_step == 7:
+                trainer.stop.signum = signal.SIGINT
+
+    config = small(tmp_path, "run", tensorboard=True, **EXACT)
+    with pytest.raises(Interrupted):
+        fit(config, callbacks=[CtrlCAtStep7()], quiet=True)
+    time.sleep(1.1)  # see test_tensorboard_curves_continue_without_duplicated_or_missing_steps
+    resume_run(plan_resume(tmp_path / "run", {}), quiet=True)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
+    assert [e.step for e in events.Scalars("hparam/val/loss")] == [15]
 
 
 class _FillsUp(io.RawIOBase):
@@ -347,24 +431,34 @@ class _FillsUp(io.RawIOBase):
         super().close()
 
 
+def _dev_full(_):
+    return builtins.open("/dev/full", "wb")  # noqa: SIM115 - closed by atomic_write
+
+
 @pytest.mark.parametrize(
-    ("writer", "message"),
+    ("written", "writer", "message"),
     [
         # full before the write: the kernel's own ENOSPC, from /dev/full
-        (lambda _: builtins.open("/dev/full", "wb"), "no space left on device; the previous"),  # noqa: SIM115
+        (".pt.tmp-", _dev_full, "no space left on device; the previous"),
         # full during it: torch's zip writer raises its own RuntimeError ("unexpected pos")
-        (_FillsUp, "the write stopped short, .* bytes free on the device; the previous"),
+        (
+            ".pt.tmp-",
+            _FillsUp,
+            "the write stopped short, .* bytes free on the device; the previous",
+        ),
+        # full after best.pt, at the copy to last.pt
+        (".last.pt.tmp-", _dev_full, r"checkpoint \S+last.pt: no space left on device; the prev"),
     ],
 )
 def test_a_full_disk_stops_the_run_and_leaves_the_previous_checkpoint(
-    tmp_path, monkeypatch, writer, message
+    tmp_path, monkeypatch, written, writer, message
 ):
     config = small(tmp_path, "run", epochs=3)
     fit(config.replace(epochs=1), quiet=True)
     before = (tmp_path / "run" / "last.pt").read_bytes()
 
     def opener(path, mode="r", *args, **kwargs):
-        if "w" in mode and ".last.pt.tmp" in str(path):
+        if "w" in mode and written in str(path):
             return writer(path)
         return builtins.open(path, mode, *args, **kwargs)
 
@@ -372,7 +466,7 @@ def test_a_full_disk_stops_the_run_and_leaves_the_previous_checkpoint(
     with pytest.raises(PtoolError, match=message):
         resume_run(plan_resume(tmp_path / "run", {"epochs": 3}), quiet=True)
     assert (tmp_path / "run" / "last.pt").read_bytes() == before
-    assert not list((tmp_path / "run").glob(".last.pt.tmp*"))
+    assert not list((tmp_path / "run").glob(".*.tmp-*"))
 
 
 def test_checkpoints_that_cannot_be_resumed_fail_with_one_line(tmp_path):
@@ -414,7 +508,7 @@ def test_an_unwritable_directory_stops_the_run_with_one_line(tmp_path, monkeypat
     before = (tmp_path / "run" / "last.pt").read_bytes()
 
     def denied(path, mode="r", *args, **kwargs):  # what open() raises in a read-only directory
-        if "w" in mode and ".last.pt.tmp" in str(path):
+        if "w" in mode and ".pt.tmp-" in str(path):
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
         return builtins.open(path, mode, *args, **kwargs)
 
