@@ -183,12 +183,16 @@ def test_compaction_shapes_outputs_and_reload(cnn_ckpt, float_model, tmp_path):
         assert not torch.allclose(masked(x), expected, atol=1e-3)
 
 
+@pytest.mark.parametrize("permanent", [False, True], ids=["keep-masks", "make-permanent"])
 def test_compacting_a_masked_checkpoint_removes_its_channels_and_the_new_ones(
-    cnn_ckpt, float_model, tmp_path
+    cnn_ckpt, float_model, tmp_path, permanent
 ):
-    """--keep-masks, then --compact: the second amount applies to the channels left (torch's
-    iterative ln_structured is the oracle), and no emptied channel stays in the model."""
-    _, first = _prune(cnn_ckpt, tmp_path, method="ln-structured", amount=0.5, make_permanent=False)
+    """--keep-masks (or the default --make-permanent: its empty channels count as pruned), then
+    --compact: the second amount applies to the channels left (torch's iterative ln_structured
+    is the oracle), and no emptied channel stays in the model."""
+    _, first = _prune(
+        cnn_ckpt, tmp_path, method="ln-structured", amount=0.5, make_permanent=permanent
+    )
     masked = tmp_path / "masked.pt"
     ckpt_io.atomic_save(first, masked)
     options = dict(method="ln-structured", amount=0.5, compact=True, output=None)
@@ -208,6 +212,41 @@ def test_compacting_a_masked_checkpoint_removes_its_channels_and_the_new_ones(
         expected = _channel_zeroed(float_model, gone)(x)
         restored = model_from_checkpoint(saved).eval()
         torch.testing.assert_close(restored(x), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["l1-unstructured", "ln-structured"])
+def test_pruning_a_made_permanent_checkpoint_again_stacks_as_torch_does(
+    cnn_ckpt, float_model, tmp_path, method
+):
+    """The input's zeros are its earlier pruning: the new amount applies to the weights left,
+    as two torch calls in a row do (it used to rank those zeros first and prune nothing)."""
+    _, first = _prune(cnn_ckpt, tmp_path, method=method, amount=0.3)
+    permanent = tmp_path / "permanent.pt"
+    ckpt_io.atomic_save(first, permanent)
+    _, saved = _prune(permanent, tmp_path, method=method, amount=0.3, make_permanent=False)
+    for name in CONVS:
+        oracle = copy.deepcopy(float_model.get_submodule(name))
+        for _ in range(2):
+            if method == "l1-unstructured":
+                prune.l1_unstructured(oracle, "weight", amount=0.3)
+            else:
+                prune.ln_structured(oracle, "weight", amount=0.3, n=2, dim=0)
+        assert torch.equal(saved["model_state_dict"][f"{name}.weight_mask"], oracle.weight_mask)
+
+
+def test_compaction_through_a_one_slope_prelu(tmp_path):
+    """The cnn's --activation prelu has one shared slope: the head still loses H x W inputs
+    per removed channel (Torch-Pruning alone lost the flatten's expansion behind it)."""
+    ckpt = write_checkpoint(
+        tmp_path / "prelu.pt", epochs=1, model="cnn", channels=[8, 16], activation="prelu"
+    )
+    float_model = model_from_checkpoint(ckpt_io.load_checkpoint(ckpt)).eval()
+    report, saved = _prune(ckpt, tmp_path, method="ln-structured", amount=0.5, compact=True)
+    assert report["layers"][-1]["shape_after"] == [10, 32]
+    x = _inputs()
+    with torch.no_grad():
+        expected = _channel_zeroed(float_model, _ln_structured_channels(float_model, 0.5))(x)
+        torch.testing.assert_close(model_from_checkpoint(saved).eval()(x), expected)
 
 
 def test_bn_scale_removes_the_channels_with_the_smallest_batch_norm_scale(

@@ -9,7 +9,8 @@ so `model_from_checkpoint` rebuilds it without user code.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -38,9 +39,10 @@ class Compactor:
         was_training = model.training
         model.eval()
         try:
-            self.graph = tp.DependencyGraph().build_dependency(
-                model, example_inputs=example, verbose=False
-            )
+            with _one_slope_prelus_as_functions(model):
+                self.graph = tp.DependencyGraph().build_dependency(
+                    model, example_inputs=example, verbose=False
+                )
             with torch.no_grad():
                 self.output_shape = tuple(model(example).shape)
         except Exception as exc:  # noqa: BLE001 - any tracing failure becomes one line
@@ -121,10 +123,49 @@ class Compactor:
                     hint=f"choose an amount that keeps a multiple of {module.num_groups} channels",
                 )
         self.model.eval()
-        with torch.no_grad():
-            shape = tuple(self.model(self.example).shape)
+        try:
+            with torch.no_grad():
+                shape = tuple(self.model(self.example).shape)
+        except RuntimeError as exc:  # shapes Torch-Pruning got wrong in this architecture
+            raise PtoolError(
+                f"compacting {name} left a model that does not run ({first_line(exc)})",
+                hint="drop --compact: structured masks keep the shapes",
+            ) from exc
         if shape != self.output_shape:
             raise PtoolError(f"compacting {name} changed the model's output shape to {shape}")
+
+
+class _OneSlope(nn.Module):
+    """A one-parameter nn.PReLU's function, its slope kept out of the module tree."""
+
+    def __init__(self, prelu: nn.PReLU):
+        super().__init__()
+        self.prelu = [prelu]  # a list: not a submodule, so the trace sees no parameter
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x >= 0, x, x * self.prelu[0].weight.detach())
+
+
+@contextlib.contextmanager
+def _one_slope_prelus_as_functions(model: nn.Module) -> Iterator[None]:
+    """Torch-Pruning traces a one-slope nn.PReLU (the cnn's `--activation prelu`) as a
+    one-channel layer plus a reshape, and loses a flatten's channel-to-feature expansion
+    behind it (the head lost one input per removed channel instead of H x W). Traced as the
+    element-wise function it is, the groups come out right; the graph keeps no reference to
+    it, so the real module goes back in place at once."""
+    found = [
+        (parent, name, child)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if isinstance(child, nn.PReLU) and child.num_parameters == 1
+    ]
+    for parent, name, child in found:
+        setattr(parent, name, _OneSlope(child))
+    try:
+        yield
+    finally:
+        for parent, name, child in found:
+            setattr(parent, name, child)
 
 
 def architecture(model: nn.Module) -> dict[str, list[int]]:

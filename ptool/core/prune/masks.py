@@ -109,15 +109,21 @@ def pruned_slices(mask: torch.Tensor, dim: int) -> list[int]:
     return torch.nonzero(mask.sum(dim=others) == 0).flatten().tolist()
 
 
-def mask_empty_channels(module: nn.Module) -> None:
-    """Mask the output channels whose weights are all zero (structured masks of the input,
-    made permanent), so the next structured step ranks only the channels left, as torch's
-    iterative pruning does, and the compaction removes them too."""
-    weight = module.weight.detach()
-    alive = weight.flatten(1).ne(0).any(dim=1)
-    if not bool(alive.all()):
-        shape = (-1,) + (1,) * (weight.dim() - 1)
-        prune.custom_from_mask(module, PARAM, alive.view(shape).expand_as(weight))
+def mask_zeros(module: nn.Module, dim: int | None) -> None:
+    """Mask what a plain weight holds as zeros, the input's own pruning made permanent: its
+    empty slices along `dim` (structured methods) or its zero weights (`dim` None). The amount
+    then applies to what is left, as in torch's iterative pruning and as with --keep-masks
+    inputs, and --compact removes those channels too. A masked weight is left as it is."""
+    if mask_of(module) is not None:
+        return
+    keep = module.weight.detach().ne(0)
+    if dim is not None:
+        axis = dim % keep.dim()
+        others = [d for d in range(keep.dim()) if d != axis]
+        shape = [-1 if d == axis else 1 for d in range(keep.dim())]
+        keep = keep.sum(dim=others).ne(0).view(shape).expand_as(keep)
+    if not bool(keep.all()):
+        prune.custom_from_mask(module, PARAM, keep)
 
 
 def target_count(amount: int | float, size: int) -> int:

@@ -166,8 +166,6 @@ class Pruner:
             for follower, leader in self.tied.items():
                 self.log(f"{follower}: output channels tied to {leader}'s, removed with them")
             layers = {name: m for name, m in layers.items() if name not in self.tied}
-            for module in layers.values():
-                masks.mask_empty_channels(module)
         scores = graph.bn_scales(layers) if options.method == "bn-scale" else None
         masks.prune_layers(
             layers, options.method, counts, n=options.n, dim=options.dim, scores=scores
@@ -339,6 +337,12 @@ def prune_checkpoint(
                 else ", or use --dim 1 (its inputs) without --compact"
             ),
         )
+    if options.compact:
+        baked = masks.make_permanent(model)
+        if baked:
+            log(f"--compact: made the input's masks permanent first ({len(baked)} tensors)")
+    for module in layers.values():  # the input's zeros are pruned already: count from the rest
+        masks.mask_zeros(module, options.dim if structured else None)
     sizes = masks.check_sizes(options.amount, layers, options.method, options.dim)
     schedules = {
         name: masks.schedule(options.amount, size, options.steps) for name, size in sizes.items()
@@ -358,10 +362,6 @@ def prune_checkpoint(
         data = build_data(config)
     evaluator = Evaluator(config, data) if options.evaluate else None
 
-    if options.compact:
-        baked = masks.make_permanent(model)
-        if baked:
-            log(f"--compact: made the input's masks permanent first ({len(baked)} tensors)")
     before_model = _permanent(model)
     before_layers = layer_snapshot(model)
     before_counts = parameter_counts(model)
@@ -393,10 +393,11 @@ def prune_checkpoint(
         }
         pruner.step(counts)
         rows = layer_rows(before_layers, layer_snapshot(pruner.model), selected, pruner.tied)
-        sparsity = global_sparsity(rows)["sparsity"]
+        totals = global_sparsity(rows)
+        sparsity, already = totals["sparsity"], totals["sparsity_before"]
         log(
             f"step {k}/{options.steps}: {options.method} pruned {sparsity:.2%} "
-            "of the selected weights"
+            "of the selected weights" + (f" ({already:.2%} were already)" if already else "")
         )
         if options.recalibrate_bn:
             pruner.recalibrate_bn(config, data, seed + k)
