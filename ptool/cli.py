@@ -129,14 +129,17 @@ COMMANDS: tuple[str, ...] = (
 
 def main() -> None:
     """Console-script entry point: known failures, usage errors included, become one line and
-    an exit code (Typer's standalone mode would draw usage errors in a box)."""
+    an exit code (Typer's standalone mode would draw usage errors in a box); with --debug, after
+    the traceback."""
     try:
         code = app(standalone_mode=False)
     except SystemExit:
         raise
     except Exception as exc:  # noqa: BLE001 - the one place that turns errors into messages
-        if debug_enabled():
-            raise
+        if debug_enabled():  # the traceback too, and the same exit code
+            import traceback
+
+            traceback.print_exc()
         sys.exit(report(exc, command_path(sys.argv[1:])))
     sys.exit(code if isinstance(code, int) else 0)  # typer.Exit(code) comes back as its code
 

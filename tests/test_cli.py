@@ -125,6 +125,15 @@ def test_usage_errors_are_one_line_and_exit_2(args, message, command):
     assert lines[1:] == [f"hint: {command} --help shows the usage"]
 
 
+@pytest.mark.parametrize("debug", [("--debug",), ()], ids=["flag", "env"])
+def test_debug_adds_the_traceback_and_keeps_the_exit_code(debug):
+    proc = run_ptool(
+        *debug, "convcalc", "--h", "3", "--k", "5", env={"PTOOL_DEBUG": "" if debug else "1"}
+    )
+    assert proc.returncode == 2 and proc.stderr.startswith("Traceback (most recent call last):")
+    assert proc.stderr.splitlines()[-2].startswith("error: h: kernel size can't be greater")
+
+
 def test_a_group_without_its_command_prints_its_help():
     proc = run_ptool("quantize")
     assert proc.returncode == 2  # Click's convention: help instead of a command is a usage error

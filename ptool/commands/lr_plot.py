@@ -333,11 +333,17 @@ def _render(out, lines, *, x_axis, log_y, title, output, csv, chart) -> None:
         out.result({"x_axis": x_axis, "series": [line.to_dict() for line in lines]})
         return
 
+    draw = chart if chart is not None else out.out.is_terminal
+    if draw and not _encodes(out.out.encoding, "\u28ff"):  # plotext draws in braille
+        draw = False
+        if chart:
+            out.info(f"--chart: the output's encoding ({out.out.encoding}) has no braille")
+
     def render():
         import shutil
 
         parts = []
-        if chart if chart is not None else out.out.is_terminal:
+        if draw:
             width = min(shutil.get_terminal_size((100, 24)).columns, 120)
             text = view.terminal_chart(
                 lines, x_axis=x_axis, log_y=log_y, title=title, width=width, height=22
@@ -349,6 +355,14 @@ def _render(out, lines, *, x_axis, log_y, title, output, csv, chart) -> None:
         return Group(*parts)
 
     out.result(None, render)
+
+
+def _encodes(encoding: str, text: str) -> bool:
+    try:
+        text.encode(encoding)
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
 
 
 def register(app: typer.Typer) -> None:

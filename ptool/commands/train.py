@@ -157,9 +157,12 @@ def run_and_report(
 
     try:
         summary = run(out.log)
-    except BaseException:
+    except BaseException as exc:
         if created:  # a run refused before writing anything leaves no empty --out behind
             _remove_empty(Path(run_dir), Path(created))
+        stopped = getattr(exc, "summary", None)  # a diverged or interrupted run's summary.json
+        if stopped is not None and out.json and _speaks_for_the_job():
+            out.result(stopped.to_dict())  # its status says why; then the error
         raise
     if _speaks_for_the_job():
         out.result(summary.to_dict(), lambda: summary_table(summary))

@@ -395,7 +395,7 @@ class Trainer:
                         self.log(message)
                         break
         except NonFiniteLoss as exc:
-            self._finish("diverged", str(exc))
+            exc.summary = self._finish("diverged", str(exc))  # for `--json`, as summary.json
             raise
         summary = self._finish(status, message)
         self._fire("on_fit_end", summary)
@@ -490,9 +490,11 @@ class Trainer:
         state, stop = self.state, self.stop
         where = f"epoch {state.epoch + 1}, step {state.global_step}"
         message = f"{stop.name} at {where}: saved {self.files.last}"
-        self._finish("interrupted", message)
+        summary = self._finish("interrupted", message)
         command = rundir.resume_command(self.dist.world_size, self.resume_command)
-        raise Interrupted(stop.signum, message, hint=f"resume with: {command} {self.run_dir}")
+        error = Interrupted(stop.signum, message, hint=f"resume with: {command} {self.run_dir}")
+        error.summary = summary  # for `--json`, as summary.json
+        raise error
 
     def _flush_sums(self, loss_sum, correct, samples: int, began: float) -> None:
         state = self.state

@@ -33,3 +33,8 @@ def first_line(exc: BaseException) -> str:
     else its type's name."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[0] if lines else type(exc).__name__
+
+
+def count(n: int, noun: str) -> str:
+    """`1 epoch`, `3 epochs`: a number and its noun, for messages."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"

@@ -16,7 +16,7 @@ from typing import Any
 
 from ptool.core import rundir
 from ptool.core.config import FIELDS, TrainConfig, as_flag
-from ptool.core.errors import PtoolError, UsageError
+from ptool.core.errors import PtoolError, UsageError, count
 
 # The flags a resume accepts: duration, early stopping, output, logging, device, and the
 # DataLoader's workers (each sample's augmentation draws do not depend on which one serves it).
@@ -218,14 +218,14 @@ def plan_resume(
     at_epoch_end = done > 0 and not ckpt.get("batch_in_epoch")
     if at_epoch_end and patience is not None and wait >= patience:  # the engine's rule
         raise UsageError(
-            f"{checkpoint} stopped early: {config.monitor} did not improve for {wait} epochs "
-            f"(--early-stop-patience {patience})",
+            f"{checkpoint} stopped early: {config.monitor} did not improve for "
+            f"{count(wait, 'epoch')} (--early-stop-patience {patience})",
             hint=f"continue it with more patience: {command} {checkpoint} "
             f"--early-stop-patience {wait + max(1, patience)}",
         )
     if done >= config.epochs:
         raise UsageError(
-            f"{checkpoint} has finished its {done} epochs",
+            f"{checkpoint} has finished its {count(done, 'epoch')}",
             hint=f"extend the run: {command} {checkpoint} --epochs {rundir.longer(done)}",
         )
     batch = ckpt.get("batch_in_epoch") or 0
@@ -242,16 +242,18 @@ def plan_resume(
         plan.notes.append(f"--reschedule: the {saved.scheduler} schedule has no horizon to re-plan")
         plan.reschedule = False
     elif reschedule:
-        plan.notes.append(f"schedule re-planned for {config.epochs} epochs, now at step {step}")
+        plan.notes.append(
+            f"schedule re-planned for {count(config.epochs, 'epoch')}, now at step {step}"
+        )
     elif config.epochs > planned and saved.scheduler == "onecycle":
         raise UsageError(
-            f"onecycle was planned for {planned} epochs and cannot step past its end",
+            f"onecycle was planned for {count(planned, 'epoch')} and cannot step past its end",
             hint=f"re-plan it for the new total: {command} {checkpoint} "
             f"--epochs {config.epochs} --reschedule",
         )
     elif config.epochs != planned and saved.scheduler not in NO_HORIZON:
         plan.notes.append(
-            f"schedule continues from its saved state (planned for {planned} epochs"
+            f"schedule continues from its saved state (planned for {count(planned, 'epoch')}"
             + (
                 ": past them the cosine rises again from its floor"
                 if _periodic_past(saved, planned, config)

@@ -80,7 +80,7 @@ def resolve_device(spec: str, info: Distributed | None = None) -> torch.device:
         ) from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise UsageError("--device cuda: no CUDA GPU is available", hint="use --device cpu")
+            raise UsageError(f"--device {spec}: no CUDA GPU is available", hint="use --device cpu")
         if device.index is None:
             device = torch.device("cuda", local_rank if info and info.enabled else 0)
         if device.index >= torch.cuda.device_count():

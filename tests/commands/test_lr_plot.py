@@ -326,3 +326,12 @@ def test_chart_tick_labels_read_small_values():
     # an lr of 0 has no place on a log axis: left out, not a crash
     zero = lr_plot("polynomial", "--total-iters", "2", "--epochs", "4", "--log-y", "--chart")
     assert _y_labels(zero)[0] == "0.001"
+
+
+def test_chart_on_an_output_without_braille_gives_the_key_numbers():
+    proc = run_ptool(
+        "lr-plot", "cosine", "--epochs", "5", "--chart", env={"PYTHONIOENCODING": "ascii"}
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "--chart: the output's encoding (ascii) has no braille\n"
+    assert proc.stdout.startswith("series")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import shlex
@@ -47,10 +48,10 @@ def _default_signals() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def start(out) -> subprocess.Popen:
+def start(out, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PTOOL_DEBUG": "", "COLUMNS": "200"}
     return subprocess.Popen(
-        [PTOOL, *RUN, "--out", str(out)],
+        [PTOOL, *RUN, "--out", str(out), *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -73,12 +74,15 @@ def assert_same(a, b) -> None:
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_saves_last_pt_and_the_resumed_run_is_bit_identical(tmp_path, reference, signum):
     out = tmp_path / "run"
-    proc = start(out)
+    proc = start(out, "--json")
     wait_for_checkpoint(out, proc)
     proc.send_signal(signum)
-    _, stderr = proc.communicate(timeout=60)
+    stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signum, stderr
     assert f"resume with: ptool resume {out}" in stderr
+    # --json still prints the run's summary.json, whose status says why it stopped
+    assert json.loads(stdout) == json.loads((out / "summary.json").read_text())
+    assert json.loads(stdout)["status"] == "interrupted"
     assert "Traceback" not in stderr
     saved = torch.load(out / "last.pt", weights_only=True)
     assert saved["epoch"] < 3 and saved["global_step"] > 0
@@ -125,7 +129,7 @@ def short_run(tmp_path_factory):
 def test_refusals_are_one_line_and_name_the_way_out(short_run, tmp_path):
     finished = run_ptool("resume", str(short_run))
     assert finished.returncode == 2
-    assert "has finished its 1 epochs" in finished.stderr and "--epochs" in finished.stderr
+    assert "has finished its 1 epoch\n" in finished.stderr and "--epochs" in finished.stderr
     changed = run_ptool("train", "--resume", str(short_run), "--epochs", "2", "--model", "cnn")
     assert changed.returncode == 2 and "--init-from" in changed.stderr
     changed = run_ptool("resume", str(short_run), "--optimizer", "sgd")

@@ -38,6 +38,16 @@ def test_train_writes_the_run_directory_and_prints_the_summary(tmp_path):
     assert json.loads(again.stdout) == ckpt["config"]
 
 
+def test_a_diverged_run_still_prints_its_summary_with_json(tmp_path):
+    out = tmp_path / "run"
+    result = run_ptool("train", *TINY, "--lr", "1e30", "--optimizer", "sgd", "--out", str(out),
+                       "--json")  # fmt: skip
+    assert result.returncode == 1 and result.stderr.startswith("error: ")
+    summary = json.loads(result.stdout)
+    assert summary["status"] == "diverged" and summary["message"] in result.stderr
+    assert json.loads((out / "summary.json").read_text()) == summary
+
+
 def test_human_output_is_a_table_and_quiet_silences_stderr(tmp_path):
     result = run_ptool("train", *TINY, "--epochs", "1", "--out", str(tmp_path / "r"), "--quiet")
     assert result.returncode == 0, result.stderr

@@ -552,3 +552,24 @@ def test_a_pruned_output_cannot_be_resumed_and_the_hint_fine_tunes_it(cnn_ckpt, 
         output=str(tmp_path / "again.pt"),
     )  # the hint's command, with 1 epoch
     assert saved["model_state_dict"]["body.0.conv.weight"].shape[0] == 4
+
+
+def test_an_interrupted_finetune_says_what_its_resume_gives(cnn_ckpt, tmp_path, monkeypatch):
+    import signal
+
+    from ptool.core import engine
+    from ptool.core.signals import Interrupted
+
+    def interrupted(config, **_):
+        raise Interrupted(
+            signal.SIGINT, "SIGINT at epoch 1", hint=f"resume with: ptool resume {config.out}"
+        )
+
+    monkeypatch.setattr(engine, "fit", interrupted)
+    with pytest.raises(Interrupted) as info:
+        _prune(cnn_ckpt, tmp_path, finetune_epochs=1, train_overrides={"out": str(tmp_path / "ft")})
+    assert info.value.hint == (
+        f"resume with: ptool resume {tmp_path / 'ft'}; its best.pt is then the pruned, fine-tuned "
+        "model (this prune's report and output file are not written)"
+    )
+    assert info.value.exit_code == 130

@@ -230,7 +230,7 @@ def test_a_resume_runs_as_many_processes_as_the_run(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(UsageError, match="trained by 1 process, this resume runs 2"):
         plan_resume(tmp_path / "run", {"epochs": 2})
-    with pytest.raises(UsageError, match="has finished its 1 epochs") as info:
+    with pytest.raises(UsageError, match="has finished its 1 epoch$") as info:
         plan_resume(tmp_path / "ddp.pt", {})
     assert info.value.hint == (  # the other hints too: as the run ran, under torchrun
         f"extend the run: torchrun --nproc_per_node 2 -m ptool resume {tmp_path / 'ddp.pt'} "
@@ -240,7 +240,7 @@ def test_a_resume_runs_as_many_processes_as_the_run(tmp_path, monkeypatch):
 
 def test_onecycle_cannot_be_extended_without_replanning(tmp_path):
     fit(small(tmp_path, "run", epochs=1, scheduler="onecycle"), quiet=True)
-    with pytest.raises(UsageError, match="onecycle was planned for 1 epochs") as info:
+    with pytest.raises(UsageError, match="onecycle was planned for 1 epoch and") as info:
         plan_resume(tmp_path / "run", {"epochs": 2})
     assert info.value.hint.endswith("--epochs 2 --reschedule")
     resume_run(plan_resume(tmp_path / "run", {"epochs": 2}, reschedule=True), quiet=True)

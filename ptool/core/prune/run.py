@@ -20,7 +20,7 @@ from torch import nn
 from ptool.core import benchmark
 from ptool.core import checkpoint as ckpt_io
 from ptool.core.config import TrainConfig
-from ptool.core.errors import UsageError
+from ptool.core.errors import UsageError, count
 from ptool.core.prune import compact as compaction
 from ptool.core.prune import masks
 from ptool.core.prune.options import STRUCTURED, PruneOptions, check_options, default_output
@@ -255,16 +255,24 @@ def _finetune(
 ) -> dict[str, Any]:
     """E epochs through the training engine on the pruned model; keeps the best epoch."""
     from ptool.core.engine import fit
+    from ptool.core.signals import Interrupted
 
-    summary = fit(
-        config,
-        quiet=quiet,
-        progress=progress,
-        log=pruner.log,
-        model=pruner.model,
-        data=data,
-        checkpoint_extras=lambda: {"pruning": extras()},
-    )
+    try:
+        summary = fit(
+            config,
+            quiet=quiet,
+            progress=progress,
+            log=pruner.log,
+            model=pruner.model,
+            data=data,
+            checkpoint_extras=lambda: {"pruning": extras()},
+        )
+    except Interrupted as exc:  # what its resume gives, and what it does not
+        exc.hint = (
+            f"{exc.hint}; its best.pt is then the pruned, fine-tuned model (this prune's report "
+            "and output file are not written)"
+        )
+        raise
     best = summary.checkpoints.get("best")
     if best:
         pruner.model.load_state_dict(ckpt_io.load_checkpoint(best)["model_state_dict"])
@@ -410,7 +418,7 @@ def prune_checkpoint(
         }
         if base_config is not None:
             run_config = base_config.replace(out=step_run_dir(base_config.out, k, options.steps))
-            log(f"fine-tuning {options.finetune_epochs} epochs in {run_config.out}")
+            log(f"fine-tuning {count(options.finetune_epochs, 'epoch')} in {run_config.out}")
             entry["finetune"] = _finetune(
                 pruner, run_config, data, recipe, quiet=quiet, progress=progress
             )
