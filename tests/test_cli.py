@@ -125,6 +125,13 @@ def test_usage_errors_are_one_line_and_exit_2(args, message, command):
     assert lines[1:] == [f"hint: {command} --help shows the usage"]
 
 
+def test_unknown_options_get_only_close_suggestions():
+    assert run_ptool("convcalc", "--h", "3", "--bogus").stderr.splitlines()[0] == (
+        "error: No such option: --bogus"  # Click suggested "--groups, --s"
+    )
+    assert "--batch-size" in run_ptool("train", "--batchsize", "3").stderr.splitlines()[0]
+
+
 @pytest.mark.parametrize("debug", [("--debug",), ()], ids=["flag", "env"])
 def test_debug_adds_the_traceback_and_keeps_the_exit_code(debug):
     proc = run_ptool(

@@ -26,6 +26,7 @@ def describe(exc: BaseException, command_path: str = "ptool") -> tuple[str, str 
     if callable(getattr(exc, "format_message", None)) and isinstance(
         getattr(exc, "exit_code", None), int
     ):  # Typer's usage errors (its vendored Click's), recognised without importing internals
+        _keep_close_suggestions(exc)
         ctx = getattr(exc, "ctx", None)
         path = ctx.command_path if ctx is not None else command_path
         return exc.format_message(), f"{path} --help shows the usage", exc.exit_code
@@ -61,6 +62,20 @@ def _one_line(text: str) -> str:
     if not lines:
         return ""
     return lines[-1] if "Original Traceback" in text else lines[0]
+
+
+def _keep_close_suggestions(exc: BaseException) -> None:
+    """Click suggests any option that shares a few letters (`--bogus`: "Possible options:
+    --groups, --s"); keep only names close to the one typed, without their dashes."""
+    from difflib import SequenceMatcher
+
+    possibilities, typed = getattr(exc, "possibilities", None), getattr(exc, "option_name", "")
+    if possibilities and isinstance(typed, str):
+        exc.possibilities = [
+            p
+            for p in possibilities
+            if SequenceMatcher(None, typed.lstrip("-"), p.lstrip("-")).ratio() >= 0.7
+        ]
 
 
 def report(exc: BaseException, command_path: str = "ptool") -> int:
