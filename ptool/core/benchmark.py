@@ -11,7 +11,7 @@ import io
 import statistics
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -47,11 +47,19 @@ def param_bytes(state_dict: Mapping[str, Any]) -> int:
     return sum(t.numel() * t.element_size() for v in state_dict.values() for t in _tensors(v))
 
 
+class Latency(NamedTuple):
+    """One model's timings in ms: the median call, and the interquartile range of the calls
+    (how much a busy machine moved them)."""
+
+    median: float
+    spread: float
+
+
 @torch.no_grad()
 def latency_ms(
     models: Mapping[str, nn.Module], example: torch.Tensor, *, runs: int = 20, warmup: int = 3
-) -> dict[str, float]:
-    """Median wall time of `model(example)` in ms per model, over `runs` calls after `warmup`.
+) -> dict[str, Latency]:
+    """Wall time of `model(example)` per model, over `runs` calls after `warmup`.
 
     The models take turns call by call, so a busy neighbour process slows all of them alike
     and their ratio stays meaningful.
@@ -65,5 +73,18 @@ def latency_ms(
         for name, model in models.items():
             start = time.perf_counter()
             model(example)
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) * 1000.0 for name, values in times.items()}
+            times[name].append((time.perf_counter() - start) * 1000.0)
+    return {name: _latency(values) for name, values in times.items()}
+
+
+def _latency(values: list[float]) -> Latency:
+    if len(values) < 2:
+        return Latency(values[0], 0.0)
+    low, _, high = statistics.quantiles(values, n=4)
+    return Latency(statistics.median(values), high - low)
+
+
+def relative_spread(latencies: Iterable[Latency]) -> float:
+    """The largest interquartile range as a fraction of its median: how far to trust a ratio
+    of these medians (a few percent on a quiet machine; tens of percent on a busy one)."""
+    return max((t.spread / t.median for t in latencies if t.median > 0), default=0.0)

@@ -16,6 +16,7 @@ from ptool.ui.tables import (
     format_shrink,
     format_speedup,
     human_bytes,
+    timing_spread,
 )
 
 
@@ -106,7 +107,8 @@ def report_view(report: dict[str, Any]) -> Group:
     latency = report["latency"]
     notes = [
         f"latency: median of {latency['runs']} runs after warm-up, {latency['threads']} threads, "
-        "random inputs; masks baked in (unstructured zeros do not speed up dense kernels)",
+        f"random inputs{timing_spread(latency['spread'])}; masks baked in (unstructured zeros do "
+        "not speed up dense kernels)",
         f"written: {report['output']}"
         + (" (with weight_orig/weight_mask, for further pruning)" if report["masks"] else ""),
     ]

@@ -15,6 +15,7 @@ from ptool.ui.tables import (
     format_shrink,
     format_speedup,
     human_bytes,
+    timing_spread,
 )
 
 
@@ -35,7 +36,7 @@ def report_table(report: dict[str, Any]) -> Group:
         f"quantized layers: {_listing(report['quantized_layers'])}",
         f"fused: {_listing(fused)}",
         f"latency: median of {report['bench_runs']} runs after warm-up, "
-        f"{report['threads']} threads, random inputs",
+        f"{report['threads']} threads, random inputs{timing_spread(report['latency_spread'])}",
         f"written: {report['output']}",
     ]
     if report.get("torchscript"):

@@ -55,6 +55,17 @@ def format_speedup(ratio: float) -> str:
     return format_ratio(ratio, "faster", "slower")
 
 
+def timing_spread(spread: float) -> str:
+    """The latency footnote's word on noise: the timings' interquartile range over the median,
+    and a warning where it is large enough to move a ratio."""
+    if spread < 0.05:
+        return ""
+    text = f", timings spread {spread:.0%} (interquartile range)"
+    if spread >= 0.25:
+        text += ": a busy machine, the ratio may be off; rerun with more --bench-runs"
+    return text
+
+
 def format_shrink(ratio: float) -> str:
     """old/new size: '3.91x smaller' or, when the new file grew, '1.01x larger'."""
     return format_ratio(ratio, "smaller", "larger")

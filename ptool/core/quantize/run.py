@@ -489,11 +489,13 @@ def compare(
         eval_args = (info, build_loss(config, info), cpu)
     models = {"fp32": float_model, "quantized": quantized}
     entries = {name: _sizes_and_metrics(m, loader, eval_args) for name, m in models.items()}
+    timings = []
     with ao.quiet():
         for key, x in inputs.items():
             timed = benchmark.latency_ms(models, x, runs=options.bench_runs)
             for name, value in timed.items():
-                entries[name][f"latency_ms_{key}"] = round(value, 4)
+                entries[name][f"latency_ms_{key}"] = round(value.median, 4)
+            timings += timed.values()
     fp32, quant = entries["fp32"], entries["quantized"]
     ratios = {
         "size": fp32["file_bytes"] / quant["file_bytes"],
@@ -508,6 +510,7 @@ def compare(
         "batch_size": batch,
         "threads": torch.get_num_threads(),
         "bench_runs": options.bench_runs,
+        "latency_spread": round(benchmark.relative_spread(timings), 3),
         "fp32": fp32,
         "quantized": quant,
         "ratios": {k: round(v, 3) for k, v in ratios.items()},
