@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,7 @@ class CheckpointFiles:
             if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
                 tmp.unlink(missing_ok=True)
 
-    def write(self, payload: dict, copies: list[Path] | tuple[()] = ()) -> Path:
+    def write(self, payload: dict, copies: Sequence[Path] = ()) -> Path:
         """`copies` of the checkpoint (`epoch_copies`), then last.pt."""
         first, *rest = [*copies, self.last]
         atomic_save(payload, first)

@@ -19,7 +19,7 @@ import dataclasses
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -748,7 +748,7 @@ class Trainer:
             saved.update(train_loss_sum=loss_sum, train_correct=correct, train_samples=int(samples))
         return saved
 
-    def save(self, copies: list[Path] | tuple[()] = ()) -> None:
+    def save(self, copies: Sequence[Path] = ()) -> None:
         """last.pt (after its `copies`) on rank 0, and the in-memory copy a rollback returns to
         (every rank)."""
         payload = self.payload()

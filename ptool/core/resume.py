@@ -64,8 +64,8 @@ def find_checkpoint(path: str | Path | None) -> Path:
         return path
     try:
         return newest_valid_checkpoint(path)
-    except PtoolError as exc:
-        if not (path / rundir.CONFIG_NAME).is_file():
+    except PtoolError as exc:  # a run killed before its first checkpoint: start it again
+        if any(path.glob("*.pt")) or not (path / rundir.CONFIG_NAME).is_file():
             raise
         raise PtoolError(
             str(exc),
