@@ -555,21 +555,24 @@ def test_a_pruned_output_cannot_be_resumed_and_the_hint_fine_tunes_it(cnn_ckpt, 
 
 
 def test_an_interrupted_finetune_says_what_its_resume_gives(cnn_ckpt, tmp_path, monkeypatch):
+    """Ctrl-C during the fine-tune's first epoch (the real engine stops after it)."""
     import signal
 
     from ptool.core import engine
     from ptool.core.signals import Interrupted
 
-    def interrupted(config, **_):
-        raise Interrupted(
-            signal.SIGINT, "SIGINT at epoch 1", hint=f"resume with: ptool resume {config.out}"
-        )
+    end_epoch = engine.Trainer.end_epoch
 
-    monkeypatch.setattr(engine, "fit", interrupted)
+    def ctrl_c_then_end_epoch(trainer):
+        trainer.stop.signum = signal.SIGINT
+        return end_epoch(trainer)
+
+    monkeypatch.setattr(engine.Trainer, "end_epoch", ctrl_c_then_end_epoch)
+    out = tmp_path / "ft"
     with pytest.raises(Interrupted) as info:
-        _prune(cnn_ckpt, tmp_path, finetune_epochs=1, train_overrides={"out": str(tmp_path / "ft")})
+        _prune(cnn_ckpt, tmp_path, finetune_epochs=2, train_overrides={"out": str(out)})
     assert info.value.hint == (
-        f"resume with: ptool resume {tmp_path / 'ft'}; its best.pt is then the pruned, fine-tuned "
-        "model (this prune's report and output file are not written)"
+        f"resume with: ptool resume {out}; its best.pt is then the pruned, fine-tuned model "
+        "(this prune's report and output file are not written)"
     )
-    assert info.value.exit_code == 130
+    assert info.value.exit_code == 130 and not (tmp_path / "out.pt").exists()
