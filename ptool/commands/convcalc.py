@@ -120,8 +120,11 @@ def convcalc(
     if chain is not None and chain_file is not None:
         raise UsageError("give --chain or --chain-file, not both")
     if chain_file is not None:
-        with open(chain_file, encoding="utf-8") as file:
-            chain = file.read()
+        try:
+            with open(chain_file, encoding="utf-8") as file:
+                chain = file.read()
+        except FileNotFoundError:  # a flag's missing file is a usage error, as --config's
+            raise UsageError(f"--chain-file: no such file: {chain_file}") from None
     request = {
         "h": h,
         "w": w,

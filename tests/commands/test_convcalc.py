@@ -118,6 +118,7 @@ def test_stdin_json_lines_with_a_bad_line():
         (["--h", "8", "--chain", "conv k3 q4"], "unknown token 'q4'"),
         (["--h", "8", "--chain", "conv k3 s2 s3"], "'s3' sets stride again (after 's2')"),
         (["--h", "8", "--chain", "conv k3; ; conv k3"], "layer 2 is empty in 'conv k3; ; conv k3'"),
+        (["--h", "8", "--chain-file", "no-such.txt"], "--chain-file: no such file: no-such.txt"),
     ],
 )  # fmt: skip
 def test_bad_geometry_exits_2_with_one_line(args, rule):
