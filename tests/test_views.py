@@ -90,3 +90,11 @@ def test_a_file_that_grew_is_larger_not_0_99x_smaller():
     }  # fmt: skip
     text = _rendered(prune_view.summary_table(pruned))
     assert "1.20x larger" in text and "2.00x smaller" in text and "2.00x fewer" in text
+
+
+def test_compared_checkpoints_are_told_apart_by_the_shortest_path_ending():
+    from ptool.ui.eval_view import distinct_names
+
+    assert distinct_names(["runs/b/best.pt", "runs/cnn/best.pt"]) == ["b/best.pt", "cnn/best.pt"]
+    assert distinct_names(["runs/b/best.pt", "runs/b/last.pt"]) == ["best.pt", "last.pt"]
+    assert distinct_names(["/x/a/c.pt", "a/c.pt"]) == ["x/a/c.pt", "a/c.pt"]

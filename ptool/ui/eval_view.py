@@ -93,14 +93,26 @@ def report_view(report: dict[str, Any]) -> RenderableType:
     return Group(*parts)
 
 
+def distinct_names(paths: list[str]) -> list[str]:
+    """The shortest path endings that tell the files apart: `best.pt` and `last.pt`, but
+    `a/best.pt` and `b/best.pt` for two runs' best checkpoints."""
+    parts = [Path(path).parts for path in paths]
+    for depth in range(1, max(map(len, parts)) + 1):
+        names = [str(Path(*p[-depth:])) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return [str(path) for path in paths]
+
+
 def compare_table(reports: list[dict[str, Any]]) -> Table:
     """A column per checkpoint; the second and later ones show their difference vs the first."""
     first = reports[0]
     title = f"{first['data']} {first['split']}: {first['samples']} samples, {first['device']}"
     table = Table(title=escape(title), title_justify="left")
     table.add_column("metric")
-    for report in reports:
-        table.add_column(f"{Path(report['checkpoint']).name}\n({report['kind']})", justify="right")
+    names = distinct_names([report["checkpoint"] for report in reports])
+    for name, report in zip(names, reports, strict=True):
+        table.add_column(f"{escape(name)}\n({report['kind']})", justify="right")
     for name in first["metrics"]:
         cells = [format_metric(name, first["metrics"][name])]
         for report in reports[1:]:
