@@ -234,6 +234,16 @@ def test_pruning_a_made_permanent_checkpoint_again_stacks_as_torch_does(
         assert torch.equal(saved["model_state_dict"][f"{name}.weight_mask"], oracle.weight_mask)
 
 
+def test_a_compaction_that_breaks_a_group_norms_groups_is_refused(tmp_path):
+    ckpt = write_checkpoint(
+        tmp_path / "gn.pt", epochs=1, model="cnn", channels=[8, 16], norm="group"
+    )
+    with pytest.raises(UsageError, match="left body.0.norm with 6 channels in 8 groups") as info:
+        _prune(ckpt, tmp_path, method="ln-structured", amount=0.3, compact=True)
+    assert info.value.hint == "choose an amount that keeps a multiple of 8 channels"
+    assert not (tmp_path / "out.pt").exists()
+
+
 def test_compaction_through_a_one_slope_prelu(tmp_path):
     """The cnn's --activation prelu has one shared slope: the head still loses H x W inputs
     per removed channel (Torch-Pruning alone lost the flatten's expansion behind it)."""

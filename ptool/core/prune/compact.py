@@ -117,7 +117,7 @@ class Compactor:
         """The compacted model still runs and still gives outputs of the same shape."""
         for module_name, module in self.model.named_modules():
             if isinstance(module, nn.GroupNorm) and module.num_channels % module.num_groups:
-                raise PtoolError(
+                raise UsageError(  # the --amount's count, so a usage error
                     f"compacting {name} left {module_name} with {module.num_channels} channels "
                     f"in {module.num_groups} groups",
                     hint=f"choose an amount that keeps a multiple of {module.num_groups} channels",
