@@ -340,6 +340,16 @@ def test_diff_nan_in_one_file_only_is_a_change(tmp_path):
     assert diff["unchanged"] == 1  # same_specials
 
 
+def test_diff_of_integers_past_float64s_precision_is_exact(tmp_path):
+    """float64 holds integers exactly up to 2**53 only: a step counter of 2**60 + 1 against
+    2**60 is a change (by at least 1), and the same large values are not."""
+    big = 2**60
+    torch.save({"step": torch.tensor([big + 1, 5]), "seed": torch.tensor([big])}, tmp_path / "a")
+    torch.save({"step": torch.tensor([big, 5]), "seed": torch.tensor([big])}, tmp_path / "b")
+    diff = inspect(tmp_path / "a", InspectOptions(diff=str(tmp_path / "b")))["diff"]
+    assert diff["changed"] == [{"name": "step", "max_abs_diff": 1.0}] and diff["unchanged"] == 1
+
+
 LOW_PRECISION = [
     torch.bool,
     torch.complex64,

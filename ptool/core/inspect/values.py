@@ -237,14 +237,19 @@ def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float | None:
     if convert is None:
         return 0.0 if torch.equal(fa.view(torch.uint8), fb.view(torch.uint8)) else None
     worst = 0.0
+    integer = not (fa.dtype.is_floating_point or fa.dtype.is_complex)
     for start in range(0, fa.numel(), CHUNK):
-        ca = convert(fa[start : start + CHUNK]).to(torch.float64)
-        cb = convert(fb[start : start + CHUNK]).to(torch.float64)
+        na, nb = fa[start : start + CHUNK], fb[start : start + CHUNK]
+        ca, cb = convert(na).to(torch.float64), convert(nb).to(torch.float64)
         nan_a, nan_b = torch.isnan(ca), torch.isnan(cb)
         if bool((nan_a != nan_b).any()):
             return math.nan
         equal = nan_a | (ca == cb)  # NaN in both, or the same value (the same infinity too)
+        if integer:  # float64 holds integers exactly only up to 2**53: 2**60 + 1 != 2**60
+            equal = na == nb
         d = (ca - cb).abs().masked_fill(equal, 0)
+        if integer:  # a difference that float64 rounded away is still at least 1
+            d = torch.where(equal, d, d.clamp_min(1.0))
         if d.numel():
             worst = max(worst, float(d.max()))
     return worst
