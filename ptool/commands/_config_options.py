@@ -26,16 +26,19 @@ def _cli_type(name: str) -> Any:
     return str  # lists and tuples are comma-separated strings, converted by cfg.convert
 
 
+# A help text that says its default in words: "(default: the last column)".
+OWN_DEFAULT = re.compile(r" \(default: [^)]*\)")
+
+
 def _parameter(name: str, *, hidden: bool = False, shown: str | None = None) -> inspect.Parameter:
     meta = cfg.FIELDS[name].metadata
     flag = "--" + name.replace("_", "-")
     kind = _cli_type(name)
     decls = [f"{flag}/--no-{name.replace('_', '-')}"] if kind is bool else [flag]
     help_text = meta["help"]
-    own = re.compile(r" \(default: [^)]*\)")  # a help text that says its default in words
     if shown is not None:  # this command's default, not the one the help text describes
-        help_text = own.sub("", help_text)
-    elif not own.search(help_text):  # train's default
+        help_text = OWN_DEFAULT.sub("", help_text)
+    elif not OWN_DEFAULT.search(help_text):  # train's default
         default = cfg.FIELDS[name].default
         if default is inspect.Parameter.empty or default is cfg.dataclasses.MISSING:
             default = cfg.FIELDS[name].default_factory()  # type: ignore[misc]

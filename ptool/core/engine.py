@@ -119,6 +119,8 @@ class RunSummary:
 class NonFiniteLoss(PtoolError):
     """The loss became NaN/Inf and --on-nonfinite says stop (or rollbacks ran out)."""
 
+    summary: RunSummary | None = None  # the stopped run's summary.json, for `--json`
+
 
 class _Rollback(Exception):
     """Raised inside an epoch to go back to the last good checkpoint."""
@@ -395,7 +397,7 @@ class Trainer:
                         self.log(message)
                         break
         except NonFiniteLoss as exc:
-            exc.summary = self._finish("diverged", str(exc))  # for `--json`, as summary.json
+            exc.summary = self._finish("diverged", str(exc))
             raise
         summary = self._finish(status, message)
         self._fire("on_fit_end", summary)
@@ -493,7 +495,7 @@ class Trainer:
         summary = self._finish("interrupted", message)
         command = rundir.resume_command(self.dist.world_size, self.resume_command)
         error = Interrupted(stop.signum, message, hint=f"resume with: {command} {self.run_dir}")
-        error.summary = summary  # for `--json`, as summary.json
+        error.summary = summary
         raise error
 
     def _flush_sums(self, loss_sum, correct, samples: int, began: float) -> None:

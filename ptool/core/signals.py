@@ -11,6 +11,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from ptool.core.errors import PtoolError
 
@@ -19,6 +20,8 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 class Interrupted(PtoolError):
     """The run stopped on a signal after saving; exit 128 + the signal number (130, 143)."""
+
+    summary: Any = None  # the stopped run's summary.json (a RunSummary), for `--json`
 
     def __init__(self, signum: int, message: str, hint: str | None = None):
         super().__init__(message, hint)
