@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from typing import Annotated
 
 import typer
@@ -131,6 +133,7 @@ def main() -> None:
     """Console-script entry point: known failures, usage errors included, become one line and
     an exit code (Typer's standalone mode would draw usage errors in a box); with --debug, after
     the traceback."""
+    interrupted = _watch_ctrl_c()
     try:
         code = app(standalone_mode=False)
     except SystemExit:
@@ -140,8 +143,26 @@ def main() -> None:
             import traceback
 
             traceback.print_exc()
+        if interrupted.is_set():
+            sys.exit(130)  # as Typer exits on Ctrl-C, whatever error the interrupt then caused
         sys.exit(report(exc, command_path(sys.argv[1:])))
     sys.exit(code if isinstance(code, int) else 0)  # typer.Exit(code) comes back as its code
+
+
+def _watch_ctrl_c() -> threading.Event:
+    """Remember a Ctrl-C, then raise KeyboardInterrupt as Python does. A Ctrl-C in the middle
+    of torch's imports can be swallowed there and surface later as an odd error (a
+    RecursionError, a module without an attribute): that is the interrupt, not a bug to report.
+    A SIGINT that is ignored (a shell's background job) stays ignored."""
+    pressed = threading.Event()
+
+    def on_sigint(signum: int, frame: object) -> None:
+        pressed.set()
+        signal.default_int_handler(signum, frame)
+
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, on_sigint)
+    return pressed
 
 
 def command_path(args: list[str]) -> str:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 from importlib import metadata
@@ -172,3 +175,34 @@ def test_a_data_loader_workers_error_is_its_original_last_line():
         "unexpected ValueError: PIL.KeyError: cannot identify image file 'cat/bad.png'"
     )
     assert describe(RuntimeError("first\nsecond"))[0] == "unexpected RuntimeError: first"
+
+
+@pytest.fixture
+def python_sigint_handler():
+    """Python's own SIGINT handler for the test, and whatever was there afterwards."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.parametrize("ctrl_c", [True, False], ids=["after-ctrl-c", "plain"])
+def test_an_odd_error_after_a_ctrl_c_is_the_interrupt(ctrl_c, python_sigint_handler, monkeypatch):
+    """A Ctrl-C that an import swallowed half-way through surfaces later as an error that makes
+    no sense (seen: RecursionError, "module 'numpy._core' has no attribute"): exit 130 quietly,
+    as for any Ctrl-C, not "unexpected ... report it"."""
+    from ptool import cli
+
+    def broken_import(**_):
+        if ctrl_c:
+            with contextlib.suppress(KeyboardInterrupt):  # swallowed, as torch's imports can
+                os.kill(os.getpid(), signal.SIGINT)
+        raise AttributeError("module 'numpy._core' has no attribute '_multiarray_umath'")
+
+    monkeypatch.setattr(cli, "app", broken_import)
+    monkeypatch.setattr(cli, "command_path", lambda _args: "ptool")
+    reported = []
+    monkeypatch.setattr(cli, "report", lambda exc, path: reported.append(exc) or 1)
+    with pytest.raises(SystemExit) as stopped:
+        cli.main()
+    assert stopped.value.code == (130 if ctrl_c else 1)
+    assert len(reported) == (0 if ctrl_c else 1)
