@@ -14,6 +14,7 @@ EXAMPLES = examples(
     "ptool inspect-checkpoint runs/cnn/best.pt --tree --filter 'conv'",
     "ptool inspect-checkpoint runs/mlp/best.pt --stats --json | jq '.stats[0]'",
     "ptool inspect-checkpoint runs/mlp/best.pt --diff runs/mlp/last.pt",
+    "ptool inspect-checkpoint timm.pth.tar --key state_dict_ema",
     "ptool inspect-checkpoint runs/*/last.pt",
 )
 
@@ -34,6 +35,15 @@ def inspect_checkpoint(
             "--depth",
             min=1,
             help="Group tensors by the first N dotted name components.",
+            show_default=False,
+        ),
+    ] = None,
+    key: Annotated[
+        str | None,
+        typer.Option(
+            "--key",
+            help="List the tensors of this entry instead of the model's state dict: another "
+            "state dict kept beside it (state_dict_ema), the optimizer's, a dotted path.",
             show_default=False,
         ),
     ] = None,
@@ -97,9 +107,9 @@ def inspect_checkpoint(
     except Exception as exc:  # noqa: BLE001 - re.error, one line
         raise UsageError(f"--filter {filter!r} is not a valid regular expression: {exc}") from None
     if len(files) > 1:
-        if stats or diff or tree or depth or filter or unsafe_load:
+        if stats or diff or tree or depth or filter or key or unsafe_load:
             raise UsageError(
-                "--stats, --diff, --tree, --depth, --filter and --unsafe-load take one file",
+                "--stats, --diff, --tree, --depth, --filter, --key and --unsafe-load take one file",
                 hint="inspect the files one at a time for those views",
             )
         failed = 0
@@ -122,6 +132,7 @@ def inspect_checkpoint(
         filter=filter,
         stats=stats,
         diff=diff,
+        key=key,
         unsafe_load=unsafe_load,
         warn=out.warn,
     )

@@ -61,12 +61,21 @@ def summary_table(report: dict[str, Any]) -> Table:
         ("config", s["config"] or None),
         ("data", s["data_info"]),
         ("safetensors metadata", report["safetensors_metadata"]),
-        ("state dict", report["state_dict_key"]),
+        ("state dict", _state_dict_row(report)),
     ]
     for key, value in rows:
         if value not in (None, ""):
             grid.add_row(key, escape(_value(value)))
     return grid
+
+
+def _state_dict_row(report: dict[str, Any]) -> str | None:
+    """The listed state dict's key, and the others that the file keeps beside it."""
+    shown = report["state_dict_key"]
+    others = [key for key in report["state_dicts"] if key != shown]
+    if not others:
+        return shown
+    return f"{shown or '-'} (also: {', '.join(others)}; --key NAME lists one)"
 
 
 def tensors_table(report: dict[str, Any]) -> Group:
@@ -85,8 +94,9 @@ def tensors_table(report: dict[str, Any]) -> Group:
     else:
         table = _table("name", "shape", "dtype", "numel", "bytes", "kind")
         for r in report["tensors"]:
+            shares = f" [dim](= {escape(r['shares'])})[/dim]" if r["shares"] else ""
             table.add_row(
-                escape(r["name"]),
+                escape(r["name"]) + shares,
                 str(tuple(r["shape"])),
                 _dtype(r),
                 f"{r['numel']:,}",
@@ -108,8 +118,10 @@ def totals_line(totals: dict[str, Any]) -> str:
         f"{dtype} {human_count(d['numel'])} ({human_bytes(d['bytes'])})"
         for dtype, d in totals["by_dtype"].items()
     )
+    shared = totals["shared"]
+    once = f" ({shared} the same as another, counted once)" if shared else ""
     return (
-        f"{totals['tensors']} tensors, {totals['numel']:,} elements, "
+        f"{totals['tensors']} tensors{once}, {totals['numel']:,} elements, "
         f"{human_bytes(totals['bytes'])}: parameters {totals['parameters']:,}, "
         f"buffers {totals['buffers']:,}. By dtype: {by_dtype or '-'}"
     )

@@ -93,6 +93,7 @@ def test_json_keys_and_views(runs):
         "module_class",
         "safetensors_metadata",
         "state_dict_key",
+        "state_dicts",
         "summary",
         "entries",
         "filter",
@@ -244,3 +245,29 @@ def test_sparse_tensors_and_the_safetensors_format_line(tmp_path):
     assert result.returncode == 0, result.stderr
     (fmt,) = [line.rstrip() for line in result.stdout.splitlines() if line.startswith("format")]
     assert fmt == "format  safetensors"  # once, not "safetensors, safetensors"
+
+
+def test_an_ema_beside_the_model_and_tied_weights(tmp_path):
+    """The view names the state dicts kept side by side; --key lists one; a tied weight
+    is marked and counted once."""
+    embed = nn.Embedding(5, 3)
+    head = nn.Linear(3, 5)
+    head.weight = embed.weight
+    model = nn.Sequential(embed, head)
+    path = tmp_path / "timm.pth.tar"
+    torch.save({"state_dict": model.state_dict(), "state_dict_ema": model.state_dict()}, path)
+    result = run_ptool("inspect-checkpoint", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "state_dict (also: state_dict_ema; --key NAME lists one)" in result.stdout
+    assert "1.weight (= 0.weight)" in result.stdout
+    assert "3 tensors (1 the same as another, counted once), 20 elements" in result.stdout
+    result = run_ptool("inspect-checkpoint", str(path), "--key", "state_dict_ema", "--json")
+    report = json.loads(result.stdout)
+    assert (report["state_dict_key"], report["totals"]["parameters"]) == ("state_dict_ema", 20)
+    result = run_ptool("inspect-checkpoint", str(path), "--key", "ema")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[0] == (
+        f"error: --key ema: {path} has no such entry; its keys: state_dict, state_dict_ema"
+    )
+    result = run_ptool("inspect-checkpoint", str(path), str(path), "--key", "state_dict")
+    assert result.returncode == 2 and "take one file" in result.stderr

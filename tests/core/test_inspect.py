@@ -616,3 +616,58 @@ def test_fx_activation_qparams_are_buffers_and_dynamic_layers_have_no_output_qpa
     (layer,) = inspect(tmp_path / "dyn.pt", InspectOptions())["quantization"]["layers"]
     assert "output_scale" not in layer and "output_zero_point" not in layer
     assert layer["activations"] == "dynamic"
+
+
+class TiedLM(nn.Module):
+    """An embedding shared with the output layer, as language models tie them."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(10, 4)
+        self.head = nn.Linear(4, 10)
+        self.head.weight = self.embed.weight
+
+
+@pytest.mark.parametrize("how", ["state-dict", "pickled-module"])
+def test_tied_weights_are_marked_and_counted_once(tmp_path, how):
+    model = TiedLM()
+    path = tmp_path / "tied.pt"
+    torch.save(model.state_dict() if how == "state-dict" else model, path)
+    report = inspect(path, InspectOptions(unsafe_load=how == "pickled-module", tree=True))
+    shares = {r["name"]: r["shares"] for r in report["tensors"]}
+    assert shares == {"embed.weight": None, "head.weight": "embed.weight", "head.bias": None}
+    totals = report["totals"]
+    assert totals["parameters"] == sum(p.numel() for p in model.parameters())  # 50, not 90
+    assert (totals["tensors"], totals["shared"], totals["bytes"]) == (3, 1, 50 * 4)
+    assert report["tree"]["numel"] == totals["numel"]  # the file holds the tensor once
+    head = next(c for c in report["tree"]["children"] if c["name"] == "head")
+    assert head["numel"] == sum(p.numel() for p in model.head.parameters())  # its own, 50
+    views = {"a": torch.arange(6.0), "b": torch.arange(6.0)}
+    views["first_half"], views["same"] = views["a"][:3], views["a"]
+    torch.save(views, path)  # a view of part of a tensor is not the same tensor
+    shares = {r["name"]: r["shares"] for r in inspect(path, InspectOptions())["tensors"]}
+    assert shares == {"a": None, "b": None, "first_half": None, "same": "a"}
+
+
+def test_key_lists_another_state_dict_and_stats_and_diff_follow_it(tmp_path):
+    """timm keeps `state_dict_ema` beside `state_dict`: --key lists it, --stats and --diff
+    read the same entry (here of both files)."""
+    model, ema = small_model(), small_model()
+    path, other = tmp_path / "timm.pth.tar", tmp_path / "other.pth.tar"
+    torch.save({"state_dict": model.state_dict(), "state_dict_ema": ema.state_dict()}, path)
+    changed = {k: v + 1 if k == "0.bias" else v for k, v in ema.state_dict().items()}
+    torch.save({"state_dict": model.state_dict(), "state_dict_ema": changed}, other)
+    default = inspect(path, InspectOptions())
+    assert default["state_dict_key"] == "state_dict"
+    assert default["state_dicts"] == ["state_dict", "state_dict_ema"]
+    report = inspect(path, InspectOptions(key="state_dict_ema", stats=True, diff=str(other)))
+    assert report["state_dict_key"] == "state_dict_ema"
+    assert report["format"] == "nested state dict"
+    assert _rows(report) == _oracle_rows(ema.state_dict())
+    for row in report["stats"]:
+        assert row["max"] == pytest.approx(ema.state_dict()[row["name"]].max().item())
+    assert [c["name"] for c in report["diff"]["changed"]] == ["0.bias"]
+    nested = inspect(path, InspectOptions(key="state_dict_ema.0.weight"))
+    assert _rows(nested) == [("state_dict_ema.0.weight", *_oracle_rows(ema.state_dict())[0][1:])]
+    with pytest.raises(PtoolError, match="no such entry; its keys: state_dict, state_dict_ema"):
+        inspect(path, InspectOptions(key="ema"))

@@ -13,7 +13,7 @@ from typing import Any
 from ptool.core.inspect import compression, tensors, training
 from ptool.core.inspect.rawdata import RawReader
 from ptool.core.inspect.reader import RawCheckpoint, Refused, read
-from ptool.core.inspect.tree import model_tensors
+from ptool.core.inspect.tree import model_tensors, side_by_side
 from ptool.core.inspect.unpickler import TensorMeta
 
 
@@ -24,6 +24,7 @@ class InspectOptions:
     filter: str | None = None  # regex searched in tensor names
     stats: bool = False
     diff: str | None = None  # the other checkpoint
+    key: str | None = None  # the entry to list (`state_dict_ema`); default: the model's
     unsafe_load: bool = False
     warn: Callable[[str], None] | None = None  # told before a pickle is run (--unsafe-load)
 
@@ -55,12 +56,13 @@ def open_checkpoint(
 def inspect(path: str | Path, options: InspectOptions) -> dict[str, Any]:
     """Everything about one checkpoint; --stats and --diff entries are None unless asked."""
     raw = open_checkpoint(path, unsafe_load=options.unsafe_load, warn=options.warn)
-    state_path, state, named = model_tensors(raw.obj, _is_meta)
+    state_path, state, named = model_tensors(raw.obj, _is_meta, options.key, raw.path)
     pattern = tensors.name_filter(options.filter)
     shown = [(n, t) for n, t in named if pattern is None or pattern.search(n)]
     table = tensors.rows(shown)
     top = raw.obj if isinstance(raw.obj, dict) else {}
-    format_name, format_version = training.detect_format(raw.obj, raw.container, state_path)
+    model_path = state_path if options.key is None else model_tensors(raw.obj, _is_meta)[0]
+    format_name, format_version = training.detect_format(raw.obj, raw.container, model_path)
     configured = (top.get("config") or {}).get("optimizer") if isinstance(top, dict) else None
     with RawReader(raw) as reader:
         report = {
@@ -73,6 +75,7 @@ def inspect(path: str | Path, options: InspectOptions) -> dict[str, Any]:
             "module_class": raw.module_class,
             "safetensors_metadata": raw.metadata or None,
             "state_dict_key": ".".join(state_path) if state_path else None,
+            "state_dicts": side_by_side(raw.obj, _is_meta),
             "summary": training.summary(raw.obj, reader.scalar),
             "entries": training.entries(raw.obj),
             "filter": options.filter,
@@ -92,9 +95,11 @@ def inspect(path: str | Path, options: InspectOptions) -> dict[str, Any]:
 
         names = [n for n, _ in shown]
         if options.stats:
-            report["stats"] = values.stats(raw, names, unsafe=options.unsafe_load)
+            report["stats"] = values.stats(raw, names, options.key, unsafe=options.unsafe_load)
         if options.diff:
-            report["diff"] = values.diff(raw, options.diff, pattern, unsafe=options.unsafe_load)
+            report["diff"] = values.diff(
+                raw, options.diff, pattern, options.key, unsafe=options.unsafe_load
+            )
     return report
 
 

@@ -38,6 +38,7 @@ def row(name: str, t: TensorMeta) -> dict[str, Any]:
         "numel": t.numel,
         "bytes": t.nbytes,
         "kind": kind(name, t),
+        "shares": None,
     }
     if t.sparse:
         out.update(layout=t.sparse["layout"], nnz=t.sparse["nnz"])
@@ -45,18 +46,46 @@ def row(name: str, t: TensorMeta) -> dict[str, Any]:
 
 
 def rows(tensors: list[tuple[str, TensorMeta]]) -> list[dict[str, Any]]:
-    return [row(name, t) for name, t in tensors]
+    """One row per name; a name for a tensor already listed (tied weights: a state dict
+    saves an embedding shared with the head under both names) gives that name as `shares`."""
+    first: dict[tuple[Any, ...], str] = {}
+    out = []
+    for name, t in tensors:
+        out.append(row(name, t))
+        identity = _identity(t)
+        if identity is not None:
+            earlier = first.setdefault(identity, name)
+            out[-1]["shares"] = earlier if earlier != name else None
+    return out
+
+
+def _identity(t: TensorMeta) -> tuple[Any, ...] | None:
+    """The same bytes seen the same way: equal for two names of one tensor, None when that
+    is unknown or meaningless (empty tensors)."""
+    if not t.numel:
+        return None
+    if t.storage is not None:
+        return (t.storage.key, t.offset, t.shape, t.stride, t.dtype)
+    tensor = t.extra.get("tensor")  # --unsafe-load keeps the loaded torch tensor
+    if tensor is None:
+        return None
+    storage = tensor.untyped_storage().data_ptr()
+    return (storage, tensor.storage_offset(), t.shape, tensor.stride(), t.dtype)
 
 
 def totals(table: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts over the tensors the file stores: a name that `shares` another's is counted once."""
     by_dtype: dict[str, dict[str, int]] = {}
+    shared = sum(1 for row in table if row["shares"])
+    table = [row for row in table if not row["shares"]]
     for row in table:
         entry = by_dtype.setdefault(row["dtype"], {"tensors": 0, "numel": 0, "bytes": 0})
         entry["tensors"] += 1
         entry["numel"] += row["numel"]
         entry["bytes"] += row["bytes"]
     return {
-        "tensors": len(table),
+        "tensors": len(table) + shared,
+        "shared": shared,
         "numel": sum(r["numel"] for r in table),
         "bytes": sum(r["bytes"] for r in table),
         "parameters": sum(r["numel"] for r in table if r["kind"] == "parameter"),
@@ -109,7 +138,10 @@ def tree(table: list[dict[str, Any]], depth: int | None) -> dict[str, Any]:
         full = row["name"].split(".")
         parts = full[:depth] if depth else full
         node = root
-        _count(node, row)
+        if row["shares"]:  # each module counts a tied tensor; the whole file once
+            root["tensors"] += 1
+        else:
+            _count(node, row)
         for part in parts:
             child = next((c for c in node["children"] if c["name"] == part), None)
             if child is None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from ptool.core.errors import UsageError
+
 IsTensor = Callable[[Any], bool]
 
 # Where other tools keep the model weights, in the order ptool.core.checkpoint looks for them.
@@ -68,11 +70,57 @@ def walk(obj: Any, is_tensor: IsTensor, path: str = "") -> Iterator[tuple[str, A
         yield path, obj
 
 
-def model_tensors(obj: Any, is_tensor: IsTensor) -> tuple[tuple[str, ...] | None, Mapping, list]:
+def side_by_side(obj: Any, is_tensor: IsTensor) -> list[str]:
+    """The top-level keys that each hold a state dict: the model's and any kept beside it
+    (timm's `state_dict_ema`, a teacher and a student), for `--key` to pick from."""
+    if not isinstance(obj, Mapping) or is_state_dict(obj, is_tensor):
+        return []
+    return [str(k) for k, v in obj.items() if find_state_dict(v, is_tensor) is not None]
+
+
+def entry(obj: Any, key: str) -> tuple[tuple[str, ...], Any] | None:
+    """(key path, value) at a dotted `key` ("model.ema"); a key that holds dots itself
+    ("body.0.conv.weight" in a state dict) matches whole."""
+    if not isinstance(obj, Mapping):
+        return None
+    if key in obj:
+        return (key,), obj[key]
+    parts = key.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        head = ".".join(parts[:cut])
+        if head in obj:
+            found = entry(obj[head], ".".join(parts[cut:]))
+            if found is not None:
+                return (head, *found[0]), found[1]
+    return None
+
+
+def model_tensors(
+    obj: Any, is_tensor: IsTensor, key: str | None = None, source: object = "the file"
+) -> tuple[tuple[str, ...] | None, Mapping, list]:
     """What a user means by "the checkpoint's tensors": (key path, state dict, [(name, tensor)])
-    of the model's state dict, or (None, {}, every tensor in the file by dotted path)."""
+    of the model's state dict, or (None, {}, every tensor in the file by dotted path). With
+    `key`, the same within that entry of `source` (`--key state_dict_ema`)."""
+    prefix: tuple[str, ...] = ()
+    if key is not None:
+        found_entry = entry(obj, key)
+        if found_entry is None:
+            raise _no_entry(obj, key, source)
+        prefix, obj = found_entry
+        if is_tensor(obj):
+            return prefix, {}, [(key, obj)]
     found = find_state_dict(obj, is_tensor)
     if found is None:
-        return None, {}, [(p, v) for p, v in walk(obj, is_tensor) if is_tensor(v)]
+        every = [(p, v) for p, v in walk(obj, is_tensor) if is_tensor(v)]
+        return (prefix or None), {}, every
     path, state = found
-    return path, state, list(state_dict_tensors(state, is_tensor))
+    return (*prefix, *path), state, list(state_dict_tensors(state, is_tensor))
+
+
+def _no_entry(obj: Any, key: str, source: object) -> UsageError:
+    keys = [str(k) for k in obj] if isinstance(obj, Mapping) else []
+    listed = ", ".join(keys[:12]) + (f", ... ({len(keys)} in all)" if len(keys) > 12 else "")
+    return UsageError(
+        f"--key {key}: {source} has no such entry" + (f"; its keys: {listed}" if keys else ""),
+        hint="--key takes a top-level key, or a dotted path into one (model.ema)",
+    )

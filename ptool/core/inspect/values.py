@@ -32,7 +32,7 @@ def _is_tensor(value: Any) -> bool:
 
 @contextlib.contextmanager
 def tensor_source(
-    raw: RawCheckpoint, *, unsafe: bool = False
+    raw: RawCheckpoint, key: str | None = None, *, unsafe: bool = False
 ) -> Iterator[tuple[list[str], Callable[[str], torch.Tensor], Callable[[torch.Tensor], None]]]:
     """(names, get, release) over the same tensors, with the same names, as the metadata view;
     `release(t)` drops a read tensor's pages from memory where the file is memory-mapped."""
@@ -51,7 +51,7 @@ def tensor_source(
         obj = load(raw.path, unsafe=unsafe)
     if isinstance(obj, torch.nn.Module):
         obj = obj.state_dict()
-    _, _, named = model_tensors(obj, _is_tensor)
+    _, _, named = model_tensors(obj, _is_tensor, key, raw.path)
     found = dict(named)
     mapped = raw.container == "torch-zip" and not unsafe  # load() maps zip files (mmap=True)
     yield list(found), found.__getitem__, _release if mapped else _keep
@@ -217,10 +217,12 @@ def _sparse_stats(t: torch.Tensor) -> dict[str, Any]:
     return out
 
 
-def stats(raw: RawCheckpoint, names: list[str], *, unsafe: bool = False) -> list[dict[str, Any]]:
-    """Statistics of the named tensors, one tensor at a time."""
+def stats(
+    raw: RawCheckpoint, names: list[str], key: str | None = None, *, unsafe: bool = False
+) -> list[dict[str, Any]]:
+    """Statistics of the named tensors (of the entry `key`), one tensor at a time."""
     out = []
-    with tensor_source(raw, unsafe=unsafe) as (_, get, release):
+    with tensor_source(raw, key, unsafe=unsafe) as (_, get, release):
         for name in names:
             tensor = get(name)
             out.append({"name": name, **tensor_stats(tensor)})
@@ -256,14 +258,19 @@ def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float | None:
 
 
 def diff(
-    raw: RawCheckpoint, other: str | Path, pattern: re.Pattern[str] | None, *, unsafe: bool
+    raw: RawCheckpoint,
+    other: str | Path,
+    pattern: re.Pattern[str] | None,
+    key: str | None = None,
+    *,
+    unsafe: bool,
 ) -> dict[str, Any]:
     """Tensors added (only in OTHER), removed (only in FILE), reshaped (shape or dtype
-    differs) and changed (max |a - b| > 0) from FILE to OTHER."""
+    differs) and changed (max |a - b| > 0) from FILE to OTHER (both: in the entry `key`)."""
     other_raw = read(other)  # refuses unsafe pickles before torch sees them
     with (
-        tensor_source(raw, unsafe=unsafe) as (names_a, get_a, release_a),
-        tensor_source(other_raw) as (names_b, get_b, release_b),
+        tensor_source(raw, key, unsafe=unsafe) as (names_a, get_a, release_a),
+        tensor_source(other_raw, key) as (names_b, get_b, release_b),
     ):
         keep = [n for n in names_a if pattern is None or pattern.search(n)]
         set_a, set_b = set(names_a), set(names_b)
