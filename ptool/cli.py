@@ -12,7 +12,7 @@ import typer
 from typer.core import TyperGroup
 
 from ptool import __version__
-from ptool.commands._plain_params import PlainParams
+from ptool.commands._plain_params import PlainParams, PlainTyper
 from ptool.ui.errors import DEBUG_ENV, debug_enabled, report
 
 
@@ -27,7 +27,7 @@ class _LazyGroup(PlainParams, TyperGroup):
         if cmd_name in COMMANDS and cmd_name not in self.commands:
             import importlib
 
-            holder = typer.Typer(rich_markup_mode=self.rich_markup_mode)
+            holder = PlainTyper(rich_markup_mode=self.rich_markup_mode)
             module = importlib.import_module(f"ptool.commands.{cmd_name.replace('-', '_')}")
             module.register(holder)
             command = typer.main.get_group(holder).commands[cmd_name]

@@ -206,3 +206,13 @@ def test_an_odd_error_after_a_ctrl_c_is_the_interrupt(ctrl_c, python_sigint_hand
         cli.main()
     assert stopped.value.code == (130 if ctrl_c else 1)
     assert len(reported) == (0 if ctrl_c else 1)
+
+
+def test_help_shows_flags_without_a_value():
+    """Typer 0.29 writes `--quiet -q <bool>`, as if `--quiet true` were how to write it."""
+    for command in ("train", "resume", "eval", "predict", "quantize static", "convcalc", "prune"):
+        proc = run_ptool(*command.split(), "--help", env={"COLUMNS": "200"})
+        assert proc.returncode == 0, proc.stderr
+        (quiet,) = [line for line in proc.stdout.splitlines() if "--quiet" in line]
+        assert "<bool>" not in proc.stdout, command
+        assert quiet.split()[:4] == ["│", "--quiet", "-q", "Silence"], quiet

@@ -1,4 +1,4 @@
-"""Start-up without pydantic for options that need no conversion.
+"""Every ptool command's class: start-up without pydantic, and flags without `<bool>`.
 
 Typer 0.29 builds a pydantic TypeAdapter for each option the first time it processes a value,
 even for the --help flag, and importing pydantic takes longer than importing Typer itself.
@@ -7,6 +7,9 @@ the right type), so `ptool --help` and `ptool convcalc` start in about Typer's i
 """
 
 from __future__ import annotations
+
+import typer
+from typer.core import TyperCommand, TyperGroup
 
 try:  # Typer internals: without them Typer's own coercion runs, only slower
     from typer._coercion import PassThroughRuntimeParam
@@ -17,10 +20,15 @@ PLAIN = (str, bool)
 
 
 class PlainParams:
-    """Mixin for a Typer command or group class: str/bool options skip pydantic."""
+    """Mixin for a Typer command or group class: str/bool options skip pydantic, and flags
+    show no `<bool>` in help (Typer 0.29 writes `--quiet -q <bool>`, which reads as if
+    `--quiet true` were how to write it)."""
 
     def get_params(self, ctx):
         params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
         if PassThroughRuntimeParam is not None:
             for param in params:
                 descriptor = getattr(param, "type_descriptor", None)
@@ -30,3 +38,18 @@ class PlainParams:
                         parameter_info=descriptor.parameter_info, annotation=descriptor.annotation
                     )
         return params
+
+
+class PlainCommand(PlainParams, TyperCommand):
+    pass
+
+
+class PlainGroup(PlainParams, TyperGroup):
+    pass
+
+
+class PlainTyper(typer.Typer):
+    """A Typer app whose commands are PlainCommands unless told otherwise."""
+
+    def command(self, *args, cls=None, **kwargs):
+        return super().command(*args, cls=cls or PlainCommand, **kwargs)

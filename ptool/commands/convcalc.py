@@ -9,10 +9,8 @@ import sys
 from typing import Annotated
 
 import typer
-from typer.core import TyperCommand
 
 from ptool.commands._options import JsonOpt, QuietOpt, examples
-from ptool.commands._plain_params import PlainParams
 
 EXAMPLES = examples(
     "ptool convcalc --h 32 --k 3 --s 2",
@@ -188,12 +186,5 @@ def _stream(out, defaults: dict) -> None:
         raise PtoolError(f"{failed} of {total} lines failed (see their error lines)")
 
 
-class _Command(PlainParams, TyperCommand):
-    """Every value option here is a string that ptool.core.convcalc parses with its own
-    messages, so none of them needs Typer's pydantic coercion."""
-
-
 def register(app: typer.Typer) -> None:
-    app.command(
-        "convcalc", cls=_Command, epilog=EXAMPLES, help=convcalc.__doc__, no_args_is_help=True
-    )(convcalc)
+    app.command("convcalc", epilog=EXAMPLES, help=convcalc.__doc__, no_args_is_help=True)(convcalc)

@@ -8,6 +8,7 @@ import typer
 
 from ptool.commands._config_options import with_config_options
 from ptool.commands._options import JsonOpt, QuietOpt, examples
+from ptool.commands._plain_params import PlainGroup, PlainTyper
 from ptool.core import config as cfg
 
 EXAMPLES = examples(
@@ -251,7 +252,8 @@ def qat(
 
 
 def register(app: typer.Typer) -> None:
-    sub = typer.Typer(
+    sub = PlainTyper(
+        cls=PlainGroup,
         name="quantize",
         help="int8 quantization of a trained checkpoint (dynamic, static, qat), with a "
         "before/after report.",
