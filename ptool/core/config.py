@@ -244,7 +244,7 @@ class TrainConfig:
         None, "Keep an exponential moving average of the weights with this decay.", "loop"
     )
     early_stop_patience: int | None = _opt(
-        None, "Stop after this many epochs without improvement of --monitor.", "loop"
+        None, "Stop after this many epochs in a row without improvement of --monitor.", "loop"
     )
     monitor: str = _opt("val/loss", "Metric for early stopping and best.pt.", "loop")
     mode: str = _opt(
@@ -310,6 +310,12 @@ class TrainConfig:
     def batches_per_epoch(self, samples: int) -> int:
         """Training batches in an epoch of `samples` (per process under DDP)."""
         return batch_count(samples, self.batch_size, drop_last=self.drop_last)
+
+    def stops_early(self, epochs_without_improvement: int) -> bool:
+        """Whether --early-stop-patience P ends the run now: after P epochs in a row without
+        an improvement; P = 0 stops at the first one (as Keras and Lightning count)."""
+        patience = self.early_stop_patience
+        return patience is not None and epochs_without_improvement >= max(1, patience)
 
     def steps_per_epoch(self, samples: int) -> int:
         """Optimizer steps in an epoch of `samples`: batches in groups of --accumulate, the

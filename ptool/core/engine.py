@@ -32,7 +32,7 @@ from ptool.core import rundir
 from ptool.core.callbacks import CheckpointFiles, Monitor, TensorBoardLog, epoch_tag
 from ptool.core.checks import check_config, check_loss_options, check_monitor
 from ptool.core.config import TrainConfig
-from ptool.core.errors import PtoolError, UsageError
+from ptool.core.errors import PtoolError, UsageError, count
 from ptool.core.metrics import EpochMetrics
 from ptool.core.optim import build_loss, build_optimizer, mean_weight
 from ptool.core.runtime import (
@@ -69,8 +69,10 @@ class TrainState:
     nonfinite_skipped: int = 0
     rollbacks: int = 0
     top_k: list[list[Any]] = field(default_factory=list)  # [value, epoch, file name]
-    # the running epoch's training sums (a mid-epoch checkpoint carries them)
+    # the running epoch's training sums (a mid-epoch checkpoint carries them): the loss as
+    # val/loss weighs it (by class weights where the loss has them: optim.mean_weight)
     train_loss_sum: float = 0.0
+    train_loss_weight: float = 0.0
     train_correct: float = 0.0
     train_samples: int = 0
     samples_seen: int = 0  # training samples over the whole run (this rank)
@@ -83,7 +85,13 @@ class TrainState:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainState:
         known = {f.name for f in dataclasses.fields(cls)}
+        # a checkpoint from before train_loss_weight summed the loss over samples
+        values = {"train_loss_weight": values.get("train_samples", 0), **values}
         return cls(**{k: v for k, v in values.items() if k in known})
+
+    def clear_epoch_sums(self) -> None:
+        self.train_loss_sum = self.train_loss_weight = self.train_correct = 0.0
+        self.train_samples = 0
 
 
 @dataclass
@@ -224,6 +232,7 @@ class Trainer:
         )
         self.ema = self._build_ema()
         self.state = TrainState()
+        self.step_lr: float | None = None  # the lr of the last optimizer step: an epoch's `lr`
         self.files = CheckpointFiles(
             self.run_dir, save_top_k=self.config.save_top_k, keep_last=self.config.keep_last
         )
@@ -391,8 +400,8 @@ class Trainer:
                         status = "early_stopped"
                         message = (
                             f"early stop: {self.monitor.name} did not improve by more than "
-                            f"{self.monitor.min_delta} for {self.config.early_stop_patience} "
-                            "epochs"
+                            f"{self.monitor.min_delta} for "
+                            f"{count(self.state.early_stop_wait, 'epoch')}"
                         )
                         self.log(message)
                         break
@@ -413,8 +422,7 @@ class Trainer:
         accumulate = config.accumulate
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss_sum = torch.zeros((), device=self.device, dtype=self.sum_dtype)
-        correct = torch.zeros((), device=self.device, dtype=self.sum_dtype)
+        sums = torch.zeros(3, device=self.device, dtype=self.sum_dtype)  # loss, weight, correct
         samples = 0
         contributed = False
         began = time.perf_counter()
@@ -439,12 +447,12 @@ class Trainer:
                     if self._finite(loss, index):
                         self.scaler.scale(loss / window if window > 1 else loss).backward()
                         contributed = trained = True
-                        n = y.shape[0]
-                        detached = loss.detach()
-                        loss_sum += detached.to(self.sum_dtype) * n
+                        weight = mean_weight(self.loss_fn, y)
+                        sums[0] += loss.detach().to(self.sum_dtype) * weight
+                        sums[1] += weight
                         if classification:
-                            correct += (outputs.detach().argmax(dim=1) == y).sum()
-                        samples += n
+                            sums[2] += (outputs.detach().argmax(dim=1) == y).sum()
+                        samples += y.shape[0]
                     else:
                         for buffer, value in zip(norms, kept, strict=True):
                             buffer.copy_(value)
@@ -459,15 +467,15 @@ class Trainer:
                     bar.set_postfix(self._postfix(loss, outputs, y), refresh=False)
                 stopping = closes_window and self.stop.signum is not None
                 if stopping or (closes_window and self._should_save_step()):
-                    self._flush_sums(loss_sum, correct, samples, began)
-                    loss_sum.zero_(), correct.zero_()
+                    self._flush_sums(sums, samples, began)
+                    sums.zero_()
                     samples, began = 0, time.perf_counter()
                     if state.batch_in_epoch < total:  # else the epoch's end saves it
                         self.save()
                         if stopping:
                             bar.close()  # before the run's last lines
                             self._interrupt()
-        self._flush_sums(loss_sum, correct, samples, began)
+        self._flush_sums(sums, samples, began)
         if not trained and start < total:
             raise NonFiniteLoss(
                 f"every batch of epoch {epoch + 1} had a non-finite loss (all skipped); stopped",
@@ -498,10 +506,12 @@ class Trainer:
         error.summary = summary
         raise error
 
-    def _flush_sums(self, loss_sum, correct, samples: int, began: float) -> None:
+    def _flush_sums(self, sums: torch.Tensor, samples: int, began: float) -> None:
         state = self.state
-        state.train_loss_sum += float(loss_sum)
-        state.train_correct += float(correct)
+        loss_sum, loss_weight, correct = sums.tolist()
+        state.train_loss_sum += loss_sum
+        state.train_loss_weight += loss_weight
+        state.train_correct += correct
         state.train_samples += samples
         state.samples_seen += samples
         state.train_time_s += time.perf_counter() - began
@@ -576,8 +586,9 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
+        groups = self.optimizer.param_groups
+        self.step_lr = float(groups[0]["lr"])
         if self.tb is not None:
-            groups = self.optimizer.param_groups
             self.tb.scalar("lr", groups[0]["lr"], state.global_step)
             for i, group in enumerate(groups[1:], 1):
                 self.tb.scalar(f"lr/group{i}", group["lr"], state.global_step)
@@ -634,11 +645,17 @@ class Trainer:
             self.confusion = confusion
         return values
 
-    def _job_sums(self) -> tuple[float, float, float]:
-        """The running epoch's loss sum, correct count and samples over every process."""
+    def _job_sums(self) -> tuple[float, float, float, float]:
+        """The running epoch's loss sum, its weight, correct count and samples over every
+        process."""
         state = self.state
         sums = torch.tensor(
-            [state.train_loss_sum, state.train_correct, float(state.train_samples)],
+            [
+                state.train_loss_sum,
+                state.train_loss_weight,
+                state.train_correct,
+                float(state.train_samples),
+            ],
             dtype=self.sum_dtype,
             device=self.device,
         )
@@ -649,8 +666,8 @@ class Trainer:
         return tuple(sums.tolist())
 
     def _train_metrics(self) -> dict[str, float]:
-        loss_sum, correct, samples = self._job_sums()
-        values = {"train/loss": loss_sum / samples if samples else math.nan}
+        loss_sum, loss_weight, correct, samples = self._job_sums()
+        values = {"train/loss": loss_sum / loss_weight if loss_weight else math.nan}
         if self.info.task == "classification":
             values["train/accuracy"] = correct / samples if samples else math.nan
         return values
@@ -665,13 +682,14 @@ class Trainer:
         if not math.isfinite(metrics["val/loss"]):  # the weights themselves are broken
             self._nonfinite(f"validation loss is {metrics['val/loss']:g} after epoch "
                             f"{state.epoch + 1}", can_skip=False)  # fmt: skip
-        metrics["lr"] = float(self.optimizer.param_groups[0]["lr"])
+        # what the epoch trained with: a per-step schedule has already moved on to the next
+        lr = self.step_lr if self.step_lr is not None else self.optimizer.param_groups[0]["lr"]
+        metrics["lr"] = float(lr)
         value = metrics.get(monitor.name)
         self.schedule.step_epoch(value)
         state.epoch += 1
         state.batch_in_epoch = 0
-        state.train_loss_sum = state.train_correct = 0.0
-        state.train_samples = 0
+        state.clear_epoch_sums()
         state.last_metrics = metrics
         if value is not None and monitor.better(value, state.best_value):
             state.best_value, state.best_epoch, state.best_metrics = value, state.epoch, metrics
@@ -692,8 +710,7 @@ class Trainer:
             self.files.remove_old(state.epoch, dropped)
         self.log(self._epoch_line(metrics))
         self._fire("on_epoch_end", metrics)
-        patience = config.early_stop_patience
-        return patience is not None and state.early_stop_wait >= patience
+        return config.stops_early(state.early_stop_wait)
 
     # --- checkpoints and state -----------------------------------------------------------
 
@@ -746,8 +763,13 @@ class Trainer:
         saved = self.state.to_dict()
         saved["wall_time_s"] = self._wall_time()
         if self.dist.enabled:
-            loss_sum, correct, samples = self._job_sums()
-            saved.update(train_loss_sum=loss_sum, train_correct=correct, train_samples=int(samples))
+            loss_sum, loss_weight, correct, samples = self._job_sums()
+            saved.update(
+                train_loss_sum=loss_sum,
+                train_loss_weight=loss_weight,
+                train_correct=correct,
+                train_samples=int(samples),
+            )
         return saved
 
     def save(self, copies: Sequence[Path] = ()) -> None:
@@ -790,8 +812,7 @@ class Trainer:
         self.state = TrainState.from_dict(ckpt["callbacks"]["train_state"])
         self.wall_before = self.state.wall_time_s
         if not self.dist.is_main:  # rank 0 carries the job's running sums
-            self.state.train_loss_sum = self.state.train_correct = 0.0
-            self.state.train_samples = 0
+            self.state.clear_epoch_sums()
         restore_rng_state(ckpt["rng_state"])
 
     def _rollback(self) -> None:

@@ -216,7 +216,7 @@ def plan_resume(
     wait = ckpt.get("callbacks", {}).get("train_state", {}).get("early_stop_wait", 0)
     patience = config.early_stop_patience
     at_epoch_end = done > 0 and not ckpt.get("batch_in_epoch")
-    if at_epoch_end and patience is not None and wait >= patience:  # the engine's rule
+    if at_epoch_end and config.stops_early(wait):  # the engine's rule
         raise UsageError(
             f"{checkpoint} stopped early: {config.monitor} did not improve for "
             f"{count(wait, 'epoch')} (--early-stop-patience {patience})",

@@ -123,6 +123,25 @@ def test_accumulation_matches_a_hand_written_loop_with_an_incomplete_last_window
         torch.testing.assert_close(saved[name], value, rtol=0, atol=1e-7)
 
 
+def test_train_loss_weighs_batches_as_val_loss_does_with_class_weights(tmp_path):
+    """An lr too small to move the weights: the epoch's train/loss is the class-weighted
+    cross-entropy of the whole training set, as val/loss is of the validation set (it was
+    averaged by sample count: 0.3% off here)."""
+    weight = [1.0, 5.0, 0.2]
+    config = small(tmp_path, epochs=1, lr=1e-12, class_weights=weight, batch_size=7)
+    summary = fit(config, quiet=True)
+
+    seed_everything(0)
+    bundle = build_data(config)
+    model = build_model(config, bundle.info)
+    loss = nn.CrossEntropyLoss(weight=torch.tensor(weight))
+    with torch.no_grad():
+        for split, dataset in (("train", bundle.train), ("val", bundle.val)):
+            x, y = dataset.tensors
+            oracle = loss(model(x), y).item()
+            assert summary.final_metrics[f"{split}/loss"] == pytest.approx(oracle, rel=1e-6)
+
+
 def test_nonfinite_stop_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     config = small(tmp_path, epochs=3)
     with pytest.raises(NonFiniteLoss, match=r"loss is nan at step 7 \(epoch 2, batch 3\)"):
@@ -301,6 +320,41 @@ def test_early_stopping_and_checkpoint_files(tmp_path):
     assert summary.best_value == min([*losses.values(), summary.best_value])
     top = sorted(run.glob("best-epoch*.pt"))
     assert len(top) == 2 and run / f"best-epoch{summary.best_epoch}.pt" in top
+
+
+@pytest.mark.parametrize("patience", [0, 1])
+def test_patience_0_or_1_stops_at_the_first_epoch_without_improvement(tmp_path, patience):
+    """As Keras and Lightning count: 0 did stop after epoch 1, which had improved."""
+    improving = fit(
+        small(tmp_path, "a", epochs=3, lr=0.01, early_stop_patience=patience), quiet=True
+    )
+    assert improving.status == "completed" and improving.epochs == 3
+    logged = []
+    config = small(tmp_path, "b", epochs=5, min_delta=10.0, early_stop_patience=patience)
+    stalled = fit(config, log=logged.append)
+    assert stalled.status == "early_stopped" and stalled.epochs == 2
+    assert logged[-1] == "early stop: val/loss did not improve by more than 10.0 for 1 epoch"
+
+
+def test_an_epochs_lr_is_the_one_its_last_step_used_with_a_per_step_schedule(tmp_path):
+    """Read after the epoch, the lr was already the next step's: 0.005 for an epoch that
+    trained at 0.01 throughout. (--step-size counts epochs: 5 steps of 16 of 80 samples.)"""
+    config = small(
+        tmp_path, epochs=3, lr=0.01, scheduler="step", step_size=1, gamma=0.5, keep_last=3
+    ).replace(scheduler_interval="step")
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01)
+    oracle = torch.optim.lr_scheduler.StepLR(optimizer, step_size=5, gamma=0.5)
+    used = []  # the lr of each optimizer step
+    for _ in range(15):
+        used.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        oracle.step()
+    summary = fit(config, quiet=True)
+    steps = summary.global_step // 3
+    for epoch in (1, 2, 3):
+        saved = torch.load(tmp_path / "run" / f"epoch-{epoch}.pt", weights_only=True)
+        assert saved["metrics"]["lr"] == used[epoch * steps - 1]
+    assert summary.final_metrics["lr"] == used[-1] == 0.0025
 
 
 def test_best_pt_follows_a_max_monitor(tmp_path):
@@ -614,3 +668,11 @@ def test_images_of_other_channel_counts_are_logged_by_their_first(tmp_path):
     assert fit(config, quiet=True).status == "completed"
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
     assert "inputs" in events.Tags()["images"]
+
+
+def test_a_checkpoint_from_before_the_loss_weight_resumes_its_sample_weighted_sums():
+    from ptool.core.engine import TrainState
+
+    old = {"train_loss_sum": 6.0, "train_samples": 4, "train_correct": 3.0}
+    assert TrainState.from_dict(old).train_loss_weight == 4
+    assert TrainState.from_dict({**old, "train_loss_weight": 2.5}).train_loss_weight == 2.5
