@@ -73,17 +73,53 @@ def check_loss_options(config: TrainConfig, info: Any) -> None:
     from ptool.core.optim import resolve_loss_name
 
     name = resolve_loss_name(config, info)
-    given = {
-        "label_smoothing": ("cross-entropy", config.label_smoothing != 0),
-        "class_weights": ("cross-entropy", config.class_weights is not None),
-        "pos_weight": ("bce-with-logits", config.pos_weight is not None),
-    }
-    for option, (owner, set_) in given.items():
-        if set_ and name != owner:
+    _refuse_options_of_others(
+        "loss",
+        name,
+        {
+            "label_smoothing": (("cross-entropy",), config.label_smoothing != 0),
+            "class_weights": (("cross-entropy",), config.class_weights is not None),
+            "pos_weight": (("bce-with-logits",), config.pos_weight is not None),
+        },
+        switchable=info.task == "classification",
+    )
+
+
+def check_optimizer_options(config: TrainConfig) -> None:
+    """An optimizer's own options given with another (`--momentum` with adamw, `--betas` with
+    sgd) are refused rather than ignored; for new runs only, as the loss's."""
+    default = TrainConfig()
+    _refuse_options_of_others(
+        "optimizer",
+        config.optimizer,
+        {
+            "momentum": (("sgd", "rmsprop"), config.momentum != default.momentum),
+            "dampening": (("sgd",), config.dampening != default.dampening),
+            "nesterov": (("sgd",), config.nesterov != default.nesterov),
+            "betas": (("adam", "adamw"), tuple(config.betas) != tuple(default.betas)),
+            "eps": (("adam", "adamw", "rmsprop"), config.eps != default.eps),
+            "alpha": (("rmsprop",), config.alpha != default.alpha),
+        },
+    )
+
+
+def _refuse_options_of_others(
+    kind: str,
+    chosen: str,
+    given: dict[str, tuple[tuple[str, ...], bool]],
+    *,
+    switchable: bool = True,
+) -> None:
+    """`given`: option -> (the `kind`s that take it, whether it was set)."""
+    for option, (owners, set_) in given.items():
+        if set_ and chosen not in owners:
+            flag = "--" + option.replace("_", "-")
+            owner = (
+                f"{', '.join(owners[:-1])} and {owners[-1]} {kind}s"
+                if owners[1:]
+                else (f"{owners[0]} {kind}")
+            )
             raise UsageError(
-                f"--{option.replace('_', '-')} is an option of the {owner} loss; this run's is "
-                f"{name}",
-                hint=f"drop it, or give --loss {owner}"
-                if info.task == "classification"
-                else "drop it",
+                f"{flag} is an option of the {owner}; this run's is {chosen}",
+                hint=f"drop it, or give --{kind} {owners[0]}" if switchable else "drop it",
             )

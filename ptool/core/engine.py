@@ -30,7 +30,12 @@ from torch import nn
 from ptool.core import checkpoint as ckpt_io
 from ptool.core import rundir
 from ptool.core.callbacks import CheckpointFiles, Monitor, TensorBoardLog, epoch_tag
-from ptool.core.checks import check_config, check_loss_options, check_monitor
+from ptool.core.checks import (
+    check_config,
+    check_loss_options,
+    check_monitor,
+    check_optimizer_options,
+)
 from ptool.core.config import TrainConfig
 from ptool.core.errors import PtoolError, UsageError, count
 from ptool.core.metrics import EpochMetrics
@@ -208,6 +213,7 @@ class Trainer:
         check_monitor(config, self.info)
         if resume is None and model is None:  # a new run from flags, not a checkpoint's fine-tune
             check_loss_options(config, self.info)
+            check_optimizer_options(config)
         if model is None:
             from ptool.core.models import build_model
 

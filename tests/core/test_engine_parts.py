@@ -125,6 +125,32 @@ def test_another_losss_option_is_refused_for_a_new_run_only(changes, task, messa
     build_loss(config, info(task, outputs=1))  # eval, resume, prune of such a checkpoint
 
 
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"momentum": 0.9}, "--momentum is an option of the sgd and rmsprop optimizers; this "),
+        ({"optimizer": "adam", "nesterov": True}, "--nesterov is an option of the sgd optim"),
+        ({"optimizer": "sgd", "betas": [0.5, 0.99]}, "--betas is an option of the adam and"),
+        ({"optimizer": "sgd", "eps": 1e-6}, "--eps is an option of the adam, adamw and rms"),
+        ({"optimizer": "adamw", "alpha": 0.9}, "this run's is adamw"),
+    ],
+)
+def test_another_optimizers_option_is_refused_for_a_new_run_only(changes, message):
+    """torch would take no such argument; ptool used to drop it without a word."""
+    from ptool.core.checks import check_optimizer_options
+
+    config = TrainConfig(**changes)
+    with pytest.raises(UsageError, match=message):
+        check_optimizer_options(config)
+    build_optimizer(nn.Linear(2, 2), config)  # resume, prune of such an older checkpoint
+    for own in (
+        {"optimizer": "sgd", "momentum": 0.9, "nesterov": True, "dampening": 0.0},
+        {"optimizer": "adam", "betas": [0.5, 0.99], "eps": 1e-6},
+        {"optimizer": "rmsprop", "momentum": 0.9, "alpha": 0.9, "eps": 1e-6},
+    ):
+        check_optimizer_options(TrainConfig(**own))
+
+
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 def test_a_class_weighted_loss_is_the_whole_sets_at_any_batch_size(smoothing):
     """Weighted cross-entropy divides by the targets' summed weights, not their count."""
