@@ -490,20 +490,30 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise UsageError(f"{path}: expected a table of options at the top level")
     flat: dict[str, Any] = {}
-    for key, value in raw.items():
-        key = key.replace("-", "_")
+    places: dict[str, str] = {}  # where each option was found, to refuse a second one
+
+    def take(name: str, value: Any, place: str) -> None:
+        if name in places:  # one of the two would silently win
+            raise UsageError(
+                f"{path}: {name} is given twice: as {places[name]} and as {place}",
+                hint="keep one of them",
+            )
+        flat[name], places[name] = value, place
+
+    for written, value in raw.items():
+        key = written.replace("-", "_")
         if key in SECTIONS and isinstance(value, dict):
-            for name, item in value.items():
-                name = name.replace("-", "_")
+            for spelled, item in value.items():
+                name = spelled.replace("-", "_")
                 home = FIELDS[name].metadata["section"] if name in FIELDS else key
                 if home != key:  # a misplaced option would be read as if it were right
                     raise UsageError(
                         f"{path}: {name} belongs under [{home}], not [{key}]",
                         hint=f"move it to [{home}] or to the top level",
                     )
-                flat[name] = item
+                take(name, item, f"{spelled} under [{key}]")
         else:
-            flat[key] = value
+            take(key, value, f"{written} at the top level")
     return {name: convert(name, value, source=str(path)) for name, value in flat.items()}
 
 

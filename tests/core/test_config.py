@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from ptool.core.config import TrainConfig, convert, resolve_config
@@ -79,6 +81,21 @@ def test_an_option_under_another_group_is_refused(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text("[data]\nlr = 0.3\n")
     with pytest.raises(UsageError, match=r"lr belongs under \[optimizer\], not \[data\]"):
+        resolve_config(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "places"),
+    [
+        ("epochs: 3\nloop:\n  epochs: 5\n", "epochs at the top level and as epochs under [loop]"),
+        ("early-stop-patience: 3\nearly_stop_patience: 2\n", "early-stop-patience at the top"),
+    ],
+)
+def test_an_option_given_twice_is_refused(tmp_path, text, places):
+    """One of the two silently won (the group's 5 over the top level's 3)."""
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    with pytest.raises(UsageError, match=r"is given twice: as " + re.escape(places)):
         resolve_config(path)
 
 
