@@ -223,9 +223,30 @@ class TrainConfig:
         "scheduler",
         choices=("triangular", "triangular2", "exp_range"),
     )
+    cycle_momentum: bool = _opt(
+        True,
+        "Cycle the momentum (Adam's beta1) inversely to the lr, replacing --momentum / --betas' "
+        "first (onecycle; cyclic: SGD and RMSprop with momentum).",
+        "scheduler",
+    )
+    base_momentum: float | None = _opt(
+        None,
+        "Lowest momentum of the cycle (default: torch's, 0.85 onecycle, 0.8 cyclic).",
+        "scheduler",
+    )
+    max_momentum: float | None = _opt(
+        None,
+        "Highest momentum of the cycle (default: torch's, 0.95 onecycle, 0.9 cyclic).",
+        "scheduler",
+    )
     warmup_epochs: int = _opt(0, "Linear warmup epochs, composed with any schedule.", "scheduler")
     warmup_steps: int = _opt(0, "Linear warmup steps, composed with any schedule.", "scheduler")
-    warmup_start_factor: float = _opt(0.01, "Warmup starts at lr x this factor.", "scheduler")
+    warmup_start_factor: float = _opt(
+        0.01,
+        "Warmup starts at this factor x the schedule's first lr (--lr; for onecycle "
+        "--max-lr / --div-factor).",
+        "scheduler",
+    )
 
     # loop -------------------------------------------------------------------------------
     epochs: int = _opt(10, "Number of epochs.", "loop")

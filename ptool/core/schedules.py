@@ -67,6 +67,8 @@ RANGES: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "total_iters": ("[1, inf)", ("linear", "polynomial")),
     "power": ("[0, inf)", ("polynomial",)),  # a negative power divides by zero at the end
     "step_size_up": ("[1, inf)", ("cyclic",)),
+    "base_momentum": ("[0, 1)", ("onecycle", "cyclic")),  # Adam's beta1 bounds
+    "max_momentum": ("[0, 1)", ("onecycle", "cyclic")),
     "factor": ("(0, 1)", ("plateau",)),
     "patience": ("[0, inf)", ("plateau",)),
     "threshold": ("[0, inf)", ("plateau",)),
@@ -147,9 +149,17 @@ def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
 
-def _uses_momentum(optimizer: torch.optim.Optimizer) -> bool:
+def _momentum_cycle(optimizer: torch.optim.Optimizer, config: TrainConfig, *, betas: bool):
+    """OneCycleLR's / CyclicLR's momentum arguments: cycling where the optimizer has a
+    momentum to cycle (Adam's beta1 only if `betas`) and --cycle-momentum asks; the bounds
+    given, else torch's defaults."""
     defaults = optimizer.defaults
-    return "betas" in defaults or defaults.get("momentum", 0) > 0
+    has_momentum = (betas and "betas" in defaults) or defaults.get("momentum", 0) > 0
+    bounds = {"base_momentum": config.base_momentum, "max_momentum": config.max_momentum}
+    return {
+        "cycle_momentum": config.cycle_momentum and has_momentum,
+        **{name: value for name, value in bounds.items() if value is not None},
+    }
 
 
 def _main_scheduler(
@@ -184,7 +194,7 @@ def _main_scheduler(
             div_factor=config.div_factor,
             final_div_factor=config.final_div_factor,
             three_phase=config.three_phase,
-            cycle_momentum=_uses_momentum(optimizer),
+            **_momentum_cycle(optimizer, config, betas=True),
         )
     if name == "linear":
         return lr_scheduler.LinearLR(
@@ -204,7 +214,7 @@ def _main_scheduler(
             max_lr=config.max_lr if config.max_lr is not None else config.lr * 10,
             step_size_up=config.step_size_up,
             mode=config.cyclic_mode,
-            cycle_momentum=_uses_momentum(optimizer) and "momentum" in optimizer.defaults,
+            **_momentum_cycle(optimizer, config, betas=False),
         )
     if name == "plateau":
         return lr_scheduler.ReduceLROnPlateau(

@@ -395,3 +395,55 @@ def test_restart_steps_of_cyclic_start_each_cycle_at_the_base_lr():
     assert events["restart_steps"] == list(range(2 + 6, EPOCHS * 2, 6))
     for step in events["restart_steps"]:
         assert lrs[step] == pytest.approx(0.1) and lrs[step + 1] > lrs[step]
+
+
+def _momenta(optimizer, step_schedule, steps: int, key: str) -> list[float]:
+    """Momentum (or Adam's beta1) of each of `steps` optimizer steps, stepping per step."""
+    seen = []
+    for _ in range(steps):
+        value = optimizer.param_groups[0][key]
+        seen.append(value[0] if key == "betas" else value)
+        optimizer.step()
+        step_schedule()
+    return seen
+
+
+def _optimizer(name: str) -> torch.optim.Optimizer:
+    param = torch.zeros(1, requires_grad=True)
+    param.grad = torch.zeros(1)
+    if name == "sgd":
+        return torch.optim.SGD([param], lr=0.1, momentum=0.5)
+    return torch.optim.Adam([param], lr=0.1, betas=(0.5, 0.99))
+
+
+@pytest.mark.parametrize(
+    ("name", "optimizer", "flags"),
+    [
+        ("onecycle", "adam", {}),
+        ("onecycle", "sgd", {"base_momentum": 0.6, "max_momentum": 0.7}),
+        ("onecycle", "sgd", {"cycle_momentum": False}),
+        ("cyclic", "sgd", {"max_momentum": 0.95}),
+        ("cyclic", "sgd", {"cycle_momentum": False}),
+    ],
+)
+def test_momentum_cycling_is_torchs_and_can_be_turned_off(name, optimizer, flags):
+    """onecycle replaced --momentum 0.5 (and --betas' first) with torch's 0.85..0.95 cycle,
+    with no way to keep it or to set the bounds."""
+    config = TrainConfig(
+        scheduler=name, lr=0.1, max_lr=0.4, epochs=EPOCHS, step_size_up=5, optimizer=optimizer,
+        momentum=0.5 if optimizer == "sgd" else 0.0, betas=(0.5, 0.99), **flags,
+    )  # fmt: skip
+    key = "momentum" if optimizer == "sgd" else "betas"
+    ours = _optimizer(optimizer)
+    schedule = build_schedule(ours, config, steps_per_epoch=STEPS)
+    got = _momenta(ours, schedule.step_batch, EPOCHS * STEPS, key)
+    theirs = _optimizer(optimizer)
+    if name == "onecycle":
+        oracle = lr_scheduler.OneCycleLR(theirs, 0.4, total_steps=EPOCHS * STEPS, **flags)
+    else:
+        oracle = lr_scheduler.CyclicLR(theirs, 0.1, 0.4, step_size_up=5, **flags)
+    assert got == pytest.approx(_momenta(theirs, oracle.step, EPOCHS * STEPS, key), rel=1e-12)
+    if flags.get("cycle_momentum") is False:
+        assert set(got) == {0.5}  # the user's own momentum, kept
+    else:
+        assert max(got) > 0.5
