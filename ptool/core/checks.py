@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ptool.core.config import TrainConfig, check_interval
+from ptool.core.config import TrainConfig, as_flag, check_interval
 from ptool.core.errors import UsageError
 
 # Options a type check cannot refuse, with their valid intervals (lists: item by item);
@@ -77,9 +77,9 @@ def check_loss_options(config: TrainConfig, info: Any) -> None:
         "loss",
         name,
         {
-            "label_smoothing": (("cross-entropy",), config.label_smoothing != 0),
-            "class_weights": (("cross-entropy",), config.class_weights is not None),
-            "pos_weight": (("bce-with-logits",), config.pos_weight is not None),
+            "--label-smoothing": (("cross-entropy",), config.label_smoothing != 0),
+            "--class-weights": (("cross-entropy",), config.class_weights is not None),
+            "--pos-weight": (("bce-with-logits",), config.pos_weight is not None),
         },
         switchable=info.task == "classification",
     )
@@ -93,12 +93,32 @@ def check_optimizer_options(config: TrainConfig) -> None:
         "optimizer",
         config.optimizer,
         {
-            "momentum": (("sgd", "rmsprop"), config.momentum != default.momentum),
-            "dampening": (("sgd",), config.dampening != default.dampening),
-            "nesterov": (("sgd",), config.nesterov != default.nesterov),
-            "betas": (("adam", "adamw"), tuple(config.betas) != tuple(default.betas)),
-            "eps": (("adam", "adamw", "rmsprop"), config.eps != default.eps),
-            "alpha": (("rmsprop",), config.alpha != default.alpha),
+            "--momentum": (("sgd", "rmsprop"), config.momentum != default.momentum),
+            "--dampening": (("sgd",), config.dampening != default.dampening),
+            "--nesterov": (("sgd",), config.nesterov != default.nesterov),
+            "--betas": (("adam", "adamw"), tuple(config.betas) != tuple(default.betas)),
+            "--eps": (("adam", "adamw", "rmsprop"), config.eps != default.eps),
+            "--alpha": (("rmsprop",), config.alpha != default.alpha),
+        },
+    )
+
+
+def check_schedule_options(config: TrainConfig) -> None:
+    """A schedule's own options given with another (`--gamma` with cosine) are refused rather
+    than ignored; for new runs only, as the loss's. (`ptool lr-plot --compare` specs inherit
+    the base schedule's flags, so lr-plot does not check this.)"""
+    from ptool.core.schedules import option_readers
+
+    default = TrainConfig()
+    _refuse_options_of_others(
+        "scheduler",
+        config.scheduler,
+        {
+            as_flag(name, getattr(config, name)).split()[0]: (
+                readers,
+                getattr(config, name) != getattr(default, name),
+            )
+            for name, readers in option_readers().items()
         },
     )
 
@@ -110,10 +130,9 @@ def _refuse_options_of_others(
     *,
     switchable: bool = True,
 ) -> None:
-    """`given`: option -> (the `kind`s that take it, whether it was set)."""
-    for option, (owners, set_) in given.items():
+    """`given`: flag -> (the `kind`s that take it, whether it was set)."""
+    for flag, (owners, set_) in given.items():
         if set_ and chosen not in owners:
-            flag = "--" + option.replace("_", "-")
             owner = (
                 f"{', '.join(owners[:-1])} and {owners[-1]} {kind}s"
                 if owners[1:]

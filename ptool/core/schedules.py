@@ -52,7 +52,7 @@ RANGES: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "warmup_epochs": ("[0, inf)", None),
     "warmup_steps": ("[0, inf)", None),
     "warmup_start_factor": ("(0, 1]", None),  # LinearLR's start_factor
-    "max_lr": ("(0, inf)", None),
+    "max_lr": ("(0, inf)", ("onecycle", "cyclic")),
     "step_size": ("[1, inf)", ("step",)),
     "gamma": ("(0, inf)", ("step", "multistep", "exponential")),
     "t_max": ("[1, inf)", ("cosine",)),
@@ -75,6 +75,21 @@ RANGES: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "cooldown": ("[0, inf)", ("plateau",)),
     "min_lr": ("[0, inf)", ("plateau",)),
 }
+
+
+# The other options of one schedule or two, with the schedules that read them.
+READERS: dict[str, tuple[str, ...]] = {
+    "milestones": ("multistep",),
+    "anneal_strategy": ("onecycle",),
+    "three_phase": ("onecycle",),
+    "cyclic_mode": ("cyclic",),
+    "cycle_momentum": ("onecycle", "cyclic"),
+}
+
+
+def option_readers() -> dict[str, tuple[str, ...]]:
+    """Every option that only some schedules read, with those schedules."""
+    return {**{name: used for name, (_, used) in RANGES.items() if used}, **READERS}
 
 
 def check_range(config: TrainConfig, name: str) -> None:

@@ -151,6 +151,34 @@ def test_another_optimizers_option_is_refused_for_a_new_run_only(changes, messag
         check_optimizer_options(TrainConfig(**own))
 
 
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"scheduler": "cosine", "gamma": 0.5}, "--gamma is an option of the step, multist"),
+        ({"max_lr": 0.1}, "--max-lr is an option of the onecycle and cyclic schedulers; this"),
+        ({"scheduler": "step", "milestones": [2, 3]}, "--milestones is an option of the multi"),
+        ({"cycle_momentum": False}, "--no-cycle-momentum is an option of the onecycle and"),
+        ({"scheduler": "plateau", "three_phase": True}, "this run's is plateau"),
+    ],
+)
+def test_another_schedules_option_is_refused_for_a_new_run_only(changes, message):
+    from ptool.core.checks import check_schedule_options
+    from ptool.core.schedules import build_schedule
+
+    config = TrainConfig(**changes)
+    with pytest.raises(UsageError, match=message):
+        check_schedule_options(config)
+    optimizer = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
+    build_schedule(optimizer, config, steps_per_epoch=3)  # an older checkpoint's still builds
+    for own in (
+        {"scheduler": "onecycle", "max_lr": 0.1, "three_phase": True, "cycle_momentum": False},
+        {"scheduler": "multistep", "milestones": [2, 3], "gamma": 0.5},
+        {"scheduler": "cyclic", "max_lr": 0.1, "cyclic_mode": "triangular2"},
+        {"scheduler": "cosine", "warmup_epochs": 1, "scheduler_interval": "step", "eta_min": 0.1},
+    ):
+        check_schedule_options(TrainConfig(**own))
+
+
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 def test_a_class_weighted_loss_is_the_whole_sets_at_any_batch_size(smoothing):
     """Weighted cross-entropy divides by the targets' summed weights, not their count."""
