@@ -95,9 +95,10 @@ def train(
             hint="add --data synthetic, or drop it",
         )
     if print_config:
-        from ptool.core.checks import check_config
+        from ptool.core.checks import check_config, check_new_run_options
 
         check_config(resolved)  # the printed config is one that trains
+        check_new_run_options(resolved)
         _print_config(out, resolved.to_dict())
         return
     created = None

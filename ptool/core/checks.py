@@ -85,6 +85,13 @@ def check_loss_options(config: TrainConfig, info: Any) -> None:
     )
 
 
+def check_new_run_options(config: TrainConfig) -> None:
+    """The optimizer's and the schedule's options, for a new run (train, `--print-config`):
+    a checkpoint an older ptool wrote with another's option still resumes."""
+    check_optimizer_options(config)
+    check_schedule_options(config)
+
+
 def check_optimizer_options(config: TrainConfig) -> None:
     """An optimizer's own options given with another (`--momentum` with adamw, `--betas` with
     sgd) are refused rather than ignored; for new runs only, as the loss's."""

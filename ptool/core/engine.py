@@ -34,8 +34,7 @@ from ptool.core.checks import (
     check_config,
     check_loss_options,
     check_monitor,
-    check_optimizer_options,
-    check_schedule_options,
+    check_new_run_options,
 )
 from ptool.core.config import TrainConfig
 from ptool.core.errors import PtoolError, UsageError, count
@@ -214,8 +213,7 @@ class Trainer:
         check_monitor(config, self.info)
         if resume is None and model is None:  # a new run from flags, not a checkpoint's fine-tune
             check_loss_options(config, self.info)
-            check_optimizer_options(config)
-            check_schedule_options(config)
+            check_new_run_options(config)
         if model is None:
             from ptool.core.models import build_model
 

@@ -71,6 +71,10 @@ def test_config_file_then_flags(tmp_path):
     (tmp_path / "bad.yaml").write_text("lr: -1\n")  # a range, not a type: checked too
     refused = run_ptool("train", "--config", str(tmp_path / "bad.yaml"), "--print-config")
     assert refused.returncode == 2 and "--lr" in refused.stderr and not refused.stdout
+    # another optimizer's option: the printed config would not train either
+    refused = run_ptool("train", "--config", str(toml), "--optimizer", "adamw", "--print-config")
+    assert refused.returncode == 2 and not refused.stdout
+    assert refused.stderr.startswith("error: --momentum is an option of the sgd and rmsprop")
 
 
 def test_printed_config_is_the_same_config_again(tmp_path):
