@@ -120,20 +120,17 @@ def evaluate(
 # --- which data a checkpoint is evaluated on ------------------------------------------------
 
 
-class _Normalized(Dataset):
-    """A per-sample dataset with the checkpoint's normalization applied to each input."""
+class _PerSample(Dataset):
+    """A dataset whose samples go through `apply(x, y)` one by one (image sources)."""
 
-    def __init__(self, dataset: Dataset, mean: list[float], std: list[float]):
-        self.dataset, self.mean, self.std = dataset, mean, std
+    def __init__(self, dataset: Dataset, apply: Callable[[Any, Any], tuple[Any, Any]]):
+        self.dataset, self.apply = dataset, apply
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, i: int):
-        from ptool.core.data.transforms import normalize_tensor
-
-        x, y = self.dataset[i]
-        return normalize_tensor(x, self.mean, self.std), y
+        return self.apply(*self.dataset[i])
 
 
 def _with_run_normalization(dataset: Dataset, info: Any) -> Dataset:
@@ -144,7 +141,37 @@ def _with_run_normalization(dataset: Dataset, info: Any) -> Dataset:
     if isinstance(dataset, TensorDataset):
         x, y = dataset.tensors
         return TensorDataset(normalize_tensor(x, info.mean, info.std), y)
-    return _Normalized(dataset, info.mean, info.std)
+    return _PerSample(dataset, lambda x, y: (normalize_tensor(x, info.mean, info.std), y))
+
+
+def _in_the_models_terms(dataset: Dataset, found: Any, info: Any, data: str) -> Dataset:
+    """A held-out source's samples as the model reads them: CSV columns matched by name (in
+    any order, others dropped, as `ptool predict` matches them) and class labels by name (a
+    source without some of the model's classes keeps the model's indices)."""
+    from ptool.core.errors import UsageError
+
+    expected, columns = info.feature_names, found.feature_names
+    if expected and columns and columns != expected:
+        if missing := [name for name in expected if name not in columns]:
+            raise UsageError(
+                f"--data {data} has no column {', '.join(map(repr, missing))}; the model reads "
+                f"{', '.join(expected)}"
+            )
+        x, y = dataset.tensors
+        dataset = TensorDataset(x[:, [columns.index(name) for name in expected]], y)
+    names, model_names = found.class_names, info.class_names
+    if names and model_names and names != model_names:
+        if strangers := [name for name in names if name not in model_names]:
+            raise UsageError(
+                f"--data {data} has classes the model does not know: {', '.join(strangers)}; "
+                f"the model's are {', '.join(model_names)}"
+            )
+        index = torch.tensor([model_names.index(name) for name in names])
+        if isinstance(dataset, TensorDataset):
+            x, y = dataset.tensors
+            return TensorDataset(x, index[y])
+        return _PerSample(dataset, lambda x, y: (x, int(index[y])))
+    return dataset
 
 
 def _test_split(config: Any, bundle: Any) -> Dataset:
@@ -225,7 +252,9 @@ def split_dataset(config: Any, info: Any, *, data: str | None = None, split: str
     if own:
         return dataset
     found = bundle.info
-    if list(found.input_shape) != list(info.input_shape):
+    dataset = _in_the_models_terms(dataset, found, info, data)
+    by_name = found.feature_names and info.feature_names  # the columns are the model's now
+    if not by_name and list(found.input_shape) != list(info.input_shape):
         raise UsageError(
             f"--data {data} gives inputs of shape {list(found.input_shape)}; "
             f"the model expects {list(info.input_shape)}"
@@ -234,10 +263,6 @@ def split_dataset(config: Any, info: Any, *, data: str | None = None, split: str
         raise UsageError(
             f"--data {data} is {found.task} with {found.num_outputs} outputs; "
             f"the model is {info.task} with {info.num_outputs}"
-        )
-    if info.class_names and found.class_names and found.class_names != info.class_names:
-        raise UsageError(
-            f"--data {data} has classes {found.class_names}; the model's are {info.class_names}"
         )
     return _with_run_normalization(dataset, info)
 

@@ -180,13 +180,14 @@ class Reader:
         from ptool.core.data.files import is_data_row, read_csv
 
         try:
-            rows = read_csv(path)
+            numbered = read_csv(path)
         except ValueError as exc:
             yield Sample(str(path), error=str(exc))
             return
-        if not rows:
+        if not numbered:
             yield Sample(str(path), error="empty CSV")
             return
+        rows = [row for _, row in numbered]
         header = [cell.strip() for cell in rows[0]]
         expected = self.info.feature_names
         if expected is not None:
@@ -204,11 +205,11 @@ class Reader:
             columns = [header.index(name) for name in expected]
             if unused := [name for name in header if name not in expected]:
                 self.note(f"{path}: ignoring columns the model does not use: {', '.join(unused)}")
-            body = enumerate(rows[1:], start=2)
+            body = numbered[1:]
         else:  # no saved names: every column is a feature, the header row optional
             columns = list(range(len(header)))
             has_header = any(_number(cell) is None for cell in header)
-            body = enumerate(rows[1:] if has_header else rows, start=2 if has_header else 1)
+            body = numbered[1:] if has_header else numbered
         for line, row in body:
             name = f"{path}:{line}"
             if len(row) != len(header):

@@ -209,6 +209,22 @@ def test_csv_errors(tmp_path):
         build_data(cfg(data=f"csv:{tmp_path / 'long.csv'}"))
 
 
+def test_csv_errors_name_the_files_line_past_blank_lines_and_an_empty_target(tmp_path):
+    """Blank lines were dropped before numbering: 'line 4' for a bad cell on line 6; an empty
+    target cell became a class named ''."""
+    path = tmp_path / "blank.csv"
+    path.write_text("x1,x2,y\n1.0,2.0,a\n\n\n3.0,4.0,b\n1.0,foo,a\n")
+    with pytest.raises(UsageError, match="line 6: column 'x2' is not a number"):
+        build_data(cfg(data=f"csv:{path}"))
+    path.write_text('x1,note,y\n1.0,"two\nlines",a\n\n2.0,3.0,\n')
+    with pytest.raises(UsageError, match="line 2: column 'note'"):  # where the row starts
+        build_data(cfg(data=f"csv:{path}"))
+    path.write_text("x1,x2,y\n1.0,2.0,a\n\n3.0,4.0,\n5.0,6.0,b\n")
+    with pytest.raises(UsageError, match=r"line 4: the target 'y' is empty") as err:
+        build_data(cfg(data=f"csv:{path}"))
+    assert err.value.hint == "fill it in, or drop the row"
+
+
 def test_csv_without_header_or_commas_is_refused(tmp_path):
     rows = [[i * 0.5, i % 3, ["cat", "dog"][i % 2]] for i in range(10)]
     write_csv(tmp_path / "data.csv", rows[0], rows[1:])  # the first data row as header
@@ -367,6 +383,17 @@ def test_imagefolder_train_val_subfolders(tmp_path):
     bundle = build_data(cfg(data=f"imagefolder:{tmp_path}", augment=["flip", "crop"]))
     assert (bundle.info.train_size, bundle.info.val_size) == (6, 4)
     assert bundle.train[0][0].shape == (3, 64, 64)
+
+
+def test_imagefolder_refusals_a_single_class_and_a_val_folder_without_train(tmp_path):
+    """A single class reached torchmetrics ("unexpected ValueError ... report it"); PATH/val
+    beside the class folders was read as a class named 'val'."""
+    make_image_folder(tmp_path / "one", classes=("cat",))
+    with pytest.raises(UsageError, match="holds one class folder \\(cat\\); nothing to classify"):
+        build_data(cfg(data=f"imagefolder:{tmp_path / 'one'}"))
+    make_image_folder(tmp_path / "mixed", classes=("apple", "banana", "val"))
+    with pytest.raises(UsageError, match="has val/ but no train/, so 'val' would be read as a"):
+        build_data(cfg(data=f"imagefolder:{tmp_path / 'mixed'}"))
 
 
 def test_val_transform_matches_digits_validation(digits):

@@ -222,3 +222,53 @@ def test_ema_weights_evaluate_to_the_logged_val_ema_metrics(tmp_path):
     fit(config.replace(ema=None, monitor="val/loss", out=str(tmp_path / "plain")), quiet=True)
     with pytest.raises(UsageError, match="holds no EMA weights"):
         evaluate_checkpoints([tmp_path / "plain" / "best.pt"], device="cpu", ema=True)
+
+
+def test_a_held_out_csv_is_read_by_column_and_class_name(tmp_path):
+    """Its columns were read by position (another order: accuracy 0.43 instead of 0.78), and a
+    file without one of the classes was refused."""
+    from ptool.core.engine import fit
+    from ptool.core.restore import model_from_checkpoint
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(120, 3, generator=gen) * torch.tensor([1.0, 5.0, 0.2])
+    species = ["bird", "cat", "dog"]
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 2).long()
+    lines = ["f0,species,f1,f2"] + [
+        f"{a},{species[k]},{b},{c}" for (a, b, c), k in zip(x.tolist(), y.tolist(), strict=True)
+    ]
+    (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
+    config = TrainConfig(
+        data=f"csv:{tmp_path / 'train.csv'}", target="species", model="mlp", epochs=2, seed=0,
+        tensorboard=False, out=str(tmp_path / "run"),
+    )  # fmt: skip
+    fit(config, quiet=True)
+    ckpt_path = tmp_path / "run" / "last.pt"
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    model, info = model_from_checkpoint(ckpt).eval(), ckpt["data_info"]
+
+    def oracle_accuracy(rows) -> float:
+        inputs = torch.tensor([r[:3] for r in rows])
+        with torch.no_grad():
+            logits = model((inputs - torch.tensor(info["mean"])) / torch.tensor(info["std"]))
+        names = [info["class_names"][i] for i in logits.argmax(1).tolist()]
+        return sum(n == r[3] for n, r in zip(names, rows, strict=True)) / len(rows)
+
+    pairs = zip(x[:60].tolist(), y[:60].tolist(), strict=True)
+    held = [[*map(float, v), species[k]] for v, k in pairs]
+    reordered = ["f2,species,f1,f0,extra"] + [f"{c},{k},{b},{a},9" for a, b, c, k in held]
+    (tmp_path / "held.csv").write_text("\n".join(reordered) + "\n")
+    (report,) = evaluate_checkpoints([ckpt_path], data=f"csv:{tmp_path / 'held.csv'}", split="all")
+    assert report["metrics"]["accuracy"] == pytest.approx(oracle_accuracy(held))
+    without_birds = [r for r in held if r[3] != "bird"]
+    (tmp_path / "cats.csv").write_text(
+        "\n".join(["f0,f1,f2,species"] + [",".join(map(str, r)) for r in without_birds]) + "\n"
+    )
+    (report,) = evaluate_checkpoints([ckpt_path], data=f"csv:{tmp_path / 'cats.csv'}", split="all")
+    assert report["metrics"]["accuracy"] == pytest.approx(oracle_accuracy(without_birds))
+    (tmp_path / "other.csv").write_text("a,species,b,c\n1,cat,2,3\n4,dog,5,6\n7,cat,8,9\n")
+    with pytest.raises(UsageError, match="has no column 'f0', 'f1', 'f2'; the model reads f0"):
+        evaluate_checkpoints([ckpt_path], data=f"csv:{tmp_path / 'other.csv'}", split="all")
+    (tmp_path / "fish.csv").write_text("f0,f1,f2,species\n1,2,3,fish\n4,5,6,cat\n7,8,9,cat\n")
+    with pytest.raises(UsageError, match="has classes the model does not know: fish"):
+        evaluate_checkpoints([ckpt_path], data=f"csv:{tmp_path / 'fish.csv'}", split="all")

@@ -197,6 +197,9 @@ def test_csv_rows_by_column_name_and_regression_values(tmp_path):
     (tmp_path / "headless.csv").write_text("1,2,3\n4,5,6\n")
     (record,) = _records(ckpt, [str(tmp_path / "headless.csv")])
     assert record["error"] == "no header row (line 1 holds data, not column names)"
+    (tmp_path / "blank.csv").write_text("a,b,c\n\n\n1,x,2\n")  # named by the file's line
+    (record,) = _records(ckpt, [str(tmp_path / "blank.csv")])
+    assert record["input"] == f"{tmp_path / 'blank.csv'}:4"
 
 
 def test_quantized_checkpoint_predictions(image_run, tmp_path):

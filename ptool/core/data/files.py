@@ -23,12 +23,18 @@ def _existing_file(kind: str, path: str) -> Path:
     return p
 
 
-def read_csv(path: Path) -> list[list[str]]:
-    """The non-blank rows of a CSV file read as UTF-8 (Excel's byte-order mark dropped); a
-    ValueError says why a file is not that."""
+def read_csv(path: Path) -> list[tuple[int, list[str]]]:
+    """The non-blank rows of a CSV file read as UTF-8 (Excel's byte-order mark dropped), each
+    with the line of the file it starts on (for messages); a ValueError says why a file is not
+    that."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
-            return [row for row in csv.reader(f) if any(cell.strip() for cell in row)]
+            reader, rows, line = csv.reader(f), [], 1
+            for row in reader:
+                if any(cell.strip() for cell in row):
+                    rows.append((line, row))
+                line = reader.line_num + 1  # a quoted field may span lines
+            return rows
     except UnicodeDecodeError as exc:
         byte = exc.object[exc.start : exc.start + 1].hex()
         raise ValueError(f"not UTF-8 text (byte 0x{byte}); save it as UTF-8") from None
@@ -70,9 +76,10 @@ def csv_source(config: Any, path: str) -> DataBundle:
     """A CSV with a header row: numeric feature columns and one target column (--target)."""
     p = _existing_file("csv", path)
     try:
-        rows = read_csv(p)
+        numbered = read_csv(p)
     except ValueError as exc:
         raise UsageError(f"csv: {p}: {exc}") from None
+    lines, rows = [n for n, _ in numbered], [row for _, row in numbered]
     if len(rows) < 3:
         raise UsageError(f"csv: {p} needs a header row and at least 2 data rows")
     header = [name.strip() for name in rows[0]]
@@ -96,9 +103,14 @@ def csv_source(config: Any, path: str) -> DataBundle:
         raise UsageError(f"csv: {p} has only the target column; no features")
     t = header.index(target)
     features, values = [], []
-    for line, row in enumerate(rows[1:], start=2):
+    for line, row in zip(lines[1:], rows[1:], strict=True):
         if len(row) != len(header):
             raise UsageError(f"csv: {p} line {line} has {len(row)} fields, header {len(header)}")
+        if not row[t].strip():
+            raise UsageError(
+                f"csv: {p} line {line}: the target {target!r} is empty",
+                hint="fill it in, or drop the row",
+            )
         values.append(row[t].strip())
         numbers = []
         for col, cell in enumerate(row):
@@ -140,7 +152,7 @@ def csv_source(config: Any, path: str) -> DataBundle:
         task=task,
         num_classes=num_classes,
         class_names=names,
-        row_name=lambda i: f"line {i + 2}",  # the numbering of the errors above
+        row_name=lambda i: f"line {lines[i + 1]}",  # as the errors above number them
     )
     bundle.info.feature_names = [name for col, name in enumerate(header) if col != t]
     return bundle

@@ -142,6 +142,13 @@ def imagefolder(config: Any, path: str) -> DataBundle:
         raise UsageError(f"imagefolder: {root} is not a directory")
     val_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
     train_dir = root / "train" if (root / "train").is_dir() else root
+    if val_dir is not None and train_dir == root:
+        raise UsageError(
+            f"imagefolder: {root} has {val_dir.name}/ but no train/, so {val_dir.name!r} would "
+            "be read as a class",
+            hint=f"move the training class folders into {root / 'train'}, or rename "
+            f"{val_dir.name}/ if it is a class",
+        )
 
     def open_folder(folder: Path) -> Any:
         try:
@@ -163,6 +170,12 @@ def imagefolder(config: Any, path: str) -> DataBundle:
         fraction = config.val_split if config.val_split is not None else DEFAULT_VAL_FRACTION
         train_idx, val_idx = split_indices(len(base), fraction, data_seed(config))
         val_base = base
+    if len(base.classes) < 2:
+        raise UsageError(
+            f"imagefolder: {train_dir} holds one class folder ({base.classes[0]}); nothing to "
+            "classify",
+            hint="expected a folder per class: PATH/CLASS/IMAGE",
+        )
     check_num_classes(config, "imagefolder", len(base.classes))
     size = config.image_size or DEFAULT_IMAGE_SIZE
     return _pil_bundle(
