@@ -41,11 +41,11 @@ class PlainParams:
 
 
 class PlainCommand(PlainParams, TyperCommand):
-    pass
+    """A ptool command (PlainTyper makes every command one)."""
 
 
 class PlainGroup(PlainParams, TyperGroup):
-    pass
+    """A ptool command group (`quantize`)."""
 
 
 class PlainTyper(typer.Typer):

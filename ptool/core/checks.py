@@ -140,11 +140,8 @@ def _refuse_options_of_others(
     """`given`: flag -> (the `kind`s that take it, whether it was set)."""
     for flag, (owners, set_) in given.items():
         if set_ and chosen not in owners:
-            owner = (
-                f"{', '.join(owners[:-1])} and {owners[-1]} {kind}s"
-                if owners[1:]
-                else (f"{owners[0]} {kind}")
-            )
+            *others, last = owners
+            owner = f"{', '.join(others)} and {last} {kind}s" if others else f"{last} {kind}"
             raise UsageError(
                 f"{flag} is an option of the {owner}; this run's is {chosen}",
                 hint=f"drop it, or give --{kind} {owners[0]}" if switchable else "drop it",
