@@ -198,8 +198,9 @@ def test_csv_errors(tmp_path):
     bad = write_csv(tmp_path / "bad.csv", ["a", "y"], [["x", 0], [2, 1], [3, 0]])
     with pytest.raises(UsageError, match="line 2: column 'a' is not a number"):
         build_data(cfg(data=f"csv:{bad}"))
-    with pytest.raises(UsageError, match="no such file"):
+    with pytest.raises(UsageError, match="no such file") as err:
         build_data(cfg(data=f"csv:{tmp_path / 'missing.csv'}"))
+    assert err.value.hint is None  # an absolute path needs no word on the directory
     latin = write_csv(tmp_path / "latin.csv", ["a", "y"], [[1, 0], [2, 1], [3, 0]])
     latin.write_bytes(latin.read_bytes().replace(b"a,", b"\xe9t\xe9,"))  # Latin-1 "été"
     with pytest.raises(UsageError, match=r"latin.csv: not UTF-8 text \(byte 0xe9\)"):
@@ -383,6 +384,17 @@ def test_imagefolder_train_val_subfolders(tmp_path):
     bundle = build_data(cfg(data=f"imagefolder:{tmp_path}", augment=["flip", "crop"]))
     assert (bundle.info.train_size, bundle.info.val_size) == (6, 4)
     assert bundle.train[0][0].shape == (3, 64, 64)
+
+
+def test_a_relative_data_path_that_is_not_there_names_the_directory(tmp_path, monkeypatch):
+    """A run records --data as typed: its eval from elsewhere said only 'tv is not a
+    directory'."""
+    monkeypatch.chdir(tmp_path)
+    for spec in ("imagefolder:tv", "csv:data/t.csv"):
+        with pytest.raises(UsageError) as err:
+            build_data(cfg(data=spec))
+        assert err.value.hint.startswith(f"{spec.split(':')[1]} is relative to the current ")
+        assert str(tmp_path) in err.value.hint
 
 
 def test_imagefolder_refusals_a_single_class_and_a_val_folder_without_train(tmp_path):

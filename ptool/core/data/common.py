@@ -8,6 +8,7 @@ so a rerun with that seed sees the same split), else 0.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -69,6 +70,17 @@ def check_task(config: Any, source: str, supported: tuple[str, ...]) -> str:
             f"--task {config.task} is not available for {source}; valid: {', '.join(supported)}"
         )
     return config.task if config.task != "auto" else supported[0]
+
+
+def missing_path_hint(path: Path) -> str | None:
+    """For a relative data path that is not there: a run records --data as typed, so `eval`,
+    `resume` or `prune` of it read the path from the directory they run in."""
+    if path.is_absolute():
+        return None
+    return (
+        f"{path} is relative to the current directory, {Path.cwd()} (eval, resume and prune "
+        "read a run's --data as it was given)"
+    )
 
 
 def check_num_classes(config: Any, source: str, found: int) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ptool.core.data.common import check_task, in_memory_bundle
+from ptool.core.data.common import check_task, in_memory_bundle, missing_path_hint
 from ptool.core.data.info import DataBundle
 from ptool.core.errors import PtoolError, UsageError
 
@@ -19,7 +19,7 @@ MAX_AUTO_CLASSES = 50
 def _existing_file(kind: str, path: str) -> Path:
     p = Path(path)
     if not p.is_file():
-        raise UsageError(f"{kind}: no such file: {p}")
+        raise UsageError(f"{kind}: no such file: {p}", hint=missing_path_hint(p))
     return p
 
 

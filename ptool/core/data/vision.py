@@ -11,6 +11,7 @@ from ptool.core.data.common import (
     check_num_classes,
     check_task,
     data_seed,
+    missing_path_hint,
     split_indices,
 )
 from ptool.core.data.info import DataBundle, DataInfo
@@ -139,7 +140,7 @@ def imagefolder(config: Any, path: str) -> DataBundle:
     check_task(config, "imagefolder", ("classification",))
     root = Path(path)
     if not root.is_dir():
-        raise UsageError(f"imagefolder: {root} is not a directory")
+        raise UsageError(f"imagefolder: {root} is not a directory", hint=missing_path_hint(root))
     val_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
     train_dir = root / "train" if (root / "train").is_dir() else root
     if val_dir is not None and train_dir == root:
