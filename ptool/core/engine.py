@@ -215,9 +215,11 @@ class Trainer:
             check_loss_options(config, self.info)
             check_new_run_options(config)
         if model is None:
-            from ptool.core.models import build_model
+            from ptool.core.models import build_model, check_grad_checkpoint
 
             model = build_model(self.config, self.info)
+            if resume is None:
+                check_grad_checkpoint(model, self.config)
         if self.config.init_from and resume is None:
             self._init_from(model, self.config.init_from, unsafe=unsafe_load)
         if prepare_model is not None:

@@ -58,9 +58,11 @@ class SequentialNet(nn.Module):
 
     def _checkpointed(self, x: torch.Tensor) -> torch.Tensor:
         blocks = list(self.body)
-        segments = min(self.grad_checkpoint, len(blocks))
-        size = math.ceil(len(blocks) / segments)
-        chunks = [nn.Sequential(*blocks[i : i + size]) for i in range(0, len(blocks), size)]
+        segments = min(self.grad_checkpoint, len(blocks))  # more: a checkpoint of an older ptool
+        size = len(blocks) // segments  # as checkpoint_sequential splits: the last takes the rest
+        starts = [i * size for i in range(segments)]
+        ends = [*starts[1:], len(blocks)]
+        chunks = [nn.Sequential(*blocks[a:b]) for a, b in zip(starts, ends, strict=True)]
         for chunk in chunks[:-1]:  # the last segment's activations are needed right away
             x = checkpoint(
                 chunk, x, use_reentrant=False, context_fn=lambda c=chunk: _recompute_guard(c)
@@ -285,6 +287,18 @@ def check_io(model: nn.Module, info: Any, spec: str) -> None:
         shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise UsageError(
             f"model {spec} outputs {shape} per batch of 2; the data needs [2, {info.num_outputs}]"
+        )
+
+
+def check_grad_checkpoint(model: nn.Module, config: Any) -> None:
+    """--grad-checkpoint K cuts the body into K segments of whole blocks, so K may not exceed
+    the blocks (torch's checkpoint_sequential refuses more too). For new runs."""
+    blocks = len(model.body) if isinstance(model, SequentialNet) else 0
+    if config.grad_checkpoint > blocks:
+        raise UsageError(
+            f"--grad-checkpoint {config.grad_checkpoint}: the {config.model} body has "
+            f"{blocks} blocks to cut into segments",
+            hint=f"give 2 to {blocks} segments (0 turns it off)",
         )
 
 

@@ -183,3 +183,26 @@ def test_grad_checkpoint_gives_same_outputs_grads_and_running_stats(config, shap
         assert torch.equal(a, b)  # BatchNorm statistics updated once, not twice
     torch.manual_seed(1)
     assert saved_tensor_count(checkpointed, x) < saved_tensor_count(plain, x)
+
+
+def test_grad_checkpoint_cuts_k_segments_as_checkpoint_sequential_does(monkeypatch):
+    """5 blocks in 4 segments: torch's [1, 1, 1, 2], not ceil(5 / 4) = 2 blocks each (3
+    segments); more segments than blocks is refused for a new run."""
+    from ptool.core import models
+    from ptool.core.models import check_grad_checkpoint
+
+    config = TrainConfig(model="mlp", hidden=[8, 8, 8, 8], grad_checkpoint=4)
+    net = build_model(config, info([6]))
+    assert len(net.body) == 5  # Flatten and 4 hidden blocks
+    checkpointed = []
+
+    def spy(chunk, x, **kwargs):
+        checkpointed.append(len(chunk))
+        return chunk(x)
+
+    monkeypatch.setattr(models, "checkpoint", spy)
+    net(torch.randn(2, 6)).sum().backward()
+    assert checkpointed == [1, 1, 1]  # the last segment, [2], runs without a checkpoint
+    check_grad_checkpoint(net, config)
+    with pytest.raises(UsageError, match="--grad-checkpoint 6: the mlp body has 5 blocks"):
+        check_grad_checkpoint(net, config.replace(grad_checkpoint=6))
