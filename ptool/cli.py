@@ -9,14 +9,13 @@ import threading
 from typing import Annotated
 
 import typer
-from typer.core import TyperGroup
 
 from ptool import __version__
-from ptool.commands._plain_params import PlainParams, PlainTyper
+from ptool.commands._plain_params import PlainGroup, PlainTyper
 from ptool.ui.errors import DEBUG_ENV, debug_enabled, report
 
 
-class _LazyGroup(PlainParams, TyperGroup):
+class _LazyGroup(PlainGroup):
     """Imports and builds a subcommand only when it runs or help lists it, so `ptool convcalc`
     never pays for the other commands' modules and their hundreds of options."""
 

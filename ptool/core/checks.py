@@ -128,6 +128,29 @@ def check_schedule_options(config: TrainConfig) -> None:
             for name, readers in option_readers().items()
         },
     )
+    _check_momentum_bounds(config)
+
+
+def _check_momentum_bounds(config: TrainConfig) -> None:
+    """--base-momentum / --max-momentum need a cycle to bound (schedules._momentum_cycle's rule
+    in config terms), lowest first."""
+    given = [n for n in ("base_momentum", "max_momentum") if getattr(config, n) is not None]
+    if not given or config.scheduler not in ("onecycle", "cyclic"):
+        return  # another schedule's: check_schedule_options says so
+    flag = "--" + given[0].replace("_", "-")
+    betas = config.optimizer in ("adam", "adamw") and config.scheduler == "onecycle"
+    if not config.cycle_momentum:
+        raise UsageError(f"{flag} bounds a momentum cycle; --no-cycle-momentum turns it off")
+    if config.optimizer in ("adam", "adamw") and not betas:
+        raise UsageError(f"{flag}: cyclic leaves Adam's betas alone; there is no cycle to bound")
+    if not (betas or config.momentum > 0):
+        raise UsageError(
+            f"{flag}: {config.optimizer} at --momentum 0 has no momentum to cycle",
+            hint="give --momentum, or drop it",
+        )
+    low, high = config.base_momentum, config.max_momentum
+    if low is not None and high is not None and low > high:
+        raise UsageError(f"--base-momentum {low:g} is above --max-momentum {high:g}")
 
 
 def _refuse_options_of_others(

@@ -120,17 +120,35 @@ def evaluate(
 # --- which data a checkpoint is evaluated on ------------------------------------------------
 
 
-class _PerSample(Dataset):
-    """A dataset whose samples go through `apply(x, y)` one by one (image sources)."""
+class _Normalized(Dataset):
+    """A per-sample dataset (images) with the checkpoint's normalization applied to each
+    input; a module-level class, so spawned DataLoader workers can unpickle it."""
 
-    def __init__(self, dataset: Dataset, apply: Callable[[Any, Any], tuple[Any, Any]]):
-        self.dataset, self.apply = dataset, apply
+    def __init__(self, dataset: Dataset, mean: list[float], std: list[float]):
+        self.dataset, self.mean, self.std = dataset, mean, std
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, i: int):
-        return self.apply(*self.dataset[i])
+        from ptool.core.data.transforms import normalize_tensor
+
+        x, y = self.dataset[i]
+        return normalize_tensor(x, self.mean, self.std), y
+
+
+class _Relabeled(Dataset):
+    """A per-sample dataset whose class label i becomes `index[i]` (the model's index)."""
+
+    def __init__(self, dataset: Dataset, index: list[int]):
+        self.dataset, self.index = dataset, index
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int):
+        x, y = self.dataset[i]
+        return x, self.index[y]
 
 
 def _with_run_normalization(dataset: Dataset, info: Any) -> Dataset:
@@ -141,7 +159,7 @@ def _with_run_normalization(dataset: Dataset, info: Any) -> Dataset:
     if isinstance(dataset, TensorDataset):
         x, y = dataset.tensors
         return TensorDataset(normalize_tensor(x, info.mean, info.std), y)
-    return _PerSample(dataset, lambda x, y: (normalize_tensor(x, info.mean, info.std), y))
+    return _Normalized(dataset, info.mean, info.std)
 
 
 def _in_the_models_terms(dataset: Dataset, found: Any, info: Any, data: str) -> Dataset:
@@ -166,11 +184,11 @@ def _in_the_models_terms(dataset: Dataset, found: Any, info: Any, data: str) -> 
                 f"--data {data} has classes the model does not know: {', '.join(strangers)}; "
                 f"the model's are {', '.join(model_names)}"
             )
-        index = torch.tensor([model_names.index(name) for name in names])
+        index = [model_names.index(name) for name in names]
         if isinstance(dataset, TensorDataset):
             x, y = dataset.tensors
-            return TensorDataset(x, index[y])
-        return _PerSample(dataset, lambda x, y: (x, int(index[y])))
+            return TensorDataset(x, torch.tensor(index)[y])
+        return _Relabeled(dataset, index)
     return dataset
 
 
@@ -234,6 +252,8 @@ def split_dataset(config: Any, info: Any, *, data: str | None = None, split: str
     data_config = config.replace(augment=[])  # every split with validation transforms
     if not own:
         changes: dict[str, Any] = {"data": data, "normalize": False}
+        if info.target_name is not None:  # the run's default target was its file's last column
+            changes["target"] = info.target_name
         if info.is_image and info.input_shape[1] == info.input_shape[2]:
             changes["image_size"] = info.input_shape[1]
         data_config = data_config.replace(**changes)

@@ -298,7 +298,9 @@ def check_grad_checkpoint(model: nn.Module, config: Any) -> None:
         raise UsageError(
             f"--grad-checkpoint {config.grad_checkpoint}: the {config.model} body has "
             f"{blocks} blocks to cut into segments",
-            hint=f"give 2 to {blocks} segments (0 turns it off)",
+            hint=f"give 2 to {blocks} segments (0 turns it off)"
+            if blocks >= 2
+            else "give 0 (off): a body of one block has nothing to checkpoint",
         )
 
 

@@ -72,7 +72,8 @@ def summary_table(report: dict[str, Any]) -> Table:
 def _state_dict_row(report: dict[str, Any]) -> str | None:
     """The listed state dict's key, and the others that the file keeps beside it."""
     shown = report["state_dict_key"]
-    others = [key for key in report["state_dicts"] if key != shown]
+    within = (shown or "").split(".")[0]  # `model` for model.state_dict
+    others = [key for key in report["state_dicts"] if key != within]
     if not others:
         return shown
     return f"{shown or '-'} (also: {', '.join(others)}; --key NAME lists one)"

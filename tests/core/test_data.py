@@ -393,8 +393,7 @@ def test_a_relative_data_path_that_is_not_there_names_the_directory(tmp_path, mo
     for spec in ("imagefolder:tv", "csv:data/t.csv"):
         with pytest.raises(UsageError) as err:
             build_data(cfg(data=spec))
-        assert err.value.hint.startswith(f"{spec.split(':')[1]} is relative to the current ")
-        assert str(tmp_path) in err.value.hint
+        assert err.value.hint == f"{spec.split(':')[1]} is relative to {tmp_path}"
 
 
 def test_imagefolder_refusals_a_single_class_and_a_val_folder_without_train(tmp_path):

@@ -179,6 +179,26 @@ def test_another_schedules_option_is_refused_for_a_new_run_only(changes, message
         check_schedule_options(TrainConfig(**own))
 
 
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"optimizer": "sgd", "max_momentum": 0.9}, "sgd at --momentum 0 has no momentum to"),
+        ({"scheduler": "cyclic", "base_momentum": 0.8}, "cyclic leaves Adam's betas alone"),
+        ({"cycle_momentum": False, "max_momentum": 0.9}, "--no-cycle-momentum turns it off"),
+        ({"base_momentum": 0.9, "max_momentum": 0.8}, "--base-momentum 0.9 is above --max-mo"),
+    ],
+)
+def test_momentum_bounds_without_a_cycle_to_bound_are_refused(changes, message):
+    """torch would drop them without a word (nothing cycles), or invert the cycle."""
+    from ptool.core.checks import check_schedule_options
+
+    config = TrainConfig(**{"scheduler": "onecycle", **changes})
+    with pytest.raises(UsageError, match=message):
+        check_schedule_options(config)
+    check_schedule_options(config.replace(optimizer="sgd", momentum=0.5, cycle_momentum=True,
+                                          base_momentum=0.5, max_momentum=0.9))  # fmt: skip
+
+
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 def test_a_class_weighted_loss_is_the_whole_sets_at_any_batch_size(smoothing):
     """Weighted cross-entropy divides by the targets' summed weights, not their count."""

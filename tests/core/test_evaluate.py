@@ -226,7 +226,8 @@ def test_ema_weights_evaluate_to_the_logged_val_ema_metrics(tmp_path):
 
 def test_a_held_out_csv_is_read_by_column_and_class_name(tmp_path):
     """Its columns were read by position (another order: accuracy 0.43 instead of 0.78), and a
-    file without one of the classes was refused."""
+    file without one of the classes was refused. The run's target is its file's last column;
+    the held-out file's last column is another one."""
     from ptool.core.engine import fit
     from ptool.core.restore import model_from_checkpoint
 
@@ -234,12 +235,12 @@ def test_a_held_out_csv_is_read_by_column_and_class_name(tmp_path):
     x = torch.randn(120, 3, generator=gen) * torch.tensor([1.0, 5.0, 0.2])
     species = ["bird", "cat", "dog"]
     y = (x[:, 0] > 0).long() + (x[:, 1] > 2).long()
-    lines = ["f0,species,f1,f2"] + [
-        f"{a},{species[k]},{b},{c}" for (a, b, c), k in zip(x.tolist(), y.tolist(), strict=True)
+    lines = ["f0,f1,f2,species"] + [  # the target last: the default --target
+        f"{a},{b},{c},{species[k]}" for (a, b, c), k in zip(x.tolist(), y.tolist(), strict=True)
     ]
     (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
     config = TrainConfig(
-        data=f"csv:{tmp_path / 'train.csv'}", target="species", model="mlp", epochs=2, seed=0,
+        data=f"csv:{tmp_path / 'train.csv'}", model="mlp", epochs=2, seed=0,
         tensorboard=False, out=str(tmp_path / "run"),
     )  # fmt: skip
     fit(config, quiet=True)
@@ -272,3 +273,23 @@ def test_a_held_out_csv_is_read_by_column_and_class_name(tmp_path):
     (tmp_path / "fish.csv").write_text("f0,f1,f2,species\n1,2,3,fish\n4,5,6,cat\n7,8,9,cat\n")
     with pytest.raises(UsageError, match="has classes the model does not know: fish"):
         evaluate_checkpoints([ckpt_path], data=f"csv:{tmp_path / 'fish.csv'}", split="all")
+
+
+def test_a_held_out_image_sources_wrappers_pickle_for_spawned_workers():
+    """macOS and Windows start DataLoader workers by spawning: the dataset is pickled."""
+    import pickle
+    from types import SimpleNamespace
+
+    from torch.utils.data import Subset
+
+    from ptool.core.evaluate import _in_the_models_terms, _with_run_normalization
+
+    images = Subset(TensorDataset(torch.rand(4, 3, 2, 2), torch.tensor([0, 1, 0, 1])), [0, 1, 2])
+    found = SimpleNamespace(feature_names=None, class_names=["cat", "dog"])
+    info = SimpleNamespace(
+        feature_names=None, class_names=["bird", "cat", "dog"], mean=[0.5] * 3, std=[0.2] * 3
+    )
+    dataset = _with_run_normalization(_in_the_models_terms(images, found, info, "x"), info)
+    again = pickle.loads(pickle.dumps(dataset))
+    assert [int(again[i][1]) for i in range(3)] == [1, 2, 1]  # cat, dog, cat in the model's terms
+    torch.testing.assert_close(again[0][0], (images[0][0] - 0.5) / 0.2)

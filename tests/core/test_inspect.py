@@ -642,6 +642,14 @@ def test_tied_weights_are_marked_and_counted_once(tmp_path, how):
     assert report["tree"]["numel"] == totals["numel"]  # the file holds the tensor once
     head = next(c for c in report["tree"]["children"] if c["name"] == "head")
     assert head["numel"] == sum(p.numel() for p in model.head.parameters())  # its own, 50
+    wrapped = nn.Module()
+    wrapped.module = model  # DDP's prefix: a parent holding both names counts them once
+    torch.save(wrapped.state_dict(), path)
+    (module,) = inspect(path, InspectOptions(tree=True))["tree"]["children"]
+    assert module["numel"] == sum(p.numel() for p in model.parameters())  # 50, not 90
+    assert module["tensors"] == 3
+    (group,) = inspect(path, InspectOptions(depth=1))["groups"]  # `module`, as --depth 1
+    assert (group["tensors"], group["numel"]) == (3, 50)
     views = {"a": torch.arange(6.0), "b": torch.arange(6.0)}
     views["first_half"], views["same"] = views["a"][:3], views["a"]
     torch.save(views, path)  # a view of part of a tensor is not the same tensor
@@ -671,3 +679,11 @@ def test_key_lists_another_state_dict_and_stats_and_diff_follow_it(tmp_path):
     assert _rows(nested) == [("state_dict_ema.0.weight", *_oracle_rows(ema.state_dict())[0][1:])]
     with pytest.raises(PtoolError, match="no such entry; its keys: state_dict, state_dict_ema"):
         inspect(path, InspectOptions(key="ema"))
+    opt = {"state": {0: ema[0].state_dict()}}
+    torch.save({"model": {"state_dict": model.state_dict()}, "opt": opt}, path)
+    from ptool.ui.inspect_view import _state_dict_row
+
+    alone = inspect(path, InspectOptions())  # one state dict, nested: no "also"
+    assert (alone["state_dicts"], _state_dict_row(alone)) == (["model"], "model.state_dict")
+    optimizer_state = inspect(path, InspectOptions(key="opt.state.0"))  # integer keys, as text
+    assert [r["name"] for r in optimizer_state["tensors"]] == ["weight", "bias"]

@@ -186,23 +186,34 @@ def test_grad_checkpoint_gives_same_outputs_grads_and_running_stats(config, shap
 
 
 def test_grad_checkpoint_cuts_k_segments_as_checkpoint_sequential_does(monkeypatch):
-    """5 blocks in 4 segments: torch's [1, 1, 1, 2], not ceil(5 / 4) = 2 blocks each (3
-    segments); more segments than blocks is refused for a new run."""
+    """5 blocks in 4 segments: torch's checkpoint_sequential (the oracle) checkpoints [1, 1, 1]
+    and runs the last 2 plainly; ptool did ceil(5 / 4) = 2 blocks each (3 segments). More
+    segments than blocks is refused for a new run."""
+    import torch.utils.checkpoint as torch_checkpoint
+
     from ptool.core import models
     from ptool.core.models import check_grad_checkpoint
 
     config = TrainConfig(model="mlp", hidden=[8, 8, 8, 8], grad_checkpoint=4)
     net = build_model(config, info([6]))
     assert len(net.body) == 5  # Flatten and 4 hidden blocks
-    checkpointed = []
+    ran, segments = [], []
+    for block in net.body:
+        block.register_forward_hook(lambda *_: ran.append(1))
 
-    def spy(chunk, x, **kwargs):
-        checkpointed.append(len(chunk))
-        return chunk(x)
+    def spy(function, x, **kwargs):  # how many blocks each checkpointed segment runs
+        before = len(ran)
+        out = function(x)
+        segments.append(len(ran) - before)
+        return out
 
     monkeypatch.setattr(models, "checkpoint", spy)
-    net(torch.randn(2, 6)).sum().backward()
-    assert checkpointed == [1, 1, 1]  # the last segment, [2], runs without a checkpoint
+    monkeypatch.setattr(torch_checkpoint, "checkpoint", spy)
+    x = torch.randn(2, 6)
+    net(x)
+    ours, segments[:] = list(segments), []
+    torch_checkpoint.checkpoint_sequential(net.body, 4, x, use_reentrant=False)
+    assert ours == segments == [1, 1, 1]
     check_grad_checkpoint(net, config)
     with pytest.raises(UsageError, match="--grad-checkpoint 6: the mlp body has 5 blocks"):
         check_grad_checkpoint(net, config.replace(grad_checkpoint=6))

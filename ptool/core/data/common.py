@@ -73,14 +73,9 @@ def check_task(config: Any, source: str, supported: tuple[str, ...]) -> str:
 
 
 def missing_path_hint(path: Path) -> str | None:
-    """For a relative data path that is not there: a run records --data as typed, so `eval`,
-    `resume` or `prune` of it read the path from the directory they run in."""
-    if path.is_absolute():
-        return None
-    return (
-        f"{path} is relative to the current directory, {Path.cwd()} (eval, resume and prune "
-        "read a run's --data as it was given)"
-    )
+    """For a relative data path that is not there: where it was looked for. (A run records
+    --data as typed, so `eval`, `resume` or `prune` of it read the path from where they run.)"""
+    return None if path.is_absolute() else f"{path} is relative to {Path.cwd()}"
 
 
 def check_num_classes(config: Any, source: str, found: int) -> None:

@@ -155,6 +155,7 @@ def csv_source(config: Any, path: str) -> DataBundle:
         row_name=lambda i: f"line {lines[i + 1]}",  # as the errors above number them
     )
     bundle.info.feature_names = [name for col, name in enumerate(header) if col != t]
+    bundle.info.target_name = target
     return bundle
 
 

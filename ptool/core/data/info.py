@@ -16,7 +16,8 @@ class DataInfo:
     Classification targets are int64 class indices of shape [B]; regression targets are
     float32 of shape [B, num_outputs]. `mean`/`std` are the normalization actually applied
     (per channel for images, per feature for tabular data), `None` when off.
-    `feature_names` lets `ptool predict` check a CSV's columns against the training ones.
+    `feature_names` lets `ptool predict` check a CSV's columns against the training ones, and
+    `target_name` lets `ptool eval --data csv:OTHER` find the target among them.
     """
 
     task: str
@@ -31,6 +32,7 @@ class DataInfo:
     val_size: int
     source: str = ""
     feature_names: list[str] | None = None  # tabular column names (CSV), in input order
+    target_name: str | None = None  # the CSV's target column (a held-out file's is read too)
 
     @property
     def is_image(self) -> bool:

@@ -113,8 +113,9 @@ def groups(table: list[dict[str, Any]], depth: int) -> list[dict[str, Any]]:
             key, {"name": key, "tensors": 0, "numel": 0, "bytes": 0, "dtypes": []}
         )
         group["tensors"] += 1
-        group["numel"] += row["numel"]
-        group["bytes"] += row["bytes"]
+        if not (row["shares"] and prefix(row["shares"], depth) == key):  # tied: counted once
+            group["numel"] += row["numel"]
+            group["bytes"] += row["bytes"]
         if row["dtype"] not in group["dtypes"]:
             group["dtypes"].append(row["dtype"])
     return list(out.values())
@@ -132,23 +133,26 @@ def _count(node: dict[str, Any], row: dict[str, Any]) -> None:
 
 def tree(table: list[dict[str, Any]], depth: int | None) -> dict[str, Any]:
     """Nested {name, tensors, numel, bytes, children} by dotted name, cut at `depth` levels;
-    a leaf that is one tensor also carries its shape and dtype."""
+    a leaf that is one tensor also carries its shape and dtype. A module holding both names
+    of a tied tensor counts its elements once, as `module.parameters()` does."""
     root = _node("")
     for row in table:
         full = row["name"].split(".")
         parts = full[:depth] if depth else full
+        other = row["shares"].split(".") if row["shares"] else None
         node = root
-        if row["shares"]:  # each module counts a tied tensor; the whole file once
-            root["tensors"] += 1
-        else:
-            _count(node, row)
-        for part in parts:
-            child = next((c for c in node["children"] if c["name"] == part), None)
-            if child is None:
-                child = _node(part)
-                node["children"].append(child)
-            node = child
-            _count(node, row)
+        for level in range(len(parts) + 1):
+            if level:
+                part = parts[level - 1]
+                child = next((c for c in node["children"] if c["name"] == part), None)
+                if child is None:
+                    child = _node(part)
+                    node["children"].append(child)
+                node = child
+            if other is not None and other[:level] == full[:level]:
+                node["tensors"] += 1  # a name of its own, elements counted under the other
+            else:
+                _count(node, row)
         if len(parts) == len(full):
             node.update(shape=row["shape"], dtype=row["dtype"])
     return root

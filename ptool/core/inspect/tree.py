@@ -79,17 +79,18 @@ def side_by_side(obj: Any, is_tensor: IsTensor) -> list[str]:
 
 
 def entry(obj: Any, key: str) -> tuple[tuple[str, ...], Any] | None:
-    """(key path, value) at a dotted `key` ("model.ema"); a key that holds dots itself
-    ("body.0.conv.weight" in a state dict) matches whole."""
+    """(key path, value) at a dotted `key` ("model.ema", "optimizer_state_dict.state.0": keys
+    match as text); a key that holds dots itself ("body.0.conv.weight") matches whole."""
     if not isinstance(obj, Mapping):
         return None
-    if key in obj:
-        return (key,), obj[key]
+    keys = {str(k): k for k in obj}
+    if key in keys:
+        return (key,), obj[keys[key]]
     parts = key.split(".")
     for cut in range(len(parts) - 1, 0, -1):
         head = ".".join(parts[:cut])
-        if head in obj:
-            found = entry(obj[head], ".".join(parts[cut:]))
+        if head in keys:
+            found = entry(obj[keys[head]], ".".join(parts[cut:]))
             if found is not None:
                 return (head, *found[0]), found[1]
     return None
