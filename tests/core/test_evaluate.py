@@ -267,6 +267,12 @@ def test_a_held_out_csv_is_read_by_column_and_class_name(tmp_path):
     )
     (report,) = evaluate_checkpoints([ckpt_path], data=f"csv:{tmp_path / 'cats.csv'}", split="all")
     assert report["metrics"]["accuracy"] == pytest.approx(oracle_accuracy(without_birds))
+    dogs = [r for r in held if r[3] == "dog"]  # a single class
+    (tmp_path / "dogs.csv").write_text(
+        "\n".join(["f0,f1,f2,species"] + [",".join(map(str, r)) for r in dogs]) + "\n"
+    )
+    (report,) = evaluate_checkpoints([ckpt_path], data=f"csv:{tmp_path / 'dogs.csv'}", split="all")
+    assert report["metrics"]["accuracy"] == pytest.approx(oracle_accuracy(dogs))
     (tmp_path / "other.csv").write_text("a,species,b,c\n1,cat,2,3\n4,dog,5,6\n7,cat,8,9\n")
     with pytest.raises(UsageError, match="has no column 'f0', 'f1', 'f2'; the model reads f0"):
         evaluate_checkpoints([ckpt_path], data=f"csv:{tmp_path / 'other.csv'}", split="all")
