@@ -97,6 +97,7 @@ def test_static_fuses_conv_bn_relu_and_quantizes_every_conv_and_linear(static_re
     assert static_report["ratios"]["param_bytes"] > 3.5
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_static_output_reloads_with_identical_outputs(static_report, cnn_ckpt):
     saved = torch.load(static_report["output"], weights_only=True)
     assert saved["quantization"]["mode"] == "static"
