@@ -17,11 +17,10 @@ from ptool.commands._options import JsonOpt, QuietOpt, examples
 from ptool.core.config import FIELDS, check_interval
 from ptool.ui.lr_plot_view import FIGURE_SUFFIXES
 
-MOMENTUM_FIELDS = ("cycle_momentum", "base_momentum", "max_momentum")  # no effect on the lr
-SCHEDULE_FIELDS = [
+SCHEDULE_FIELDS = [  # every schedule flag of `ptool train` (a pasted command line runs)
     name
     for name, f in FIELDS.items()
-    if f.metadata["section"] == "scheduler" and name not in ("scheduler", *MOMENTUM_FIELDS)
+    if f.metadata["section"] == "scheduler" and name != "scheduler"
 ] + ["lr", "epochs", "batch_size", "accumulate", "drop_last", "monitor", "mode"]
 
 # Options that say where a schedule comes from; a --compare spec may set these and the fields.

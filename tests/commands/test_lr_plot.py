@@ -115,6 +115,21 @@ def test_compare_labels_each_spec_and_shares_outside_flags():
         lr_plot("--compare", "cosine --bogus 1")
 
 
+def test_every_schedule_flag_of_train_is_taken_so_a_pasted_command_line_runs():
+    """The momentum-cycle flags do not move the lr, but lr-plot refused them ("No such
+    option"), also inside --compare."""
+    from ptool.commands.lr_plot import SCHEDULE_FIELDS
+    from ptool.core.config import FIELDS
+
+    train_flags = {n for n, f in FIELDS.items() if f.metadata["section"] == "scheduler"}
+    assert train_flags - {"scheduler"} <= set(SCHEDULE_FIELDS)
+    plain, kept = series(
+        "--epochs", "3", "--steps-per-epoch", "4", "--compare", "onecycle --lr 0.1",
+        "onecycle --lr 0.1 --no-cycle-momentum --max-momentum 0.9",
+    )  # fmt: skip
+    assert kept["rows"] == plain["rows"]
+
+
 def test_plateau_needs_and_uses_a_metric(tmp_path):
     with pytest.raises(UsageError, match="metric"):
         lr_plot("plateau", "--epochs", "5")
