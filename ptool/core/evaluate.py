@@ -120,34 +120,41 @@ def evaluate(
 # --- which data a checkpoint is evaluated on ------------------------------------------------
 
 
-class _Normalized(Dataset):
-    """A per-sample dataset (images) with the checkpoint's normalization applied to each
-    input; a module-level class, so spawned DataLoader workers can unpickle it."""
+class _EachSample(Dataset):
+    """A dataset read sample by sample through `apply` (image sources); module-level
+    subclasses, so spawned DataLoader workers can unpickle them."""
 
-    def __init__(self, dataset: Dataset, mean: list[float], std: list[float]):
-        self.dataset, self.mean, self.std = dataset, mean, std
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, i: int):
+        return self.apply(*self.dataset[i])
+
+
+class _Normalized(_EachSample):
+    """Each input normalized with the checkpoint's mean/std."""
+
+    def __init__(self, dataset: Dataset, mean: list[float], std: list[float]):
+        super().__init__(dataset)
+        self.mean, self.std = mean, std
+
+    def apply(self, x, y):
         from ptool.core.data.transforms import normalize_tensor
 
-        x, y = self.dataset[i]
         return normalize_tensor(x, self.mean, self.std), y
 
 
-class _Relabeled(Dataset):
-    """A per-sample dataset whose class label i becomes `index[i]` (the model's index)."""
+class _Relabeled(_EachSample):
+    """Class label i becomes `index[i]`, the model's index for that class name."""
 
     def __init__(self, dataset: Dataset, index: list[int]):
-        self.dataset, self.index = dataset, index
+        super().__init__(dataset)
+        self.index = index
 
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, i: int):
-        x, y = self.dataset[i]
+    def apply(self, x, y):
         return x, self.index[y]
 
 
@@ -240,7 +247,7 @@ def split_dataset(config: Any, info: Any, *, data: str | None = None, split: str
 
     The run's own data (`data` None or the same spec) is rebuilt with its config: same seed,
     same split, same statistics. Another source is read without its own normalization and
-    gets the checkpoint's mean/std; its shape and classes must match the model's.
+    gets the checkpoint's mean/std; its columns and classes are matched to the model's by name.
     """
     from ptool.core.data import build_data
     from ptool.core.data.common import TabularImageSize
