@@ -35,6 +35,11 @@ def report_table(report: dict[str, Any]) -> Group:
     notes = [
         f"quantized layers: {_listing(report['quantized_layers'])}",
         f"fused: {_listing(fused)}",
+        *(
+            [f"kept in float (no int8 state to save): {_listing(report['kept_float'])}"]
+            if report["kept_float"]
+            else []
+        ),
         f"latency: median of {report['bench_runs']} runs after warm-up, "
         f"{report['threads']} threads, random inputs{timing_spread(report['latency_spread'])}",
         f"written: {report['output']}",

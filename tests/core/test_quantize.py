@@ -450,3 +450,23 @@ def test_a_qat_runs_ranges_are_set_by_training_data_only(cnn_ckpt, tmp_path):
     for _ in range(2):
         (report,) = evaluate_checkpoints([tmp_path / "run" / "last.pt"], device="cpu")
         assert report["metrics"]["loss"] == pytest.approx(run_ckpt["metrics"]["val/loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["static", "qat"])
+def test_prelu_stays_float_and_the_written_file_evaluates_as_reported(mode, tmp_path):
+    """torch's int8 PReLU keeps its slope and output qparams outside the state dict (a reload
+    drew them at random: 7% accuracy) and its lowering ignores a None qconfig; ptool keeps
+    the layer in float, so `ptool eval` of the file reproduces the report's metrics."""
+    from ptool.core.evaluate import evaluate_checkpoints
+
+    ckpt = write_checkpoint(tmp_path / "best.pt", model="cnn", channels=[8, 16], activation="prelu")
+    overrides = {"epochs": 1, "tensorboard": False, "out": str(tmp_path / "run")}
+    extra = {"train_overrides": overrides} if mode == "qat" else {"calib_batches": 4}
+    report = quantize_checkpoint(ckpt, _fast(mode, output=str(tmp_path / "q.pt"), **extra))
+    assert report["kept_float"] == ["body.0.act", "body.1.act"]
+    assert report["quantized_layers"] == ["body.0.conv", "body.1.conv", "head"]
+    assert report["metrics_change"]["val/accuracy"] >= -0.03
+    (evaluated,) = evaluate_checkpoints([tmp_path / "q.pt"], device="cpu")
+    quantized = report["quantized"]["metrics"]
+    assert evaluated["metrics"]["accuracy"] == pytest.approx(quantized["val/accuracy"])
+    assert evaluated["metrics"]["loss"] == pytest.approx(quantized["val/loss"], rel=1e-5)

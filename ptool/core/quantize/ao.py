@@ -31,6 +31,10 @@ DYNAMIC_MODULES: dict[str, type[nn.Module]] = {"linear": nn.Linear, "lstm": nn.L
 STATIC_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 REDUCE_RANGE = {"x86": True, "fbgemm": True, "qnnpack": False}
+# Layers static/qat keep in float: their int8 versions hold the learned slope and output
+# qparams as plain attributes, not in the state dict, so a saved int8 model reloads them
+# random (and the freshly converted int8 PReLU already loses most of the accuracy).
+FLOAT_ONLY_LAYERS: tuple[type[nn.Module], ...] = (nn.PReLU, nn.ELU, nn.Softmax)
 
 # The warnings a quantized model keeps emitting after it is built (running it, loading its
 # state dict): one-off upstream notices, not something a ptool user can act on.
@@ -162,7 +166,25 @@ def qconfig_mapping(recipe: dict[str, Any]) -> Any:
                 activation=activation_observer.with_args(reduce_range=reduce_range),
                 weight=weight_observer.with_args(dtype=torch.qint8, qscheme=weight_scheme),
             )
-    return mapping.set_global(qconfig)
+    mapping.set_global(qconfig)
+    for layer in FLOAT_ONLY_LAYERS:
+        mapping.set_object_type(_kept_float(layer), None)
+    return mapping
+
+
+@functools.cache
+def _kept_float(layer: type[nn.Module]) -> type[nn.Module]:
+    """A subclass torch's FX patterns do not know (they match exact types), so the layer
+    stays float even where convert's lowering would swap `dequant -> layer -> quant` for
+    the int8 module regardless of its qconfig; traced as a leaf, it stays one module.
+    Same forward, same state-dict keys."""
+    return type(f"Float{layer.__name__}", (layer,), {"__module__": __name__})
+
+
+def _keep_float_layers(model: nn.Module) -> None:
+    for module in model.modules():
+        if type(module) in FLOAT_ONLY_LAYERS:
+            module.__class__ = _kept_float(type(module))
 
 
 def qconfig_repr(recipe: dict[str, Any]) -> str:
@@ -242,13 +264,23 @@ def quantize_dynamic(model: nn.Module, recipe: dict[str, Any]) -> nn.Module:
 def prepare(model: nn.Module, recipe: dict[str, Any]) -> nn.Module:
     """Fuse and insert observers (static, eval mode) or fake-quant modules (qat, train mode)."""
     _, quantize_fx = _ao()
+    from torch.ao.quantization.fx.custom_config import PrepareCustomConfig
+
     activate(recipe["backend"])
     mapping = qconfig_mapping(recipe)
+    _keep_float_layers(model)
+    custom = PrepareCustomConfig().set_non_traceable_module_classes(
+        [_kept_float(layer) for layer in FLOAT_ONLY_LAYERS]
+    )
     try:
         with quiet():
             if recipe["mode"] == "qat":
-                return quantize_fx.prepare_qat_fx(model.train(), mapping, _example(recipe))
-            return quantize_fx.prepare_fx(model.eval(), mapping, _example(recipe))
+                return quantize_fx.prepare_qat_fx(
+                    model.train(), mapping, _example(recipe), prepare_custom_config=custom
+                )
+            return quantize_fx.prepare_fx(
+                model.eval(), mapping, _example(recipe), prepare_custom_config=custom
+            )
     except Exception as exc:  # noqa: BLE001 - FX fails in model-specific ways
         raise UsageError(f"cannot quantize this model with torch.fx: {first_line(exc)}") from exc
 
@@ -369,6 +401,12 @@ def quantized_layer_names(model: nn.Module) -> list[str]:
         for name, module in model.named_modules()
         if is_quantized_module(module) and not name.endswith("_packed_params")
     ]
+
+
+def kept_float_layer_names(model: nn.Module) -> list[str]:
+    """The FLOAT_ONLY_LAYERS static/qat left in float between int8 layers."""
+    kept = tuple(_kept_float(layer) for layer in FLOAT_ONLY_LAYERS)
+    return [name for name, module in model.named_modules() if isinstance(module, kept)]
 
 
 def fused_modules(float_model: nn.Module, quantized: nn.Module) -> list[list[str]]:

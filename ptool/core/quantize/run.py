@@ -429,6 +429,7 @@ def quantize_checkpoint(
         "library": ao.LIBRARY,
         "quantized_layers": layers,
         "fused_modules": recipe["fused_modules"],
+        "kept_float": ao.kept_float_layer_names(quantized),
         "recipe": recipe,
         **report,
         "qat": qat_summary,
