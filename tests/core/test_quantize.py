@@ -299,6 +299,8 @@ def _qat(ckpt: Path, tmp_path: Path, name: str, epochs: int, resume: str | None 
         output=str(tmp_path / f"{name}.int8.pt"),
         evaluate=name == "whole",
     )
+    if resume:
+        options.output = None  # the run remembers its -o
     return quantize_checkpoint(None if resume else ckpt, options)
 
 
@@ -332,6 +334,7 @@ def test_qat_fine_tunes_through_the_engine_and_resumes_exactly(cnn_ckpt, tmp_pat
     assert f"ptool quantize qat --resume {tmp_path / 'part'}" in taken.value.hint
     resumed = _qat(cnn_ckpt, tmp_path, "part", epochs=2, resume=str(tmp_path / "part"))
     assert resumed["checkpoint"] == str(cnn_ckpt)  # found through the run's recipe
+    assert resumed["output"] == str(tmp_path / "part.int8.pt")  # not next to cnn_ckpt
     a = torch.load(whole["output"], weights_only=True)["model_state_dict"]
     b = torch.load(resumed["output"], weights_only=True)["model_state_dict"]
     assert a.keys() == b.keys()
@@ -396,9 +399,10 @@ def test_a_moved_qat_run_resumes_from_anywhere(cnn_ckpt, tmp_path, monkeypatch):
     run = tmp_path / "new" / "qat" / "run"
     overrides = {"epochs": 2, "tensorboard": False}
     options = _fast("qat", resume=str(run), train_overrides=overrides, evaluate=False)
-    options.output = str(tmp_path / "resumed.int8.pt")
     report = quantize_checkpoint(None, options)  # a run directory, moved since
     assert Path(report["checkpoint"]).resolve() == (tmp_path / "new" / "best.pt").resolve()
+    # no -o: written where the first command's -o said, found from the moved run directory
+    assert Path(report["output"]).resolve() == (tmp_path / "new" / "qat" / "run.int8.pt").resolve()
     assert ckpt_io.load_checkpoint(run / "last.pt")["epoch"] == 2  # continued where it is now
     assert not (tmp_path / "old").exists()
     options = _fast("qat", resume=str(run), evaluate=False)

@@ -288,6 +288,22 @@ def _resume_recipe(path: str) -> tuple[dict[str, Any], dict[str, Any], Path | No
     return ckpt, recipe, next((c for c in candidates if c.is_file()), None)
 
 
+def _run_dir(resume: str) -> Path:
+    path = Path(resume)
+    return path if path.is_dir() else path.parent
+
+
+def _output(options: QuantizeOptions, recipe: dict[str, Any], path: Path) -> Path:
+    """-o; else, resuming, where the QAT run was told to write (relative to the run directory,
+    which finds it wherever the two were moved together); else next to the float checkpoint."""
+    if options.output:
+        return Path(options.output)
+    recorded = recipe.get("qat", {}).get("output_from_run")
+    if options.resume and recorded:
+        return Path(os.path.normpath(_run_dir(options.resume) / recorded))
+    return default_output(path, recipe["dtype"])
+
+
 def quantize_checkpoint(
     path: str | Path | None,
     options: QuantizeOptions,
@@ -326,9 +342,10 @@ def quantize_checkpoint(
     backend = ao.resolve_backend(resume_recipe["backend"] if resume_recipe else options.backend)
     recipe = resume_recipe or _recipe(options, backend, info, path)
     recipe = {k: v for k, v in recipe.items() if k != "converted"}
-    output = Path(options.output) if options.output else default_output(path, recipe["dtype"])
+    output = _output(options, recipe, path)
     ckpt_io.check_output(output, path, f"-o {output}")
-    if options.torchscript:
+    torchscript = options.torchscript or bool(recipe.get("qat", {}).get("torchscript"))
+    if torchscript:
         script = torchscript_path(output)
         ckpt_io.check_output(script, path, f"--torchscript ({script})", derived_only=False)
 
@@ -351,9 +368,8 @@ def quantize_checkpoint(
 
         if resume_ckpt is not None:
             train_config = TrainConfig.from_dict(resume_ckpt["config"], source="checkpoint")
-            run_dir = Path(options.resume)  # where the run is now, as `ptool resume` does
-            run_dir = run_dir if run_dir.is_dir() else run_dir.parent
-            overrides = {"out": str(run_dir), **options.train_overrides}
+            # where the run is now, as `ptool resume` does
+            overrides = {"out": str(_run_dir(options.resume)), **options.train_overrides}
             train_config = train_config.replace(**overrides, device="cpu")
         else:
             train_config = qat_config(config, options.train_overrides, path)
@@ -364,6 +380,10 @@ def quantize_checkpoint(
                 "source_from_run": os.path.relpath(
                     path.resolve(), Path(train_config.out).resolve()
                 ),
+                "output_from_run": os.path.relpath(
+                    output.resolve(), Path(train_config.out).resolve()
+                ),
+                "torchscript": options.torchscript,
             }
         check_config(train_config)
         check_monitor(train_config, info)
@@ -418,7 +438,7 @@ def quantize_checkpoint(
         payload["pruning"] = pruning
     ckpt_io.atomic_save(payload, output)
     script = None
-    if options.torchscript:
+    if torchscript:
         script = write_torchscript(quantized, recipe, torchscript_path(output))
     return {
         "checkpoint": str(path),
