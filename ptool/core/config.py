@@ -477,6 +477,41 @@ def check_interval(name: str, value: Any, interval: str) -> None:
             raise UsageError(f"{flag} must be {_describe(interval, item)}, got {item}")
 
 
+def _twice(path: Path, key: Any, where: str = "") -> UsageError:
+    """A key a parser would silently overwrite with its second value."""
+    return UsageError(f"{path}: {key} is given twice{where}", hint="keep one of them")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]], path: Path) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise _twice(path, key)
+    return dict(pairs)
+
+
+def _unique_keys_yaml_loader(path: Path) -> type:
+    """PyYAML's SafeLoader, refusing a key repeated in one mapping (it keeps the last); a key
+    that overrides one merged in with `<<: *anchor` is what merging is for, so it passes."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):  # noqa: ANN001 - PyYAML's API
+            lines: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                line = key_node.start_mark.line + 1
+                if isinstance(key, typing.Hashable) and key in lines:
+                    raise _twice(path, key, f" (lines {lines[key]} and {line})")
+                if isinstance(key, typing.Hashable):
+                    lines[key] = line
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read a TOML, YAML or JSON config, each value converted and checked; keys may sit at the top
     level or under section tables."""
@@ -488,11 +523,11 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         if path.suffix in (".yaml", ".yml"):
             import yaml
 
-            raw = yaml.safe_load(text) or {}
+            raw = yaml.load(text, Loader=_unique_keys_yaml_loader(path)) or {}
         elif path.suffix == ".json":  # what `--print-config --json` prints
             import json
 
-            raw = json.loads(text)
+            raw = json.loads(text, object_pairs_hook=lambda pairs: _unique_keys(pairs, path))
         elif path.suffix == ".toml":
             try:
                 import tomllib

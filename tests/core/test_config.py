@@ -99,6 +99,34 @@ def test_an_option_given_twice_is_refused(tmp_path, text, places):
         resolve_config(path)
 
 
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("run.yaml", "epochs: 2\nlr: 0.1\nepochs: 3\n", "epochs is given twice (lines 1 and 3)"),
+        ("run.yaml", "optimizer:\n  lr: 0.1\noptimizer:\n  momentum: 0.9\n", "optimizer is"),
+        ("run.yaml", "optimizer:\n  lr: 0.1\n  lr: 0.2\n", "lr is given twice (lines 2 and 3)"),
+        ("run.json", '{"epochs": 2, "epochs": 3}', "epochs is given twice"),
+        ("run.json", '{"optimizer": {"lr": 1, "lr": 2}}', "lr is given twice"),
+        ("run.toml", "epochs = 2\nepochs = 3\n", "Cannot overwrite a value"),
+    ],
+)
+def test_a_key_repeated_in_one_table_is_refused(tmp_path, name, text, message):
+    """The YAML and JSON parsers keep the last value (a whole group block, the second time)."""
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(UsageError, match=re.escape(message)) as info:
+        resolve_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_yaml_merge_keys_may_be_overridden(tmp_path):
+    """`<<: *anchor` then the same key is YAML's override, not a repeated key."""
+    path = tmp_path / "run.yaml"
+    path.write_text("optimizer:\n  <<: {lr: 0.1, momentum: 0.8}\n  lr: 0.2\n")
+    config = resolve_config(path)
+    assert (config.lr, config.momentum) == (0.2, 0.8)
+
+
 def test_a_single_value_for_a_list_option_is_a_one_item_list(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("model: mlp\nhidden: 64\nclass_weights: 2\n")
