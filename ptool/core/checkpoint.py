@@ -284,18 +284,26 @@ def find_default_checkpoint(runs_dir: str | Path = "runs", name: str = "best.pt"
 
 
 def newest_valid_checkpoint(run_dir: str | Path) -> Path:
-    """The newest checkpoint in a run directory that loads (a torn or corrupt one is skipped)."""
+    """The newest checkpoint in a run directory that loads (a torn or corrupt one is skipped).
+
+    last.pt when it loads (best.pt and the epoch files are copies of an earlier one), else the
+    valid file with the most optimizer steps: file times lie in a copied run directory, and a
+    derived file (`best.int8.pt`, no steps) is not a training state.
+    """
     run_dir = Path(run_dir)
-    # last.pt first: best.pt and the epoch files are copies of an earlier last.pt
-    candidates = sorted(
-        (p for p in run_dir.glob("*.pt") if not p.name.startswith(".")),
-        key=lambda p: (p.name == "last.pt", p.stat().st_mtime),
-        reverse=True,
-    )
-    for candidate in candidates:
+    last = run_dir / "last.pt"
+    with contextlib.suppress(PtoolError):
+        load_checkpoint(last)
+        return last
+    valid: list[tuple[int, Path]] = []
+    for candidate in sorted(run_dir.glob("*.pt")):
+        if candidate == last or candidate.name.startswith("."):
+            continue
         try:
-            load_checkpoint(candidate)
+            step = load_checkpoint(candidate).get("global_step")
         except PtoolError:
             continue
-        return candidate
+        valid.append((step if isinstance(step, int) else -1, candidate))
+    if valid:
+        return max(valid, key=lambda found: found[0])[1]
     raise PtoolError(f"no valid checkpoint in {run_dir}")

@@ -329,7 +329,15 @@ def test_run_dir_resumes_from_its_newest_valid_checkpoint(tmp_path):
     run = tmp_path / "run"
     assert find_checkpoint(run) == run / "last.pt"
     (run / "last.pt").write_bytes((run / "last.pt").read_bytes()[:1000])  # torn
-    assert find_checkpoint(run).name in ("best.pt", "epoch-2.pt")
+    steps = {p.name: torch.load(p, weights_only=True)["global_step"] for p in run.glob("e*.pt")}
+    assert steps["epoch-1.pt"] < steps["epoch-2.pt"]
+    os.utime(run / "epoch-1.pt")  # a copied run directory: file times say nothing
+    (run / "best.int8.pt").write_bytes((run / "epoch-1.pt").read_bytes())
+    ckpt = torch.load(run / "best.int8.pt", weights_only=True)
+    del ckpt["global_step"]  # a derived file, not a training state
+    torch.save(ckpt, run / "best.int8.pt")
+    found = find_checkpoint(run)
+    assert torch.load(found, weights_only=True)["global_step"] == steps["epoch-2.pt"]
     notes = plan_resume(run, {"epochs": 3}).notes
     assert f"{run / 'last.pt'} does not load (torn or corrupt): skipped for" in notes[1]
     for path in run.glob("*.pt"):
