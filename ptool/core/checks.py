@@ -30,6 +30,8 @@ LIMITS: dict[str, str] = {
     "ema": "(0, 1)",
     "clip_norm": "(0, inf)",
     "clip_value": "(0, inf)",
+    # what numpy takes as a seed (torch wraps larger ones: 2**32 trained as seed 0)
+    **dict.fromkeys(("seed", "data_seed"), "[0, 4294967296)"),
 }  # fmt: skip
 
 
@@ -49,6 +51,14 @@ def check_config(config: TrainConfig) -> None:
     low, high = config.resized_crop_scale
     if low > high:
         raise UsageError(f"--resized-crop-scale {low:g},{high:g}: the lower bound comes first")
+
+
+def check_overrides(overrides: dict[str, Any]) -> None:
+    """The ranges of the flags given, for a command that loads a checkpoint before it has a
+    whole config (a resume): a bad flag is refused before anything is read."""
+    for name, value in overrides.items():
+        if name in LIMITS:
+            check_interval(name, value, LIMITS[name])
 
 
 def check_monitor(config: TrainConfig, info: Any) -> None:

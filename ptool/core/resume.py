@@ -185,6 +185,7 @@ def plan_resume(
 ) -> ResumePlan:
     """Load the checkpoint, check the overrides, and say what will happen to the schedule."""
     from ptool.core.checkpoint import load_checkpoint
+    from ptool.core.checks import check_overrides
     from ptool.core.inspect.reader import UNSAFE_HINT
 
     if overrides.get("init_from"):
@@ -193,6 +194,7 @@ def plan_resume(
             "with all of its state",
             hint="give one of them: ptool resume CKPT, or ptool train --init-from CKPT",
         )
+    check_overrides(overrides)
     checkpoint = find_checkpoint(path)
     ckpt = load_checkpoint(checkpoint, unsafe=unsafe, refusal_hint=UNSAFE_HINT)
     _refuse_derived(ckpt, checkpoint)
@@ -224,8 +226,12 @@ def plan_resume(
             f"--early-stop-patience {wait + max(1, patience)}",
         )
     if done >= config.epochs:
+        shorter = config.epochs != saved.epochs  # --epochs given, and not past the progress
         raise UsageError(
-            f"{checkpoint} has finished its {count(done, 'epoch')}",
+            f"{checkpoint} has trained {count(done, 'epoch')} already; --epochs is the "
+            f"total, so {config.epochs} adds none"
+            if shorter
+            else f"{checkpoint} has finished its {count(done, 'epoch')}",
             hint=f"extend the run: {command} {checkpoint} --epochs {rundir.longer(done)}",
         )
     batch = ckpt.get("batch_in_epoch") or 0

@@ -399,6 +399,8 @@ def test_bad_monitor_and_unwritable_out_fail_before_training(tmp_path):
         ({"clip_norm": 0.0}, "--clip-norm must be finite and positive, got 0.0"),
         ({"lr": math.nan}, "--lr must be finite and positive, got nan"),  # before the optimizer
         ({"warmup_start_factor": 2.0}, "--warmup-start-factor must be in (0, 1], got 2.0"),
+        ({"seed": 2**32}, "--seed must be in [0, 4294967296), got 4294967296"),  # trained as 0
+        ({"data_seed": -1}, "--data-seed must be in [0, 4294967296), got -1"),
         (
             {"grad_checkpoint": 1},
             "--grad-checkpoint 1 checkpoints nothing: the last of the K segments keeps its "

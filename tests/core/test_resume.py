@@ -121,11 +121,30 @@ def test_resuming_from_an_earlier_epoch_replaces_the_later_curves(tmp_path):
     assert final[0].value == pytest.approx(resumed["val/loss"])
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"epochs": 0}, "--epochs must be at least 1, got 0"),
+        ({"save_every_steps": 0}, "--save-every-steps must be at least 1, got 0"),
+        ({"keep_last": -1}, "--keep-last must be at least 1, got -1"),
+        ({"early_stop_patience": -1}, "--early-stop-patience must be at least 0, got -1"),
+    ],
+)
+def test_a_resumes_flags_are_checked_before_the_checkpoint_is_read(tmp_path, overrides, message):
+    """Checked after loading, the refusal came after the "resuming ..." lines."""
+    with pytest.raises(UsageError) as caught:
+        plan_resume(tmp_path / "not-there.pt", overrides)
+    assert str(caught.value) == message
+
+
 def test_extending_a_finished_run_continues_or_replans_the_schedule(tmp_path):
     config = small(tmp_path, "run", epochs=2, scheduler="cosine", scheduler_interval="step")
     fit(config, quiet=True)
     with pytest.raises(UsageError, match="has finished its 2 epochs"):
         plan_resume(tmp_path / "run", {})
+
+    with pytest.raises(UsageError, match="has trained 2 epochs already; --epochs is the total"):
+        plan_resume(tmp_path / "run", {"epochs": 1})
 
     continued = plan_resume(tmp_path / "run", {"epochs": 4, "out": str(tmp_path / "a")})
     assert "continues from its saved state" in continued.notes[1]
