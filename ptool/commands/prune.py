@@ -46,12 +46,16 @@ def prune(
         ),
     ] = "0.3",
     n: Annotated[
-        float, typer.Option("--n", help="Norm order of ln-structured (1, 2, inf, ...).")
-    ] = 2.0,
+        float | None,
+        typer.Option("--n", help="Norm order of ln-structured: 1, 2, inf, ... (default: 2)."),
+    ] = None,
     dim: Annotated[
-        int,
-        typer.Option("--dim", help="Structured methods: 0 = output channels/neurons, 1 = inputs."),
-    ] = 0,
+        int | None,
+        typer.Option(
+            "--dim",
+            help="Structured methods: 0 = output channels/neurons, 1 = inputs (default: 0).",
+        ),
+    ] = None,
     modules: Annotated[
         str, typer.Option("--modules", help="Layer kinds to prune: conv, linear.")
     ] = "conv,linear",
@@ -132,15 +136,21 @@ def prune(
     in <ckpt dir>/prune/<time>."""
     from rich.markup import escape
 
-    from ptool.core.prune.options import PruneOptions, check_options, parse_amount
+    from ptool.core.prune.options import (
+        PruneOptions,
+        check_options,
+        parse_amount,
+        refuse_unused_flags,
+    )
     from ptool.ui.output import Output
 
     out = Output(json=json, quiet=quiet)
+    refuse_unused_flags(method, n=n, dim=dim)
     options = PruneOptions(
         method=method,
         amount=parse_amount(amount),
-        n=n,
-        dim=dim,
+        n=2.0 if n is None else n,
+        dim=0 if dim is None else dim,
         modules=[m.strip().lower() for m in modules.split(",") if m.strip()],
         only=only,
         exclude=exclude,

@@ -111,6 +111,8 @@ def test_a_quantized_input_is_refused_in_one_line(workdir):
         (["--compact"], 2, "error: --compact removes whole channels"),
         (["--method", "ln-structured", "--compact", "--dim", "1"], 2, "error: --compact removes"),
         (["--method", "bn-scale", "--dim", "1"], 2, "error: --method bn-scale ranks output"),
+        (["--dim", "0"], 2, "error: --dim picks the channels of structured methods; l1-unstr"),
+        (["--method", "random-structured", "--n", "1"], 2, "error: --n is the norm order of ln"),
         (["--finetune-epochs", "1", "--lr", "-1"], 2, "error: --lr must be finite and positive"),
         (["--finetune-epochs", "1", "--scheduler", "multistep"], 2, "error: multistep needs"),
         (["--finetune-epochs", "1", "--monitor", "val/bogus"], 2, "error: --monitor 'val/bogus'"),

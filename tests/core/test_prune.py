@@ -464,6 +464,14 @@ def test_compacted_finetune_run_rebuilds(cnn_ckpt, tmp_path):
         ({"compact": True, "method": "ln-structured", "dim": 1}, "not --dim 1"),
         ({"method": "ln-structured", "include_head": True}, "would remove output classes"),
         ({"method": "ln-structured", "dim": 4}, "--dim 4 does not exist"),
+        (  # not read as the head's dim 0 (2 % 2): the conv layers have a dim 2
+            {"method": "ln-structured", "dim": 2, "include_head": True},
+            "--dim 2 does not exist in head.weight",
+        ),
+        (
+            {"method": "ln-structured", "dim": -2, "include_head": True},
+            "along --dim -2 would remove output classes of head",
+        ),
         ({"method": "bn-scale", "dim": 1}, "ranks output channels (--dim 0), not --dim 1"),
         (
             {"method": "ln-structured", "compact": True, "amount": 8},
@@ -495,6 +503,12 @@ def test_a_finetune_out_holding_another_run_is_refused_before_pruning(cnn_ckpt, 
         with pytest.raises(UsageError, match=f"--out {where} holds another run's"):
             _prune(cnn_ckpt, tmp_path, steps=steps, finetune_epochs=1, train_overrides=overrides)
     assert not list(tmp_path.glob("*.pt"))
+
+
+def test_a_filter_that_excludes_the_included_head_too_hints_only_the_filter(cnn_ckpt, tmp_path):
+    with pytest.raises(UsageError) as caught:
+        _prune(cnn_ckpt, tmp_path, exclude=".*", include_head=True)
+    assert caught.value.hint == "loosen --only/--exclude"
 
 
 def test_bn_scale_with_the_head_names_only_what_works(cnn_ckpt, tmp_path):

@@ -75,7 +75,8 @@ def select_layers(
             + (f", --only {only}" if only else "")
             + (f", --exclude {exclude}" if exclude else "")
             + f"); the model's conv/linear layers: {names}",
-            hint="loosen --only/--exclude, or add --include-head to prune the final layer",
+            hint="loosen --only/--exclude"
+            + ("" if include_head else ", or add --include-head to prune the final layer"),
         )
     return chosen
 

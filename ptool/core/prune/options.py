@@ -77,6 +77,20 @@ def check_amount(amount: int | float) -> None:
         raise UsageError(f"--amount {amount}: a count cannot be negative")
 
 
+def refuse_unused_flags(method: str, *, n: float | None, dim: int | None) -> None:
+    """--n and --dim given (None: not given) to a method that ignores them."""
+    if dim is not None and method not in STRUCTURED:
+        raise UsageError(
+            f"--dim picks the channels of structured methods; {method} prunes single weights",
+            hint=f"drop --dim, or use a structured method ({', '.join(STRUCTURED)})",
+        )
+    if n is not None and method != "ln-structured":
+        raise UsageError(
+            f"--n is the norm order of ln-structured; {method} has none",
+            hint="drop --n, or use --method ln-structured",
+        )
+
+
 def check_options(options: PruneOptions) -> None:
     """Refuse bad values and combinations before anything is loaded."""
     if options.method not in METHODS:

@@ -334,9 +334,11 @@ def prune_checkpoint(
     )
     structured = options.method in STRUCTURED
     head = masks.head_name(model)
-    if structured and head in layers and options.dim % layers[head].weight.dim() == 0:
+    # an out-of-range --dim is refused with the layer's shape by check_sizes
+    if structured and head in layers and options.dim in (0, -layers[head].weight.dim()):
         raise UsageError(
-            f"--include-head with {options.method} along --dim 0 would remove output classes "
+            f"--include-head with {options.method} along --dim {options.dim} would remove "
+            "output classes "
             f"of {head}",
             hint="drop --include-head"
             + (
