@@ -113,6 +113,13 @@ def test_static_output_reloads_with_identical_outputs(static_report, cnn_ckpt):
         assert torch.equal(scripted(x), first(x))
 
 
+def test_a_backend_this_cpu_lacks_is_one_line_when_loading(static_report):
+    saved = torch.load(static_report["output"], weights_only=True)
+    saved["quantization"]["backend"] = "onednn-future"  # written by another machine's torch
+    with pytest.raises(PtoolError, match="laid out for the 'onednn-future' backend, which"):
+        model_from_checkpoint(saved)
+
+
 def test_describe_state_lists_int8_layers_with_scales(static_report):
     state = torch.load(static_report["output"], weights_only=True)["model_state_dict"]
     layers = {layer["name"]: layer for layer in describe_state(state)}

@@ -376,6 +376,13 @@ def prepare_for_load(model: nn.Module, recipe: dict[str, Any]) -> nn.Module:
     `load_state_dict(ckpt["model_state_dict"])` fits; a QAT run's own checkpoints
     (`converted: False`) come back as the fake-quantized training model.
     """
+    here = supported_backends()
+    if recipe.get("backend") not in here:
+        raise PtoolError(
+            f"the checkpoint's int8 weights are laid out for the {recipe.get('backend')!r} "
+            f"backend, which this CPU's torch cannot run (here: {', '.join(here) or 'none'})",
+            hint="quantize the float checkpoint again on this machine",
+        )
     activate(recipe["backend"])
     if recipe["mode"] == "dynamic":
         return quantize_dynamic(model, recipe)
