@@ -98,3 +98,11 @@ def test_compared_checkpoints_are_told_apart_by_the_shortest_path_ending():
     assert distinct_names(["runs/b/best.pt", "runs/cnn/best.pt"]) == ["b/best.pt", "cnn/best.pt"]
     assert distinct_names(["runs/b/best.pt", "runs/b/last.pt"]) == ["best.pt", "last.pt"]
     assert distinct_names(["/x/a/c.pt", "a/c.pt"]) == ["x/a/c.pt", "a/c.pt"]
+
+
+def test_the_prune_report_says_why_the_latency_moved_or_did_not():
+    from ptool.ui.prune_view import _what_runs
+
+    assert _what_runs({"compacted": True, "dim": 0}).startswith("pruned channels removed")
+    assert "--compact removes them" in _what_runs({"compacted": False, "dim": 0})
+    assert "unstructured zeros" in _what_runs({"compacted": False, "dim": None})

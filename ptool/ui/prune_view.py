@@ -103,12 +103,23 @@ def _title(report: dict[str, Any]) -> str:
     return what
 
 
+def _what_runs(report: dict[str, Any]) -> str:
+    """What the "after" latency measured, and why it moved or did not."""
+    if report["compacted"]:
+        return "pruned channels removed (smaller dense layers)"
+    if report["dim"] is not None:  # a structured method
+        return (
+            "masks baked in (zeroed channels do not speed up dense kernels; "
+            "--compact removes them)"
+        )
+    return "masks baked in (unstructured zeros do not speed up dense kernels)"
+
+
 def report_view(report: dict[str, Any]) -> Group:
     latency = report["latency"]
     notes = [
         f"latency: median of {latency['runs']} runs after warm-up, {latency['threads']} threads, "
-        f"random inputs{timing_spread(latency['spread'])}; masks baked in (unstructured zeros do "
-        "not speed up dense kernels)",
+        f"random inputs{timing_spread(latency['spread'])}; {_what_runs(report)}",
         f"written: {report['output']}"
         + (" (with weight_orig/weight_mask, for further pruning)" if report["masks"] else ""),
     ]

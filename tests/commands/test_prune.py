@@ -69,7 +69,8 @@ def test_human_report(workdir, monkeypatch):
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     for text in ("body.0.conv", "8x1x3x3", "sparsity", "file size, gzip", "latency, batch 64",
-                 "val/accuracy", "written: masked.pt (with weight_orig/weight_mask"):  # fmt: skip
+                 "val/accuracy", "written: masked.pt (with weight_orig/weight_mask",
+                 "do not speed up dense kernels)"):  # fmt: skip
         assert text in result.stdout
     assert result.output.count("masked.pt") == 1  # named once, by the report
     state = torch.load(workdir / "masked.pt", weights_only=True)["model_state_dict"]
