@@ -109,8 +109,7 @@ def _what_runs(report: dict[str, Any]) -> str:
         return "pruned channels removed (smaller dense layers)"
     if report["dim"] is not None:  # a structured method
         return (
-            "masks baked in (zeroed channels do not speed up dense kernels; "
-            "--compact removes them)"
+            "masks baked in (zeroed channels do not speed up dense kernels; --compact removes them)"
         )
     return "masks baked in (unstructured zeros do not speed up dense kernels)"
 
