@@ -69,7 +69,8 @@ def test_a_file_that_grew_is_larger_not_0_99x_smaller():
     grown = {**sizes, "file_bytes": 1010, "param_bytes": 400}
     report = {
         "recipe": {"dtype": "qint8", "engine": "x86"}, "mode": "dynamic", "backend": "fbgemm",
-        "fused_modules": [], "quantized_layers": ["fc"], "bench_runs": 3, "threads": 1,
+        "fused_modules": [], "quantized_layers": ["fc"], "kept_float": ["act"], "bench_runs": 3,
+        "threads": 1,
         "latency_spread": 0.4,
         "output": "q.pt", "batch_size": 8, "fp32": sizes, "quantized": grown,
         "ratios": {"size": 1000 / 1010, "param_bytes": 2.0, "speedup_batch_1": 1.0,
@@ -78,6 +79,7 @@ def test_a_file_that_grew_is_larger_not_0_99x_smaller():
     text = _rendered(quantize_view.report_table(report))
     assert "1.01x larger" in text and "2.00x smaller" in text and "0.99x" not in text
     assert "timings spread 40% (interquartile range): a busy machine" in text
+    assert "kept in float (no int8 state to save): act" in text
     pruned = {
         "metrics": {"before": {}, "after_pruning": {}, "after_finetune": None},
         "parameters": {"before": {"parameters": 100, "nonzero": 100},
