@@ -140,6 +140,7 @@ def _group_lrs(text: str | None) -> list[float] | None:
 def _schedule_lines(options: dict[str, Any], label: str | None, out: Any) -> tuple[list, list]:
     """(computed lines, logged lines) for one source."""
     from ptool.core import lr_plot as core
+    from ptool.core.checks import check_given_schedule_options
     from ptool.core.config import convert
     from ptool.core.errors import UsageError
 
@@ -158,6 +159,12 @@ def _schedule_lines(options: dict[str, Any], label: str | None, out: Any) -> tup
         run=options["from_run"],
     )
     config = source.config
+    check_given_schedule_options(config, options["own"])
+    if "metric_file" in options["own"] and config.scheduler != "plateau":
+        raise UsageError(
+            f"--metric-file feeds plateau's metric; {config.scheduler} reads none",
+            hint="drop it, or plot plateau",
+        )
     log = core.read_run_log(source.run_dir, config.monitor) if source.run_dir else None
     given = options["steps_per_epoch"]
     if given is None and options["samples"] is None and source.train_size is None and log:
@@ -232,7 +239,7 @@ def _compare_options(ctx: typer.Context, spec: str, base: dict[str, Any]) -> dic
     if misplaced:
         flags = ", ".join("--" + n.replace("_", "-") for n in sorted(misplaced))
         raise UsageError(f"--compare {spec!r}: {flags} belongs outside the quotes")
-    options = {**base, "overrides": dict(base["overrides"])}
+    options = {**base, "overrides": dict(base["overrides"]), "own": given}
     for name in given:
         if name in SCHEDULE_FIELDS:
             options["overrides"][name] = convert(name, sub.params[name], source="option")
@@ -290,6 +297,8 @@ def lr_plot(
         "group_lrs": group_lrs,
         "metric_file": metric_file,
         "overrides": overrides,
+        # the flags checked against the schedule: a --compare spec's own, not those it inherits
+        "own": set() if compare else {*overrides, *(["metric_file"] if metric_file else [])},
     }
     if compare:
         if not schedule:

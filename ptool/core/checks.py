@@ -4,6 +4,7 @@ data's task does not log once its facts are known (`check_monitor`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from typing import Any
 
 from ptool.core.config import TrainConfig, as_flag, check_interval
@@ -91,7 +92,7 @@ def check_loss_options(config: TrainConfig, info: Any) -> None:
             "--class-weights": (("cross-entropy",), config.class_weights is not None),
             "--pos-weight": (("bce-with-logits",), config.pos_weight is not None),
         },
-        switchable=info.task == "classification",
+        switch="give --{kind} {owner}" if info.task == "classification" else None,
     )
 
 
@@ -122,23 +123,40 @@ def check_optimizer_options(config: TrainConfig) -> None:
 
 def check_schedule_options(config: TrainConfig) -> None:
     """A schedule's own options given with another (`--gamma` with cosine) are refused rather
-    than ignored; for new runs only, as the loss's. (`ptool lr-plot --compare` specs inherit
-    the base schedule's flags, so lr-plot does not check this.)"""
+    than ignored; for new runs only, as the loss's."""
+    default = TrainConfig()
+    _refuse_schedule_options(config, lambda name: getattr(config, name) != getattr(default, name))
+    _check_momentum_bounds(config)
+
+
+def check_given_schedule_options(config: TrainConfig, given: Collection[str]) -> None:
+    """check_schedule_options for the options a command line named: `ptool lr-plot` (a run's
+    or checkpoint's config may hold another schedule's values, and `--compare` specs inherit
+    the flags outside the quotes, so only a spec's own are checked there)."""
+    _refuse_schedule_options(config, given.__contains__, switch="plot {owner}")
+
+
+def _refuse_schedule_options(
+    config: TrainConfig, is_set: Callable[[str], bool], *, switch: str = "give --{kind} {owner}"
+) -> None:
     from ptool.core.schedules import option_readers
 
-    default = TrainConfig()
     _refuse_options_of_others(
         "scheduler",
         config.scheduler,
         {
-            as_flag(name, getattr(config, name)).split()[0]: (
-                readers,
-                getattr(config, name) != getattr(default, name),
-            )
+            as_flag(name, getattr(config, name)).split()[0]: (readers, is_set(name))
             for name, readers in option_readers().items()
         },
+        switch=switch,
     )
-    _check_momentum_bounds(config)
+    cyclic = config.scheduler == "cyclic"
+    if is_set("cyclic_gamma") and cyclic and config.cyclic_mode != "exp_range":
+        raise UsageError(
+            f"--cyclic-gamma decays exp_range's cycles; this run's --cyclic-mode is "
+            f"{config.cyclic_mode}",
+            hint="drop it, or give --cyclic-mode exp_range",
+        )
 
 
 def _check_momentum_bounds(config: TrainConfig) -> None:
@@ -168,14 +186,16 @@ def _refuse_options_of_others(
     chosen: str,
     given: dict[str, tuple[tuple[str, ...], bool]],
     *,
-    switchable: bool = True,
+    switch: str | None = "give --{kind} {owner}",
 ) -> None:
-    """`given`: flag -> (the `kind`s that take it, whether it was set)."""
+    """`given`: flag -> (the `kind`s that take it, whether it was set); `switch`: the other
+    way out the hint offers, None when the choice is not the user's."""
     for flag, (owners, set_) in given.items():
         if set_ and chosen not in owners:
             *others, last = owners
             owner = f"{', '.join(others)} and {last} {kind}s" if others else f"{last} {kind}"
             raise UsageError(
                 f"{flag} is an option of the {owner}; this run's is {chosen}",
-                hint=f"drop it, or give --{kind} {owners[0]}" if switchable else "drop it",
+                hint="drop it"
+                + (f", or {switch.format(kind=kind, owner=owners[0])}" if switch else ""),
             )

@@ -223,6 +223,11 @@ class TrainConfig:
         "scheduler",
         choices=("triangular", "triangular2", "exp_range"),
     )
+    cyclic_gamma: float = _opt(
+        1.0,
+        "exp_range's decay: the cycle's amplitude is scaled by gamma**step (CyclicLR's gamma).",
+        "scheduler",
+    )
     cycle_momentum: bool = _opt(
         True,
         "Cycle the momentum (Adam's beta1) inversely to the lr, replacing --momentum / --betas' "

@@ -67,6 +67,7 @@ RANGES: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "total_iters": ("[1, inf)", ("linear", "polynomial")),
     "power": ("[0, inf)", ("polynomial",)),  # a negative power divides by zero at the end
     "step_size_up": ("[1, inf)", ("cyclic",)),
+    "cyclic_gamma": ("(0, inf)", ("cyclic",)),  # exp_range only: check_schedule_options
     "base_momentum": ("[0, 1)", ("onecycle", "cyclic")),  # Adam's beta1 bounds
     "max_momentum": ("[0, 1)", ("onecycle", "cyclic")),
     "factor": ("(0, 1)", ("plateau",)),
@@ -229,6 +230,7 @@ def _main_scheduler(
             max_lr=config.max_lr if config.max_lr is not None else config.lr * 10,
             step_size_up=config.step_size_up,
             mode=config.cyclic_mode,
+            gamma=config.cyclic_gamma,
             **_momentum_cycle(optimizer, config, betas=False),
         )
     if name == "plateau":

@@ -115,6 +115,36 @@ def test_compare_labels_each_spec_and_shares_outside_flags():
         lr_plot("--compare", "cosine --bogus 1")
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("cosine", "--gamma", "0.5"), "--gamma is an option of the step, multistep and exp"),
+        (("step", "--t-max", "4"), "--t-max is an option of the cosine scheduler"),
+        (("cyclic", "--steps-per-epoch", "4", "--cyclic-gamma", "0.9"), "decays exp_range's"),
+        (("cosine", "--metric-file", "m.csv"), "--metric-file feeds plateau's metric"),
+        (("--compare", "step", "cosine --max-lr 5"), "--max-lr is an option of the onecycle"),
+    ],
+)
+def test_another_schedules_flag_is_refused_not_ignored(tmp_path, monkeypatch, args, message):
+    """Each plotted the plain schedule, as if the flag had been used; train refuses them."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.csv").write_text("val/loss\n1\n0.5\n0.4\n")
+    with pytest.raises(UsageError, match=message) as refused:
+        lr_plot(*args, "--epochs", "3")
+    assert refused.value.hint.startswith("drop it")
+
+
+def test_compare_specs_inherit_outside_flags_the_schedule_does_not_read():
+    """--gamma outside the quotes is step's; the cosine spec inherits it without a refusal."""
+    cosine, step = series(
+        "--epochs", "3", "--gamma", "0.5", "--compare", "cosine", "step --step-size 1"
+    )
+    assert step["rows"][1]["lr"] == pytest.approx(0.0005)  # --step-size 1: x0.5 per epoch
+    assert [row["lr"] for row in cosine["rows"]] == [
+        row["lr"] for row in series("cosine", "--epochs", "3")[0]["rows"]
+    ]
+
+
 def test_every_schedule_flag_of_train_is_taken_so_a_pasted_command_line_runs():
     """The momentum-cycle flags do not move the lr, but lr-plot refused them ("No such
     option"), also inside --compare."""
@@ -293,7 +323,6 @@ def test_a_metric_file_short_of_the_epochs_is_refused(tmp_path):
         lr_plot("plateau", "--epochs", "8", "--metric-file", str(metrics))
     assert refused.value.hint == "give --epochs 3, or a value for every epoch"
     assert len(series("plateau", "--epochs", "2", "--metric-file", str(metrics))[0]["rows"]) == 2
-    assert series("cosine", "--epochs", "8", "--metric-file", str(metrics))  # not plateau: unread
 
 
 def test_a_run_that_logged_fewer_epochs_warns_on_stderr(tmp_path):

@@ -80,13 +80,21 @@ CASES = {
         lambda o: lr_scheduler.CyclicLR(o, 0.1, 0.4, step_size_up=5, cycle_momentum=False),
         True,
     ),
+    "cyclic exp_range": (  # ptool's --gamma is StepLR's (0.1); exp_range's has its own flag
+        {"max_lr": 0.4, "step_size_up": 5, "cyclic_mode": "exp_range", "cyclic_gamma": 0.9},
+        lambda o: lr_scheduler.CyclicLR(
+            o, 0.1, 0.4, step_size_up=5, mode="exp_range", gamma=0.9, cycle_momentum=False
+        ),
+        True,
+    ),
 }
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_series_equals_torch_scheduler(name):
     params, make, per_step = CASES[name]
-    config = TrainConfig(scheduler=name, lr=0.1, epochs=EPOCHS, optimizer="sgd", **params)
+    scheduler = name.split()[0]
+    config = TrainConfig(scheduler=scheduler, lr=0.1, epochs=EPOCHS, optimizer="sgd", **params)
     got = [row["lr"] for row in lr_series(config, steps_per_epoch=STEPS)]
     assert got == pytest.approx(_oracle(make, per_step=per_step), rel=1e-12, abs=1e-15)
 
@@ -273,7 +281,12 @@ def test_warmup_epochs_compose_with_every_schedule(name):
     params, make, per_step = CASES[name]
     warmup = 2
     config = TrainConfig(
-        scheduler=name, lr=0.1, epochs=EPOCHS, optimizer="sgd", warmup_epochs=warmup, **params
+        scheduler=name.split()[0],
+        lr=0.1,
+        epochs=EPOCHS,
+        optimizer="sgd",
+        warmup_epochs=warmup,
+        **params,
     )
     got = [row["lr"] for row in lr_series(config, steps_per_epoch=STEPS)]
     milestone = warmup * STEPS if per_step else warmup
