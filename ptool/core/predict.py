@@ -177,7 +177,7 @@ class Reader:
                 str(path), error=f"a CSV holds features; the model expects {_expects(self.info)}"
             )
             return
-        from ptool.core.data.files import is_data_row, read_csv
+        from ptool.core.data.files import is_data_row, read_csv, unnamed_or_repeated_column
 
         try:
             numbered = read_csv(path)
@@ -202,6 +202,9 @@ class Reader:
                     f"the model expects columns {', '.join(expected)}",
                 )
                 return
+            if problem := unnamed_or_repeated_column(header):
+                yield Sample(str(path), error=f"{problem}; columns are matched by name")
+                return
             columns = [header.index(name) for name in expected]
             if unused := [name for name in header if name not in expected]:
                 self.note(f"{path}: ignoring columns the model does not use: {', '.join(unused)}")
@@ -210,6 +213,9 @@ class Reader:
             columns = list(range(len(header)))
             has_header = any(_number(cell) is None for cell in header)
             body = numbered[1:] if has_header else numbered
+        if not body:
+            yield Sample(str(path), error="no data rows after the header")
+            return
         for line, row in body:
             name = f"{path}:{line}"
             if len(row) != len(header):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import math
 import struct
 from urllib.error import URLError
@@ -208,6 +209,21 @@ def test_csv_errors(tmp_path):
     (tmp_path / "long.csv").write_text("a,y\n" + "1" * 200_000 + ",0\n")
     with pytest.raises(UsageError, match=r"long.csv: not readable as CSV \(field larger"):
         build_data(cfg(data=f"csv:{tmp_path / 'long.csv'}"))
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        (["a", "a", "b", "y"], "column 'a' is named twice (columns 1 and 2)"),
+        (["", "a", "b", "y"], "column 1 has no name (an index column written by pandas?)"),
+    ],
+)
+def test_csv_columns_need_names_of_their_own(tmp_path, header, message):
+    """Matched by name in eval and predict: the first 'a' was taken, the second never read."""
+    path = write_csv(tmp_path / "t.csv", header, [[i, i % 3, i % 5, i % 2] for i in range(9)])
+    with pytest.raises(UsageError, match=re.escape(message)) as caught:
+        build_data(cfg(data=f"csv:{path}"))
+    assert caught.value.hint == "give every column its own name: columns are matched by name"
 
 
 def test_csv_errors_name_the_files_line_past_blank_lines_and_an_empty_target(tmp_path):

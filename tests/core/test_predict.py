@@ -200,6 +200,14 @@ def test_csv_rows_by_column_name_and_regression_values(tmp_path):
     (tmp_path / "blank.csv").write_text("a,b,c\n\n\n1,x,2\n")  # named by the file's line
     (record,) = _records(ckpt, [str(tmp_path / "blank.csv")])
     assert record["input"] == f"{tmp_path / 'blank.csv'}:4"
+    (tmp_path / "twice.csv").write_text("a,a,b,c\n-99,1,2,3\n")  # the first 'a' was read
+    (record,) = _records(ckpt, [str(tmp_path / "twice.csv")])
+    assert record["error"] == (
+        "column 'a' is named twice (columns 1 and 2); columns are matched by name"
+    )
+    (tmp_path / "header-only.csv").write_text("a,b,c\n")  # printed nothing, exit 0
+    (record,) = _records(ckpt, [str(tmp_path / "header-only.csv")])
+    assert record["error"] == "no data rows after the header"
 
 
 def test_quantized_checkpoint_predictions(image_run, tmp_path):

@@ -72,6 +72,19 @@ def is_data_row(first: list[str], rest: list[list[str]]) -> bool:
     )
 
 
+def unnamed_or_repeated_column(header: list[str]) -> str | None:
+    """What makes a header unusable for matching columns by name (train, eval and predict
+    match them so), or None."""
+    for col, name in enumerate(header):
+        if not name:
+            return f"column {col + 1} has no name (an index column written by pandas?)"
+        if name in header[:col]:
+            return (
+                f"column {name!r} is named twice (columns {header.index(name) + 1} and {col + 1})"
+            )
+    return None
+
+
 def csv_source(config: Any, path: str) -> DataBundle:
     """A CSV with a header row: numeric feature columns and one target column (--target)."""
     p = _existing_file("csv", path)
@@ -92,6 +105,11 @@ def csv_source(config: Any, path: str) -> DataBundle:
         raise UsageError(
             f"csv: {p} has no header row (line 1 holds data, not column names)",
             hint="add a first line naming the columns, the target's too",
+        )
+    if problem := unnamed_or_repeated_column(header):
+        raise UsageError(
+            f"csv: {p}: {problem}",
+            hint="give every column its own name: columns are matched by name",
         )
     target = config.target if config.target is not None else header[-1]
     if target not in header:
