@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import csv
-import re
 import math
+import re
 import struct
 from urllib.error import URLError
 

@@ -515,6 +515,23 @@ def test_legacy_format(tmp_path):
     assert report["stats"][0]["max"] == torch.load(path, weights_only=True)["w"].max().item()
 
 
+def test_a_legacy_file_cut_anywhere_is_refused_without_stats(tmp_path):
+    """Its pickles come first and its tensor bytes last: a cut among the bytes left every
+    pickle whole, and the listing (no --stats) called the file fine."""
+    path = tmp_path / "legacy.pt"
+    tensors = {"w": torch.randn(3, 2), "b": torch.zeros(4, dtype=torch.bfloat16)}
+    torch.save({**tensors, "v": tensors["w"][1:]}, path, _use_new_zipfile_serialization=False)
+    data = path.read_bytes()
+    assert [row[0] for row in _rows(inspect(path, InspectOptions()))] == ["w", "b", "v"]
+    for cut in range(len(data) // 2, len(data), 7):
+        path.write_bytes(data[:cut])
+        with pytest.raises(PtoolError, match="truncated") as error:
+            read(path)
+        with pytest.raises(Exception):  # noqa: B017, PT011 - the oracle refuses it too
+            torch.load(path, weights_only=True)
+        assert "\n" not in str(error.value)
+
+
 def _bad_files(tmp_path, good):
     data = good.read_bytes()
     with zipfile.ZipFile(tmp_path / "nopkl.zip", "w") as z:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 import struct
 import zipfile
 from dataclasses import dataclass, field
@@ -77,12 +78,17 @@ def _refused(path: Path, refused: RefusedGlobal, pickle_bytes: bytes) -> Refused
     return Refused(path, refused.name)
 
 
-def _unpickle(path: Path, data: bytes, persistent_load) -> Any:
+def _unpickle(path: Path, data: bytes | io.BytesIO, persistent_load) -> Any:
+    """One pickle from `data` (a stream: read on from where it stands), one-line errors."""
     try:
-        return unpickle(io.BytesIO(data), persistent_load)
+        return unpickle(data if isinstance(data, io.BytesIO) else io.BytesIO(data), persistent_load)
     except RefusedGlobal as refused:
         raise _refused(path, refused, data) from None
     except EOFError:
+        raise PtoolError(f"{path} is truncated (its pickle ends early)") from None
+    except pickle.UnpicklingError as exc:
+        if "truncated" not in str(exc):  # "pickle data was truncated": a cut, not corruption
+            raise PtoolError(f"{path} is corrupt (bad pickle: {exc})") from None
         raise PtoolError(f"{path} is truncated (its pickle ends early)") from None
     except Exception as exc:  # noqa: BLE001 - any malformed pickle is one line
         raise PtoolError(f"{path} is corrupt (bad pickle: {exc})") from None
@@ -170,7 +176,24 @@ def _read_pickle_stream(path: Path, size: int) -> RawCheckpoint:
         unpickle(stream)  # sys_info: endianness and type sizes
     except Exception as exc:  # noqa: BLE001
         raise PtoolError(f"{path} is a corrupt legacy torch.save file ({exc})") from None
-    obj = _unpickle(path, data[stream.tell() :], legacy_storage)
+    storages: dict[str, Storage] = {}
+
+    def collect(pid: tuple) -> Storage:
+        storage = legacy_storage(pid)
+        storages[storage.key] = storage
+        return storage
+
+    obj = _unpickle(path, stream, collect)
+    # then the storage keys, and each storage's bytes in that order: an 8-byte element count
+    # and the elements; a file cut inside them has every pickle whole, so count the bytes
+    keys = _unpickle(path, stream, None)
+    needed = stream.tell() + sum(
+        8 + storage.numel * TensorMeta(storage.dtype, ()).itemsize
+        for storage in map(storages.get, keys if isinstance(keys, list) else [])
+        if storage is not None
+    )
+    if size < needed:
+        raise PtoolError(f"{path} is truncated ({size:,} of {needed:,} bytes)")
     return RawCheckpoint(path, "torch-legacy", obj, size)
 
 
