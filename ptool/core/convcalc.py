@@ -293,6 +293,8 @@ def make_spec(layer: str = "conv", kernel_size: Ints | None = None, **values) ->
         raise UsageError("ceil_mode is for maxpool and avgpool only")
     if layer in POOLS + ("adaptive",) and (spec.groups != 1 or spec.out_channels is not None):
         raise UsageError(f"{layer} keeps its input channels: out_channels and groups do not apply")
+    if layer in POOLS + ("adaptive",) and not spec.bias:
+        raise UsageError(f"{layer} has no weights: no bias to drop (nobias is for conv and convT)")
     if spec.padding == "same" and spec.stride and any(s != 1 for s in spec.stride):
         raise UsageError(
             "padding='same' is not supported for strided convolutions",

@@ -392,6 +392,22 @@ def test_a_parameter_given_twice_in_a_layer_is_refused(chain, message):
         cc.parse_chain(chain)
     assert refused.value.hint == "give each parameter of a layer once"
 
+@pytest.mark.parametrize(
+    ("chain", "message"),
+    [
+        ("conv k3 ceil", "ceil_mode is for maxpool and avgpool only"),
+        ("conv k3 op1", "output_padding is for convT only"),
+        ("maxpool k2 c8", "maxpool keeps its input channels"),
+        ("maxpool k2 nobias", "maxpool has no weights: no bias to drop"),
+        ("adaptive o4 nobias", "adaptive has no weights"),
+    ],
+)
+def test_a_parameter_the_layer_does_not_take_is_refused(chain, message):
+    """Accepted and ignored, `nobias` on a pool read as if it changed something."""
+    with pytest.raises(UsageError, match=message):
+        cc.parse_chain(chain)
+
+
 
 @pytest.mark.parametrize(
     ("chain", "message"),
