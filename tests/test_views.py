@@ -108,3 +108,12 @@ def test_the_prune_report_says_why_the_latency_moved_or_did_not():
     assert _what_runs({"compacted": True, "dim": 0}).startswith("pruned channels removed")
     assert "--compact removes them" in _what_runs({"compacted": False, "dim": 0})
     assert "unstructured zeros" in _what_runs({"compacted": False, "dim": None})
+
+
+def test_an_epoch_without_a_step_shows_a_dash_not_python_none():
+    """timm and Lightning-style files record an epoch and no global step."""
+    from ptool.ui.inspect_view import _progress
+
+    assert _progress({"epoch": 7, "global_step": None}) == "7 / -"
+    assert _progress({"epoch": 4, "global_step": 40}) == "4 / 40"
+    assert _progress({"epoch": None, "global_step": None}) is None

@@ -37,6 +37,14 @@ def _section(title: str, table: Table, note: str | None = None) -> Group:
     return Group(*parts)
 
 
+def _progress(summary: dict[str, Any]) -> str | None:
+    """'3 / 120'; another tool's checkpoint may record an epoch and no step ('3 / -')."""
+    if summary["epoch"] is None:
+        return None
+    step = summary["global_step"]
+    return f"{summary['epoch']} / {'-' if step is None else step}"
+
+
 def summary_table(report: dict[str, Any]) -> Table:
     """Key facts as a two-column grid; rows without a value are left out."""
     s = report["summary"]
@@ -54,7 +62,7 @@ def summary_table(report: dict[str, Any]) -> Table:
         ("nn.Module class", report["module_class"]),
         ("versions", _value({k: s[k] for k in ("ptool_version", "torch_version") if s[k]})),
         ("created", s["created"]),
-        ("epoch / step", None if s["epoch"] is None else f"{s['epoch']} / {s['global_step']}"),
+        ("epoch / step", _progress(s)),
         ("loss", s["loss"]),
         ("metrics", s["metrics"] or None),
         ("best", s["best"]),
