@@ -392,6 +392,7 @@ def test_a_parameter_given_twice_in_a_layer_is_refused(chain, message):
         cc.parse_chain(chain)
     assert refused.value.hint == "give each parameter of a layer once"
 
+
 @pytest.mark.parametrize(
     ("chain", "message"),
     [
@@ -406,7 +407,6 @@ def test_a_parameter_the_layer_does_not_take_is_refused(chain, message):
     """Accepted and ignored, `nobias` on a pool read as if it changed something."""
     with pytest.raises(UsageError, match=message):
         cc.parse_chain(chain)
-
 
 
 @pytest.mark.parametrize(
