@@ -58,7 +58,7 @@ def predict(
     from ptool.core.predict import Reader, load_predictor
     from ptool.core.predict import predict as run_predict
 
-    model, info, run_device = load_predictor(checkpoint, device, ema=ema)
+    model, info, run_device, loss = load_predictor(checkpoint, device, ema=ema)
     records = run_predict(
         model,
         Reader(info, note=lambda line: out.info(escape(line))).read(inputs),
@@ -66,6 +66,7 @@ def predict(
         batch_size=batch_size,
         device=run_device,
         top_k=top_k,
+        loss=loss,
     )
     predictions, errors, done = [], [], 0
     stream = not json and not out.out.is_terminal

@@ -94,6 +94,33 @@ def check_loss_options(config: TrainConfig, info: Any) -> None:
         },
         switch="give --{kind} {owner}" if info.task == "classification" else None,
     )
+    if config.class_weights is not None and not any(config.class_weights):
+        raise UsageError(
+            "--class-weights are all 0: no sample would count",
+            hint="give the classes to learn a positive weight (0 leaves a class out)",
+        )
+
+
+def check_loss_targets(config: TrainConfig, data: Any) -> None:
+    """bce-with-logits reads regression targets as probabilities: outside [0, 1] its loss
+    has no minimum there and the run trains toward nothing (torch does not check). In-memory
+    sources only: regression data always is."""
+    from ptool.core.data.loader import is_in_memory
+    from ptool.core.optim import resolve_loss_name
+
+    if data.info.task != "regression" or resolve_loss_name(config, data.info) != "bce-with-logits":
+        return
+    for split in (data.train, data.val):
+        if not is_in_memory(split) or not len(split):
+            continue
+        targets = split.tensors[1]
+        low, high = float(targets.min()), float(targets.max())
+        if low < 0 or high > 1:
+            raise UsageError(
+                f"--loss bce-with-logits needs targets in [0, 1] (probabilities); this data's "
+                f"run from {low:g} to {high:g}",
+                hint="use --loss mse, or scale the targets to [0, 1]",
+            )
 
 
 def check_new_run_options(config: TrainConfig) -> None:

@@ -33,6 +33,7 @@ from ptool.core.callbacks import CheckpointFiles, Monitor, TensorBoardLog, epoch
 from ptool.core.checks import (
     check_config,
     check_loss_options,
+    check_loss_targets,
     check_monitor,
     check_new_run_options,
 )
@@ -213,6 +214,7 @@ class Trainer:
         check_monitor(config, self.info)
         if resume is None and model is None:  # a new run from flags, not a checkpoint's fine-tune
             check_loss_options(config, self.info)
+            check_loss_targets(config, self.data)
             check_new_run_options(config)
         if model is None:
             from ptool.core.models import build_model, check_grad_checkpoint
@@ -645,7 +647,8 @@ class Trainer:
                 with self._autocast():
                     outputs = model(x)
                     loss = self.loss_fn(outputs, y)
-                metrics.update(outputs, y, loss, mean_weight(self.loss_fn, y))
+                predictions = self.loss_fn.predictions(outputs)
+                metrics.update(predictions, y, loss, mean_weight(self.loss_fn, y))
         finally:
             self._fire("on_validation_end", model)
         values, confusion = metrics.compute()

@@ -33,7 +33,24 @@ class TaskLoss(nn.Module):
             targets = nn.functional.one_hot(targets, self.one_hot_classes).to(outputs.dtype)
         elif targets.dtype.is_floating_point and targets.dtype != outputs.dtype:
             targets = targets.to(outputs.dtype)
-        return self.criterion(outputs, targets)
+        loss = self.criterion(outputs, targets)
+        if getattr(self.criterion, "reduction", "mean") == "sum":  # class-weighted cross-entropy
+            return _weighted_mean(loss, self.criterion.weight[targets].sum())
+        return loss
+
+    def predictions(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The model's outputs as the targets read: bce-with-logits trains logits, so its
+        values (regression) and per-class probabilities are their sigmoid. Classification
+        metrics take the argmax, which no activation moves."""
+        return outputs.sigmoid() if self.name == "bce-with-logits" else outputs
+
+
+def _weighted_mean(total: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """torch's class-weighted mean (the summed loss over the batch's target weights), except
+    that a batch holding only classes of weight 0 gives 0, not 0/0 = NaN (which stopped the
+    run as diverged). No host sync: both branches are computed, the NaN-free one kept."""
+    safe = total / weight.clamp_min(torch.finfo(total.dtype).tiny)
+    return torch.where(weight > 0, safe, total * 0)
 
 
 def mean_weight(loss_fn: nn.Module, targets: torch.Tensor) -> torch.Tensor | int:
@@ -70,7 +87,11 @@ def build_loss(config: Any, info: Any) -> TaskLoss:
                     f"the data has {info.num_classes} classes"
                 )
             weight = torch.tensor(config.class_weights, dtype=torch.float32)
-        criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
+        criterion = nn.CrossEntropyLoss(
+            weight=weight,
+            label_smoothing=config.label_smoothing,
+            reduction="mean" if weight is None else "sum",  # TaskLoss divides by the weights
+        )
         return TaskLoss(name, criterion)
     if name == "mse":
         if classification:

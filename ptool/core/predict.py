@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 import torch
 from torch import nn
@@ -282,8 +282,12 @@ def predict(
     batch_size: int = 64,
     device: torch.device | str = "cpu",
     top_k: int = 5,
+    loss: str = "auto",
 ) -> Iterator[dict[str, Any]]:
-    """One record per sample, in input order: a prediction, or {"input", "error"}."""
+    """One record per sample, in input order: a prediction, or {"input", "error"}. `loss`
+    bce-with-logits: the outputs are logits, so values and per-class probabilities are their
+    sigmoid (softmax otherwise, for classes)."""
+    sigmoid = loss == "bce-with-logits"
     device = torch.device(device)
     model.eval()
     names = info.class_names
@@ -302,13 +306,13 @@ def predict(
                 yield {"input": sample.name, "error": "the model's output is NaN or infinite"}
                 continue
             if info.task != "classification":
-                values = out.tolist()
+                values = (out.sigmoid() if sigmoid else out).tolist()
                 yield {
                     "input": sample.name,
                     "prediction": values[0] if len(values) == 1 else values,
                 }
                 continue
-            probs = out.softmax(dim=0)
+            probs = out.sigmoid() if sigmoid else out.softmax(dim=0)
             top = probs.topk(min(top_k, len(probs)))
             index = int(top.indices[0])  # not argmax: on a tie it may pick another class
             record: dict[str, Any] = {"input": sample.name, "prediction": index}
@@ -321,18 +325,23 @@ def predict(
             yield record
 
 
-def load_predictor(
-    path: str | Path, device: str = "auto", *, ema: bool = False
-) -> tuple[nn.Module, Any, torch.device]:
-    """(model in eval mode on its device, DataInfo, device) for a checkpoint (its EMA weights
-    with `ema`)."""
+class Predictor(NamedTuple):
+    model: nn.Module  # in eval mode, on `device`
+    info: Any  # the run's DataInfo
+    device: torch.device
+    loss: str  # the run's resolved loss: bce-with-logits outputs are logits of sigmoids
+
+
+def load_predictor(path: str | Path, device: str = "auto", *, ema: bool = False) -> Predictor:
+    """A checkpoint's model (its EMA weights with `ema`) and what reading its outputs needs."""
     from ptool.core.checkpoint import load_checkpoint
     from ptool.core.evaluate import device_for, quiet_int8_loading
+    from ptool.core.optim import resolve_loss_name
     from ptool.core.restore import config_and_info, model_from_checkpoint
 
     with quiet_int8_loading():
         ckpt = load_checkpoint(path)
-        _, info = config_and_info(ckpt)
+        config, info = config_and_info(ckpt)
         run_device = device_for(device, bool(ckpt.get("quantization")))
         model = model_from_checkpoint(ckpt, ema=ema).to(run_device).eval()
-    return model, info, run_device
+    return Predictor(model, info, run_device, resolve_loss_name(config, info))

@@ -678,3 +678,44 @@ def test_a_checkpoint_from_before_the_loss_weight_resumes_its_sample_weighted_su
     old = {"train_loss_sum": 6.0, "train_samples": 4, "train_correct": 3.0}
     assert TrainState.from_dict(old).train_loss_weight == 4
     assert TrainState.from_dict({**old, "train_loss_weight": 2.5}).train_loss_weight == 2.5
+
+
+def test_bce_regression_logs_and_predicts_sigmoids_and_needs_targets_in_0_1(tmp_path):
+    """On [0, 1] targets the run logged the MAE of its raw logits and `predict` printed
+    negative values; targets outside [0, 1] trained to nothing, exit 0."""
+    from ptool.core.predict import Reader, load_predictor, predict
+    from ptool.core.restore import model_from_checkpoint
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(100, 12, generator=gen)
+    torch.save({"x": x, "y": torch.sigmoid(x[:, :1] * 2)}, tmp_path / "soft.pt")
+    defaults = TrainConfig()
+    config = small(tmp_path, data=f"tensors:{tmp_path / 'soft.pt'}", loss="bce-with-logits")
+    config = config.replace(
+        shape=defaults.shape, samples=defaults.samples, num_classes=defaults.num_classes
+    )
+    fit(config, quiet=True)
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    model = model_from_checkpoint(ckpt).eval()
+    val_x, val_y = build_data(config).val.tensors
+    with torch.no_grad():
+        values = torch.sigmoid(model(val_x))
+    mae = (values - val_y).abs().mean().item()
+    assert ckpt["metrics"]["val/mae"] == pytest.approx(mae, rel=1e-5)
+    predictor = load_predictor(tmp_path / "run" / "last.pt", "cpu")
+    torch.save(x[:2], tmp_path / "two.pt")
+    samples = Reader(predictor.info).read([str(tmp_path / "two.pt")])
+    records = list(predict(predictor.model, samples, predictor.info, loss=predictor.loss))
+    mean, std = torch.tensor(predictor.info.mean), torch.tensor(predictor.info.std)
+    with torch.no_grad():
+        expected = torch.sigmoid(model((x[:2] - mean) / std))
+    assert [r["prediction"] for r in records] == pytest.approx(expected.flatten().tolist())
+    torch.save({"x": x, "y": x[:, :1] * 10}, tmp_path / "wide.pt")
+    wide = config.replace(data=f"tensors:{tmp_path / 'wide.pt'}", out=str(tmp_path / "wide"))
+    with pytest.raises(UsageError, match=r"needs targets in \[0, 1\] \(probabilities\)"):
+        fit(wide, quiet=True)
+
+
+def test_class_weights_all_zero_are_refused(tmp_path):
+    with pytest.raises(UsageError, match="--class-weights are all 0"):
+        fit(small(tmp_path, class_weights=[0, 0, 0]), quiet=True)

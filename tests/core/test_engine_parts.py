@@ -53,6 +53,32 @@ def test_losses_match_torch():
     torch.testing.assert_close(mse(out, target), nn.functional.mse_loss(out, target))
 
 
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_a_batch_of_weight_0_classes_counts_nothing_instead_of_nan(label_smoothing):
+    """torch's weighted mean is 0/0 there: the run stopped as "diverged" (lower --lr ...)."""
+    config = TrainConfig(class_weights=[0, 1, 1, 1], label_smoothing=label_smoothing)
+    loss_fn = build_loss(config, info())
+    logits = torch.randn(4, 4, requires_grad=True)
+    zero_only = loss_fn(logits, torch.tensor([0, 0, 0, 0]))
+    zero_only.backward()
+    assert zero_only.item() == 0.0 and torch.equal(logits.grad, torch.zeros(4, 4))
+    assert mean_weight(loss_fn, torch.tensor([0, 0])).item() == 0  # nor in the epoch's mean
+    mixed = torch.tensor([0, 1, 2, 0])
+    expected = nn.functional.cross_entropy(
+        logits, mixed, weight=torch.tensor([0.0, 1, 1, 1]), label_smoothing=label_smoothing
+    )
+    torch.testing.assert_close(loss_fn(logits, mixed), expected)  # torch's mean elsewhere
+
+
+def test_bce_with_logits_predictions_are_sigmoids():
+    """A regression run on [0, 1] targets reported MAE/RMSE/R2 of the raw logits."""
+    outputs = torch.randn(6, 1)
+    bce = build_loss(TrainConfig(loss="bce-with-logits"), info("regression", outputs=1))
+    torch.testing.assert_close(bce.predictions(outputs), outputs.sigmoid())
+    mse = build_loss(TrainConfig(), info("regression", outputs=1))
+    assert mse.predictions(outputs) is outputs
+
+
 @pytest.mark.parametrize(
     ("changes", "task", "message"),
     [

@@ -11,6 +11,7 @@ from ptool.core.config import TrainConfig
 from ptool.core.data import DataInfo, build_data
 from ptool.core.errors import UsageError
 from ptool.core.evaluate import evaluate, evaluate_checkpoints, split_dataset
+from ptool.core.optim import build_loss
 
 
 def _info(task: str, outputs: int) -> DataInfo:
@@ -26,11 +27,12 @@ def test_a_class_weighted_loss_does_not_depend_on_the_batch_size():
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(50, 6, generator=gen), torch.randint(4, (50,), generator=gen)
     model, weight = torch.nn.Linear(6, 4), torch.tensor([1.0, 2.0, 3.0, 4.0])
-    loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
     with torch.no_grad():
-        oracle = loss_fn(model(x), y).item()
+        oracle = torch.nn.CrossEntropyLoss(weight=weight)(model(x), y).item()
+    info = _info("classification", 4)
+    loss_fn = build_loss(TrainConfig(class_weights=weight.tolist()), info)
     for size in (1, 16, 50):
-        result = evaluate(model, _batches(x, y, size), _info("classification", 4), loss_fn)
+        result = evaluate(model, _batches(x, y, size), info, loss_fn)
         assert result.metrics["val/loss"] == pytest.approx(oracle, rel=1e-5)
 
 
@@ -38,9 +40,8 @@ def test_classification_figures_match_sklearn():
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(50, 6, generator=gen), torch.randint(4, (50,), generator=gen)
     model = torch.nn.Linear(6, 4)
-    result = evaluate(
-        model, _batches(x, y), _info("classification", 4), torch.nn.CrossEntropyLoss()
-    )
+    info = _info("classification", 4)
+    result = evaluate(model, _batches(x, y), info, build_loss(TrainConfig(), info))
     with torch.no_grad():
         logits = model(x)
     pred = logits.argmax(1).numpy()
@@ -69,7 +70,8 @@ def test_regression_figures_match_sklearn():
     gen = torch.Generator().manual_seed(1)
     x, y = torch.randn(40, 6, generator=gen), torch.randn(40, 1, generator=gen)
     model = torch.nn.Linear(6, 1)
-    result = evaluate(model, _batches(x, y), _info("regression", 1), torch.nn.MSELoss())
+    info = _info("regression", 1)
+    result = evaluate(model, _batches(x, y), info, build_loss(TrainConfig(), info))
     with torch.no_grad():
         pred = model(x).numpy()
     assert result.metrics["val/mae"] == pytest.approx(skm.mean_absolute_error(y, pred), rel=1e-5)
@@ -216,7 +218,7 @@ def test_ema_weights_evaluate_to_the_logged_val_ema_metrics(tmp_path):
     assert ema["metrics"]["loss"] == pytest.approx(logged["val_ema/loss"], rel=1e-6)
     assert raw["metrics"]["loss"] == pytest.approx(logged["val/loss"], rel=1e-6)
     assert ema["metrics"]["loss"] != raw["metrics"]["loss"]
-    model, _, _ = load_predictor(best, "cpu", ema=True)
+    model = load_predictor(best, "cpu", ema=True).model
     saved = torch.load(best, weights_only=True)["ema_state_dict"]
     assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
     fit(config.replace(ema=None, monitor="val/loss", out=str(tmp_path / "plain")), quiet=True)

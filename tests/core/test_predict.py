@@ -39,14 +39,14 @@ def _raw_val(ckpt_path):
 
 
 def _records(ckpt_path, inputs, stdin=None, note=lambda _: None, **kwargs):
-    model, info, device = load_predictor(ckpt_path, "cpu")
+    model, info, device, loss = load_predictor(ckpt_path, "cpu")
     reader = Reader(info, stdin, note=note)
-    return list(predict(model, reader.read(inputs), info, device=device, **kwargs))
+    return list(predict(model, reader.read(inputs), info, device=device, loss=loss, **kwargs))
 
 
 def test_tensor_file_json_lines_and_images_match_the_validation_pipeline(image_run, tmp_path):
     (raw, labels), (normalized, _) = _raw_val(image_run)
-    model, _, _ = load_predictor(image_run, "cpu")
+    model = load_predictor(image_run, "cpu").model
     with torch.no_grad():
         oracle = model(normalized).softmax(1)  # what eval sees for the same samples
     torch.save({"x": raw[:6]}, tmp_path / "x.pt")
@@ -165,7 +165,7 @@ def test_csv_rows_by_column_name_and_regression_values(tmp_path):
     ckpt = _train(
         tmp_path / "tab", data=f"csv:{tmp_path / 'train.csv'}", task="regression", model="mlp"
     )
-    model, info, _ = load_predictor(ckpt, "cpu")
+    model, info, *_ = load_predictor(ckpt, "cpu")
     assert info.feature_names == ["a", "b", "c"]
     # columns in another order, the target column present, one bad row
     lines = ["target,c,a,b"] + [f"0,{r[2]},{r[0]},{r[1]}" for r in x[:3].tolist()] + ["0,1,x,2"]
@@ -256,3 +256,20 @@ def test_the_prediction_is_the_first_of_the_top_probabilities_even_on_ties():
     samples = [Sample(str(i), torch.tensor(s)) for i, s in enumerate(scores)]
     for record in predict(_Tied(), samples, info, top_k=2):
         assert str(record["prediction"]) == next(iter(record["probabilities"]))
+
+
+def test_a_bce_with_logits_classifier_reports_its_sigmoids_not_a_softmax():
+    """Trained with one sigmoid per class, its probabilities do not sum to 1."""
+    from types import SimpleNamespace
+
+    model = torch.nn.Linear(3, 4)
+    info = SimpleNamespace(task="classification", class_names=None)
+    x = torch.randn(2, 3, generator=torch.Generator().manual_seed(0))
+    samples = [Sample(f"x{i}", row) for i, row in enumerate(x)]
+    records = list(predict(model, samples, info, top_k=4, loss="bce-with-logits"))
+    with torch.no_grad():
+        expected = torch.sigmoid(model(x))
+    for record, row in zip(records, expected, strict=True):
+        assert sorted(record["probabilities"].values()) == pytest.approx(sorted(row.tolist()))
+    softmax = list(predict(model, samples, info, top_k=4))  # cross-entropy's
+    assert sum(softmax[0]["probabilities"].values()) == pytest.approx(1.0)
