@@ -304,6 +304,11 @@ def test_uint8_image_tensors_are_pixels_scaled_to_0_1(tmp_path, shape):
              "x_val": torch.randn(3, 5), "y_val": torch.zeros(3, dtype=torch.long)},
             r"x_val rows have shape \[5\], the training rows \[4\]",
         ),
+        (  # dropped, and a seeded split made instead
+            {"x": torch.randn(10, 4), "y": torch.zeros(10, dtype=torch.long),
+             "x_val": torch.randn(3, 4)},
+            "holds x_val without y_val",
+        ),
     ],
 )  # fmt: skip
 def test_tensors_without_rows_or_with_mismatched_val_rows_are_refused(tmp_path, tensors, message):

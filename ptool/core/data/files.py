@@ -210,7 +210,13 @@ def _read_tensors(p: Path) -> tuple[tuple, tuple | None]:
         x_key = next((k for k in X_KEYS if k in obj), None)
         y_key = next((k for k in Y_KEYS if k in obj), None)
         if x_key and y_key:
-            val = (obj["x_val"], obj["y_val"]) if "x_val" in obj and "y_val" in obj else None
+            if ("x_val" in obj) != ("y_val" in obj):
+                given, missing = ("x_val", "y_val") if "x_val" in obj else ("y_val", "x_val")
+                raise UsageError(
+                    f"tensors: {p} holds {given} without {missing}",
+                    hint="save both (the validation set), or neither (a seeded split)",
+                )
+            val = (obj["x_val"], obj["y_val"]) if "x_val" in obj else None
             return (obj[x_key], obj[y_key]), val
         found = ", ".join(map(str, obj)) or "nothing"
         raise UsageError(f"tensors: {p} holds keys {found}; expected {LAYOUTS}")
