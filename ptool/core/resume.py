@@ -80,11 +80,12 @@ def _refuse_changes(saved: TrainConfig, overrides: dict[str, Any], checkpoint: P
             continue
         section = FIELDS[name].metadata["section"]
         what = {"model": "the model", "data": "the data", "optimizer": "the optimizer"}.get(
-            section, f"the run's {section} settings"
+            section, f"the {section} settings"
         )
         flag = as_flag(name, value)
         raise UsageError(
-            f"{flag} changes {what} of the run being resumed (it has {getattr(saved, name)}); "
+            f"{flag} changes {what} of the run being resumed (it has "
+            f"{as_flag(name, getattr(saved, name))}); "
             "a new run can start from its weights with --init-from",
             hint=f"ptool train --init-from {checkpoint} {flag} ...",
         )

@@ -189,6 +189,12 @@ def test_changing_the_model_data_or_optimizer_is_refused_naming_init_from(tmp_pa
         plan_resume(tmp_path / "run", {"epochs": 2, "init_from": str(tmp_path / "run/best.pt")})
     plan = plan_resume(tmp_path / "run", {"epochs": 2, "model": "mlp", "early_stop_patience": 1})
     assert plan.config.early_stop_patience == 1  # unchanged values and allowed flags pass
+    with pytest.raises(UsageError) as info:  # the saved value as a flag, not Python's None
+        plan_resume(tmp_path / "run", {"epochs": 2, "clip_norm": 1.0})
+    assert str(info.value).startswith(
+        "--clip-norm 1.0 changes the loop settings of the run being resumed "
+        "(it has --clip-norm none)"
+    )
 
 
 def test_a_copied_or_moved_run_continues_where_it_is_now(tmp_path):
