@@ -124,10 +124,56 @@ def check_loss_targets(config: TrainConfig, data: Any) -> None:
 
 
 def check_new_run_options(config: TrainConfig) -> None:
-    """The optimizer's and the schedule's options, for a new run (train, `--print-config`):
-    a checkpoint an older ptool wrote with another's option still resumes."""
+    """The model's, data source's, optimizer's and schedule's options, for a new run (train,
+    `--print-config`): a checkpoint an older ptool wrote with another's option still resumes."""
+    check_model_and_data_options(config)
     check_optimizer_options(config)
     check_schedule_options(config)
+
+
+def check_model_and_data_options(config: TrainConfig) -> None:
+    """`--hidden` with the cnn, `--target` with digits, `--flip-p` without the flip: refused
+    rather than ignored, as the loss's options are."""
+    from ptool.core.data.sources import PREFIXED, SOURCES
+
+    default = TrainConfig()
+
+    def changed(name: str) -> bool:
+        return getattr(config, name) != getattr(default, name)
+
+    _refuse_options_of_others(
+        "model",
+        config.model,
+        {
+            "--hidden": (("mlp",), changed("hidden")),
+            "--channels": (("cnn",), changed("channels")),
+            "--norm": (("mlp", "cnn"), changed("norm")),
+            "--dropout": (("mlp", "cnn"), changed("dropout")),
+        },
+    )
+    source = config.data.partition(":")[0]
+    if changed("target") and source != "csv":
+        raise UsageError(f"--target names a CSV column; --data {config.data} has none")
+    torchvision = source not in (*SOURCES, *PREFIXED)
+    for name in ("data_dir", "download"):
+        if changed(name) and not torchvision:
+            raise UsageError(
+                f"{as_flag(name, getattr(config, name)).split()[0]} is for the torchvision "
+                f"datasets (mnist, cifar10, ...); --data {config.data} is not one",
+                hint="drop it",
+            )
+    for name, augmentation in (
+        ("crop_padding", "crop"),
+        ("flip_p", "flip"),
+        ("resized_crop_scale", "resized-crop"),
+        ("color_jitter", "color-jitter"),
+    ):
+        if changed(name) and augmentation not in config.augment:
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(
+                f"{flag} sets the {augmentation} augmentation, which this run does not apply",
+                hint=f"add {augmentation} to --augment, or drop {flag}",
+            )
 
 
 def check_optimizer_options(config: TrainConfig) -> None:

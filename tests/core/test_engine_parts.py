@@ -154,6 +154,35 @@ def test_another_losss_option_is_refused_for_a_new_run_only(changes, task, messa
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
+        ({"hidden": [4096]}, "--hidden is an option of the mlp model; this run's is cnn"),
+        ({"model": "mlp", "channels": [8]}, "--channels is an option of the cnn model"),
+        ({"model": "torchvision:resnet18", "dropout": 0.2}, "--dropout is an option of the mlp"),
+        ({"target": "y"}, "--target names a CSV column; --data digits has none"),
+        ({"download": True}, "--download is for the torchvision datasets"),
+        ({"data": "csv:t.csv", "data_dir": "x"}, "--data-dir is for the torchvision datasets"),
+        ({"flip_p": 0.9}, "--flip-p sets the flip augmentation, which this run does not apply"),
+        ({"augment": ["crop"], "color_jitter": 0.2}, "--color-jitter sets the color-jitter"),
+    ],
+)
+def test_an_option_the_model_or_data_does_not_read_is_refused(changes, message):
+    """Each trained as if it were not given (`--hidden` on the default cnn, say)."""
+    from ptool.core.checks import check_model_and_data_options
+
+    with pytest.raises(UsageError, match=message):
+        check_model_and_data_options(TrainConfig(**changes))
+    for own in (
+        {"model": "mlp", "hidden": [64], "dropout": 0.1, "norm": "layer"},
+        {"channels": [8], "dropout": 0.1},
+        {"data": "csv:t.csv", "target": "y"},
+        {"data": "mnist", "data_dir": "x", "download": True},
+        {"augment": ["flip", "crop"], "flip_p": 0.9, "crop_padding": 2},
+    ):
+        check_model_and_data_options(TrainConfig(**own))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
         ({"momentum": 0.9}, "--momentum is an option of the sgd and rmsprop optimizers; this "),
         ({"optimizer": "adam", "nesterov": True}, "--nesterov is an option of the sgd optim"),
         ({"optimizer": "sgd", "betas": [0.5, 0.99]}, "--betas is an option of the adam and"),
