@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
 import sys
 import time
@@ -200,6 +201,8 @@ class Trainer:
         if progress is None:
             progress = {"on": True, "off": False}.get(config.progress, sys.stderr.isatty())
         self.progress = bool(progress and main and not quiet)
+        if quiet and config.compile:  # torch.compile's own log lines ("No CUDA runtime ...")
+            torch._logging.set_logs(all=logging.ERROR)
         self.monitor = Monitor.from_config(self.config)
         if resume is None:
             self._on_rank_0(lambda: rundir.refuse_other_run(run_dir))

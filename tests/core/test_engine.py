@@ -719,3 +719,16 @@ def test_bce_regression_logs_and_predicts_sigmoids_and_needs_targets_in_0_1(tmp_
 def test_class_weights_all_zero_are_refused(tmp_path):
     with pytest.raises(UsageError, match="--class-weights are all 0"):
         fit(small(tmp_path, class_weights=[0, 0, 0]), quiet=True)
+
+
+def test_quiet_silences_torch_compiles_own_log_lines(tmp_path, monkeypatch):
+    """`--quiet --compile` printed inductor's "No CUDA runtime is found" warning on stderr."""
+    import logging
+
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda model: model)  # the logs, not the compiler
+    monkeypatch.setattr(torch._logging, "set_logs", lambda **kw: calls.append(kw))
+    fit(small(tmp_path, "loud", epochs=1, compile=True), quiet=False)
+    assert calls == []
+    fit(small(tmp_path, "quiet", epochs=1, compile=True), quiet=True)
+    assert calls == [{"all": logging.ERROR}]
