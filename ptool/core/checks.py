@@ -133,35 +133,38 @@ def check_new_run_options(config: TrainConfig) -> None:
 
 def check_model_and_data_options(config: TrainConfig) -> None:
     """`--hidden` with the cnn, `--target` with digits, `--flip-p` without the flip: refused
-    rather than ignored, as the loss's options are."""
+    rather than ignored, as the loss's options are. An unknown model or source is left to
+    build_model / build_data, which list the valid ones."""
     from ptool.core.data.sources import PREFIXED, SOURCES
+    from ptool.core.data.vision import TORCHVISION
 
     default = TrainConfig()
 
     def changed(name: str) -> bool:
         return getattr(config, name) != getattr(default, name)
 
-    _refuse_options_of_others(
-        "model",
-        config.model,
-        {
-            "--hidden": (("mlp",), changed("hidden")),
-            "--channels": (("cnn",), changed("channels")),
-            "--norm": (("mlp", "cnn"), changed("norm")),
-            "--dropout": (("mlp", "cnn"), changed("dropout")),
-        },
-    )
+    if config.model in ("mlp", "cnn") or ":" in config.model:
+        _refuse_options_of_others(
+            "model",
+            config.model,
+            {
+                "--hidden": (("mlp",), changed("hidden")),
+                "--channels": (("cnn",), changed("channels")),
+                "--norm": (("mlp", "cnn"), changed("norm")),
+                "--dropout": (("mlp", "cnn"), changed("dropout")),
+            },
+        )
     source = config.data.partition(":")[0]
-    if changed("target") and source != "csv":
-        raise UsageError(f"--target names a CSV column; --data {config.data} has none")
-    torchvision = source not in (*SOURCES, *PREFIXED)
-    for name in ("data_dir", "download"):
-        if changed(name) and not torchvision:
-            raise UsageError(
-                f"{as_flag(name, getattr(config, name)).split()[0]} is for the torchvision "
-                f"datasets (mnist, cifar10, ...); --data {config.data} is not one",
-                hint="drop it",
-            )
+    if source in (*SOURCES, *PREFIXED):
+        if changed("target") and source != "csv":
+            raise UsageError(f"--target names a CSV column; --data {config.data} has none")
+        for name in ("data_dir", "download"):
+            if changed(name) and source not in TORCHVISION:
+                raise UsageError(
+                    f"{as_flag(name, getattr(config, name)).split()[0]} is for the torchvision "
+                    f"datasets ({', '.join(TORCHVISION)}); --data {config.data} is not one",
+                    hint="drop it",
+                )
     for name, augmentation in (
         ("crop_padding", "crop"),
         ("flip_p", "flip"),

@@ -81,7 +81,8 @@ def test_printed_config_is_the_same_config_again(tmp_path):
     """`ptool train --print-config > run.yaml` round-trips lists (`[flip, crop]`, which rich
     would read as style tags) and values longer than a console line."""
     long_path = tmp_path / ("d" * 120) / "data.csv"
-    args = ("--augment", "flip,crop", "--data", f"csv:{long_path}", "--hidden", "8,4")
+    args = ("--augment", "flip,crop", "--data", f"csv:{long_path}")
+    args += ("--model", "mlp", "--hidden", "8,4")
     printed = run_ptool("train", *args, "--print-config")
     assert printed.returncode == 0, printed.stderr
     saved = tmp_path / "run.yaml"

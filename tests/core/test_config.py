@@ -152,7 +152,8 @@ def test_a_json_config_is_what_print_config_json_prints(tmp_path):
 
     from ptool.cli import app
 
-    flags = ["--lr", "0.1", "--hidden", "32,16", "--betas", "0.8,0.9", "--no-shuffle"]
+    flags = ["--lr", "0.1", "--model", "mlp", "--hidden", "32,16", "--betas", "0.8,0.9"]
+    flags.append("--no-shuffle")
     printed = CliRunner().invoke(app, ["train", *flags, "--print-config", "--json"])
     assert printed.exit_code == 0
     path = tmp_path / "run.json"

@@ -34,6 +34,8 @@ def small(tmp_path, name="run", **changes) -> TrainConfig:
         out=str(tmp_path / name),
     )
     values.update(changes)
+    if values["model"] != "mlp" and "hidden" not in changes:  # the mlp's option only
+        del values["hidden"]
     return TrainConfig.from_dict(values)
 
 

@@ -279,7 +279,7 @@ def test_refusal_hints_are_commands_that_run(tmp_path):
 
     fit(small(tmp_path, "run", epochs=1), quiet=True)
     changes = (
-        ({"hidden": [8, 8]}, "--hidden 8,8"),
+        ({"norm": "layer"}, "--norm layer"),
         ({"shuffle": False}, "--no-shuffle"),
         ({"data": "csv:my data.csv"}, "--data 'csv:my data.csv'"),
     )
