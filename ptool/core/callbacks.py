@@ -210,7 +210,15 @@ class TensorBoardLog:
             if v is not None
         }
         finite = {f"hparam/{k}": v for k, v in metrics.items() if math.isfinite(v)}
-        self.writer.add_hparams(plain, finite, run_name=".", global_step=step)
+        # what SummaryWriter.add_hparams writes, but into this writer's own event file: its
+        # extra writer's file could sort before a resumed session's (names end in a per-process
+        # counter, ".10" < ".9"), whose purge then dropped the final metrics
+        from torch.utils.tensorboard.summary import hparams
+
+        for summary in hparams(plain, finite):
+            self.writer.file_writer.add_summary(summary, step)
+        for name, value in finite.items():
+            self.writer.add_scalar(name, value, step)
 
     def flush(self) -> None:
         self.writer.flush()

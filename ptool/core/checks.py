@@ -40,8 +40,7 @@ def check_config(config: TrainConfig) -> None:
     """Values no type check catches, refused before any data is loaded."""
     from ptool.core.schedules import check_schedule_flags
 
-    for name, interval in LIMITS.items():
-        check_interval(name, getattr(config, name), interval)
+    check_overrides({name: getattr(config, name) for name in LIMITS})
     check_schedule_flags(config)  # the schedule's own, before any data or model is built
     if config.grad_checkpoint == 1:
         raise UsageError(
@@ -55,8 +54,8 @@ def check_config(config: TrainConfig) -> None:
 
 
 def check_overrides(overrides: dict[str, Any]) -> None:
-    """The ranges of the flags given, for a command that loads a checkpoint before it has a
-    whole config (a resume): a bad flag is refused before anything is read."""
+    """The LIMITS of the values given; alone, for a command that loads a checkpoint before it
+    has a whole config (a resume): a bad flag is refused before anything is read."""
     for name, value in overrides.items():
         if name in LIMITS:
             check_interval(name, value, LIMITS[name])

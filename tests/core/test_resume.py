@@ -119,6 +119,10 @@ def test_resuming_from_an_earlier_epoch_replaces_the_later_curves(tmp_path):
     final = events.Scalars("hparam/val/loss")
     assert [e.step for e in final] == [15]
     assert final[0].value == pytest.approx(resumed["val/loss"])
+    assert "_hparams_/experiment" in events.PluginTagToContent("hparams")
+    # in each session's own event file: a second writer's file could sort before the
+    # resumed session's (".10" < ".9"), whose purge then dropped the final metrics
+    assert len(list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))) == 2
 
 
 @pytest.mark.parametrize(
