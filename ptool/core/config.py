@@ -507,11 +507,12 @@ def _unique_keys_yaml_loader(path: Path) -> type:
                 if key_node.tag == "tag:yaml.org,2002:merge":
                     continue
                 key = self.construct_object(key_node, deep=deep)
+                if not isinstance(key, typing.Hashable):
+                    continue  # PyYAML refuses it itself
                 line = key_node.start_mark.line + 1
-                if isinstance(key, typing.Hashable) and key in lines:
+                if key in lines:
                     raise _twice(path, key, f" (lines {lines[key]} and {line})")
-                if isinstance(key, typing.Hashable):
-                    lines[key] = line
+                lines[key] = line
             return super().construct_mapping(node, deep=deep)
 
     return UniqueKeyLoader
