@@ -130,10 +130,17 @@ class SolveResult:
 # Parsing
 
 
+def _given(value) -> str:
+    """A rejected value as the user wrote it: quoted text, or JSON (a --stdin line's true, 1.5)."""
+    import json
+
+    return repr(value) if isinstance(value, str) else json.dumps(value)
+
+
 def parse_ints(text: str | int | list | tuple, what: str, *, minimum: int = 0) -> Ints:
     """'3' -> (3,), '3x5' -> (3, 5), [3, 5] -> (3, 5); each value at least `minimum`."""
     if isinstance(text, bool):
-        raise UsageError(f"{what} expects integers like 3 or 3x5, got {text!r}")
+        raise UsageError(f"{what} expects integers like 3 or 3x5, got {_given(text)}")
     if isinstance(text, int):
         values: Ints = (text,)
     elif isinstance(text, (list, tuple)):
@@ -141,13 +148,13 @@ def parse_ints(text: str | int | list | tuple, what: str, *, minimum: int = 0) -
     else:
         parts = str(text).strip().lower().split("x")
         if not all(re.fullmatch(r"-?\d+", p.strip()) for p in parts):
-            raise UsageError(f"{what} expects integers like 3 or 3x5, got {text!r}")
+            raise UsageError(f"{what} expects integers like 3 or 3x5, got {_given(text)}")
         values = tuple(int(p) for p in parts)
     if not values:
-        raise UsageError(f"{what} expects integers like 3 or 3x5, got {text!r}")
+        raise UsageError(f"{what} expects integers like 3 or 3x5, got {_given(text)}")
     for v in values:
         if not isinstance(v, int) or isinstance(v, bool):
-            raise UsageError(f"{what} expects integers like 3 or 3x5, got {text!r}")
+            raise UsageError(f"{what} expects integers like 3 or 3x5, got {_given(text)}")
         if v < minimum:
             raise UsageError(f"{what} must be >= {minimum}, got {v}")
     return values
@@ -192,7 +199,7 @@ TOKEN_HELP = "k3 or k3x5, s2, p1 / psame / pvalid, d2, op1, c32, g2, o7, ceil, n
 
 def _flag(value, what: str) -> bool:
     if not isinstance(value, bool):
-        raise UsageError(f"{what} expects true or false, got {value!r}")
+        raise UsageError(f"{what} expects true or false, got {_given(value)}")
     return value
 
 

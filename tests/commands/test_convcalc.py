@@ -104,6 +104,18 @@ def test_stdin_json_lines_with_a_bad_line():
     assert "1 of 4 lines failed" in proc.stderr
 
 
+def test_stdin_errors_show_values_as_json():
+    lines = '{"k": true, "h": 5}\n{"k": 3, "h": 5, "ceil_mode": 1}\n{"k": "3y", "h": 5}'
+    proc = convcalc("--stdin", input=lines)
+    errors = [json.loads(line)["error"] for line in proc.stdout.splitlines()]
+    assert errors == [
+        "kernel_size expects integers like 3 or 3x5, got true",
+        "ceil_mode expects true or false, got 1",
+        "kernel_size expects integers like 3 or 3x5, got '3y'",
+    ]
+    assert proc.returncode == 1
+
+
 @pytest.mark.parametrize(
     ("args", "rule"),
     [
