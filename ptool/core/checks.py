@@ -11,7 +11,7 @@ from ptool.core.config import TrainConfig, as_flag, check_interval
 from ptool.core.errors import UsageError
 
 # Options a type check cannot refuse, with their valid intervals (lists: item by item);
-# schedule options are checked with the schedule (`schedules.RANGES`).
+# schedule options are checked with the schedule (RANGES).
 LIMITS: dict[str, str] = {
     **dict.fromkeys(
         ("batch_size", "accumulate", "epochs", "log_every_steps", "save_every_steps",
@@ -36,6 +36,41 @@ LIMITS: dict[str, str] = {
 }  # fmt: skip
 
 
+# Every numeric schedule parameter: its valid interval (PyTorch's own where its scheduler checks
+# one, e.g. LinearLR's factors) and the schedules that read it (None: all). One table, so
+# `train` and `lr-plot` refuse the same values with the same one-line message.
+RANGES: dict[str, tuple[str, tuple[str, ...] | None]] = {
+    "lr": ("(0, inf)", None),
+    "epochs": ("[1, inf)", None),
+    "warmup_epochs": ("[0, inf)", None),
+    "warmup_steps": ("[0, inf)", None),
+    "warmup_start_factor": ("(0, 1]", None),  # LinearLR's start_factor
+    "max_lr": ("(0, inf)", ("onecycle", "cyclic")),
+    "step_size": ("[1, inf)", ("step",)),
+    "gamma": ("(0, inf)", ("step", "multistep", "exponential")),
+    "t_max": ("[1, inf)", ("cosine",)),
+    "eta_min": ("[0, inf)", ("cosine", "cosine-warm-restarts")),
+    "t_0": ("[1, inf)", ("cosine-warm-restarts",)),
+    "t_mult": ("[1, inf)", ("cosine-warm-restarts",)),
+    "pct_start": ("(0, 1)", ("onecycle",)),
+    "div_factor": ("(0, inf)", ("onecycle",)),  # OneCycleLR divides by both
+    "final_div_factor": ("(0, inf)", ("onecycle",)),
+    "start_factor": ("(0, 1]", ("linear",)),  # LinearLR's own bounds
+    "end_factor": ("[0, 1]", ("linear",)),
+    "total_iters": ("[1, inf)", ("linear", "polynomial")),
+    "power": ("[0, inf)", ("polynomial",)),  # a negative power divides by zero at the end
+    "step_size_up": ("[1, inf)", ("cyclic",)),
+    "cyclic_gamma": ("(0, inf)", ("cyclic",)),  # exp_range only: check_schedule_options
+    "base_momentum": ("[0, 1)", ("onecycle", "cyclic")),  # Adam's beta1 bounds
+    "max_momentum": ("[0, 1)", ("onecycle", "cyclic")),
+    "factor": ("(0, 1)", ("plateau",)),
+    "patience": ("[0, inf)", ("plateau",)),
+    "threshold": ("[0, inf)", ("plateau",)),
+    "cooldown": ("[0, inf)", ("plateau",)),
+    "min_lr": ("[0, inf)", ("plateau",)),
+}
+
+
 def check_config(config: TrainConfig) -> None:
     """Values no type check catches, refused before any data is loaded."""
     from ptool.core.schedules import check_schedule_flags
@@ -51,6 +86,18 @@ def check_config(config: TrainConfig) -> None:
     low, high = config.resized_crop_scale
     if low > high:
         raise UsageError(f"--resized-crop-scale {low:g},{high:g}: the lower bound comes first")
+
+
+def check_file_values(values: dict[str, Any], path: str) -> None:
+    """A config file's values against LIMITS and RANGES, refused naming the file (the flags'
+    own checks come later, once the whole config is known, and could not say where)."""
+    for name, value in values.items():
+        interval = LIMITS.get(name) or RANGES.get(name, (None,))[0]
+        if interval:
+            try:
+                check_interval(name, value, interval)
+            except UsageError as exc:
+                raise UsageError(f"{path}: {exc}") from None
 
 
 def check_overrides(overrides: dict[str, Any]) -> None:

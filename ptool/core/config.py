@@ -576,7 +576,11 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
                 take(name, item, f"{spelled} under [{key}]")
         else:
             take(key, value, f"{written} at the top level")
-    return {name: convert(name, value, source=str(path)) for name, value in flat.items()}
+    from ptool.core.checks import check_file_values
+
+    values = {name: convert(name, value, source=str(path)) for name, value in flat.items()}
+    check_file_values(values, str(path))
+    return values
 
 
 def resolve_config(

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch.optim import lr_scheduler
 
+from ptool.core.checks import RANGES
 from ptool.core.config import FIELDS, TrainConfig, check_interval
 from ptool.core.errors import UsageError
 
@@ -41,41 +42,6 @@ def monitor_mode(config: TrainConfig) -> str:
         return config.mode
     metric = config.monitor.rsplit("/", 1)[-1]
     return "min" if "loss" in metric or metric in LOWER_IS_BETTER else "max"
-
-
-# Every numeric schedule parameter: its valid interval (PyTorch's own where its scheduler checks
-# one, e.g. LinearLR's factors) and the schedules that read it (None: all). One table, so
-# `train` and `lr-plot` refuse the same values with the same one-line message.
-RANGES: dict[str, tuple[str, tuple[str, ...] | None]] = {
-    "lr": ("(0, inf)", None),
-    "epochs": ("[1, inf)", None),
-    "warmup_epochs": ("[0, inf)", None),
-    "warmup_steps": ("[0, inf)", None),
-    "warmup_start_factor": ("(0, 1]", None),  # LinearLR's start_factor
-    "max_lr": ("(0, inf)", ("onecycle", "cyclic")),
-    "step_size": ("[1, inf)", ("step",)),
-    "gamma": ("(0, inf)", ("step", "multistep", "exponential")),
-    "t_max": ("[1, inf)", ("cosine",)),
-    "eta_min": ("[0, inf)", ("cosine", "cosine-warm-restarts")),
-    "t_0": ("[1, inf)", ("cosine-warm-restarts",)),
-    "t_mult": ("[1, inf)", ("cosine-warm-restarts",)),
-    "pct_start": ("(0, 1)", ("onecycle",)),
-    "div_factor": ("(0, inf)", ("onecycle",)),  # OneCycleLR divides by both
-    "final_div_factor": ("(0, inf)", ("onecycle",)),
-    "start_factor": ("(0, 1]", ("linear",)),  # LinearLR's own bounds
-    "end_factor": ("[0, 1]", ("linear",)),
-    "total_iters": ("[1, inf)", ("linear", "polynomial")),
-    "power": ("[0, inf)", ("polynomial",)),  # a negative power divides by zero at the end
-    "step_size_up": ("[1, inf)", ("cyclic",)),
-    "cyclic_gamma": ("(0, inf)", ("cyclic",)),  # exp_range only: check_schedule_options
-    "base_momentum": ("[0, 1)", ("onecycle", "cyclic")),  # Adam's beta1 bounds
-    "max_momentum": ("[0, 1)", ("onecycle", "cyclic")),
-    "factor": ("(0, 1)", ("plateau",)),
-    "patience": ("[0, inf)", ("plateau",)),
-    "threshold": ("[0, inf)", ("plateau",)),
-    "cooldown": ("[0, inf)", ("plateau",)),
-    "min_lr": ("[0, inf)", ("plateau",)),
-}
 
 
 # The other options of one schedule or two, with the schedules that read them.

@@ -147,6 +147,25 @@ def test_a_config_file_is_checked_when_read(tmp_path):
         read_config_file(path)
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("optimizer:\n  lr: -1\n", "--lr must be finite and positive, got -1.0"),
+        ("batch_size: 0\n", "--batch-size must be at least 1, got 0"),
+        ("hidden: [4, 0]\n", "--hidden must be at least 1, got 0"),
+        ("pct_start: 1.5\n", "--pct-start must be in (0, 1), got 1.5"),
+    ],
+)
+def test_a_config_file_value_out_of_range_names_the_file(tmp_path, text, message):
+    """The same ranges as the flags' (check_config), refused naming the file the value is in."""
+    from ptool.core.config import read_config_file
+
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    with pytest.raises(UsageError, match=re.escape(f"{path}: {message}")):
+        read_config_file(path)
+
+
 def test_a_json_config_is_what_print_config_json_prints(tmp_path):
     from typer.testing import CliRunner
 
