@@ -178,39 +178,43 @@ def check_new_run_options(config: TrainConfig) -> None:
 
 
 def check_model_and_data_options(config: TrainConfig) -> None:
-    """`--hidden` with the cnn, `--target` with digits, `--flip-p` without the flip: refused
-    rather than ignored, as the loss's options are. An unknown model or source is left to
-    build_model / build_data, which list the valid ones."""
-    from ptool.core.data.sources import PREFIXED, SOURCES
+    """An unknown model or data source (before `--print-config` prints it), and `--hidden`
+    with the cnn, `--target` with digits, `--flip-p` without the flip: refused rather than
+    ignored, as the loss's options are."""
+    from ptool.core.data.sources import PREFIXED, SOURCES, VALID_SPECS
     from ptool.core.data.vision import TORCHVISION
+    from ptool.core.errors import unknown_name
+    from ptool.core.models import MODELS, VALID_MODELS
 
+    if config.model not in MODELS and ":" not in config.model:
+        raise unknown_name("model", config.model, VALID_MODELS)
+    prefix, sep, _ = config.data.partition(":")
+    if config.data not in (*SOURCES, *TORCHVISION) and not (sep and prefix in PREFIXED):
+        raise unknown_name("data source", config.data, VALID_SPECS)
     default = TrainConfig()
 
     def changed(name: str) -> bool:
         return getattr(config, name) != getattr(default, name)
 
-    if config.model in ("mlp", "cnn") or ":" in config.model:
-        _refuse_options_of_others(
-            "model",
-            config.model,
-            {
-                "--hidden": (("mlp",), changed("hidden")),
-                "--channels": (("cnn",), changed("channels")),
-                "--norm": (("mlp", "cnn"), changed("norm")),
-                "--dropout": (("mlp", "cnn"), changed("dropout")),
-            },
-        )
-    source = config.data.partition(":")[0]
-    if source in (*SOURCES, *PREFIXED):
-        if changed("target") and source != "csv":
-            raise UsageError(f"--target names a CSV column; --data {config.data} has none")
-        for name in ("data_dir", "download"):
-            if changed(name) and source not in TORCHVISION:
-                raise UsageError(
-                    f"{as_flag(name, getattr(config, name)).split()[0]} is for the torchvision "
-                    f"datasets ({', '.join(TORCHVISION)}); --data {config.data} is not one",
-                    hint="drop it",
-                )
+    _refuse_options_of_others(
+        "model",
+        config.model,
+        {
+            "--hidden": (("mlp",), changed("hidden")),
+            "--channels": (("cnn",), changed("channels")),
+            "--norm": (("mlp", "cnn"), changed("norm")),
+            "--dropout": (("mlp", "cnn"), changed("dropout")),
+        },
+    )
+    if changed("target") and prefix != "csv":
+        raise UsageError(f"--target names a CSV column; --data {config.data} has none")
+    for name in ("data_dir", "download"):
+        if changed(name) and config.data not in TORCHVISION:
+            raise UsageError(
+                f"{as_flag(name, getattr(config, name)).split()[0]} is for the torchvision "
+                f"datasets ({', '.join(TORCHVISION)}); --data {config.data} is not one",
+                hint="drop it",
+            )
     for name, augmentation in (
         ("crop_padding", "crop"),
         ("flip_p", "flip"),

@@ -70,7 +70,11 @@ def test_config_file_then_flags(tmp_path):
     assert config["optimizer"] == "rmsprop" and config["batch_size"] == 8
     (tmp_path / "bad.yaml").write_text("lr: -1\n")  # a range, not a type: checked too
     refused = run_ptool("train", "--config", str(tmp_path / "bad.yaml"), "--print-config")
-    assert refused.returncode == 2 and "--lr" in refused.stderr and not refused.stdout
+    assert refused.returncode == 2 and not refused.stdout
+    assert refused.stderr.startswith(f"error: {tmp_path / 'bad.yaml'}: --lr must be")
+    refused = run_ptool("train", "--model", "resnet18", "--print-config")  # not a model
+    assert refused.returncode == 2 and not refused.stdout
+    assert refused.stderr.startswith("error: unknown model 'resnet18'; valid: mlp, cnn")
     # another optimizer's option: the printed config would not train either
     refused = run_ptool("train", "--config", str(toml), "--optimizer", "adamw", "--print-config")
     assert refused.returncode == 2 and not refused.stdout

@@ -158,6 +158,9 @@ def test_another_losss_option_is_refused_for_a_new_run_only(changes, task, messa
         ({"model": "mlp", "channels": [8]}, "--channels is an option of the cnn model"),
         ({"model": "torchvision:resnet18", "dropout": 0.2}, "--dropout is an option of the mlp"),
         ({"target": "y"}, "--target names a CSV column; --data digits has none"),
+        ({"data": "mnist", "target": "y"}, "--target names a CSV column; --data mnist has"),
+        ({"model": "resnet18"}, "unknown model 'resnet18'; valid: mlp, cnn"),
+        ({"data": "csv"}, "unknown data source 'csv'; valid: digits"),
         ({"download": True}, "--download is for the torchvision datasets"),
         ({"data": "csv:t.csv", "data_dir": "x"}, "--data-dir is for the torchvision datasets"),
         ({"flip_p": 0.9}, "--flip-p sets the flip augmentation, which this run does not apply"),
@@ -175,6 +178,8 @@ def test_an_option_the_model_or_data_does_not_read_is_refused(changes, message):
         {"channels": [8], "dropout": 0.1},
         {"data": "csv:t.csv", "target": "y"},
         {"data": "mnist", "data_dir": "x", "download": True},
+        {"model": "torchvision:resnet18", "data": "imagefolder:x"},
+        {"model": "my.module:build", "data": "tensors:t.pt"},
         {"augment": ["flip", "crop"], "flip_p": 0.9, "crop_padding": 2},
     ):
         check_model_and_data_options(TrainConfig(**own))
