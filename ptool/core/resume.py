@@ -78,6 +78,7 @@ def _refuse_changes(saved: TrainConfig, overrides: dict[str, Any], checkpoint: P
     for name, value in overrides.items():
         if name in RESUMABLE or getattr(saved, name) == value:
             continue
+        _refuse_unread_option(saved, name, value)
         section = FIELDS[name].metadata["section"]
         what = {"model": "the model", "data": "the data", "optimizer": "the optimizer"}.get(
             section, f"the {section} settings"
@@ -89,6 +90,23 @@ def _refuse_changes(saved: TrainConfig, overrides: dict[str, Any], checkpoint: P
             "a new run can start from its weights with --init-from",
             hint=f"ptool train --init-from {checkpoint} {flag} ...",
         )
+
+
+def _refuse_unread_option(saved: TrainConfig, name: str, value: Any) -> None:
+    """`--hidden` on a cnn run changes nothing the run reads: say that, as train does, rather
+    than call it a model change (and hint at an --init-from that train would refuse too)."""
+    from ptool.core.checks import check_model_and_data_options
+
+    if name in ("model", "data", "augment"):  # a change of what reads the options
+        return
+    try:
+        check_model_and_data_options(saved)
+    except UsageError:  # an older ptool's config: another option would be named
+        return
+    try:
+        check_model_and_data_options(saved.replace(**{name: value}))
+    except UsageError as exc:
+        raise UsageError(str(exc), hint="drop it") from None
 
 
 def _run_identity(config: Any) -> dict[str, Any] | None:

@@ -199,6 +199,10 @@ def test_changing_the_model_data_or_optimizer_is_refused_naming_init_from(tmp_pa
         "--clip-norm 1.0 changes the loop settings of the run being resumed "
         "(it has --clip-norm none)"
     )
+    with pytest.raises(UsageError) as info:  # read by no part of this run: as train says
+        plan_resume(tmp_path / "run", {"epochs": 2, "channels": [8]})
+    assert str(info.value) == "--channels is an option of the cnn model; this run's is mlp"
+    assert info.value.hint == "drop it"
 
 
 def test_a_copied_or_moved_run_continues_where_it_is_now(tmp_path):
