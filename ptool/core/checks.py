@@ -215,6 +215,12 @@ def check_model_and_data_options(config: TrainConfig) -> None:
                 f"datasets ({', '.join(TORCHVISION)}); --data {config.data} is not one",
                 hint="drop it",
             )
+    if repeated := sorted({name for name in config.augment if config.augment.count(name) > 1}):
+        raise UsageError(
+            f"--augment names {', '.join(repeated)} more than once; each augmentation is "
+            "applied once per name (two flips undo each other)",
+            hint="name each augmentation once",
+        )
     for name, augmentation in (
         ("crop_padding", "crop"),
         ("flip_p", "flip"),

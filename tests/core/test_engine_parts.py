@@ -165,6 +165,7 @@ def test_another_losss_option_is_refused_for_a_new_run_only(changes, task, messa
         ({"data": "csv:t.csv", "data_dir": "x"}, "--data-dir is for the torchvision datasets"),
         ({"flip_p": 0.9}, "--flip-p sets the flip augmentation, which this run does not apply"),
         ({"augment": ["crop"], "color_jitter": 0.2}, "--color-jitter sets the color-jitter"),
+        ({"augment": ["flip", "crop", "flip"]}, "--augment names flip more than once"),
     ],
 )
 def test_an_option_the_model_or_data_does_not_read_is_refused(changes, message):
