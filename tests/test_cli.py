@@ -159,20 +159,23 @@ def test_long_error_stays_one_line_in_a_pipe():
 
 
 def test_a_data_loader_workers_error_is_its_original_last_line():
+    """What torch's ExceptionWrapper.reraise builds: the class, given the worker's traceback."""
+    from ptool.core.data.image_folder import UnreadableImage
     from ptool.ui.errors import describe
 
     text = (
-        "Caught UnidentifiedImageError in DataLoader worker process 0.\n"
+        "Caught UnreadableImage in DataLoader worker process 0.\n"
         "Original Traceback (most recent call last):\n"
         '  File "worker.py", line 349, in _worker_loop\n'
-        "PIL.UnidentifiedImageError: cannot identify image file 'cat/bad.png'\n"
+        "ptool.core.data.image_folder.UnreadableImage: cat/bad.png: not an image Pillow reads\n"
     )
-    message, hint, code = describe(ValueError(text))
-    assert message == "cannot identify image file 'cat/bad.png' (not an image Pillow reads)"
+    message, hint, code = describe(UnreadableImage(text))
+    assert message == "cat/bad.png: not an image Pillow reads"
     assert (hint, code) == ("remove or replace that file", 1)  # a data error, not a ptool bug
-    worker = text.replace("UnidentifiedImageError", "KeyError")
+    worker = text.replace("UnreadableImage", "KeyError")
     assert describe(ValueError(worker))[0] == (
-        "unexpected ValueError: PIL.KeyError: cannot identify image file 'cat/bad.png'"
+        "unexpected ValueError: ptool.core.data.image_folder.KeyError: cat/bad.png: not an "
+        "image Pillow reads"
     )
     assert describe(RuntimeError("first\nsecond"))[0] == "unexpected RuntimeError: first"
 

@@ -214,11 +214,10 @@ def _test_split(config: Any, bundle: Any) -> Dataset:
     prefix, _, path = spec.partition(":")
     test_dir = Path(path) / "test"
     if prefix == "imagefolder" and test_dir.is_dir():
-        from torchvision.datasets import ImageFolder
-
         from ptool.core.data.common import TransformedSubset
+        from ptool.core.data.image_folder import VisibleImageFolder
 
-        test = ImageFolder(str(test_dir))
+        test = VisibleImageFolder(test_dir)
         if list(test.classes) != list(bundle.info.class_names):
             raise UsageError(f"{test_dir} has classes {test.classes}, the run has other ones")
         return TransformedSubset(test, None, bundle.val.transform)

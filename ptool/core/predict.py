@@ -19,7 +19,8 @@ from typing import Any, NamedTuple, TextIO
 import torch
 from torch import nn
 
-# Extensions that Pillow opens; a folder input yields every such file below it, sorted.
+# Extensions that Pillow opens; a folder input yields every such file below it, sorted
+# (hidden ones, .ipynb_checkpoints/ or ._photo.jpg, left out).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 TENSOR_EXTENSIONS = (".pt", ".pth", ".bin")
 
@@ -87,7 +88,13 @@ class Reader:
                 continue
             path = Path(spec)
             if path.is_dir():
-                files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+                from ptool.core.data.image_folder import is_hidden
+
+                files = sorted(
+                    p
+                    for p in path.rglob("*")
+                    if p.suffix.lower() in IMAGE_EXTENSIONS and not is_hidden(p, path)
+                )
                 if not files:
                     yield Sample(spec, error=f"no image files in folder {spec}")
                 for file in files:

@@ -22,7 +22,7 @@ def describe(exc: BaseException, command_path: str = "ptool") -> tuple[str, str 
     """(message, hint, exit code) for an exception that escaped a command. `command_path`
     names the command for a usage error that carries none (a missing option value)."""
     if isinstance(exc, PtoolError):
-        return str(exc), exc.hint, exc.exit_code
+        return _raised_in_worker(exc), exc.hint, exc.exit_code
     if callable(getattr(exc, "format_message", None)) and isinstance(
         getattr(exc, "exit_code", None), int
     ):  # Typer's usage errors (its vendored Click's), recognised without importing internals
@@ -45,14 +45,20 @@ def describe(exc: BaseException, command_path: str = "ptool") -> tuple[str, str 
     ):  # torch.cuda.OutOfMemoryError, without importing torch
         return "CUDA out of memory", "try a smaller --batch-size or --precision bf16", 1
     name = type(exc).__name__
-    if "UnidentifiedImageError" in f"{name} {exc}":  # Pillow's, maybe from a loader worker
-        line = _one_line(str(exc)).removeprefix("PIL.UnidentifiedImageError: ")
-        return f"{line} (not an image Pillow reads)", "remove or replace that file", 1
     return (
         f"unexpected {name}: {_one_line(str(exc))}",
         "rerun with PTOOL_DEBUG=1 (or ptool --debug ...) for the traceback and report it",
         1,
     )
+
+
+def _raised_in_worker(exc: PtoolError) -> str:
+    """A ptool error as raised: a DataLoader worker's (an unreadable image) comes back with
+    the worker's traceback in its message, whose last line is `module.Class: message`."""
+    text = str(exc)
+    if "Original Traceback" not in text:
+        return text
+    return _one_line(text).removeprefix(f"{type(exc).__module__}.{type(exc).__qualname__}: ")
 
 
 def _one_line(text: str) -> str:

@@ -407,6 +407,34 @@ def test_imagefolder_train_val_subfolders(tmp_path):
     assert bundle.train[0][0].shape == (3, 64, 64)
 
 
+def test_imagefolder_skips_hidden_folders_and_files(tmp_path):
+    """A .git or .ipynb_checkpoints folder was a class; macOS's ._0.png a sample (unreadable)."""
+    make_image_folder(tmp_path / "imgs")
+    make_image_folder(tmp_path / "imgs" / ".ipynb_checkpoints" / "x")
+    make_image_folder(tmp_path / "imgs" / "a" / ".cache" / "y", per_class=1)
+    (tmp_path / "imgs" / "b" / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    bundle = build_data(cfg(data=f"imagefolder:{tmp_path / 'imgs'}"))
+    assert bundle.info.class_names == ["a", "b"]
+    assert bundle.info.train_size + bundle.info.val_size == 10
+
+
+def test_an_unreadable_image_is_named_when_it_is_read(tmp_path):
+    """A truncated file reached the user as "unexpected OSError: Truncated File Read"."""
+    from ptool.core.data.image_folder import UnreadableImage
+
+    make_image_folder(tmp_path / "imgs", per_class=1)
+    whole = (tmp_path / "imgs" / "a" / "0.png").read_bytes()
+    (tmp_path / "imgs" / "a" / "0.png").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "imgs" / "b" / "0.png").write_text("not a png")
+    bundle = build_data(cfg(data=f"imagefolder:{tmp_path / 'imgs'}", val_split=0.5))
+    images = bundle.train.dataset
+    with pytest.raises(UnreadableImage, match=r"a/0.png: cannot read the image \(") as err:
+        images[0]
+    assert err.value.hint == "remove or replace that file"
+    with pytest.raises(UnreadableImage, match=r"b/0.png: not an image Pillow reads$"):
+        images[1]
+
+
 def test_a_relative_data_path_that_is_not_there_names_the_directory(tmp_path, monkeypatch):
     """A run records --data as typed: its eval from elsewhere said only 'tv is not a
     directory'."""

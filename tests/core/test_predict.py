@@ -91,6 +91,9 @@ def test_bad_inputs_fail_alone(image_run, tmp_path):
     folder = tmp_path / "folder"
     folder.mkdir()
     Image.fromarray((raw[0, 0] * 255).byte().numpy()).save(folder / "a.png")
+    (folder / "._a.png").write_bytes(b"AppleDouble")  # hidden: not an input
+    (folder / ".ipynb_checkpoints").mkdir()
+    Image.new("L", (16, 16)).save(folder / ".ipynb_checkpoints" / "b.png")
     torch.save(raw[:2, :, :4], tmp_path / "small.pt")
     nan = raw[:2].clone()
     nan[0, 0, 0, 0] = float("nan")
@@ -104,7 +107,7 @@ def test_bad_inputs_fail_alone(image_run, tmp_path):
     assert errors["broken.png"] == "cannot read image (UnidentifiedImageError)"
     assert "16x16 pixels; the model expects 1x8x8 images" in errors["big.png"]
     assert errors["missing.png"] == "no such file"
-    assert errors["folder/a.png"] is None
+    assert errors["folder/a.png"] is None and not any("/." in name for name in errors)
     assert errors["small.pt"] == (  # one line for the file, not one per row
         "shape [2, 1, 4, 8]; expected [N, 1, 8, 8] or [N, 8, 8] "
         "for the model's 1x8x8 images (grayscale)"

@@ -130,12 +130,13 @@ DEFAULT_IMAGE_SIZE = 64
 
 
 def imagefolder(config: Any, path: str) -> DataBundle:
-    """torchvision ImageFolder (RGB): PATH/train + PATH/val (or test), else a seeded split.
+    """torchvision ImageFolder (RGB): PATH/train + PATH/val (or test), else a seeded split;
+    hidden folders and files (.git, ._photo.jpg) are skipped.
 
     Images are resized to --image-size (default 64) squares and normalized with ImageNet's
     statistics (what photos and torchvision's models expect).
     """
-    from torchvision.datasets import ImageFolder
+    from ptool.core.data.image_folder import VisibleImageFolder
 
     check_task(config, "imagefolder", ("classification",))
     root = Path(path)
@@ -153,7 +154,7 @@ def imagefolder(config: Any, path: str) -> DataBundle:
 
     def open_folder(folder: Path) -> Any:
         try:
-            return ImageFolder(str(folder))
+            return VisibleImageFolder(folder)
         except (FileNotFoundError, OSError) as exc:
             raise UsageError(
                 f"imagefolder: {exc}", hint="expected PATH/CLASS/IMAGE (or PATH/train/CLASS/...)"
