@@ -509,6 +509,20 @@ def test_torchvision_download_offline_is_one_line(tmp_path, monkeypatch, name, c
     assert err.value.hint.startswith("offline?")
 
 
+@pytest.mark.parametrize(("content", "error"), [(b"", "ValueError"), (b"\x07" * 100, "Assertion")])
+def test_torchvision_files_that_cannot_be_parsed_are_one_line(tmp_path, content, error):
+    """A download cut short: "unexpected AssertionError: " before, with nothing after it."""
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for split in ("train", "t10k"):
+        for kind in ("images-idx3", "labels-idx1"):
+            (raw / f"{split}-{kind}-ubyte").write_bytes(content)
+    with pytest.raises(PtoolError, match=f"^mnist files under --data-dir {tmp_path} cannot be "
+                       rf"read \({error}") as err:  # fmt: skip
+        build_data(cfg(data="mnist", data_dir=str(tmp_path)))
+    assert "--download" in err.value.hint
+
+
 def write_idx(path, array: np.ndarray) -> None:
     """The MNIST idx format: magic (type 0x08 = ubyte, ndim), sizes, then bytes."""
     header = struct.pack(">I", 0x0800 + array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)

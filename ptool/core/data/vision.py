@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from ptool.core.data.transforms import (
     check_augment,
     image_pipeline,
 )
-from ptool.core.errors import PtoolError, UsageError
+from ptool.core.errors import PtoolError, UsageError, first_line
 
 # --- torchvision datasets ------------------------------------------------------------------
 
@@ -50,7 +51,7 @@ def _open_torchvision(name: str, config: Any, *, train: bool):
         if text.startswith("Error downloading"):  # the MNIST family: each mirror's error, a line
             raise _download_failed(name, root, text.strip().splitlines()[-1]) from exc
         if "not found" not in text.lower():
-            raise
+            raise _unreadable(name, root, exc) from exc
         raise UsageError(
             f"{name} not found under --data-dir {root}",
             hint=f"put torchvision's {name} files there, or add --download to fetch them "
@@ -58,6 +59,18 @@ def _open_torchvision(name: str, config: Any, *, train: bool):
         ) from exc
     except OSError as exc:  # URLError, connection and disk errors while downloading
         raise _download_failed(name, root, exc) from exc
+    except (AssertionError, ValueError, EOFError, IndexError, pickle.UnpicklingError) as exc:
+        raise _unreadable(name, root, exc) from exc
+
+
+def _unreadable(name: str, root: str, exc: Exception) -> PtoolError:
+    """Files torchvision found but cannot parse: a download cut short, say (MNIST's reader
+    fails an assert, CIFAR's pickle ends early)."""
+    detail = first_line(exc) or "no detail"
+    return PtoolError(
+        f"{name} files under --data-dir {root} cannot be read ({type(exc).__name__}: {detail})",
+        hint="delete them and fetch them again with --download, or copy good files there",
+    )
 
 
 def _download_failed(name: str, root: str, reason: object) -> PtoolError:
