@@ -172,7 +172,8 @@ def _with_run_normalization(dataset: Dataset, info: Any) -> Dataset:
 def _in_the_models_terms(dataset: Dataset, found: Any, info: Any, data: str) -> Dataset:
     """A held-out source's samples as the model reads them: CSV columns matched by name (in
     any order, others dropped, as `ptool predict` matches them) and class labels by name (a
-    source without some of the model's classes keeps the model's indices)."""
+    source without some of the model's classes keeps the model's indices); a tensors file's
+    labels are the model's indices."""
     from ptool.core.errors import UsageError
 
     expected, columns = info.feature_names, found.feature_names
@@ -185,6 +186,8 @@ def _in_the_models_terms(dataset: Dataset, found: Any, info: Any, data: str) -> 
         x, y = dataset.tensors
         dataset = TensorDataset(x[:, [columns.index(name) for name in expected]], y)
     names, model_names = found.class_names, info.class_names
+    if data.startswith("tensors:"):  # labels are class indices, whatever the model calls them
+        names = None
     if names and model_names and names != model_names:
         if strangers := [name for name in names if name not in model_names]:
             raise UsageError(

@@ -278,6 +278,12 @@ def test_a_held_out_csv_is_read_by_column_and_class_name(tmp_path):
     (tmp_path / "other.csv").write_text("a,species,b,c\n1,cat,2,3\n4,dog,5,6\n7,cat,8,9\n")
     with pytest.raises(UsageError, match="has no column 'f0', 'f1', 'f2'; the model reads f0"):
         evaluate_checkpoints([ckpt_path], data=f"csv:{tmp_path / 'other.csv'}", split="all")
+    # a tensors file's labels are the model's class indices (its classes have no names)
+    torch.save({"x": x[:60], "y": y[:60]}, tmp_path / "held.pt")
+    (report,) = evaluate_checkpoints(
+        [ckpt_path], data=f"tensors:{tmp_path / 'held.pt'}", split="all"
+    )
+    assert report["metrics"]["accuracy"] == pytest.approx(oracle_accuracy(held))
     (tmp_path / "fish.csv").write_text("f0,f1,f2,species\n1,2,3,fish\n4,5,6,cat\n7,8,9,cat\n")
     with pytest.raises(UsageError, match="has classes the model does not know: fish"):
         evaluate_checkpoints([ckpt_path], data=f"csv:{tmp_path / 'fish.csv'}", split="all")
