@@ -214,6 +214,8 @@ class Trainer:
 
         self.data = data if data is not None else build_data(self.config)
         self.info = self.data.info
+        if resume is not None:
+            self._refuse_changed_data(resume)
         check_monitor(config, self.info)
         if resume is None and model is None:  # a new run from flags, not a checkpoint's fine-tune
             check_loss_options(config, self.info)
@@ -271,6 +273,20 @@ class Trainer:
             raise
 
     # --- setup ---------------------------------------------------------------------------
+
+    def _refuse_changed_data(self, ckpt: dict[str, Any]) -> None:
+        """A resume continues the run's sample order over the run's samples, or not at all."""
+        from ptool.core.data.info import DataInfo, data_changes
+
+        saved = ckpt.get("data_info")
+        changes = data_changes(DataInfo.from_dict(saved), self.info) if saved else {}
+        if changes:
+            raise PtoolError(
+                f"--data {self.config.data} is not the data this run trained on: "
+                + "; ".join(changes.values()),
+                hint="restore that data to resume; a new run can start from the weights with "
+                "--init-from",
+            )
 
     def _on_rank_0(self, check: Callable[[], Any]) -> Any:
         """`check` on rank 0 only (the run folder is its), its refusal raised on every rank:

@@ -244,6 +244,27 @@ def _joined(first: Dataset, second: Dataset) -> Dataset:
     return ConcatDataset([first, second])
 
 
+def _refuse_changed_data(config: Any, info: Any, found: Any, split: str) -> None:
+    """The run's own data must be what it trained on for its splits to be the run's; `all`
+    only needs the same classes and inputs."""
+    from ptool.core.data.info import data_changes
+    from ptool.core.errors import PtoolError
+
+    changes = data_changes(info, found)
+    if split == "all":
+        changes.pop("size", None)
+    if not changes:
+        return
+    raise PtoolError(
+        f"--data {config.data} is not the data this run trained on: "
+        + "; ".join(changes.values()),
+        hint="its seeded split would mix training samples into validation; --split all "
+        "evaluates every sample as the data is now"
+        if list(changes) == ["size"]
+        else "evaluate it with a checkpoint trained on this data",
+    )
+
+
 def split_dataset(config: Any, info: Any, *, data: str | None = None, split: str = "val"):
     """The samples to evaluate, preprocessed exactly as the run's validation was.
 
@@ -281,6 +302,7 @@ def split_dataset(config: Any, info: Any, *, data: str | None = None, split: str
     else:
         dataset = bundle.val if split == "val" else bundle.train
     if own:
+        _refuse_changed_data(config, info, bundle.info, split)
         return dataset
     found = bundle.info
     dataset = _in_the_models_terms(dataset, found, info, data)

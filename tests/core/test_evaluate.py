@@ -168,6 +168,38 @@ def test_refusals(run, tmp_path):
     assert str(tabular.value).endswith("is tabular; the model expects images of shape [1, 8, 8]")
 
 
+def test_the_runs_own_data_changed_since_training_is_refused(tmp_path):
+    """A CSV that gained rows rebuilt another seeded split: eval reported 12 samples at 100%
+    (6 of them trained on) as the run's validation, exit 0."""
+    from ptool.core.engine import fit
+    from ptool.core.errors import PtoolError
+
+    rows = [f"{i % 7},{(i * 3) % 5},{'ab'[i % 2]}" for i in range(40)]
+    data = tmp_path / "d.csv"
+    data.write_text("\n".join(["u,v,label", *rows]) + "\n")
+    config = TrainConfig(data=f"csv:{data}", model="mlp", hidden=[8], epochs=1, seed=0,
+                         tensorboard=False, out=str(tmp_path / "run"))  # fmt: skip
+    fit(config, quiet=True)
+    best = tmp_path / "run" / "best.pt"
+    (report,) = evaluate_checkpoints([best])
+    assert report["samples"] == 8
+    with data.open("a") as file:
+        file.write("\n".join(rows[:10]) + "\n")
+    with pytest.raises(PtoolError) as err:
+        evaluate_checkpoints([best])
+    assert str(err.value) == (
+        f"--data csv:{data} is not the data this run trained on: 40 training and 10 "
+        "validation samples now, 32 and 8 when it trained"
+    )
+    assert "--split all" in err.value.hint
+    (report,) = evaluate_checkpoints([best], split="all")  # every sample, as the file is now
+    assert report["samples"] == 50
+    with data.open("a") as file:
+        file.write("1,2,c\n")
+    with pytest.raises(PtoolError, match=r"class names \[a, b, c\] now, \[a, b\] when it"):
+        evaluate_checkpoints([best], split="all")
+
+
 def test_compare_with_a_quantized_checkpoint_runs_on_cpu(run, tmp_path):
     from ptool.core.quantize import QuantizeOptions, quantize_checkpoint
 

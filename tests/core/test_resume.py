@@ -205,6 +205,30 @@ def test_changing_the_model_data_or_optimizer_is_refused_naming_init_from(tmp_pa
     assert info.value.hint == "drop it"
 
 
+def test_a_resume_on_data_that_changed_since_is_refused(tmp_path):
+    """Another row count re-splits the data and re-orders the epochs: not the run continued."""
+    rows = [f"{i % 7},{(i * 3) % 5},{'ab'[i % 2]}" for i in range(40)]
+    data = tmp_path / "d.csv"
+    data.write_text("\n".join(["u,v,label", *rows]) + "\n")
+    from ptool.core.config import TrainConfig
+
+    config = TrainConfig(data=f"csv:{data}", model="mlp", hidden=[8], epochs=1, seed=0,
+                         tensorboard=False, out=str(tmp_path / "run"))  # fmt: skip
+    fit(config, quiet=True)
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+    with data.open("a") as file:
+        file.write("1,2,a\n")
+    plan = plan_resume(tmp_path / "run", {"epochs": 2})
+    with pytest.raises(PtoolError) as err:
+        resume_run(plan, quiet=True)
+    assert str(err.value).endswith(
+        "is not the data this run trained on: 33 training and 8 validation samples now, "
+        "32 and 8 when it trained"
+    )
+    assert "--init-from" in err.value.hint
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before
+
+
 def test_a_copied_or_moved_run_continues_where_it_is_now(tmp_path):
     """The saved `out` names the original directory: resuming the copy must not write there."""
     fit(small(tmp_path, "run", epochs=1), quiet=True)

@@ -48,6 +48,30 @@ class DataInfo:
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
+def data_changes(saved: DataInfo, found: DataInfo) -> dict[str, str]:
+    """What changed -> how, between the data a run trained on and its data rebuilt from the
+    run's config (a file that gained rows or a class since); empty when it is the same.
+    Another size moves the seeded split: validation would hold training samples, a resume
+    another order."""
+    changes = {}
+    if (saved.train_size, saved.val_size) != (found.train_size, found.val_size):
+        changes["size"] = (
+            f"{found.train_size} training and {found.val_size} validation samples now, "
+            f"{saved.train_size} and {saved.val_size} when it trained"
+        )
+    for name in ("input_shape", "class_names", "feature_names"):
+        then, now = getattr(saved, name), getattr(found, name)
+        if then is not None and now is not None and list(then) != list(now):
+            changes[name] = (
+                f"{name.replace('_', ' ')} {_listed(now)} now, {_listed(then)} when it trained"
+            )
+    return changes
+
+
+def _listed(values: list) -> str:
+    return "[" + ", ".join(map(str, values)) + "]"
+
+
 @dataclass
 class DataBundle:
     train: Dataset
