@@ -56,6 +56,9 @@ class SequentialNet(nn.Module):
             x = self.body(x)
         return self.head(x)
 
+    # torch.compile cannot trace checkpoint's context_fn: the checkpointed body runs eagerly
+    # (a graph break), the head compiled
+    @torch.compiler.disable
     def _checkpointed(self, x: torch.Tensor) -> torch.Tensor:
         blocks = list(self.body)
         segments = min(self.grad_checkpoint, len(blocks))  # more: a checkpoint of an older ptool
