@@ -57,6 +57,10 @@ def _expects_rows(info: Any) -> str:
     shape = list(info.input_shape)
     shapes = [shape, shape[1:]] if info.is_image and shape[0] == 1 else [shape]
     rows = " or ".join(str(["N", *s]).replace("'", "") for s in shapes)
+    if info.is_image and info.image_size is not None:  # the run resizes: any H, W
+        rows = (
+            f"[N, {shape[0]}, H, W] (any size: the run resizes to {shape[1]}x{shape[2]}) or {rows}"
+        )
     return f"expected {rows} for the model's {_expects(info)}"
 
 
@@ -111,10 +115,17 @@ class Reader:
     # -- tensors from any reader: exact shape, then the run's normalization ---------------
 
     def is_sample(self, shape: Iterable[int]) -> bool:
-        """Whether a tensor of `shape` is one input (an (H, W) one for a grayscale model)."""
+        """Whether a tensor of `shape` is one input (an (H, W) one for a grayscale model); a
+        run that resized its images (`--image-size`) takes (C, h, w) of any size, as eval and
+        image files do."""
         expected, shape = list(self.info.input_shape), list(shape)
         grayscale_2d = self.info.is_image and expected[0] == 1 and shape == expected[1:]
-        return shape == expected or grayscale_2d
+        any_size = self.resizes and len(shape) == 3 and shape[0] == expected[0] and min(shape) > 0
+        return shape == expected or grayscale_2d or any_size
+
+    @property
+    def resizes(self) -> bool:
+        return self.info.is_image and self.info.image_size is not None
 
     def from_values(self, name: str, values: Any) -> Sample:
         """uint8 image data stays uint8: val_transform scales it by 1/255, as for image files."""
@@ -128,7 +139,8 @@ class Reader:
             return Sample(
                 name, error=f"shape {list(x.shape)}; the model expects {_expects(self.info)}"
             )
-        return Sample(name, self.transform(x.reshape(self.info.input_shape)))
+        shaped = x if self.resizes and x.dim() == 3 else x.reshape(self.info.input_shape)
+        return Sample(name, self.transform(shaped))
 
     def json_lines(self) -> Iterator[Sample]:
         import sys

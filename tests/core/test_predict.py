@@ -84,6 +84,26 @@ def test_tensor_file_json_lines_and_images_match_the_validation_pipeline(image_r
     assert again == records[:6]  # same input, same output, bit for bit
 
 
+def test_a_resizing_runs_tensor_rows_of_another_size_are_resized_as_eval_resizes(tmp_path):
+    """`--image-size 16` on 8x8 data: eval and image files resized, predict refused 8x8 rows."""
+    run = _train(tmp_path / "run", data="synthetic", shape="1x8x8", model="cnn", image_size=16)
+    config = TrainConfig.from_dict(torch.load(run, weights_only=True)["config"])
+    raw, _ = build_data(config.replace(normalize=False, image_size=None)).val.tensors
+    seen, _ = build_data(config).val.tensors  # resized up front, normalized: what eval reads
+    with torch.no_grad():
+        oracle = load_predictor(run, "cpu").model(seen).softmax(1)
+    torch.save(raw[:5], tmp_path / "raw8.pt")
+    torch.save(raw[:2, :, :4], tmp_path / "strip.pt")  # [2, 1, 4, 8]: also resized
+    records = _records(run, [str(tmp_path / "raw8.pt"), str(tmp_path / "strip.pt")], top_k=10)
+    for record, expected in zip(records[:5], oracle[:5], strict=True):
+        probabilities = [record["probabilities"][str(c)] for c in range(len(expected))]
+        assert probabilities == pytest.approx(expected.tolist(), abs=1e-5)
+    assert [r.get("error") for r in records[5:]] == [None, None]
+    torch.save(torch.rand(2, 3, 8, 8), tmp_path / "rgb.pt")  # other channels: still an error
+    (wrong,) = _records(run, [str(tmp_path / "rgb.pt")])
+    assert wrong["error"].startswith("shape [2, 3, 8, 8]; expected [N, 1, H, W] (any size")
+
+
 def test_bad_inputs_fail_alone(image_run, tmp_path):
     (raw, _), _ = _raw_val(image_run)
     (tmp_path / "broken.png").write_text("not an image")
