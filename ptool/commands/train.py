@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -13,6 +12,7 @@ import typer
 from ptool.commands._config_options import with_config_options
 from ptool.commands._options import JsonOpt, QuietOpt, UnsafeLoadOpt, examples
 from ptool.core.errors import UsageError
+from ptool.core.rundir import speaks_for_the_job
 
 if TYPE_CHECKING:
     from ptool.ui.output import Output
@@ -102,7 +102,7 @@ def train(
         _print_config(out, resolved.to_dict())
         return
     created = None
-    if resolved.out is None and _speaks_for_the_job():  # so a refusal removes it, as --out's
+    if resolved.out is None and speaks_for_the_job():  # so a refusal removes it, as --out's
         from ptool.core.rundir import claim_default_run_dir
 
         created = _first_missing("runs")  # runs/ itself, or only the folder claimed in it
@@ -124,16 +124,11 @@ def _print_config(out: Output, values: dict[str, Any]) -> None:
     out.result(values, lambda: config_yaml(values))
 
 
-def _speaks_for_the_job() -> bool:
-    """Under torchrun, rank 0 prints for the whole job."""
-    return os.environ.get("RANK", "0") == "0"
-
-
 def resume_and_log(plan: Any, out: Output, log: Callable[[str], None]) -> Any:
     """Say where the run continues and what happens to its schedule, then continue it."""
     from ptool.core.resume import resume_run
 
-    if _speaks_for_the_job():
+    if speaks_for_the_job():
         for note in plan.notes:
             log(note)
     return resume_run(plan, quiet=out.quiet, log=log)
@@ -162,10 +157,10 @@ def run_and_report(
         if created:  # a run refused before writing anything leaves no empty --out behind
             _remove_empty(Path(run_dir), Path(created))
         stopped = getattr(exc, "summary", None)  # a diverged or interrupted run's summary.json
-        if stopped is not None and out.json and _speaks_for_the_job():
+        if stopped is not None and out.json and speaks_for_the_job():
             out.result(stopped.to_dict())  # its status says why; then the error
         raise
-    if _speaks_for_the_job():
+    if speaks_for_the_job():
         out.result(summary.to_dict(), lambda: summary_table(summary))
 
 

@@ -225,7 +225,9 @@ def plan_resume(
     moved = not overrides.get("out")
     if moved:  # the run continues where its checkpoint is now
         config = config.replace(out=str(checkpoint.parent))
-    if Path(config.out).is_dir():  # a process training there now: before any "resuming"
+    # a process training there now: before any "resuming"; rank 0 only, which takes the lock
+    # (another rank's probe could find rank 0's own)
+    if Path(config.out).is_dir() and rundir.speaks_for_the_job():
         rundir.RunDirLock(Path(config.out)).release()
     if Path(config.out).resolve() == checkpoint.parent.resolve():
         _refuse_foreign_files(checkpoint, ckpt)

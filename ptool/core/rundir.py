@@ -23,6 +23,12 @@ SUMMARY_NAME = "summary.json"
 LOCK_NAME = ".ptool.lock"
 
 
+def speaks_for_the_job() -> bool:
+    """A lone process, or rank 0 of a torchrun job (RANK is set before any process group
+    exists): the one that prints for the job and claims its run directory."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def default_run_dir(root: str | Path = "runs") -> Path:
     """runs/<YYYYmmdd-HHMMSS>, with -2, -3... when that name is taken."""
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -604,7 +604,7 @@ def test_data_seed_pins_the_split_across_seeds(tmp_path):
     assert data_seed(small(tmp_path, seed=None)) == 0  # what build_data sees outside a run
 
 
-def test_a_folder_another_process_trains_in_is_refused_until_it_ends(tmp_path):
+def test_a_folder_another_process_trains_in_is_refused_until_it_ends(tmp_path, monkeypatch):
     """Before its first checkpoint, a running run's folder looked free: a second run on the
     same --out trained into it, and the two overwrote each other's files."""
     import os
@@ -626,6 +626,9 @@ def test_a_folder_another_process_trains_in_is_refused_until_it_ends(tmp_path):
     held = RunDirLock(tmp_path / "run")  # a resume is refused at its plan, before "resuming"
     with pytest.raises(UsageError, match="is in use by another ptool process"):
         plan_resume(tmp_path / "run", {"epochs": 3})
+    with monkeypatch.context() as patch:  # by rank 0 only: the other ranks' probes found
+        patch.setenv("RANK", "1")  # rank 0's own lock now and then, and the DDP resume failed
+        assert plan_resume(tmp_path / "run", {"epochs": 3}).config.epochs == 3
     held.release()
     assert plan_resume(tmp_path / "run", {"epochs": 3}).config.epochs == 3
 
