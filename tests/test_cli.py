@@ -219,3 +219,29 @@ def test_help_shows_flags_without_a_value():
         (quiet,) = [line for line in proc.stdout.splitlines() if "--quiet" in line]
         assert "<bool>" not in proc.stdout, command
         assert quiet.split()[:4] == ["│", "--quiet", "-q", "Silence"], quiet
+
+
+def test_torchrun_takes_no_ptool_option_for_its_own_but_monitor():
+    """torchrun's argparse matches abbreviations of its options anywhere on the line:
+    `--monitor` stops it (ambiguous with --monitor-interval); a unique prefix would be taken
+    silently. The README's way round: `-m ptool -- train ...`."""
+    import typer.main
+    from torch.distributed.run import get_args_parser
+
+    from ptool.cli import app
+
+    parser = get_args_parser()
+    theirs = [o for action in parser._actions for o in action.option_strings]
+    root = typer.main.get_command(app)
+    ours = {
+        option
+        for name in ("train", "resume")
+        for param in root.get_command(None, name).params
+        for option in param.opts
+        if option.startswith("--")
+    }
+    clashes = sorted(o for o in ours if o != "--help" and any(t.startswith(o) for t in theirs))
+    assert clashes == ["--monitor"]
+    args = ["--standalone", "--nproc_per_node", "2", "-m", "ptool", "--", "train"]
+    parsed = parser.parse_args([*args, "--monitor", "val/accuracy"])
+    assert parsed.training_script_args == ["train", "--monitor", "val/accuracy"]
