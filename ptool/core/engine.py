@@ -242,8 +242,9 @@ class Trainer:
         self.schedule = build_schedule(
             self.optimizer, self.config, steps_per_epoch=self.steps_per_epoch
         )
+        # fp16 gradients underflow without loss scaling, on any device (CPU and MPS too)
         self.scaler = torch.amp.GradScaler(
-            "cuda", enabled=self.config.precision == "fp16" and self.device.type == "cuda"
+            self.device.type, enabled=self.config.precision == "fp16"
         )
         self.ema = self._build_ema()
         self.state = TrainState()

@@ -45,6 +45,18 @@ def test_stopped_after_an_epoch_and_resumed_is_bit_identical(tmp_path):
     assert_same_weights(weights(tmp_path / "full/last.pt"), weights(tmp_path / "resumed/last.pt"))
 
 
+def test_fp16_on_the_cpu_scales_the_loss_and_resumes_bit_identical(tmp_path):
+    """fp16 autocast ran without a GradScaler off CUDA: small gradients underflowed to 0."""
+    fp16 = dict(EXACT, precision="fp16", device="cpu")
+    fit(small(tmp_path, "full", **fp16), quiet=True)
+    fit(small(tmp_path, "cut", keep_last=3, **fp16), quiet=True)
+    saved = torch.load(tmp_path / "cut" / "epoch-1.pt", weights_only=True)
+    assert saved["scaler_state_dict"]["scale"] == 2.0**16  # torch's initial scale
+    plan = plan_resume(tmp_path / "cut" / "epoch-1.pt", {"out": str(tmp_path / "resumed")})
+    resume_run(plan, quiet=True)
+    assert_same_weights(weights(tmp_path / "full/last.pt"), weights(tmp_path / "resumed/last.pt"))
+
+
 # Random crops and flips served by a DataLoader worker, and dropout: each sample's draws come
 # from (seed, epoch, index), not from whichever worker serves it after the restart.
 AUGMENTED = dict(data="synthetic", shape="1x8x8", augment="crop,flip", crop_padding=1,
