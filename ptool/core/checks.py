@@ -206,6 +206,11 @@ def check_model_and_data_options(config: TrainConfig) -> None:
             "--dropout": (("mlp", "cnn"), changed("dropout")),
         },
     )
+    if config.channels_last and config.model == "mlp":
+        raise UsageError(
+            "--channels-last lays out the inputs of convolutions; the mlp has none",
+            hint="drop it",
+        )
     if changed("target") and prefix != "csv":
         raise UsageError(f"--target names a CSV column; --data {config.data} has none")
     for name in ("data_dir", "download"):

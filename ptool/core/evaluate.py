@@ -256,8 +256,7 @@ def _refuse_changed_data(config: Any, info: Any, found: Any, split: str) -> None
     if not changes:
         return
     raise PtoolError(
-        f"--data {config.data} is not the data this run trained on: "
-        + "; ".join(changes.values()),
+        f"--data {config.data} is not the data this run trained on: " + "; ".join(changes.values()),
         hint="its seeded split would mix training samples into validation; --split all "
         "evaluates every sample as the data is now"
         if list(changes) == ["size"]

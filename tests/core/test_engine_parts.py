@@ -166,6 +166,7 @@ def test_another_losss_option_is_refused_for_a_new_run_only(changes, task, messa
         ({"flip_p": 0.9}, "--flip-p sets the flip augmentation, which this run does not apply"),
         ({"augment": ["crop"], "color_jitter": 0.2}, "--color-jitter sets the color-jitter"),
         ({"augment": ["flip", "crop", "flip"]}, "--augment names flip more than once"),
+        ({"model": "mlp", "channels_last": True}, "--channels-last lays out the inputs of conv"),
     ],
 )
 def test_an_option_the_model_or_data_does_not_read_is_refused(changes, message):
@@ -176,7 +177,7 @@ def test_an_option_the_model_or_data_does_not_read_is_refused(changes, message):
         check_model_and_data_options(TrainConfig(**changes))
     for own in (
         {"model": "mlp", "hidden": [64], "dropout": 0.1, "norm": "layer"},
-        {"channels": [8], "dropout": 0.1},
+        {"channels": [8], "dropout": 0.1, "channels_last": True},
         {"data": "csv:t.csv", "target": "y"},
         {"data": "mnist", "data_dir": "x", "download": True},
         {"model": "torchvision:resnet18", "data": "imagefolder:x"},

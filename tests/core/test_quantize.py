@@ -355,7 +355,7 @@ def test_qat_drops_the_runs_ema_compile_and_precision(tmp_path):
     failed on the fake-quant model's new buffers); its `val_ema/` monitor becomes `val/`."""
     run = {"ema": 0.9, "monitor": "val_ema/accuracy", "precision": "bf16", "compile": True}
     ckpt = write_checkpoint(
-        tmp_path / "ema" / "best.pt", epochs=1, model="mlp", hidden=[16], channels_last=True, **run
+        tmp_path / "ema" / "best.pt", epochs=1, channels=[4], channels_last=True, **run
     )
     report = _qat(ckpt, tmp_path, "qat", epochs=1)
     assert report["qat"]["status"] == "completed"
