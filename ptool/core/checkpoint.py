@@ -22,7 +22,7 @@ import torch
 
 from ptool import __version__
 from ptool.core.errors import PtoolError, UsageError, first_line
-from ptool.core.inspect.reader import UNSAFE_HINT
+from ptool.core.inspect.reader import UNSAFE_HINT, check_checkpoint_file
 from ptool.core.rundir import atomic_write
 
 FORMAT = "ptool.checkpoint"
@@ -156,12 +156,7 @@ def load(
     `refusal_hint` follows a file that needs full unpickling (default: name --unsafe-load).
     """
     path = Path(path)
-    if not path.exists():
-        raise PtoolError(f"no such checkpoint: {path}")
-    if path.is_dir():
-        raise PtoolError(f"{path} is a directory, not a checkpoint file")
-    if path.stat().st_size == 0:
-        raise PtoolError(f"{path} is empty (0 bytes)")
+    check_checkpoint_file(path)
     from ptool.core.inspect.reader import sniff
 
     is_zip, kind = zipfile.is_zipfile(path), sniff(path)

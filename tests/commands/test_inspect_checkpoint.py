@@ -206,6 +206,9 @@ def test_usage_errors(runs, tmp_path):
     assert result.returncode == 2 and "take one file" in result.stderr
     result = run_ptool("inspect-checkpoint", str(tmp_path / "missing.pt"))
     assert result.returncode == 1 and "no such checkpoint" in result.stderr
+    result = run_ptool("inspect-checkpoint", str(runs / "a"))  # a run directory
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[1] == "hint: give one of its checkpoints: last.pt"
 
 
 def test_real_train_output(tmp_path):

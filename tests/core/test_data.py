@@ -471,6 +471,19 @@ def test_data_info_survives_weights_only_load(tmp_path, digits):
     assert DataInfo.from_dict(loaded) == digits.info
 
 
+def test_a_folder_given_as_a_file_and_a_file_as_a_folder_are_named_so(tmp_path, monkeypatch):
+    """`csv:DIR` said "no such file", `--data-dir FILE` "does not exist"; `~` was a folder."""
+    for spec in (f"csv:{tmp_path}", f"tensors:{tmp_path}"):
+        with pytest.raises(UsageError, match=f"{tmp_path} is a directory, not a file$"):
+            build_data(cfg(data=spec))
+    (tmp_path / "mnist.zip").write_bytes(b"PK")
+    with pytest.raises(UsageError, match="mnist.zip is a file, not a folder"):
+        build_data(cfg(data="mnist", data_dir=str(tmp_path / "mnist.zip")))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    make_image_folder(tmp_path / "imgs")
+    assert build_data(cfg(data="imagefolder:~/imgs")).info.class_names == ["a", "b"]
+
+
 def test_torchvision_missing_dir_names_the_flags(tmp_path):
     with pytest.raises(UsageError, match="--data-dir .*does not exist") as err:
         build_data(cfg(data="mnist", data_dir=str(tmp_path / "nope")))

@@ -18,6 +18,8 @@ MAX_AUTO_CLASSES = 50
 
 def _existing_file(kind: str, path: str) -> Path:
     p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"{kind}: {p} is a directory, not a file")
     if not p.is_file():
         raise UsageError(f"{kind}: no such file: {p}", hint=missing_path_hint(p))
     return p

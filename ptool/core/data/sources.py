@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ptool.core.data.builtin import digits, synthetic
@@ -28,7 +29,7 @@ def build_data(config: Any) -> DataBundle:
     if sep and prefix in PREFIXED:
         if not arg:
             raise UsageError(f"--data {prefix}: needs a path, e.g. {prefix}:{PREFIXED[prefix][1]}")
-        return PREFIXED[prefix][0](config, arg)
+        return PREFIXED[prefix][0](config, str(Path(arg).expanduser()))  # `imagefolder:~/x`
     if spec in TORCHVISION:
         return torchvision_dataset(config, spec)
     if spec in SOURCES:

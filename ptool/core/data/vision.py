@@ -42,7 +42,7 @@ def _open_torchvision(name: str, config: Any, *, train: bool):
     import torchvision.datasets
 
     cls = getattr(torchvision.datasets, TORCHVISION[name][0])
-    root = config.data_dir
+    root = str(Path(config.data_dir).expanduser())
     kwargs = {"split": "train" if train else "test"} if name == "svhn" else {"train": train}
     try:
         return cls(root, download=config.download, **kwargs)
@@ -82,7 +82,9 @@ def _download_failed(name: str, root: str, reason: object) -> PtoolError:
 
 def torchvision_dataset(config: Any, name: str) -> DataBundle:
     check_task(config, name, ("classification",))
-    root = Path(config.data_dir)
+    root = Path(config.data_dir).expanduser()
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"--data-dir {root} is a file, not a folder (looking for {name})")
     if not root.is_dir() and not config.download:
         raise UsageError(
             f"--data-dir {root} does not exist (looking for {name})",

@@ -108,16 +108,27 @@ def sniff(path: Path) -> str | None:
     return None
 
 
-def read(path: str | Path) -> RawCheckpoint:
-    """Detect the format and read the object tree; one-line PtoolError for anything wrong."""
-    path = Path(path)
+def check_checkpoint_file(path: Path) -> int:
+    """The file's size, or a one-line PtoolError: missing, a folder (a run directory: its
+    checkpoints named in the hint), or empty."""
     if not path.exists():
         raise PtoolError(f"no such checkpoint: {path}")
     if path.is_dir():
-        raise PtoolError(f"{path} is a directory, not a checkpoint file")
+        inside = sorted(p.name for p in path.glob("*.pt"))
+        raise PtoolError(
+            f"{path} is a directory, not a checkpoint file",
+            hint=f"give one of its checkpoints: {', '.join(inside)}" if inside else None,
+        )
     size = path.stat().st_size
     if size == 0:
         raise PtoolError(f"{path} is empty (0 bytes)")
+    return size
+
+
+def read(path: str | Path) -> RawCheckpoint:
+    """Detect the format and read the object tree; one-line PtoolError for anything wrong."""
+    path = Path(path)
+    size = check_checkpoint_file(path)
     readers = {"zip": _read_zip, "pickle": _read_pickle_stream, "safetensors": _read_safetensors}
     kind = sniff(path)
     if kind is not None:
