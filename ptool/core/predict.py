@@ -232,6 +232,13 @@ class Reader:
             columns = list(range(len(header)))
             has_header = any(_number(cell) is None for cell in header)
             body = numbered[1:] if has_header else numbered
+            if len(header) != self.info.input_shape[0]:  # one line for the file, not per row
+                yield Sample(
+                    str(path),
+                    error=f"{len(header)} columns; the model expects {_expects(self.info)} "
+                    "(its run saved no column names: every column is a feature)",
+                )
+                return
         if not body:
             yield Sample(str(path), error="no data rows after the header")
             return

@@ -233,6 +233,27 @@ def test_csv_rows_by_column_name_and_regression_values(tmp_path):
     assert record["error"] == "no data rows after the header"
 
 
+def test_a_csv_for_a_run_without_column_names(tmp_path):
+    """A tensors run saves no names: every column is a feature, the header optional, and a
+    wrong column count is one error for the file (it was one per row, about the target)."""
+    x = torch.randn(40, 4, generator=torch.Generator().manual_seed(0))
+    torch.save({"x": x, "y": (x[:, 0] > 0).long()}, tmp_path / "t.pt")
+    ckpt = _train(tmp_path / "run", data=f"tensors:{tmp_path / 't.pt'}", model="mlp")
+    model, info, *_ = load_predictor(ckpt, "cpu")
+    (tmp_path / "plain.csv").write_text("\n".join(",".join(map(str, r)) for r in x[:3].tolist()))
+    records = _records(ckpt, [str(tmp_path / "plain.csv")])
+    with torch.no_grad():
+        oracle = model((x[:3] - torch.tensor(info.mean)) / torch.tensor(info.std)).argmax(1)
+    assert [r["prediction"] for r in records] == oracle.tolist()
+    rows = ["f0,f1,f2,f3,label"] + [",".join(map(str, [*r, 0])) for r in x[:30].tolist()]
+    (tmp_path / "labelled.csv").write_text("\n".join(rows) + "\n")
+    (record,) = _records(ckpt, [str(tmp_path / "labelled.csv")])
+    assert record["error"] == (
+        "5 columns; the model expects 4 features (its run saved no column names: every column "
+        "is a feature)"
+    )
+
+
 def test_quantized_checkpoint_predictions(image_run, tmp_path):
     from ptool.core.quantize import QuantizeOptions, quantize_checkpoint
 
