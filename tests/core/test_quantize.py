@@ -350,19 +350,20 @@ def test_qat_fine_tunes_through_the_engine_and_resumes_exactly(cnn_ckpt, tmp_pat
             assert torch.equal(value, b[key]), key
 
 
-def test_qat_drops_the_runs_ema_compile_and_precision(tmp_path):
+def test_qat_drops_the_runs_ema_compile_precision_and_grad_checkpoint(tmp_path):
     """The flags QAT refuses are not inherited from the run either (an EMA of the float model
-    failed on the fake-quant model's new buffers); its `val_ema/` monitor becomes `val/`."""
+    failed on the fake-quant model's new buffers; torch.fx could not trace --grad-checkpoint's
+    segments); its `val_ema/` monitor becomes `val/`."""
     run = {"ema": 0.9, "monitor": "val_ema/accuracy", "precision": "bf16", "compile": True}
+    run["grad_checkpoint"] = 2
     ckpt = write_checkpoint(
         tmp_path / "ema" / "best.pt", epochs=1, channels=[4], channels_last=True, **run
     )
     report = _qat(ckpt, tmp_path, "qat", epochs=1)
     assert report["qat"]["status"] == "completed"
     config = torch.load(tmp_path / "qat" / "last.pt", weights_only=True)["config"]
-    assert (config["ema"], config["compile"], config["precision"], config["channels_last"]) == (
-        None, False, "fp32", False
-    )  # fmt: skip
+    dropped = ("ema", "compile", "precision", "channels_last", "grad_checkpoint")
+    assert [config[name] for name in dropped] == [None, False, "fp32", False, 0]
     assert config["monitor"] == "val/accuracy"
 
 

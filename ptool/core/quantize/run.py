@@ -114,7 +114,9 @@ def _float_model(ckpt: dict[str, Any]) -> nn.Module:
 
     from ptool.core.restore import model_from_checkpoint
 
-    model = model_from_checkpoint(ckpt)
+    # without gradient checkpointing: torch.fx cannot trace its segments (QAT trains through
+    # them), and an int8 model has no backward pass to save memory in
+    model = model_from_checkpoint({**ckpt, "config": {**ckpt["config"], "grad_checkpoint": 0}})
     for module in model.modules():
         for hook in list(module._forward_pre_hooks.values()):
             if isinstance(hook, prune.BasePruningMethod):
@@ -207,7 +209,7 @@ class FreezeSchedule:
 
 def qat_config(config: TrainConfig, overrides: dict[str, Any], source: Path) -> TrainConfig:
     """The fine-tune config with QAT's defaults (3 epochs, lr x 0.1), then the flags given;
-    always fp32 on the CPU, where the int8 kernels run."""
+    always fp32 on the CPU, where the int8 kernels run, without gradient checkpointing."""
     from ptool.core.restore import finetune_config
 
     tuned = finetune_config(
@@ -218,7 +220,7 @@ def qat_config(config: TrainConfig, overrides: dict[str, Any], source: Path) -> 
         epochs=QAT_DEFAULTS["epochs"],
         lr=config.lr * QAT_DEFAULTS["lr_factor"],
     )
-    return tuned.replace(device="cpu", precision="fp32", channels_last=False)
+    return tuned.replace(device="cpu", precision="fp32", channels_last=False, grad_checkpoint=0)
 
 
 def run_qat(
