@@ -244,15 +244,25 @@ def extract_state_dict(obj: Any) -> dict[str, torch.Tensor]:
     """The model weights inside a plain state dict or another tool's checkpoint.
 
     Handles ptool, Lightning (`state_dict`, `model.` prefix), timm (`state_dict`),
-    `{"model": ...}` layouts, and DDP's `module.` prefix.
+    `{"model": ...}` layouts, DDP's `module.` prefix, and torch.nn.utils.prune's
+    `weight_orig` / `weight_mask` pairs (the `weight` they stand for).
     """
     if isinstance(obj, Mapping):
         if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            return _strip_prefix(dict(obj))
+            return _strip_prefix(_fold_pruning_masks(dict(obj)))
         for key in _NESTED_KEYS:
             if key in obj and isinstance(obj[key], Mapping):
                 return extract_state_dict(obj[key])
     raise PtoolError("found no model state dict in the checkpoint")
+
+
+def _fold_pruning_masks(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`x_orig * x_mask` as `x`, what prune's forward hook computes (and prune.remove saves)."""
+    for key in [k for k in state if k.endswith("_orig")]:
+        name = key.removesuffix("_orig")
+        if f"{name}_mask" in state:
+            state[name] = state.pop(key) * state.pop(f"{name}_mask")
+    return state
 
 
 def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

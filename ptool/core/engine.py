@@ -307,7 +307,9 @@ class Trainer:
         """Weights only (fine-tuning, transfer): a ptool checkpoint, a plain state_dict or the
         one inside another tool's checkpoint. Keys that do not match, and with --no-strict
         tensors of another shape (a new head), are listed; --strict refuses them."""
-        state = ckpt_io.extract_state_dict(ckpt_io.load(path, unsafe=unsafe))
+        loaded = ckpt_io.load(path, unsafe=unsafe)
+        _refuse_derived_weights(loaded, path)
+        state = ckpt_io.extract_state_dict(loaded)
         own = model.state_dict()
         unmatched = {
             "missing": [k for k in own if k not in state],
@@ -958,6 +960,26 @@ class Trainer:
             self.lock.release()
             self.lock = None
         shutdown_distributed(self.dist)
+
+
+def _refuse_derived_weights(loaded: Any, path: str) -> None:
+    """ptool's int8 and compacted files: no float weights of the config's shapes to start from
+    (`--no-strict` would leave those layers at random)."""
+    if not isinstance(loaded, dict):
+        return
+    recipe, pruning = loaded.get("quantization"), loaded.get("pruning") or {}
+    if recipe:
+        source = f": {recipe['source']}" if recipe.get("source") else ""
+        raise UsageError(
+            f"--init-from {path} is a quantized model: its weights are int8, not float",
+            hint=f"start from the float checkpoint it was made from{source}",
+        )
+    if pruning.get("compacted"):
+        raise UsageError(
+            f"--init-from {path} is a compacted pruned model: its layers have their own "
+            "shapes, not the config's",
+            hint=f"fine-tune it with: ptool prune {path} --amount 0 --finetune-epochs 3",
+        )
 
 
 def _cloned(value: Any) -> Any:

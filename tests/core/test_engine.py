@@ -582,6 +582,40 @@ def test_init_from_starts_from_another_runs_weights(tmp_path):
         fit(small(tmp_path, "third", hidden=[7], init_from=init), quiet=True)
 
 
+def test_init_from_a_masked_pruned_file_takes_its_pruned_weights(tmp_path):
+    """`--keep-masks` files hold weight_orig/weight_mask: strict init refused them, and the
+    --no-strict its hint offered left those layers at random. int8 and compacted files are
+    refused with the way that works."""
+    from torch.nn.utils import prune
+
+    from ptool.core.restore import model_from_checkpoint
+
+    fit(small(tmp_path, "first", epochs=1), quiet=True)
+    ckpt = torch.load(tmp_path / "first" / "last.pt", weights_only=True)
+    model = model_from_checkpoint(ckpt)
+    prune.l1_unstructured(model.head, "weight", amount=0.5)
+    masked = dict(ckpt, model_state_dict=model.state_dict())  # what --keep-masks saves
+    torch.save(masked, tmp_path / "masked.pt")
+    prune.remove(model.head, "weight")
+    seen = {}
+
+    class Grab:
+        def on_fit_start(self, trainer):
+            seen.update({k: v.clone() for k, v in trainer.model.state_dict().items()})
+
+    init = str(tmp_path / "masked.pt")
+    fit(small(tmp_path, "second", epochs=1, init_from=init), quiet=True, callbacks=[Grab()])
+    assert seen.keys() == model.state_dict().keys()
+    assert all(torch.equal(seen[k], v) for k, v in model.state_dict().items())
+    for extra, message in (
+        ({"quantization": {"source": "runs/a/best.pt"}}, "is a quantized model: its weights"),
+        ({"pruning": {"compacted": True}}, "is a compacted pruned model: its layers have"),
+    ):
+        torch.save({**ckpt, **extra}, tmp_path / "derived.pt")
+        with pytest.raises(UsageError, match=message):
+            fit(small(tmp_path, "third", init_from=str(tmp_path / "derived.pt")), quiet=True)
+
+
 def test_a_last_batch_of_one_sample_through_batch_norm_names_drop_last(tmp_path):
     config = small(tmp_path, "run", norm="batch", batch_size=79, epochs=1)  # 80 train samples
     with pytest.raises(UsageError, match=r"holds 1 sample \(80 samples, --batch-size 79\)") as info:
