@@ -157,13 +157,16 @@ def load(
     """
     path = Path(path)
     check_checkpoint_file(path)
-    from ptool.core.inspect.reader import sniff
+    from ptool.core.inspect.reader import data_pickle_name, sniff
 
     is_zip, kind = zipfile.is_zipfile(path), sniff(path)
     if kind == "zip" and not is_zip:  # a zip checkpoint cut short
         raise PtoolError(f"{path} is truncated or corrupt (its zip directory is missing)")
     if kind not in ("zip", "pickle"):  # torch.save writes a zip, or a binary pickle
         raise PtoolError(f"{path} is not a PyTorch checkpoint (not a torch.save file)")
+    if is_zip:  # torch's own error for another zip: "[enforce fail at inline_container.cc ..."
+        with zipfile.ZipFile(path) as archive:
+            data_pickle_name(path, archive.namelist())
     if mmap is None:
         mmap = is_zip
     try:

@@ -559,6 +559,23 @@ def test_truncated_corrupt_empty_foreign_files(tmp_path, ptool_ckpt):
         assert "\n" not in str(error.value), name
 
 
+def test_load_names_a_zip_that_is_not_a_torch_save_file(tmp_path, ptool_ckpt):
+    """eval, prune and quantize said torch's "[enforce fail at inline_container.cc:180] ...";
+    inspect-checkpoint named the file's kind. Both read it the same way now."""
+    from ptool.core.checkpoint import load
+
+    bad = _bad_files(tmp_path, ptool_ckpt)
+    for name in ("no data.pkl", "truncated", "empty"):
+        data, message = bad[name]
+        (tmp_path / "bad.pt").write_bytes(data)
+        with pytest.raises(PtoolError, match=message):
+            load(tmp_path / "bad.pt")
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), tmp_path / "scripted.pt")
+    with pytest.raises(PtoolError, match="is a TorchScript archive") as error:
+        load(tmp_path / "scripted.pt")
+    assert error.value.hint == "load it with torch.jit.load"
+
+
 def test_groups_and_tree_subtotals(ptool_ckpt):
     report = inspect(ptool_ckpt, InspectOptions(depth=1, tree=True, filter=r"\.weight$"))
     assert [r["name"] for r in report["tensors"]] == ["0.weight", "1.weight", "3.weight"]

@@ -138,6 +138,21 @@ def read(path: str | Path) -> RawCheckpoint:
     )
 
 
+def data_pickle_name(path: Path, names: list[str]) -> str:
+    """The `<archive>/data.pkl` a torch.save zip holds, or a one-line PtoolError saying what
+    the zip is instead: a TorchScript archive (`--torchscript` output: data.pkl beside its
+    constants.pkl and code), or another zip."""
+    if any(n.count("/") == 1 and n.endswith("/constants.pkl") for n in names):
+        raise PtoolError(
+            f"{path} is a TorchScript archive, not a torch.save checkpoint",
+            hint="load it with torch.jit.load",
+        )
+    pkl = next((n for n in names if n.count("/") == 1 and n.endswith("/data.pkl")), None)
+    if pkl is None:
+        raise PtoolError(f"{path} is a zip archive without data.pkl, not a torch.save file")
+    return pkl
+
+
 def _read_zip(path: Path, size: int) -> RawCheckpoint:
     try:
         archive = zipfile.ZipFile(path)
@@ -145,14 +160,7 @@ def _read_zip(path: Path, size: int) -> RawCheckpoint:
         raise PtoolError(f"{path} is truncated or corrupt ({exc})") from None
     with archive:
         entries = {info.filename: info for info in archive.infolist()}
-        pkl = next((n for n in entries if n.count("/") == 1 and n.endswith("/data.pkl")), None)
-        if pkl is None:
-            if any(n.endswith("/constants.pkl") for n in entries):
-                raise PtoolError(
-                    f"{path} is a TorchScript archive, not a torch.save checkpoint",
-                    hint="load it with torch.jit.load",
-                )
-            raise PtoolError(f"{path} is a zip archive without data.pkl, not a torch.save file")
+        pkl = data_pickle_name(path, list(entries))
         prefix = pkl.split("/", 1)[0]
         try:
             data = archive.read(pkl)
