@@ -65,10 +65,14 @@ def model_from_checkpoint(
     from ptool.core.models import build_model
 
     if ema and "ema_state_dict" not in ckpt:
-        raise UsageError(
-            "--ema: the checkpoint holds no EMA weights (its run had no --ema)",
-            hint="drop --ema",
+        derived = next((k for k in ("pruning", "quantization") if ckpt.get(k)), None)
+        why = (
+            f"{'pruned' if derived == 'pruning' else 'quantized'} files hold the model's "
+            "weights only: prune and quantize take model_state_dict, not the EMA"
+            if derived
+            else "its run had no --ema"
         )
+        raise UsageError(f"--ema: the checkpoint holds no EMA weights ({why})", hint="drop --ema")
     config, info = config_and_info(ckpt)
     try:
         model = build_model(config, info)

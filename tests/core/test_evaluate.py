@@ -254,8 +254,14 @@ def test_ema_weights_evaluate_to_the_logged_val_ema_metrics(tmp_path):
     saved = torch.load(best, weights_only=True)["ema_state_dict"]
     assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
     fit(config.replace(ema=None, monitor="val/loss", out=str(tmp_path / "plain")), quiet=True)
-    with pytest.raises(UsageError, match="holds no EMA weights"):
+    with pytest.raises(UsageError, match=r"holds no EMA weights \(its run had no --ema\)"):
         evaluate_checkpoints([tmp_path / "plain" / "best.pt"], device="cpu", ema=True)
+    from ptool.core.prune import PruneOptions, prune_checkpoint
+
+    pruned = tmp_path / "pruned.pt"  # of the --ema run: its EMA is not what was pruned
+    prune_checkpoint(best, PruneOptions(amount=0.5, evaluate=False, bench_runs=1, output=pruned))
+    with pytest.raises(UsageError, match=r"\(pruned files hold the model's weights only"):
+        evaluate_checkpoints([pruned], device="cpu", ema=True)
 
 
 def test_a_held_out_csv_is_read_by_column_and_class_name(tmp_path):
