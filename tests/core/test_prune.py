@@ -240,8 +240,15 @@ def test_a_compaction_that_breaks_a_group_norms_groups_is_refused(tmp_path):
     )
     with pytest.raises(UsageError, match="left body.0.norm with 6 channels in 8 groups") as info:
         _prune(ckpt, tmp_path, method="ln-structured", amount=0.3, compact=True)
-    assert info.value.hint == "choose an amount that keeps a multiple of 8 channels"
+    assert info.value.hint == (  # body.0 has 8 channels: only its exclusion works
+        "choose an amount that keeps a multiple of 8 channels, or leave the layer out: "
+        r"--exclude '^body\.0\.conv$'"
+    )
     assert not (tmp_path / "out.pt").exists()
+    report, _ = _prune(ckpt, tmp_path, method="ln-structured", amount=0.5, compact=True,
+                       exclude=r"^body\.0\.conv$")  # fmt: skip
+    rows = {row["name"]: row for row in report["layers"] if row["selected"]}
+    assert list(rows) == ["body.1.conv"] and rows["body.1.conv"]["shape_after"][0] == 8
 
 
 def test_compaction_through_a_one_slope_prelu(tmp_path):

@@ -464,6 +464,21 @@ def test_a_qat_runs_ranges_are_set_by_training_data_only(cnn_ckpt, tmp_path):
         assert report["metrics"]["loss"] == pytest.approx(run_ckpt["metrics"]["val/loss"], rel=1e-6)
 
 
+def test_the_report_lists_the_layers_left_in_float_and_no_dropout_as_int8(tmp_path):
+    """GroupNorm and GELU run on dequantized values between the int8 convs: the report said
+    nothing of them, and listed the mlp's Dropout among the quantized layers."""
+    ckpt = write_checkpoint(
+        tmp_path / "gn.pt", model="cnn", channels=[8, 16], norm="group", activation="gelu"
+    )
+    report = quantize_checkpoint(ckpt, _fast("static", calib_batches=2, evaluate=False))
+    assert report["kept_float"] == ["body.0.norm", "body.0.act", "body.1.norm", "body.1.act"]
+    assert report["quantized_layers"] == ["body.0.conv", "body.1.conv", "head"]
+    mlp = write_checkpoint(tmp_path / "mlp.pt", model="mlp", hidden=[16], dropout=0.1)
+    report = quantize_checkpoint(mlp, _fast("static", calib_batches=2, evaluate=False))
+    assert report["quantized_layers"] == ["body.1.linear", "head"]
+    assert report["kept_float"] == []
+
+
 @pytest.mark.parametrize("mode", ["static", "qat"])
 def test_prelu_stays_float_and_the_written_file_evaluates_as_reported(mode, tmp_path):
     """torch's int8 PReLU keeps its slope and output qparams outside the state dict (a reload

@@ -10,6 +10,7 @@ so `model_from_checkpoint` rebuilds it without user code.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -120,7 +121,8 @@ class Compactor:
                 raise UsageError(  # the --amount's count, so a usage error
                     f"compacting {name} left {module_name} with {module.num_channels} channels "
                     f"in {module.num_groups} groups",
-                    hint=f"choose an amount that keeps a multiple of {module.num_groups} channels",
+                    hint=f"choose an amount that keeps a multiple of {module.num_groups} "
+                    f"channels, or leave the layer out: --exclude '^{re.escape(name)}$'",
                 )
         self.model.eval()
         try:

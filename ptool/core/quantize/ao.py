@@ -401,19 +401,46 @@ def is_quantized_module(module: nn.Module) -> bool:
     )
 
 
+# Layers that only move or pass values: no compute to run in int8 or in float.
+_NO_COMPUTE = (nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout)
+
+
 def quantized_layer_names(model: nn.Module) -> list[str]:
-    """Names of the int8 layers (packed-weight holders inside them are not layers)."""
+    """Names of the int8 layers (packed-weight holders inside them are not layers, and a
+    converted Dropout is still a no-op)."""
     return [
         name
         for name, module in model.named_modules()
-        if is_quantized_module(module) and not name.endswith("_packed_params")
+        if is_quantized_module(module)
+        and not name.endswith("_packed_params")
+        and type(module).__name__ != "Dropout"
     ]
 
 
 def kept_float_layer_names(model: nn.Module) -> list[str]:
-    """The FLOAT_ONLY_LAYERS static/qat left in float between int8 layers."""
-    kept = tuple(_kept_float(layer) for layer in FLOAT_ONLY_LAYERS)
-    return [name for name, module in model.named_modules() if isinstance(module, kept)]
+    """The layers static/qat left in float between int8 ones: those the converted graph feeds
+    dequantized values (GroupNorm, GELU, ... that torch has no int8 kernel for here, and the
+    FLOAT_ONLY_LAYERS on purpose). Dynamic models are float but for their Linear/LSTM layers."""
+    graph = getattr(model, "graph", None)
+    if graph is None:
+        return []
+    modules = dict(model.named_modules())
+    float_values: set[torch.fx.Node] = set()
+    kept = []
+    for node in graph.nodes:
+        inputs = [arg for arg in node.args if isinstance(arg, torch.fx.Node)]
+        if node.op == "placeholder" or node.target == "dequantize":
+            float_values.add(node)
+        elif node.target is torch.quantize_per_tensor or not inputs:
+            continue
+        elif node.op != "call_module":  # a function or method: the domain of its input
+            if inputs[0] in float_values:
+                float_values.add(node)
+        elif not is_quantized_module(modules[node.target]) and inputs[0] in float_values:
+            float_values.add(node)
+            if not isinstance(modules[node.target], _NO_COMPUTE):
+                kept.append(node.target)
+    return kept
 
 
 def fused_modules(float_model: nn.Module, quantized: nn.Module) -> list[list[str]]:
