@@ -223,6 +223,23 @@ def test_pruned_recipe_without_masks_counts_zero_weights(tmp_path):
     assert pruning["source"] == "weights" and pruning["sparsity"] == 0.25
     assert pruning["recipe"]["method"] == "l1"
 
+    # the same weights int8: a quantized Linear keeps its weight in `_packed_params` (it was
+    # left out: an empty table, sparsity -)
+    quantized = torch.ao.quantization.quantize_dynamic(nn.Sequential(linear), {nn.Linear})
+    int8 = quantized[0].weight()
+    torch.save(
+        {
+            "format": "ptool.checkpoint",
+            "format_version": 1,
+            "model_state_dict": quantized.state_dict(),
+            "pruning": {"method": "l1", "amount": 0.25, "compacted": False, "layers": ["0"]},
+        },
+        path,
+    )
+    (layer,) = inspect(path, InspectOptions())["pruning"]["layers"]
+    assert layer["name"] == "0.weight"
+    assert layer["zeros"] == int((int8.int_repr() == int8.q_zero_point()).sum()) == 16
+
 
 def test_quantized_dynamic_and_static(tmp_path):
     dynamic = torch.ao.quantization.quantize_dynamic(nn.Sequential(nn.Linear(4, 3)), {nn.Linear})

@@ -21,12 +21,11 @@ def pruning(
     elif recipe is not None:
         source = "weights"
         layers = recipe.get("layers") if isinstance(recipe, Mapping) else None
+        weights = [(_weight_of(n), t) for n, t in tensors if len(t.shape) >= 2]
         masks = [
-            (n, t)
-            for n, t in tensors
-            if n.endswith("weight")
-            and len(t.shape) >= 2
-            and (not layers or n.removesuffix(".weight") in layers)  # the recipe's own layers
+            (found[0], t)
+            for found, t in weights
+            if found is not None and (not layers or found[1] in layers)  # the recipe's layers
         ]
     else:
         return None
@@ -49,6 +48,17 @@ def pruning(
         "layers": layers,
         "sparsity": sum(layer["zeros"] for layer in counted) / numel if numel else None,
     }
+
+
+def _weight_of(name: str) -> tuple[str, str] | None:
+    """(weight name, layer) for a layer's weight tensor: `x.weight`, or an int8 Linear's packed
+    one (`x._packed_params._packed_params[0]`, shown as `x.weight`); None for another tensor."""
+    if name.endswith("._packed_params._packed_params[0]"):
+        layer = _layer_of(name)
+        return f"{layer}.weight", layer
+    if name == "weight" or name.endswith(".weight"):
+        return name, name.removesuffix("weight").removesuffix(".")
+    return None
 
 
 def _layer_of(name: str) -> str:
