@@ -669,6 +669,22 @@ def test_fx_activation_qparams_are_buffers_and_dynamic_layers_have_no_output_qpa
     assert layer["activations"] == "dynamic"
 
 
+def test_a_qat_models_fake_quantize_state_is_buffers(tmp_path):
+    """A QAT run's checkpoint: its observers' ranges and per-channel weight scales were counted
+    as parameters. The oracle: the prepared model's own named_parameters."""
+    from torch.ao.quantization import get_default_qat_qconfig_mapping, quantize_fx
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(144, 3)).train()  # fmt: skip
+    example = (torch.randn(2, 1, 8, 8),)
+    prepared = quantize_fx.prepare_qat_fx(model, get_default_qat_qconfig_mapping("x86"), example)
+    prepared(*example)
+    torch.save(prepared.state_dict(), tmp_path / "qat.pt")
+    rows = inspect(tmp_path / "qat.pt", InspectOptions())["tensors"]
+    parameters = {r["name"] for r in rows if r["kind"] == "parameter"}
+    assert parameters == {name for name, _ in prepared.named_parameters()}
+
+
 class TiedLM(nn.Module):
     """An embedding shared with the output layer, as language models tie them."""
 

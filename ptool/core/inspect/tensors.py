@@ -14,6 +14,8 @@ QPARAM_NAMES = frozenset({"scale", "zero_point"})
 # torch.fx's quantized graphs keep their activations' parameters as attributes of the root
 # module, named after the node: `body_0_conv_input_scale_0`, `..._input_zero_point_0`.
 FX_QPARAM = re.compile(r"_(scale|zero_point)_\d+$")
+# QAT's fake-quantize modules and their observers hold buffers only (ranges, qparams, switches).
+FAKE_QUANT = re.compile(r"(^|\.)(activation_post_process(_\d+)?|\w+_fake_quant)\.")
 
 
 def kind(name: str, t: TensorMeta) -> str:
@@ -21,7 +23,7 @@ def kind(name: str, t: TensorMeta) -> str:
     if t.is_parameter:
         return "parameter"
     last = name.rsplit(".", 1)[-1]
-    if last in BUFFER_NAMES or last.endswith("_mask"):
+    if last in BUFFER_NAMES or last.endswith("_mask") or FAKE_QUANT.search(name):
         return "buffer"
     qparam = last in QPARAM_NAMES or ("." not in name and FX_QPARAM.search(name))
     if qparam and t.numel <= 1 and not t.quant:
