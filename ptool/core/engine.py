@@ -40,6 +40,7 @@ from ptool.core.checks import (
 )
 from ptool.core.config import TrainConfig
 from ptool.core.errors import PtoolError, UsageError, count
+from ptool.core.init_from import load_initial_weights
 from ptool.core.metrics import EpochMetrics
 from ptool.core.optim import build_loss, build_optimizer, mean_weight
 from ptool.core.runtime import (
@@ -228,7 +229,13 @@ class Trainer:
             if resume is None:
                 check_grad_checkpoint(model, self.config)
         if self.config.init_from and resume is None:
-            self._init_from(model, self.config.init_from, unsafe=unsafe_load)
+            load_initial_weights(
+                model,
+                self.config.init_from,
+                strict=self.config.strict,
+                unsafe=unsafe_load,
+                log=self.log,
+            )
         if prepare_model is not None:
             model = prepare_model(model)
         self.model = self._place(model)
@@ -302,41 +309,6 @@ class Trainer:
         if refusal is not None:
             raise UsageError(*refusal)
         return result
-
-    def _init_from(self, model: nn.Module, path: str, *, unsafe: bool) -> None:
-        """Weights only (fine-tuning, transfer): a ptool checkpoint, a plain state_dict or the
-        one inside another tool's checkpoint. Keys that do not match, and with --no-strict
-        tensors of another shape (a new head), are listed; --strict refuses them."""
-        loaded = ckpt_io.load(path, unsafe=unsafe)
-        _refuse_derived_weights(loaded, path)
-        state = ckpt_io.extract_state_dict(loaded)
-        own = model.state_dict()
-        unmatched = {
-            "missing": [k for k in own if k not in state],
-            "unexpected": [k for k in state if k not in own],
-            "shape-mismatched": [
-                f"{k} {list(v.shape)} vs {list(own[k].shape)}"
-                for k, v in state.items()
-                if k in own and getattr(v, "shape", None) != own[k].shape
-            ],
-        }
-        lines = [
-            f"{kind} keys ({len(keys)}): {', '.join(keys)}"
-            for kind, keys in unmatched.items()
-            if keys
-        ]
-        if self.config.strict and lines:
-            raise UsageError(
-                f"--init-from {path} does not fit the model: {'; '.join(lines)}",
-                hint="use --no-strict to load only the matching tensors",
-            )
-        fits = {
-            k: v for k, v in state.items() if k in own and getattr(v, "shape", None) == own[k].shape
-        }
-        model.load_state_dict(fits, strict=False)
-        self.log(f"--init-from {path}: {len(fits)} of the model's {len(own)} tensors loaded")
-        for line in lines:
-            self.log(f"  {line}")
 
     def _place(self, model: nn.Module) -> nn.Module:
         model = model.to(self.device)
@@ -960,26 +932,6 @@ class Trainer:
             self.lock.release()
             self.lock = None
         shutdown_distributed(self.dist)
-
-
-def _refuse_derived_weights(loaded: Any, path: str) -> None:
-    """ptool's int8 and compacted files: no float weights of the config's shapes to start from
-    (`--no-strict` would leave those layers at random)."""
-    if not isinstance(loaded, dict):
-        return
-    recipe, pruning = loaded.get("quantization"), loaded.get("pruning") or {}
-    if recipe:
-        source = f": {recipe['source']}" if recipe.get("source") else ""
-        raise UsageError(
-            f"--init-from {path} is a quantized model: its weights are int8, not float",
-            hint=f"start from the float checkpoint it was made from{source}",
-        )
-    if pruning.get("compacted"):
-        raise UsageError(
-            f"--init-from {path} is a compacted pruned model: its layers have their own "
-            "shapes, not the config's",
-            hint=f"fine-tune it with: ptool prune {path} --amount 0 --finetune-epochs 3",
-        )
 
 
 def _cloned(value: Any) -> Any:
