@@ -220,7 +220,7 @@ def _test_split(config: Any, bundle: Any) -> Dataset:
         from ptool.core.data.common import TransformedSubset
         from ptool.core.data.image_folder import VisibleImageFolder
 
-        test = VisibleImageFolder(test_dir)
+        test = VisibleImageFolder(test_dir, mode="L" if bundle.info.input_shape[0] == 1 else "RGB")
         if list(test.classes) != list(bundle.info.class_names):
             raise UsageError(f"{test_dir} has classes {test.classes}, the run has other ones")
         return TransformedSubset(test, None, bundle.val.transform)
@@ -288,8 +288,9 @@ def split_dataset(config: Any, info: Any, *, data: str | None = None, split: str
         if info.is_image and info.input_shape[1] == info.input_shape[2]:
             changes["image_size"] = info.input_shape[1]
         data_config = data_config.replace(**changes)
+    grayscale = not own and info.is_image and info.input_shape[0] == 1  # an image folder in L
     try:
-        bundle = build_data(data_config)
+        bundle = build_data(data_config, image_channels=1 if grayscale else 3)
     except TabularImageSize:  # the model's image size, asked of a tabular source
         raise UsageError(
             f"--data {data} is tabular; the model expects images of shape {info.input_shape}"

@@ -327,6 +327,45 @@ def test_a_held_out_csv_is_read_by_column_and_class_name(tmp_path):
         evaluate_checkpoints([ckpt_path], data=f"csv:{tmp_path / 'fish.csv'}", split="all")
 
 
+def test_an_image_folder_is_read_in_grayscale_for_a_one_channel_model(tmp_path):
+    """It was refused ("gives inputs of shape [3, 16, 16]; the model expects [1, 16, 16]")
+    while `ptool predict` read the same files as Pillow's L. The oracle: L, / 255, the run's
+    statistics, the model, mean cross-entropy."""
+    import numpy as np
+    from PIL import Image
+
+    from ptool.core.engine import fit
+    from ptool.core.restore import model_from_checkpoint
+
+    config = TrainConfig(data="synthetic", shape="1x16x16", num_classes=2, samples=64,
+                         model="cnn", channels=[4], epochs=1, seed=0, tensorboard=False,
+                         out=str(tmp_path / "run"))  # fmt: skip
+    fit(config, quiet=True)
+    rng = np.random.default_rng(0)
+    files = []
+    for label in ("0", "1"):
+        (tmp_path / "imgs" / label).mkdir(parents=True)
+        for i, mode in enumerate(("RGB", "L", "RGBA")):
+            pixels = rng.integers(0, 255, (16, 16, 4), dtype=np.uint8)
+            image = Image.fromarray(pixels, "RGBA").convert(mode)
+            image.save(tmp_path / "imgs" / label / f"{i}.png")
+            files.append((tmp_path / "imgs" / label / f"{i}.png", int(label)))
+    best = tmp_path / "run" / "best.pt"
+    (report,) = evaluate_checkpoints([best], data=f"imagefolder:{tmp_path / 'imgs'}", split="all")
+    ckpt = torch.load(best, weights_only=True)
+    model, info = model_from_checkpoint(ckpt).eval(), ckpt["data_info"]
+    x = torch.stack([
+        torch.from_numpy(np.array(Image.open(path).convert("L"))).float().unsqueeze(0) / 255
+        for path, _ in files
+    ])  # fmt: skip
+    with torch.no_grad():
+        logits = model((x - torch.tensor(info["mean"])) / torch.tensor(info["std"]))
+    labels = torch.tensor([label for _, label in files])
+    loss = torch.nn.functional.cross_entropy(logits, labels)
+    assert report["samples"] == 6
+    assert report["metrics"]["loss"] == pytest.approx(loss.item(), rel=1e-5)
+
+
 def test_a_held_out_image_sources_wrappers_pickle_for_spawned_workers():
     """macOS and Windows start DataLoader workers by spawning: the dataset is pickled."""
     import pickle

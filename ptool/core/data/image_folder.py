@@ -4,6 +4,7 @@ cannot decode named in a one-line error (a module of its own: it imports torchvi
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +28,14 @@ def is_hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
-def load_rgb(path: str) -> Any:
-    """ImageFolder's default loader, with the file named when Pillow fails on it."""
+def load_image(path: str, mode: str = "RGB") -> Any:
+    """ImageFolder's default loader (in Pillow `mode`: RGB, or L for grayscale), with the file
+    named when Pillow fails on it."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with open(path, "rb") as file:
-            return Image.open(file).convert("RGB")
+            return Image.open(file).convert(mode)
     except UnidentifiedImageError:
         raise UnreadableImage(f"{path}: not an image Pillow reads") from None
     except (OSError, ValueError) as exc:  # a truncated JPEG or PNG: "image file is truncated"
@@ -41,10 +43,13 @@ def load_rgb(path: str) -> Any:
 
 
 class VisibleImageFolder(ImageFolder):
-    """PATH/CLASS/IMAGE without hidden folders or files."""
+    """PATH/CLASS/IMAGE without hidden folders or files, read in Pillow `mode`."""
 
-    def __init__(self, root: str | Path):
-        super().__init__(str(root), loader=load_rgb, is_valid_file=self._is_visible_image)
+    def __init__(self, root: str | Path, mode: str = "RGB"):
+        super().__init__(
+            str(root), loader=partial(load_image, mode=mode), is_valid_file=self._is_visible_image
+        )
+        self.mode = mode
 
     def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
         with os.scandir(directory) as entries:

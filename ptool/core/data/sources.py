@@ -22,14 +22,18 @@ PREFIXED: dict[str, tuple[Callable[[Any, str], DataBundle], str]] = {
 VALID_SPECS = (*SOURCES, *TORCHVISION, *(f"{p}:{example}" for p, (_, example) in PREFIXED.items()))
 
 
-def build_data(config: Any) -> DataBundle:
-    """The train/val datasets and DataInfo for `config.data`."""
+def build_data(config: Any, *, image_channels: int = 3) -> DataBundle:
+    """The train/val datasets and DataInfo for `config.data`; an image folder is read with
+    `image_channels` (3: RGB, 1: grayscale, for eval of a one-channel model)."""
     spec = config.data
     prefix, sep, arg = spec.partition(":")
     if sep and prefix in PREFIXED:
         if not arg:
             raise UsageError(f"--data {prefix}: needs a path, e.g. {prefix}:{PREFIXED[prefix][1]}")
-        return PREFIXED[prefix][0](config, str(Path(arg).expanduser()))  # `imagefolder:~/x`
+        path = str(Path(arg).expanduser())  # `imagefolder:~/x`
+        if prefix == "imagefolder":
+            return imagefolder(config, path, channels=image_channels)
+        return PREFIXED[prefix][0](config, path)
     if spec in TORCHVISION:
         return torchvision_dataset(config, spec)
     if spec in SOURCES:

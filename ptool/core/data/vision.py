@@ -144,12 +144,13 @@ def _pil_bundle(config, *, source, sets, channels, size, known_stats, classes, i
 DEFAULT_IMAGE_SIZE = 64
 
 
-def imagefolder(config: Any, path: str) -> DataBundle:
+def imagefolder(config: Any, path: str, *, channels: int = 3) -> DataBundle:
     """torchvision ImageFolder (RGB): PATH/train + PATH/val (or test), else a seeded split;
     hidden folders and files (.git, ._photo.jpg) are skipped.
 
     Images are resized to --image-size (default 64) squares and normalized with ImageNet's
-    statistics (what photos and torchvision's models expect).
+    statistics (what photos and torchvision's models expect). `channels=1` reads them as
+    grayscale (Pillow's L), for eval of a one-channel model, which brings its own statistics.
     """
     from ptool.core.data.image_folder import VisibleImageFolder
 
@@ -169,7 +170,7 @@ def imagefolder(config: Any, path: str) -> DataBundle:
 
     def open_folder(folder: Path) -> Any:
         try:
-            return VisibleImageFolder(folder)
+            return VisibleImageFolder(folder, mode="L" if channels == 1 else "RGB")
         except (FileNotFoundError, OSError) as exc:
             raise UsageError(
                 f"imagefolder: {exc}", hint="expected PATH/CLASS/IMAGE (or PATH/train/CLASS/...)"
@@ -199,9 +200,9 @@ def imagefolder(config: Any, path: str) -> DataBundle:
         config,
         source=f"imagefolder:{path}",
         sets=(base, train_idx, val_base, val_idx),
-        channels=3,
+        channels=channels,
         size=size,
-        known_stats=(IMAGENET_MEAN, IMAGENET_STD),
+        known_stats=(IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else (None, None),
         classes=list(base.classes),
         image_size=size,
     )
