@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,17 @@ from ptool.core.engine import NonFiniteLoss, fit
 from ptool.core.errors import UsageError
 from ptool.core.models import build_model
 from ptool.core.runtime import seed_everything
+
+
+def csv_run(tmp_path) -> tuple[Path, list[str]]:
+    """A 1-epoch mlp run (32 train / 8 val rows) on d.csv in tmp_path: the file, its rows."""
+    rows = [f"{i % 7},{(i * 3) % 5},{'ab'[i % 2]}" for i in range(40)]
+    data = tmp_path / "d.csv"
+    data.write_text("\n".join(["u,v,label", *rows]) + "\n")
+    config = TrainConfig(data=f"csv:{data}", model="mlp", hidden=[8], epochs=1, seed=0,
+                         tensorboard=False, out=str(tmp_path / "run"))  # fmt: skip
+    fit(config, quiet=True)
+    return data, rows
 
 
 def small(tmp_path, name="run", **changes) -> TrainConfig:

@@ -171,15 +171,10 @@ def test_refusals(run, tmp_path):
 def test_the_runs_own_data_changed_since_training_is_refused(tmp_path):
     """A CSV that gained rows rebuilt another seeded split: eval reported 12 samples at 100%
     (6 of them trained on) as the run's validation, exit 0."""
-    from ptool.core.engine import fit
     from ptool.core.errors import PtoolError
+    from tests.core.test_engine import csv_run
 
-    rows = [f"{i % 7},{(i * 3) % 5},{'ab'[i % 2]}" for i in range(40)]
-    data = tmp_path / "d.csv"
-    data.write_text("\n".join(["u,v,label", *rows]) + "\n")
-    config = TrainConfig(data=f"csv:{data}", model="mlp", hidden=[8], epochs=1, seed=0,
-                         tensorboard=False, out=str(tmp_path / "run"))  # fmt: skip
-    fit(config, quiet=True)
+    data, rows = csv_run(tmp_path)
     best = tmp_path / "run" / "best.pt"
     (report,) = evaluate_checkpoints([best])
     assert report["samples"] == 8

@@ -21,7 +21,7 @@ from ptool.core.engine import fit
 from ptool.core.errors import PtoolError, UsageError
 from ptool.core.resume import find_checkpoint, plan_resume, resume_run
 from ptool.core.schedules import lr_series
-from tests.core.test_engine import small
+from tests.core.test_engine import csv_run, small
 
 # A data order that shuffles and an LR that changes at every step.
 EXACT = dict(epochs=3, deterministic=True, scheduler="onecycle", optimizer="sgd", lr=0.05)
@@ -219,14 +219,7 @@ def test_changing_the_model_data_or_optimizer_is_refused_naming_init_from(tmp_pa
 
 def test_a_resume_on_data_that_changed_since_is_refused(tmp_path):
     """Another row count re-splits the data and re-orders the epochs: not the run continued."""
-    rows = [f"{i % 7},{(i * 3) % 5},{'ab'[i % 2]}" for i in range(40)]
-    data = tmp_path / "d.csv"
-    data.write_text("\n".join(["u,v,label", *rows]) + "\n")
-    from ptool.core.config import TrainConfig
-
-    config = TrainConfig(data=f"csv:{data}", model="mlp", hidden=[8], epochs=1, seed=0,
-                         tensorboard=False, out=str(tmp_path / "run"))  # fmt: skip
-    fit(config, quiet=True)
+    data, _ = csv_run(tmp_path)
     before = (tmp_path / "run" / "last.pt").read_bytes()
     with data.open("a") as file:
         file.write("1,2,a\n")
