@@ -65,7 +65,7 @@ def eval_(
         typer.Option(
             "--output",
             "-o",
-            help="Write the confusion matrix as an image (PNG).",
+            help="Write the confusion matrix as an image (.png, .svg or .pdf).",
             show_default=False,
         ),
     ] = None,
@@ -151,11 +151,11 @@ def _check_classification(info) -> None:
 def _write_confusion(report: dict, path: Path) -> Path:
     """The confusion matrix image, its folder created; a failure is one line after the metrics."""
     from ptool.core.errors import PtoolError
-    from ptool.ui.eval_view import write_confusion_png
+    from ptool.ui.eval_view import write_confusion_image
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return write_confusion_png(report, path)
+        return write_confusion_image(report, path)
     except OSError as exc:
         raise PtoolError(
             f"could not write {path}: {exc.strerror or exc}; the metrics above are complete",

@@ -60,7 +60,10 @@ OutputOpt = Annotated[
     typer.Option(
         "--output",
         "-o",
-        help="Quantized checkpoint to write (default: <ckpt stem>.int8.pt next to the input).",
+        help=(
+            "Quantized checkpoint to write (default: <ckpt stem>.int8.pt next to the input; "
+            ".fp16.pt for --dtype float16)."
+        ),
         show_default=False,
     ),
 ]

@@ -260,7 +260,7 @@ class TrainConfig:
     clip_value: float | None = _opt(None, "Clip each gradient value.", "loop")
     precision: str = _opt(
         "fp32",
-        "Autocast precision (fp16 uses a GradScaler on CUDA).",
+        "Autocast precision (fp16 also scales the loss with a GradScaler).",
         "loop",
         choices=("fp32", "bf16", "fp16"),
     )

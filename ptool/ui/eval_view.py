@@ -133,7 +133,7 @@ def compare_table(reports: list[dict[str, Any]]) -> Table:
     return table
 
 
-def write_confusion_png(report: dict[str, Any], path: str | Path) -> Path:
+def write_confusion_image(report: dict[str, Any], path: str | Path) -> Path:
     """The confusion matrix as an image (matplotlib, Agg: no display needed)."""
     import matplotlib
 

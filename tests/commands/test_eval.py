@@ -136,7 +136,7 @@ def test_a_failed_figure_write_still_prints_the_metrics(ptool_in, monkeypatch):
     def full_disk(_report, path):
         raise OSError(28, "No space left on device", str(path))
 
-    monkeypatch.setattr("ptool.ui.eval_view.write_confusion_png", full_disk)
+    monkeypatch.setattr("ptool.ui.eval_view.write_confusion_image", full_disk)
     result = ptool_in("eval", "runs/tiny/last.pt", "-o", "cm.png", "--json")
     assert result.returncode == 1
     assert "accuracy" in json.loads(result.stdout)["metrics"]
