@@ -180,6 +180,25 @@ def test_a_data_loader_workers_error_is_its_original_last_line():
     assert describe(RuntimeError("first\nsecond"))[0] == "unexpected RuntimeError: first"
 
 
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_a_torchrun_job_says_a_usage_error_once_and_names_a_failures_rank(
+    rank, monkeypatch, capsys
+):
+    from ptool.core.errors import PtoolError, UsageError
+    from ptool.ui.errors import report
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    assert report(UsageError("--lr must be > 0")) == 2
+    said = capsys.readouterr().err
+    assert said == ("error: --lr must be > 0\n" if rank == "0" else "")
+    assert report(PtoolError("cannot read x.csv")) == 1
+    assert capsys.readouterr().err == f"error: (rank {rank}) cannot read x.csv\n"
+    monkeypatch.setenv("WORLD_SIZE", "1")  # a lone process: no rank to name
+    assert report(PtoolError("cannot read x.csv")) == 1
+    assert capsys.readouterr().err == "error: cannot read x.csv\n"
+
+
 @pytest.fixture
 def python_sigint_handler():
     """Python's own SIGINT handler for the test, and whatever was there afterwards."""

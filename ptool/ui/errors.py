@@ -10,6 +10,7 @@ import os
 import sys
 
 from ptool.core.errors import PtoolError
+from ptool.core.rundir import speaks_for_the_job
 
 DEBUG_ENV = "PTOOL_DEBUG"
 
@@ -92,6 +93,11 @@ def report(exc: BaseException, command_path: str = "ptool") -> int:
     message, hint, code = describe(exc, command_path)
     if not message:  # a command run without arguments has printed its help
         return code
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one process of a torchrun job
+        if code == 2 and not speaks_for_the_job():
+            return code  # a usage error is the same on every rank: rank 0 says it for the job
+        if code != 2:  # a failure may be one rank's own (its GPU's memory, its node's files)
+            message = f"(rank {os.environ.get('RANK', '?')}) {message}"
     # soft_wrap: the message stays one line in a pipe or a CI log, whatever the width
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     console.print(f"[bold red]error:[/bold red] {escape(message)}")
