@@ -158,6 +158,12 @@ def _noop(_: str) -> None:
     pass
 
 
+def _not_cuda_home_notice(record: logging.LogRecord) -> bool:
+    """Inductor's toolchain lookup warns "No CUDA runtime is found, using CUDA_HOME=..." on any
+    machine with a CUDA toolkit and no GPU: nothing a CPU run can act on."""
+    return not record.getMessage().startswith("No CUDA runtime is found")
+
+
 def _stderr_line(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -332,6 +338,7 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = DistributedDataParallel(model, device_ids=ids)
         if self.config.compile:
+            logging.getLogger("torch.utils.cpp_extension").addFilter(_not_cuda_home_notice)
             model = torch.compile(model)
         return model
 

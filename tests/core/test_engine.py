@@ -783,3 +783,22 @@ def test_quiet_silences_torch_compiles_own_log_lines(tmp_path, monkeypatch):
     assert calls == []
     fit(small(tmp_path, "quiet", epochs=1, compile=True), quiet=True)
     assert calls == [{"all": logging.ERROR}]
+
+
+def test_compile_hides_the_cuda_home_notice_of_a_machine_without_a_gpu(tmp_path, monkeypatch):
+    """Without --quiet too: a CPU run cannot act on inductor's toolchain notice."""
+    import logging
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord(
+            "torch.utils.cpp_extension", logging.WARNING, "", 0, message, (), None
+        )
+
+    monkeypatch.setattr(torch, "compile", lambda model: model)
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    monkeypatch.setattr(logger, "filters", [])
+    notice = record("No CUDA runtime is found, using CUDA_HOME='/usr/local'")
+    assert logger.filter(notice)
+    fit(small(tmp_path, epochs=1, compile=True), quiet=False)
+    assert not logger.filter(notice)
+    assert logger.filter(record("Error building extension 'x'"))
