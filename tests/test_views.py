@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from rich.console import Console
 
 from ptool.ui.eval_view import confusion_table, per_class_table
@@ -11,8 +12,8 @@ from ptool.ui.predict_view import predictions_table
 NAMES = ["[red]", "[b]x[/b]"]
 
 
-def _rendered(renderable) -> str:
-    console = Console(width=200, record=True, file=None, color_system=None)
+def _rendered(renderable, width: int = 200) -> str:
+    console = Console(width=width, record=True, file=None, color_system=None)
     with console.capture() as captured:
         console.print(renderable)
     return captured.get()
@@ -117,3 +118,55 @@ def test_an_epoch_without_a_step_shows_a_dash_not_python_none():
     assert _progress({"epoch": 7, "global_step": None}) == "7 / -"
     assert _progress({"epoch": 4, "global_step": 40}) == "4 / 40"
     assert _progress({"epoch": None, "global_step": None}) is None
+
+
+@pytest.mark.parametrize("width", [80, 60])
+def test_convcalc_tables_never_cut_a_number(width):
+    """Rich shrinks the columns of a table too wide for the terminal and cuts cells with '…'."""
+    from ptool.core import convcalc as cc
+    from ptool.ui import convcalc_view as view
+
+    chain = cc.compute_chain(
+        cc.parse_chain(
+            "conv k3 p1 c32; maxpool k2; conv k3 s2 c64; convT k4 s2 p1 c32; conv k3 c256"
+        ),
+        cc.parse_size("224x224"),
+        in_channels=3,
+    )
+    text = _rendered(view.chain_table(chain), width)
+    assert "…" not in text and all(len(line) <= width for line in text.splitlines())
+    for row in chain.layers:
+        for cell in (view.dims(row.input), view.dims(row.output), f"{row.params:,}"):
+            assert f" {cell} " in text, (cell, text)
+    assert f" {chain.params:,} " in text
+    layer = cc.compute(cc.make_spec("convT", (7,), stride=(3,)), {"h": 123456789, "w": 5})
+    text = _rendered(view.layer_table(layer), width)
+    assert "…" not in text and " 123456789 " in text and f" {layer.output['h']} " in text
+
+
+def test_fitted_table_drops_optional_columns_then_folds_headers_never_numbers():
+    from ptool.ui.tables import FittedTable
+
+    rows = [{"layer": "conv k3 s2", "output": "1234567x1234567", "RF": "99", "start": "1/3"}]
+    text = _rendered(FittedTable("t", rows, left=("layer",), optional=("start", "RF")), 34)
+    assert "1234567x1234567" in text and "start" not in text.splitlines()[2]
+    assert "not shown at this width: start" in text
+    # past the optional columns, headers fold rather than numbers
+    rows = [{"dim": "h", "input": "123456789", "output_padding": "1", "output": "370370368"}]
+    text = _rendered(FittedTable("t", rows, left=("dim",)), 40)
+    assert "123456789" in text and "370370368" in text and "…" not in text
+    assert "output_padding" not in text
+
+
+def test_convcalc_fractions_are_exact_in_tables_and_numbers_in_json():
+    from fractions import Fraction
+
+    from ptool.core import convcalc as cc
+    from ptool.ui import convcalc_view as view
+
+    values = {"d": Fraction(1, 3), "h": Fraction(5, 2), "w": Fraction(-1, 8)}
+    assert view.dims(values) == "1/3x2.5x-0.125"
+    layer = cc.compute(cc.make_spec("convT", (3,), stride=(3,)), {"w": 4})
+    assert layer.jump == {"w": Fraction(1, 3)}
+    assert view.json_data(layer)["jump"] == {"w": 1 / 3}
+    assert view.json_data(layer)["receptive_field"] == {"w": 5 / 3}

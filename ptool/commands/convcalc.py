@@ -75,8 +75,9 @@ StdinOpt = Annotated[
     bool,
     typer.Option(
         "--stdin",
-        help="Read one request per line (a JSON object of these options, or chain syntax) and "
-        "write one JSON line each; bad lines give an error line, exit 1 at the end.",
+        help="Read one request per line (a JSON object of these options, or chain syntax) over "
+        "the command line's and write one JSON line each; a line that fails (a bad request, a "
+        "target no padding gives) says so in an error key, exit 1 at the end.",
     ),
 ]
 
@@ -118,11 +119,7 @@ def convcalc(
     if chain is not None and chain_file is not None:
         raise UsageError("give --chain or --chain-file, not both")
     if chain_file is not None:
-        try:
-            with open(chain_file, encoding="utf-8") as file:
-                chain = file.read()
-        except FileNotFoundError:  # a flag's missing file is a usage error, as --config's
-            raise UsageError(f"--chain-file: no such file: {chain_file}") from None
+        chain = _read_chain_file(chain_file)
     request = {
         "h": h,
         "w": w,
@@ -150,26 +147,51 @@ def convcalc(
     _show(out, result, explain=explain)
 
 
+def _read_chain_file(path: str) -> str:
+    """The file's text; a file that is missing, unreadable or not text is a bad flag value (exit
+    2), as --config's is."""
+    from ptool.core.errors import UsageError
+
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
+    except FileNotFoundError:
+        raise UsageError(f"--chain-file: no such file: {path}") from None
+    except OSError as exc:  # a directory, no permission
+        raise UsageError(f"--chain-file: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\0" in text:  # binary data may decode as UTF-8, but has NUL bytes
+        raise UsageError(
+            f"--chain-file: {path} is not a text file (a checkpoint or other binary file?)",
+            hint="give a text file with one layer per line, e.g. conv k3 p1 c32",
+        )
+    return text
+
+
 def _show(out, result, *, explain: bool) -> None:
     from ptool.core import convcalc as core
     from ptool.core.errors import PtoolError
     from ptool.ui import convcalc_view as view
 
     if isinstance(result, core.SolveResult):
-        out.result(result, lambda: view.solve_table(result))
+        out.result(view.json_data(result), lambda: view.solve_table(result))
         if not result.solved:
             raise PtoolError(view.unsolved_message(result), hint=view.UNSOLVED_HINT)
     else:
         table = view.chain_table if isinstance(result, core.ChainResult) else view.layer_table
-        out.result(result, lambda: table(result))
+        out.result(view.json_data(result), lambda: table(result))
         if explain:
             out.print(view.explanation(result), soft_wrap=True)
 
 
 def _stream(out, defaults: dict) -> None:
-    """--stdin: each line's options over the command line's; one JSON line per input line."""
+    """--stdin: each line's options over the command line's; one JSON line per input line. A
+    target with no padding fails its line, as it fails the command: the line carries the
+    search's result and the error."""
     from ptool.core import convcalc as core
     from ptool.core.errors import PtoolError, UsageError
+    from ptool.ui import convcalc_view as view
 
     failed = total = 0
     for number, line in enumerate(sys.stdin, 1):
@@ -177,11 +199,16 @@ def _stream(out, defaults: dict) -> None:
             continue
         total += 1
         try:
-            request = core.parse_request_line(line)
-            out.json_line(core.evaluate(core.overlay(defaults, request)))
+            result = core.evaluate(core.overlay(defaults, core.parse_request_line(line)))
         except UsageError as exc:
             failed += 1
             out.json_line({"line": number, "error": str(exc)})
+            continue
+        document = view.json_data(result)
+        if isinstance(result, core.SolveResult) and not result.solved:
+            failed += 1
+            document |= {"line": number, "error": view.unsolved_message(result)}
+        out.json_line(document)
     if failed:
         raise PtoolError(f"{failed} of {total} lines failed (see their error lines)")
 

@@ -11,13 +11,19 @@ input-pixel units and index coordinates (0 is the centre of the first input pixe
     convT: each output is fed by the inputs within (ke-1)/s of each other, so
         j' = j/s,  r' = r + (ke-1)/s*j,  start' = start + (p_left - (ke-1)/2)/s*j
     (a continuous bound: an output pixel's true field is this interval's whole pixels).
+The arithmetic is exact (fractions.Fraction): a stride-3 convT makes the jump 1/3, which floats
+would carry on as 0.333... and the chain's later fields as 2.999999999.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from fractions import Fraction
+from functools import partial
 from typing import Any
 
 from ptool.core.errors import UsageError
@@ -28,6 +34,7 @@ DIM_NAMES = {1: ("w",), 2: ("h", "w"), 3: ("d", "h", "w")}
 PADDING_MODES = ("same", "valid")
 
 Ints = tuple[int, ...]
+Exact = int | Fraction  # a receptive-field value: an int when whole
 
 
 @dataclass(frozen=True)
@@ -55,12 +62,12 @@ class LayerSpec:
 class Field:
     """Receptive field of one dimension: size, jump (effective stride) and centre of output 0."""
 
-    receptive_field: float
-    jump: float
-    start: float
+    receptive_field: Exact
+    jump: Exact
+    start: Exact
 
 
-IDENTITY = Field(1, 1, 0.0)
+IDENTITY = Field(1, 1, 0)
 
 
 @dataclass(frozen=True)
@@ -81,9 +88,9 @@ class LayerResult:
     groups: int
     bias: bool
     params: int | None
-    receptive_field: dict[str, float] | None
-    jump: dict[str, float] | None
-    start: dict[str, float] | None
+    receptive_field: dict[str, Exact] | None
+    jump: dict[str, Exact] | None
+    start: dict[str, Exact] | None
     formula: dict[str, str]
     windows: dict[str, dict] | None = None
 
@@ -98,12 +105,12 @@ class ChainResult:
     output: dict[str, int] = field(default_factory=dict)
     out_channels: int | None = None
     params: int | None = None
-    receptive_field: dict[str, float] | None = None
-    jump: dict[str, float] | None = None
-    start: dict[str, float] | None = None
+    receptive_field: dict[str, Exact] | None = None
+    jump: dict[str, Exact] | None = None
+    start: dict[str, Exact] | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class Solution:
     padding: int
     output_padding: int
@@ -358,13 +365,17 @@ def size_from_options(options: dict) -> dict[str, int]:
 
 
 def overlay(defaults: dict, request: dict) -> dict:
-    """A --stdin line's request over the command line's: a line's size replaces the size, and
-    a line's chain or layer replaces the command line's chain or layer."""
+    """A --stdin line's request over the command line's, key by key. A line's size replaces the
+    whole size; a line's layer replaces the command line's chain, and a line's chain its chain
+    and layer options (a chain sets each layer itself). A --target stays: a chain line with it
+    is refused, as --chain with --target is."""
     dropped: set[str] = set()
     if any(key in request for key in SIZE_KEYS):
         dropped.update(SIZE_KEYS)
     if "chain" in request or "layer" in request:
-        dropped.update((*LAYER_KEYS, "chain", "target"))
+        dropped.add("chain")
+    if "chain" in request:
+        dropped.update(LAYER_KEYS)
     return {**{k: v for k, v in defaults.items() if k not in dropped}, **request}
 
 
@@ -554,31 +565,28 @@ def _next_field(layer: str, f: Field | None, ke: int, s: int, left: int) -> Fiel
     if f is None:
         return None
     if layer == "convT":
-        return Field(
-            f.receptive_field + (ke - 1) / s * f.jump,
-            f.jump / s,
-            f.start + (left - (ke - 1) / 2) / s * f.jump,
-        )
-    return Field(
-        f.receptive_field + (ke - 1) * f.jump,
-        f.jump * s,
-        f.start + ((ke - 1) / 2 - left) * f.jump,
-    )
+        r = f.receptive_field + Fraction(ke - 1, s) * f.jump
+        jump = Fraction(f.jump, s)
+        start = f.start + Fraction(2 * left - (ke - 1), 2 * s) * f.jump
+    else:
+        r = f.receptive_field + (ke - 1) * f.jump
+        jump = f.jump * s
+        start = f.start + Fraction(ke - 1 - 2 * left, 2) * f.jump
+    return Field(_exact(r), _exact(jump), _exact(start))
 
 
-def _tidy(x: float) -> float | int:
-    """Whole numbers as ints (JSON and tables read 7, not 7.0)."""
-    x = round(float(x), 9)
-    return int(x) if x.is_integer() else x
+def _exact(x: Exact) -> Exact:
+    """Whole values as ints: JSON numbers as they are, and 7 in a table, not a fraction."""
+    return int(x) if x.denominator == 1 else x
 
 
 def _field_dicts(fields: dict[str, Field | None]) -> dict:
     if any(f is None for f in fields.values()):
         return {"receptive_field": None, "jump": None, "start": None}
     return {
-        "receptive_field": {n: _tidy(f.receptive_field) for n, f in fields.items()},
-        "jump": {n: _tidy(f.jump) for n, f in fields.items()},
-        "start": {n: _tidy(f.start) for n, f in fields.items()},
+        "receptive_field": {n: f.receptive_field for n, f in fields.items()},
+        "jump": {n: f.jump for n, f in fields.items()},
+        "start": {n: f.start for n, f in fields.items()},
     }
 
 
@@ -673,7 +681,8 @@ def solve_padding(spec: LayerSpec, size: dict[str, int], target: dict[str, int])
 
     Searches PyTorch's legal ranges: pooling pads at most kernel//2, convT's output_padding is
     below max(stride, dilation); conv and convT padding up to the point where the output passes
-    the target. Where nothing hits, `nearest` holds the closest outputs.
+    the target. Where nothing hits, `nearest` holds the closest outputs. The output is monotone
+    in the padding, so each search is a bisection: a target of 10**12 costs what 16 does.
     """
     if spec.layer == "adaptive":
         raise UsageError("adaptive pooling has no padding: its output size is --output-size")
@@ -682,39 +691,71 @@ def solve_padding(spec: LayerSpec, size: dict[str, int], target: dict[str, int])
     solutions: dict[str, list[Solution]] = {}
     nearest: dict[str, list[Solution]] = {}
     for n in names:
-        candidates = []
-        for pad, op in _padding_candidates(spec, {n: size[n]}, target[n]):
-            one = replace(spec, padding=(pad,), output_padding=(op,))
-            try:
-                out = compute(one, {n: size[n]}, None).output[n]
-            except UsageError:
-                continue
-            candidates.append(Solution(pad, op, out))
-        solutions[n] = [c for c in candidates if c.output == target[n]]
-        if not candidates:
-            nearest[n] = []
-        elif not solutions[n]:
-            best = min(abs(c.output - target[n]) for c in candidates)
-            nearest[n] = [c for c in candidates if abs(c.output - target[n]) == best]
+        lines = _padding_lines(_along(spec, names, n), n, size[n], target[n])
+        solutions[n] = _giving(lines, target[n])
+        if solutions[n]:
+            continue
+        near = []  # each line's outputs just below and just above the target
+        for _, pads, out in lines:
+            i = bisect_left(pads, target[n], key=out)
+            near += [out(pad) for pad in pads[max(i - 1, 0) : i + 1]]
+        best = min((abs(v - target[n]) for v in near), default=None)
+        nearest[n] = [] if best is None else _giving(lines, target[n] - best, target[n] + best)
     return SolveResult(spec.layer, dict(size), target, solutions, nearest)
 
 
-def _padding_candidates(
-    spec: LayerSpec, size: dict[str, int], target: int
-) -> list[tuple[int, int]]:
-    (n,) = size.values()
-    k = _per_dim(spec.kernel_size, tuple(size), "kernel_size")
-    (kn,) = k.values()
-    (dn,) = _per_dim(spec.dilation, tuple(size), "dilation").values()
-    if spec.layer in POOLS:
-        return [(p, 0) for p in range(kn // 2 + 1)]
-    ke = dn * (kn - 1) + 1
-    (sn,) = _per_dim(spec.stride or (1,), tuple(size), "stride").values()
-    if spec.layer == "conv":
-        # The output grows with padding: past this one it is above the target for good.
-        return [(p, 0) for p in range(max(0, (target * sn + ke - n) // 2 + sn) + 1)]
-    max_pad = ((n - 1) * sn + ke + max(sn, dn)) // 2
-    return [(p, op) for p in range(max_pad + 1) for op in range(max(sn, dn))]
+def _along(spec: LayerSpec, names: tuple[str, ...], name: str) -> LayerSpec:
+    """The 1-D layer one dimension sees: its own kernel, stride and dilation (channels and
+    groups do not change a size)."""
+
+    def own(values: Ints, what: str) -> Ints:
+        return (_per_dim(values, names, what)[name],)
+
+    return replace(
+        spec,
+        kernel_size=own(spec.kernel_size, "kernel_size"),
+        stride=None if spec.stride is None else own(spec.stride, "stride"),
+        dilation=own(spec.dilation, "dilation"),
+        out_channels=None,
+        groups=1,
+    )
+
+
+Line = tuple[int, range, Callable[[int], int]]
+
+
+def _padding_lines(spec: LayerSpec, dim: str, size: int, target: int) -> list[Line]:
+    """For a 1-D layer: (output_padding, the paddings PyTorch allows with it, padding ->
+    output), one per output_padding; each range of paddings runs the way the output grows."""
+
+    def output(pad: int, op: int = 0) -> int:
+        one = replace(spec, padding=(pad,), output_padding=(op,))
+        try:
+            return compute(one, {dim: size}).output[dim]
+        except UsageError:  # too small an input or output for this padding
+            return 0
+
+    (k,), (d,) = spec.kernel_size, spec.dilation
+    (s,) = spec.stride or (k if spec.layer in POOLS else 1,)
+    ke = d * (k - 1) + 1
+    if spec.layer == "convT":  # the output shrinks as the padding grows
+        pads = range(((size - 1) * s + ke + max(s, d)) // 2, -1, -1)
+        lines = [(op, pads, partial(output, op=op)) for op in range(max(s, d))]
+    elif spec.layer in POOLS:
+        lines = [(0, range(k // 2 + 1), output)]
+    else:  # past this padding the output is above the target for good
+        lines = [(0, range(max(0, (target * s + ke - size) // 2 + s) + 1), output)]
+    return [(op, pads[bisect_left(pads, 1, key=out) :], out) for op, pads, out in lines]
+
+
+def _giving(lines: list[Line], *outputs: int) -> list[Solution]:
+    """Every (padding, output_padding) whose output is one of `outputs`, smallest first."""
+    return sorted(
+        Solution(pad, op, v)
+        for op, pads, out in lines
+        for v in set(outputs)
+        for pad in pads[bisect_left(pads, v, key=out) : bisect_right(pads, v, key=out)]
+    )
 
 
 # ---------------------------------------------------------------------------------------------

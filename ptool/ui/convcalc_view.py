@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
-from rich.markup import escape
-from rich.table import Table
+from decimal import Decimal
+from fractions import Fraction
+
 from rich.text import Text
 
+from ptool.ui.tables import FittedTable
+
 UNSOLVED_HINT = "change the kernel or stride, or take the nearest output shown above"
+# What a narrow terminal leaves out first: the receptive field's details, then its size.
+OPTIONAL = ("start", "jump", "RF")
+
+
+def json_data(result) -> dict:
+    """The result as --json writes it. JSON has no 1/3: an exact fraction (a receptive field
+    after a stride-3 convT) becomes the nearest float; whole values are ints already."""
+    import dataclasses
+    import json
+
+    return json.loads(json.dumps(dataclasses.asdict(result), default=float))
 
 
 def dims(values: dict | None) -> str:
@@ -19,7 +33,16 @@ def dims(values: dict | None) -> str:
 def _number(value) -> str:
     if isinstance(value, tuple | list):
         return str(value[0]) if value[0] == value[1] else f"{value[0]}+{value[1]}"
+    if isinstance(value, Fraction):
+        return _fraction(value)
     return str(value)
+
+
+def _fraction(value: Fraction) -> str:
+    """Exact: a decimal where it ends within three places (2.5, 0.125), else 1/3, -4/9."""
+    if 1000 % value.denominator:
+        return str(value)
+    return str(Decimal(value.numerator) / value.denominator)
 
 
 def _channels(result) -> str:
@@ -54,47 +77,31 @@ def explanation(result) -> Text:
     return Text("\n".join(lines))
 
 
-def layer_table(result) -> Table:
+def layer_table(result) -> FittedTable:
     """One row per dimension: the layer's numbers and the output they give."""
     title = f"{result.layer}: {dims(result.input)} -> {dims(result.output)}"
     if result.out_channels is not None:
         title += f", channels {_channels(result)}"
     if result.params is not None and result.layer in ("conv", "convT"):
         title += f", {result.params:,} parameters"
-    table = Table(title=escape(title), title_justify="left")
-    columns = ["dim", "in"]
-    if result.layer == "adaptive":
-        columns += ["windows", "as pool"]
-    else:
-        columns += ["k", "s", "p", "dilation"]
-        if result.layer == "convT":
-            columns.append("op")
-    columns += ["out", "RF", "jump", "start"]
-    for column in columns:
-        table.add_column(column, justify="left" if column in ("dim",) else "right")
+    rows = []
     for name in result.input:
-        row = [name, str(result.input[name])]
+        row = {"dim": name, "in": str(result.input[name])}
         if result.layer == "adaptive":
             windows = result.windows[name]
-            row += [_windows(windows), _equivalent(windows["equivalent"])]
+            row |= {"windows": _windows(windows), "as pool": _equivalent(windows["equivalent"])}
         else:
-            row += [
-                str(result.kernel_size[name]),
-                str(result.stride[name]),
-                _number(result.padding[name]),
-                str(result.dilation[name]),
-            ]
+            row["k"] = str(result.kernel_size[name])
+            row["s"] = str(result.stride[name])
+            row["p"] = _number(result.padding[name])
+            row["dilation"] = str(result.dilation[name])
             if result.layer == "convT":
-                row.append(str(result.output_padding[name]))
-        row += [str(result.output[name]), *_field_cells(result, name)]
-        table.add_row(*row)
-    return table
-
-
-def _field_cells(result, name: str) -> list[str]:
-    if result.receptive_field is None:
-        return ["-", "-", "-"]
-    return [str(result.receptive_field[name]), str(result.jump[name]), str(result.start[name])]
+                row["op"] = str(result.output_padding[name])
+        row["out"] = str(result.output[name])
+        fields = {"RF": result.receptive_field, "jump": result.jump, "start": result.start}
+        row |= {key: "-" if v is None else _number(v[name]) for key, v in fields.items()}
+        rows.append(row)
+    return FittedTable(title, rows, left=("dim",), optional=OPTIONAL)
 
 
 def _windows(windows: dict, shown: int = 3) -> str:
@@ -110,38 +117,27 @@ def _equivalent(equivalent: dict | None) -> str:
     return f"k{equivalent['kernel_size']} s{equivalent['stride']}"
 
 
-def chain_table(chain) -> Table:
+def chain_table(chain) -> FittedTable:
     """One row per layer, totals at the bottom."""
     title = f"chain on {dims(chain.input)}"
     if chain.in_channels is not None:
         title += f", {chain.in_channels} channels"
-    table = Table(title=title, title_justify="left", show_footer=True)
-    footers = [
-        "total",
-        dims(chain.input),
-        dims(chain.output),
-        "-" if chain.out_channels is None else str(chain.out_channels),
-        _params(chain.params),
-        dims(chain.receptive_field),
-        dims(chain.jump),
-        dims(chain.start),
-    ]
-    headers = ["layer", "input", "output", "channels", "params", "RF", "jump", "start"]
-    for header, footer in zip(headers, footers, strict=True):
-        justify = "left" if header == "layer" else "right"
-        table.add_column(header, footer=footer, justify=justify, no_wrap=header == "layer")
-    for row in chain.layers:
-        table.add_row(
-            describe(row),
-            dims(row.input),
-            dims(row.output),
-            "-" if row.out_channels is None else str(row.out_channels),
-            _params(row.params),
-            dims(row.receptive_field),
-            dims(row.jump),
-            dims(row.start),
-        )
-    return table
+    rows = [{"layer": describe(row), **_chain_cells(row)} for row in chain.layers]
+    footer = {"layer": "total", **_chain_cells(chain)}
+    return FittedTable(title, rows, footer=footer, left=("layer",), optional=OPTIONAL)
+
+
+def _chain_cells(row) -> dict[str, str]:
+    """A layer's row of the chain table, or the chain's totals."""
+    return {
+        "input": dims(row.input),
+        "output": dims(row.output),
+        "channels": "-" if row.out_channels is None else str(row.out_channels),
+        "params": _params(row.params),
+        "RF": dims(row.receptive_field),
+        "jump": dims(row.jump),
+        "start": dims(row.start),
+    }
 
 
 def describe(row) -> str:
@@ -165,24 +161,27 @@ def describe(row) -> str:
     return " ".join(tokens)
 
 
-def solve_table(result) -> Table:
+def solve_table(result) -> FittedTable:
     """Per dimension: the paddings that give the target, or the nearest outputs."""
-    convT = result.layer == "convT"
-    table = Table(
-        title=f"{result.layer}: padding for {dims(result.input)} -> {dims(result.target)}",
-        title_justify="left",
-    )
-    for header in ["dim", "input", "target", "padding", *(["output_padding"] * convT), "output"]:
-        table.add_column(header, justify="left" if header == "dim" else "right")
+    rows = []
     for name, solutions in result.solutions.items():
-        rows = solutions or result.nearest.get(name, [])
-        for solution in rows:
-            output = str(solution.output) + ("" if solutions else " (nearest)")
-            cells = [str(solution.padding), *([str(solution.output_padding)] * convT), output]
-            table.add_row(name, str(result.input[name]), str(result.target[name]), *cells)
-        if not rows:
-            table.add_row(name, str(result.input[name]), str(result.target[name]), "none")
-    return table
+        mark = "" if solutions else " (nearest)"
+        found = [
+            (str(s.padding), str(s.output_padding), f"{s.output}{mark}")
+            for s in solutions or result.nearest.get(name, [])
+        ]
+        for padding, output_padding, output in found or [("none", "", "")]:
+            row = {
+                "dim": name,
+                "input": str(result.input[name]),
+                "target": str(result.target[name]),
+                "padding": padding,
+            }
+            if result.layer == "convT":
+                row["output_padding"] = output_padding
+            rows.append(row | {"output": output})
+    title = f"{result.layer}: padding for {dims(result.input)} -> {dims(result.target)}"
+    return FittedTable(title, rows, left=("dim",))
 
 
 def unsolved_message(result) -> str:

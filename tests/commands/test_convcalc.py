@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -11,8 +12,8 @@ from tests.conftest import run_ptool
 CHAIN = "conv k3 p1 c32; maxpool k2; conv k3 s2 c64; convT k4 s2 p1 c32"
 
 
-def convcalc(*args: str, input: str | None = None):
-    return run_ptool("convcalc", *args, input=input, timeout=60)
+def convcalc(*args: str, input: str | None = None, env: dict[str, str] | None = None):
+    return run_ptool("convcalc", *args, input=input, env=env, timeout=60)
 
 
 def test_users_example():
@@ -114,6 +115,106 @@ def test_stdin_errors_show_values_as_json():
         "kernel_size expects integers like 3 or 3x5, got '3y'",
     ]
     assert proc.returncode == 1
+
+
+BIG = "--size 123456789x123456789 "
+
+
+@pytest.mark.parametrize("columns", [80, 60])
+@pytest.mark.parametrize(
+    ("args", "numbers"),
+    [
+        (["--size", "224x224", "--in-channels", "3", "--chain", f"{CHAIN}; conv k3 c256; conv k3"],
+         ["224x224", "110x110", "106x106", "73,984", "590,080", "716,256", "256"]),
+        ((BIG + "--in-channels 3000 --out-channels 64000 --k 7 --s 2 --p 3").split(),
+         ["123456789", "61728395", "9,408,064,000"]),
+        ((BIG + "--layer convT --k 7 --s 3 --p 3").split(), ["123456789", "370370365"]),
+        ((BIG + "--layer convT --k 7 --s 3 --target 370370367x370370368").split(),
+         ["123456789", "370370367", "370370368"]),
+    ],
+)  # fmt: skip
+def test_numbers_are_never_cut_in_a_narrow_terminal(args, numbers, columns):
+    """Before: rich shrank every column of a table too wide for the terminal and cut the
+    numbers ('1,180,…', '224x2…'). Now text wraps, and the receptive field's columns go where
+    even that does not fit."""
+    proc = convcalc(*args, env={"COLUMNS": str(columns)})
+    assert proc.returncode == 0, proc.stderr
+    assert "…" not in proc.stdout
+    assert all(len(line) <= columns for line in proc.stdout.splitlines())
+    for number in numbers:
+        assert re.search(rf"(?<![\d,]){number}(?![\d,])", proc.stdout), (number, proc.stdout)
+    caption = re.search(r"not shown at this width: (.*) \(--json has them\)", proc.stdout)
+    left_out = set(caption[1].split(", ")) if caption else set()
+    headers = {word for line in proc.stdout.splitlines() if "┃" in line for word in line.split()}
+    assert left_out <= {"start", "jump", "RF"} and not left_out & headers
+
+
+def test_exact_receptive_fields_after_a_stride_3_transposed_conv():
+    """Before: 0.333333333 for the jump, and 2.999999999 for a field of 3."""
+    chain = "convT k3 s3; conv k3; conv k3; conv k3; conv k3; conv k5 s3; conv k3"
+    proc = convcalc("--h", "64", "--chain", chain)
+    assert re.search(r"total .* 23/3 │ +1 │ +8/3 │", proc.stdout), proc.stdout
+    assert "0.33" not in proc.stdout and "2.99" not in proc.stdout
+    doc = json.loads(convcalc("--h", "64", "--chain", chain, "--json").stdout)
+    assert [row["receptive_field"]["h"] for row in doc["layers"]][2] == 3
+    assert doc["jump"] == {"h": 1} and doc["layers"][0]["jump"] == {"h": 1 / 3}
+
+
+def test_a_huge_target_is_solved_at_once():
+    """Before: 10**12 candidate paddings, gigabytes and a hang."""
+    proc = convcalc("--h", "32", "--k", "3", "--s", "2", "--target", str(10**12), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["solutions"]["h"][0]["padding"] == 10**12 - 15
+
+
+def test_stdin_layer_lines_keep_the_command_lines_options():
+    """Before: a line with "layer" dropped --k, --s and --p ('maxpool needs a kernel size')."""
+    lines = '{"layer": "maxpool"}\n{"layer": "conv", "s": 1}'
+    proc = convcalc("--h", "32", "--k", "3", "--s", "2", "--stdin", input=lines)
+    assert proc.returncode == 0, proc.stdout
+    pooled, conv = (json.loads(line) for line in proc.stdout.splitlines())
+    assert pooled["output"] == {"h": 15} and pooled["kernel_size"] == {"h": 3}
+    assert conv["output"] == {"h": 30} and conv["stride"] == {"h": 1}
+
+
+def test_stdin_target_without_a_padding_fails_its_line():
+    """Before: exit 0; the line now carries the search and the error, and the exit is 1, as
+    for --target on the command line."""
+    lines = '{"w": 9}\n{"w": 14}'
+    proc = convcalc("--layer", "maxpool", "--k", "2", "--target", "7", "--stdin", input=lines)
+    unsolved, solved = (json.loads(line) for line in proc.stdout.splitlines())
+    assert unsolved["line"] == 1 and unsolved["error"] == "w: no padding gives 7; nearest: 5"
+    assert unsolved["nearest"]["w"] == [{"padding": 1, "output_padding": 0, "output": 5}]
+    assert solved["solutions"]["w"][0] == {"padding": 0, "output_padding": 0, "output": 7}
+    assert "error" not in solved
+    assert proc.returncode == 1 and "1 of 2 lines failed" in proc.stderr
+
+
+def test_stdin_chain_line_with_a_target_is_refused_not_ignored():
+    """Before: the chain was answered and --target silently dropped, exit 0."""
+    proc = convcalc("--h", "32", "--target", "16", "--stdin", input="conv k3\n")
+    assert json.loads(proc.stdout) == {
+        "line": 1, "error": "a chain sets each layer itself; drop target",
+    }  # fmt: skip
+    assert proc.returncode == 1
+
+
+def test_a_chain_file_that_is_not_text_is_a_bad_option_value(tmp_path):
+    """Before: 'unexpected UnicodeDecodeError' for a binary file, exit 1 for a directory."""
+    import torch
+
+    torch.save({"weight": torch.ones(3)}, tmp_path / "model.pt")
+    (tmp_path / "random.bin").write_bytes(bytes(range(256)) * 4)
+    (tmp_path / "nul.txt").write_bytes(b"conv k3\0\n")
+    for name in ("model.pt", "random.bin", "nul.txt"):
+        path = str(tmp_path / name)
+        proc = convcalc("--h", "8", "--chain-file", path)
+        assert proc.returncode == 2
+        assert proc.stderr.startswith(f"error: --chain-file: {path} is not a text file")
+        assert "Traceback" not in proc.stderr and "Unicode" not in proc.stderr
+    proc = convcalc("--h", "8", "--chain-file", str(tmp_path))
+    assert proc.returncode == 2
+    assert proc.stderr == f"error: --chain-file: cannot read {tmp_path}: Is a directory\n"
 
 
 @pytest.mark.parametrize(
