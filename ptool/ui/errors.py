@@ -10,7 +10,6 @@ import os
 import sys
 
 from ptool.core.errors import PtoolError
-from ptool.core.rundir import speaks_for_the_job
 
 DEBUG_ENV = "PTOOL_DEBUG"
 
@@ -94,6 +93,8 @@ def report(exc: BaseException, command_path: str = "ptool") -> int:
     if not message:  # a command run without arguments has printed its help
         return code
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one process of a torchrun job
+        from ptool.core.rundir import speaks_for_the_job
+
         if code == 2 and not speaks_for_the_job():
             return code  # a usage error is the same on every rank: rank 0 says it for the job
         if code != 2:  # a failure may be one rank's own (its GPU's memory, its node's files)
