@@ -6,8 +6,11 @@ Times (wall, median of --repeat runs):
 - the start-up no command can avoid, in a separate process: `import torch` and building the
   first optimizer (which imports torch._dynamo);
 - in process, after that start-up: the series (the real OneCycleLR stepped 100,000 times
-  through ptool's LRSchedule) and the chart, against the bare torch scheduler loop.
-Prints seconds and ratios against the goal.
+  through ptool's LRSchedule) and the chart, against the bare torch scheduler loop;
+- memory, in process: tracemalloc's peak for the series of a per-epoch cosine over 1000 epochs
+  of 10,000 steps, against the same schedule at 1 step per epoch (a run of equal lrs is kept
+  once, so the steps per epoch should cost nothing).
+Prints seconds and ratios against the goal and the baseline.
 
     python bench/bench_lr_plot.py [--repeat 3]
 """
@@ -19,12 +22,14 @@ import statistics
 import subprocess
 import sys
 import time
+import tracemalloc
 import warnings
 from pathlib import Path
 
 PTOOL = str(Path(sys.executable).with_name("ptool"))
 GOAL_S = 2.0
 ARGS = ["onecycle", "--lr", "0.1", "--epochs", "100", "--steps-per-epoch", "1000"]
+LONG_STEPS = 10_000  # the memory check's steps per epoch: 10,000,000 steps in all
 STARTUP = "import torch; torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)"
 
 
@@ -74,6 +79,21 @@ def in_process(repeat: int) -> tuple[float, float, float]:
     return median(series, repeat), median(chart, repeat), median(bare, repeat)
 
 
+def peak_memory(steps_per_epoch: int) -> tuple[float, float]:
+    """tracemalloc's peak (MiB) and the seconds of a 1000-epoch cosine's series."""
+    from ptool.core.config import TrainConfig
+    from ptool.core.lr_plot import schedule_lines
+
+    config = TrainConfig(scheduler="cosine", lr=0.1, epochs=1000)
+    tracemalloc.start()
+    start = time.perf_counter()
+    schedule_lines(config, label="cosine", steps_per_epoch=steps_per_epoch)
+    seconds = time.perf_counter() - start
+    peak = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    return peak, seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
@@ -94,6 +114,12 @@ def main() -> None:
         f"  in process: series {series:.2f} s + chart {chart:.2f} s = {series + chart:.2f} s "
         f"({(series + chart) / GOAL_S:.2f}x the goal); "
         f"bare OneCycleLR loop {bare:.2f} s (series = {series / bare:.1f}x it)"
+    )
+    base, _ = peak_memory(1)  # after in_process: the imports are not counted
+    long, seconds = peak_memory(LONG_STEPS)
+    print(
+        f"  memory: 1000-epoch cosine, {LONG_STEPS:,} steps per epoch: peak {long:.2f} MiB "
+        f"in {seconds:.2f} s = {long / base:.2f}x the same at 1 step per epoch ({base:.2f} MiB)"
     )
 
 

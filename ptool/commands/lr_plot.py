@@ -330,12 +330,13 @@ def _render(out, lines, *, x_axis, log_y, title, output, csv, chart) -> None:
     if output:
         path = Path(output)
         if path.suffix.lower() == ".csv":
-            path.write_text(view.csv_text(lines))
+            with path.open("w") as file:
+                view.write_csv(lines, file)
         else:
             view.write_figure(lines, path, x_axis=x_axis, log_y=log_y, title=title)
         out.info(f"wrote {path}")
     if csv:  # plain text, straight to the console's file: rich markup would cost seconds
-        out.out.file.write(view.csv_text(lines))
+        view.write_csv(lines, out.out.file)
         out.out.file.flush()
         return
     if out.json:

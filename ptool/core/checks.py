@@ -263,14 +263,28 @@ def check_schedule_options(config: TrainConfig) -> None:
     than ignored; for new runs only, as the loss's."""
     default = TrainConfig()
     _refuse_schedule_options(config, lambda name: getattr(config, name) != getattr(default, name))
-    _check_momentum_bounds(config)
+    _check_schedule_combinations(config)
 
 
 def check_given_schedule_options(config: TrainConfig, given: Collection[str]) -> None:
     """check_schedule_options for the options a command line named: `ptool lr-plot` (a run's
     or checkpoint's config may hold another schedule's values, and `--compare` specs inherit
-    the flags outside the quotes, so only a spec's own are checked there)."""
+    the flags outside the quotes, so only a spec's own are checked there). The schedule's own
+    options that contradict each other are refused wherever they come from, as train does."""
     _refuse_schedule_options(config, given.__contains__, switch="plot {owner}")
+    _check_schedule_combinations(config)
+
+
+def _check_schedule_combinations(config: TrainConfig) -> None:
+    """The options of the run's schedule that make no sense together."""
+    _check_momentum_bounds(config)
+    warmup = config.warmup_epochs or config.warmup_steps
+    if config.scheduler == "plateau" and config.scheduler_interval == "step" and not warmup:
+        raise UsageError(
+            f"--scheduler-interval step: plateau steps once per epoch on {config.monitor}, and "
+            "with no warmup to ramp per step nothing would step per optimizer step; give "
+            "--scheduler-interval auto"
+        )
 
 
 def _refuse_schedule_options(

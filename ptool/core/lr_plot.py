@@ -1,7 +1,7 @@
 """What `ptool lr-plot` computes: schedule lines, their key points, and a run's logged lr.
 
 Every source (flags, a config file, a checkpoint, a run directory) resolves to a `TrainConfig`;
-the lines come from `schedules.lr_series`, which steps the same `LRSchedule` that training
+the lines come from `schedules.lr_runs`, which steps the same `LRSchedule` that training
 steps, so a plot is what a run with that config does.
 """
 
@@ -11,11 +11,14 @@ import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ptool.core.config import TrainConfig, read_config_file
 from ptool.core.errors import PtoolError, UsageError
 from ptool.core.rundir import CONFIG_NAME
+
+if TYPE_CHECKING:
+    from ptool.core.schedules import LRRuns
 
 
 @dataclass
@@ -26,29 +29,28 @@ class Line:
     group: int
     kind: str  # "schedule" (computed) or "logged" (read from TensorBoard)
     steps_per_epoch: int
-    steps: list[int]
-    lrs: list[float]
+    runs: LRRuns  # the lr of every step, run-length coded
     interval: str | None = None
     warmup_end_step: int | None = None
     restart_steps: list[int] = field(default_factory=list)
 
     def key_numbers(self) -> dict[str, Any]:
         """start, peak (first step reaching it), end, lowest, warmup end and restart steps."""
-        peak = max(range(len(self.lrs)), key=self.lrs.__getitem__)
+        lrs = self.runs.lrs
+        peak = max(range(len(lrs)), key=lrs.__getitem__)
         return {
-            "start": self.lrs[0],
-            "peak": self.lrs[peak],
-            "peak_step": self.steps[peak],
-            "end": self.lrs[-1],
-            "min": min(self.lrs),
+            "start": lrs[0],
+            "peak": lrs[peak],
+            "peak_step": self.runs.steps[peak],
+            "end": lrs[-1],
+            "min": min(lrs),
             "warmup_end_step": self.warmup_end_step,
             "restart_steps": self.restart_steps,
         }
 
     def to_dict(self) -> dict[str, Any]:
         rows = [
-            {"step": s, "epoch": s / self.steps_per_epoch, "lr": lr}
-            for s, lr in zip(self.steps, self.lrs, strict=True)
+            {"step": s, "epoch": s / self.steps_per_epoch, "lr": lr} for s, lr in self.runs.rows()
         ]
         return {
             "label": self.label,
@@ -162,23 +164,20 @@ def schedule_lines(
     group_lrs: list[float] | None = None,
 ) -> list[Line]:
     """One computed line per parameter group."""
-    from ptool.core.schedules import lr_series, schedule_events
+    from ptool.core.schedules import lr_runs, schedule_events
 
-    rows = lr_series(config, steps_per_epoch=steps_per_epoch, metrics=metrics, group_lrs=group_lrs)
-    groups = len(group_lrs) if group_lrs else 1
+    runs = lr_runs(config, steps_per_epoch=steps_per_epoch, metrics=metrics, group_lrs=group_lrs)
     events = schedule_events(config, steps_per_epoch=steps_per_epoch)
-    total = len(rows) // groups
     return [
         Line(
-            label=label if groups == 1 else f"{label} group {g}",
+            label=label if len(runs) == 1 else f"{label} group {g}",
             group=g,
             kind="schedule",
             steps_per_epoch=steps_per_epoch,
-            steps=list(range(total)),
-            lrs=[row["lr"] for row in rows[g::groups]],
+            runs=group_runs,
             **events,
         )
-        for g in range(groups)
+        for g, group_runs in enumerate(runs)
     ]
 
 
@@ -222,6 +221,8 @@ def read_run_log(run_dir: Path, monitor: str) -> RunLog:
 
 
 def logged_lines(log: RunLog, *, steps_per_epoch: int) -> list[Line]:
+    from ptool.core.schedules import LRRuns
+
     groups = len(log.lrs)
     return [
         Line(
@@ -229,8 +230,7 @@ def logged_lines(log: RunLog, *, steps_per_epoch: int) -> list[Line]:
             group=g,
             kind="logged",
             steps_per_epoch=steps_per_epoch,
-            steps=[step for step, _ in points],
-            lrs=[value for _, value in points],
+            runs=LRRuns.of(points),
         )
         for g, points in enumerate(log.lrs)
         if points

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import torch
@@ -20,7 +23,7 @@ from torch.optim import lr_scheduler
 
 from ptool.core.checks import RANGES
 from ptool.core.config import FIELDS, TrainConfig, check_interval
-from ptool.core.errors import UsageError
+from ptool.core.errors import UsageError, count
 
 SCHEDULES: tuple[str, ...] = FIELDS["scheduler"].metadata["choices"]
 PER_STEP = ("onecycle", "cyclic")
@@ -76,6 +79,16 @@ def check_schedule(config: TrainConfig, steps_per_epoch: int) -> None:
             hint="give --steps-per-epoch, or --samples and --batch-size",
         )
     check_warmup_length(config, config.warmup_steps, config.epochs * steps_per_epoch, "step")
+    if config.scheduler == "onecycle":
+        check_onecycle_phases(config, _lengths(config, steps_per_epoch)[2])
+
+
+def _lengths(config: TrainConfig, steps_per_epoch: int) -> tuple[int, int, int]:
+    """(schedule steps per epoch, warmup length, main schedule length), counted in the
+    schedule's own steps: optimizer steps when it steps per step, else epochs."""
+    unit = steps_per_epoch if resolve_interval(config) == "step" else 1
+    warmup = config.warmup_steps or config.warmup_epochs * unit
+    return unit, warmup, max(1, config.epochs * unit - warmup)
 
 
 def check_warmup_length(config: TrainConfig, warmup: int, total: int, unit: str) -> None:
@@ -127,8 +140,22 @@ def check_onecycle_ends(config: TrainConfig) -> None:
         )
 
 
-def _finite(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)
+def check_onecycle_phases(config: TrainConfig, total: int) -> None:
+    """OneCycleLR interpolates each phase from the end step of the one before (torch's own
+    expressions below): a phase ending where it starts divides by zero (at construction, or at
+    the run's last step), one ending before it starts is skipped."""
+    pct = config.pct_start
+    ends = [float(pct * total) - 1, float(2 * pct * total) - 2, total - 1]
+    if not config.three_phase:
+        del ends[1]
+    if all(start < end for start, end in pairwise([0.0, *ends])):
+        return
+    high = (total + 1) / (2 * total) if config.three_phase else 1
+    fix = f"--pct-start between {1 / total:g} and {high:g} (exclusive), or " if total > 1 else ""
+    raise UsageError(
+        f"--pct-start {pct:g} leaves one of the phases of onecycle's {count(total, 'step')} "
+        f"empty; give {fix}more steps"
+    )
 
 
 def _momentum_cycle(optimizer: torch.optim.Optimizer, config: TrainConfig, *, betas: bool):
@@ -216,9 +243,8 @@ def schedule_events(config: TrainConfig, *, steps_per_epoch: int) -> dict[str, A
     """The interval, the optimizer step where warmup ends and the steps where a new cycle
     starts (cosine-warm-restarts, cyclic): what the series shows, derived from the config."""
     interval = resolve_interval(config)
-    unit = steps_per_epoch if interval == "step" else 1  # epochs -> schedule steps
+    unit, warmup, _ = _lengths(config, steps_per_epoch)  # epochs -> schedule steps
     per_schedule_step = 1 if interval == "step" else steps_per_epoch  # -> optimizer steps
-    warmup = config.warmup_steps or config.warmup_epochs * unit
     total = config.epochs * unit
     period = {"cosine-warm-restarts": config.t_0 * unit, "cyclic": 2 * config.step_size_up}
     restarts = []
@@ -247,11 +273,8 @@ class LRSchedule:
         check_schedule(config, steps_per_epoch)
         self.optimizer = optimizer
         self.interval = resolve_interval(config)
-        unit = steps_per_epoch if self.interval == "step" else 1
+        unit, self.warmup_length, length = _lengths(config, steps_per_epoch)
         self.planned_epochs = config.epochs  # the horizon, which a resume may keep past --epochs
-        total = config.epochs * unit
-        self.warmup_length = config.warmup_steps or config.warmup_epochs * unit
-        length = max(1, total - self.warmup_length)
         main = _main_scheduler(optimizer, config, unit, length)
         self.plateau = main if isinstance(main, lr_scheduler.ReduceLROnPlateau) else None
         warmup = None
@@ -290,8 +313,9 @@ class LRSchedule:
     def step_epoch(self, metric: float | None = None) -> None:
         if self.interval == "epoch" and (self.plateau is None or self._warming_up):
             self._advance()
-        elif self.plateau is not None and not self._warming_up and _finite(metric):
-            self.plateau.step(metric)  # with no value the plateau's patience is unchanged
+        elif self.plateau is not None and not self._warming_up and metric is not None:
+            # with no value the plateau's patience is unchanged; torch counts a nan as a bad epoch
+            self.plateau.step(metric)
 
     def fast_forward(self, steps: int) -> None:
         """Take `steps` scheduler steps at once: a freshly built schedule at a saved position
@@ -345,6 +369,45 @@ def build_schedule(
     return LRSchedule(optimizer, config, steps_per_epoch)
 
 
+@dataclass
+class LRRuns:
+    """One parameter group's lr over a run, run-length coded: `lrs[i]` is the lr of `counts[i]`
+    optimizer steps from step `steps[i]` on. A per-epoch schedule costs a run per change, not
+    a value per step (1000 epochs of 10,000 steps are 1000 runs at most)."""
+
+    steps: list[int] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, points: Iterable[tuple[int, float]]) -> LRRuns:
+        """The runs of (step, lr) points, a step each (a run's logged lr)."""
+        runs = cls()
+        for step, lr in points:
+            runs.hold(step, 1, lr)
+        return runs
+
+    def hold(self, step: int, n: int, lr: float) -> None:
+        """`lr` for `n` steps from `step` on: the last run, longer, when it goes on."""
+        if self.lrs and self.lrs[-1] == lr and self.steps[-1] + self.counts[-1] == step:
+            self.counts[-1] += n
+        else:
+            self.steps.append(step)
+            self.counts.append(n)
+            self.lrs.append(lr)
+
+    def rows(self) -> Iterator[tuple[int, float]]:
+        """(step, lr) of every step."""
+        for first, n, lr in zip(self.steps, self.counts, self.lrs, strict=True):
+            for step in range(first, first + n):
+                yield step, lr
+
+
+# Schedules that set every group's lr from these flags: OneCycleLR and CyclicLR take one
+# max_lr / base_lr for all groups as _main_scheduler builds them, whatever a group's own lr.
+GROUP_LRS_FROM = {"onecycle": "--max-lr (default --lr)", "cyclic": "--lr and --max-lr"}
+
+
 def lr_series(
     config: TrainConfig,
     *,
@@ -352,7 +415,24 @@ def lr_series(
     metrics: list[float] | None = None,
     group_lrs: list[float] | None = None,
 ) -> list[dict[str, Any]]:
-    """The lr used by every optimizer step of a run: rows `{step, epoch, lr, group}`.
+    """The lr used by every optimizer step of a run: rows `{step, epoch, lr, group}`, step by
+    step (`lr_runs`, expanded)."""
+    runs = lr_runs(config, steps_per_epoch=steps_per_epoch, metrics=metrics, group_lrs=group_lrs)
+    return [
+        {"step": step, "epoch": step / steps_per_epoch, "lr": lr, "group": group}
+        for points in zip(*(run.rows() for run in runs), strict=True)
+        for group, (step, lr) in enumerate(points)
+    ]
+
+
+def lr_runs(
+    config: TrainConfig,
+    *,
+    steps_per_epoch: int,
+    metrics: list[float] | None = None,
+    group_lrs: list[float] | None = None,
+) -> list[LRRuns]:
+    """The lr of every optimizer step of a run, one `LRRuns` per parameter group.
 
     The schedule is the same `LRSchedule` training builds, stepped on a dummy optimizer of
     the configured type; `group_lrs` gives each parameter group its own initial lr.
@@ -364,6 +444,12 @@ def lr_series(
         raise UsageError(
             "plateau needs a metric per epoch",
             hint="give --metric-file metrics.csv or --from-run runs/NAME",
+        )
+    if config.scheduler in GROUP_LRS_FROM and any(lr != config.lr for lr in group_lrs or []):
+        raise UsageError(
+            f"--group-lrs: {config.scheduler} sets every parameter group's lr from "
+            f"{GROUP_LRS_FROM[config.scheduler]}, one value for all groups as ptool train builds "
+            "it, so each group's own lr would be ignored; drop --group-lrs"
         )
     lrs = group_lrs or [config.lr]
     groups = [{"params": [torch.zeros(1, requires_grad=True)], "lr": lr} for lr in lrs]
@@ -378,18 +464,17 @@ def lr_series(
         return _step_through(optimizer, schedule, config, steps_per_epoch, metrics)
 
 
-def _step_through(optimizer, schedule, config, steps_per_epoch, metrics) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    step = 0
+def _step_through(optimizer, schedule, config, steps_per_epoch, metrics) -> list[LRRuns]:
+    runs = [LRRuns() for _ in optimizer.param_groups]
+    # step_batch moves only a per-step schedule: a per-epoch one holds its lr the whole epoch
+    held = 1 if schedule.interval == "step" else steps_per_epoch
     for epoch in range(config.epochs):
-        for _ in range(steps_per_epoch):
-            for index, group in enumerate(optimizer.param_groups):
-                row = {"step": step, "epoch": step / steps_per_epoch, "lr": group["lr"]}
-                rows.append({**row, "group": index})
+        for step in range(epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch, held):
+            for run, group in zip(runs, optimizer.param_groups, strict=True):
+                run.hold(step, held, group["lr"])
             schedule.step_batch()
-            step += 1
         metric = None
         if metrics is not None:  # short: a run that stopped early (lr-plot warns), held on
             metric = metrics[epoch] if epoch < len(metrics) else metrics[-1]
         schedule.step_epoch(metric)
-    return rows
+    return runs

@@ -4,21 +4,28 @@ matplotlib figure (imported only when a figure is written)."""
 from __future__ import annotations
 
 import csv
-import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from rich.table import Table
 
 FIGURE_SUFFIXES = (".png", ".svg", ".pdf")
 
 
-def _x(line: Any, x_axis: str) -> list[float]:
-    if x_axis == "step":
-        return [float(s) for s in line.steps]
-    return [s / line.steps_per_epoch for s in line.steps]
+def _points(line: Any, x_axis: str) -> tuple[list[float], list[float]]:
+    """The first and last step of each run of one lr: drawn as if every step were, a held lr
+    flat and a change one step wide, at the cost of two points per run."""
+    scale = 1 if x_axis == "step" else line.steps_per_epoch
+    xs: list[float] = []
+    ys: list[float] = []
+    runs = line.runs
+    for first, n, lr in zip(runs.steps, runs.counts, runs.lrs, strict=True):
+        for step in dict.fromkeys((first, first + n - 1)):
+            xs.append(step / scale)
+            ys.append(lr)
+    return xs, ys
 
 
 def envelope(xs: Sequence[float], ys: Sequence[float], buckets: int) -> tuple[list, list]:
@@ -57,10 +64,10 @@ def terminal_chart(
     figure.theme("simple")  # no painted background: the terminal's own shows through
     figure.plot_size(width, height)
     for line in lines:
-        xs, ys = envelope(*_plotted(_x(line, x_axis), line.lrs, log_y), buckets=2 * width)
+        xs, ys = envelope(*_plotted(*_points(line, x_axis), log_y), buckets=2 * width)
         signal = figure.signal(xs, ys, marker="braille").lines().label(line.label)
         figure.draw(signal)
-    low, high = _y_range([lr for line in lines for lr in line.lrs], log_y)
+    low, high = _y_range([lr for line in lines for lr in line.runs.lrs], log_y)
     figure.ruler("y").lim(low, high)
     figure.ruler("y").ticks(*_y_ticks(low, high, log_y))
     figure.label(x_axis, "x")
@@ -167,18 +174,15 @@ def key_table(lines: Sequence[Any], *, fold: bool = True) -> Table:
     return table
 
 
-def csv_text(lines: Sequence[Any]) -> str:
-    """`step,epoch,lr,group,series`, one row per line and step."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+def write_csv(lines: Sequence[Any], file: TextIO) -> None:
+    """`step,epoch,lr,group,series`, one row per line and step, written as they are made."""
+    writer = csv.writer(file, lineterminator="\n")
     writer.writerow(["step", "epoch", "lr", "group", "series"])
     for line in lines:
         spe = line.steps_per_epoch
         writer.writerows(
-            (s, s / spe, repr(lr), line.group, line.label)
-            for s, lr in zip(line.steps, line.lrs, strict=True)
+            (s, s / spe, repr(lr), line.group, line.label) for s, lr in line.runs.rows()
         )
-    return buffer.getvalue()
 
 
 def write_figure(lines: Sequence[Any], path: Path, *, x_axis: str, log_y: bool, title: str) -> Path:
@@ -194,8 +198,7 @@ def write_figure(lines: Sequence[Any], path: Path, *, x_axis: str, log_y: bool, 
         for line in lines:
             logged = line.kind == "logged"
             ax.plot(
-                _x(line, x_axis),
-                line.lrs,
+                *_points(line, x_axis),
                 drawstyle="steps-post",
                 linestyle="--" if logged else "-",
                 linewidth=1.2 if logged else 1.6,

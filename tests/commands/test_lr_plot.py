@@ -82,6 +82,9 @@ def test_csv_on_stdout_and_in_a_file(tmp_path):
     out = tmp_path / "lr.csv"
     lr_plot(*args, "-o", str(out), "--quiet")
     assert out.read_text().splitlines()[1] == "0,0.0,0.001,0,step"
+    line, _ = series(*args, "--group-lrs", "0.1,0.01")  # JSON: the same rows, every step
+    csv_rows = [(int(r["step"]), float(r["epoch"]), float(r["lr"])) for r in rows[:4]]
+    assert [(r["step"], r["epoch"], r["lr"]) for r in line["rows"]] == csv_rows
 
 
 @pytest.mark.parametrize("suffix", [".png", ".svg", ".pdf"])
@@ -153,11 +156,12 @@ def test_every_schedule_flag_of_train_is_taken_so_a_pasted_command_line_runs():
 
     train_flags = {n for n, f in FIELDS.items() if f.metadata["section"] == "scheduler"}
     assert train_flags - {"scheduler"} <= set(SCHEDULE_FIELDS)
-    plain, kept = series(
+    plain, bounded, uncycled = series(
         "--epochs", "3", "--steps-per-epoch", "4", "--compare", "onecycle --lr 0.1",
-        "onecycle --lr 0.1 --no-cycle-momentum --max-momentum 0.9",
+        "onecycle --lr 0.1 --base-momentum 0.8 --max-momentum 0.9",
+        "onecycle --lr 0.1 --no-cycle-momentum",
     )  # fmt: skip
-    assert kept["rows"] == plain["rows"]
+    assert bounded["rows"] == plain["rows"] == uncycled["rows"]
 
 
 def test_plateau_needs_and_uses_a_metric(tmp_path):
@@ -261,6 +265,8 @@ def test_console_script_refuses_with_one_line_and_exit_2():
     [
         ["--scheduler", "onecycle", "--warmup-steps", "5", "--accumulate", "2"],
         ["--scheduler", "cosine", "--warmup-epochs", "1", "--no-decay-norm-bias"],
+        # one max_lr / base_lr for every group, as train builds CyclicLR
+        ["--scheduler", "cyclic", "--step-size-up", "5", "--no-decay-norm-bias"],
         # plateau replays the monitored metric's logged epoch values (max mode: a cut per epoch)
         [
             "--scheduler",
@@ -379,3 +385,92 @@ def test_chart_on_an_output_without_braille_gives_the_key_numbers():
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == "--chart: the output's encoding (ascii) has no braille\n"
     assert proc.stdout.startswith("series")
+
+
+def test_chart_of_a_run_coded_line_equals_the_chart_of_every_step():
+    """Lines hold an lr per run of equal values; drawn as if they held one per step."""
+    from ptool.core.config import TrainConfig
+    from ptool.core.lr_plot import Line, schedule_lines
+    from ptool.core.schedules import LRRuns
+    from ptool.ui.lr_plot_view import terminal_chart
+
+    config = TrainConfig(scheduler="cosine-warm-restarts", t_0=3, epochs=8, warmup_epochs=1)
+    (line,) = schedule_lines(config, label="wr", steps_per_epoch=40)
+    rows = list(line.runs.rows())
+    every_step = LRRuns([s for s, _ in rows], [1] * len(rows), [lr for _, lr in rows])
+    assert len(line.runs.lrs) == 8 and len(rows) == 320
+    for x_axis in ("step", "epoch"):
+        for log_y in (False, True):
+            charts = [
+                terminal_chart([drawn], x_axis=x_axis, log_y=log_y, title="t", width=100, height=22)
+                for drawn in (line, Line("wr", 0, "schedule", 40, every_step))
+            ]
+            assert charts[0] == charts[1]
+
+
+def test_a_nan_metric_is_a_bad_epoch_as_for_torchs_plateau(tmp_path):
+    metrics = tmp_path / "m.csv"
+    values = [1.0, float("nan"), float("nan"), 0.5, float("nan"), float("nan")]
+    metrics.write_text("val/loss\n" + "\n".join(map(str, values)) + "\n")
+    (line,) = series("plateau", "--epochs", "6", "--patience", "1", "--metric-file", str(metrics))
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-3)
+    sched = lr_scheduler.ReduceLROnPlateau(opt, patience=1)
+    expected = []
+    for value in values:
+        expected.append(opt.param_groups[0]["lr"])
+        sched.step(value)
+    assert [row["lr"] for row in line["rows"]] == pytest.approx(expected, rel=1e-12)
+    assert line["end"] == pytest.approx(1e-4)  # cut after two nan epochs (skipped: kept)
+
+
+TRAIN = ["train", "--data", "synthetic", "--samples", "64", "--shape", "8", "--model", "mlp",
+         "--batch-size", "64", "--quiet"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        # 10 optimizer steps: onecycle's warm-up ends at step 0 (OneCycleLR divided by zero)
+        (
+            ["onecycle", "--epochs", "10", "--pct-start", "0.1"],
+            "error: --pct-start 0.1 leaves one of the phases of onecycle's 10 steps empty; "
+            "give --pct-start between 0.1 and 1 (exclusive), or more steps",
+        ),
+        # three phases of 5 steps: the last one empty (train divided by zero at its end)
+        (
+            ["onecycle", "--epochs", "5", "--pct-start", "0.6", "--three-phase"],
+            "error: --pct-start 0.6 leaves one of the phases of onecycle's 5 steps empty",
+        ),
+        (
+            ["onecycle", "--epochs", "2", "--base-momentum", "0.9", "--max-momentum", "0.8"],
+            "error: --base-momentum 0.9 is above --max-momentum 0.8",
+        ),
+        (
+            ["plateau", "--epochs", "2", "--scheduler-interval", "step"],
+            "error: --scheduler-interval step: plateau steps once per epoch on val/loss",
+        ),
+    ],
+)
+def test_train_and_lr_plot_refuse_the_same_schedule_in_one_line(tmp_path, flags, message):
+    """Each was plotted by lr-plot (or crashed it) while train trained it, or crashed."""
+    name, *options = flags
+    trained = run_ptool(*TRAIN, "--scheduler", name, *options, "--out", str(tmp_path / "run"))
+    plotted = run_ptool("lr-plot", name, *options, "--steps-per-epoch", "1")
+    for result in (trained, plotted):
+        assert result.returncode == 2 and result.stdout == "", result.stderr
+        assert result.stderr.startswith(message) and result.stderr.count("\n") == 1
+    assert trained.stderr == plotted.stderr
+    assert not (tmp_path / "run").exists()  # refused before training started
+
+
+@pytest.mark.parametrize("name", ["onecycle", "cyclic"])
+def test_group_lrs_that_the_schedule_would_overwrite_are_refused(name):
+    """OneCycleLR and CyclicLR set every group's lr from one max_lr (base_lr): the plot showed
+    the groups' lrs ignored, as identical lines."""
+    result = run_ptool(
+        "lr-plot", name, "--lr", "0.1", "--epochs", "2", "--steps-per-epoch", "4",
+        "--group-lrs", "0.1,0.01",
+    )  # fmt: skip
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    assert result.stderr.startswith(f"error: --group-lrs: {name} sets every parameter group's lr")
+    assert result.stderr.count("\n") == 1 and "drop --group-lrs" in result.stderr

@@ -124,8 +124,10 @@ def test_schedule_lines_one_per_group_with_key_numbers():
     assert key["start"] == pytest.approx(0.01 * 0.01)  # warmup_start_factor
     assert key["peak"] == pytest.approx(0.01) and key["peak_step"] == 3
     assert key["warmup_end_step"] == 3 and key["restart_steps"] == [9, 15]
+    runs = lines[0].runs  # a per-epoch schedule: a run of 3 steps per epoch, not 3 values
+    assert (runs.steps, runs.counts) == ([0, 3, 6, 9, 12, 15], [3] * 6)
     rows = lines[0].to_dict()["rows"]
-    assert rows[4] == {"step": 4, "epoch": 4 / 3, "lr": lines[0].lrs[4]}
+    assert len(rows) == 18 and rows[4] == {"step": 4, "epoch": 4 / 3, "lr": runs.lrs[1]}
 
 
 def test_a_run_log_gives_train_metrics_per_epoch_not_per_step(tmp_path):

@@ -8,7 +8,13 @@ from torch.optim import lr_scheduler
 
 from ptool.core.config import TrainConfig
 from ptool.core.errors import UsageError
-from ptool.core.schedules import build_schedule, check_schedule_flags, lr_series, schedule_events
+from ptool.core.schedules import (
+    build_schedule,
+    check_schedule_flags,
+    lr_runs,
+    lr_series,
+    schedule_events,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:Detected call of")
 
@@ -460,3 +466,163 @@ def test_momentum_cycling_is_torchs_and_can_be_turned_off(name, optimizer, flags
         assert set(got) == {0.5}  # the user's own momentum, kept
     else:
         assert max(got) > 0.5
+
+
+def _torch_onecycle(total: int, pct: float, three_phase: bool) -> list[float] | None:
+    """OneCycleLR's lr over `total` steps and the step after the last, None where it divides
+    by zero (at construction, or at a later step)."""
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    try:
+        sched = lr_scheduler.OneCycleLR(
+            opt, 0.1, total_steps=total, pct_start=pct, three_phase=three_phase,
+            cycle_momentum=False,
+        )  # fmt: skip
+        lrs = []
+        for _ in range(total):
+            lrs.append(opt.param_groups[0]["lr"])
+            sched.step()
+    except ZeroDivisionError:
+        return None
+    return lrs
+
+
+def test_onecycle_phases_without_steps_are_refused_where_torch_fails_or_skips_them():
+    """A too short phase: OneCycleLR divided by zero (`ptool train` at its last step, for a
+    three-phase run), or skipped a phase, so the cycle does not run from max_lr / div_factor to
+    that / final_div_factor. Refused naming --pct-start and the steps; the rest is torch's."""
+    ends = (pytest.approx(0.1 / 25), pytest.approx(0.1 / 25 / 1e4))
+    for total in range(1, 13):
+        for pct in (0.05, 0.1, 0.2, 0.25, 0.3, 0.5, 0.55, 0.6, 0.75, 0.9):
+            for three_phase in (False, True):
+                config = TrainConfig(
+                    scheduler="onecycle", lr=0.1, epochs=1, pct_start=pct,
+                    three_phase=three_phase, optimizer="sgd", cycle_momentum=False,
+                )  # fmt: skip
+                expected = _torch_onecycle(total, pct, three_phase)
+                try:
+                    got = [row["lr"] for row in lr_series(config, steps_per_epoch=total)]
+                except UsageError as refused:
+                    message = str(refused)
+                    assert f"--pct-start {pct:g} " in message and f" {total} step" in message
+                    assert "\n" not in message and "more steps" in message
+                    assert expected is None or (expected[0], expected[-1]) != ends
+                else:
+                    assert expected is not None and got == pytest.approx(expected, rel=1e-12)
+                    assert (got[0], got[-1]) == ends
+
+
+def test_a_too_short_onecycle_phase_says_which_pct_start_fits():
+    config = TrainConfig(scheduler="onecycle", epochs=1, pct_start=0.1)
+    with pytest.raises(UsageError) as refused:
+        lr_series(config, steps_per_epoch=10)
+    assert str(refused.value) == (
+        "--pct-start 0.1 leaves one of the phases of onecycle's 10 steps empty; "
+        "give --pct-start between 0.1 and 1 (exclusive), or more steps"
+    )
+    with pytest.raises(UsageError, match="between 0.2 and 0.6 "):
+        lr_series(config.replace(pct_start=0.6, three_phase=True), steps_per_epoch=5)
+    with pytest.raises(UsageError, match="onecycle's 1 step empty; give more steps$"):
+        lr_series(config, steps_per_epoch=1)
+
+
+@pytest.mark.parametrize(
+    ("name", "make"),
+    [
+        ("onecycle", lambda o: lr_scheduler.OneCycleLR(o, 0.1, total_steps=12)),
+        ("cyclic", lambda o: lr_scheduler.CyclicLR(o, 0.1, 1.0, step_size_up=2000)),
+    ],
+)
+def test_onecycle_and_cyclic_give_every_group_the_same_lrs_as_train_builds_them(name, make):
+    """One max_lr (and base_lr) for all groups, as _main_scheduler builds them: a checkpoint's
+    groups equal torch's scheduler on an optimizer with those groups; per-group lrs, which
+    the scheduler would overwrite, are refused rather than ignored."""
+    config = TrainConfig(scheduler=name, lr=0.1, epochs=3, optimizer="sgd")
+    rows = lr_series(config, steps_per_epoch=4, group_lrs=[0.1, 0.1])
+    opt = torch.optim.SGD([{"params": [torch.zeros(1, requires_grad=True)]} for _ in "ab"], lr=0.1)
+    sched = make(opt)
+    expected = []
+    for _ in range(12):
+        expected += [(group, g["lr"]) for group, g in enumerate(opt.param_groups)]
+        sched.step()
+    assert [r["group"] for r in rows] == [group for group, _ in expected]
+    assert [r["lr"] for r in rows] == pytest.approx([lr for _, lr in expected], rel=1e-12)
+    with pytest.raises(UsageError, match=f"^--group-lrs: {name} sets every parameter group's"):
+        lr_series(config, steps_per_epoch=4, group_lrs=[0.1, 0.01])
+
+
+@pytest.mark.parametrize("mode", ["min", "max"])
+def test_plateau_counts_a_nan_metric_as_a_bad_epoch_as_torch_does(mode):
+    """ReduceLROnPlateau compares nan as not better: a bad epoch. Skipping it kept the lr."""
+    nan = float("nan")
+    metrics = [1.0, nan, nan, 2.0, nan, nan, nan, 0.5, nan, nan, nan, nan]
+    config = TrainConfig(
+        scheduler="plateau", lr=0.1, epochs=EPOCHS, optimizer="sgd", patience=1, mode=mode
+    )
+    got = [row["lr"] for row in lr_series(config, steps_per_epoch=STEPS, metrics=metrics)]
+    expected = _oracle(
+        lambda o: lr_scheduler.ReduceLROnPlateau(o, mode, 0.1, patience=1),
+        per_step=False,
+        metrics=metrics,
+    )
+    assert got == pytest.approx(expected, rel=1e-12)
+    assert got[-1] < 0.1 / 100  # the nan epochs cut it
+
+
+def test_an_epoch_without_a_metric_leaves_the_plateau_as_it_was():
+    config = TrainConfig(scheduler="plateau", lr=0.1, epochs=3, patience=0)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    schedule = build_schedule(opt, config, steps_per_epoch=STEPS)
+    schedule.step_epoch(1.0)
+    for _ in range(3):
+        schedule.step_epoch(None)
+    assert schedule.plateau.num_bad_epochs == 0 and opt.param_groups[0]["lr"] == 0.1
+
+
+def test_a_per_epoch_schedule_is_a_run_per_epoch_not_a_value_per_step():
+    """1000 epochs of 10,000 steps: 1000 runs, the lrs of torch's scheduler stepped per epoch."""
+    config = TrainConfig(scheduler="cosine", lr=0.1, epochs=1000)
+    (runs,) = lr_runs(config, steps_per_epoch=10_000)
+    assert runs.steps == list(range(0, 10_000_000, 10_000)) and set(runs.counts) == {10_000}
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    sched = lr_scheduler.CosineAnnealingLR(opt, 1000)
+    expected = []
+    for _ in range(1000):
+        expected.append(opt.param_groups[0]["lr"])
+        sched.step()
+    assert runs.lrs == pytest.approx(expected, rel=1e-12)
+
+
+def test_equal_lrs_of_a_per_step_schedule_join_one_run():
+    config = TrainConfig(scheduler="step", lr=0.1, epochs=4, step_size=2, warmup_steps=3)
+    (runs,) = lr_runs(config, steps_per_epoch=STEPS)
+    assert runs.counts == [1, 1, 1, 8, 5] and runs.steps == [0, 1, 2, 3, 11]  # StepLR: 8 steps
+    assert [lr for _, lr in runs.rows()] == [r["lr"] for r in lr_series(config, steps_per_epoch=4)]
+
+
+@pytest.mark.parametrize(
+    ("params", "refused"),
+    [
+        ({"scheduler": "plateau", "scheduler_interval": "step"}, True),
+        ({"scheduler": "plateau", "scheduler_interval": "step", "warmup_epochs": 1}, False),
+        ({"scheduler": "plateau", "scheduler_interval": "step", "warmup_steps": 4}, False),
+        ({"scheduler": "plateau", "scheduler_interval": "epoch"}, False),
+        ({"scheduler": "cosine", "scheduler_interval": "step"}, False),
+        ({"scheduler": "onecycle", "base_momentum": 0.9, "max_momentum": 0.8}, True),
+        ({"scheduler": "onecycle", "base_momentum": 0.8, "max_momentum": 0.9}, False),
+    ],
+)
+def test_train_and_lr_plot_refuse_the_same_schedule_combinations(params, refused):
+    """plateau steps once per epoch on the metric: per step it steps nothing (a warmup, it
+    ramps per step). Momentum bounds lowest first. One check for train and lr-plot."""
+    from ptool.core.checks import check_given_schedule_options, check_schedule_options
+
+    config = TrainConfig(epochs=3, **params)
+    messages = []
+    for check in (check_schedule_options, lambda c: check_given_schedule_options(c, params)):
+        try:
+            check(config)
+        except UsageError as exc:
+            messages.append(str(exc))
+    assert len(messages) == (2 if refused else 0)
+    if refused:
+        assert messages[0] == messages[1] and "\n" not in messages[0]
