@@ -88,11 +88,11 @@ def atomic_copy(source: Path, target: Path) -> Path:
     return target
 
 
-def check_output(path: Path, source: Path, flag: str, *, derived_only: bool = True) -> None:
+def check_output(path: Path, source: Path, flag: str) -> None:
     """Refuse, before any work, a derived file (`-o`, `--torchscript`) that would replace the
-    input checkpoint or that names a directory: the job would run, then fail or destroy.
-    With `derived_only`, an existing file is replaced only if it is one that prune or quantize
-    write (a rerun), never a training checkpoint or a file ptool did not write."""
+    input checkpoint or that names a directory: the job would run, then fail or destroy. An
+    existing file is replaced only if it is one that prune or quantize write (a rerun), never
+    a training checkpoint or a file ptool did not write."""
     if path.resolve() == source.resolve():
         raise UsageError(
             f"{flag} would overwrite the input checkpoint {source}", hint="choose another -o"
@@ -101,17 +101,36 @@ def check_output(path: Path, source: Path, flag: str, *, derived_only: bool = Tr
         raise UsageError(
             f"{flag} names a directory: {path}", hint="give a file path, e.g. -o DIR/out.pt"
         )
-    if derived_only and path.exists() and not _is_derived(path):
+    if path.exists() and not _is_derived(path):
         raise UsageError(
-            f"{flag} would replace {path}, which is not a pruned or quantized checkpoint",
+            f"{flag} would replace {path}, which is not a pruned or quantized checkpoint "
+            "or a TorchScript archive ptool wrote",
             hint="choose another -o, or move that file away first",
         )
 
 
+# The extra file `quantize --torchscript` puts in its archives (torch.jit.save's _extra_files):
+# the recipe, and the mark that a rerun may replace the archive.
+TORCHSCRIPT_TAG = "ptool.json"
+
+
+def _is_ptool_torchscript(path: Path) -> bool:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith(f"/extra/{TORCHSCRIPT_TAG}") for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def _is_derived(path: Path) -> bool:
-    """What prune and quantize write: a pruned or quantized ptool checkpoint, no training state."""
+    """What prune and quantize write: a pruned or quantized ptool checkpoint, no training
+    state, or a TorchScript archive carrying ptool's tag."""
     from ptool.core.inspect.reader import read
 
+    if _is_ptool_torchscript(path):
+        return True
     try:
         obj = read(path).obj  # the object tree only: no tensor is read
     except PtoolError:

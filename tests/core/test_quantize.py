@@ -3,6 +3,7 @@ reloaded by `torch.load(weights_only=True)` + `restore.model_from_checkpoint`, T
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -108,9 +109,34 @@ def test_static_output_reloads_with_identical_outputs(static_report, cnn_ckpt):
     second = _reloaded(static_report["output"])
     with ao.quiet():
         assert torch.equal(first(x), second(x))
-    scripted = torch.jit.load(static_report["torchscript"])
+    extra = {ckpt_io.TORCHSCRIPT_TAG: ""}
+    scripted = torch.jit.load(static_report["torchscript"], _extra_files=extra)
     with ao.quiet():
         assert torch.equal(scripted(x), first(x))
+    assert json.loads(extra[ckpt_io.TORCHSCRIPT_TAG])["mode"] == "static"  # its recipe
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+@pytest.mark.filterwarnings("ignore:`torch.jit.save` is deprecated:FutureWarning")
+def test_torchscript_replaces_its_own_archive_but_never_a_users_file(mlp_ckpt, tmp_path):
+    output = tmp_path / "deploy.pt"
+    script = tmp_path / "deploy.torchscript.pt"
+    options = _fast("dynamic", evaluate=False, torchscript=True, output=str(output))
+    for users in (b"my own exported model", _scripted_bytes(tmp_path)):
+        script.write_bytes(users)
+        with pytest.raises(UsageError, match=r"--torchscript \(.*\) would replace"):
+            quantize_checkpoint(mlp_ckpt, options)
+        assert script.read_bytes() == users and not output.exists()
+    script.unlink()
+    first = quantize_checkpoint(mlp_ckpt, options)["torchscript"]
+    assert quantize_checkpoint(mlp_ckpt, options)["torchscript"] == first  # a rerun
+
+
+def _scripted_bytes(folder: Path) -> bytes:
+    """A TorchScript archive ptool did not write."""
+    path = folder / "theirs.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))
+    return path.read_bytes()
 
 
 def test_a_backend_this_cpu_lacks_is_one_line_when_loading(static_report):

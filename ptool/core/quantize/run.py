@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -349,7 +350,7 @@ def quantize_checkpoint(
     torchscript = options.torchscript or bool(recipe.get("qat", {}).get("torchscript"))
     if torchscript:
         script = torchscript_path(output)
-        ckpt_io.check_output(script, path, f"--torchscript ({script})", derived_only=False)
+        ckpt_io.check_output(script, path, f"--torchscript ({script})")
 
     float_model = _float_model(ckpt)
     pruning = ckpt.get("pruning")
@@ -464,7 +465,8 @@ def write_torchscript(model: nn.Module, recipe: dict[str, Any], path: Path) -> P
     with ao.quiet(), torch.no_grad():
         traced = torch.jit.trace(model.eval(), example)
         tmp = path.with_name(f".{path.name}.tmp")
-        torch.jit.save(traced, str(tmp))
+        extra = {ckpt_io.TORCHSCRIPT_TAG: json.dumps(recipe, default=str)}
+        torch.jit.save(traced, str(tmp), _extra_files=extra)
     tmp.replace(path)
     return path
 
