@@ -435,7 +435,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         sums = torch.zeros(3, device=self.device, dtype=self.sum_dtype)  # loss, weight, correct
         samples = 0
-        contributed = False
+        contributed = 0  # the window's batches with a finite loss
         began = time.perf_counter()
         classification = self.info.task == "classification"
         norms = _norm_statistics(self.model) if config.on_nonfinite == "skip" else []
@@ -457,7 +457,8 @@ class Trainer:
                         loss = self.loss_fn(outputs, y)
                     if self._finite(loss, index):
                         self.scaler.scale(loss / window if window > 1 else loss).backward()
-                        contributed = trained = True
+                        contributed += 1
+                        trained = True
                         weight = mean_weight(self.loss_fn, y)
                         sums[0] += loss.detach().to(self.sum_dtype) * weight
                         sums[1] += weight
@@ -471,8 +472,8 @@ class Trainer:
                             self._all_reduce_grads()
                 state.batch_in_epoch = index + 1
                 if closes_window:
-                    self._optimizer_step(contributed, loss)
-                    contributed = False
+                    self._optimizer_step(contributed, window, loss)
+                    contributed = 0
                 bar.update(1)
                 if self.progress and (index % max(1, total // 20) == 0 or index + 1 == total):
                     bar.set_postfix(self._postfix(loss, outputs, y), refresh=False)
@@ -575,13 +576,18 @@ class Trainer:
                 dist.all_reduce(param.grad)
                 param.grad /= self.dist.world_size
 
-    def _optimizer_step(self, contributed: bool, loss: torch.Tensor) -> None:
+    def _optimizer_step(self, contributed: int, window: int, loss: torch.Tensor) -> None:
+        """Step on the window's gradients: their mean over the `contributed` batches with a
+        finite loss (each was divided by `window` before a skip could be known)."""
         config, state = self.config, self.state
         if contributed:
+            params = [p for p in self.model.parameters() if p.grad is not None]
+            if contributed < window:
+                for p in params:
+                    p.grad.mul_(window / contributed)
             last_step = state.batch_in_epoch == self.batches_per_epoch
             if self.tb is not None and config.log_histograms and last_step:
                 self.tb.histograms(self.model, state.global_step, grads=True)  # before zero_grad
-            params = [p for p in self.model.parameters() if p.grad is not None]
             norm = None
             if config.clip_norm is not None or config.clip_value is not None:
                 self.scaler.unscale_(self.optimizer)

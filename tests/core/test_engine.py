@@ -137,6 +137,32 @@ def test_accumulation_matches_a_hand_written_loop_with_an_incomplete_last_window
         torch.testing.assert_close(saved[name], value, rtol=0, atol=1e-7)
 
 
+def test_a_skipped_batch_leaves_its_window_the_mean_of_the_batches_it_saw(tmp_path):
+    """--on-nonfinite skip with --accumulate: the window of batches 2-3 loses batch 3 (NaN) and
+    steps on batch 2's gradient alone, not on half of it."""
+    config = small(
+        tmp_path, optimizer="sgd", lr=0.5, accumulate=2, shuffle=False, epochs=1,
+        on_nonfinite="skip",
+    )  # fmt: skip
+    summary = fit(config, quiet=True, prepare_model=lambda m: NaNAt(m, {3}))
+    assert summary.nonfinite_skipped == 1
+
+    seed_everything(0)
+    bundle = build_data(config)
+    model = build_model(config, bundle.info)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    x, y = bundle.train.tensors
+    batches = [(x[i : i + 16], y[i : i + 16]) for i in range(0, 80, 16)]
+    for window in (batches[0:2], batches[2:3], batches[4:5]):
+        for xb, yb in window:
+            (nn.functional.cross_entropy(model(xb), yb) / len(window)).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    saved = weights(tmp_path / "run" / "last.pt")  # NaNAt's own: model.<name>
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(saved[f"model.{name}"], value, rtol=0, atol=1e-7)
+
+
 def test_train_loss_weighs_batches_as_val_loss_does_with_class_weights(tmp_path):
     """An lr too small to move the weights: the epoch's train/loss is the class-weighted
     cross-entropy of the whole training set, as val/loss is of the validation set (it was
