@@ -85,6 +85,12 @@ class CheckpointFiles:
         state.top_k = entries[: self.save_top_k]
         return [name for _, _, name in entries[self.save_top_k :]]
 
+    def forget_missing(self, state: Any) -> None:
+        """On resume: the top-k files the checkpoint lists that this directory no longer holds
+        leave the ranking. A resume from an earlier checkpoint (`epoch-4.pt`) finds the ones the
+        abandoned later epochs pushed out; one in another --out finds none."""
+        state.top_k = [entry for entry in state.top_k if (self.run_dir / entry[2]).exists()]
+
     def epoch_copies(self, epoch: int, state: Any) -> list[Path]:
         """The names an epoch's checkpoint is saved under besides last.pt, as `state` says:
         epoch-N.pt, best.pt, best-epochN.pt."""

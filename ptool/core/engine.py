@@ -270,6 +270,7 @@ class Trainer:
         self.confusion: list[list[int]] | None = None
         if resume is not None:
             self.load_state(resume, replan=reschedule)
+            self.files.forget_missing(self.state)
             self.resumed_at = self.state.global_step
         self.train_model = self._wrap(self.model)
         # the folder is claimed after every check, so a refused run leaves it as it was

@@ -368,6 +368,20 @@ def test_top_k_files_stay_the_k_best_epochs_across_a_resume(tmp_path):
     assert sorted(entry[1] for entry in listed) == sorted(best_two)
 
 
+def test_the_top_k_lists_only_files_the_directory_holds(tmp_path):
+    """A resume elsewhere (--out) or from an earlier checkpoint finds the checkpoint's top-k
+    files gone; they used to stay listed (summary, --json) and ranked."""
+    fit(small(tmp_path, "run", epochs=3, save_top_k=2, lr=0.05), quiet=True)
+    other = tmp_path / "other"
+    summary = resume_run(
+        plan_resume(tmp_path / "run" / "last.pt", {"epochs": 4, "out": str(other)}), quiet=True
+    )
+    assert summary.checkpoints["top_k"] == [str(other / "best-epoch4.pt")]
+    assert (other / "best-epoch4.pt").exists()
+    listed = torch.load(other / "last.pt", weights_only=True)["callbacks"]["train_state"]["top_k"]
+    assert [entry[2] for entry in listed] == ["best-epoch4.pt"]
+
+
 def test_an_early_stopped_run_needs_more_patience_to_go_on(tmp_path):
     config = small(tmp_path, "run", epochs=8, min_delta=10.0, early_stop_patience=2)
     assert fit(config, quiet=True).status == "early_stopped"
