@@ -133,6 +133,7 @@ def main() -> None:
     an exit code (Typer's standalone mode would draw usage errors in a box); with --debug, after
     the traceback."""
     interrupted = _watch_ctrl_c()
+    _ignore_zero_columns()
     try:
         code = app(standalone_mode=False)
     except SystemExit:
@@ -146,6 +147,14 @@ def main() -> None:
             sys.exit(130)  # as Typer exits on Ctrl-C, whatever error the interrupt then caused
         sys.exit(report(exc, command_path(sys.argv[1:])))
     sys.exit(code if isinstance(code, int) else 0)  # typer.Exit(code) comes back as its code
+
+
+def _ignore_zero_columns() -> None:
+    """COLUMNS=0 (set by some CI runners) made rich print every table, line and error 0
+    characters wide, that is nothing: it means no width, as an unset COLUMNS does."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) == 0:
+        del os.environ["COLUMNS"]
 
 
 def _watch_ctrl_c() -> threading.Event:

@@ -180,6 +180,37 @@ def test_a_data_loader_workers_error_is_its_original_last_line():
     assert describe(RuntimeError("first\nsecond"))[0] == "unexpected RuntimeError: first"
 
 
+def test_columns_0_means_no_width_not_an_empty_screen():
+    """Some CI runners set COLUMNS=0; rich then printed nothing, results and errors alike."""
+    result = run_ptool("convcalc", "--h", "32", "--k", "3", env={"COLUMNS": "0"})
+    assert result.returncode == 0 and "32 -> 30" in result.stdout
+    result = run_ptool("convcalc", "--h", "32", "--k", "99", env={"COLUMNS": "0"})
+    assert result.returncode == 2 and result.stderr.startswith("error: ")
+
+
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [({"WORLD_SIZE": "2"}, "RANK=(unset)"), ({"WORLD_SIZE": "abc", "RANK": "0"}, "WORLD_SIZE=abc")],
+)
+def test_a_stray_torchrun_variable_is_a_usage_error(environ, named, tmp_path):
+    """A WORLD_SIZE left in a shell crashed ("unexpected KeyError", or a traceback from the
+    error reporter itself); nothing is trained or created."""
+    out = tmp_path / "run"
+    args = ("--data", "synthetic", "--shape", "4", "--samples", "40", "--model", "mlp")
+    result = run_ptool("train", *args, "--epochs", "1", "--out", str(out), env=environ)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"error: {named} in the environment")
+    assert "unexpected" not in result.stderr and not out.exists()
+
+
+def test_a_stray_rank_does_not_silence_a_lone_process(tmp_path):
+    result = run_ptool("train", "--data", "synthetic", "--shape", "4", "--samples", "40",
+                       "--model", "mlp", "--epochs", "1", "--no-tensorboard", "--json",
+                       "--out", str(tmp_path / "run"), env={"RANK": "1"})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["status"] == "completed"
+
+
 @pytest.mark.parametrize("rank", ["0", "1"])
 def test_a_torchrun_job_says_a_usage_error_once_and_names_a_failures_rank(
     rank, monkeypatch, capsys

@@ -151,10 +151,8 @@ def _refuse_other_world_size(ckpt: dict[str, Any], checkpoint: Path) -> str:
     """The data order, the batches and the steps per epoch depend on the number of processes
     (each takes every world_size-th sample): a resume must run as many as the run did.
     Returns the command that resumes it (under torchrun for more than one)."""
-    import os
-
     saved = ckpt["rng_state"].get("data_order", {}).get("world_size", 1)
-    now = int(os.environ.get("WORLD_SIZE", "1"))
+    now = rundir.job_size()
     command = rundir.resume_command(saved)
     if saved != now:
         how = f"{command} {checkpoint}" + (" (without torchrun)" if saved == 1 else "")

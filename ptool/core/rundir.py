@@ -25,8 +25,15 @@ LOCK_NAME = ".ptool.lock"
 
 def speaks_for_the_job() -> bool:
     """A lone process, or rank 0 of a torchrun job (RANK is set before any process group
-    exists): the one that prints for the job and claims its run directory."""
-    return os.environ.get("RANK", "0") == "0"
+    exists): the one that prints for the job and claims its run directory. A RANK left in the
+    environment of a lone process (WORLD_SIZE unset or 1) does not silence it."""
+    return os.environ.get("RANK", "0") == "0" or job_size() <= 1
+
+
+def job_size() -> int:
+    """torchrun's WORLD_SIZE; 1 without one (or an unreadable one, which training refuses)."""
+    value = os.environ.get("WORLD_SIZE", "1")
+    return int(value) if value.isdigit() else 1
 
 
 def default_run_dir(root: str | Path = "runs") -> Path:

@@ -42,12 +42,12 @@ def init_distributed(device_spec: str) -> Distributed:
 
     gloo on CPU, nccl on CUDA. A plain `ptool train` (no torchrun) returns world_size 1.
     """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = _environ_int("WORLD_SIZE", "1")
     if world_size <= 1:
         return Distributed()
     info = Distributed(
-        rank=int(os.environ["RANK"]),
-        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        rank=_environ_int("RANK", None),
+        local_rank=_environ_int("LOCAL_RANK", "0"),
         world_size=world_size,
     )
     if not dist.is_initialized():
@@ -56,6 +56,19 @@ def init_distributed(device_spec: str) -> Distributed:
             torch.cuda.set_device(info.local_rank)
         dist.init_process_group(backend="nccl" if on_cuda else "gloo")
     return info
+
+
+def _environ_int(name: str, default: str | None) -> int:
+    """One of torchrun's variables; a stray or broken one (WORLD_SIZE=2 left in a shell) is
+    a usage error rather than a crash."""
+    value = os.environ.get(name, default)
+    if value is None or not value.isdigit():
+        raise UsageError(
+            f"{name}={value or '(unset)'} in the environment: torchrun sets WORLD_SIZE, RANK "
+            "and LOCAL_RANK together, as non-negative integers",
+            hint="run under torchrun, or unset WORLD_SIZE for a single process",
+        )
+    return int(value)
 
 
 def shutdown_distributed(info: Distributed) -> None:

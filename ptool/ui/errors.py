@@ -92,9 +92,9 @@ def report(exc: BaseException, command_path: str = "ptool") -> int:
     message, hint, code = describe(exc, command_path)
     if not message:  # a command run without arguments has printed its help
         return code
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one process of a torchrun job
-        from ptool.core.rundir import speaks_for_the_job
+    from ptool.core.rundir import job_size, speaks_for_the_job
 
+    if job_size() > 1:  # one process of a torchrun job
         if code == 2 and not speaks_for_the_job():
             return code  # a usage error is the same on every rank: rank 0 says it for the job
         if code != 2:  # a failure may be one rank's own (its GPU's memory, its node's files)
