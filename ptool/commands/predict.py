@@ -29,8 +29,11 @@ def predict(
         ),
     ],
     top_k: Annotated[
-        int, typer.Option("--top-k", help="Class probabilities to report per input.")
-    ] = 5,
+        int | None,
+        typer.Option(
+            "--top-k", help="Class probabilities to report per input (classifiers; default 5)."
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Inputs per forward pass.")] = 64,
     device: DeviceOpt = "auto",
     ema: EmaOpt = False,
@@ -49,7 +52,7 @@ def predict(
     from ptool.core.errors import PtoolError, UsageError
     from ptool.ui.output import Output
 
-    if top_k < 1:
+    if top_k is not None and top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {top_k}")
     if batch_size < 1:
         raise UsageError(f"--batch-size must be positive, got {batch_size}")
@@ -59,13 +62,17 @@ def predict(
     from ptool.core.predict import predict as run_predict
 
     model, info, run_device, loss = load_predictor(checkpoint, device, ema=ema)
+    if top_k is not None and info.task != "classification":
+        raise UsageError(
+            f"--top-k ranks class probabilities; this is a {info.task} model", hint="drop --top-k"
+        )
     records = run_predict(
         model,
         Reader(info, note=lambda line: out.info(escape(line))).read(inputs),
         info,
         batch_size=batch_size,
         device=run_device,
-        top_k=top_k,
+        top_k=top_k or 5,
         loss=loss,
     )
     predictions, errors, done = [], [], 0
@@ -83,6 +90,11 @@ def predict(
             out.json_line(record)
         else:
             predictions.append(record)
+    if not done and not errors:
+        raise PtoolError(
+            f"nothing to predict: {', '.join('stdin' if i == '-' else i for i in inputs)} "
+            "held no input"
+        )
     if json:
         out.result({"checkpoint": checkpoint, "predictions": predictions, "errors": errors})
     elif not stream:

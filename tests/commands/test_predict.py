@@ -141,3 +141,33 @@ def test_uint8_and_pth_tensor_files_end_to_end(workdir, ptool_in):
     png, tensor = json.loads(result.stdout)["predictions"]
     assert tensor["input"] == "u8.pth[0]"
     assert tensor["probabilities"] == png["probabilities"]
+
+
+def test_nothing_to_predict_fails_as_an_empty_folder_does(ptool_in):
+    """A pipeline whose upstream produced nothing used to pass as a success (exit 0)."""
+    for extra in ((), ("--json",)):
+        empty = ptool_in("predict", "run/last.pt", "-", *extra, stdin="\n")
+        assert (empty.returncode, empty.stdout) == (1, "")
+        assert empty.stderr.splitlines() == ["error: nothing to predict: stdin held no input"]
+
+
+def test_top_k_is_refused_for_a_regression_model(tmp_path, monkeypatch, capsys):
+    from ptool.core.config import TrainConfig
+    from ptool.core.engine import fit
+
+    values = dict(data="synthetic", shape="4", samples=40, model="mlp", task="regression")
+    fit(TrainConfig.from_dict({**values, "epochs": 1, "out": str(tmp_path / "reg")}), quiet=True)
+    row = "[0.1, 0.2, 0.3, 0.4]\n"
+
+    def run(*args):
+        return run_main("predict", "reg/last.pt", "-", *args, cwd=tmp_path,
+                        monkeypatch=monkeypatch, capsys=capsys, stdin=row)  # fmt: skip
+
+    refused = run("--top-k", "3")
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.splitlines() == [
+        "error: --top-k ranks class probabilities; this is a regression model",
+        "hint: drop --top-k",
+    ]
+    plain = run()
+    assert plain.returncode == 0 and "probabilities" not in json.loads(plain.stdout)
