@@ -522,19 +522,25 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read a TOML, YAML or JSON config, each value converted and checked; keys may sit at the top
     level or under section tables."""
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(
+            f"config file {path} is a directory",
+            hint=f"give a file, e.g. {path / 'config.yaml'} (a run directory's resolved config)",
+        )
     if not path.is_file():
         raise UsageError(f"config file not found: {path}")
+    suffix = path.suffix.lower()  # run.JSON, X.TOML
     try:
         text = path.read_text()
-        if path.suffix in (".yaml", ".yml"):
+        if suffix in (".yaml", ".yml"):
             import yaml
 
             raw = yaml.load(text, Loader=_unique_keys_yaml_loader(path)) or {}
-        elif path.suffix == ".json":  # what `--print-config --json` prints
+        elif suffix == ".json":  # what `--print-config --json` prints
             import json
 
             raw = json.loads(text, object_pairs_hook=lambda pairs: _unique_keys(pairs, path))
-        elif path.suffix == ".toml":
+        elif suffix == ".toml":
             try:
                 import tomllib
             except ModuleNotFoundError:  # Python 3.10

@@ -147,6 +147,23 @@ def test_a_config_file_is_checked_when_read(tmp_path):
         read_config_file(path)
 
 
+@pytest.mark.parametrize(("name", "text"), [("RUN.YAML", "epochs: 4\n"), ("x.TOML", "epochs = 4\n"),
+                                            ("run.Json", '{"epochs": 4}')])  # fmt: skip
+def test_a_config_files_extension_is_read_in_any_case(tmp_path, name, text):
+    from ptool.core.config import read_config_file
+
+    (tmp_path / name).write_text(text)
+    assert read_config_file(tmp_path / name) == {"epochs": 4}
+
+
+def test_a_folder_given_as_config_file_is_named_as_one(tmp_path):
+    from ptool.core.config import read_config_file
+
+    with pytest.raises(UsageError, match=f"config file {tmp_path} is a directory") as info:
+        read_config_file(tmp_path)
+    assert info.value.hint.endswith("(a run directory's resolved config)")
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
