@@ -118,8 +118,10 @@ def check_monitor(config: TrainConfig, info: Any) -> None:
     if config.ema is not None:
         valid += metric_names(info, "val_ema")
     if config.monitor not in valid:
+        ema_metric = config.ema is None and config.monitor in metric_names(info, "val_ema")
         raise UsageError(
-            f"--monitor {config.monitor!r} is not a metric of this run; valid: {', '.join(valid)}"
+            f"--monitor {config.monitor!r} is not a metric of this run; valid: {', '.join(valid)}",
+            hint="val_ema/ metrics need --ema DECAY (e.g. --ema 0.999)" if ema_metric else None,
         )
 
 

@@ -407,8 +407,12 @@ def test_best_pt_follows_a_max_monitor(tmp_path):
 
 
 def test_bad_monitor_and_unwritable_out_fail_before_training(tmp_path):
-    with pytest.raises(UsageError, match="valid: train/loss, train/accuracy, val/loss"):
+    with pytest.raises(UsageError, match="valid: train/loss, train/accuracy, val/loss") as info:
         fit(small(tmp_path, monitor="val/nope"), quiet=True)
+    assert info.value.hint is None
+    with pytest.raises(UsageError, match="'val_ema/loss' is not a metric") as info:
+        fit(small(tmp_path, monitor="val_ema/loss"), quiet=True)
+    assert info.value.hint == "val_ema/ metrics need --ema DECAY (e.g. --ema 0.999)"
     with pytest.raises(UsageError, match="--accumulate must be at least 1"):
         fit(small(tmp_path, accumulate=0), quiet=True)
     blocker = tmp_path / "file"
