@@ -212,6 +212,10 @@ def plan_resume(
             hint="give one of them: ptool resume CKPT, or ptool train --init-from CKPT",
         )
     check_overrides(overrides)
+    if "device" in overrides:  # before the checkpoint is read, as the other flags
+        from ptool.core.runtime import resolve_device
+
+        resolve_device(overrides["device"])
     checkpoint = find_checkpoint(path)
     ckpt = load_checkpoint(checkpoint, unsafe=unsafe, refusal_hint=UNSAFE_HINT)
     _refuse_derived(ckpt, checkpoint)

@@ -144,6 +144,7 @@ def test_resuming_from_an_earlier_epoch_replaces_the_later_curves(tmp_path):
         ({"save_every_steps": 0}, "--save-every-steps must be at least 1, got 0"),
         ({"keep_last": -1}, "--keep-last must be at least 1, got -1"),
         ({"early_stop_patience": -1}, "--early-stop-patience must be at least 0, got -1"),
+        ({"device": "tpu"}, "invalid --device 'tpu'; valid: auto, cpu, cuda, cuda:N, mps"),
     ],
 )
 def test_a_resumes_flags_are_checked_before_the_checkpoint_is_read(tmp_path, overrides, message):
