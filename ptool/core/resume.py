@@ -75,9 +75,13 @@ def find_checkpoint(path: str | Path | None) -> Path:
 
 
 def _refuse_changes(saved: TrainConfig, overrides: dict[str, Any], checkpoint: Path) -> None:
+    from ptool.core.schedules import monitor_mode
+
     for name, value in overrides.items():
         if name in RESUMABLE or getattr(saved, name) == value:
             continue
+        if name == "mode" and monitor_mode(saved) == monitor_mode(saved.replace(mode=value)):
+            continue  # --mode min for a run whose auto already means min
         _refuse_unread_option(saved, name, value)
         section = FIELDS[name].metadata["section"]
         what = {"model": "the model", "data": "the data", "optimizer": "the optimizer"}.get(

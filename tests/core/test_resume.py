@@ -206,6 +206,9 @@ def test_changing_the_model_data_or_optimizer_is_refused_naming_init_from(tmp_pa
         plan_resume(tmp_path / "run", {"epochs": 2, "init_from": str(tmp_path / "run/best.pt")})
     plan = plan_resume(tmp_path / "run", {"epochs": 2, "model": "mlp", "early_stop_patience": 1})
     assert plan.config.early_stop_patience == 1  # unchanged values and allowed flags pass
+    assert plan_resume(tmp_path / "run", {"epochs": 2, "mode": "min"}).config.mode == "auto"
+    with pytest.raises(UsageError, match="--mode max changes the loop settings"):
+        plan_resume(tmp_path / "run", {"epochs": 2, "mode": "max"})  # auto: min for val/loss
     with pytest.raises(UsageError) as info:  # the saved value as a flag, not Python's None
         plan_resume(tmp_path / "run", {"epochs": 2, "clip_norm": 1.0})
     assert str(info.value).startswith(
