@@ -442,7 +442,10 @@ def test_a_relative_data_path_that_is_not_there_names_the_directory(tmp_path, mo
     for spec in ("imagefolder:tv", "csv:data/t.csv"):
         with pytest.raises(UsageError) as err:
             build_data(cfg(data=spec))
-        assert err.value.hint == f"{spec.split(':')[1]} is relative to {tmp_path}"
+        assert err.value.hint == (
+            f"{spec.split(':')[1]} is relative to {tmp_path}: run from the folder it was given "
+            "in, or give its path from here"
+        )
 
 
 def test_imagefolder_refusals_a_single_class_and_a_val_folder_without_train(tmp_path):

@@ -75,7 +75,12 @@ def check_task(config: Any, source: str, supported: tuple[str, ...]) -> str:
 def missing_path_hint(path: Path) -> str | None:
     """For a relative data path that is not there: where it was looked for. (A run records
     --data as typed, so `eval`, `resume` or `prune` of it read the path from where they run.)"""
-    return None if path.is_absolute() else f"{path} is relative to {Path.cwd()}"
+    if path.is_absolute():
+        return None
+    return (
+        f"{path} is relative to {Path.cwd()}: run from the folder it was given in, or give its "
+        "path from here"
+    )
 
 
 def check_num_classes(config: Any, source: str, found: int) -> None:
