@@ -120,21 +120,7 @@ def test_accumulation_matches_a_hand_written_loop_with_an_incomplete_last_window
     # 80 samples / batch 16 = 5 batches; --accumulate 2 -> windows of 2, 2 and 1 batches.
     config = small(tmp_path, optimizer="sgd", lr=0.5, accumulate=2, shuffle=False, epochs=1)
     fit(config, quiet=True)
-
-    seed_everything(0)
-    bundle = build_data(config)
-    model = build_model(config, bundle.info)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    x, y = bundle.train.tensors
-    batches = [(x[i : i + 16], y[i : i + 16]) for i in range(0, 80, 16)]
-    for window in (batches[0:2], batches[2:4], batches[4:5]):
-        for xb, yb in window:
-            (nn.functional.cross_entropy(model(xb), yb) / len(window)).backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    saved = weights(tmp_path / "run" / "last.pt")
-    for name, value in model.state_dict().items():
-        torch.testing.assert_close(saved[name], value, rtol=0, atol=1e-7)
+    _assert_accumulated_by_hand(config, [[0, 1], [2, 3], [4]])
 
 
 def test_a_skipped_batch_leaves_its_window_the_mean_of_the_batches_it_saw(tmp_path):
@@ -146,21 +132,26 @@ def test_a_skipped_batch_leaves_its_window_the_mean_of_the_batches_it_saw(tmp_pa
     )  # fmt: skip
     summary = fit(config, quiet=True, prepare_model=lambda m: NaNAt(m, {3}))
     assert summary.nonfinite_skipped == 1
+    _assert_accumulated_by_hand(config, [[0, 1], [2], [4]], prefix="model.")  # NaNAt's names
 
+
+def _assert_accumulated_by_hand(config, windows: list[list[int]], prefix: str = "") -> None:
+    """The run's weights are those of SGD stepping on each window's mean gradient over the
+    batches (of 16, in order) it lists."""
     seed_everything(0)
     bundle = build_data(config)
     model = build_model(config, bundle.info)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
     x, y = bundle.train.tensors
-    batches = [(x[i : i + 16], y[i : i + 16]) for i in range(0, 80, 16)]
-    for window in (batches[0:2], batches[2:3], batches[4:5]):
-        for xb, yb in window:
+    for window in windows:
+        for b in window:
+            xb, yb = x[16 * b : 16 * (b + 1)], y[16 * b : 16 * (b + 1)]
             (nn.functional.cross_entropy(model(xb), yb) / len(window)).backward()
         optimizer.step()
         optimizer.zero_grad()
-    saved = weights(tmp_path / "run" / "last.pt")  # NaNAt's own: model.<name>
+    saved = weights(Path(config.out) / "last.pt")
     for name, value in model.state_dict().items():
-        torch.testing.assert_close(saved[f"model.{name}"], value, rtol=0, atol=1e-7)
+        torch.testing.assert_close(saved[prefix + name], value, rtol=0, atol=1e-7)
 
 
 def test_train_loss_weighs_batches_as_val_loss_does_with_class_weights(tmp_path):
