@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from rich.console import Console
 
@@ -170,3 +172,229 @@ def test_convcalc_fractions_are_exact_in_tables_and_numbers_in_json():
     assert layer.jump == {"w": Fraction(1, 3)}
     assert view.json_data(layer)["jump"] == {"w": 1 / 3}
     assert view.json_data(layer)["receptive_field"] == {"w": 5 / 3}
+
+
+# Narrow terminals: every table keeps its numbers whole (rich would cut them to '…'), long
+# names and paths fold, and a pipe (wide) gets the table exactly as built.
+
+NARROW = [80, 60, 40]
+
+
+def _whole(text: str, *cells: str) -> None:
+    """Each cell appears as a whole token: not cut, not folded over two lines."""
+    assert "…" not in text, text
+    for cell in cells:
+        assert re.search(rf"(?<![\w.,+-]){re.escape(cell)}(?![\w.,%])", text), (cell, text)
+
+
+def _fits(text: str, width: int) -> None:
+    assert all(len(line) <= width for line in text.splitlines()), text
+
+
+def _column(text: str, index: int) -> str:
+    """A boxed table's column read top to bottom, its folded lines joined again."""
+    cells = [line.split("│")[index] for line in text.splitlines() if line.count("│") > index]
+    return "".join(cell.strip() for cell in cells)
+
+
+@pytest.mark.parametrize("width", NARROW)
+def test_lr_plot_key_numbers_stay_whole_in_a_narrow_terminal(width):
+    from ptool.core.config import TrainConfig
+    from ptool.core.lr_plot import schedule_lines
+    from ptool.ui.lr_plot_view import _fmt, key_table
+
+    cosine = TrainConfig(scheduler="cosine", lr=0.0001234567, epochs=10)
+    onecycle = TrainConfig(scheduler="onecycle", max_lr=0.01, epochs=10)
+    lines = [
+        *schedule_lines(cosine, label="cosine", steps_per_epoch=1000),
+        *schedule_lines(onecycle, label="onecycle --max-lr 0.01", steps_per_epoch=1000),
+    ]
+    text = _rendered(key_table(lines), width)
+    _fits(text, width)
+    for line in lines:
+        key = line.key_numbers()
+        _whole(text, *(_fmt(key[name]) for name in ("start", "peak", "end")))
+    assert "0.0001235" in text and "3.021e-06" in text
+    if width < 80:  # the restarts (and more) go, and the caption says so
+        assert "not shown at this width: restarts" in text
+    # in a pipe (fold=False, a wide console) every row is one line, as before
+    piped = _rendered(key_table(lines, fold=False), 10_000).splitlines()
+    assert piped[2].split() == ["onecycle", "--max-lr", "0.01", "0.0004", "0.01", "2999",
+                                "4e-08", "-", "-"]  # fmt: skip
+
+
+def _train_summary(run_dir: str):
+    from types import SimpleNamespace
+
+    metrics = {"train/loss": 0.000123456789, "val/accuracy": 0.987654321, "lr": 0.0001234567}
+    return SimpleNamespace(
+        run_dir=run_dir, status="completed", best_epoch=100, final_metrics=metrics,
+        best_metrics=metrics, monitor="val/loss", mode="min", best_value=0.000123456789,
+        epochs=100, global_step=123456789, wall_time_s=12345.6, samples_per_s=123456.7,
+        nonfinite_skipped=12, rollbacks=3,
+        checkpoints={"last": f"{run_dir}/last.pt", "best": f"{run_dir}/best.pt"},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("width", NARROW)
+def test_train_summary_keeps_numbers_whole_and_folds_long_paths(width):
+    from ptool.ui.train_view import summary_table
+
+    run_dir = "/home/someone/experiments/a_very_long_directory_name/runs/resnet50_lr_sweep_7"
+    text = _rendered(summary_table(_train_summary(run_dir)), width)
+    _fits(text, width)
+    _whole(text, "0.0001235", "0.9877", "123456789", "12345.6", "123,457", "12 / 3")
+    assert f"{run_dir}/last.pt" in _column(text, 2) and f"{run_dir}/best.pt" in _column(text, 2)
+
+
+def _pruned_report(finetuned: bool) -> dict:
+    metrics = {"val/loss": 0.8057656, "val/accuracy": 0.9192200}
+    after = {"val/loss": 0.8756466, "val/accuracy": 0.9108635}
+    layer = {"name": "encoder.layers.11.self_attention.query_key_value", "selected": True,
+             "channels_follow": None, "shape_before": [4096, 30141], "shape_after": [2867, 30141],
+             "params_before": 123456789, "params_after": 86419752, "nonzero_after": 86419752,
+             "sparsity": 0.3}  # fmt: skip
+    return {
+        "layers": [layer, {**layer, "name": "head", "selected": False, "sparsity": 0.0,
+                           "channels_follow": "encoder.layers.11.self_attention"}],
+        "metrics": {"before": metrics, "after_pruning": after,
+                    "after_finetune": after if finetuned else None},
+        "parameters": {"before": {"parameters": 123456789, "nonzero": 123456789},
+                       "after": {"parameters": 86419752, "nonzero": 86419752}},
+        "file_bytes": {"before": 493827156, "after": 345679008},
+        "gzip_bytes": {"before": 456789012, "after": 234567890},
+        "global": {"sparsity_before": 0.0, "sparsity": 0.3},
+        "latency": {"batch_size": 64, "before_ms": 12345.678, "after_ms": 9876.543,
+                    "speedup": 1.25, "runs": 3, "threads": 2, "spread": 0.0},
+        "method": "ln-structured", "amount": 0.3, "compacted": True, "dim": 0, "steps": 1,
+        "recalibrate_bn": 0, "finetune_epochs": 2 if finetuned else 0,
+        "output": "/home/someone/experiments/a_very_long_directory_name/pruned.pt", "masks": False,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("width", NARROW)
+@pytest.mark.parametrize("finetuned", [False, True])
+def test_prune_report_keeps_numbers_whole_in_a_narrow_terminal(width, finetuned):
+    from ptool.ui.prune_view import layer_table, report_view, summary_table
+
+    report = _pruned_report(finetuned)
+    text = _rendered(report_view(report), width)
+    _fits(text, width)
+    _whole(text, "123,456,789", "86,419,752", "471.0", "329.7", "12345.678", "30.00%", "91.92%")
+    assert "encoder.layers.11.self_attention.query_key_value" in _column(text, 1)
+    if width == 40:  # columns left out, and said so
+        assert "not shown at this width:" in _rendered(layer_table(report), width)
+        assert "not shown at this width:" in _rendered(summary_table(report), width)
+
+
+@pytest.mark.parametrize("width", NARROW)
+def test_quantize_report_keeps_numbers_whole_in_a_narrow_terminal(width):
+    from ptool.ui.quantize_view import report_table
+
+    sizes = {"file_bytes": 493827156, "param_bytes": 493827156, "latency_ms_batch_1": 12345.678,
+             "latency_ms_batch_n": 123456.789, "metrics": {"val/accuracy": 0.9192200}}  # fmt: skip
+    quantized = {**sizes, "file_bytes": 123456789, "param_bytes": 123456789,
+                 "metrics": {"val/accuracy": 0.9164345}}  # fmt: skip
+    report = {
+        "recipe": {"dtype": "qint8", "engine": "fx"}, "mode": "static", "backend": "x86",
+        "fused_modules": [], "quantized_layers": ["fc"], "kept_float": [], "bench_runs": 3,
+        "threads": 2, "latency_spread": 0.0, "output": "q.pt", "batch_size": 1024,
+        "fp32": sizes, "quantized": quantized,
+        "ratios": {"size": 4.0, "param_bytes": 4.0, "speedup_batch_1": 3.21,
+                   "speedup_batch_n": 3.21},
+        "metrics_change": {"val/accuracy": -0.0027855},
+    }  # fmt: skip
+    text = _rendered(report_table(report), width)
+    _fits(text, width)
+    _whole(text, "471.0", "117.7", "12345.678", "123456.789", "91.92%", "91.64%")
+
+
+def _eval_report() -> dict:
+    names = ["airplane", "automobile_with_a_long_name", *(f"class{i}" for i in range(8))]
+    matrix = [[1234 if i == j else 5 for j in range(10)] for i in range(10)]
+    per_class = [{"precision": 0.987654, "recall": 0.912345, "f1": 0.948765, "support": 12345}]
+    return {
+        "checkpoint": "/home/someone/experiments/a_very_long_directory_name/best.pt",
+        "kind": "float", "data": "cifar10", "split": "test", "samples": 123450,
+        "batch_size": 256, "device": "cpu", "class_names": names,
+        "metrics": {"loss": 0.000123456789, "accuracy": 0.98765},
+        "samples_per_s": 123456.7, "batch_latency_ms": 12345.678,
+        "per_class": per_class * 10, "confusion_matrix": matrix,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("width", NARROW)
+def test_eval_tables_keep_numbers_whole_in_a_narrow_terminal(width):
+    from ptool.ui.eval_view import compare_table, report_view
+
+    report = _eval_report()
+    text = _rendered(report_view(report), width)
+    _fits(text, width)
+    _whole(text, "0.0001235", "98.77%", "123,457", "12345.678", "0.9877", "0.9123", "0.9488")
+    assert "automobile_with_a_long_name" in _column(text, 1)
+    if width >= 80:  # a column per class fits, every count whole
+        _whole(text, "1234", "5")
+    else:  # it does not: a line says where the matrix is, no table of cut counts
+        line = "confusion matrix: too wide for this terminal; in --json and -o cm.png"
+        assert line in " ".join(text.split())
+    other = {**report, "checkpoint": "/home/someone/b/best.pt",
+             "vs_first": {"loss": 0.0000123, "accuracy": -0.0123}}  # fmt: skip
+    text = _rendered(compare_table([report, other]), width)
+    _fits(text, width)
+    _whole(text, "0.0001235", "98.77%", "(+1.23e-05)", "-1.23", "123,457", "(1.00x)", "12345.678")
+
+
+@pytest.mark.parametrize("width", NARROW)
+def test_inspect_tables_keep_numbers_whole_in_a_narrow_terminal(tmp_path, width):
+    """A real file: a 123,456,789-element tensor (an expanded view: saved as one element) and
+    an AdamW's state dict."""
+    import torch
+
+    from ptool.core.inspect.report import InspectOptions, inspect
+    from ptool.ui.inspect_view import report_view
+
+    name = "encoder.layers.11.self_attention.query_key_value.weight"
+    weight = torch.nn.Parameter(torch.zeros(3))
+    optimizer = torch.optim.AdamW([weight], lr=0.0001234567, weight_decay=0.0123456)
+    path = tmp_path / "big.pt"
+    model = {name: torch.zeros(1).expand(123456789, 1), "head.bias": torch.zeros(3)}
+    torch.save({"model": model, "optimizer": optimizer.state_dict()}, path)
+    for options in (InspectOptions(), InspectOptions(depth=2)):
+        text = _rendered(report_view(inspect(path, options)), width)
+        _fits(text, width)
+        _whole(text, "123,456,789", "471.0", "0.000123457")
+        if options.depth is None:
+            assert name in _column(text, 1)
+    if width == 40:
+        assert "not shown at this width: kind, dtype, shape (--json has them)" in " ".join(
+            _rendered(report_view(inspect(path, InspectOptions())), width).split()
+        )
+
+
+def test_a_fitted_table_that_fits_is_the_table_as_built():
+    """A pipe is 10,000 columns wide: its output must not change. A narrow rendering lays out
+    a copy, so the table itself stays as the view built it."""
+    from rich.table import Table
+
+    from ptool.ui.tables import Fitted
+
+    table = Table(title="t")
+    table.add_column("name", overflow="fold")
+    table.add_column("count", justify="right")
+    table.add_row("encoder.layers.11.self_attention.query_key_value", "123,456,789")
+    table.add_section()
+    table.add_row("[b]bold[/b]", "1")
+    fitted = Fitted(table, optional=("count",))
+    assert _rendered(fitted, 10_000) == _rendered(table, 10_000)
+    narrow = _rendered(fitted, 30)
+    _fits(narrow, 30)
+    _whole(narrow, "123,456,789")
+    assert [c.width for c in table.columns] == [None, None]
+    assert _rendered(fitted, 10_000) == _rendered(table, 10_000)
+    # too narrow for the number even alone: it folds over lines, never ends in '…'
+    table = Table()
+    table.add_column("name", overflow="fold")
+    table.add_column("count", justify="right")
+    table.add_row("encoder.layers.11.self_attention.query_key_value", "123,456,789")
+    tiny = _rendered(Fitted(table), 12)
+    assert "…" not in tiny and _column(tiny, 2) == "123,456,789"

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from ptool.ui.tables import format_change, format_metric
+from ptool.ui.tables import Fitted, format_change, format_metric
 
 # Bigger confusion matrices are left to --json and -o cm.png (a table would not fit).
 MAX_MATRIX_CLASSES = 20
@@ -33,26 +33,27 @@ def _labels(report: dict[str, Any]) -> list[Text]:
     return [Text(name) for name in _names(report)]
 
 
-def metrics_table(report: dict[str, Any]) -> Table:
+def metrics_table(report: dict[str, Any]) -> Fitted:
     table = Table()
-    table.add_column("metric")
+    table.add_column("metric", overflow="fold")
     table.add_column("value", justify="right")
     for name, value in report["metrics"].items():
         table.add_row(name, format_metric(name, value))
     table.add_section()
     for row in _speed_rows(report):
         table.add_row(*row)
-    return table
+    return Fitted(table)
 
 
-def per_class_table(report: dict[str, Any]) -> Table:
+def per_class_table(report: dict[str, Any]) -> Fitted:
     table = Table(title="per class", title_justify="left")
-    for column in ("class", "precision", "recall", "f1", "support"):
-        table.add_column(column, justify="left" if column == "class" else "right")
+    table.add_column("class", overflow="fold")
+    for column in ("precision", "recall", "f1", "support"):
+        table.add_column(column, justify="right")
     for name, row in zip(_labels(report), report["per_class"], strict=True):
         scores = (f"{row[k]:.4f}" for k in ("precision", "recall", "f1"))
         table.add_row(name, *scores, str(row["support"]))
-    return table
+    return Fitted(table, optional=("support",))
 
 
 def _cell(count: int, *, diagonal: bool) -> str:
@@ -61,16 +62,18 @@ def _cell(count: int, *, diagonal: bool) -> str:
     return str(count) if count else "[dim]0[/dim]"
 
 
-def confusion_table(report: dict[str, Any]) -> Table:
-    """Rows are true classes, columns predicted ones; the diagonal is bold."""
+def confusion_table(report: dict[str, Any]) -> Fitted:
+    """Rows are true classes, columns predicted ones; the diagonal is bold. A terminal too
+    narrow for a column per class gets a line saying where the matrix is instead."""
     names = _labels(report)
     table = Table(title="confusion matrix (rows: true, columns: predicted)", title_justify="left")
-    table.add_column("true \\ pred")
+    table.add_column("true \\ pred", overflow="fold")
     for name in names:
         table.add_column(name, justify="right")
     for i, (name, row) in enumerate(zip(names, report["confusion_matrix"], strict=True)):
         table.add_row(name, *(_cell(n, diagonal=i == j) for j, n in enumerate(row)))
-    return table
+    instead = "[dim]confusion matrix: too wide for this terminal; in --json and -o cm.png[/dim]"
+    return Fitted(table, instead=instead)
 
 
 def header(report: dict[str, Any]) -> str:
@@ -104,12 +107,12 @@ def distinct_names(paths: list[str]) -> list[str]:
     return [str(path) for path in paths]
 
 
-def compare_table(reports: list[dict[str, Any]]) -> Table:
+def compare_table(reports: list[dict[str, Any]]) -> Fitted:
     """A column per checkpoint; the second and later ones show their difference vs the first."""
     first = reports[0]
     title = f"{first['data']} {first['split']}: {first['samples']} samples, {first['device']}"
     table = Table(title=escape(title), title_justify="left")
-    table.add_column("metric")
+    table.add_column("metric", overflow="fold")
     names = distinct_names([report["checkpoint"] for report in reports])
     for name, report in zip(names, reports, strict=True):
         table.add_column(f"{escape(name)}\n({report['kind']})", justify="right")
@@ -130,7 +133,7 @@ def compare_table(reports: list[dict[str, Any]]) -> Table:
     ]
     table.add_row("samples/s", *cells)
     table.add_row("batch latency (median)", *(f"{r['batch_latency_ms']:.3f} ms" for r in reports))
-    return table
+    return Fitted(table)
 
 
 def write_confusion_image(report: dict[str, Any], path: str | Path) -> Path:

@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
-from ptool.ui.tables import human_bytes, human_count
+from ptool.ui.tables import Fitted, human_bytes, human_count
 
 
 def _value(v: Any) -> str:
@@ -22,16 +22,22 @@ def _value(v: Any) -> str:
     return "-" if v is None else str(v)
 
 
-def _table(*columns: str) -> Table:
+def _table(*columns: str, text: tuple[str, ...] = ()) -> Table:
+    """The first column (names) and those in `text` fold in a narrow terminal; the others
+    hold numbers, which Fitted keeps whole."""
     table = Table()
     for i, name in enumerate(columns):
-        table.add_column(name, justify="left" if i == 0 else "right", overflow="fold")
+        fold = "fold" if i == 0 or name in text else "ellipsis"
+        table.add_column(name, justify="left" if i == 0 else "right", overflow=fold)
     return table
 
 
-def _section(title: str, table: Table, note: str | None = None) -> Group:
-    """A bold title line, the table, and an optional note line (full terminal width)."""
-    parts: list[RenderableType] = [f"[bold]{title}[/bold]", table]
+def _section(
+    title: str, table: Table, note: str | None = None, *, optional: tuple[str, ...] = ()
+) -> Group:
+    """A bold title line, the table (fitted to the terminal: numbers whole, the `optional`
+    columns left out where they do not fit), and an optional note line (full terminal width)."""
+    parts: list[RenderableType] = [f"[bold]{title}[/bold]", Fitted(table, optional=optional)]
     if note:
         parts.append(note)
     return Group(*parts)
@@ -92,6 +98,7 @@ def tensors_table(report: dict[str, Any]) -> Group:
     if report["groups"] is not None:
         title += " by module"
         table = _table("module", "tensors", "numel", "bytes", "dtypes")
+        optional = ("dtypes", "tensors")
         for g in report["groups"]:
             table.add_row(
                 escape(g["name"] or "(root)"),
@@ -102,6 +109,7 @@ def tensors_table(report: dict[str, Any]) -> Group:
             )
     else:
         table = _table("name", "shape", "dtype", "numel", "bytes", "kind")
+        optional = ("kind", "dtype", "shape")
         for r in report["tensors"]:
             shares = f" [dim](= {escape(r['shares'])})[/dim]" if r["shares"] else ""
             table.add_row(
@@ -112,7 +120,7 @@ def tensors_table(report: dict[str, Any]) -> Group:
                 human_bytes(r["bytes"]),
                 r["kind"],
             )
-    return _section(title, table, totals_line(report["totals"]))
+    return _section(title, table, totals_line(report["totals"]), optional=optional)
 
 
 def _dtype(row: dict[str, Any]) -> str:
@@ -155,6 +163,10 @@ def tensor_tree(report: dict[str, Any]) -> Group:
     return Group(tree, totals_line(report["totals"]))
 
 
+# What a narrow terminal leaves out of an optimizer's table first (--json has them).
+OPTIONAL_OPTIMIZER_COLUMNS = ("eps", "betas", "momentum", "weight_decay", "params")
+
+
 def optimizer_tables(report: dict[str, Any]) -> list[RenderableType]:
     out: list[RenderableType] = []
     for opt in report["optimizers"]:
@@ -171,7 +183,7 @@ def optimizer_tables(report: dict[str, Any]) -> list[RenderableType]:
             f"{human_bytes(opt['state_bytes'])} in {opt['state_tensors']} tensors "
             f"({', '.join(opt['state_keys']) or 'empty'})"
         )
-        out.append(_section(title, table))
+        out.append(_section(title, table, optional=OPTIONAL_OPTIMIZER_COLUMNS))
     for sched in report["schedulers"]:
         table = _table("field", "value")
         for key, value in sched["state"].items():
@@ -216,7 +228,7 @@ def pruning_table(pruning: dict[str, Any]) -> Group:
             f"Pruning (compacted): {removed:.2%} of the selected weights removed; "
             f"zeros among those left {zeros}"
         )
-    return _section(title, table, _recipe(pruning["recipe"]))
+    return _section(title, table, _recipe(pruning["recipe"]), optional=("zeros",))
 
 
 def quantization_table(quant: dict[str, Any]) -> Group:
@@ -228,6 +240,7 @@ def quantization_table(quant: dict[str, Any]) -> Group:
         "zero point",
         "output scale",
         "output zero point",
+        text=("weight dtype", "qscheme"),
     )
     for layer in quant["layers"]:
         if "scale_range" in layer:
@@ -244,7 +257,8 @@ def quantization_table(quant: dict[str, Any]) -> Group:
             _value(layer.get("output_scale")),
             _value(layer.get("output_zero_point")),
         )
-    return _section("Quantization", table, _recipe(quant["recipe"]))
+    optional = ("weight dtype", "qscheme", "output zero point", "output scale", "zero point")
+    return _section("Quantization", table, _recipe(quant["recipe"]), optional=optional)
 
 
 def stats_table(stats: list[dict[str, Any]]) -> Group:
@@ -258,11 +272,12 @@ def stats_table(stats: list[dict[str, Any]]) -> Group:
             str(s["nan"]),
             str(s["inf"]),
         )
-    return _section("Statistics (min/max/mean/std over finite values)", table)
+    title = "Statistics (min/max/mean/std over finite values)"
+    return _section(title, table, optional=("zeros", "std", "mean", "Inf", "NaN"))
 
 
 def diff_table(diff: dict[str, Any]) -> Group:
-    table = _table("name", "change", "detail")
+    table = _table("name", "change", "detail", text=("change",))
     for name in diff["added"]:
         table.add_row(escape(name), "added", "")
     for name in diff["removed"]:

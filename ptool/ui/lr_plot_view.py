@@ -11,6 +11,8 @@ from typing import Any, TextIO
 
 from rich.table import Table
 
+from ptool.ui.tables import Fitted
+
 FIGURE_SUFFIXES = (".png", ".svg", ".pdf")
 
 
@@ -147,19 +149,16 @@ def _steps(steps: list[int], limit: int = 6) -> str:
     return shown + (f", ... ({len(steps)})" if len(steps) > limit else "")
 
 
-def key_table(lines: Sequence[Any], *, fold: bool = True) -> Table:
-    """The numbers under the chart: start, peak, end, warmup end, restarts (steps). Long
-    --compare labels fold on a terminal; in a pipe (`fold=False`) every row stays one line."""
+def key_table(lines: Sequence[Any], *, fold: bool = True) -> Table | Fitted:
+    """The numbers under the chart: start, peak, end, warmup end, restarts (steps). On a
+    terminal (`fold`) long --compare labels fold and the numbers stay whole: a narrow one
+    leaves out the restarts, the warmup end, then the peak's step (--json has them); in a
+    pipe every row stays one line."""
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for name in ("series", "start", "peak", "at step", "end", "warmup end", "restarts"):
-        if name == "series" and fold:  # the numbers never fold
-            table.add_column(name, overflow="fold", max_width=32)
-        elif name == "series":
-            table.add_column(name, no_wrap=True)
-        elif name == "restarts":
-            table.add_column(name)
-        else:
-            table.add_column(name, justify="right", no_wrap=True, min_width=len(name))
+    table.add_column("series", overflow="fold" if fold else "ellipsis", no_wrap=not fold)
+    for name in ("start", "peak", "at step", "end", "warmup end"):
+        table.add_column(name, justify="right")
+    table.add_column("restarts")
     for line in lines:
         key = line.key_numbers()
         table.add_row(
@@ -171,7 +170,7 @@ def key_table(lines: Sequence[Any], *, fold: bool = True) -> Table:
             "-" if key["warmup_end_step"] is None else str(key["warmup_end_step"]),
             _steps(key["restart_steps"]),
         )
-    return table
+    return Fitted(table, optional=("restarts", "warmup end", "at step")) if fold else table
 
 
 def write_csv(lines: Sequence[Any], file: TextIO) -> None:

@@ -10,6 +10,7 @@ from rich.text import Text
 
 from ptool.ui.tables import (
     SHOWN_METRICS,
+    Fitted,
     format_change,
     format_metric,
     format_ratio,
@@ -24,10 +25,18 @@ def _shape(shape: list[int]) -> str:
     return "x".join(map(str, shape)) or "scalar"
 
 
-def layer_table(report: dict[str, Any]) -> Table:
+# What a narrow terminal leaves out first (--json keeps them).
+OPTIONAL_LAYER_COLUMNS = ("pruned", "shape before -> after", "nonzero")
+
+
+def layer_table(report: dict[str, Any]) -> Fitted:
+    """One row per conv/linear weight; in a narrow terminal layer names fold, then the columns
+    in OPTIONAL_LAYER_COLUMNS go, and the counts stay whole."""
     table = Table(title="layers (conv/linear weights)", title_justify="left")
-    for column in ("layer", "pruned", "shape before -> after", "params before -> after"):
-        table.add_column(column, justify="left" if column in ("layer", "pruned") else "right")
+    table.add_column("layer", overflow="fold")
+    table.add_column("pruned", overflow="fold")
+    for column in ("shape before -> after", "params before -> after"):
+        table.add_column(column, justify="right")
     table.add_column("nonzero", justify="right")
     table.add_column("sparsity", justify="right")
     for row in report["layers"]:
@@ -43,14 +52,15 @@ def layer_table(report: dict[str, Any]) -> Table:
             f"{row['nonzero_after']:,}",
             f"{row['sparsity']:.2%}",
         )
-    return table
+    return Fitted(table, optional=OPTIONAL_LAYER_COLUMNS)
 
 
-def summary_table(report: dict[str, Any]) -> Table:
+def summary_table(report: dict[str, Any]) -> Fitted:
     finetuned = report["metrics"]["after_finetune"] is not None
     table = Table(title=_title(report), title_justify="left")
-    for column in ("", "before", "after pruning", *(["after fine-tune"] if finetuned else [])):
-        table.add_column(column, justify="left" if not column else "right")
+    table.add_column("", overflow="fold")
+    for column in ("before", "after pruning", *(["after fine-tune"] if finetuned else [])):
+        table.add_column(column, justify="right")
     table.add_column("change", justify="right")
     # the structure is fixed once pruned: fine-tuning changes weights, not sizes or speed
     copies = 2 if finetuned else 1
@@ -87,7 +97,8 @@ def summary_table(report: dict[str, Any]) -> Table:
             table.add_row(
                 name, format_metric(name, value), *cells, format_change(name, final[name] - value)
             )
-    return table
+    # a narrow terminal keeps the labels, the numbers before and the final ones
+    return Fitted(table, optional=(["after pruning"] if finetuned else []) + ["change"])
 
 
 def _title(report: dict[str, Any]) -> str:

@@ -10,6 +10,7 @@ from rich.text import Text
 
 from ptool.ui.tables import (
     SHOWN_METRICS,
+    Fitted,
     format_change,
     format_metric,
     format_shrink,
@@ -47,7 +48,7 @@ def report_table(report: dict[str, Any]) -> Group:
     if report.get("torchscript"):
         notes.append(f"torchscript: {report['torchscript']}")
     table = Table(title=title, title_justify="left")
-    table.add_column("")
+    table.add_column("", overflow="fold")
     table.add_column("fp32", justify="right")
     table.add_column(quant_name, justify="right")
     table.add_column("change", justify="right")
@@ -82,4 +83,4 @@ def report_table(report: dict[str, Any]) -> Group:
                 format_metric(name, quant["metrics"][name]),
                 format_change(name, report["metrics_change"][name]),
             )
-    return Group(table, Text("\n".join(notes)))
+    return Group(Fitted(table, optional=("change",)), Text("\n".join(notes)))

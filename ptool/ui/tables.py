@@ -3,12 +3,18 @@ that fits the terminal without cutting a number."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import copy
+import dataclasses
+from collections.abc import Callable, Collection, Sequence
 
-from rich.console import Console, ConsoleOptions, RenderResult
+from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
 from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
+
+# The narrowest a foldable text cell (a path, a tensor name) is folded to before columns go;
+# past every optional column, down to one character before any number folds.
+FOLDED_TEXT = 10
 
 
 class FittedTable:
@@ -18,7 +24,8 @@ class FittedTable:
     cells with '…': a parameter count 1,306,176 reads 1,306,… . Here every column keeps room
     for its longest word (text wraps at spaces) and its header; where that is still too wide,
     the `optional` columns go, first named first, and the caption says so; only past them do
-    headers fold. Columns named in `left` are left-justified, the rest (numbers) right.
+    headers fold, and past that the cells: a number then reads over two lines, never as '…'.
+    Columns named in `left` are left-justified, the rest (numbers) right.
     """
 
     def __init__(
@@ -47,38 +54,117 @@ class FittedTable:
         return table
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        for count in range(len(self.optional) + 1):
-            table = self.table(self.optional[:count])
-            if _fit(table, console, options, whole_headers=True):
-                break
-        else:
-            _fit(table, console, options, whole_headers=False)
-        yield table
+        yield _laid_out(self.table, self.optional, console, options)[0]
 
 
-def _fit(table: Table, console: Console, options: ConsoleOptions, *, whole_headers: bool) -> bool:
+class Fitted:
+    """A table a view built itself (sections, styles, markup, a grid), laid out as FittedTable
+    lays out its own: numbers whole, text wrapped at spaces; long text in a column or cell whose
+    overflow is "fold" (a path, a tensor name) folds; then the `optional` columns (by header)
+    go. Where no layout keeps the numbers whole, `instead` is shown (a line saying where the
+    numbers are), else the table with its numbers folded. The table is not changed: each
+    rendering lays out a copy, so in a pipe (wide enough) the table prints as built."""
+
+    def __init__(
+        self,
+        table: Table,
+        *,
+        optional: Sequence[str] = (),
+        instead: RenderableType | None = None,
+    ):
+        self.source, self.optional, self.instead = table, tuple(optional), instead
+
+    def table(self, dropped: Collection[str] = ()) -> Table:
+        table = copy.copy(self.source)
+        kept = [column for column in self.source.columns if str(column.header) not in dropped]
+        table.columns = [dataclasses.replace(c, _index=i) for i, c in enumerate(kept)]
+        if dropped:
+            table.caption = f"not shown at this width: {', '.join(dropped)} (--json has them)"
+            table.caption_justify = "left"
+        return table
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        table, whole = _laid_out(self.table, self.optional, console, options)
+        yield table if whole or self.instead is None else self.instead
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement.get(console, options, self.source)
+
+
+def _laid_out(
+    build: Callable[[Collection[str]], Table],
+    optional: Sequence[str],
+    console: Console,
+    options: ConsoleOptions,
+) -> tuple[Table, bool]:
+    """The table with the fewest columns dropped whose numbers fit whole (folding long text
+    before dropping a column); past every optional column, headers fold, then text folds
+    narrower still; past that, cells fold: a number split over two lines still reads, one cut
+    to '…' does not. With it, whether the numbers are whole."""
+    for count in range(len(optional) + 1):
+        table = build(optional[:count])
+        for text_floor in (None, FOLDED_TEXT):
+            if _fit(table, console, options, whole_headers=True, text_floor=text_floor):
+                return table, True
+    for text_floor in (FOLDED_TEXT, 1):
+        if _fit(table, console, options, whole_headers=False, text_floor=text_floor):
+            return table, True
+    for column in table.columns:
+        column.overflow = "fold"
+    return table, False
+
+
+def _folds(cell: object, overflow: str | None) -> bool:
+    """Whether a cell is text that may fold anywhere: its own overflow, else its column's."""
+    return (getattr(cell, "overflow", None) or overflow) == "fold"
+
+
+def _fit(
+    table: Table,
+    console: Console,
+    options: ConsoleOptions,
+    *,
+    whole_headers: bool,
+    text_floor: int | None = None,
+) -> bool:
     """Give the columns widths that keep every cell's words whole within the terminal (the
-    headers' too, with `whole_headers`); False where no widths do. Rich's own layout shrinks
-    columns below their numbers, so where it would shrink any, the widths are set here."""
+    headers' too, with `whole_headers`; with `text_floor`, foldable text may fold down to that
+    many columns); False where no widths do. Rich's own layout shrinks columns below their
+    numbers, so where it would shrink any, the widths are set here."""
     unbounded = options.update_width(10**6)
     sizes = [
-        [Measurement.get(console, unbounded, cell) for cell in (column.footer, *column.cells)]
+        [
+            (Measurement.get(console, unbounded, cell), _folds(cell, column.overflow))
+            for cell in (column.footer, *column.cells)
+        ]
         for column in table.columns
     ]
     headers = [Measurement.get(console, unbounded, column.header) for column in table.columns]
-    natural = [max(m.maximum for m in (h, *ms)) for h, ms in zip(headers, sizes, strict=True)]
+    natural = [
+        max([h.maximum, *(m.maximum for m, _ in ms)]) for h, ms in zip(headers, sizes, strict=True)
+    ]
     room = options.max_width - (Measurement.get(console, unbounded, table).maximum - sum(natural))
     if sum(natural) <= room:
         return True
-    widths = [
-        max(m.minimum for m in (*ms, *([h] if whole_headers else []))) or 1
-        for h, ms in zip(headers, sizes, strict=True)
-    ]
+
+    def least(floor: int | None) -> list[int]:
+        return [
+            max(
+                h.minimum if whole_headers else 0,
+                *(min(m.minimum, floor) if folds and floor else m.minimum for m, folds in ms),
+            )
+            or 1
+            for h, ms in zip(headers, sizes, strict=True)
+        ]
+
+    widths = least(text_floor)
     if sum(widths) > room:
         return False
-    for i in sorted(range(len(widths)), key=lambda i: natural[i] - widths[i]):
-        # the room left, to the columns nearest their full width first: most headers stay whole
-        widths[i] += min(natural[i] - widths[i], room - sum(widths))
+    # the room left: first to folded text, to keep its words whole where it can; then to the
+    # columns nearest their full width first, so that most headers stay whole
+    for target in (least(None), natural):
+        for i in sorted(range(len(widths)), key=lambda i: target[i] - widths[i]):
+            widths[i] += max(0, min(target[i] - widths[i], room - sum(widths)))
     for column, width in zip(table.columns, widths, strict=True):
         column.width, column.overflow = width, "fold"
     return True

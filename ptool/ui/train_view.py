@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
+
+from ptool.ui.tables import Fitted
 
 
 def _fmt(value: Any) -> str:
@@ -15,10 +18,11 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def summary_table(summary: Any) -> Table:
-    """Best epoch, final and best metrics, wall time, samples/s and checkpoint paths."""
+def summary_table(summary: Any) -> Fitted:
+    """Best epoch, final and best metrics, wall time, samples/s and checkpoint paths (which
+    fold in a narrow terminal; the numbers stay whole)."""
     table = Table(title=f"run {summary.run_dir} ({summary.status})", title_justify="left")
-    table.add_column("metric")
+    table.add_column("metric", overflow="fold")
     table.add_column("final", justify="right")
     table.add_column(f"best (epoch {_fmt(summary.best_epoch)})", justify="right")
     for name, value in summary.final_metrics.items():
@@ -34,5 +38,5 @@ def summary_table(summary: Any) -> Table:
     for name, path in summary.checkpoints.items():
         if path:
             shown = ", ".join(path) if isinstance(path, list) else path
-            table.add_row(f"checkpoint: {name}", shown, "")
-    return table
+            table.add_row(f"checkpoint: {name}", Text(shown, overflow="fold"), "")
+    return Fitted(table)
