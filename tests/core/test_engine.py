@@ -695,7 +695,9 @@ def test_a_folder_another_process_trains_in_is_refused_until_it_ends(tmp_path, m
         plan_resume(tmp_path / "run", {"epochs": 3})
     with monkeypatch.context() as patch:  # by rank 0 only: the other ranks' probes found
         patch.setenv("RANK", "1")  # rank 0's own lock now and then, and the DDP resume failed
-        assert plan_resume(tmp_path / "run", {"epochs": 3}).config.epochs == 3
+        patch.setenv("WORLD_SIZE", "2")  # past the probe: to the next check, the world size
+        with pytest.raises(UsageError, match="was trained by 1 process, this resume runs 2"):
+            plan_resume(tmp_path / "run", {"epochs": 3})
     held.release()
     assert plan_resume(tmp_path / "run", {"epochs": 3}).config.epochs == 3
 
