@@ -81,7 +81,7 @@ def test_a_file_that_grew_is_larger_not_0_99x_smaller():
     }  # fmt: skip
     text = _rendered(quantize_view.report_table(report))
     assert "1.01x larger" in text and "2.00x smaller" in text and "0.99x" not in text
-    assert "timings spread 40% (interquartile range): a busy machine" in text
+    assert "1 thread, random inputs, timings spread 40% (interquartile range): a busy" in text
     assert "kept in float (no int8 state to save): act" in text
     pruned = {
         "metrics": {"before": {}, "after_pruning": {}, "after_finetune": None},

@@ -17,7 +17,7 @@ from ptool.ui.tables import (
     format_shrink,
     format_speedup,
     human_bytes,
-    timing_spread,
+    latency_note,
 )
 
 
@@ -128,8 +128,8 @@ def _what_runs(report: dict[str, Any]) -> str:
 def report_view(report: dict[str, Any]) -> Group:
     latency = report["latency"]
     notes = [
-        f"latency: median of {latency['runs']} runs after warm-up, {latency['threads']} threads, "
-        f"random inputs{timing_spread(latency['spread'])}; {_what_runs(report)}",
+        f"{latency_note(latency['runs'], latency['threads'], latency['spread'])}; "
+        f"{_what_runs(report)}",
         f"written: {report['output']}"
         + (" (with weight_orig/weight_mask, for further pruning)" if report["masks"] else ""),
     ]

@@ -16,7 +16,7 @@ from ptool.ui.tables import (
     format_shrink,
     format_speedup,
     human_bytes,
-    timing_spread,
+    latency_note,
 )
 
 
@@ -41,8 +41,7 @@ def report_table(report: dict[str, Any]) -> Group:
             if report["kept_float"]
             else []
         ),
-        f"latency: median of {report['bench_runs']} runs after warm-up, "
-        f"{report['threads']} threads, random inputs{timing_spread(report['latency_spread'])}",
+        latency_note(report["bench_runs"], report["threads"], report["latency_spread"]),
         f"written: {report['output']}",
     ]
     if report.get("torchscript"):

@@ -222,12 +222,17 @@ def format_speedup(ratio: float) -> str:
     return format_ratio(ratio, "faster", "slower")
 
 
-def timing_spread(spread: float) -> str:
-    """The latency footnote's word on noise: the timings' interquartile range over the median,
-    and a warning where it is large enough to move a ratio."""
-    if spread < 0.05:
-        return ""
-    text = f", timings spread {spread:.0%} (interquartile range)"
+def latency_note(runs: int, threads: int, spread: float) -> str:
+    """The latency footnote of the prune and quantize reports: how the figures were taken,
+    and a word on noise (the timings' interquartile range over the median) where it is large
+    enough to show, a warning where it could move a ratio."""
+    from ptool.core.errors import count
+
+    text = (
+        f"latency: median of {runs} runs after warm-up, {count(threads, 'thread')}, random inputs"
+    )
+    if spread >= 0.05:
+        text += f", timings spread {spread:.0%} (interquartile range)"
     if spread >= 0.25:
         text += ": a busy machine, the ratio may be off; rerun with more --bench-runs"
     return text
