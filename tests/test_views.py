@@ -147,15 +147,15 @@ def test_convcalc_tables_never_cut_a_number(width):
 
 
 def test_fitted_table_drops_optional_columns_then_folds_headers_never_numbers():
-    from ptool.ui.tables import FittedTable
+    from ptool.ui.tables import fitted_table
 
     rows = [{"layer": "conv k3 s2", "output": "1234567x1234567", "RF": "99", "start": "1/3"}]
-    text = _rendered(FittedTable("t", rows, left=("layer",), optional=("start", "RF")), 34)
+    text = _rendered(fitted_table("t", rows, left=("layer",), optional=("start", "RF")), 34)
     assert "1234567x1234567" in text and "start" not in text.splitlines()[2]
     assert "not shown at this width: start" in text
     # past the optional columns, headers fold rather than numbers
     rows = [{"dim": "h", "input": "123456789", "output_padding": "1", "output": "370370368"}]
-    text = _rendered(FittedTable("t", rows, left=("dim",)), 40)
+    text = _rendered(fitted_table("t", rows, left=("dim",)), 40)
     assert "123456789" in text and "370370368" in text and "…" not in text
     assert "output_padding" not in text
 

@@ -7,7 +7,7 @@ from fractions import Fraction
 
 from rich.text import Text
 
-from ptool.ui.tables import FittedTable
+from ptool.ui.tables import Fitted, fitted_table
 
 UNSOLVED_HINT = "change the kernel or stride, or take the nearest output shown above"
 # What a narrow terminal leaves out first: the receptive field's details, then its size.
@@ -77,7 +77,7 @@ def explanation(result) -> Text:
     return Text("\n".join(lines))
 
 
-def layer_table(result) -> FittedTable:
+def layer_table(result) -> Fitted:
     """One row per dimension: the layer's numbers and the output they give."""
     title = f"{result.layer}: {dims(result.input)} -> {dims(result.output)}"
     if result.out_channels is not None:
@@ -101,7 +101,7 @@ def layer_table(result) -> FittedTable:
         fields = {"RF": result.receptive_field, "jump": result.jump, "start": result.start}
         row |= {key: "-" if v is None else _number(v[name]) for key, v in fields.items()}
         rows.append(row)
-    return FittedTable(title, rows, left=("dim",), optional=OPTIONAL)
+    return fitted_table(title, rows, left=("dim",), optional=OPTIONAL)
 
 
 def _windows(windows: dict, shown: int = 3) -> str:
@@ -117,14 +117,14 @@ def _equivalent(equivalent: dict | None) -> str:
     return f"k{equivalent['kernel_size']} s{equivalent['stride']}"
 
 
-def chain_table(chain) -> FittedTable:
+def chain_table(chain) -> Fitted:
     """One row per layer, totals at the bottom."""
     title = f"chain on {dims(chain.input)}"
     if chain.in_channels is not None:
         title += f", {chain.in_channels} channels"
     rows = [{"layer": describe(row), **_chain_cells(row)} for row in chain.layers]
     footer = {"layer": "total", **_chain_cells(chain)}
-    return FittedTable(title, rows, footer=footer, left=("layer",), optional=OPTIONAL)
+    return fitted_table(title, rows, footer=footer, left=("layer",), optional=OPTIONAL)
 
 
 def _chain_cells(row) -> dict[str, str]:
@@ -161,7 +161,7 @@ def describe(row) -> str:
     return " ".join(tokens)
 
 
-def solve_table(result) -> FittedTable:
+def solve_table(result) -> Fitted:
     """Per dimension: the paddings that give the target, or the nearest outputs."""
     rows = []
     for name, solutions in result.solutions.items():
@@ -181,7 +181,7 @@ def solve_table(result) -> FittedTable:
                 row["output_padding"] = output_padding
             rows.append(row | {"output": output})
     title = f"{result.layer}: padding for {dims(result.input)} -> {dims(result.target)}"
-    return FittedTable(title, rows, left=("dim",))
+    return fitted_table(title, rows, left=("dim",))
 
 
 def unsolved_message(result) -> str:

@@ -17,52 +17,35 @@ from rich.table import Table
 FOLDED_TEXT = 10
 
 
-class FittedTable:
-    """A table whose cells are never cut, from its rows (header -> cell).
-
-    Rich fits a table that is too wide for the terminal by shrinking every column and cutting
-    cells with '…': a parameter count 1,306,176 reads 1,306,… . Here every column keeps room
-    for its longest word (text wraps at spaces) and its header; where that is still too wide,
-    the `optional` columns go, first named first, and the caption says so; only past them do
-    headers fold, and past that the cells: a number then reads over two lines, never as '…'.
-    Columns named in `left` are left-justified, the rest (numbers) right.
-    """
-
-    def __init__(
-        self,
-        title: str,
-        rows: list[dict[str, str]],
-        *,
-        footer: dict[str, str] | None = None,
-        left: Collection[str] = (),
-        optional: Sequence[str] = (),
-    ):
-        self.title, self.rows, self.footer = title, rows, footer
-        self.left, self.optional = left, tuple(optional)
-
-    def table(self, dropped: Collection[str] = ()) -> Table:
-        table = Table(title=escape(self.title), title_justify="left", caption_justify="left")
-        table.show_footer = self.footer is not None
-        shown = [name for name in self.rows[0] if name not in dropped]
-        for name in shown:
-            justify = "left" if name in self.left else "right"
-            table.add_column(name, footer=(self.footer or {}).get(name, ""), justify=justify)
-        for row in self.rows:
-            table.add_row(*(row[name] for name in shown))
-        if dropped:
-            table.caption = f"not shown at this width: {', '.join(dropped)} (--json has them)"
-        return table
-
-    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        yield _laid_out(self.table, self.optional, console, options)[0]
+def fitted_table(
+    title: str,
+    rows: list[dict[str, str]],
+    *,
+    footer: dict[str, str] | None = None,
+    left: Collection[str] = (),
+    optional: Sequence[str] = (),
+) -> Fitted:
+    """A table from its rows (header -> cell) whose numbers are never cut (see `Fitted`).
+    Columns named in `left` are left-justified, the rest (numbers) right."""
+    table = Table(title=escape(title), title_justify="left", show_footer=footer is not None)
+    for name in rows[0]:
+        justify = "left" if name in left else "right"
+        table.add_column(name, footer=(footer or {}).get(name, ""), justify=justify)
+    for row in rows:
+        table.add_row(*row.values())
+    return Fitted(table, optional=optional)
 
 
 class Fitted:
-    """A table a view built itself (sections, styles, markup, a grid), laid out as FittedTable
-    lays out its own: numbers whole, text wrapped at spaces; long text in a column or cell whose
-    overflow is "fold" (a path, a tensor name) folds; then the `optional` columns (by header)
-    go. Where no layout keeps the numbers whole, `instead` is shown (a line saying where the
-    numbers are), else the table with its numbers folded. The table is not changed: each
+    """A rich Table laid out so that its numbers are never cut.
+
+    Rich fits a table that is too wide for the terminal by shrinking every column and cutting
+    cells with '…': a parameter count 1,306,176 reads 1,306,… . Here every column keeps room
+    for its longest word (text wraps at spaces) and its header; long text in a column or cell
+    whose overflow is "fold" (a path, a tensor name) folds; then the `optional` columns (by
+    header, first named first) go, and the caption says so; then headers fold. Where no layout
+    keeps the numbers whole, `instead` is shown (a line saying where the numbers are), else the
+    table with its numbers folded over two lines, never cut. The table is not changed: each
     rendering lays out a copy, so in a pipe (wide enough) the table prints as built."""
 
     def __init__(
