@@ -265,7 +265,11 @@ def parse_chain(text: str) -> list[LayerSpec]:
                 raise UsageError(
                     f"layer {len(specs) + 1} is empty in {line!r}", hint="remove the extra ';'"
                 )
-            specs.append(parse_layer_tokens(part))
+            try:
+                specs.append(parse_layer_tokens(part))
+            except UsageError as exc:  # named as a layer that does not fit is
+                name = part.split()[0]
+                raise UsageError(f"layer {len(specs) + 1} ({name}): {exc}", hint=exc.hint) from None
     if not specs:
         raise UsageError(
             "the chain has no layers", hint='e.g. --chain "conv k3 p1 c32; maxpool k2"'

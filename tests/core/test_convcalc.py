@@ -401,6 +401,13 @@ def test_parse_chain_tokens():
     assert refused.value.hint.startswith("valid: k3")
     with pytest.raises(UsageError, match="unknown layer 'cnv'"):
         cc.parse_chain("cnv k3")
+    for chain, message in [
+        ("conv k3; maxpool k2 c8", "layer 2 (maxpool): maxpool keeps its input channels"),
+        ("conv k3 ceil", "layer 1 (conv): ceil_mode is for maxpool and avgpool only"),
+    ]:  # every refused layer is named, as one whose sizes do not fit is
+        with pytest.raises(UsageError) as refused:
+            cc.parse_chain(chain)
+        assert str(refused.value).startswith(message)
     with pytest.raises(UsageError, match="no layers"):
         cc.parse_chain(" ; # nothing")
 
