@@ -408,23 +408,6 @@ class LRRuns:
 GROUP_LRS_FROM = {"onecycle": "--max-lr (default --lr)", "cyclic": "--lr and --max-lr"}
 
 
-def lr_series(
-    config: TrainConfig,
-    *,
-    steps_per_epoch: int,
-    metrics: list[float] | None = None,
-    group_lrs: list[float] | None = None,
-) -> list[dict[str, Any]]:
-    """The lr used by every optimizer step of a run: rows `{step, epoch, lr, group}`, step by
-    step (`lr_runs`, expanded)."""
-    runs = lr_runs(config, steps_per_epoch=steps_per_epoch, metrics=metrics, group_lrs=group_lrs)
-    return [
-        {"step": step, "epoch": step / steps_per_epoch, "lr": lr, "group": group}
-        for points in zip(*(run.rows() for run in runs), strict=True)
-        for group, (step, lr) in enumerate(points)
-    ]
-
-
 def lr_runs(
     config: TrainConfig,
     *,

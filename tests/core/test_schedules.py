@@ -12,7 +12,6 @@ from ptool.core.schedules import (
     build_schedule,
     check_schedule_flags,
     lr_runs,
-    lr_series,
     schedule_events,
 )
 
@@ -20,6 +19,16 @@ pytestmark = pytest.mark.filterwarnings("ignore:Detected call of")
 
 STEPS = 4  # optimizer steps per epoch
 EPOCHS = 12
+
+
+def lr_series(config: TrainConfig, *, steps_per_epoch: int, **options) -> list[dict]:
+    """`lr_runs` step by step: rows `{step, lr, group}`, the groups of each step together."""
+    runs = lr_runs(config, steps_per_epoch=steps_per_epoch, **options)
+    return [
+        {"step": step, "lr": lr, "group": group}
+        for points in zip(*(run.rows() for run in runs), strict=True)
+        for group, (step, lr) in enumerate(points)
+    ]
 
 
 def _oracle(make, *, per_step: bool, metrics=None, optimizer="sgd"):
