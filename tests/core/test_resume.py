@@ -20,8 +20,8 @@ from ptool.core import rundir
 from ptool.core.engine import fit
 from ptool.core.errors import PtoolError, UsageError
 from ptool.core.resume import find_checkpoint, plan_resume, resume_run
-from ptool.core.schedules import lr_series
 from tests.core.test_engine import csv_run, small
+from tests.core.test_schedules import lr_series
 
 # A data order that shuffles and an LR that changes at every step.
 EXACT = dict(epochs=3, deterministic=True, scheduler="onecycle", optimizer="sgd", lr=0.05)
