@@ -1,18 +1,22 @@
 """Where the time of the built-in cnn goes, dense vs `ln-structured 0.5 --compact` (issue 8).
 
 Why the compaction's 3.8x fewer multiply-adds give under 2x lower latency at batch 32 on 1x8x8
-inputs: per layer medians of both models, then the whole forward in four forms (as trained in
-NCHW, channels_last, torch.jit.optimize_for_inference: frozen, conv-bn folded, oneDNN prepacked
-weights, and torch.compile: inductor's generated C++, about 15 s to compile both). All
-ratios come from this one process with the same threads; the load average is printed, run it
-when the machine is quiet. The cnn trains on digits (1x8x8); a SHAPE such as 3x32x32 trains
-it on synthetic images of that shape instead, to see how the floor moves with the input size.
+inputs: per layer medians of both models with each layer's work ratio (multiply-adds of a
+convolution or linear layer, elements read by the others), the speedup the compaction could
+give at most if every layer's time fell in proportion to its work, then the whole forward in
+four forms (as trained in NCHW, channels_last, torch.jit.optimize_for_inference: frozen,
+conv-bn folded, oneDNN prepacked weights, and torch.compile: inductor's generated C++, about
+15 s to compile both). All ratios come from this one process with the same threads; the load
+average is printed, run it when the machine is quiet. The cnn trains on digits (1x8x8); a SHAPE
+such as 3x32x32 trains it on synthetic images of that shape instead, to see how the floor moves
+with the input size.
 
     .venv/bin/python bench/bench_prune_layers.py [THREADS] [SHAPE]
 """
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import sys
@@ -56,12 +60,23 @@ def layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [*named, ("head", model.head)]
 
 
-def per_layer(model: nn.Module, x: torch.Tensor) -> list[tuple[str, str, float]]:
+def work(layer: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+    """Multiply-adds of a convolution or linear layer; elements read by any other layer."""
+    if isinstance(layer, nn.Conv2d):
+        return y.numel() * layer.in_channels // layer.groups * math.prod(layer.kernel_size)
+    if isinstance(layer, nn.Linear):
+        return y.numel() * layer.in_features
+    return x.numel()
+
+
+def per_layer(model: nn.Module, x: torch.Tensor) -> list[tuple[str, str, float, int]]:
     rows = []
     with torch.inference_mode():
         for name, layer in layers(model):
-            rows.append((name, type(layer).__name__, median_us(lambda: layer(x))))  # noqa: B023
-            x = layer(x)
+            time_us = median_us(lambda: layer(x))  # noqa: B023
+            y = layer(x)
+            rows.append((name, type(layer).__name__, time_us, work(layer, x, y)))
+            x = y
     return rows
 
 
@@ -97,9 +112,17 @@ def main() -> None:
     sizes = [int(size) for size in shape.split("x")]
     x = torch.randn(BATCH, *sizes, generator=torch.Generator().manual_seed(0))
 
-    print(f"\n{'layer':<14}{'kind':<20}{'dense us':>10}{'pruned us':>11}{'ratio':>8}")
-    for (name, kind, a), (_, _, b) in zip(per_layer(dense, x), per_layer(pruned, x), strict=True):
-        print(f"{name:<14}{kind:<20}{a:>10.1f}{b:>11.1f}{a / b:>7.2f}x")
+    print(f"\n{'layer':<14}{'kind':<20}{'dense us':>10}{'pruned us':>11}{'ratio':>8}{'work':>8}")
+    rows = list(zip(per_layer(dense, x), per_layer(pruned, x), strict=True))
+    for (name, kind, a, work_a), (_, _, b, work_b) in rows:
+        print(f"{name:<14}{kind:<20}{a:>10.1f}{b:>11.1f}{a / b:>7.2f}x{work_a / work_b:>7.2f}x")
+    # Amdahl: each dense layer's time divided by its own work ratio, the best compaction can do
+    dense_us = sum(a for (_, _, a, _), _ in rows)
+    ideal_us = sum(a * work_b / work_a for (_, _, a, work_a), (_, _, _, work_b) in rows)
+    print(
+        f"sum of layers: {dense_us:.1f} -> {sum(b for _, (_, _, b, _) in rows):.1f} us; "
+        f"if each layer's time fell with its work: {dense_us / ideal_us:.2f}x at most"
+    )
 
     print(f"\n{'whole forward':<44}{'dense us':>10}{'pruned us':>11}{'ratio':>8}")
     last = torch.channels_last

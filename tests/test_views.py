@@ -64,6 +64,20 @@ def test_a_compacted_checkpoint_reports_what_was_removed_not_zero_sparsity():
     assert text.count("architecture=2 tensor shapes") == 2 and "[16, 1, 3, 3]" not in text
 
 
+def test_inspect_counts_read_as_numbers_and_nouns():
+    """Zeros are grouped like the numel beside them; one tensor is "1 tensor"."""
+    from ptool.ui.inspect_view import totals_line
+
+    layer = {"name": "fc.weight", "numel": 16384, "zeros": 8192, "sparsity": 0.5}
+    pruning = {"source": "mask", "sparsity": 0.5, "layers": [layer], "recipe": None}
+    row = r"│ fc\.weight │ 16,384 │ +8,192 │ +50\.00% │"
+    assert re.search(row, _rendered(pruning_table(pruning)))
+    totals = {"tensors": 1, "shared": 0, "numel": 2, "bytes": 8, "parameters": 2, "buffers": 0,
+              "by_dtype": {"float32": {"numel": 2, "bytes": 8}}}  # fmt: skip
+    assert totals_line(totals).startswith("1 tensor, 2 elements, 8 B")
+    assert totals_line({**totals, "tensors": 2}).startswith("2 tensors, ")
+
+
 def test_a_file_that_grew_is_larger_not_0_99x_smaller():
     from ptool.ui import prune_view, quantize_view
 

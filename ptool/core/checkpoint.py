@@ -196,9 +196,11 @@ def load(
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             if unsafe:
                 return torch.load(path, map_location=map_location, weights_only=False)
-            return torch.load(
-                path, map_location=map_location, weights_only=True, mmap=mmap and is_zip
-            )
+            # frozenset builds a value like set, which torch allows: the listing reads it too
+            with torch.serialization.safe_globals([frozenset]):
+                return torch.load(
+                    path, map_location=map_location, weights_only=True, mmap=mmap and is_zip
+                )
     except pickle.UnpicklingError as exc:
         text = str(exc)
         # a bad byte stream, not a request for code (a legacy file: any opcode it can't read)
@@ -212,6 +214,13 @@ def load(
         raise PtoolError(f"{path} is truncated (unexpected end of file)") from exc
     except (KeyError, IndexError) as exc:  # torch's legacy reader on a pickle it did not write
         raise PtoolError(f"{path} is not a PyTorch checkpoint (a corrupt pickle)") from exc
+    except AttributeError as exc:  # its legacy reader on the storage of a newer dtype (uint16)
+        legacy = "torch's legacy (non-zip) reader cannot rebuild every dtype (uint16 to uint64, "
+        legacy += "float8); torch.save's default zip format holds them"
+        raise PtoolError(
+            f"cannot read {path}: torch's reader failed ({first_line(exc)})",
+            hint=None if is_zip else legacy,
+        ) from exc
     except (RuntimeError, ValueError, zipfile.BadZipFile, OSError) as exc:
         message = first_line(exc)
         if "central directory" in message or "zip archive" in message:

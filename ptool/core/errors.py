@@ -35,6 +35,6 @@ def first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def count(n: int, noun: str) -> str:
-    """`1 epoch`, `3 epochs`: a number and its noun, for messages."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """`1 epoch`, `3 epochs`, `2 classes`: a number and its noun, for messages."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"

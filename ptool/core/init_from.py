@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from ptool.core import checkpoint as ckpt_io
-from ptool.core.errors import UsageError
+from ptool.core.errors import UsageError, count
 
 
 def load_initial_weights(
@@ -43,7 +43,7 @@ def load_initial_weights(
         k: v for k, v in state.items() if k in own and getattr(v, "shape", None) == own[k].shape
     }
     model.load_state_dict(fits, strict=False)
-    log(f"--init-from {path}: {len(fits)} of the model's {len(own)} tensors loaded")
+    log(f"--init-from {path}: {len(fits)} of the model's {count(len(own), 'tensor')} loaded")
     for line in lines:
         log(f"  {line}")
 

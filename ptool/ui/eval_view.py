@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from ptool.core.errors import count
 from ptool.ui.tables import Fitted, format_change, format_metric
 
 # Bigger confusion matrices are left to --json and -o cm.png (a table would not fit).
@@ -79,7 +80,7 @@ def confusion_table(report: dict[str, Any]) -> Fitted:
 def header(report: dict[str, Any]) -> str:
     return (
         f"[bold]{escape(report['checkpoint'])}[/bold] ({report['kind']}) on "
-        f"{escape(report['data'])} {report['split']}: {report['samples']} samples, "
+        f"{escape(report['data'])} {report['split']}: {count(report['samples'], 'sample')}, "
         f"batch {report['batch_size']}, {report['device']}"
     )
 
@@ -110,7 +111,8 @@ def distinct_names(paths: list[str]) -> list[str]:
 def compare_table(reports: list[dict[str, Any]]) -> Fitted:
     """A column per checkpoint; the second and later ones show their difference vs the first."""
     first = reports[0]
-    title = f"{first['data']} {first['split']}: {first['samples']} samples, {first['device']}"
+    samples = count(first["samples"], "sample")
+    title = f"{first['data']} {first['split']}: {samples}, {first['device']}"
     table = Table(title=escape(title), title_justify="left")
     table.add_column("metric", overflow="fold")
     names = distinct_names([report["checkpoint"] for report in reports])

@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
+from ptool.core.errors import count
 from ptool.ui.tables import Fitted, human_bytes, human_count
 
 
@@ -86,8 +87,8 @@ def summary_table(report: dict[str, Any]) -> Table:
 def _state_dict_row(report: dict[str, Any]) -> str | None:
     """The listed state dict's key, and the others that the file keeps beside it."""
     shown = report["state_dict_key"]
-    within = (shown or "").split(".")[0]  # `model` for model.state_dict
-    others = [key for key in report["state_dicts"] if key != within]
+    within = f"{shown or ''}."  # `model` holds model.state_dict, `model.net` itself
+    others = [key for key in report["state_dicts"] if not within.startswith(f"{key}.")]
     if not others:
         return shown
     return f"{shown or '-'} (also: {', '.join(others)}; --key NAME lists one)"
@@ -138,7 +139,7 @@ def totals_line(totals: dict[str, Any]) -> str:
     shared = totals["shared"]
     once = f" ({shared} the same as another, counted once)" if shared else ""
     return (
-        f"{totals['tensors']} tensors{once}, {totals['numel']:,} elements, "
+        f"{count(totals['tensors'], 'tensor')}{once}, {totals['numel']:,} elements, "
         f"{human_bytes(totals['bytes'])}: parameters {totals['parameters']:,}, "
         f"buffers {totals['buffers']:,}. By dtype: {by_dtype or '-'}"
     )
@@ -147,9 +148,9 @@ def totals_line(totals: dict[str, Any]) -> str:
 def tensor_tree(report: dict[str, Any]) -> Group:
     def label(node: dict[str, Any]) -> str:
         leaf = f" {tuple(node['shape'])} {node['dtype']}" if "shape" in node else ""
-        count = "" if leaf else f" [dim]{node['tensors']} tensors[/dim]"
+        tensors = "" if leaf else f" [dim]{count(node['tensors'], 'tensor')}[/dim]"
         return (
-            f"[bold]{escape(node['name'] or report['file'])}[/bold]{leaf}{count} "
+            f"[bold]{escape(node['name'] or report['file'])}[/bold]{leaf}{tensors} "
             f"{human_count(node['numel'])} ({human_bytes(node['bytes'])})"
         )
 
@@ -180,7 +181,7 @@ def optimizer_tables(report: dict[str, Any]) -> list[RenderableType]:
             table.add_row(str(i), str(g["params"]), *(_value(g.get(k)) for k in keys))
         title = (
             f"Optimizer {escape(opt['key'] or '(root)')}: {opt['type']}, state "
-            f"{human_bytes(opt['state_bytes'])} in {opt['state_tensors']} tensors "
+            f"{human_bytes(opt['state_bytes'])} in {count(opt['state_tensors'], 'tensor')} "
             f"({', '.join(opt['state_keys']) or 'empty'})"
         )
         out.append(_section(title, table, optional=OPTIONAL_OPTIMIZER_COLUMNS))
@@ -215,7 +216,7 @@ def pruning_table(pruning: dict[str, Any]) -> Group:
         table.add_row(
             escape(layer["name"]),
             f"{layer['numel']:,}",
-            _value(layer["zeros"]),
+            "-" if layer["zeros"] is None else f"{layer['zeros']:,}",
             "-" if sparsity is None else f"{sparsity:.2%}",
         )
     zeros = "-" if overall is None else f"{overall:.2%}"

@@ -8,6 +8,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from ptool.core.errors import count
 from ptool.ui.tables import (
     SHOWN_METRICS,
     Fitted,
@@ -108,7 +109,8 @@ def _title(report: dict[str, Any]) -> str:
     if report["steps"] > 1:
         what += f", {report['steps']} steps"
     if report["recalibrate_bn"]:
-        what += f", batch-norm statistics re-estimated on {report['recalibrate_bn']} batches"
+        batches = count(report["recalibrate_bn"], "batch", "batches")
+        what += f", batch-norm statistics re-estimated on {batches}"
     if report["finetune_epochs"]:
         what += f", {report['finetune_epochs']} fine-tune epochs per step"
     return what

@@ -191,6 +191,24 @@ def test_safetensors_header(tmp_path):
         read(path)
 
 
+@pytest.mark.parametrize("first_bytes", [b"\x80", b"PK"])
+def test_safetensors_whose_header_length_looks_like_a_pickle_or_zip(tmp_path, first_bytes):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    # the 8-byte header length comes first: 128 starts b"\x80", 19,280 (0x4B50) b"PK"
+    length = int.from_bytes(first_bytes, "little")
+    path = tmp_path / "model.safetensors"
+    # the JSON holds 81 characters besides the padding metadata; the library pads it to 8
+    save_file({"w": torch.arange(3.0)}, path, metadata={"pad": "x" * (length - 88)})
+    assert int.from_bytes(path.read_bytes()[:8], "little") == length
+    with safe_open(path, "pt") as f:
+        assert f.get_tensor("w").tolist() == [0.0, 1.0, 2.0]  # a valid file
+    report = inspect(path, InspectOptions(stats=True))
+    assert report["format"] == "safetensors"
+    assert [(s["name"], s["max"]) for s in report["stats"]] == [("w", 2.0)]
+
+
 def test_pruning_sparsity_against_masks(tmp_path):
     model = nn.Sequential(nn.Linear(10, 10), nn.Linear(10, 4))
     prune.l1_unstructured(model[0], "weight", 0.3)
@@ -303,6 +321,22 @@ def test_stats_against_torch(tmp_path, monkeypatch):
     assert stats["i"]["std"] == pytest.approx(ints.double().std().item())
     q = values.tensor_stats(torch.load(path, weights_only=True)["q"])
     assert q["max"] == pytest.approx(torch.load(path, weights_only=True)["q"].dequantize().max())
+
+
+def test_stats_of_an_expanded_tensor_read_each_stored_value_once(monkeypatch):
+    """torch.zeros(1).expand(10**5, 10**5) took minutes, walking 10**10 equal elements."""
+    monkeypatch.setattr(values, "CHUNK", 7)
+    stored = torch.tensor([[1.0], [float("nan")], [0.0], [4.0]])
+    expanded = stored.expand(4, 6).unsqueeze(0).expand(5, 4, 6)  # strides (0, 1, 0)
+    oracle = expanded.contiguous()
+    finite = oracle[torch.isfinite(oracle)].double()
+    got = values.tensor_stats(expanded)
+    assert (got["nan"], got["zeros"], got["zero_fraction"]) == (30, 30, 0.25)
+    assert (got["min"], got["max"]) == (0.0, 4.0)
+    assert got["mean"] == pytest.approx(finite.mean().item())
+    assert got["std"] == pytest.approx(finite.std().item())
+    huge = values.tensor_stats(torch.ones(1).expand(10**5, 10**5))  # at once
+    assert (huge["mean"], huge["std"], huge["zeros"]) == (1.0, 0.0, 0)
 
 
 def test_diff_added_removed_reshaped_changed(tmp_path):
@@ -532,6 +566,28 @@ def test_legacy_format(tmp_path):
     assert report["stats"][0]["max"] == torch.load(path, weights_only=True)["w"].max().item()
 
 
+def test_a_frozenset_reads_in_the_listing_and_in_stats(tmp_path):
+    """The listing read it while --stats, through torch.load, refused it as code to run."""
+    path = tmp_path / "tags.pt"
+    torch.save({"w": torch.arange(3.0), "tags": frozenset({1, 2})}, path)
+    with torch.serialization.safe_globals([frozenset]):  # the oracle, told frozenset is data
+        assert torch.load(path, weights_only=True)["tags"] == frozenset({1, 2})
+    report = inspect(path, InspectOptions(stats=True))
+    assert [(s["name"], s["max"]) for s in report["stats"]] == [("w", 2.0)]
+
+
+def test_a_legacy_file_torch_cannot_rebuild_is_listed_and_stats_refused(tmp_path):
+    path = tmp_path / "legacy.pt"
+    u16 = torch.tensor([5, 7]).to(torch.uint16)
+    torch.save({"u16": u16}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(AttributeError):  # the oracle cannot read it either
+        torch.load(path, weights_only=True)
+    assert _rows(inspect(path, InspectOptions())) == [("u16", [2], "uint16", 2, 4)]
+    with pytest.raises(PtoolError, match="torch's reader failed") as error:
+        inspect(path, InspectOptions(stats=True))
+    assert "legacy (non-zip) reader cannot rebuild" in error.value.hint
+
+
 def test_a_legacy_file_cut_anywhere_is_refused_without_stats(tmp_path):
     """Its pickles come first and its tensor bytes last: a cut among the bytes left every
     pickle whole, and the listing (no --stats) called the file fine."""
@@ -556,6 +612,10 @@ def _bad_files(tmp_path, good):
     corrupt = bytearray(data)
     start = data.index(b"data.pkl") + 30  # inside data.pkl's bytes: CRC mismatch
     corrupt[start : start + 8] = b"\xff" * 8
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(tmp_path / "nostorage.pt", "w") as z:
+        for info in source.infolist():
+            if not info.filename.endswith("/data/0"):
+                z.writestr(info, source.read(info))
     return {
         "empty": (b"", "empty"),
         "truncated": (data[: len(data) // 2], "truncated or corrupt"),
@@ -564,6 +624,11 @@ def _bad_files(tmp_path, good):
         "plain pickle": (pickle.dumps({"a": 1}, protocol=2), "plain pickle"),
         "no data.pkl": ((tmp_path / "nopkl.zip").read_bytes(), "without data.pkl"),
         "short pickle": (pickle.dumps({"a": [1, 2, 3]}, protocol=2)[:-5], "truncated"),
+        # said once, not wrapped in "bad pickle: ... is corrupt (...)"
+        "no storage": (
+            (tmp_path / "nostorage.pt").read_bytes(),
+            r"^\S+ is corrupt \(storage 0 is missing or short\)$",
+        ),
     }
 
 
@@ -747,9 +812,14 @@ def test_key_lists_another_state_dict_and_stats_and_diff_follow_it(tmp_path):
     with pytest.raises(PtoolError, match="no such entry; its keys: state_dict, state_dict_ema"):
         inspect(path, InspectOptions(key="ema"))
     opt = {"state": {0: ema[0].state_dict()}}
-    torch.save({"model": {"state_dict": model.state_dict()}, "opt": opt}, path)
     from ptool.ui.inspect_view import _state_dict_row
 
+    torch.save({"model": {"net": model.state_dict(), "ema": ema.state_dict()}}, path)
+    one_down = inspect(path, InspectOptions())  # the two side by side under one key
+    assert one_down["state_dicts"] == ["model.net", "model.ema"]
+    assert _state_dict_row(one_down) == "model.net (also: model.ema; --key NAME lists one)"
+    assert _rows(inspect(path, InspectOptions(key="model.ema"))) == _oracle_rows(ema.state_dict())
+    torch.save({"model": {"state_dict": model.state_dict()}, "opt": opt}, path)
     alone = inspect(path, InspectOptions())  # one state dict, nested: no "also"
     assert (alone["state_dicts"], _state_dict_row(alone)) == (["model"], "model.state_dict")
     optimizer_state = inspect(path, InspectOptions(key="opt.state.0"))  # integer keys, as text

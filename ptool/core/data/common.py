@@ -22,7 +22,7 @@ from ptool.core.data.transforms import (
     normalize_tensor,
     tensor_stats,
 )
-from ptool.core.errors import UsageError
+from ptool.core.errors import UsageError, count
 
 DEFAULT_VAL_FRACTION = 0.2
 
@@ -86,7 +86,8 @@ def missing_path_hint(path: Path) -> str | None:
 def check_num_classes(config: Any, source: str, found: int) -> None:
     if config.num_classes is not None and config.num_classes != found:
         raise UsageError(
-            f"{source} has {found} classes, not --num-classes {config.num_classes}",
+            f"{source} has {count(found, 'class', 'classes')}, "
+            f"not --num-classes {config.num_classes}",
             hint="drop --num-classes (it is read from the data)",
         )
 

@@ -10,7 +10,7 @@ import torch
 
 from ptool.core.data.common import check_task, in_memory_bundle, missing_path_hint
 from ptool.core.data.info import DataBundle
-from ptool.core.errors import PtoolError, UsageError
+from ptool.core.errors import PtoolError, UsageError, count
 
 # A numeric target with at most this many distinct integer values is read as class labels.
 MAX_AUTO_CLASSES = 50
@@ -187,7 +187,8 @@ def _num_classes(config: Any, found: int, source: str) -> int:
         return found
     if config.num_classes < found:
         wanted = config.num_classes
-        raise UsageError(f"{source}: labels need {found} classes, not --num-classes {wanted}")
+        needed = count(found, "class", "classes")
+        raise UsageError(f"{source}: labels need {needed}, not --num-classes {wanted}")
     return config.num_classes
 
 

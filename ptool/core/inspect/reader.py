@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
 import struct
 import zipfile
@@ -90,6 +91,8 @@ def _unpickle(path: Path, data: bytes | io.BytesIO, persistent_load) -> Any:
         if "truncated" not in str(exc):  # "pickle data was truncated": a cut, not corruption
             raise PtoolError(f"{path} is corrupt (bad pickle: {exc})") from None
         raise PtoolError(f"{path} is truncated (its pickle ends early)") from None
+    except PtoolError:  # a storage the pickle names is missing: said already
+        raise
     except Exception as exc:  # noqa: BLE001 - any malformed pickle is one line
         raise PtoolError(f"{path} is corrupt (bad pickle: {exc})") from None
 
@@ -99,13 +102,17 @@ def sniff(path: Path) -> str | None:
     torch.save, or any pickle), "safetensors" (a header size, then JSON), or None."""
     with open(path, "rb") as f:
         head = f.read(9)
+        size = os.fstat(f.fileno()).st_size
+    # safetensors first: its header length may start with b"\x80" or b"PK" (a 128- or
+    # 19,280-byte header), while a zip's or a pickle's first 8 bytes read as a huge length
+    json_header = len(head) == 9 and head[8:9] == b"{"
+    if json_header and struct.unpack("<Q", head[:8])[0] <= min(MAX_SAFETENSORS_HEADER, size - 8):
+        return "safetensors"
     if head.startswith(b"PK"):
         return "zip"
     if head[:1] == b"\x80":
         return "pickle"
-    if len(head) == 9 and head[8:9] == b"{":
-        return "safetensors"
-    return None
+    return "safetensors" if json_header else None  # its reader names the bad header length
 
 
 def check_checkpoint_file(path: Path) -> int:

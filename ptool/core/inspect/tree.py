@@ -71,11 +71,17 @@ def walk(obj: Any, is_tensor: IsTensor, path: str = "") -> Iterator[tuple[str, A
 
 
 def side_by_side(obj: Any, is_tensor: IsTensor) -> list[str]:
-    """The top-level keys that each hold a state dict: the model's and any kept beside it
-    (timm's `state_dict_ema`, a teacher and a student), for `--key` to pick from."""
+    """The keys that each hold a state dict: the model's and any kept beside it (timm's
+    `state_dict_ema`, a teacher and a student), for `--key` to pick from. When one top-level
+    key holds them all, its own keys are named (`model.net`, `model.ema`)."""
     if not isinstance(obj, Mapping) or is_state_dict(obj, is_tensor):
         return []
-    return [str(k) for k, v in obj.items() if find_state_dict(v, is_tensor) is not None]
+    holders = [k for k, v in obj.items() if find_state_dict(v, is_tensor) is not None]
+    if len(holders) == 1:
+        inner = side_by_side(obj[holders[0]], is_tensor)
+        if len(inner) > 1:
+            return [f"{holders[0]}.{key}" for key in inner]
+    return [str(k) for k in holders]
 
 
 def entry(obj: Any, key: str) -> tuple[tuple[str, ...], Any] | None:

@@ -146,6 +146,17 @@ def _flat(t: torch.Tensor, *, complex_parts: bool = False) -> tuple[torch.Tensor
     return t.reshape(-1), _converter(t.dtype)
 
 
+def _stored(t: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """An expanded tensor (a dimension of stride 0) as the values it stores, and how many
+    times each one repeats: `torch.zeros(1).expand(10**5, 10**5)` is one value, not 10**10."""
+    repeat = 1
+    for dim in range(t.dim()):
+        if t.stride(dim) == 0 and t.size(dim) > 1:
+            repeat *= t.size(dim)
+            t = t.narrow(dim, 0, 1)
+    return t, repeat
+
+
 def tensor_stats(t: torch.Tensor) -> dict[str, Any]:
     """min / max / mean / std (unbiased) over the finite values; zeros, NaN and Inf counts;
     all None for a dtype torch cannot compute on (bits8, ...).
@@ -155,6 +166,7 @@ def tensor_stats(t: torch.Tensor) -> dict[str, Any]:
     """
     if t.layout != torch.strided:
         return _sparse_stats(t)
+    t, repeat = _stored(t)
     flat, convert = _flat(t)
     if convert is None:
         return dict.fromkeys(STAT_KEYS)
@@ -180,6 +192,8 @@ def tensor_stats(t: torch.Tensor) -> dict[str, Any]:
         m2 += float(var) * k + delta * delta * n * k / total
         n = total
         low, high = min(low, float(chunk_min)), max(high, float(chunk_max))
+    # each stored value stands for `repeat` equal ones: the same mean, min and max
+    n, m2, numel, zeros, nans, infs = (v * repeat for v in (n, m2, numel, zeros, nans, infs))
     return {
         "min": low if n else None,
         "max": high if n else None,

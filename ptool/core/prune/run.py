@@ -350,7 +350,8 @@ def prune_checkpoint(
     if options.compact:
         baked = masks.make_permanent(model)
         if baked:
-            log(f"--compact: made the input's masks permanent first ({len(baked)} tensors)")
+            tensors = count(len(baked), "tensor")
+            log(f"--compact: made the input's masks permanent first ({tensors})")
     for module in layers.values():  # the input's zeros are pruned already: count from the rest
         masks.mask_zeros(module, options.dim if structured else None)
     sizes = masks.check_sizes(options.amount, layers, options.method, options.dim)
