@@ -125,6 +125,18 @@ def check_monitor(config: TrainConfig, info: Any) -> None:
         )
 
 
+def check_class_names(info: Any) -> None:
+    """Every class of a new run has a name (a CSV names its classes by its labels), so eval and
+    predict can name it. A held-out CSV of fewer labels is fine: eval matches them by name."""
+    names = info.class_names
+    if names is not None and info.num_classes is not None and len(names) < info.num_classes:
+        raise UsageError(
+            f"--num-classes {info.num_classes} is more than the {len(names)} classes that "
+            f"{info.source} names ({', '.join(names)})",
+            hint="drop --num-classes: the classes are the labels the data holds",
+        )
+
+
 def check_loss_options(config: TrainConfig, info: Any) -> None:
     """A loss's own options given with another loss (label smoothing on a regression run) are
     refused rather than ignored. For new runs only: a checkpoint an older ptool wrote with such

@@ -283,6 +283,8 @@ def split_dataset(config: Any, info: Any, *, data: str | None = None, split: str
         changes: dict[str, Any] = {"data": data, "normalize": False}
         if info.target_name is not None:  # the run's default target was its file's last column
             changes["target"] = info.target_name
+        if data.startswith(("csv:", "tensors:")):  # not guessed again: whole-number prices
+            changes["task"] = info.task
         if info.num_classes is not None and not data.startswith("imagefolder:"):
             changes["num_classes"] = info.num_classes  # a file of fewer classes (even one)
         if info.is_image and info.input_shape[1] == info.input_shape[2]:

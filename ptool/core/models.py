@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import math
 import sys
 from collections import OrderedDict
@@ -212,6 +213,11 @@ def _user_code_error(what: str, exc: Exception) -> PtoolError:
     )
 
 
+def is_factory(spec: str) -> bool:
+    """`module.path:function`: the user's own code."""
+    return ":" in spec and not spec.startswith("torchvision:")
+
+
 def build_factory(spec: str, info: Any) -> nn.Module:
     """`module.path:function`, called as function(input_shape=[...], num_outputs=N).
 
@@ -232,13 +238,18 @@ def build_factory(spec: str, info: Any) -> nn.Module:
     factory = getattr(module, function_name, None)
     if not callable(factory):
         raise UsageError(f"{module_name} has no function {function_name!r}")
-    try:
-        model = factory(input_shape=list(info.input_shape), num_outputs=info.num_outputs)
+    arguments = {"input_shape": list(info.input_shape), "num_outputs": info.num_outputs}
+    try:  # a TypeError inside the factory is its own bug, not a signature to fix
+        inspect.signature(factory).bind(**arguments)
     except TypeError as exc:
         raise UsageError(
-            f"{spec} failed: {exc}",
+            f"{spec} cannot be called so: {exc}",
             hint="a model factory takes keyword arguments input_shape=[...] and num_outputs=N",
         ) from exc
+    except ValueError:  # no signature to read (a builtin): the call tells
+        pass
+    try:
+        model = factory(**arguments)
     except Exception as exc:  # noqa: BLE001
         raise _user_code_error(spec, exc) from exc
     if not isinstance(model, nn.Module):
@@ -284,6 +295,10 @@ def check_io(model: nn.Module, info: Any, spec: str) -> None:
             f"model {spec} cannot take inputs of shape {info.input_shape}: {first_line(exc)}",
             hint="use --image-size or another --model",
         ) from exc
+    except Exception as exc:
+        if is_factory(spec):  # a KeyError in the user's own forward is theirs
+            raise _user_code_error(f"{spec} forward", exc) from exc
+        raise
     finally:
         model.train(was_training)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, info.num_outputs):
@@ -314,7 +329,7 @@ def build_model(config: Any, info: Any) -> nn.Module:
         model = build_torchvision(spec.partition(":")[2], info)
     elif spec in MODELS:
         model = MODELS[spec](config, info)
-    elif ":" in spec:
+    elif is_factory(spec):
         model = build_factory(spec, info)
     else:
         raise unknown_name("model", spec, VALID_MODELS)

@@ -242,6 +242,34 @@ def test_csv_errors_name_the_files_line_past_blank_lines_and_an_empty_target(tmp
     assert err.value.hint == "fill it in, or drop the row"
 
 
+def test_csv_class_targets_are_finite_labels_the_file_holds(tmp_path):
+    """Each NaN label was a class of its own ("nan" four times); a new run's --num-classes
+    above the labels found left eval and predict without names for the extra classes."""
+    rows = [[i, i % 3, "nan" if i % 5 == 0 else i % 2] for i in range(20)]
+    path = write_csv(tmp_path / "t.csv", ["a", "b", "y"], rows)
+    with pytest.raises(UsageError, match="line 2: the target 'y' is 'nan', not a class label"):
+        build_data(cfg(data=f"csv:{path}", task="classification"))
+    path = write_csv(
+        tmp_path / "s.csv", ["a", "y"], [[i, "cat" if i % 2 else "dog"] for i in range(9)]
+    )
+    from ptool.core.engine import fit
+
+    config = cfg(data=f"csv:{path}", model="mlp", num_classes=5, out=str(tmp_path / "run"))
+    with pytest.raises(UsageError, match=r"--num-classes 5 is more than the 2 classes that csv:"):
+        fit(config, quiet=True)
+    assert not list((tmp_path / "run").glob("*.pt"))
+    assert build_data(cfg(data=f"csv:{path}", num_classes=2)).info.class_names == ["cat", "dog"]
+
+
+def test_csv_value_beyond_float32_is_named_not_called_infinite(tmp_path):
+    path = write_csv(tmp_path / "t.csv", ["a", "y"], [[1, 0], ["1e39", 1], [3, 0]])
+    with pytest.raises(UsageError, match=r"line 3: column 'a' is 1e39, beyond float32's range"):
+        build_data(cfg(data=f"csv:{path}"))
+    path = write_csv(tmp_path / "r.csv", ["a", "y"], [[1, 0.5], [2, "-2e40"], [3, 1.5]])
+    with pytest.raises(UsageError, match=r"line 3: column 'y' is -2e40, beyond float32's range"):
+        build_data(cfg(data=f"csv:{path}"))
+
+
 def test_csv_without_header_or_commas_is_refused(tmp_path):
     rows = [[i * 0.5, i % 3, ["cat", "dog"][i % 2]] for i in range(10)]
     write_csv(tmp_path / "data.csv", rows[0], rows[1:])  # the first data row as header

@@ -322,6 +322,37 @@ def test_a_held_out_csv_is_read_by_column_and_class_name(tmp_path):
         evaluate_checkpoints([ckpt_path], data=f"csv:{tmp_path / 'fish.csv'}", split="all")
 
 
+def test_a_held_out_csv_takes_the_runs_task_not_a_guess_from_its_values(tmp_path):
+    """A regression run's held-out file of whole-number prices was read as 3 classes and
+    refused ("is classification with 3 outputs; the model is regression"). Oracle: the
+    model's outputs on the file's rows, normalized with the run's statistics, and their MSE."""
+    from ptool.core.engine import fit
+    from ptool.core.restore import model_from_checkpoint
+
+    rows = [(a % 7, a % 3) for a in range(60)]
+    train = ["a,b,price"] + [f"{a},{b},{3 * a + b + 0.5}" for a, b in rows]
+    (tmp_path / "train.csv").write_text("\n".join(train) + "\n")
+    config = TrainConfig(
+        data=f"csv:{tmp_path / 'train.csv'}", model="mlp", epochs=1, seed=0,
+        tensorboard=False, out=str(tmp_path / "run"),
+    )  # fmt: skip
+    fit(config, quiet=True)
+    held = [(a, b, (a + b) % 3) for a, b in rows[:20]]  # three whole numbers: looks like classes
+    (tmp_path / "held.csv").write_text(
+        "\n".join(["a,b,price"] + [f"{a},{b},{p}" for a, b, p in held]) + "\n"
+    )
+    ckpt_path = tmp_path / "run" / "last.pt"
+    (report,) = evaluate_checkpoints([ckpt_path], data=f"csv:{tmp_path / 'held.csv'}", split="all")
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    model, info = model_from_checkpoint(ckpt).eval(), ckpt["data_info"]
+    inputs = (torch.tensor([r[:2] for r in held], dtype=torch.float32) - torch.tensor(
+        info["mean"])) / torch.tensor(info["std"])  # fmt: skip
+    with torch.no_grad():
+        predicted = model(inputs).squeeze(1)
+    mse = torch.nn.functional.mse_loss(predicted, torch.tensor([float(r[2]) for r in held]))
+    assert report["metrics"]["loss"] == pytest.approx(mse.item(), rel=1e-5)
+
+
 def test_an_image_folder_is_read_in_grayscale_for_a_one_channel_model(tmp_path):
     """It was refused ("gives inputs of shape [3, 16, 16]; the model expects [1, 16, 16]")
     while `ptool predict` read the same files as Pillow's L. The oracle: L, / 255, the run's

@@ -97,6 +97,15 @@ def test_user_factory(tmp_path, monkeypatch):
         "    return Vit()\n"
         "def boom(input_shape, num_outputs):\n"
         "    raise RuntimeError('factory failed')\n"
+        "def typo(input_shape, num_outputs):\n"  # a TypeError inside: not a signature to fix
+        "    return torch.nn.Linear('a', num_outputs)\n"
+        "def positional(shape, n):\n"
+        "    return build(shape, n)\n"
+        "class Lookup(torch.nn.Module):\n"
+        "    def forward(self, x):\n"
+        "        return {}['b']\n"
+        "def lookup(input_shape, num_outputs):\n"
+        "    return Lookup()\n"
     )
     (tmp_path / "broken.py").write_text("raise KeyError('half-written')\n")
     monkeypatch.chdir(tmp_path)
@@ -109,11 +118,15 @@ def test_user_factory(tmp_path, monkeypatch):
         build_model(TrainConfig(model="my_models:not_a_model"), info([1, 4, 4]))
     for spec, message in (
         ("my_models:boom", "my_models:boom raised RuntimeError: factory failed"),
+        ("my_models:typo", "my_models:typo raised TypeError: "),
+        ("my_models:lookup", "my_models:lookup forward raised KeyError: 'b'"),
         ("broken:build", "importing broken raised KeyError: 'half-written'"),
     ):
         with pytest.raises(PtoolError, match=message) as caught:
             build_model(TrainConfig(model=spec), info([1, 4, 4]))
         assert not isinstance(caught.value, UsageError) and "not in ptool" in caught.value.hint
+    with pytest.raises(UsageError, match="cannot be called so: missing a required argument"):
+        build_model(TrainConfig(model="my_models:positional"), info([1, 4, 4]))
     with pytest.raises(UsageError, match="cannot import model module 'nope'"):
         build_model(TrainConfig(model="nope:build"), info([1, 4, 4]))
     with pytest.raises(UsageError, match="--grad-checkpoint"):

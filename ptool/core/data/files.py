@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,8 @@ def csv_source(config: Any, path: str) -> DataBundle:
                     f"csv: {p} line {line}: column {header[col]!r} is not a number ({cell!r})",
                     hint="feature columns must be numeric; encode categories first",
                 )
+            if _beyond_float32(number):
+                raise _beyond_float32_error(p, line, header[col], cell)
             numbers.append(number)
         features.append(numbers)
     x = torch.tensor(features, dtype=torch.float32)
@@ -160,9 +163,19 @@ def csv_source(config: Any, path: str) -> DataBundle:
         if not numeric:
             bad = next(v for v, n in zip(values, numbers, strict=True) if n is None)
             raise UsageError(f"csv: --task regression needs a numeric target; {target!r}: {bad!r}")
+        for i, n in enumerate(numbers):
+            if _beyond_float32(n):
+                raise _beyond_float32_error(p, lines[i + 1], target, values[i])
         y = torch.tensor(numbers, dtype=torch.float32).unsqueeze(1)
         num_classes, names = None, None
     else:
+        for i, n in enumerate(numbers):
+            if n is not None and not math.isfinite(n):  # each NaN would be a class of its own
+                raise UsageError(
+                    f"csv: {p} line {lines[i + 1]}: the target {target!r} is {values[i]!r}, "
+                    "not a class label",
+                    hint="fill it in, or drop the row",
+                )
         y, names = _labels(values, numbers)
         num_classes = _num_classes(config, len(names), "csv")
     bundle = in_memory_bundle(
@@ -177,6 +190,22 @@ def csv_source(config: Any, path: str) -> DataBundle:
     bundle.info.feature_names = [name for col, name in enumerate(header) if col != t]
     bundle.info.target_name = target
     return bundle
+
+
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max
+
+
+def _beyond_float32(number: float | None) -> bool:
+    """A finite value that float32 would turn into infinity (1e39)."""
+    return number is not None and math.isfinite(number) and abs(number) > FLOAT32_MAX
+
+
+def _beyond_float32_error(p: Path, line: int, column: str, cell: str) -> UsageError:
+    return UsageError(
+        f"csv: {p} line {line}: column {column!r} is {cell.strip()}, beyond float32's range "
+        f"(+-{FLOAT32_MAX:.4g})",
+        hint="rescale the column",
+    )
 
 
 def _num_classes(config: Any, found: int, source: str) -> int:
