@@ -195,16 +195,18 @@ def check_model_and_data_options(config: TrainConfig) -> None:
     """An unknown model or data source (before `--print-config` prints it), and `--hidden`
     with the cnn, `--target` with digits, `--flip-p` without the flip: refused rather than
     ignored, as the loss's options are."""
-    from ptool.core.data.sources import PREFIXED, SOURCES, VALID_SPECS
+    from ptool.core.data.sources import parse_spec
+    from ptool.core.data.transforms import check_augment
     from ptool.core.data.vision import TORCHVISION
     from ptool.core.errors import unknown_name
-    from ptool.core.models import MODELS, VALID_MODELS
+    from ptool.core.models import MODELS, VALID_MODELS, check_torchvision_name
 
     if config.model not in MODELS and ":" not in config.model:
         raise unknown_name("model", config.model, VALID_MODELS)
-    prefix, sep, _ = config.data.partition(":")
-    if config.data not in (*SOURCES, *TORCHVISION) and not (sep and prefix in PREFIXED):
-        raise unknown_name("data source", config.data, VALID_SPECS)
+    if config.model.startswith("torchvision:"):
+        check_torchvision_name(config.model.partition(":")[2])
+    prefix, _ = parse_spec(config.data)
+    check_augment(config.augment, is_image=True)  # the names; the data's kind when it is read
     default = TrainConfig()
 
     def changed(name: str) -> bool:
@@ -218,6 +220,8 @@ def check_model_and_data_options(config: TrainConfig) -> None:
             "--channels": (("cnn",), changed("channels")),
             "--norm": (("mlp", "cnn"), changed("norm")),
             "--dropout": (("mlp", "cnn"), changed("dropout")),
+            # another model's activations are its own; --init still reads it for its gain
+            "--activation": (("mlp", "cnn"), changed("activation") and config.init == "default"),
         },
     )
     if config.channels_last and config.model == "mlp":

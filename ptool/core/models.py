@@ -167,6 +167,14 @@ VALID_MODELS = (*MODELS, "torchvision:NAME", "module.path:function")
 AUX_HEADS = ("googlenet", "inception_v3")
 
 
+def check_torchvision_name(name: str) -> None:
+    import torchvision.models
+
+    valid = torchvision.models.list_models(module=torchvision.models)
+    if name not in valid:
+        raise unknown_name("torchvision classification model", name, valid)
+
+
 def build_torchvision(name: str, info: Any) -> nn.Module:
     """torchvision.models.get_model(NAME, weights=None, num_classes=...).
 
@@ -175,9 +183,7 @@ def build_torchvision(name: str, info: Any) -> nn.Module:
     """
     import torchvision.models
 
-    valid = torchvision.models.list_models(module=torchvision.models)
-    if name not in valid:
-        raise unknown_name("torchvision classification model", name, valid)
+    check_torchvision_name(name)
     if len(info.input_shape) != 3:
         shape = info.input_shape
         raise UsageError(f"torchvision:{name} needs image inputs; the data gives {shape}")

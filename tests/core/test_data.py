@@ -134,6 +134,27 @@ def test_bad_augment_and_task():
         build_data(cfg(task="regression"))
 
 
+def test_color_jitter_refuses_float_images_outside_0_1(tmp_path):
+    """torchvision clamps them (the oracle below): 0-255 floats trained at chance."""
+    from torchvision.transforms import v2
+
+    assert v2.ColorJitter(brightness=0.001)(torch.full((3, 2, 2), 200.0)).max() == 1.0
+    y = torch.arange(40) % 2
+    pixels = torch.randint(0, 256, (40, 3, 4, 4), generator=torch.Generator().manual_seed(0))
+    for x, refused in (
+        (pixels.float(), True),
+        (pixels.float() / 255, False),
+        (pixels.byte(), False),
+    ):
+        torch.save({"x": x, "y": y}, tmp_path / "t.pt")
+        config = cfg(data=f"tensors:{tmp_path / 't.pt'}", augment=["color-jitter"])
+        if refused:
+            with pytest.raises(UsageError, match=r"needs images in \[0, 1\].* in \[0, 255\]"):
+                build_data(config)
+        else:
+            assert build_data(config).info.input_shape == [3, 4, 4]
+
+
 def test_image_size_resizes_in_memory_images():
     bundle = build_data(cfg(image_size=16))
     assert bundle.info.input_shape == [1, 16, 16] and bundle.info.image_size == 16
@@ -336,6 +357,11 @@ def test_uint8_image_tensors_are_pixels_scaled_to_0_1(tmp_path, shape):
             {"x": torch.randn(10, 4), "y": torch.zeros(10, dtype=torch.long),
              "x_val": torch.randn(3, 4)},
             "holds x_val without y_val",
+        ),
+        ({"x": torch.rand(10, 0), "y": torch.arange(10) % 2}, r"shape \[10, 0\]: no features"),
+        (  # cast to real with a warning, the imaginary parts dropped
+            {"x": torch.randn(10, 4, dtype=torch.complex64), "y": torch.arange(10) % 2},
+            "are torch.complex64; ptool trains on real numbers",
         ),
     ],
 )  # fmt: skip

@@ -167,6 +167,11 @@ def test_another_losss_option_is_refused_for_a_new_run_only(changes, task, messa
         ({"augment": ["crop"], "color_jitter": 0.2}, "--color-jitter sets the color-jitter"),
         ({"augment": ["flip", "crop", "flip"]}, "--augment names flip more than once"),
         ({"model": "mlp", "channels_last": True}, "--channels-last lays out the inputs of conv"),
+        ({"model": "my.module:build", "activation": "gelu"}, "--activation is an option of the"),
+        # what the run would refuse once it reads the data: refused before --print-config
+        ({"augment": ["flop"]}, "unknown augmentation 'flop'; valid: crop, flip"),
+        ({"data": "csv:"}, "--data csv: needs a path, e.g. csv:PATH.csv"),
+        ({"model": "torchvision:nope"}, "unknown torchvision classification model 'nope'"),
     ],
 )
 def test_an_option_the_model_or_data_does_not_read_is_refused(changes, message):
@@ -182,6 +187,7 @@ def test_an_option_the_model_or_data_does_not_read_is_refused(changes, message):
         {"data": "mnist", "data_dir": "x", "download": True},
         {"model": "torchvision:resnet18", "data": "imagefolder:x"},
         {"model": "my.module:build", "data": "tensors:t.pt"},
+        {"model": "torchvision:resnet18", "activation": "tanh", "init": "xavier-normal"},  # gain
         {"augment": ["flip", "crop"], "flip_p": 0.9, "crop_padding": 2},
     ):
         check_model_and_data_options(TrainConfig(**own))

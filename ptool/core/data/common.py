@@ -95,6 +95,18 @@ def check_num_classes(config: Any, source: str, found: int) -> None:
 # --- in-memory sources ---------------------------------------------------------------------
 
 
+def _check_jitter_range(source: str, x: torch.Tensor) -> None:
+    """torchvision's ColorJitter clamps float images to [0, 1]: other values (standardized
+    tensors, 0-255 floats) would be flattened, silently, in training only."""
+    low, high = (float(v) for v in torch.aminmax(x))
+    if low < 0 or high > 1:
+        raise UsageError(
+            f"{source}: --augment color-jitter needs images in [0, 1], which torchvision clamps "
+            f"them to; the training images hold values in [{low:g}, {high:g}]",
+            hint="save uint8 pixels (0-255, scaled on load) or floats in [0, 1]",
+        )
+
+
 def _check_finite(
     source: str, x: torch.Tensor, y: torch.Tensor, row_name: Callable[[int], str]
 ) -> None:
@@ -138,6 +150,8 @@ def in_memory_bundle(
     (x_train, y_train), (x_val, y_val) = data, val
     is_image = x_train.dim() == 4
     check_augment(config.augment, is_image=is_image)
+    if "color-jitter" in config.augment:
+        _check_jitter_range(source, x_train)
     if config.image_size is not None:
         x_train, x_val = (resize_images(x, config.image_size) for x in (x_train, x_val))
     mean = std = None

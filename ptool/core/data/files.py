@@ -260,6 +260,10 @@ def _inputs(x: Any, p: Path) -> torch.Tensor:
     and `ptool predict` scale them, so a run and its predictions see the same values."""
     if not isinstance(x, torch.Tensor) or x.dim() not in (1, 2, 3, 4):
         raise UsageError(f"tensors: inputs in {p} must be a tensor [N,F], [N,H,W] or [N,C,H,W]")
+    if x.is_complex():  # .float() would drop the imaginary parts, with a warning
+        raise UsageError(f"tensors: inputs in {p} are {x.dtype}; ptool trains on real numbers")
+    if 0 in x.shape[1:]:
+        raise UsageError(f"tensors: inputs in {p} have shape {list(x.shape)}: no features")
     x = x.float() / 255 if x.dtype == torch.uint8 and x.dim() >= 3 else x.float()
     return x.unsqueeze(1) if x.dim() in (1, 3) else x
 

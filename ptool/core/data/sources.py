@@ -22,20 +22,27 @@ PREFIXED: dict[str, tuple[Callable[[Any, str], DataBundle], str]] = {
 VALID_SPECS = (*SOURCES, *TORCHVISION, *(f"{p}:{example}" for p, (_, example) in PREFIXED.items()))
 
 
-def build_data(config: Any, *, image_channels: int = 3) -> DataBundle:
-    """The train/val datasets and DataInfo for `config.data`; an image folder is read with
-    `image_channels` (3: RGB, 1: grayscale, for eval of a one-channel model)."""
-    spec = config.data
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """(prefix, path) of `prefix:PATH`, (name, None) of a named source; an unknown source or a
+    prefix without its path is refused."""
     prefix, sep, arg = spec.partition(":")
     if sep and prefix in PREFIXED:
         if not arg:
             raise UsageError(f"--data {prefix}: needs a path, e.g. {prefix}:{PREFIXED[prefix][1]}")
-        path = str(Path(arg).expanduser())  # `imagefolder:~/x`
-        if prefix == "imagefolder":
-            return imagefolder(config, path, channels=image_channels)
-        return PREFIXED[prefix][0](config, path)
-    if spec in TORCHVISION:
-        return torchvision_dataset(config, spec)
-    if spec in SOURCES:
-        return SOURCES[spec](config)
+        return prefix, str(Path(arg).expanduser())  # `imagefolder:~/x`
+    if spec in TORCHVISION or spec in SOURCES:
+        return spec, None
     raise unknown_name("data source", spec, VALID_SPECS)
+
+
+def build_data(config: Any, *, image_channels: int = 3) -> DataBundle:
+    """The train/val datasets and DataInfo for `config.data`; an image folder is read with
+    `image_channels` (3: RGB, 1: grayscale, for eval of a one-channel model)."""
+    name, path = parse_spec(config.data)
+    if name == "imagefolder":
+        return imagefolder(config, path, channels=image_channels)
+    if path is not None:
+        return PREFIXED[name][0](config, path)
+    if name in TORCHVISION:
+        return torchvision_dataset(config, name)
+    return SOURCES[name](config)
