@@ -16,6 +16,7 @@ with the input size.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import statistics
@@ -80,6 +81,18 @@ def per_layer(model: nn.Module, x: torch.Tensor) -> list[tuple[str, str, float, 
     return rows
 
 
+def bound(label: str, rows: list) -> str:
+    """The layers' total time, and the most a compaction could give (Amdahl): each dense
+    layer's time divided by its own work ratio."""
+    dense_us = sum(a for (_, _, a, _), _ in rows)
+    pruned_us = sum(b for _, (_, _, b, _) in rows)
+    ideal_us = sum(a * work_b / work_a for (_, _, a, work_a), (_, _, _, work_b) in rows)
+    return (
+        f"{label}: {dense_us:.1f} -> {pruned_us:.1f} us = {dense_us / pruned_us:.2f}x; if each "
+        f"layer's time fell with its work: {dense_us / ideal_us:.2f}x at most"
+    )
+
+
 def frozen(model: nn.Module, x: torch.Tensor) -> torch.jit.ScriptModule:
     with warnings.catch_warnings():  # torch.jit's deprecation notes
         warnings.simplefilter("ignore")
@@ -116,16 +129,14 @@ def main() -> None:
     rows = list(zip(per_layer(dense, x), per_layer(pruned, x), strict=True))
     for (name, kind, a, work_a), (_, _, b, work_b) in rows:
         print(f"{name:<14}{kind:<20}{a:>10.1f}{b:>11.1f}{a / b:>7.2f}x{work_a / work_b:>7.2f}x")
-    # Amdahl: each dense layer's time divided by its own work ratio, the best compaction can do
-    dense_us = sum(a for (_, _, a, _), _ in rows)
-    ideal_us = sum(a * work_b / work_a for (_, _, a, work_a), (_, _, _, work_b) in rows)
-    print(
-        f"sum of layers: {dense_us:.1f} -> {sum(b for _, (_, _, b, _) in rows):.1f} us; "
-        f"if each layer's time fell with its work: {dense_us / ideal_us:.2f}x at most"
-    )
+    print(bound("sum of layers", rows))
+    last = torch.channels_last
+    dense_cl, pruned_cl = (copy.deepcopy(m).to(memory_format=last) for m in (dense, pruned))
+    x_cl = x.contiguous(memory_format=last)
+    rows = list(zip(per_layer(dense_cl, x_cl), per_layer(pruned_cl, x_cl), strict=True))
+    print(bound("the same in channels_last", rows))
 
     print(f"\n{'whole forward':<44}{'dense us':>10}{'pruned us':>11}{'ratio':>8}")
-    last = torch.channels_last
     forms = {
         "as trained (NCHW)": (dense, pruned, x),
         "channels_last": (

@@ -10,6 +10,7 @@ final classifier `nn.Linear`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import inspect
 import math
@@ -49,6 +50,8 @@ class SequentialNet(nn.Module):
         self.body = body
         self.head = head
         self.grad_checkpoint = grad_checkpoint
+        if grad_checkpoint:
+            _checkpointed_body_runs_eagerly()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpoint and self.training and torch.is_grad_enabled():
@@ -57,9 +60,6 @@ class SequentialNet(nn.Module):
             x = self.body(x)
         return self.head(x)
 
-    # torch.compile cannot trace checkpoint's context_fn: the checkpointed body runs eagerly
-    # (a graph break), the head compiled
-    @torch.compiler.disable
     def _checkpointed(self, x: torch.Tensor) -> torch.Tensor:
         blocks = list(self.body)
         segments = min(self.grad_checkpoint, len(blocks))  # more: a checkpoint of an older ptool
@@ -72,6 +72,14 @@ class SequentialNet(nn.Module):
                 chunk, x, use_reentrant=False, context_fn=lambda c=chunk: _recompute_guard(c)
             )
         return chunks[-1](x)
+
+
+@functools.cache
+def _checkpointed_body_runs_eagerly() -> None:
+    """torch.compile cannot trace checkpoint's context_fn: the checkpointed body runs eagerly
+    (a graph break), the head compiled. Applied when a model checkpoints, not at import:
+    torch.compiler.disable imports torch._dynamo, about 2 s of every command's start."""
+    SequentialNet._checkpointed = torch.compiler.disable(SequentialNet._checkpointed)
 
 
 def _recompute_guard(module: nn.Module):
