@@ -136,8 +136,6 @@ def main() -> None:
     _ignore_zero_columns()
     try:
         code = app(standalone_mode=False)
-    except SystemExit:
-        raise
     except Exception as exc:  # noqa: BLE001 - the one place that turns errors into messages
         if debug_enabled():  # the traceback too, and the same exit code
             import traceback

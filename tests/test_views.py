@@ -78,6 +78,14 @@ def test_inspect_counts_read_as_numbers_and_nouns():
     assert totals_line({**totals, "tensors": 2}).startswith("2 tensors, ")
 
 
+def test_warnings_print_paths_as_written(capsys):
+    """`[/old]` in a path raised rich's MarkupError; `[red]` vanished."""
+    from ptool.ui.output import Output
+
+    Output().warn("ckpts/[/old]/m.pt and figs/[red]x.png")
+    assert "warning: ckpts/[/old]/m.pt and figs/[red]x.png" in capsys.readouterr().err
+
+
 def test_a_file_that_grew_is_larger_not_0_99x_smaller():
     from ptool.ui import prune_view, quantize_view
 

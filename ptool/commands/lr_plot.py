@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from ptool.commands._config_options import with_config_options
 from ptool.commands._options import JsonOpt, QuietOpt, examples
@@ -334,7 +335,7 @@ def _render(out, lines, *, x_axis, log_y, title, output, csv, chart) -> None:
                 view.write_csv(lines, file)
         else:
             view.write_figure(lines, path, x_axis=x_axis, log_y=log_y, title=title)
-        out.info(f"wrote {path}")
+        out.info(f"wrote {escape(str(path))}")
     if csv:  # plain text, straight to the console's file: rich markup would cost seconds
         view.write_csv(lines, out.out.file)
         out.out.file.flush()

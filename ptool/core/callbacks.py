@@ -157,7 +157,6 @@ class TensorBoardLog:
         curves have no duplicated steps."""
         from torch.utils.tensorboard import SummaryWriter
 
-        self.log_dir = log_dir
         self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
     def purge_from(self, step: int) -> None:
@@ -176,7 +175,7 @@ class TensorBoardLog:
             if math.isfinite(value):
                 self.writer.add_scalar(tag, value, step)
 
-    def images(self, x: torch.Tensor, step: int = 0) -> None:
+    def images(self, x: torch.Tensor) -> None:
         """A few input images, each rescaled to [0, 1] (inputs are normalized). TensorBoard
         draws 1 or 3 channels: other counts show their first, as grayscale."""
         x = x[:16].detach().float().cpu()
@@ -184,7 +183,7 @@ class TensorBoardLog:
             x = x[:, :1]
         low = x.amin(dim=(1, 2, 3), keepdim=True)
         high = x.amax(dim=(1, 2, 3), keepdim=True)
-        self.writer.add_images("inputs", (x - low) / (high - low).clamp_min(1e-8), step)
+        self.writer.add_images("inputs", (x - low) / (high - low).clamp_min(1e-8), 0)
 
     def histograms(self, model: nn.Module, step: int, *, grads: bool = False) -> None:
         """weights/NAME, or grads/NAME (called before the epoch's last step clears them)."""

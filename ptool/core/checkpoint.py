@@ -115,8 +115,6 @@ TORCHSCRIPT_TAG = "ptool.json"
 
 
 def _is_ptool_torchscript(path: Path) -> bool:
-    import zipfile
-
     try:
         with zipfile.ZipFile(path) as archive:
             return any(name.endswith(f"/extra/{TORCHSCRIPT_TAG}") for name in archive.namelist())
@@ -308,12 +306,12 @@ def newest(paths: list[Path]) -> Path | None:
     return max(existing, key=lambda p: p.stat().st_mtime) if existing else None
 
 
-def find_default_checkpoint(runs_dir: str | Path = "runs", name: str = "best.pt") -> Path:
+def find_default_checkpoint(name: str = "best.pt") -> Path:
     """The newest run's `best.pt` under `./runs`, for commands called without CKPT."""
-    found = newest(list(Path(runs_dir).glob(f"*/{name}")))
+    found = newest(list(Path("runs").glob(f"*/{name}")))
     if found is None:
         raise PtoolError(
-            f"no checkpoint given and no {runs_dir}/*/{name} found",
+            f"no checkpoint given and no runs/*/{name} found",
             hint="pass a checkpoint path, or run `ptool train` first",
         )
     return found

@@ -3,7 +3,7 @@
 Same metrics as the training engine's validation (`EpochMetrics`, torchmetrics), so a
 figure printed by `quantize`/`prune`/`eval` compares with the run's own `val/...` values.
 `ptool eval` adds per-class precision/recall/F1 (torchmetrics, average=None), support,
-and the loop's speed; `evaluate_checkpoint` rebuilds a checkpoint's model and data split.
+and the loop's speed; `evaluate_checkpoints` rebuilds a checkpoint's model and data split.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ SPLITS = ("val", "train", "test", "all")
 
 
 class Evaluation(NamedTuple):
-    """`evaluate`'s result; index 0 and 1 are (metrics, confusion) as before."""
+    """`evaluate`'s result."""
 
     metrics: dict[str, float]  # "val/loss", "val/accuracy", ... (prefix as asked)
     confusion: list[list[int]] | None  # rows: true class, columns: predicted class

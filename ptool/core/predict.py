@@ -19,9 +19,6 @@ from typing import Any, NamedTuple, TextIO
 import torch
 from torch import nn
 
-# Extensions that Pillow opens; a folder input yields every such file below it, sorted
-# (hidden ones, .ipynb_checkpoints/ or ._photo.jpg, left out).
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 TENSOR_EXTENSIONS = (".pt", ".pth", ".bin")
 
 
@@ -91,13 +88,13 @@ class Reader:
                 yield from self.json_lines()
                 continue
             path = Path(spec)
-            if path.is_dir():
-                from ptool.core.data.image_folder import is_hidden
+            if path.is_dir():  # every image below it, sorted, as imagefolder: training reads them
+                from ptool.core.data.image_folder import IMG_EXTENSIONS, is_hidden
 
                 files = sorted(
                     p
                     for p in path.rglob("*")
-                    if p.suffix.lower() in IMAGE_EXTENSIONS and not is_hidden(p, path)
+                    if p.suffix.lower() in IMG_EXTENSIONS and not is_hidden(p, path)
                 )
                 if not files:
                     yield Sample(spec, error=f"no image files in folder {spec}")

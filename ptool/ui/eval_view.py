@@ -164,6 +164,8 @@ def write_confusion_image(report: dict[str, Any], path: str | Path) -> Path:
                 ax.text(j, i, str(count), ha="center", va="center", color=color, fontsize=8)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=100)
+    finally:  # a write that fails leaves no figure open
+        plt.close(fig)
     return path

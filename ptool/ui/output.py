@@ -138,5 +138,6 @@ class Output:
             self.err.print(escape(line), soft_wrap=True)
 
     def warn(self, message: str) -> None:
+        """A plain-text warning (paths in it are not rich markup) on stderr."""
         if not self.quiet:
-            self.err.print(f"[yellow]warning:[/yellow] {message}", soft_wrap=True)
+            self.err.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True)

@@ -111,6 +111,8 @@ def test_bad_inputs_fail_alone(image_run, tmp_path):
     folder = tmp_path / "folder"
     folder.mkdir()
     Image.fromarray((raw[0, 0] * 255).byte().numpy()).save(folder / "a.png")
+    Image.fromarray((raw[1, 0] * 255).byte().numpy()).save(folder / "b.pgm")  # imagefolder reads it
+    Image.fromarray((raw[1, 0] * 255).byte().numpy()).save(folder / "c.gif")  # imagefolder: not
     (folder / "._a.png").write_bytes(b"AppleDouble")  # hidden: not an input
     (folder / ".ipynb_checkpoints").mkdir()
     Image.new("L", (16, 16)).save(folder / ".ipynb_checkpoints" / "b.png")
@@ -128,6 +130,12 @@ def test_bad_inputs_fail_alone(image_run, tmp_path):
     assert "16x16 pixels; the model expects 1x8x8 images" in errors["big.png"]
     assert errors["missing.png"] == "no such file"
     assert errors["folder/a.png"] is None and not any("/." in name for name in errors)
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+    read = [name for name in errors if name.startswith("folder/")]
+    assert read == ["folder/a.png", "folder/b.pgm"]  # what training's ImageFolder would take
+    assert all(has_file_allowed_extension(name, IMG_EXTENSIONS) for name in read)
+    assert errors["folder/b.pgm"] is None
     assert errors["small.pt"] == (  # one line for the file, not one per row
         "shape [2, 1, 4, 8]; expected [N, 1, 8, 8] or [N, 8, 8] "
         "for the model's 1x8x8 images (grayscale)"

@@ -13,7 +13,7 @@ import torch
 from ptool.core import checkpoint as ckpt_io
 from ptool.core.config import TrainConfig
 from ptool.core.errors import PtoolError, UsageError
-from ptool.core.quantize import QuantizeOptions, ao, describe_state, quantize_checkpoint
+from ptool.core.quantize import QuantizeOptions, ao, quantize_checkpoint
 from ptool.core.restore import model_from_checkpoint
 
 
@@ -146,14 +146,20 @@ def test_a_backend_this_cpu_lacks_is_one_line_when_loading(static_report):
         model_from_checkpoint(saved)
 
 
-def test_describe_state_lists_int8_layers_with_scales(static_report):
-    state = torch.load(static_report["output"], weights_only=True)["model_state_dict"]
-    layers = {layer["name"]: layer for layer in describe_state(state)}
+def _int8_layers(path) -> dict[str, dict]:
+    """The layers inspect-checkpoint lists as quantized (weights of an int8 dtype)."""
+    from ptool.core.inspect.report import InspectOptions, inspect
+
+    layers = inspect(path, InspectOptions())["quantization"]["layers"]
+    return {layer["name"]: layer for layer in layers if layer.get("weight_dtype") == "qint8"}
+
+
+def test_static_int8_layers_carry_per_channel_scales_and_output_qparams(static_report):
+    layers = _int8_layers(static_report["output"])
     assert set(layers) == {"body.0.conv", "body.1.conv", "head"}
     conv = layers["body.0.conv"]
-    assert conv["weight_dtype"] == "qint8"
     assert conv["qscheme"] == "per_channel_affine"  # symmetric: stored as affine, zero point 0
-    assert conv["weight_zero_point"] == [0]
+    assert conv["zero_point_range"] == [0, 0] and conv["axis"] == 0  # per output channel
     assert conv["output_scale"] > 0 and isinstance(conv["output_zero_point"], int)
 
 
@@ -163,8 +169,7 @@ def test_dynamic_quantizes_linear_layers_and_reloads(mlp_ckpt, tmp_path):
     assert report["fp32"]["metrics"]["val/accuracy"] > 0.8
     assert report["metrics_change"]["val/accuracy"] >= -0.02
     model = model_from_checkpoint(ckpt_io.load_checkpoint(report["output"]))
-    state = torch.load(report["output"], weights_only=True)["model_state_dict"]
-    assert {layer["name"] for layer in describe_state(state)} == set(report["quantized_layers"])
+    assert set(_int8_layers(report["output"])) == set(report["quantized_layers"])
     x = _inputs(mlp_ckpt)
     with ao.quiet():
         float_model = model_from_checkpoint(ckpt_io.load_checkpoint(mlp_ckpt))
@@ -312,7 +317,6 @@ def test_missing_torch_ao_is_one_line(monkeypatch):
     ao._ao.cache_clear()
     monkeypatch.setattr(builtins, "__import__", no_ao)
     try:
-        assert not ao.available()
         with pytest.raises(PtoolError, match="has no torch.ao.quantization"):
             ao.prepare(torch.nn.Linear(2, 2), {"backend": "x86"})
     finally:

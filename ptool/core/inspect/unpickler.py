@@ -54,7 +54,6 @@ class Storage:
     key: str
     dtype: str
     numel: int
-    location: str = "cpu"
     span: tuple[int, int] | None = None  # absolute [begin, end) in the file (safetensors)
 
 
@@ -237,10 +236,10 @@ class MetadataUnpickler(pickle.Unpickler):
 
 def zip_storage(pid: tuple) -> Storage:
     """torch's zip format: ('storage', storage_type, key, location, numel)."""
-    kind, storage_type, key, location, numel = pid
+    kind, storage_type, key, _location, numel = pid
     if kind != "storage" or not isinstance(storage_type, StorageType):
         raise pickle.UnpicklingError(f"unexpected persistent id {kind!r}")
-    return Storage(str(key), storage_type.dtype, int(numel), str(location))
+    return Storage(str(key), storage_type.dtype, int(numel))
 
 
 def legacy_storage(pid: tuple) -> Storage:

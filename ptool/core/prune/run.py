@@ -130,7 +130,7 @@ class Evaluator:
         cpu = torch.device("cpu")
         order = torch.arange(len(self.data.val))
         loader = make_loader(self.data.val, self.config, order, train=False, device=cpu)
-        return evaluate(model, loader, self.data.info, self.loss_fn, cpu)[0]
+        return evaluate(model, loader, self.data.info, self.loss_fn, cpu).metrics
 
 
 class Pruner:
@@ -251,7 +251,6 @@ def _finetune(
     extras: Callable[[], dict[str, Any]],
     *,
     quiet: bool,
-    progress: bool | None,
 ) -> dict[str, Any]:
     """E epochs through the training engine on the pruned model; keeps the best epoch."""
     from ptool.core.engine import fit
@@ -261,7 +260,6 @@ def _finetune(
         summary = fit(
             config,
             quiet=quiet,
-            progress=progress,
             log=pruner.log,
             model=pruner.model,
             data=data,
@@ -289,7 +287,6 @@ def prune_checkpoint(
     *,
     log: Callable[[str], None] = lambda _: None,
     quiet: bool = False,
-    progress: bool | None = None,
 ) -> dict[str, Any]:
     """Prune the checkpoint at `path` (default: the newest runs/*/best.pt), fine-tune if
     asked, write the result and return the report."""
@@ -422,9 +419,7 @@ def prune_checkpoint(
         if base_config is not None:
             run_config = base_config.replace(out=step_run_dir(base_config.out, k, options.steps))
             log(f"fine-tuning {count(options.finetune_epochs, 'epoch')} in {run_config.out}")
-            entry["finetune"] = _finetune(
-                pruner, run_config, data, recipe, quiet=quiet, progress=progress
-            )
+            entry["finetune"] = _finetune(pruner, run_config, data, recipe, quiet=quiet)
             entry["metrics_after_finetune"] = evaluator(pruner.model) if evaluator else None
         history.append(entry)
 

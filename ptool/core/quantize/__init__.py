@@ -6,14 +6,12 @@ torchao) without touching the command; `run` is the job: rebuild, quantize, repo
 
 from __future__ import annotations
 
-from ptool.core.quantize.ao import available, describe_state, freeze_observers, prepare_for_load
+from ptool.core.quantize.ao import freeze_observers, prepare_for_load
 from ptool.core.quantize.run import MODES, QuantizeOptions, quantize_checkpoint
 
 __all__ = [
     "MODES",
     "QuantizeOptions",
-    "available",
-    "describe_state",
     "freeze_observers",
     "prepare_for_load",
     "quantize_checkpoint",

@@ -69,14 +69,6 @@ def _ao() -> tuple[Any, Any]:
     return tq, quantize_fx
 
 
-def available() -> bool:
-    try:
-        _ao()
-    except PtoolError:
-        return False
-    return True
-
-
 # --- backends --------------------------------------------------------------------------
 
 
@@ -458,44 +450,3 @@ def fused_modules(float_model: nn.Module, quantized: nn.Module) -> list[list[str
         else:
             groups[-1].append(name)
     return [group for group in groups if len(group) > 1]
-
-
-def describe_state(state_dict: dict[str, Any]) -> list[dict[str, Any]]:
-    """The int8 layers of a quantized state dict with their scales and zero points.
-
-    Reads the file's tensors only (no model): for `inspect-checkpoint` and the report.
-    """
-    layers: dict[str, dict[str, Any]] = {}
-    for key, value in state_dict.items():
-        prefix, _, leaf = key.rpartition(".")
-        weight = None
-        if leaf == "weight" and isinstance(value, torch.Tensor) and value.is_quantized:
-            weight = value
-        elif key.endswith("_packed_params._packed_params") and isinstance(value, tuple):
-            prefix = key[: -len("._packed_params._packed_params")]
-            weight = next((v for v in value if isinstance(v, torch.Tensor)), None)
-        if weight is not None and weight.is_quantized:
-            layers.setdefault(prefix, {}).update(_weight_qparams(weight))
-        elif leaf in ("scale", "zero_point") and isinstance(value, torch.Tensor):
-            layers.setdefault(prefix, {})[f"output_{leaf}"] = value.item()
-    return [
-        {"name": name, **values}
-        for name, values in layers.items()
-        if "weight_dtype" in values  # input quant stubs have scales but no weights
-    ]
-
-
-def _weight_qparams(weight: torch.Tensor) -> dict[str, Any]:
-    described: dict[str, Any] = {
-        "weight_dtype": str(weight.dtype).removeprefix("torch."),
-        "shape": list(weight.shape),
-        "qscheme": str(weight.qscheme()).removeprefix("torch."),
-    }
-    if weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
-        scales = weight.q_per_channel_scales()
-        described["weight_scale"] = [float(scales.min()), float(scales.max())]
-        described["weight_zero_point"] = sorted(set(weight.q_per_channel_zero_points().tolist()))
-    else:
-        described["weight_scale"] = weight.q_scale()
-        described["weight_zero_point"] = weight.q_zero_point()
-    return described

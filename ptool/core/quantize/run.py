@@ -111,17 +111,13 @@ def torchscript_path(output: Path) -> Path:
 
 def _float_model(ckpt: dict[str, Any]) -> nn.Module:
     """The checkpoint's float model, with any pruning masks made permanent (plain weights)."""
-    from torch.nn.utils import prune
-
+    from ptool.core.prune.masks import make_permanent
     from ptool.core.restore import model_from_checkpoint
 
     # without gradient checkpointing: torch.fx cannot trace its segments (QAT trains through
     # them), and an int8 model has no backward pass to save memory in
     model = model_from_checkpoint({**ckpt, "config": {**ckpt["config"], "grad_checkpoint": 0}})
-    for module in model.modules():
-        for hook in list(module._forward_pre_hooks.values()):
-            if isinstance(hook, prune.BasePruningMethod):
-                prune.remove(module, hook._tensor_name)
+    make_permanent(model)
     return model.eval()
 
 
@@ -234,7 +230,6 @@ def run_qat(
     pruning: dict[str, Any] | None,
     log: Callable[[str], None],
     quiet: bool,
-    progress: bool | None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Fake-quantized fine-tuning through `fit()`, then convert the best epoch's weights.
     Its checkpoints carry the source's `pruning` recipe, so a compacted model rebuilds."""
@@ -252,7 +247,6 @@ def run_qat(
         resume=resume,
         callbacks=[FreezeSchedule(qat["freeze_observers_epoch"], qat["freeze_bn_epoch"], log)],
         quiet=quiet,
-        progress=progress,
         log=log,
         model=copy.deepcopy(float_model),
         data=data,
@@ -313,7 +307,6 @@ def quantize_checkpoint(
     *,
     log: Callable[[str], None] = lambda _: None,
     quiet: bool = False,
-    progress: bool | None = None,
 ) -> dict[str, Any]:
     """Quantize the float checkpoint at `path`, write the result, return the report."""
     check_options(options)
@@ -416,7 +409,6 @@ def quantize_checkpoint(
             pruning=pruning,
             log=log,
             quiet=quiet,
-            progress=progress,
         )
 
     layers = ao.quantized_layer_names(quantized)
@@ -480,7 +472,7 @@ def _sizes_and_metrics(model: nn.Module, loader: Any, eval_args: tuple | None) -
         "param_bytes": benchmark.param_bytes(state),
     }
     with ao.quiet():
-        entry["metrics"] = evaluate(model, loader(), *eval_args)[0] if eval_args else None
+        entry["metrics"] = evaluate(model, loader(), *eval_args).metrics if eval_args else None
     return entry
 
 
