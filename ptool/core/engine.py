@@ -941,6 +941,9 @@ class Trainer:
                 method(self, *args)
 
     def close(self) -> None:
+        from ptool.core.data.loader import release_loaders
+
+        release_loaders()
         if self.tb is not None:
             self.tb.close()
             self.tb = None

@@ -105,6 +105,35 @@ def test_checkpoint_holds_everything_a_resume_needs(tmp_path):
     assert again == TrainConfig.from_dict(ckpt["config"])
 
 
+def test_persistent_workers_are_reused_within_a_run_and_released_after_it(tmp_path):
+    """The kept loaders held their datasets, so their worker processes outlived the run (one
+    set per fine-tune of an iterative prune)."""
+    import gc
+    import multiprocessing
+
+    from ptool.core.data import loader
+
+    made = []
+    real = loader.DataLoader
+
+    def counting(*args, **kwargs):
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    config = TrainConfig(
+        data="synthetic", shape="1x8x8", samples=64, epochs=2, augment=["flip"], num_workers=1,
+        persistent_workers=True, seed=0, tensorboard=False, out=str(tmp_path / "run"),
+    )  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loader, "DataLoader", counting)
+        fit(config, quiet=True)
+    assert len(made) == 1  # the training loader, kept for the second epoch
+    assert len(loader._PERSISTENT) == 0
+    made.clear()
+    gc.collect()  # the loader's workers exit with it
+    assert multiprocessing.active_children() == []
+
+
 def test_same_seed_and_deterministic_give_bit_identical_weights(tmp_path):
     changes = dict(seed=None, dropout=0.3, deterministic=True, epochs=2)
     first = fit(small(tmp_path, "a", **changes), quiet=True)

@@ -110,8 +110,15 @@ class SeededSamples(Dataset):
             generator.set_state(state)
 
 
-# Loaders with persistent workers are kept per dataset and reused with the next order.
-_PERSISTENT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Loaders with persistent workers are kept per dataset and reused with the next order, until
+# the run ends (`release_loaders`): each loader holds its dataset, so no weak key would go.
+_PERSISTENT: dict[Dataset, tuple[tuple, DataLoader]] = {}
+
+
+def release_loaders() -> None:
+    """Drop the kept loaders, so their worker processes exit: at the end of a run (prune's
+    and quantize's fine-tunes run several in one process)."""
+    _PERSISTENT.clear()
 
 
 def make_loader(
