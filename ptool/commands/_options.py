@@ -1,4 +1,4 @@
-"""Options shared by every command, defined once so they read and behave the same everywhere."""
+"""Options shared by several commands, defined once so they read and behave the same everywhere."""
 
 from __future__ import annotations
 
@@ -12,6 +12,17 @@ JsonOpt = Annotated[
 ]
 QuietOpt = Annotated[
     bool, typer.Option("--quiet", "-q", help="Silence everything on stderr but errors.")
+]
+CkptArg = Annotated[
+    str | None,
+    typer.Argument(
+        metavar="CKPT",
+        help="Checkpoint from `ptool train` (default: the newest runs/*/best.pt).",
+        show_default=False,
+    ),
+]
+BenchRunsOpt = Annotated[
+    int, typer.Option("--bench-runs", help="Timed repetitions per latency (median, after warm-up).")
 ]
 UnsafeLoadOpt = Annotated[
     bool,

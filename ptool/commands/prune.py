@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from ptool.commands._config_options import with_config_options
-from ptool.commands._options import JsonOpt, QuietOpt, examples
+from ptool.commands._options import BenchRunsOpt, CkptArg, JsonOpt, QuietOpt, examples
 from ptool.commands.quantize import FINETUNE_DEFAULTS, QAT_FIELDS
 from ptool.core.prune.options import METHODS
 
@@ -26,14 +26,7 @@ FINETUNE_FIELDS = [name for name in QAT_FIELDS if name != "epochs"] + ["device",
 
 
 def prune(
-    ckpt: Annotated[
-        str | None,
-        typer.Argument(
-            metavar="CKPT",
-            help="Checkpoint from `ptool train` (default: the newest runs/*/best.pt).",
-            show_default=False,
-        ),
-    ] = None,
+    ckpt: CkptArg = None,
     method: Annotated[
         str, typer.Option("--method", help=f"Pruning method: {', '.join(METHODS)}.")
     ] = ("l1-unstructured"),
@@ -120,10 +113,7 @@ def prune(
     no_eval: Annotated[
         bool, typer.Option("--no-eval", help="Skip the validation-split evaluations.")
     ] = False,
-    bench_runs: Annotated[
-        int,
-        typer.Option("--bench-runs", help="Timed repetitions per latency (median, after warm-up)."),
-    ] = 20,
+    bench_runs: BenchRunsOpt = 20,
     json: JsonOpt = False,
     quiet: QuietOpt = False,
     *,

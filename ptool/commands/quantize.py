@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from ptool.commands._config_options import with_config_options
-from ptool.commands._options import JsonOpt, QuietOpt, examples
+from ptool.commands._options import BenchRunsOpt, CkptArg, JsonOpt, QuietOpt, examples
 from ptool.commands._plain_params import PlainGroup, PlainTyper
 from ptool.core import config as cfg
 
@@ -47,14 +47,6 @@ QAT_HELP_DEFAULTS = {
     "out": "<ckpt dir>/qat/<time>",
 }
 
-CkptArg = Annotated[
-    str | None,
-    typer.Argument(
-        metavar="CKPT",
-        help="Checkpoint from `ptool train` (default: the newest runs/*/best.pt).",
-        show_default=False,
-    ),
-]
 OutputOpt = Annotated[
     str | None,
     typer.Option(
@@ -81,9 +73,6 @@ TorchScriptOpt = Annotated[
 ]
 NoEvalOpt = Annotated[
     bool, typer.Option("--no-eval", help="Skip the validation-split evaluation in the report.")
-]
-BenchRunsOpt = Annotated[
-    int, typer.Option("--bench-runs", help="Timed repetitions per latency (median, after warm-up).")
 ]
 DeviceOpt = Annotated[
     str, typer.Option("--device", help="cpu only: the int8 kernels are CPU kernels.")
