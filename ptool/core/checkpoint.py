@@ -73,6 +73,29 @@ def _checkpoint_write(path: Path) -> Iterator[IO[bytes]]:
         ) from exc
 
 
+def save_derived(
+    source: dict[str, Any],
+    state: dict[str, Any],
+    metrics: dict[str, float],
+    path: str | Path,
+    **recipes: Any,
+) -> Path:
+    """A checkpoint made from `source` (pruned, quantized): its config and data facts, the new
+    weights and metrics, and the recipes that rebuild the model (`pruning=`, `quantization=`;
+    None ones are left out)."""
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_state_dict": state,
+        "config": source["config"],
+        "data_info": source["data_info"],
+        "metrics": metrics,
+        **{name: recipe for name, recipe in recipes.items() if recipe is not None},
+        "meta": meta(),
+    }
+    return atomic_save(payload, path)
+
+
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """`torch.save`, atomically."""
     path = Path(path)

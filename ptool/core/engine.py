@@ -189,6 +189,14 @@ class Trainer:
         unsafe_load: bool = False,
         resume_command: str = "ptool resume",
     ):
+        """`log` receives the human lines (epoch lines, warnings; default: stderr); `progress`
+        forces the tqdm bar on/off (default: config.progress, auto = stderr is a terminal);
+        `unsafe_load` lets --init-from unpickle a trusted file; `resume_command` is what the
+        hints name to continue the run (QAT's own).
+        Callbacks are objects with any of on_fit_start(trainer), on_step_end(trainer),
+        on_validation_start(trainer, model), on_validation_end(trainer, model),
+        on_epoch_end(trainer, metrics), on_checkpoint(trainer, path), on_fit_end(trainer, summary).
+        """
         self.started = time.perf_counter()
         self.resume_command = resume_command  # what continues this run, for the hints
         self.wall_before = 0.0  # wall time of the sessions before a resume
@@ -966,47 +974,10 @@ def _cloned(value: Any) -> Any:
     return value
 
 
-def fit(
-    config: TrainConfig,
-    *,
-    resume: dict | None = None,
-    callbacks: Iterable[Any] = (),
-    quiet: bool = False,
-    progress: bool | None = None,
-    log: Callable[[str], None] | None = None,
-    model: nn.Module | None = None,
-    data: Any = None,
-    prepare_model: Callable[[nn.Module], nn.Module] | None = None,
-    checkpoint_extras: Callable[[], dict] | None = None,
-    reschedule: bool = False,
-    unsafe_load: bool = False,
-    resume_command: str = "ptool resume",
-) -> RunSummary:
-    """Train per `config` (or continue `resume`, a loaded checkpoint); see the module doc.
-
-    `log` receives the human lines (epoch lines, warnings; default: stderr); `progress`
-    forces the tqdm bar on/off (default: config.progress, auto = stderr is a terminal);
-    `unsafe_load` lets --init-from unpickle a trusted file; `resume_command` is what the hints
-    name to continue the run (QAT's own).
-    Callbacks are objects with any of on_fit_start(trainer), on_step_end(trainer),
-    on_validation_start(trainer, model), on_validation_end(trainer, model),
-    on_epoch_end(trainer, metrics), on_checkpoint(trainer, path), on_fit_end(trainer, summary).
-    """
-    trainer = Trainer(
-        config,
-        resume=resume,
-        callbacks=callbacks,
-        quiet=quiet,
-        progress=progress,
-        log=log,
-        model=model,
-        data=data,
-        prepare_model=prepare_model,
-        checkpoint_extras=checkpoint_extras,
-        reschedule=reschedule,
-        unsafe_load=unsafe_load,
-        resume_command=resume_command,
-    )
+def fit(config: TrainConfig, **options: Any) -> RunSummary:
+    """Train per `config` (or continue `options["resume"]`, a loaded checkpoint) and close the
+    trainer; `options` are `Trainer`'s. See the module doc."""
+    trainer = Trainer(config, **options)
     try:
         return trainer.fit()
     finally:

@@ -120,6 +120,26 @@ def evaluate(
 # --- which data a checkpoint is evaluated on ------------------------------------------------
 
 
+class Evaluator:
+    """A model's validation loss and metrics on the run's data (CPU, the run's batch size):
+    the before/after figures `prune` and `quantize` report."""
+
+    def __init__(self, config: Any, data: Any):
+        from ptool.core.optim import build_loss
+
+        self.config = config
+        self.data = data
+        self.loss_fn = build_loss(config, data.info)
+
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        from ptool.core.data import make_loader
+
+        cpu = torch.device("cpu")
+        order = torch.arange(len(self.data.val))
+        loader = make_loader(self.data.val, self.config, order, train=False, device=cpu)
+        return evaluate(model, loader, self.data.info, self.loss_fn, cpu).metrics
+
+
 class _EachSample(Dataset):
     """A dataset read sample by sample through `apply` (image sources); module-level
     subclasses, so spawned DataLoader workers can unpickle them."""

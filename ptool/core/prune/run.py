@@ -113,26 +113,6 @@ def global_sparsity(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-class Evaluator:
-    """Validation loss and metrics, the same evaluation `quantize` and `eval` report."""
-
-    def __init__(self, config: TrainConfig, data: Any):
-        from ptool.core.optim import build_loss
-
-        self.config = config
-        self.data = data
-        self.loss_fn = build_loss(config, data.info)
-
-    def __call__(self, model: nn.Module) -> dict[str, float]:
-        from ptool.core.data import make_loader
-        from ptool.core.evaluate import evaluate
-
-        cpu = torch.device("cpu")
-        order = torch.arange(len(self.data.val))
-        loader = make_loader(self.data.val, self.config, order, train=False, device=cpu)
-        return evaluate(model, loader, self.data.info, self.loss_fn, cpu).metrics
-
-
 class Pruner:
     """One `ptool prune` job: the steps (prune, maybe compact, maybe fine-tune) on one model."""
 
@@ -368,6 +348,8 @@ def prune_checkpoint(
         from ptool.core.data import build_data
 
         data = build_data(config)
+    from ptool.core.evaluate import Evaluator
+
     evaluator = Evaluator(config, data) if options.evaluate else None
 
     before_model = _permanent(model)
@@ -437,17 +419,8 @@ def prune_checkpoint(
         "after_pruning": last["metrics_after_pruning"],
         "after_finetune": last["metrics_after_finetune"],
     }
-    payload = {
-        "format": ckpt_io.FORMAT,
-        "format_version": ckpt_io.FORMAT_VERSION,
-        "model_state_dict": state,
-        "config": ckpt["config"],
-        "data_info": ckpt["data_info"],
-        "metrics": metrics["after_finetune"] or metrics["after_pruning"] or {},
-        "pruning": final_recipe,
-        "meta": ckpt_io.meta(),
-    }
-    ckpt_io.atomic_save(payload, output)
+    final_metrics = metrics["after_finetune"] or metrics["after_pruning"] or {}
+    ckpt_io.save_derived(ckpt, state, final_metrics, output, pruning=final_recipe)
 
     after_model = _permanent(model)
     x = torch.randn(config.batch_size, *info.input_shape, generator=generator)

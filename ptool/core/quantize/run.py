@@ -419,19 +419,14 @@ def quantize_checkpoint(
     recipe["converted"] = True
 
     report = compare(float_model, quantized, config, info, data, options)
-    payload = {
-        "format": ckpt_io.FORMAT,
-        "format_version": ckpt_io.FORMAT_VERSION,
-        "model_state_dict": quantized.state_dict(),
-        "config": ckpt["config"],
-        "data_info": ckpt["data_info"],
-        "metrics": report["quantized"].get("metrics") or {},
-        "quantization": recipe,
-        "meta": ckpt_io.meta(),
-    }
-    if pruning:
-        payload["pruning"] = pruning
-    ckpt_io.atomic_save(payload, output)
+    ckpt_io.save_derived(
+        ckpt,
+        quantized.state_dict(),
+        report["quantized"].get("metrics") or {},
+        output,
+        quantization=recipe,
+        pruning=pruning or None,
+    )
     script = None
     if torchscript:
         script = write_torchscript(quantized, recipe, torchscript_path(output))
@@ -463,16 +458,14 @@ def write_torchscript(model: nn.Module, recipe: dict[str, Any], path: Path) -> P
     return path
 
 
-def _sizes_and_metrics(model: nn.Module, loader: Any, eval_args: tuple | None) -> dict[str, Any]:
-    from ptool.core.evaluate import evaluate
-
+def _sizes_and_metrics(model: nn.Module, evaluator: Any) -> dict[str, Any]:
     state = model.state_dict()
     entry: dict[str, Any] = {
         "file_bytes": benchmark.serialized_bytes(state),
         "param_bytes": benchmark.param_bytes(state),
     }
     with ao.quiet():
-        entry["metrics"] = evaluate(model, loader(), *eval_args).metrics if eval_args else None
+        entry["metrics"] = evaluator(model) if evaluator else None
     return entry
 
 
@@ -492,20 +485,11 @@ def compare(
         name: torch.randn(n, *info.input_shape, generator=generator)
         for name, n in (("batch_1", 1), ("batch_n", batch))
     }
-    loader = eval_args = None
-    if options.evaluate:
-        from ptool.core.data import make_loader
-        from ptool.core.optim import build_loss
+    from ptool.core.evaluate import Evaluator
 
-        cpu = torch.device("cpu")
-        order = torch.arange(len(data.val))
-
-        def loader():
-            return make_loader(data.val, config, order, train=False, device=cpu)
-
-        eval_args = (info, build_loss(config, info), cpu)
+    evaluator = Evaluator(config, data) if options.evaluate else None
     models = {"fp32": float_model, "quantized": quantized}
-    entries = {name: _sizes_and_metrics(m, loader, eval_args) for name, m in models.items()}
+    entries = {name: _sizes_and_metrics(m, evaluator) for name, m in models.items()}
     timings = []
     with ao.quiet():
         for key, x in inputs.items():
