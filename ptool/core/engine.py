@@ -43,7 +43,7 @@ from ptool.core.config import TrainConfig
 from ptool.core.errors import PtoolError, UsageError, count
 from ptool.core.init_from import load_initial_weights
 from ptool.core.metrics import EpochMetrics
-from ptool.core.optim import build_loss, build_optimizer, mean_weight
+from ptool.core.optim import build_loss, build_optimizer, loss_sum
 from ptool.core.runtime import (
     autocast,
     capture_rng_state,
@@ -79,7 +79,7 @@ class TrainState:
     rollbacks: int = 0
     top_k: list[list[Any]] = field(default_factory=list)  # [value, epoch, file name]
     # the running epoch's training sums (a mid-epoch checkpoint carries them): the loss as
-    # val/loss weighs it (by class weights where the loss has them: optim.mean_weight)
+    # val/loss weighs it (by class weights where the loss has them: optim.loss_sum)
     train_loss_sum: float = 0.0
     train_loss_weight: float = 0.0
     train_correct: float = 0.0
@@ -470,8 +470,8 @@ class Trainer:
                         self.scaler.scale(loss / window if window > 1 else loss).backward()
                         contributed += 1
                         trained = True
-                        weight = mean_weight(self.loss_fn, y)
-                        sums[0] += loss.detach().to(self.sum_dtype) * weight
+                        batch_sum, weight = loss_sum(self.loss_fn, outputs, y, loss)
+                        sums[0] += batch_sum.to(self.sum_dtype)
                         sums[1] += weight
                         if classification:
                             sums[2] += (outputs.detach().argmax(dim=1) == y).sum()
@@ -597,15 +597,17 @@ class Trainer:
                 for p in params:
                     p.grad.mul_(window / contributed)
             last_step = state.batch_in_epoch == self.batches_per_epoch
-            if self.tb is not None and config.log_histograms and last_step:
-                self.tb.histograms(self.model, state.global_step, grads=True)  # before zero_grad
-            norm = None
-            if config.clip_norm is not None or config.clip_value is not None:
+            log_grads = self.tb is not None and config.log_histograms and last_step
+            clip = config.clip_norm is not None or config.clip_value is not None
+            if log_grads or clip:  # the true gradients, not fp16's loss-scaled ones
                 self.scaler.unscale_(self.optimizer)
-                if config.clip_norm is not None:
-                    norm = torch.nn.utils.clip_grad_norm_(params, config.clip_norm)
-                if config.clip_value is not None:
-                    torch.nn.utils.clip_grad_value_(params, config.clip_value)
+            if log_grads:
+                self.tb.histograms(self.model, state.global_step, grads=True)  # before clipping
+            norm = None
+            if config.clip_norm is not None:
+                norm = torch.nn.utils.clip_grad_norm_(params, config.clip_norm)
+            if config.clip_value is not None:
+                torch.nn.utils.clip_grad_value_(params, config.clip_value)
             if self.scaler.is_enabled():  # it skips a step with inf/NaN gradients itself
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
@@ -666,7 +668,7 @@ class Trainer:
                     outputs = model(x)
                     loss = self.loss_fn(outputs, y)
                 predictions = self.loss_fn.predictions(outputs)
-                metrics.update(predictions, y, loss, mean_weight(self.loss_fn, y))
+                metrics.update(predictions, y, *loss_sum(self.loss_fn, outputs, y, loss))
         finally:
             self._fire("on_validation_end", model)
         values, confusion = metrics.compute()

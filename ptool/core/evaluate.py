@@ -23,7 +23,7 @@ from torch.utils.data import Dataset, TensorDataset
 from torchmetrics import classification as tmc
 
 from ptool.core.metrics import EpochMetrics
-from ptool.core.optim import TaskLoss, mean_weight
+from ptool.core.optim import TaskLoss, loss_sum
 
 SPLITS = ("val", "train", "test", "all")
 
@@ -97,7 +97,7 @@ def evaluate(
             latencies.append(time.perf_counter() - start)
             with autocast(device, precision):
                 loss = loss_fn(outputs, y)
-            metrics.update(loss_fn.predictions(outputs), y, loss, mean_weight(loss_fn, y))
+            metrics.update(loss_fn.predictions(outputs), y, *loss_sum(loss_fn, outputs, y, loss))
             if per_class is not None:
                 per_class.update(outputs.detach().float(), y)
             samples += len(y)

@@ -46,28 +46,29 @@ def metric_names(info: Any, prefix: str) -> list[str]:
 
 
 class EpochMetrics:
-    """Loss (sample-weighted mean) plus the task's metrics, under one prefix ("val", ...)."""
+    """The loss over the epoch (batch sums over their weights: `optim.loss_sum`) plus the
+    task's metrics, under one prefix ("val", ...)."""
 
     def __init__(self, info: Any, device: torch.device, prefix: str):
         self.prefix = prefix
         self.task = info.task
-        # a NaN batch loss keeps the epoch's NaN: torchmetrics' default warns and drops it,
-        # reporting the other batches' loss, and "disable" drops the weights too (1.x)
-        self.loss = torchmetrics.MeanMetric(nan_strategy=math.nan).to(device)
+        # the summed loss and the weight it is a mean over (`optim.loss_sum`); a NaN batch loss
+        # keeps the epoch's NaN: torchmetrics' default warns and drops it
+        self.loss_sum = torchmetrics.SumMetric(nan_strategy=math.nan).to(device)
+        self.loss_weight = torchmetrics.SumMetric(nan_strategy=math.nan).to(device)
         self.collection = build_metrics(info).to(device)
 
     def update(
         self,
         outputs: torch.Tensor,
         targets: torch.Tensor,
-        loss: torch.Tensor,
-        weight: torch.Tensor | int | None = None,
+        loss_sum: torch.Tensor,
+        weight: torch.Tensor | int,
     ) -> None:
-        """`weight`: the batch loss's share of the epoch's (`optim.mean_weight`; default:
-        the sample count)."""
+        """`loss_sum` over `weight`: the batch's share of the epoch's loss (`optim.loss_sum`)."""
         outputs = outputs.detach().float()
-        weight = targets.shape[0] if weight is None else weight
-        self.loss.update(loss.detach().float(), weight=weight)
+        self.loss_sum.update(loss_sum.detach().float())
+        self.loss_weight.update(torch.as_tensor(weight, dtype=torch.float32))
         if self.task == "regression":  # R2 averages over outputs; one output is a flat vector
             targets = targets.float().reshape(outputs.shape)
             if outputs.shape[-1] == 1:
@@ -76,13 +77,16 @@ class EpochMetrics:
 
     def compute(self) -> tuple[dict[str, float], list[list[int]] | None]:
         """(scalars keyed "prefix/name", confusion matrix or None); then resets for next epoch."""
-        values = {f"{self.prefix}/loss": float(self.loss.compute())}
+        weight = float(self.loss_weight.compute())
+        total = float(self.loss_sum.compute())
+        values = {f"{self.prefix}/loss": total / weight if weight else math.nan}
         confusion = None
         for name, value in self.collection.compute().items():
             if name == "confusion_matrix":
                 confusion = value.long().tolist()
             else:
                 values[f"{self.prefix}/{name}"] = float(value)
-        self.loss.reset()
+        self.loss_sum.reset()
+        self.loss_weight.reset()
         self.collection.reset()
         return values, confusion

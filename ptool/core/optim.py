@@ -53,14 +53,29 @@ def _weighted_mean(total: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return torch.where(weight > 0, safe, total * 0)
 
 
-def mean_weight(loss_fn: nn.Module, targets: torch.Tensor) -> torch.Tensor | int:
-    """What one batch's mean loss stands for in a mean over batches, so an epoch's loss is the
-    whole set's at any batch size: torch divides a class-weighted cross-entropy by the summed
-    weights of the batch's targets, any other loss by its sample count."""
+def loss_sum(
+    loss_fn: nn.Module, outputs: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | int]:
+    """One batch's summed loss and the weight its mean is over, so that an epoch's loss (the
+    sums over the weights) is the whole set's at any batch size. torch divides a class-weighted
+    cross-entropy by the summed weights of the batch's targets, any other loss by its sample
+    count. With label smoothing, samples of a weight-0 class still add smoothing terms, which a
+    batch of only such samples (mean 0) would lose: that sum is taken afresh."""
     criterion = getattr(loss_fn, "criterion", loss_fn)  # a TaskLoss or a torch criterion
     if isinstance(criterion, nn.CrossEntropyLoss) and criterion.weight is not None:
-        return criterion.weight[targets].sum()
-    return targets.shape[0]
+        weight = criterion.weight[targets].sum()
+        if not criterion.label_smoothing:
+            return loss.detach() * weight, weight
+        with torch.no_grad():
+            total = nn.functional.cross_entropy(
+                outputs.detach().float(),  # as autocast computes it
+                targets,
+                weight=criterion.weight,
+                label_smoothing=criterion.label_smoothing,
+                reduction="sum",
+            )
+        return total, weight
+    return loss.detach() * targets.shape[0], targets.shape[0]
 
 
 def resolve_loss_name(config: Any, info: Any) -> str:

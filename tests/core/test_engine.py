@@ -565,6 +565,22 @@ def test_bf16_channels_last_clipping_and_tensorboard_extras_run(tmp_path):
     assert events.Tags()["graph"]
 
 
+def test_gradient_histograms_under_fp16_are_the_unscaled_gradients(tmp_path):
+    """They were logged before GradScaler's unscale_: 65536 times the fp32 run's."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def largest_gradient(precision: str) -> float:
+        config = small(tmp_path, precision, precision=precision, tensorboard=True,
+                       log_histograms=True, epochs=1, seed=0)  # fmt: skip
+        fit(config, quiet=True)
+        events = EventAccumulator(str(tmp_path / precision / "tensorboard"))
+        (event,) = events.Reload().Histograms("grads/head.weight")
+        return max(abs(event.histogram_value.min), abs(event.histogram_value.max))
+
+    fp32, fp16 = largest_gradient("fp32"), largest_gradient("fp16")
+    assert fp16 == pytest.approx(fp32, rel=0.05)
+
+
 def test_rollback_also_halves_a_schedule_that_recomputes_from_base_lrs(tmp_path):
     config = small(
         tmp_path, on_nonfinite="rollback", optimizer="sgd", lr=0.1, scheduler="cosine", epochs=2
