@@ -259,11 +259,23 @@ def test_ema_weights_evaluate_to_the_logged_val_ema_metrics(tmp_path):
         evaluate_checkpoints([pruned], device="cpu", ema=True)
 
 
+def _csv_run(tmp_path, lines: list[str], epochs: int):
+    """An mlp trained on `lines` saved as train.csv; its last.pt."""
+    from ptool.core.engine import fit
+
+    (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
+    config = TrainConfig(
+        data=f"csv:{tmp_path / 'train.csv'}", model="mlp", epochs=epochs, seed=0,
+        tensorboard=False, out=str(tmp_path / "run"),
+    )  # fmt: skip
+    fit(config, quiet=True)
+    return tmp_path / "run" / "last.pt"
+
+
 def test_a_held_out_csv_is_read_by_column_and_class_name(tmp_path):
     """Its columns were read by position (another order: accuracy 0.43 instead of 0.78), and a
     file without one of the classes was refused. The run's target is its file's last column;
     the held-out file's last column is another one."""
-    from ptool.core.engine import fit
     from ptool.core.restore import model_from_checkpoint
 
     gen = torch.Generator().manual_seed(0)
@@ -273,13 +285,7 @@ def test_a_held_out_csv_is_read_by_column_and_class_name(tmp_path):
     lines = ["f0,f1,f2,species"] + [  # the target last: the default --target
         f"{a},{b},{c},{species[k]}" for (a, b, c), k in zip(x.tolist(), y.tolist(), strict=True)
     ]
-    (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
-    config = TrainConfig(
-        data=f"csv:{tmp_path / 'train.csv'}", model="mlp", epochs=2, seed=0,
-        tensorboard=False, out=str(tmp_path / "run"),
-    )  # fmt: skip
-    fit(config, quiet=True)
-    ckpt_path = tmp_path / "run" / "last.pt"
+    ckpt_path = _csv_run(tmp_path, lines, epochs=2)
     ckpt = torch.load(ckpt_path, weights_only=True)
     model, info = model_from_checkpoint(ckpt).eval(), ckpt["data_info"]
 
@@ -326,22 +332,15 @@ def test_a_held_out_csv_takes_the_runs_task_not_a_guess_from_its_values(tmp_path
     """A regression run's held-out file of whole-number prices was read as 3 classes and
     refused ("is classification with 3 outputs; the model is regression"). Oracle: the
     model's outputs on the file's rows, normalized with the run's statistics, and their MSE."""
-    from ptool.core.engine import fit
     from ptool.core.restore import model_from_checkpoint
 
     rows = [(a % 7, a % 3) for a in range(60)]
     train = ["a,b,price"] + [f"{a},{b},{3 * a + b + 0.5}" for a, b in rows]
-    (tmp_path / "train.csv").write_text("\n".join(train) + "\n")
-    config = TrainConfig(
-        data=f"csv:{tmp_path / 'train.csv'}", model="mlp", epochs=1, seed=0,
-        tensorboard=False, out=str(tmp_path / "run"),
-    )  # fmt: skip
-    fit(config, quiet=True)
+    ckpt_path = _csv_run(tmp_path, train, epochs=1)
     held = [(a, b, (a + b) % 3) for a, b in rows[:20]]  # three whole numbers: looks like classes
     (tmp_path / "held.csv").write_text(
         "\n".join(["a,b,price"] + [f"{a},{b},{p}" for a, b, p in held]) + "\n"
     )
-    ckpt_path = tmp_path / "run" / "last.pt"
     (report,) = evaluate_checkpoints([ckpt_path], data=f"csv:{tmp_path / 'held.csv'}", split="all")
     ckpt = torch.load(ckpt_path, weights_only=True)
     model, info = model_from_checkpoint(ckpt).eval(), ckpt["data_info"]
