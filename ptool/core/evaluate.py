@@ -197,7 +197,7 @@ def _in_the_models_terms(dataset: Dataset, found: Any, info: Any, data: str) -> 
     from ptool.core.errors import UsageError
 
     expected, columns = info.feature_names, found.feature_names
-    if expected and columns and columns != expected:
+    if expected and columns is not None and columns != expected:  # [] when none is there
         if missing := [name for name in expected if name not in columns]:
             raise UsageError(
                 f"--data {data} has no column {', '.join(map(repr, missing))}; the model reads "
@@ -312,7 +312,8 @@ def split_dataset(config: Any, info: Any, *, data: str | None = None, split: str
         data_config = data_config.replace(**changes)
     grayscale = not own and info.is_image and info.input_shape[0] == 1  # an image folder in L
     try:
-        bundle = build_data(data_config, image_channels=1 if grayscale else 3)
+        columns = info.feature_names if not own else None  # other columns left, as predict does
+        bundle = build_data(data_config, image_channels=1 if grayscale else 3, csv_columns=columns)
     except TabularImageSize:  # the model's image size, asked of a tabular source
         raise UsageError(
             f"--data {data} is tabular; the model expects images of shape {info.input_shape}"

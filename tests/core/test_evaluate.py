@@ -298,7 +298,8 @@ def test_a_held_out_csv_is_read_by_column_and_class_name(tmp_path):
 
     pairs = zip(x[:60].tolist(), y[:60].tolist(), strict=True)
     held = [[*map(float, v), species[k]] for v, k in pairs]
-    reordered = ["f2,species,f1,f0,extra"] + [f"{c},{k},{b},{a},9" for a, b, c, k in held]
+    # other columns are left, as predict leaves them, text too (it was "not a number")
+    reordered = ["f2,species,f1,f0,extra,note"] + [f"{c},{k},{b},{a},9,x" for a, b, c, k in held]
     (tmp_path / "held.csv").write_text("\n".join(reordered) + "\n")
     (report,) = evaluate_checkpoints([ckpt_path], data=f"csv:{tmp_path / 'held.csv'}", split="all")
     assert report["metrics"]["accuracy"] == pytest.approx(oracle_accuracy(held))

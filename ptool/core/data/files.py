@@ -88,8 +88,9 @@ def unnamed_or_repeated_column(header: list[str]) -> str | None:
     return None
 
 
-def csv_source(config: Any, path: str) -> DataBundle:
-    """A CSV with a header row: numeric feature columns and one target column (--target)."""
+def csv_source(config: Any, path: str, columns: list[str] | None = None) -> DataBundle:
+    """A CSV with a header row: numeric feature columns and one target column (--target).
+    With `columns` (a model's, for eval), only those are read: others, text too, are left."""
     p = _existing_file("csv", path)
     try:
         numbered = read_csv(p)
@@ -123,6 +124,7 @@ def csv_source(config: Any, path: str) -> DataBundle:
     if len(header) < 2:
         raise UsageError(f"csv: {p} has only the target column; no features")
     t = header.index(target)
+    read = [c for c, name in enumerate(header) if c != t and (columns is None or name in columns)]
     features, values = [], []
     for line, row in zip(lines[1:], rows[1:], strict=True):
         if len(row) != len(header):
@@ -134,9 +136,8 @@ def csv_source(config: Any, path: str) -> DataBundle:
             )
         values.append(row[t].strip())
         numbers = []
-        for col, cell in enumerate(row):
-            if col == t:
-                continue
+        for col in read:
+            cell = row[col]
             number = _as_number(cell)
             if number is None:
                 raise UsageError(
@@ -187,7 +188,7 @@ def csv_source(config: Any, path: str) -> DataBundle:
         class_names=names,
         row_name=lambda i: f"line {lines[i + 1]}",  # as the errors above number them
     )
-    bundle.info.feature_names = [name for col, name in enumerate(header) if col != t]
+    bundle.info.feature_names = [header[col] for col in read]
     bundle.info.target_name = target
     return bundle
 

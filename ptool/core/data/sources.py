@@ -35,12 +35,17 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     raise unknown_name("data source", spec, VALID_SPECS)
 
 
-def build_data(config: Any, *, image_channels: int = 3) -> DataBundle:
+def build_data(
+    config: Any, *, image_channels: int = 3, csv_columns: list[str] | None = None
+) -> DataBundle:
     """The train/val datasets and DataInfo for `config.data`; an image folder is read with
-    `image_channels` (3: RGB, 1: grayscale, for eval of a one-channel model)."""
+    `image_channels` (3: RGB, 1: grayscale, for eval of a one-channel model), a CSV's feature
+    columns limited to `csv_columns` (a model's, for eval of a held-out file)."""
     name, path = parse_spec(config.data)
     if name == "imagefolder":
         return imagefolder(config, path, channels=image_channels)
+    if name == "csv":
+        return csv_source(config, path, csv_columns)
     if path is not None:
         return PREFIXED[name][0](config, path)
     if name in TORCHVISION:
