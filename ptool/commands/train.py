@@ -94,11 +94,12 @@ def train(
             f"--{synthetic_only[0]} shapes synthetic data; --data {resolved.data} has its own",
             hint="add --data synthetic, or drop it",
         )
-    if print_config:
-        from ptool.core.checks import check_config, check_new_run_options
+    from ptool.core.checks import check_config, check_new_run_options
 
-        check_config(resolved)  # the printed config is one that trains
-        check_new_run_options(resolved)
+    # the printed config is one that trains; a usage error comes before the engine's imports
+    check_config(resolved)
+    check_new_run_options(resolved)
+    if print_config:
         _print_config(out, resolved.to_dict())
         return
     created = None
