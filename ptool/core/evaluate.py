@@ -23,7 +23,7 @@ from torch.utils.data import Dataset, TensorDataset
 from torchmetrics import classification as tmc
 
 from ptool.core.metrics import EpochMetrics
-from ptool.core.optim import TaskLoss, loss_sum
+from ptool.core.optim import TaskLoss, build_loss, loss_sum
 
 SPLITS = ("val", "train", "test", "all")
 
@@ -125,8 +125,6 @@ class Evaluator:
     the before/after figures `prune` and `quantize` report."""
 
     def __init__(self, config: Any, data: Any):
-        from ptool.core.optim import build_loss
-
         self.config = config
         self.data = data
         self.loss_fn = build_loss(config, data.info)
