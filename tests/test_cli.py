@@ -26,7 +26,7 @@ def _imported_modules(*args: str) -> set[str]:
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
         "sys.stderr.write(json.dumps(sorted(sys.modules)))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     return set(json.loads(proc.stderr.strip().splitlines()[-1]))
 
 
@@ -35,6 +35,20 @@ def test_fast_paths_never_import_heavy_modules(args):
     modules = _imported_modules(*args)
     assert "typer" in modules  # the probe really ran the CLI
     assert not [m for m in HEAVY if m in modules]
+
+
+def test_training_and_evaluating_import_no_vision_or_compiler_stack(tmp_path):
+    """torchmetrics brought in torchvision, torch._dynamo and scipy.signal (about 5 s) for
+    every run; a run that needs none of them must not pay for them. (torch.optim's
+    optimizers import torch._dynamo themselves, so training does.)"""
+    run = str(tmp_path / "run")
+    args = "--data synthetic --shape 6 --samples 64 --epochs 1 --no-tensorboard --quiet"
+    trained = _imported_modules("train", *args.split(), "--out", run)
+    assert "ptool.core.engine" in trained
+    assert not {"torchvision", "torchmetrics", "scipy.signal"} & trained
+    evaluated = _imported_modules("eval", f"{run}/last.pt", "--json")
+    assert "ptool.core.evaluate" in evaluated
+    assert not {"torchvision", "torchmetrics", "scipy.signal", "torch._dynamo"} & evaluated
 
 
 def test_version_reads_torch_version_from_metadata():

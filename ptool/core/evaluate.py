@@ -1,9 +1,9 @@
 """Loss and metrics of a model over a dataset: the one evaluation every report uses.
 
-Same metrics as the training engine's validation (`EpochMetrics`, torchmetrics), so a
-figure printed by `quantize`/`prune`/`eval` compares with the run's own `val/...` values.
-`ptool eval` adds per-class precision/recall/F1 (torchmetrics, average=None), support,
-and the loop's speed; `evaluate_checkpoints` rebuilds a checkpoint's model and data split.
+Same metrics as the training engine's validation (`EpochMetrics`), so a figure printed by
+`quantize`/`prune`/`eval` compares with the run's own `val/...` values. `ptool eval` adds
+per-class precision/recall/F1 and support (from the confusion matrix) and the loop's speed;
+`evaluate_checkpoints` rebuilds a checkpoint's model and data split.
 """
 
 from __future__ import annotations
@@ -17,12 +17,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-import torchmetrics
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
-from torchmetrics import classification as tmc
 
-from ptool.core.metrics import EpochMetrics
+from ptool.core.metrics import EpochMetrics, per_class_scores
 from ptool.core.optim import TaskLoss, build_loss, loss_sum
 
 SPLITS = ("val", "train", "test", "all")
@@ -42,19 +40,6 @@ class Evaluation(NamedTuple):
     @property
     def samples_per_s(self) -> float:
         return self.samples / self.seconds if self.seconds > 0 else float("nan")
-
-
-def _per_class_metrics(num_classes: int) -> torchmetrics.MetricCollection:
-    return torchmetrics.MetricCollection(
-        {
-            name: cls(num_classes=num_classes, average=None)
-            for name, cls in (
-                ("precision", tmc.MulticlassPrecision),
-                ("recall", tmc.MulticlassRecall),
-                ("f1", tmc.MulticlassF1Score),
-            )
-        }
-    )
 
 
 def _sync(device: torch.device) -> None:
@@ -79,8 +64,6 @@ def evaluate(
 
     device = torch.device(device)
     metrics = EpochMetrics(info, device, prefix)
-    classification = info.task == "classification"
-    per_class = _per_class_metrics(info.num_classes).to(device) if classification else None
     latencies: list[float] = []
     samples = 0
     was_training = model.training
@@ -98,19 +81,17 @@ def evaluate(
             with autocast(device, precision):
                 loss = loss_fn(outputs, y)
             metrics.update(loss_fn.predictions(outputs), y, *loss_sum(loss_fn, outputs, y, loss))
-            if per_class is not None:
-                per_class.update(outputs.detach().float(), y)
             samples += len(y)
     finally:
         model.train(was_training)
     seconds = time.perf_counter() - began
     values, confusion = metrics.compute()
     rows = None
-    if per_class is not None:
-        scores = {name: value.tolist() for name, value in per_class.compute().items()}
-        support = [sum(row) for row in confusion] if confusion else [0] * info.num_classes
+    if confusion is not None:
+        per_class = per_class_scores(torch.tensor(confusion))
+        scores = {name: value.tolist() for name, value in per_class.items()}
         rows = [
-            {**{name: scores[name][i] for name in scores}, "support": support[i]}
+            {**{name: scores[name][i] for name in scores}, "support": sum(confusion[i])}
             for i in range(info.num_classes)
         ]
     latency = statistics.median(latencies) * 1000.0 if latencies else float("nan")

@@ -1,8 +1,14 @@
-"""Epoch metrics with torchmetrics: exact over the whole epoch and across DDP ranks.
+"""Epoch metrics: exact over the whole epoch and across DDP ranks.
 
-torchmetrics accumulates sufficient statistics (counts, sums) per batch and, under DDP,
-all-reduces them in `compute()`, so an epoch's accuracy or R2 is the one over every sample,
-not a mean of per-batch values. `ptool eval` builds the same collection.
+Each batch adds to sufficient statistics (a confusion matrix; sums of errors and targets; the
+loss's sum and weight) and `compute()` all-reduces them once under DDP, so an epoch's accuracy
+or R2 is the one over every sample, not a mean of per-batch values.
+
+The definitions are torchmetrics' (`MulticlassAccuracy`, macro `MulticlassPrecision`/`Recall`/
+`F1Score`, `MeanAbsoluteError`, `MeanSquaredError(squared=False)`, `R2Score`), tested against
+it and scikit-learn. torchmetrics is not imported: its import pulls in torchvision,
+torch._dynamo and scipy.signal, which cost more than torch itself on every command that
+trains or evaluates, for statistics this small.
 """
 
 from __future__ import annotations
@@ -11,52 +17,83 @@ import math
 from typing import Any
 
 import torch
-import torchmetrics
-from torchmetrics import classification as tmc
-from torchmetrics import regression as tmr
 
-
-def build_metrics(info: Any) -> torchmetrics.MetricCollection:
-    """Classification: accuracy, macro precision/recall/F1, confusion matrix; regression:
-    MAE, RMSE, R2."""
-    if info.task == "classification":
-        n = info.num_classes
-        return torchmetrics.MetricCollection(
-            {
-                "accuracy": tmc.MulticlassAccuracy(num_classes=n, average="micro"),
-                "precision": tmc.MulticlassPrecision(num_classes=n, average="macro"),
-                "recall": tmc.MulticlassRecall(num_classes=n, average="macro"),
-                "f1": tmc.MulticlassF1Score(num_classes=n, average="macro"),
-                "confusion_matrix": tmc.MulticlassConfusionMatrix(num_classes=n),
-            }
-        )
-    return torchmetrics.MetricCollection(
-        {
-            "mae": tmr.MeanAbsoluteError(),
-            "rmse": tmr.MeanSquaredError(squared=False),
-            "r2": tmr.R2Score(),
-        }
-    )
+CLASSIFICATION = ("accuracy", "precision", "recall", "f1")
+REGRESSION = ("mae", "rmse", "r2")
 
 
 def metric_names(info: Any, prefix: str) -> list[str]:
     """The scalar names `EpochMetrics(prefix=...)` reports, e.g. val/loss, val/accuracy."""
-    scalars = [name for name in build_metrics(info) if name != "confusion_matrix"]
+    scalars = CLASSIFICATION if info.task == "classification" else REGRESSION
     return [f"{prefix}/loss", *(f"{prefix}/{name}" for name in scalars)]
+
+
+def _divide(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """num / den, 0 where den is 0 (torchmetrics' and scikit-learn's zero_division=0)."""
+    return torch.where(den > 0, num / den.clamp_min(1), torch.zeros_like(num))
+
+
+def per_class_scores(confusion: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Precision, recall and F1 of each class from a confusion matrix (rows: true class,
+    columns: predicted class), 0 where a class was never predicted or never present."""
+    confusion = confusion.double()
+    hits = confusion.diagonal()
+    predicted, actual = confusion.sum(0), confusion.sum(1)
+    return {
+        "precision": _divide(hits, predicted),
+        "recall": _divide(hits, actual),
+        "f1": _divide(2 * hits, predicted + actual),
+    }
+
+
+def classification_scores(confusion: torch.Tensor) -> dict[str, float]:
+    """Accuracy over every sample, and the macro average of each per-class score over the
+    classes that were predicted or present (torchmetrics' macro average skips the rest)."""
+    seen = (confusion.sum(0) + confusion.sum(1)) > 0
+    total = confusion.sum()
+    scores = {"accuracy": float(confusion.diagonal().sum() / total) if total else 0.0}
+    for name, values in per_class_scores(confusion).items():
+        scores[name] = float(values[seen].mean()) if seen.any() else 0.0
+    return scores
+
+
+def regression_scores(sums: torch.Tensor, count: float) -> dict[str, float]:
+    """MAE and RMSE over every output value, and R2 averaged over the outputs; `sums` rows:
+    |error|, error², target, target² per output. R2 follows torchmetrics for near-constant
+    targets (1 for a perfect fit, else 0) and is NaN below two samples, where it has none."""
+    abs_error, squared_error, target, target_squared = sums
+    values = count * sums.shape[1]
+    scores = {
+        "mae": float(abs_error.sum() / values) if values else math.nan,
+        "rmse": float((squared_error.sum() / values).sqrt()) if values else math.nan,
+        "r2": math.nan,
+    }
+    if count >= 2:
+        total = target_squared - target * (target / count)
+        fits = ~torch.isclose(squared_error, torch.zeros_like(squared_error), atol=1e-4)
+        varies = ~torch.isclose(total, torch.zeros_like(total), atol=1e-4)
+        r2 = torch.where(fits & varies, 1 - squared_error / total.where(varies, 1), 1.0)
+        scores["r2"] = float(torch.where(fits & ~varies, 0.0, r2).mean())
+    return scores
 
 
 class EpochMetrics:
     """The loss over the epoch (batch sums over their weights: `optim.loss_sum`) plus the
     task's metrics, under one prefix ("val", ...)."""
 
-    def __init__(self, info: Any, device: torch.device, prefix: str):
+    def __init__(self, info: Any, device: torch.device | str, prefix: str):
         self.prefix = prefix
         self.task = info.task
-        # the summed loss and the weight it is a mean over (`optim.loss_sum`); a NaN batch loss
-        # keeps the epoch's NaN: torchmetrics' default warns and drops it
-        self.loss_sum = torchmetrics.SumMetric(nan_strategy=math.nan).to(device)
-        self.loss_weight = torchmetrics.SumMetric(nan_strategy=math.nan).to(device)
-        self.collection = build_metrics(info).to(device)
+        self.num_classes = info.num_classes
+        device = torch.device(device)
+        # float64, except on MPS, which has none
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        self.loss = torch.zeros(2, device=device, dtype=dtype)  # summed loss, its weight
+        self.count = torch.zeros((), device=device, dtype=dtype)  # samples
+        if self.task == "classification":  # flat confusion matrix: true * n + predicted
+            self.stats = torch.zeros(self.num_classes**2, device=device, dtype=torch.long)
+        else:  # |error|, error², target, target² summed per output
+            self.stats = torch.zeros(4, info.num_outputs, device=device, dtype=dtype)
 
     def update(
         self,
@@ -65,28 +102,40 @@ class EpochMetrics:
         loss_sum: torch.Tensor,
         weight: torch.Tensor | int,
     ) -> None:
-        """`loss_sum` over `weight`: the batch's share of the epoch's loss (`optim.loss_sum`)."""
-        outputs = outputs.detach().float()
-        self.loss_sum.update(loss_sum.detach().float())
-        self.loss_weight.update(torch.as_tensor(weight, dtype=torch.float32))
-        if self.task == "regression":  # R2 averages over outputs; one output is a flat vector
-            targets = targets.float().reshape(outputs.shape)
-            if outputs.shape[-1] == 1:
-                outputs, targets = outputs.flatten(), targets.flatten()
-        self.collection.update(outputs, targets)
+        """`loss_sum` over `weight`: the batch's share of the epoch's loss (`optim.loss_sum`);
+        `outputs`: class scores (their argmax is the prediction) or regression values."""
+        self.loss[0] += loss_sum.detach()
+        self.loss[1] += weight
+        self.count += len(outputs)
+        outputs = outputs.detach()
+        if self.task == "classification":
+            cells = targets * self.num_classes + outputs.argmax(dim=1)
+            # accumulates deterministically: CUDA's bincount refuses --deterministic
+            self.stats.index_put_((cells,), torch.ones_like(cells), accumulate=True)
+            return
+        outputs = outputs.to(self.stats.dtype).reshape(len(outputs), -1)
+        targets = targets.to(outputs.dtype).reshape(outputs.shape)
+        error = outputs - targets
+        self.stats += torch.stack([error.abs(), error.square(), targets, targets.square()]).sum(1)
 
     def compute(self) -> tuple[dict[str, float], list[list[int]] | None]:
-        """(scalars keyed "prefix/name", confusion matrix or None); then resets for next epoch."""
-        weight = float(self.loss_weight.compute())
-        total = float(self.loss_sum.compute())
-        values = {f"{self.prefix}/loss": total / weight if weight else math.nan}
+        """(scalars keyed "prefix/name", confusion matrix or None); then resets for next
+        epoch. Under DDP the sums of every rank, as torchmetrics' `compute()` syncs."""
+        import torch.distributed as dist
+
+        sums = [self.loss.clone(), self.count.clone(), self.stats.clone()]
+        if dist.is_available() and dist.is_initialized():
+            for tensor in sums:
+                dist.all_reduce(tensor)
+        (loss, weight), count, stats = (tensor.cpu() for tensor in sums)
+        values = {"loss": float(loss / weight) if weight else math.nan}
         confusion = None
-        for name, value in self.collection.compute().items():
-            if name == "confusion_matrix":
-                confusion = value.long().tolist()
-            else:
-                values[f"{self.prefix}/{name}"] = float(value)
-        self.loss_sum.reset()
-        self.loss_weight.reset()
-        self.collection.reset()
-        return values, confusion
+        if self.task == "classification":
+            matrix = stats.reshape(self.num_classes, self.num_classes)
+            values.update(classification_scores(matrix))
+            confusion = matrix.tolist()
+        else:
+            values.update(regression_scores(stats, float(count)))
+        for tensor in (self.loss, self.count, self.stats):
+            tensor.zero_()
+        return {f"{self.prefix}/{name}": value for name, value in values.items()}, confusion

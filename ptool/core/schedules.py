@@ -35,7 +35,7 @@ def resolve_interval(config: TrainConfig) -> str:
     return "step" if config.scheduler in PER_STEP or config.warmup_steps else "epoch"
 
 
-# metrics.build_metrics' error metrics: torchmetrics' `higher_is_better` False (tested)
+# metrics.REGRESSION's error metrics, as torchmetrics' `higher_is_better` says (tested)
 LOWER_IS_BETTER = ("mae", "rmse")
 
 

@@ -331,22 +331,6 @@ def test_ddp_ranks_partition_each_single_process_batch():
     )
 
 
-@pytest.mark.parametrize("task", ["classification", "regression"])
-def test_auto_mode_follows_torchmetrics_higher_is_better(task):
-    """best.pt and early stopping must minimize val/rmse and val/mae, maximize val/r2."""
-    from ptool.core.callbacks import Monitor
-    from ptool.core.config import TrainConfig
-    from ptool.core.metrics import build_metrics
-
-    metrics = build_metrics(info(task, outputs=1) if task == "regression" else info())
-    for name, metric in metrics.items():
-        if name == "confusion_matrix":
-            continue
-        expected = "max" if metric.higher_is_better else "min"
-        assert Monitor.from_config(TrainConfig(monitor=f"val/{name}")).mode == expected, name
-    assert Monitor.from_config(TrainConfig(monitor="val/loss")).mode == "min"
-
-
 def _rank_values(rank: int, root: str) -> None:
     import json
 
