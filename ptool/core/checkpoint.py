@@ -12,7 +12,6 @@ import pickle
 import platform
 import shutil
 import time
-import warnings
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 from ptool import __version__
 from ptool.core.errors import PtoolError, UsageError, first_line
 from ptool.core.inspect.reader import UNSAFE_HINT, check_checkpoint_file
+from ptool.core.notices import quiet_upstream_notices
 from ptool.core.rundir import atomic_write
 
 FORMAT = "ptool.checkpoint"
@@ -210,11 +210,7 @@ def load(
     if mmap is None:
         mmap = is_zip
     try:
-        with warnings.catch_warnings():
-            # torch's own rebuild of quantized tensors trips its deprecation notices.
-            warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
-            warnings.filterwarnings("ignore", message="torch.quantize_per_tensor, ")
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        with quiet_upstream_notices():  # torch's rebuild of quantized tensors trips them
             if unsafe:
                 return torch.load(path, map_location=map_location, weights_only=False)
             # frozenset builds a value like set, which torch allows: the listing reads it too

@@ -8,10 +8,8 @@ per-class precision/recall/F1 and support (from the confusion matrix) and the lo
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -21,6 +19,7 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from ptool.core.metrics import EpochMetrics, per_class_scores
+from ptool.core.notices import quiet_upstream_notices
 from ptool.core.optim import TaskLoss, build_loss, loss_sum
 
 SPLITS = ("val", "train", "test", "all")
@@ -325,16 +324,6 @@ def split_dataset(config: Any, info: Any, *, data: str | None = None, split: str
 # --- a checkpoint, end to end ---------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def quiet_int8_loading():
-    """torch warns about deprecations on every load of an int8 tensor; nobody can act on it."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated")
-        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions")
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.ao")
-        yield
-
-
 def checkpoint_kind(ckpt: dict[str, Any]) -> str:
     if ckpt.get("quantization"):
         return "quantized"
@@ -382,7 +371,7 @@ def evaluate_checkpoints(
 
     if batch_size is not None and batch_size < 1:
         raise UsageError(f"--batch-size must be positive, got {batch_size}")
-    with quiet_int8_loading():
+    with quiet_upstream_notices():
         ckpts = [load_checkpoint(path) for path in paths]
     infos = [config_and_info(ckpt) for ckpt in ckpts]
     config, info = infos[0]
@@ -405,7 +394,7 @@ def evaluate_checkpoints(
     for path, ckpt, (own_config, _) in zip(paths, ckpts, infos, strict=True):
         loader = make_loader(dataset, config, order, train=False, device=run_device)
         precision = "fp32" if ckpt.get("quantization") else own_config.precision
-        with quiet_int8_loading():
+        with quiet_upstream_notices():
             model = model_from_checkpoint(ckpt, ema=ema).to(run_device)
             result = evaluate(model, loader, info, loss_fn, run_device, precision=precision)
         reports.append(

@@ -358,11 +358,12 @@ class Predictor(NamedTuple):
 def load_predictor(path: str | Path, device: str = "auto", *, ema: bool = False) -> Predictor:
     """A checkpoint's model (its EMA weights with `ema`) and what reading its outputs needs."""
     from ptool.core.checkpoint import load_checkpoint
-    from ptool.core.evaluate import device_for, quiet_int8_loading
+    from ptool.core.evaluate import device_for
+    from ptool.core.notices import quiet_upstream_notices
     from ptool.core.optim import resolve_loss_name
     from ptool.core.restore import config_and_info, model_from_checkpoint
 
-    with quiet_int8_loading():
+    with quiet_upstream_notices():
         ckpt = load_checkpoint(path)
         config, info = config_and_info(ckpt)
         run_device = device_for(device, bool(ckpt.get("quantization")))

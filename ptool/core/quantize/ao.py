@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ptool.core.errors import PtoolError, UsageError, first_line, unknown_name
+from ptool.core.notices import ignore_upstream_notices
 
 LIBRARY = "torch.ao.quantization"
 BACKENDS = ("x86", "fbgemm", "qnnpack")
@@ -36,13 +37,8 @@ REDUCE_RANGE = {"x86": True, "fbgemm": True, "qnnpack": False}
 # random (and the freshly converted int8 PReLU already loses most of the accuracy).
 FLOAT_ONLY_LAYERS: tuple[type[nn.Module], ...] = (nn.PReLU, nn.ELU, nn.Softmax)
 
-# The warnings a quantized model keeps emitting after it is built (running it, loading its
-# state dict): one-off upstream notices, not something a ptool user can act on.
-for _message in (
-    r"torch\.quantize_per_tensor, torch\.quantize_per_channel",
-    r"TypedStorage is deprecated",
-):
-    warnings.filterwarnings("ignore", message=_message)
+# a quantized model keeps warning after it is built (running it, loading its state dict)
+ignore_upstream_notices()
 
 
 @contextlib.contextmanager
