@@ -26,6 +26,28 @@ def _cli_type(name: str) -> Any:
     return str  # lists and tuples are comma-separated strings, converted by cfg.convert
 
 
+# A fine-tune from a checkpoint (`quantize qat`, `prune --finetune-epochs`) takes train's own
+# flags for the optimizer, schedule, loop, checkpoints and logging, not those that change the
+# model or where and how it runs (each command adds back what applies to it).
+_NOT_FOR_FINETUNE = {
+    "device",
+    "init_from",
+    "strict",
+    "compile",
+    "precision",
+    "channels_last",
+    "ema",
+}
+FINETUNE_FIELDS = ["batch_size"] + [
+    name
+    for name, f in cfg.FIELDS.items()
+    if f.metadata["section"] in ("optimizer", "scheduler", "loop", "checkpoint", "logging")
+    and name not in _NOT_FOR_FINETUNE
+]
+# What --help gives as their defaults: the run's own config, without its warmup
+# (restore.finetune_config).
+FINETUNE_DEFAULTS = {"*": "the run's", "warmup_epochs": "0", "warmup_steps": "0"}
+
 # A help text that says its default in words: "(default: the last column)".
 OWN_DEFAULT = re.compile(r" \(default: [^)]*\)")
 

@@ -7,9 +7,12 @@ from typing import Annotated, Any
 
 import typer
 
-from ptool.commands._config_options import with_config_options
+from ptool.commands._config_options import (
+    FINETUNE_DEFAULTS,
+    FINETUNE_FIELDS,
+    with_config_options,
+)
 from ptool.commands._options import BenchRunsOpt, CkptArg, JsonOpt, QuietOpt, examples
-from ptool.commands.quantize import FINETUNE_DEFAULTS, QAT_FIELDS
 from ptool.core.prune.options import METHODS
 
 EXAMPLES = examples(
@@ -22,7 +25,7 @@ EXAMPLES = examples(
 
 # Fine-tuning takes train's own flags as `quantize qat` does (--finetune-epochs is --epochs),
 # plus the device and precision that QAT, a CPU run, leaves out.
-FINETUNE_FIELDS = [name for name in QAT_FIELDS if name != "epochs"] + ["device", "precision"]
+PRUNE_FINETUNE_FIELDS = [n for n in FINETUNE_FIELDS if n != "epochs"] + ["device", "precision"]
 
 
 def prune(
@@ -169,7 +172,7 @@ def prune(
 def register(app: typer.Typer) -> None:
     app.command("prune", epilog=EXAMPLES, help=prune.__doc__)(
         with_config_options(
-            FINETUNE_FIELDS,
+            PRUNE_FINETUNE_FIELDS,
             defaults={**FINETUNE_DEFAULTS, "device": "auto", "out": "<ckpt dir>/prune/<time>"},
         )(prune)
     )

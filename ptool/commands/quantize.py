@@ -6,10 +6,13 @@ from typing import Annotated, Any
 
 import typer
 
-from ptool.commands._config_options import with_config_options
+from ptool.commands._config_options import (
+    FINETUNE_DEFAULTS,
+    FINETUNE_FIELDS,
+    with_config_options,
+)
 from ptool.commands._options import BenchRunsOpt, CkptArg, JsonOpt, QuietOpt, examples
 from ptool.commands._plain_params import PlainGroup, PlainTyper
-from ptool.core import config as cfg
 
 EXAMPLES = examples(
     "ptool quantize dynamic runs/mlp/best.pt",
@@ -18,28 +21,7 @@ EXAMPLES = examples(
     "ptool quantize qat runs/cnn/best.pt --epochs 2 --freeze-bn-epoch 1",
 )
 
-# QAT takes train's own flags for the optimizer, schedule, loop, checkpoints and logging,
-# minus those that do not apply to a fake-quantized CPU run.
-_NOT_FOR_QAT = {
-    "device",
-    "init_from",
-    "strict",
-    "compile",
-    "precision",
-    "channels_last",
-    "ema",
-}
-QAT_FIELDS = ["batch_size"] + [
-    name
-    for name, f in cfg.FIELDS.items()
-    if f.metadata["section"] in ("optimizer", "scheduler", "loop", "checkpoint", "logging")
-    and name not in _NOT_FOR_QAT
-]
-
-# What --help gives as the defaults of a fine-tune from a checkpoint (prune's too): the run's
-# own config, without its warmup (restore.finetune_config); QAT's own epochs and lr
-# (quantize.run.QAT_DEFAULTS).
-FINETUNE_DEFAULTS = {"*": "the run's", "warmup_epochs": "0", "warmup_steps": "0"}
+# QAT's help defaults: the run's config, with QAT's own epochs and lr (quantize.run.QAT_DEFAULTS)
 QAT_HELP_DEFAULTS = {
     **FINETUNE_DEFAULTS,
     "epochs": "3",
@@ -255,6 +237,6 @@ def register(app: typer.Typer) -> None:
     sub.command("dynamic", epilog=EXAMPLES, help=dynamic.__doc__)(dynamic)
     sub.command("static", epilog=EXAMPLES, help=static.__doc__)(static)
     sub.command("qat", epilog=EXAMPLES, help=qat.__doc__)(
-        with_config_options(QAT_FIELDS, defaults=QAT_HELP_DEFAULTS)(qat)
+        with_config_options(FINETUNE_FIELDS, defaults=QAT_HELP_DEFAULTS)(qat)
     )
     app.add_typer(sub)
