@@ -261,6 +261,100 @@ def _finetune(
     return summary.to_dict()
 
 
+def latency_report(models: dict[str, nn.Module], x: torch.Tensor, runs: int) -> dict[str, Any]:
+    """Median forward time of the dense ("before") and pruned ("after") models on `x`, taking
+    turns call by call in this process, and their ratio."""
+    latency = benchmark.latency_ms(models, x, runs=runs)
+    before, after = latency["before"].median, latency["after"].median
+    return {
+        "batch_size": len(x),
+        "threads": torch.get_num_threads(),
+        "runs": runs,
+        "before_ms": round(before, 4),
+        "after_ms": round(after, 4),
+        "speedup": round(before / after, 3),
+        "spread": round(benchmark.relative_spread(latency.values()), 3),
+    }
+
+
+def _finetune_base(
+    config: TrainConfig, info: Any, path: Path, options: PruneOptions
+) -> TrainConfig:
+    """The fine-tune config every step starts from (the run's, with the flags given), checked
+    as `ptool train` checks a new run; no step's run directory may hold another run."""
+    from ptool.core.checks import check_config, check_monitor
+    from ptool.core.restore import finetune_config
+    from ptool.core.rundir import refuse_other_run
+    from ptool.core.runtime import resolve_device
+
+    base = finetune_config(
+        config, path, "prune", options.train_overrides, epochs=options.finetune_epochs
+    )
+    check_config(base)
+    check_monitor(base, info)
+    resolve_device(base.device)
+    for k in range(1, options.steps + 1):
+        refuse_other_run(step_run_dir(base.out, k, options.steps))
+    return base
+
+
+def _select_layers(model: nn.Module, options: PruneOptions) -> dict[str, nn.Module]:
+    """The layers --modules/--only/--exclude/--include-head pick; a structured method may not
+    remove the head's output classes."""
+    layers = masks.select_layers(
+        model,
+        options.modules,
+        only=options.only,
+        exclude=options.exclude,
+        include_head=options.include_head,
+    )
+    head = masks.head_name(model)
+    # an out-of-range --dim is refused with the layer's shape by check_sizes
+    if (
+        options.method in STRUCTURED
+        and head in layers
+        and options.dim in (0, -layers[head].weight.dim())
+    ):
+        raise UsageError(
+            f"--include-head with {options.method} along --dim {options.dim} would remove "
+            f"output classes of {head}",
+            hint="drop --include-head"
+            if options.method == "bn-scale"
+            else "drop --include-head, or use --dim 1 (its inputs) without --compact",
+        )
+    return layers
+
+
+def _schedules(
+    model: nn.Module,
+    layers: dict[str, nn.Module],
+    options: PruneOptions,
+    log: Callable[[str], None],
+) -> dict[str, list[int]]:
+    """Per layer, how many weights (or channels) are pruned after each step, counted from
+    those the input has not pruned already; refuses an amount a layer cannot give."""
+    structured = options.method in STRUCTURED
+    if options.compact:
+        baked = masks.make_permanent(model)
+        if baked:
+            tensors = count(len(baked), "tensor")
+            log(f"--compact: made the input's masks permanent first ({tensors})")
+    for module in layers.values():  # the input's zeros are pruned already: count from the rest
+        masks.mask_zeros(module, options.dim if structured else None)
+    sizes = masks.check_sizes(options.amount, layers, options.method, options.dim)
+    schedules = {
+        name: masks.schedule(options.amount, size, options.steps) for name, size in sizes.items()
+    }
+    if options.compact:
+        for name, size in sizes.items():
+            if size and schedules[name][-1] >= size:
+                raise UsageError(
+                    f"--amount {options.amount} would remove all {size} channels of {name}",
+                    hint="--compact keeps at least one channel per layer: give a smaller amount",
+                )
+    return schedules
+
+
 def prune_checkpoint(
     path: str | Path | None,
     options: PruneOptions,
@@ -281,67 +375,17 @@ def prune_checkpoint(
     refuse_quantized(ckpt, path)
 
     from ptool.core.checks import check_config
-    from ptool.core.restore import config_and_info, finetune_config, model_from_checkpoint
+    from ptool.core.restore import config_and_info, model_from_checkpoint
 
     config, info = config_and_info(ckpt)
     if "batch_size" in options.train_overrides:  # the latency's batch, fine-tuning or not
         config = config.replace(batch_size=options.train_overrides["batch_size"])
         check_config(config)
-    base_config = None
-    if options.finetune_epochs:  # its flags are checked before any pruning work
-        from ptool.core.checks import check_monitor
-        from ptool.core.rundir import refuse_other_run
-        from ptool.core.runtime import resolve_device
-
-        base_config = finetune_config(
-            config, path, "prune", options.train_overrides, epochs=options.finetune_epochs
-        )
-        check_config(base_config)
-        check_monitor(base_config, info)
-        resolve_device(base_config.device)
-        for k in range(1, options.steps + 1):
-            refuse_other_run(step_run_dir(base_config.out, k, options.steps))
+    # its flags are checked before any pruning work
+    base_config = _finetune_base(config, info, path, options) if options.finetune_epochs else None
     model = model_from_checkpoint(ckpt).eval()
-    layers = masks.select_layers(
-        model,
-        options.modules,
-        only=options.only,
-        exclude=options.exclude,
-        include_head=options.include_head,
-    )
-    structured = options.method in STRUCTURED
-    head = masks.head_name(model)
-    # an out-of-range --dim is refused with the layer's shape by check_sizes
-    if structured and head in layers and options.dim in (0, -layers[head].weight.dim()):
-        raise UsageError(
-            f"--include-head with {options.method} along --dim {options.dim} would remove "
-            "output classes "
-            f"of {head}",
-            hint="drop --include-head"
-            + (
-                ""
-                if options.method == "bn-scale"
-                else ", or use --dim 1 (its inputs) without --compact"
-            ),
-        )
-    if options.compact:
-        baked = masks.make_permanent(model)
-        if baked:
-            tensors = count(len(baked), "tensor")
-            log(f"--compact: made the input's masks permanent first ({tensors})")
-    for module in layers.values():  # the input's zeros are pruned already: count from the rest
-        masks.mask_zeros(module, options.dim if structured else None)
-    sizes = masks.check_sizes(options.amount, layers, options.method, options.dim)
-    schedules = {
-        name: masks.schedule(options.amount, size, options.steps) for name, size in sizes.items()
-    }
-    if options.compact:
-        for name, size in sizes.items():
-            if size and schedules[name][-1] >= size:
-                raise UsageError(
-                    f"--amount {options.amount} would remove all {size} channels of {name}",
-                    hint="--compact keeps at least one channel per layer: give a smaller amount",
-                )
+    layers = _select_layers(model, options)
+    schedules = _schedules(model, layers, options, log)
 
     data = None
     if options.evaluate or options.finetune_epochs or options.recalibrate_bn:
@@ -422,12 +466,9 @@ def prune_checkpoint(
     final_metrics = metrics["after_finetune"] or metrics["after_pruning"] or {}
     ckpt_io.save_derived(ckpt, state, final_metrics, output, pruning=final_recipe)
 
-    after_model = _permanent(model)
     x = torch.randn(config.batch_size, *info.input_shape, generator=generator)
-    latency = benchmark.latency_ms(
-        {"before": before_model, "after": after_model}, x, runs=options.bench_runs
-    )
-    input_state = ckpt["model_state_dict"]
+    models = {"before": before_model, "after": _permanent(model)}
+    states = {"before": ckpt["model_state_dict"], "after": state}
     return {
         "checkpoint": str(path),
         "output": str(output),
@@ -443,23 +484,9 @@ def prune_checkpoint(
         "layers": rows,
         "global": global_sparsity(rows),
         "parameters": {"before": before_counts, "after": parameter_counts(model)},
-        "file_bytes": {
-            "before": benchmark.serialized_bytes(input_state),
-            "after": benchmark.serialized_bytes(state),
-        },
-        "gzip_bytes": {
-            "before": benchmark.compressed_bytes(input_state),
-            "after": benchmark.compressed_bytes(state),
-        },
-        "latency": {
-            "batch_size": config.batch_size,
-            "threads": torch.get_num_threads(),
-            "runs": options.bench_runs,
-            "before_ms": round(latency["before"].median, 4),
-            "after_ms": round(latency["after"].median, 4),
-            "speedup": round(latency["before"].median / latency["after"].median, 3),
-            "spread": round(benchmark.relative_spread(latency.values()), 3),
-        },
+        "file_bytes": {k: benchmark.serialized_bytes(v) for k, v in states.items()},
+        "gzip_bytes": {k: benchmark.compressed_bytes(v) for k, v in states.items()},
+        "latency": latency_report(models, x, options.bench_runs),
         "metrics": metrics,
         "history": history,
         "recipe": {k: v for k, v in final_recipe.items() if k not in ("architecture", "previous")},
