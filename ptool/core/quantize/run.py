@@ -301,6 +301,59 @@ def _output(options: QuantizeOptions, recipe: dict[str, Any], path: Path) -> Pat
     return default_output(path, recipe["dtype"])
 
 
+def _resume_source(
+    resume: str, path: str | Path | None
+) -> tuple[dict[str, Any], dict[str, Any], Path]:
+    """The QAT run checkpoint --resume names, its recipe, and the float checkpoint it started
+    from: CKPT where given (it must be that one), else the one the run recorded."""
+    ckpt, recipe, source = _resume_recipe(resume)
+    if path is None and source is None:
+        raise UsageError(
+            f"the float checkpoint this QAT run started from ({recipe['source']}) is not there",
+            hint="pass it: ptool quantize qat CKPT --resume RUN",
+        )
+    if path is not None and source is not None and Path(path).resolve() != source.resolve():
+        raise UsageError(
+            f"--resume {resume} continues the QAT of {source}, not of {path}",
+            hint="drop CKPT: the run knows its float checkpoint",
+        )
+    return ckpt, recipe, Path(path or source)
+
+
+def _qat_train_config(
+    config: TrainConfig,
+    info: Any,
+    recipe: dict[str, Any],
+    options: QuantizeOptions,
+    resume_ckpt: dict[str, Any] | None,
+    path: Path,
+    output: Path,
+) -> TrainConfig:
+    """QAT's training config, checked as `ptool train` checks one: a resumed run's own (where
+    the run directory is now, as `ptool resume` takes it), or a new one from the float run's,
+    whose paths `recipe["qat"]` records relative to its run directory."""
+    from ptool.core.checks import check_config, check_monitor
+
+    if resume_ckpt is not None:
+        train_config = TrainConfig.from_dict(resume_ckpt["config"], source="checkpoint")
+        overrides = {"out": str(_run_dir(options.resume)), **options.train_overrides}
+        train_config = train_config.replace(**overrides, device="cpu")
+    else:
+        train_config = qat_config(config, options.train_overrides, path)
+        run_dir = Path(train_config.out).resolve()
+        recipe["qat"] = {
+            "freeze_observers_epoch": options.freeze_observers_epoch,
+            "freeze_bn_epoch": options.freeze_bn_epoch,
+            "run_dir": train_config.out,
+            "source_from_run": os.path.relpath(path.resolve(), run_dir),
+            "output_from_run": os.path.relpath(output.resolve(), run_dir),
+            "torchscript": options.torchscript,
+        }
+    check_config(train_config)
+    check_monitor(train_config, info)
+    return train_config
+
+
 def quantize_checkpoint(
     path: str | Path | None,
     options: QuantizeOptions,
@@ -312,19 +365,7 @@ def quantize_checkpoint(
     check_options(options)
     resume_ckpt = resume_recipe = None
     if options.resume:
-        resume_ckpt, resume_recipe, source = _resume_recipe(options.resume)
-        if path is None and source is None:
-            raise UsageError(
-                f"the float checkpoint this QAT run started from ({resume_recipe['source']}) "
-                "is not there",
-                hint="pass it: ptool quantize qat CKPT --resume RUN",
-            )
-        if path is not None and source is not None and Path(path).resolve() != source.resolve():
-            raise UsageError(
-                f"--resume {options.resume} continues the QAT of {source}, not of {path}",
-                hint="drop CKPT: the run knows its float checkpoint",
-            )
-        path = path or source
+        resume_ckpt, resume_recipe, path = _resume_source(options.resume, path)
     if path is None:
         path = ckpt_io.find_default_checkpoint()
         log(f"using the newest run's checkpoint: {path}")
@@ -360,29 +401,7 @@ def quantize_checkpoint(
 
     train_config = None
     if recipe["mode"] == "qat":  # its train flags are checked before any data is loaded
-        from ptool.core.checks import check_config, check_monitor
-
-        if resume_ckpt is not None:
-            train_config = TrainConfig.from_dict(resume_ckpt["config"], source="checkpoint")
-            # where the run is now, as `ptool resume` does
-            overrides = {"out": str(_run_dir(options.resume)), **options.train_overrides}
-            train_config = train_config.replace(**overrides, device="cpu")
-        else:
-            train_config = qat_config(config, options.train_overrides, path)
-            recipe["qat"] = {
-                "freeze_observers_epoch": options.freeze_observers_epoch,
-                "freeze_bn_epoch": options.freeze_bn_epoch,
-                "run_dir": train_config.out,
-                "source_from_run": os.path.relpath(
-                    path.resolve(), Path(train_config.out).resolve()
-                ),
-                "output_from_run": os.path.relpath(
-                    output.resolve(), Path(train_config.out).resolve()
-                ),
-                "torchscript": options.torchscript,
-            }
-        check_config(train_config)
-        check_monitor(train_config, info)
+        train_config = _qat_train_config(config, info, recipe, options, resume_ckpt, path, output)
 
     data = None
     if options.evaluate or recipe["mode"] != "dynamic":
