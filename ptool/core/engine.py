@@ -238,23 +238,11 @@ class Trainer:
             check_loss_options(config, self.info)
             check_loss_targets(config, self.data)
             check_new_run_options(config)
-        if model is None:
-            from ptool.core.models import build_model, check_grad_checkpoint
-
-            model = build_model(self.config, self.info)
-            if resume is None:
-                check_grad_checkpoint(model, self.config)
-        if self.config.init_from and resume is None:
-            load_initial_weights(
-                model,
-                self.config.init_from,
-                strict=self.config.strict,
-                unsafe=unsafe_load,
-                log=self.log,
+        self.model = self._place(
+            self._model(
+                model, new_run=resume is None, unsafe_load=unsafe_load, prepare=prepare_model
             )
-        if prepare_model is not None:
-            model = prepare_model(model)
-        self.model = self._place(model)
+        )
         self.loss_fn = build_loss(self.config, self.info).to(self.device)
         self.optimizer = build_optimizer(self.model, self.config)
         samples = len(self.train_order(0))
@@ -298,6 +286,32 @@ class Trainer:
             raise
 
     # --- setup ---------------------------------------------------------------------------
+
+    def _model(
+        self,
+        model: nn.Module | None,
+        *,
+        new_run: bool,
+        unsafe_load: bool,
+        prepare: Callable[[nn.Module], nn.Module] | None,
+    ) -> nn.Module:
+        """The model given (a fine-tune's) or built from the config; a new run's --init-from
+        weights; then `prepare` (QAT's fake quantization)."""
+        if model is None:
+            from ptool.core.models import build_model, check_grad_checkpoint
+
+            model = build_model(self.config, self.info)
+            if new_run:
+                check_grad_checkpoint(model, self.config)
+        if self.config.init_from and new_run:
+            load_initial_weights(
+                model,
+                self.config.init_from,
+                strict=self.config.strict,
+                unsafe=unsafe_load,
+                log=self.log,
+            )
+        return prepare(model) if prepare is not None else model
 
     def _refuse_changed_data(self, ckpt: dict[str, Any]) -> None:
         """A resume continues the run's sample order over the run's samples, or not at all."""
