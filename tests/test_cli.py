@@ -49,6 +49,9 @@ def test_training_and_evaluating_import_no_vision_or_compiler_stack(tmp_path):
     evaluated = _imported_modules("eval", f"{run}/last.pt", "--json")
     assert "ptool.core.evaluate" in evaluated
     assert not {"torchvision", "torchmetrics", "scipy.signal", "torch._dynamo"} & evaluated
+    # a refusal that needs the data (a cnn for tabular data) comes before any optimizer
+    refused = _imported_modules("train", *args.split(), "--model", "cnn", "--out", run + "2")
+    assert "ptool.core.models" in refused and "torch._dynamo" not in refused
 
 
 def test_version_reads_torch_version_from_metadata():

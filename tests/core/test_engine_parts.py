@@ -354,3 +354,14 @@ def test_ranks_take_rank_0s_run_dir_and_seed(tmp_path):
     mp.start_processes(_rank_values, args=(str(tmp_path),), nprocs=2, start_method="fork")
     zero, one = ((tmp_path / f"rank-{r}.json").read_text() for r in (0, 1))
     assert zero == one and "runs/stamp-of-rank-0" in zero
+
+
+def test_set_deterministic_turns_torchs_flag_on_and_back_off():
+    """A second run in the same process (the Python API) must not inherit the first's."""
+    from ptool.core.runtime import set_deterministic
+
+    set_deterministic(True)
+    assert torch.are_deterministic_algorithms_enabled()
+    assert torch.is_deterministic_algorithms_warn_only_enabled()
+    set_deterministic(False)
+    assert not torch.are_deterministic_algorithms_enabled()
