@@ -8,7 +8,7 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 from ptool.core.config import TrainConfig, as_flag, check_interval
-from ptool.core.errors import UsageError
+from ptool.core.errors import UsageError, count
 
 # Options a type check cannot refuse, with their valid intervals (lists: item by item);
 # schedule options are checked with the schedule (RANGES).
@@ -125,9 +125,16 @@ def check_monitor(config: TrainConfig, info: Any) -> None:
         )
 
 
-def check_class_names(info: Any) -> None:
-    """Every class of a new run has a name (a CSV names its classes by its labels), so eval and
-    predict can name it. A held-out CSV of fewer labels is fine: eval matches them by name."""
+def check_num_classes(config: TrainConfig, info: Any) -> None:
+    """A new run's --num-classes is a classification's (a regression would ignore it), and
+    every class has a name (a CSV names its classes by its labels), so eval and predict can
+    name it. A held-out CSV of fewer labels is fine: eval matches them by name."""
+    if info.task == "regression" and config.num_classes is not None:
+        raise UsageError(
+            f"--num-classes {config.num_classes} is for classification; {info.source} gives "
+            f"this run regression targets ({count(info.num_outputs, 'output')})",
+            hint="drop --num-classes, or give --task classification",
+        )
     names = info.class_names
     if names is not None and info.num_classes is not None and len(names) < info.num_classes:
         raise UsageError(

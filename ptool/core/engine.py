@@ -32,12 +32,12 @@ from ptool.core import checkpoint as ckpt_io
 from ptool.core import rundir
 from ptool.core.callbacks import CheckpointFiles, Monitor, TensorBoardLog, epoch_tag
 from ptool.core.checks import (
-    check_class_names,
     check_config,
     check_loss_options,
     check_loss_targets,
     check_monitor,
     check_new_run_options,
+    check_num_classes,
 )
 from ptool.core.config import TrainConfig
 from ptool.core.errors import PtoolError, UsageError, count
@@ -234,7 +234,7 @@ class Trainer:
             self._refuse_changed_data(resume)
         check_monitor(config, self.info)
         if resume is None and model is None:  # a new run from flags, not a checkpoint's fine-tune
-            check_class_names(self.info)
+            check_num_classes(config, self.info)
             check_loss_options(config, self.info)
             check_loss_targets(config, self.data)
             check_new_run_options(config)

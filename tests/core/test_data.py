@@ -282,6 +282,20 @@ def test_csv_class_targets_are_finite_labels_the_file_holds(tmp_path):
     assert build_data(cfg(data=f"csv:{path}", num_classes=2)).info.class_names == ["cat", "dog"]
 
 
+@pytest.mark.parametrize("data", ["synthetic", "csv"])
+def test_num_classes_of_a_regression_run_is_refused_not_ignored(tmp_path, data):
+    from ptool.core.engine import fit
+
+    values = dict(data="synthetic", shape="6", task="regression")
+    if data == "csv":
+        rows = [[i, i * 0.37] for i in range(20)]  # decimals: regression, found by itself
+        values = dict(data=f"csv:{write_csv(tmp_path / 'r.csv', ['a', 'y'], rows)}")
+    config = cfg(**values, model="mlp", num_classes=3, out=str(tmp_path / "run"))
+    with pytest.raises(UsageError, match="--num-classes 3 is for classification; .* regression"):
+        fit(config, quiet=True)
+    assert not list((tmp_path / "run").glob("*.pt"))
+
+
 def test_csv_value_beyond_float32_is_named_not_called_infinite(tmp_path):
     path = write_csv(tmp_path / "t.csv", ["a", "y"], [[1, 0], ["1e39", 1], [3, 0]])
     with pytest.raises(UsageError, match=r"line 3: column 'a' is 1e39, beyond float32's range"):
