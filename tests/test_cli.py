@@ -42,16 +42,22 @@ def test_training_and_evaluating_import_no_vision_or_compiler_stack(tmp_path):
     every run; a run that needs none of them must not pay for them. (torch.optim's
     optimizers import torch._dynamo themselves, so training does.)"""
     run = str(tmp_path / "run")
-    args = "--data synthetic --shape 6 --samples 64 --epochs 1 --no-tensorboard --quiet"
-    trained = _imported_modules("train", *args.split(), "--out", run)
-    assert "ptool.core.engine" in trained
+    args = "train --data synthetic --shape 6 --samples 64 --epochs 1 --no-tensorboard --quiet"
+    trained = _imported_modules(*args.split(), "--model", "mlp", "--out", run)
+    assert (tmp_path / "run" / "last.pt").is_file()
     assert not {"torchvision", "torchmetrics", "scipy.signal"} & trained
     evaluated = _imported_modules("eval", f"{run}/last.pt", "--json")
     assert "ptool.core.evaluate" in evaluated
     assert not {"torchvision", "torchmetrics", "scipy.signal", "torch._dynamo"} & evaluated
-    # a refusal that needs the data (a cnn for tabular data) comes before any optimizer
-    refused = _imported_modules("train", *args.split(), "--model", "cnn", "--out", run + "2")
-    assert "ptool.core.models" in refused and "torch._dynamo" not in refused
+    # refusals that need the data (a cnn for tabular data, a schedule too short for its
+    # steps) come before any optimizer
+    for refusal, module in (
+        ("--model cnn", "ptool.core.models"),
+        ("--model mlp --scheduler onecycle --pct-start 0.01", "ptool.core.schedules"),
+    ):
+        refused = _imported_modules(*args.split(), *refusal.split(), "--out", run + "2")
+        assert module in refused and "torch._dynamo" not in refused
+    assert not (tmp_path / "run2").exists()
 
 
 def test_version_reads_torch_version_from_metadata():

@@ -238,6 +238,13 @@ class Trainer:
             check_loss_options(config, self.info)
             check_loss_targets(config, self.data)
             check_new_run_options(config)
+        from ptool.core.schedules import build_schedule, check_schedule
+
+        samples = len(self.train_order(0))
+        self.batches_per_epoch = self.config.batches_per_epoch(samples)
+        self.steps_per_epoch = self.config.steps_per_epoch(samples)
+        # before the model and its optimizer (torch.optim imports torch._dynamo, about 2 s)
+        check_schedule(self.config, self.steps_per_epoch)
         self.model = self._place(
             self._model(
                 model, new_run=resume is None, unsafe_load=unsafe_load, prepare=prepare_model
@@ -245,11 +252,6 @@ class Trainer:
         )
         self.loss_fn = build_loss(self.config, self.info).to(self.device)
         self.optimizer = build_optimizer(self.model, self.config)
-        samples = len(self.train_order(0))
-        self.batches_per_epoch = self.config.batches_per_epoch(samples)
-        self.steps_per_epoch = self.config.steps_per_epoch(samples)
-        from ptool.core.schedules import build_schedule
-
         self.schedule = build_schedule(
             self.optimizer, self.config, steps_per_epoch=self.steps_per_epoch
         )
