@@ -91,7 +91,9 @@ class EpochMetrics:
         self.loss = torch.zeros(2, device=device, dtype=dtype)  # summed loss, its weight
         self.count = torch.zeros((), device=device, dtype=dtype)  # samples
         if self.task == "classification":  # flat confusion matrix: true * n + predicted
-            self.stats = torch.zeros(self.num_classes**2, device=device, dtype=torch.long)
+            # int32 on MPS, whose index_put_ accumulates no int64 before torch 2.9
+            counts = torch.int32 if device.type == "mps" else torch.long
+            self.stats = torch.zeros(self.num_classes**2, device=device, dtype=counts)
         else:  # |error|, error², target, target² summed per output
             self.stats = torch.zeros(4, info.num_outputs, device=device, dtype=dtype)
 
@@ -109,9 +111,10 @@ class EpochMetrics:
         self.count += len(outputs)
         outputs = outputs.detach()
         if self.task == "classification":
-            cells = targets * self.num_classes + outputs.argmax(dim=1)
+            cells = targets.long() * self.num_classes + outputs.argmax(dim=1)
             # accumulates deterministically: CUDA's bincount refuses --deterministic
-            self.stats.index_put_((cells,), torch.ones_like(cells), accumulate=True)
+            ones = torch.ones_like(cells, dtype=self.stats.dtype)
+            self.stats.index_put_((cells,), ones, accumulate=True)
             return
         outputs = outputs.to(self.stats.dtype).reshape(len(outputs), -1)
         targets = targets.to(outputs.dtype).reshape(outputs.shape)
@@ -131,7 +134,7 @@ class EpochMetrics:
         values = {"loss": float(loss / weight) if weight else math.nan}
         confusion = None
         if self.task == "classification":
-            matrix = stats.reshape(self.num_classes, self.num_classes)
+            matrix = stats.long().reshape(self.num_classes, self.num_classes)
             values.update(classification_scores(matrix))
             confusion = matrix.tolist()
         else:

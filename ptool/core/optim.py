@@ -39,10 +39,12 @@ class TaskLoss(nn.Module):
         return loss
 
     def predictions(self, outputs: torch.Tensor) -> torch.Tensor:
-        """The model's outputs as the targets read: bce-with-logits trains logits, so its
-        values (regression) and per-class probabilities are their sigmoid. Classification
-        metrics take the argmax, which no activation moves."""
-        return outputs.sigmoid() if self.name == "bce-with-logits" else outputs
+        """What the metrics read: the outputs, but a bce-with-logits regression's values are
+        the sigmoid of its logits. Classification metrics take the argmax of the raw scores:
+        a sigmoid rounds logits above ~17 (~6 in bf16) to ties at 1.0, and argmax would
+        pick the first of them."""
+        regression_logits = self.name == "bce-with-logits" and self.one_hot_classes is None
+        return outputs.sigmoid() if regression_logits else outputs
 
 
 def _weighted_mean(total: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

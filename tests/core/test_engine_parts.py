@@ -79,6 +79,18 @@ def test_bce_with_logits_predictions_are_sigmoids():
     assert mse.predictions(outputs) is outputs
 
 
+def test_bce_with_logits_classes_are_the_argmax_of_the_logits_not_of_their_sigmoids():
+    """Sigmoids of logits above ~17 are all 1.0: their argmax was the first class."""
+    from ptool.core.evaluate import evaluate
+
+    logits = torch.tensor([[18.0, 25.0], [20.0, 30.0], [-3.0, 2.0], [30.0, 19.0]])
+    targets = torch.tensor([1, 1, 1, 0])
+    bce = build_loss(TrainConfig(loss="bce-with-logits"), info(classes=2))
+    result = evaluate(nn.Identity(), [(logits, targets)], info(classes=2), bce)
+    assert result.metrics["val/accuracy"] == 1.0 and result.confusion == [[1, 0], [0, 3]]
+    assert [row["f1"] for row in result.per_class] == [1.0, 1.0]
+
+
 @pytest.mark.parametrize(
     ("changes", "task", "message"),
     [

@@ -137,6 +137,14 @@ def test_compute_starts_the_next_epoch_afresh():
     assert values["val/accuracy"] == 0.0 and sum(map(sum, confusion)) == 3
 
 
+def test_narrow_integer_targets_do_not_wrap_around():
+    metrics = EpochMetrics(_info("classification", 20), "cpu", "val")
+    scores = torch.nn.functional.one_hot(torch.tensor([19, 3]), 20).float()
+    metrics.update(scores, torch.tensor([19, 3], dtype=torch.uint8), torch.tensor(0.0), 2)
+    values, confusion = metrics.compute()
+    assert values["val/accuracy"] == 1.0 and confusion[19][19] == confusion[3][3] == 1
+
+
 def test_r2_of_one_sample_is_nan_where_torchmetrics_raises():
     metrics = EpochMetrics(_info("regression", 1), "cpu", "val")
     metrics.update(torch.tensor([[1.0]]), torch.tensor([[2.0]]), torch.tensor(1.0), 1)
