@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
-CLASSIFICATION = ("accuracy", "precision", "recall", "f1")
-REGRESSION = ("mae", "rmse", "r2")
+# in the order torchmetrics' MetricCollection listed them (the keys of summary.json, ...)
+CLASSIFICATION = ("accuracy", "f1", "precision", "recall")
+REGRESSION = ("mae", "r2", "rmse")
 
 
 def metric_names(info: Any, prefix: str) -> list[str]:
@@ -50,8 +51,8 @@ def classification_scores(confusion: torch.Tensor) -> dict[str, float]:
     """Accuracy over every sample, and the macro average of each per-class score over the
     classes that were predicted or present (torchmetrics' macro average skips the rest)."""
     seen = (confusion.sum(0) + confusion.sum(1)) > 0
-    total = confusion.sum()
-    scores = {"accuracy": float(confusion.diagonal().sum() / total) if total else 0.0}
+    total = int(confusion.sum())
+    scores = {"accuracy": int(confusion.diagonal().sum()) / total if total else 0.0}
     for name, values in per_class_scores(confusion).items():
         scores[name] = float(values[seen].mean()) if seen.any() else 0.0
     return scores
@@ -141,4 +142,5 @@ class EpochMetrics:
             values.update(regression_scores(stats, float(count)))
         for tensor in (self.loss, self.count, self.stats):
             tensor.zero_()
-        return {f"{self.prefix}/{name}": value for name, value in values.items()}, confusion
+        names = CLASSIFICATION if self.task == "classification" else REGRESSION
+        return {f"{self.prefix}/{name}": values[name] for name in ("loss", *names)}, confusion
