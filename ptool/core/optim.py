@@ -32,7 +32,10 @@ class TaskLoss(nn.Module):
         if self.one_hot_classes is not None:
             targets = nn.functional.one_hot(targets, self.one_hot_classes).to(outputs.dtype)
         elif targets.dtype.is_floating_point and targets.dtype != outputs.dtype:
-            targets = targets.to(outputs.dtype)
+            # the wider of the two: bf16/fp16 outputs (autocast) meet float32 targets in
+            # float32, not targets rounded to 8 bits of mantissa
+            common = torch.promote_types(outputs.dtype, targets.dtype)
+            outputs, targets = outputs.to(common), targets.to(common)
         loss = self.criterion(outputs, targets)
         if getattr(self.criterion, "reduction", "mean") == "sum":  # class-weighted cross-entropy
             return _weighted_mean(loss, self.criterion.weight[targets].sum())

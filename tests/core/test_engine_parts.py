@@ -79,6 +79,22 @@ def test_bce_with_logits_predictions_are_sigmoids():
     assert mse.predictions(outputs) is outputs
 
 
+@pytest.mark.parametrize("loss", ["mse", "bce-with-logits"])
+def test_bf16_outputs_meet_float32_targets_in_float32(loss):
+    """The targets were rounded to bf16 first: val/loss 45.168 where rmse² was 45.129."""
+    gen = torch.Generator().manual_seed(0)
+    outputs = (torch.randn(64, 1, generator=gen) * 3).bfloat16()
+    targets = torch.randn(64, 1, generator=gen) * 3 + 10.123
+    oracle = nn.functional.mse_loss
+    if loss == "bce-with-logits":
+        targets, oracle = targets.sigmoid(), nn.functional.binary_cross_entropy_with_logits
+    loss_fn = build_loss(TrainConfig(loss=loss), info("regression", outputs=1))
+    with torch.autocast("cpu", torch.bfloat16):
+        value = loss_fn(outputs, targets)
+    assert value.dtype == torch.float32
+    assert float(value) == pytest.approx(float(oracle(outputs.float(), targets)), rel=1e-6)
+
+
 def test_bce_with_logits_classes_are_the_argmax_of_the_logits_not_of_their_sigmoids():
     """Sigmoids of logits above ~17 are all 1.0: their argmax was the first class."""
     from ptool.core.evaluate import evaluate
