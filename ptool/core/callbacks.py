@@ -91,6 +91,16 @@ class CheckpointFiles:
         abandoned later epochs pushed out; one in another --out finds none."""
         state.top_k = [entry for entry in state.top_k if (self.run_dir / entry[2]).exists()]
 
+    def later_files(self, epoch: int) -> list[str]:
+        """epoch-N.pt and best-epochN.pt of epochs after `epoch` + 1: a timeline that a resume
+        from an earlier checkpoint abandons (a killed run's next epoch is the one it redoes)."""
+        later = []
+        for path in self.run_dir.glob("*epoch*.pt"):
+            match = re.fullmatch(r"(?:epoch-|best-epoch)(\d+)\.pt", path.name)
+            if match and int(match[1]) > epoch + 1:
+                later.append((int(match[1]), path.name))
+        return [name for _, name in sorted(later)]
+
     def epoch_copies(self, epoch: int, state: Any) -> list[Path]:
         """The names an epoch's checkpoint is saved under besides last.pt, as `state` says:
         epoch-N.pt, best.pt, best-epochN.pt."""

@@ -271,6 +271,13 @@ class Trainer:
         if resume is not None:
             self.load_state(resume, replan=reschedule)
             self.files.forget_missing(self.state)
+            later = self.files.later_files(self.state.epoch)
+            if later:
+                self.log(
+                    f"warning: {self.run_dir} holds {', '.join(later)} from before this resume "
+                    f"from epoch {self.state.epoch}; an epoch saved again replaces its files, "
+                    "the others stay"
+                )
             self.resumed_at = self.state.global_step
         self.train_model = self._wrap(self.model)
         # the folder is claimed after every check, so a refused run leaves it as it was

@@ -463,10 +463,13 @@ def test_the_schedules_own_horizon_survives_a_resume_that_changed_epochs(tmp_pat
     run = tmp_path / "run"
     shortened = plan_resume(run / "epoch-1.pt", {"epochs": 2})
     assert "planned for 3 epochs" in shortened.notes[1]
-    summary = resume_run(shortened, quiet=True)
-    # epoch-3.pt of the abandoned timeline stays on disk, outside this run's --keep-last
+    lines: list[str] = []
+    summary = resume_run(shortened, log=lines.append, progress=False)
+    # epoch-3.pt of the abandoned timeline stays on disk, outside this run's --keep-last,
+    # and the resume says so (epoch 2, which it redoes, replaces its own)
     assert summary.checkpoints["epochs"] == [str(run / "epoch-1.pt"), str(run / "epoch-2.pt")]
     assert (run / "epoch-3.pt").exists()
+    assert lines[0].startswith(f"warning: {run} holds epoch-3.pt from before this resume from")
     plan = plan_resume(run, {"epochs": 3})
     assert len(plan.notes) == 1  # "resuming ...", and no word on the schedule
     resume_run(plan, quiet=True)
