@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,35 @@ def csv_source(config: Any, path: str, columns: list[str] | None = None) -> Data
     except ValueError as exc:
         raise UsageError(f"csv: {p}: {exc}") from None
     lines, rows = [n for n, _ in numbered], [row for _, row in numbered]
+    header = _csv_header(p, rows)
+    target = config.target if config.target is not None else header[-1]
+    if target not in header:
+        raise UsageError(
+            f"csv: {p} has no column {target!r}; columns: {', '.join(header)}",
+            hint="choose the target with --target COLUMN",
+        )
+    if len(header) < 2:
+        raise UsageError(f"csv: {p} has only the target column; no features")
+    t = header.index(target)
+    read = [c for c, name in enumerate(header) if c != t and (columns is None or name in columns)]
+    features, values = _csv_values(p, header, read, t, zip(lines[1:], rows[1:], strict=True))
+    task, y, names = _csv_targets(config, p, target, values, lines[1:])
+    bundle = in_memory_bundle(
+        config,
+        source=f"csv:{path}",
+        data=(torch.tensor(features, dtype=torch.float32), y),
+        task=task,
+        num_classes=None if names is None else _num_classes(config, len(names), "csv"),
+        class_names=names,
+        row_name=lambda i: f"line {lines[i + 1]}",  # as the errors number them
+    )
+    bundle.info.feature_names = [header[col] for col in read]
+    bundle.info.target_name = target
+    return bundle
+
+
+def _csv_header(p: Path, rows: list[list[str]]) -> list[str]:
+    """The column names of the first row, refused where it is not a header of named columns."""
     if len(rows) < 3:
         raise UsageError(f"csv: {p} needs a header row and at least 2 data rows")
     header = [name.strip() for name in rows[0]]
@@ -115,23 +145,20 @@ def csv_source(config: Any, path: str, columns: list[str] | None = None) -> Data
             f"csv: {p}: {problem}",
             hint="give every column its own name: columns are matched by name",
         )
-    target = config.target if config.target is not None else header[-1]
-    if target not in header:
-        raise UsageError(
-            f"csv: {p} has no column {target!r}; columns: {', '.join(header)}",
-            hint="choose the target with --target COLUMN",
-        )
-    if len(header) < 2:
-        raise UsageError(f"csv: {p} has only the target column; no features")
-    t = header.index(target)
-    read = [c for c, name in enumerate(header) if c != t and (columns is None or name in columns)]
+    return header
+
+
+def _csv_values(
+    p: Path, header: list[str], read: list[int], t: int, numbered: Iterable[tuple[int, list[str]]]
+) -> tuple[list[list[float]], list[str]]:
+    """Each row's numbers of the `read` columns and its target cell (text), by line."""
     features, values = [], []
-    for line, row in zip(lines[1:], rows[1:], strict=True):
+    for line, row in numbered:
         if len(row) != len(header):
             raise UsageError(f"csv: {p} line {line} has {len(row)} fields, header {len(header)}")
         if not row[t].strip():
             raise UsageError(
-                f"csv: {p} line {line}: the target {target!r} is empty",
+                f"csv: {p} line {line}: the target {header[t]!r} is empty",
                 hint="fill it in, or drop the row",
             )
         values.append(row[t].strip())
@@ -148,7 +175,14 @@ def csv_source(config: Any, path: str, columns: list[str] | None = None) -> Data
                 raise _beyond_float32_error(p, line, header[col], cell)
             numbers.append(number)
         features.append(numbers)
-    x = torch.tensor(features, dtype=torch.float32)
+    return features, values
+
+
+def _csv_targets(
+    config: Any, p: Path, target: str, values: list[str], lines: list[int]
+) -> tuple[str, torch.Tensor, list[str] | None]:
+    """(task, targets, class names or None): text or at most MAX_AUTO_CLASSES whole numbers
+    are classes, other numbers regression, unless --task says."""
     numbers = [_as_number(v) for v in values]
     numeric = all(n is not None for n in numbers)
     if config.task == "auto":
@@ -164,33 +198,18 @@ def csv_source(config: Any, path: str, columns: list[str] | None = None) -> Data
         if not numeric:
             bad = next(v for v, n in zip(values, numbers, strict=True) if n is None)
             raise UsageError(f"csv: --task regression needs a numeric target; {target!r}: {bad!r}")
-        for i, n in enumerate(numbers):
+        for line, n, value in zip(lines, numbers, values, strict=True):
             if _beyond_float32(n):
-                raise _beyond_float32_error(p, lines[i + 1], target, values[i])
-        y = torch.tensor(numbers, dtype=torch.float32).unsqueeze(1)
-        num_classes, names = None, None
-    else:
-        for i, n in enumerate(numbers):
-            if n is not None and not math.isfinite(n):  # each NaN would be a class of its own
-                raise UsageError(
-                    f"csv: {p} line {lines[i + 1]}: the target {target!r} is {values[i]!r}, "
-                    "not a class label",
-                    hint="fill it in, or drop the row",
-                )
-        y, names = _labels(values, numbers)
-        num_classes = _num_classes(config, len(names), "csv")
-    bundle = in_memory_bundle(
-        config,
-        source=f"csv:{path}",
-        data=(x, y),
-        task=task,
-        num_classes=num_classes,
-        class_names=names,
-        row_name=lambda i: f"line {lines[i + 1]}",  # as the errors above number them
-    )
-    bundle.info.feature_names = [header[col] for col in read]
-    bundle.info.target_name = target
-    return bundle
+                raise _beyond_float32_error(p, line, target, value)
+        return task, torch.tensor(numbers, dtype=torch.float32).unsqueeze(1), None
+    for line, n, value in zip(lines, numbers, values, strict=True):
+        if n is not None and not math.isfinite(n):  # each NaN would be a class of its own
+            raise UsageError(
+                f"csv: {p} line {line}: the target {target!r} is {value!r}, not a class label",
+                hint="fill it in, or drop the row",
+            )
+    y, names = _labels(values, numbers)
+    return task, y, names
 
 
 FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max
