@@ -240,12 +240,31 @@ def plan_resume(
     else:
         rundir.refuse_other_run(config.out)
     command = _refuse_other_world_size(ckpt, checkpoint)
+    _refuse_finished(ckpt, checkpoint, config, saved, command)
     done, step = ckpt["epoch"], ckpt["global_step"]
     plan = ResumePlan(checkpoint, ckpt, config, reschedule)
+    batch = ckpt.get("batch_in_epoch") or 0
+    where = f"epoch {done + 1}/{config.epochs}" + (f", batch {batch + 1}" if batch else "")
+    plan.notes.append(f"resuming {checkpoint} at {where} (step {step})")
+    last = checkpoint.parent / "last.pt"
+    if checkpoint != last and (path is None or Path(path).is_dir()) and last.exists():
+        plan.notes.append(f"{last} does not load (torn or corrupt): skipped for {checkpoint.name}")
+    if moved and saved.out and Path(saved.out).resolve() != Path(config.out).resolve():
+        plan.notes.append(f"writing to {config.out} (the run was saved from {saved.out})")
+    _plan_schedule(plan, saved, command)
+    return plan
+
+
+def _refuse_finished(
+    ckpt: dict[str, Any], checkpoint: Path, config: TrainConfig, saved: TrainConfig, command: str
+) -> None:
+    """A run that stopped early (by the engine's rule) or has trained --epochs already has
+    nothing to resume; the hint gives the flag that lets it go on."""
+    done = ckpt["epoch"]
     wait = ckpt.get("callbacks", {}).get("train_state", {}).get("early_stop_wait", 0)
     patience = config.early_stop_patience
     at_epoch_end = done > 0 and not ckpt.get("batch_in_epoch")
-    if at_epoch_end and config.stops_early(wait):  # the engine's rule
+    if at_epoch_end and config.stops_early(wait):
         raise UsageError(
             f"{checkpoint} stopped early: {config.monitor} did not improve for "
             f"{count(wait, 'epoch')} (--early-stop-patience {patience})",
@@ -261,15 +280,13 @@ def plan_resume(
             else f"{checkpoint} has finished its {count(done, 'epoch')}",
             hint=f"extend the run: {command} {checkpoint} --epochs {rundir.longer(done)}",
         )
-    batch = ckpt.get("batch_in_epoch") or 0
-    where = f"epoch {done + 1}/{config.epochs}" + (f", batch {batch + 1}" if batch else "")
-    plan.notes.append(f"resuming {checkpoint} at {where} (step {step})")
-    last = checkpoint.parent / "last.pt"
-    if checkpoint != last and (path is None or Path(path).is_dir()) and last.exists():
-        plan.notes.append(f"{last} does not load (torn or corrupt): skipped for {checkpoint.name}")
-    if moved and saved.out and Path(saved.out).resolve() != Path(config.out).resolve():
-        plan.notes.append(f"writing to {config.out} (the run was saved from {saved.out})")
-    # the schedule's own horizon: a resume that changed --epochs without --reschedule kept it
+
+
+def _plan_schedule(plan: ResumePlan, saved: TrainConfig, command: str) -> None:
+    """What the LR schedule does over the resumed run: its saved horizon (a resume that
+    changed --epochs without --reschedule kept it), or re-planned for the new total."""
+    checkpoint, ckpt, config = plan.checkpoint, plan.ckpt, plan.config
+    reschedule, step = plan.reschedule, ckpt["global_step"]
     planned = ckpt["scheduler_state_dict"].get("planned_epochs", saved.epochs)
     if reschedule and saved.scheduler in NO_HORIZON:
         plan.notes.append(f"--reschedule: the {saved.scheduler} schedule has no horizon to re-plan")
@@ -294,7 +311,6 @@ def plan_resume(
             )
             + "); --reschedule re-plans it for the new total"
         )
-    return plan
 
 
 def _periodic_past(saved: TrainConfig, planned: int, config: TrainConfig) -> bool:
