@@ -56,6 +56,7 @@ from ptool.core.runtime import (
     seed_everything,
     set_deterministic,
     shutdown_distributed,
+    sum_dtype,
 )
 from ptool.core.signals import Interrupted, StopRequest
 
@@ -204,8 +205,7 @@ class Trainer:
         check_config(config)
         self.dist = init_distributed(config.device)
         self.device = resolve_device(config.device, self.dist)
-        # running sums in float64, except on MPS, which has no float64
-        self.sum_dtype = torch.float32 if self.device.type == "mps" else torch.float64
+        self.sum_dtype = sum_dtype(self.device)
         seed = pick_seed(config.seed, self.dist)
         run_dir = config.out or (str(rundir.claim_default_run_dir()) if self.dist.is_main else "")
         run_dir = Path(from_main_rank(run_dir, self.dist))  # the folder rank 0 took

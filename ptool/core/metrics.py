@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from ptool.core.runtime import sum_dtype
+
 # in the order torchmetrics' MetricCollection listed them (the keys of summary.json, ...)
 CLASSIFICATION = ("accuracy", "f1", "precision", "recall")
 REGRESSION = ("mae", "r2", "rmse")
@@ -87,8 +89,7 @@ class EpochMetrics:
         self.task = info.task
         self.num_classes = info.num_classes
         device = torch.device(device)
-        # float64, except on MPS, which has none
-        dtype = torch.float32 if device.type == "mps" else torch.float64
+        dtype = sum_dtype(device)
         self.loss = torch.zeros(2, device=device, dtype=dtype)  # summed loss, its weight
         self.count = torch.zeros((), device=device, dtype=dtype)  # samples
         if self.task == "classification":  # flat confusion matrix: true * n + predicted

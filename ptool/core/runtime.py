@@ -133,6 +133,12 @@ def pick_seed(seed: int | None, info: Distributed) -> int:
     return seed if seed is not None else from_main_rank(secrets.randbelow(2**31), info)
 
 
+def sum_dtype(device: torch.device) -> torch.dtype:
+    """The dtype of running sums (losses, metric statistics): float64, except on MPS, which
+    has none."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and every CUDA device)."""
     random.seed(seed)

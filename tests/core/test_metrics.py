@@ -155,6 +155,7 @@ def test_r2_of_one_sample_is_nan_where_torchmetrics_raises():
 
 
 SEVENS = [7] * 8 + [4]
+DDP_CASES = {"classification": "random classes", "regression": "three outputs"}
 
 
 def _rank_metrics(rank: int, root: str, task: str) -> None:
@@ -162,9 +163,7 @@ def _rank_metrics(rank: int, root: str, task: str) -> None:
 
     dist.init_process_group("gloo", init_method=f"file://{root}/init", rank=rank, world_size=2)
     try:
-        x, y = CASES["random classes" if task == "classification" else "three outputs"](
-            torch.Generator().manual_seed(0)
-        )
+        x, y = CASES[DDP_CASES[task]](torch.Generator().manual_seed(0))
         metrics = EpochMetrics(_info(task, x.shape[1]), "cpu", "val")
         for xb, yb in _split(x, y, SEVENS)[rank::2]:  # rank r: batches r, r + 2, ...
             metrics.update(xb, yb, torch.tensor(1.0), len(yb))
@@ -179,9 +178,7 @@ def test_ddp_ranks_report_the_metrics_of_every_rank_together(tmp_path, task):
 
     mp.start_processes(_rank_metrics, args=(str(tmp_path), task), nprocs=2, start_method="fork")
     zero, one = (torch.load(tmp_path / f"rank-{r}.pt") for r in (0, 1))
-    x, y = CASES["random classes" if task == "classification" else "three outputs"](
-        torch.Generator().manual_seed(0)
-    )
+    x, y = CASES[DDP_CASES[task]](torch.Generator().manual_seed(0))
     together = _theirs(task, x.shape[1], _split(x, y, SEVENS))
     assert zero == one
     for name, value in together.items():
