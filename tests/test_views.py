@@ -420,3 +420,18 @@ def test_a_fitted_table_that_fits_is_the_table_as_built():
     table.add_row("encoder.layers.11.self_attention.query_key_value", "123,456,789")
     tiny = _rendered(Fitted(table), 12)
     assert "…" not in tiny and _column(tiny, 2) == "123,456,789"
+
+
+def test_drawn_lr_points_hold_the_last_lr_to_the_end_of_its_step():
+    """steps-post draws each point's lr up to the next point: the last step needs its end."""
+    from ptool.core.config import TrainConfig
+    from ptool.core.lr_plot import schedule_lines
+    from ptool.ui.lr_plot_view import _points
+
+    config = TrainConfig(
+        scheduler="step", lr=0.1, step_size=1, gamma=0.5, epochs=3, warmup_epochs=1
+    )
+    (line,) = schedule_lines(config, label="step", steps_per_epoch=4)
+    xs, ys = _points(line, "epoch")
+    assert xs == [0, 0.75, 1, 1.75, 2, 2.75, 3]  # ends at epoch 3, not at the last step's start
+    assert ys == pytest.approx([0.001, 0.001, 0.1, 0.1, 0.05, 0.05, 0.05])

@@ -153,7 +153,7 @@ def _read_chain_file(path: str) -> str:
     from ptool.core.errors import UsageError
 
     try:
-        with open(path, encoding="utf-8") as file:
+        with open(path, encoding="utf-8-sig") as file:
             text = file.read()
     except FileNotFoundError:
         raise UsageError(f"--chain-file: no such file: {path}") from None
@@ -195,6 +195,7 @@ def _stream(out, defaults: dict) -> None:
 
     failed = total = 0
     for number, line in enumerate(sys.stdin, 1):
+        line = line.removeprefix("\ufeff")  # a byte-order mark opening the stream
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         total += 1

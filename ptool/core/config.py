@@ -343,6 +343,15 @@ class TrainConfig:
         patience = self.early_stop_patience
         return patience is not None and epochs_without_improvement >= max(1, patience)
 
+    def check_full_batch(self, samples: int) -> None:
+        """--drop-last with fewer samples than a batch leaves epochs with no step at all."""
+        if self.drop_last and 0 < samples < self.batch_size:
+            raise UsageError(
+                f"{samples} training samples make no full batch of {self.batch_size}, and "
+                "--drop-last drops the short one: an epoch would have no step",
+                hint=f"give --batch-size {samples} or less, or drop --drop-last",
+            )
+
     def steps_per_epoch(self, samples: int) -> int:
         """Optimizer steps in an epoch of `samples`: batches in groups of --accumulate, the
         last group stepping even when short."""
@@ -531,7 +540,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise UsageError(f"config file not found: {path}")
     suffix = path.suffix.lower()  # run.JSON, X.TOML
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is fine
         if suffix in (".yaml", ".yml"):
             import yaml
 

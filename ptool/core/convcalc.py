@@ -181,7 +181,15 @@ def parse_padding(text: str | int | list | tuple) -> Ints | str:
     return parse_ints(text, "padding")
 
 
+def _text(value, what: str, example: str) -> str:
+    """A --stdin line's JSON value where text belongs (a layer name, a chain)."""
+    if not isinstance(value, str):
+        raise UsageError(f"{what} expects text like {example}, got {_given(value)}")
+    return value
+
+
 def parse_layer(name: str) -> str:
+    name = _text(name, "layer", "'conv'")
     for layer in LAYERS:
         if name.lower() == layer.lower():
             return layer
@@ -253,7 +261,7 @@ def parse_chain(text: str) -> list[LayerSpec]:
     """Layers separated by ';' or new lines; '#' starts a comment. Blank lines and one ';'
     ending a line are fine; an empty layer between two ';' is a typo, refused."""
     specs: list[LayerSpec] = []
-    for line in text.splitlines():
+    for line in _text(text, "chain", "'conv k3 p1; maxpool k2'").splitlines():
         line = line.split("#", 1)[0].strip()
         if line in ("", ";"):
             continue

@@ -241,6 +241,7 @@ class Trainer:
         from ptool.core.schedules import build_schedule, check_schedule
 
         samples = len(self.train_order(0))
+        self.config.check_full_batch(samples)
         self.batches_per_epoch = self.config.batches_per_epoch(samples)
         self.steps_per_epoch = self.config.steps_per_epoch(samples)
         # before the model and its optimizer (torch.optim imports torch._dynamo, about 2 s)

@@ -152,6 +152,7 @@ def steps_per_epoch(
         return 0 if resolve_interval(config) == "step" else 1
     if size < 1 or config.batch_size < 1 or config.accumulate < 1:
         raise UsageError("--samples, --batch-size and --accumulate must be at least 1")
+    config.check_full_batch(size)
     return config.steps_per_epoch(size)
 
 
@@ -244,7 +245,7 @@ def read_metric_file(path: str | Path, monitor: str | None = None) -> list[float
     if not path.is_file():
         raise UsageError(f"metric file not found: {path}")
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # spreadsheets write a byte-order mark
     except UnicodeDecodeError as exc:
         raise UsageError(
             f"{path} is not a text file ({exc.reason} at byte {exc.start})",

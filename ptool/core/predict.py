@@ -144,6 +144,7 @@ class Reader:
 
         stream = self.stdin if self.stdin is not None else sys.stdin
         for number, line in enumerate(stream, start=1):
+            line = line.removeprefix("\ufeff")  # a byte-order mark opening the stream
             if not line.strip():
                 continue
             name = f"stdin:{number}"

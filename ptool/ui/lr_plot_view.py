@@ -18,7 +18,8 @@ FIGURE_SUFFIXES = (".png", ".svg", ".pdf")
 
 def _points(line: Any, x_axis: str) -> tuple[list[float], list[float]]:
     """The first and last step of each run of one lr: drawn as if every step were, a held lr
-    flat and a change one step wide, at the cost of two points per run."""
+    flat and a change one step wide, at the cost of two points per run. The last lr is held
+    to the end of its step, so the axis ends where the schedule does (3 epochs at 3.0)."""
     scale = 1 if x_axis == "step" else line.steps_per_epoch
     xs: list[float] = []
     ys: list[float] = []
@@ -27,6 +28,9 @@ def _points(line: Any, x_axis: str) -> tuple[list[float], list[float]]:
         for step in dict.fromkeys((first, first + n - 1)):
             xs.append(step / scale)
             ys.append(lr)
+    if xs:
+        xs.append((runs.steps[-1] + runs.counts[-1]) / scale)
+        ys.append(runs.lrs[-1])
     return xs, ys
 
 

@@ -117,6 +117,24 @@ def test_stdin_errors_show_values_as_json():
     assert proc.returncode == 1
 
 
+def test_stdin_lines_with_non_text_layers_or_chains_fail_alone():
+    bad = [
+        '{"chain": 5, "h": 10}',
+        '{"layer": ["conv"], "k": 3, "h": 10}',
+        '{"chain": ["conv k3"], "h": 9}',
+    ]
+    proc = convcalc("--stdin", input="\ufeff" + "\n".join([*bad, '{"k": 3, "h": 12}']))
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [row.get("error") for row in rows] == [
+        "chain expects text like 'conv k3 p1; maxpool k2', got 5",
+        "layer expects text like 'conv', got [\"conv\"]",
+        "chain expects text like 'conv k3 p1; maxpool k2', got [\"conv k3\"]",
+        None,
+    ]
+    assert rows[3]["output"] == {"h": 10}  # the lines after a bad one go on
+    assert proc.returncode == 1 and "3 of 4 lines failed" in proc.stderr
+
+
 BIG = "--size 123456789x123456789 "
 
 

@@ -700,6 +700,10 @@ def test_a_last_batch_of_one_sample_through_batch_norm_names_drop_last(tmp_path)
         fit(config, quiet=True)
     assert info.value.hint.startswith("add --drop-last")
     fit(config.replace(drop_last=True, out=str(tmp_path / "dropped")), quiet=True)
+    too_big = config.replace(drop_last=True, batch_size=81, out=str(tmp_path / "none"))
+    with pytest.raises(UsageError, match="80 training samples make no full batch of 81"):
+        fit(too_big, quiet=True)
+    assert not any((tmp_path / "none").iterdir())  # refused before anything is written
 
 
 def test_data_seed_pins_the_split_across_seeds(tmp_path):

@@ -28,6 +28,14 @@ def test_unknown_steps_per_epoch():
         core.steps_per_epoch(TrainConfig(), given=0)
 
 
+def test_drop_last_leaving_no_batch_names_the_batch_size():
+    config = TrainConfig(scheduler="cosine", batch_size=64, drop_last=True)
+    with pytest.raises(UsageError, match="10 training samples make no full batch of 64") as info:
+        core.steps_per_epoch(config, samples=10)
+    assert info.value.hint == "give --batch-size 10 or less, or drop --drop-last"
+    assert core.steps_per_epoch(config.replace(drop_last=False), samples=10) == 1
+
+
 def test_metric_file_forms(tmp_path):
     bare = tmp_path / "bare.csv"
     bare.write_text("1.5\n1.2\n\n0.9\n")
@@ -40,6 +48,9 @@ def test_metric_file_forms(tmp_path):
     empty.write_text("val/loss\n")
     binary = tmp_path / "binary.csv"
     binary.write_bytes(b"\xff\xfe\x00bad\n")
+    spreadsheet = tmp_path / "excel.csv"  # UTF-8 with a byte-order mark
+    spreadsheet.write_text("\ufeffval/loss,val/accuracy\n0.8,0.5\n0.7,0.6\n", encoding="utf-8")
+    assert core.read_metric_file(spreadsheet, "val/loss") == [0.8, 0.7]
     for bad in (empty, tmp_path / "missing.csv", binary):
         with pytest.raises(UsageError):
             core.read_metric_file(bad)
