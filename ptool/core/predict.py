@@ -228,8 +228,12 @@ class Reader:
             body = numbered[1:]
         else:  # no saved names: every column is a feature, the header row optional
             columns = list(range(len(header)))
-            has_header = any(_number(cell) is None for cell in header)
-            body = numbered[1:] if has_header else numbered
+            # a header names every column; a first row with a gap (NA) among numbers is data
+            if any(_number(cell) is not None for cell in header):
+                header = [str(c + 1) for c in columns]  # named by position in messages
+                body = numbered
+            else:
+                body = numbered[1:]
             if len(header) != self.info.input_shape[0]:  # one line for the file, not per row
                 yield Sample(
                     str(path),
@@ -336,15 +340,15 @@ def predict(
                     "prediction": values[0] if len(values) == 1 else values,
                 }
                 continue
-            probs = out.sigmoid() if sigmoid else out.softmax(dim=0)
-            top = probs.topk(min(top_k, len(probs)))
-            index = int(top.indices[0])  # not argmax: on a tie it may pick another class
+            # ranked by the raw scores, as eval's metrics are: sigmoids of large logits tie at 1.0
+            ranked = out.topk(min(top_k, len(out))).indices
+            index = int(ranked[0])  # not argmax: on a tie it may pick another class
             record: dict[str, Any] = {"input": sample.name, "prediction": index}
             if names:
                 record["label"] = names[index]
+            probs = out.sigmoid() if sigmoid else out.softmax(dim=0)
             record["probabilities"] = {
-                (names[i] if names else str(i)): p
-                for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+                (names[i] if names else str(i)): probs[i].item() for i in ranked.tolist()
             }
             yield record
 

@@ -184,8 +184,8 @@ def _main_scheduler(
         return lr_scheduler.MultiStepLR(
             optimizer, milestones=[m * unit for m in config.milestones], gamma=config.gamma
         )
-    if name == "exponential":
-        return lr_scheduler.ExponentialLR(optimizer, gamma=config.gamma)
+    if name == "exponential":  # --gamma is the decay per epoch, as step's is per --step-size
+        return lr_scheduler.ExponentialLR(optimizer, gamma=config.gamma ** (1 / unit))
     if name == "cosine":
         t_max = config.t_max * unit if config.t_max is not None else length
         return lr_scheduler.CosineAnnealingLR(optimizer, T_max=t_max, eta_min=config.eta_min)

@@ -263,6 +263,22 @@ def test_csv_errors_name_the_files_line_past_blank_lines_and_an_empty_target(tmp
     assert err.value.hint == "fill it in, or drop the row"
 
 
+def test_a_numeric_target_with_na_gaps_is_refused_by_line_not_read_as_labels(tmp_path):
+    """One NA among 99 floats made a 99-class classification; text labels may still say
+    'none', and --task regression names the line of a non-number."""
+    rows = [[i, "NA" if i == 10 else i * 1.37] for i in range(100)]
+    path = write_csv(tmp_path / "gap.csv", ["a", "y"], rows)
+    for task in ("auto", "regression", "classification"):
+        with pytest.raises(UsageError, match=r"line 12: the target 'y' is missing \('NA'\)"):
+            build_data(cfg(data=f"csv:{path}", task=task))
+    labels = write_csv(
+        tmp_path / "l.csv", ["a", "y"], [[i, ["none", "cat"][i % 2]] for i in range(9)]
+    )
+    assert build_data(cfg(data=f"csv:{labels}")).info.class_names == ["cat", "none"]
+    with pytest.raises(UsageError, match="line 2: --task regression needs a numeric target"):
+        build_data(cfg(data=f"csv:{labels}", task="regression"))
+
+
 def test_csv_class_targets_are_finite_labels_the_file_holds(tmp_path):
     """Each NaN label was a class of its own ("nan" four times); a new run's --num-classes
     above the labels found left eval and predict without names for the extra classes."""

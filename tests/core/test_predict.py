@@ -253,6 +253,14 @@ def test_a_csv_for_a_run_without_column_names(tmp_path):
     with torch.no_grad():
         oracle = model((x[:3] - torch.tensor(info.mean)) / torch.tensor(info.std)).argmax(1)
     assert [r["prediction"] for r in records] == oracle.tolist()
+    # a first row with a gap was taken for a header and dropped, and named the columns after it
+    (tmp_path / "gap.csv").write_text("0.1,NA,0.3,0.4\n" + (tmp_path / "plain.csv").read_text())
+    records = _records(ckpt, [str(tmp_path / "gap.csv")])
+    assert records[0] == {
+        "input": f"{tmp_path / 'gap.csv'}:1",
+        "error": "column '2' is not a number ('NA')",
+    }
+    assert [r["prediction"] for r in records[1:]] == oracle.tolist()
     rows = ["f0,f1,f2,f3,label"] + [",".join(map(str, [*r, 0])) for r in x[:30].tolist()]
     (tmp_path / "labelled.csv").write_text("\n".join(rows) + "\n")
     (record,) = _records(ckpt, [str(tmp_path / "labelled.csv")])
@@ -325,3 +333,14 @@ def test_a_bce_with_logits_classifier_reports_its_sigmoids_not_a_softmax():
         assert sorted(record["probabilities"].values()) == pytest.approx(sorted(row.tolist()))
     softmax = list(predict(model, samples, info, top_k=4))  # cross-entropy's
     assert sum(softmax[0]["probabilities"].values()) == pytest.approx(1.0)
+
+
+def test_a_bce_with_logits_prediction_ranks_the_logits_whose_sigmoids_tie():
+    """Logits of 27 and 45 both have a sigmoid of 1.0 in float32: eval's metrics take the
+    argmax of the logits (class 1), and so does predict."""
+    info = SimpleNamespace(task="classification", class_names=["cat", "dog"])
+    logits = torch.tensor([27.3, 45.4])
+    assert logits.sigmoid().tolist() == [1.0, 1.0]
+    (record,) = predict(_Tied(), [Sample("x", logits)], info, loss="bce-with-logits")
+    assert record["prediction"] == int(logits.argmax()) == 1 and record["label"] == "dog"
+    assert list(record["probabilities"]) == ["dog", "cat"]

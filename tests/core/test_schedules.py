@@ -396,6 +396,18 @@ def test_explicit_step_interval_counts_epoch_parameters_in_steps():
     assert got == pytest.approx(expected, rel=1e-12, abs=1e-15)
 
 
+def test_exponential_gamma_decays_per_epoch_when_the_schedule_steps_per_step():
+    """A --warmup-steps made exponential step per step, and --gamma 0.5 halved the lr at every
+    optimizer step (0.5 ** 4 per epoch here) instead of every epoch."""
+    config = TrainConfig(scheduler="exponential", gamma=0.5, lr=0.1, epochs=EPOCHS)
+    per_epoch = [row["lr"] for row in lr_series(config, steps_per_epoch=STEPS)]
+    per_step = config.replace(scheduler_interval="step")
+    got = [row["lr"] for row in lr_series(per_step, steps_per_epoch=STEPS)]
+    expected = _oracle(lambda o: lr_scheduler.ExponentialLR(o, 0.5 ** (1 / STEPS)), per_step=True)
+    assert got == pytest.approx(expected, rel=1e-12)
+    assert got[::STEPS] == pytest.approx(per_epoch[::STEPS], rel=1e-12)  # the same each epoch
+
+
 def _increases(lrs):
     return [i for i in range(1, len(lrs)) if lrs[i] > lrs[i - 1] * (1 + 1e-9)]
 

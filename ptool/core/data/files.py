@@ -184,6 +184,7 @@ def _csv_targets(
     """(task, targets, class names or None): text or at most MAX_AUTO_CLASSES whole numbers
     are classes, other numbers regression, unless --task says."""
     numbers = [_as_number(v) for v in values]
+    _refuse_missing_numbers(p, target, values, numbers, lines)
     numeric = all(n is not None for n in numbers)
     if config.task == "auto":
         few_integers = (
@@ -196,8 +197,12 @@ def _csv_targets(
         task = check_task(config, "csv", ("classification", "regression"))
     if task == "regression":
         if not numeric:
-            bad = next(v for v, n in zip(values, numbers, strict=True) if n is None)
-            raise UsageError(f"csv: --task regression needs a numeric target; {target!r}: {bad!r}")
+            gaps = zip(lines, values, numbers, strict=True)
+            line, bad = next((ln, v) for ln, v, n in gaps if n is None)
+            raise UsageError(
+                f"csv: {p} line {line}: --task regression needs a numeric target; "
+                f"{target!r} is {bad!r}"
+            )
         for line, n, value in zip(lines, numbers, values, strict=True):
             if _beyond_float32(n):
                 raise _beyond_float32_error(p, line, target, value)
@@ -210,6 +215,27 @@ def _csv_targets(
             )
     y, names = _labels(values, numbers)
     return task, y, names
+
+
+# pandas' default missing-value markers that float() does not read (it reads nan, NaN, -nan)
+MISSING_MARKERS = frozenset(
+    ("#n/a", "#n/a n/a", "#na", "-1.#ind", "-1.#qnan", "1.#ind", "1.#qnan")
+    + ("<na>", "n/a", "na", "null", "none")
+)
+
+
+def _refuse_missing_numbers(
+    p: Path, target: str, values: list[str], numbers: list[float | None], lines: list[int]
+) -> None:
+    """A column of numbers with gaps marked NA (null, N/A, ...) would be read as text labels,
+    every distinct number a class of its own: the first gap is refused by its line."""
+    gaps = [(line, v) for line, v, n in zip(lines, values, numbers, strict=True) if n is None]
+    if gaps and len(gaps) < len(values) and all(v.lower() in MISSING_MARKERS for _, v in gaps):
+        line, value = gaps[0]
+        raise UsageError(
+            f"csv: {p} line {line}: the target {target!r} is missing ({value!r})",
+            hint="fill it in, or drop the row",
+        )
 
 
 FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max
