@@ -283,6 +283,8 @@ def split_dataset(config: Any, info: Any, *, data: str | None = None, split: str
             changes["target"] = info.target_name
         if data.startswith(("csv:", "tensors:")):  # not guessed again: whole-number prices
             changes["task"] = info.task
+            if split == "all":  # a file read whole: no split, however few its rows
+                changes["val_split"] = 0.0
         if info.num_classes is not None and not data.startswith("imagefolder:"):
             changes["num_classes"] = info.num_classes  # a file of fewer classes (even one)
         if info.is_image and info.input_shape[1] == info.input_shape[2]:

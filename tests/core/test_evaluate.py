@@ -315,6 +315,19 @@ def test_a_held_out_csv_is_read_by_column_and_class_name(tmp_path):
     )
     (report,) = evaluate_checkpoints([ckpt_path], data=f"csv:{tmp_path / 'dogs.csv'}", split="all")
     assert report["metrics"]["accuracy"] == pytest.approx(oracle_accuracy(dogs))
+    # two rows, too few for a 20% validation split, which --split all never needed
+    (tmp_path / "two.csv").write_text(
+        "\n".join(["f0,f1,f2,species"] + [",".join(map(str, r)) for r in held[:2]]) + "\n"
+    )
+    (report,) = evaluate_checkpoints([ckpt_path], data=f"csv:{tmp_path / 'two.csv'}", split="all")
+    assert report["samples"] == 2
+    assert report["metrics"]["accuracy"] == pytest.approx(oracle_accuracy(held[:2]))
+    torch.save({"x": x[:1], "y": y[:1]}, tmp_path / "one.pt")
+    (report,) = evaluate_checkpoints(
+        [ckpt_path], data=f"tensors:{tmp_path / 'one.pt'}", split="all"
+    )
+    assert report["samples"] == 1
+    assert report["metrics"]["accuracy"] == pytest.approx(oracle_accuracy(held[:1]))
     (tmp_path / "other.csv").write_text("a,species,b,c\n1,cat,2,3\n4,dog,5,6\n7,cat,8,9\n")
     with pytest.raises(UsageError, match="has no column 'f0', 'f1', 'f2'; the model reads f0"):
         evaluate_checkpoints([ckpt_path], data=f"csv:{tmp_path / 'other.csv'}", split="all")

@@ -35,7 +35,11 @@ def data_seed(config: Any) -> int:
 
 
 def split_indices(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A seeded random (train, val) partition of range(n), val holding round(n * fraction)."""
+    """A seeded random (train, val) partition of range(n), val holding round(n * fraction).
+    Fraction 0 (eval --split all of a held-out file; users' --val-split is in (0, 1)) keeps
+    every sample, however few, in train."""
+    if fraction == 0:
+        return torch.arange(n), torch.arange(0)
     if not 0 < fraction < 1:
         raise UsageError(f"--val-split must be between 0 and 1, got {fraction}")
     n_val = round(n * fraction)
@@ -145,7 +149,7 @@ def in_memory_bundle(
     """
     for x, y in (data, val) if val is not None else (data,):
         _check_finite(source, x, y, row_name)
-    if val is None or config.val_split is not None:
+    if val is None or config.val_split:  # 0: eval --split all, which keeps the file's own val
         data, val = _split_tensors(config, *data)
     (x_train, y_train), (x_val, y_val) = data, val
     is_image = x_train.dim() == 4
