@@ -10,6 +10,7 @@ import torch
 
 from ptool.core.restore import model_from_checkpoint
 from tests.conftest import run_ptool
+from tests.core.test_prune import write_residual_checkpoint
 from tests.core.test_quantize import write_checkpoint
 
 
@@ -124,6 +125,22 @@ def test_bad_input_exits_with_one_line(workdir, args, code, message):
     assert result.returncode == code
     assert result.stderr.startswith(message), result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_compact_refuses_to_shrink_an_excluded_layer(tmp_path, monkeypatch):
+    """c2's output channels are tied to stem's by a residual add: compacting c2 would shrink
+    the excluded stem (it used to, shown as not pruned)."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    write_residual_checkpoint(tmp_path)
+    args = ("--method", "ln-structured", "--compact", "--exclude", "^stem$", "-o", "out.pt")
+    result = run_ptool("prune", "runs/res/best.pt", *args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "error: --compact: c2's output channels are tied to stem's (e.g. by a residual add), "
+        "which --exclude leaves out",
+        "hint: select stem too, or leave out c2",
+    ]
+    assert not (tmp_path / "out.pt").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal needs a machine without CUDA")

@@ -5,6 +5,7 @@ and a channel-zeroed copy of the float model for compaction."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,45 @@ CONVS = ("body.0.conv", "body.1.conv")
 def cnn_ckpt(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("cnn") / "best.pt"
     return write_checkpoint(path, epochs=1, model="cnn", channels=[8, 16])
+
+
+RESIDUAL_NET = """\
+import torch
+from torch import nn
+
+class Net(nn.Module):
+    def __init__(self, n):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 16, 3, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+        self.c1 = nn.Conv2d(16, 16, 3, padding=1)
+        self.c2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.head = nn.Linear(16, n)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.stem(x)))
+        y = self.c2(torch.relu(self.c1(x)))
+        return self.head((x + y).mean((2, 3)))
+
+def build(input_shape, num_outputs):
+    return Net(num_outputs)
+"""
+
+
+def write_residual_checkpoint(folder: Path) -> Path:
+    """runs/res/best.pt of `residual_net:build`, whose residual add ties c2's output channels
+    to stem's; the module goes in `folder`, which must be on sys.path (or ptool's cwd)."""
+    (folder / "residual_net.py").write_text(RESIDUAL_NET)
+    path = folder / "runs" / "res" / "best.pt"
+    return write_checkpoint(path, epochs=0, model="residual_net:build")
+
+
+@pytest.fixture(scope="module")
+def residual_ckpt(tmp_path_factory) -> Iterator[Path]:
+    folder = tmp_path_factory.mktemp("residual")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(folder))
+        yield write_residual_checkpoint(folder)
 
 
 @pytest.fixture(scope="module")
@@ -249,6 +289,114 @@ def test_a_compaction_that_breaks_a_group_norms_groups_is_refused(tmp_path):
                        exclude=r"^body\.0\.conv$")  # fmt: skip
     rows = {row["name"]: row for row in report["layers"] if row["selected"]}
     assert list(rows) == ["body.1.conv"] and rows["body.1.conv"]["shape_after"][0] == 8
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"exclude": "^stem$"}, "c2's output channels are tied to stem's (e.g. by a residual "
+         "add), which --exclude leaves out"),
+        ({"only": "^c2$"}, "c2's output channels are tied to stem's (e.g. by a residual add), "
+         "which --only leaves out"),
+        ({"only": "stem"}, "stem's output channels are tied to c2's (e.g. by a residual add), "
+         "which --only leaves out"),
+    ],
+)  # fmt: skip
+def test_compact_refuses_a_tie_to_a_layer_the_filter_leaves_out(
+    residual_ckpt, tmp_path, values, message
+):
+    """Compacting c2 would shrink stem too (it used to, shown as not pruned): refused."""
+    options = {"method": "ln-structured", "amount": 0.25, "compact": True, **values}
+    with pytest.raises(UsageError) as caught:
+        _prune(residual_ckpt, tmp_path, **options)
+    assert str(caught.value) == f"--compact: {message}"
+    tied, left_out = ("stem", "c2") if values.get("only") == "stem" else ("c2", "stem")
+    assert caught.value.hint == f"select {left_out} too, or leave out {tied}"
+    assert not list(tmp_path.glob("*.pt"))
+
+
+def test_compact_refuses_a_tie_to_the_heads_classes(tmp_path, monkeypatch):
+    """aux's outputs are added to the head's: compacting aux would remove classes."""
+    (tmp_path / "head_tied.py").write_text(
+        "import torch\nfrom torch import nn\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self, n):\n"
+        "        super().__init__()\n"
+        "        self.aux = nn.Linear(64, n)\n"
+        "        self.head = nn.Linear(64, n)\n"
+        "    def forward(self, x):\n"
+        "        return self.head(x.flatten(1)) + self.aux(x.flatten(1))\n"
+        "def build(input_shape, num_outputs):\n"
+        "    return Net(num_outputs)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ckpt = write_checkpoint(tmp_path / "best.pt", epochs=0, model="head_tied:build")
+    with pytest.raises(UsageError, match="which is the final classifier") as caught:
+        _prune(ckpt, tmp_path, method="ln-structured", amount=0.25, compact=True)
+    assert caught.value.hint == "leave out aux"  # the head cannot be selected
+
+
+def test_compact_leaves_layers_out_with_those_tied_to_them(residual_ckpt, tmp_path):
+    """Left out together, stem and c2 keep their output channels; c2 loses only the inputs
+    that c1, pruned, no longer gives."""
+    report, saved = _prune(
+        residual_ckpt, tmp_path, method="ln-structured", amount=0.25, compact=True,
+        exclude="^(stem|c2)$",
+    )  # fmt: skip
+    shapes = {r["name"]: r["shape_after"] for r in report["layers"]}
+    assert shapes == {
+        "stem": [16, 1, 3, 3], "c1": [12, 16, 3, 3], "c2": [16, 12, 3, 3], "head": [10, 16]
+    }  # fmt: skip
+    assert saved["model_state_dict"]["bn.weight"].shape == (16,)
+
+
+def _emptied(mask: torch.Tensor) -> torch.Tensor:
+    return mask.flatten(1).sum(1) == 0
+
+
+def test_compacting_tied_masks_removes_every_emptied_channel(residual_ckpt, tmp_path):
+    """--keep-masks empties stem's and c2's channels apart; tied by the add, their union is
+    what the group has pruned, --amount applies to the channels left (torch's iterative
+    ln_structured on stem, the leader, is the oracle), and no emptied channel stays."""
+    float_model = model_from_checkpoint(ckpt_io.load_checkpoint(residual_ckpt)).eval()
+    options = {"method": "ln-structured", "amount": 0.25}
+    _, first = _prune(residual_ckpt, tmp_path, make_permanent=False, **options)
+    masked = tmp_path / "masked.pt"
+    ckpt_io.atomic_save(first, masked)
+    input_masks = {n: first["model_state_dict"][f"{n}.weight_mask"] for n in ("stem", "c1", "c2")}
+    report, saved = _prune(masked, tmp_path, compact=True, output=None, **options)
+
+    union = _emptied(input_masks["stem"]) | _emptied(input_masks["c2"])
+    assert int(union.sum()) > 4  # the two layers emptied different channels
+    stem = copy.deepcopy(float_model.stem)
+    prune.custom_from_mask(stem, "weight", (~union).view(-1, 1, 1, 1).expand_as(stem.weight))
+    prune.ln_structured(stem, "weight", amount=0.25, n=2, dim=0)
+    c1 = copy.deepcopy(float_model.c1)
+    for _ in range(2):
+        prune.ln_structured(c1, "weight", amount=0.25, n=2, dim=0)
+    gone = {"stem": _emptied(stem.weight_mask), "c1": _emptied(c1.weight_mask)}
+    left = 16 - int(union.sum())
+    assert int(gone["stem"].sum()) == 16 - left + round(0.25 * left)
+
+    state = saved["model_state_dict"]
+    assert state["stem.weight"].shape[0] == state["c2.weight"].shape[0] == 16 - gone["stem"].sum()
+    for name in ("stem", "c1", "c2"):
+        assert state[f"{name}.weight"].flatten(1).abs().sum(1).all(), name  # none left empty
+    zeroed = copy.deepcopy(float_model)  # removing a channel computes zeros in it
+    with torch.no_grad():
+        for names, channels in ((("stem", "bn", "c2"), gone["stem"]), (("c1",), gone["c1"])):
+            for name in names:
+                zeroed.get_submodule(name).weight[channels] = 0
+                zeroed.get_submodule(name).bias[channels] = 0
+        x = _inputs()
+        torch.testing.assert_close(model_from_checkpoint(saved).eval()(x), zeroed(x))
+
+    rows = {r["name"]: r for r in report["layers"]}
+    assert rows["c2"]["channels_follow"] == "stem"
+    for name, mask in input_masks.items():  # the figures count what the files hold
+        weight = first["model_state_dict"][f"{name}.weight_orig"]
+        assert rows[name]["nonzero_before"] == int((weight * mask).count_nonzero())
+        assert rows[name]["nonzero_after"] == int(state[f"{name}.weight"].count_nonzero())
 
 
 def test_compaction_through_a_one_slope_prelu(tmp_path):

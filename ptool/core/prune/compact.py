@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from ptool.core.errors import PtoolError, UsageError, first_line
-from ptool.core.prune.masks import refresh_weights
+from ptool.core.prune.masks import prunable_layers, refresh_weights
 
 REBUILT = "Conv1d/2d/3d, Linear, BatchNorm, GroupNorm, LayerNorm and PReLU"
 
@@ -72,21 +72,24 @@ class Compactor:
         pruner = self.graph.get_pruner_of_module(module)
         return self.graph.get_pruning_group(module, pruner.prune_out_channels, idxs=idxs)
 
-    def followers(self, layers: Mapping[str, nn.Module]) -> dict[str, str]:
-        """Selected layers whose output channels are tied to an earlier selected layer's (e.g.
-        by a residual add): they lose the leader's channels and are not scored themselves."""
+    def tied_outputs(self, layers: Mapping[str, nn.Module]) -> list[list[str]]:
+        """The conv/linear layers whose output channels one removal shrinks together (e.g. the
+        two sides of a residual add), in model order: one list for each group that holds any
+        of `layers`, layers of the model outside `layers` included."""
         self._check_traced(layers)
-        names = {id(m): name for name, m in layers.items()}
-        tied: dict[str, str] = {}
+        everything = prunable_layers(self.model)
+        names = {id(m): name for name, m in everything.items()}
+        groups: list[list[str]] = []
         for name, module in layers.items():
-            if name in tied:
+            if any(name in group for group in groups):
                 continue
-            for item in self._group(module, [0]):
-                other = names.get(id(item.dep.target.module))
-                out = self.graph.is_out_channel_pruning_fn(item.dep.handler)
-                if other and other != name and out and other not in tied:
-                    tied[other] = name
-        return tied
+            members = {
+                names.get(id(item.dep.target.module))
+                for item in self._group(module, [0])
+                if self.graph.is_out_channel_pruning_fn(item.dep.handler)
+            }
+            groups.append([n for n in everything if n in members])
+        return groups
 
     def bn_scales(self, layers: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
         """Each layer's output-channel importance for --method bn-scale: the |scale| of the

@@ -39,6 +39,39 @@ def head_name(model: nn.Module) -> str | None:
     return next(reversed(layers), None)
 
 
+def left_out(
+    model: nn.Module,
+    kinds: list[str],
+    *,
+    only: str | None = None,
+    exclude: str | None = None,
+    include_head: bool = False,
+) -> dict[str, str | None]:
+    """Per conv/linear layer, why `--modules/--only/--exclude/--include-head` leave it out (a
+    clause for messages), or None for a selected layer."""
+    patterns = {}
+    for flag, pattern in (("--only", only), ("--exclude", exclude)):
+        if pattern is not None:
+            try:
+                patterns[flag] = re.compile(pattern)
+            except re.error as exc:
+                raise UsageError(f"{flag} {pattern!r} is not a regular expression: {exc}") from None
+    wanted = tuple(t for k in kinds for t in KINDS[k])
+    head = head_name(model)
+    reasons: dict[str, str | None] = {}
+    for name, module in prunable_layers(model).items():
+        reasons[name] = None
+        if not isinstance(module, wanted):
+            reasons[name] = f"--modules {','.join(kinds)} leaves out"
+        elif name == head and not include_head:
+            reasons[name] = "is the final classifier (its classes stay)"
+        elif "--only" in patterns and not patterns["--only"].search(name):
+            reasons[name] = "--only leaves out"
+        elif "--exclude" in patterns and patterns["--exclude"].search(name):
+            reasons[name] = "--exclude leaves out"
+    return reasons
+
+
 def select_layers(
     model: nn.Module,
     kinds: list[str],
@@ -49,26 +82,11 @@ def select_layers(
 ) -> dict[str, nn.Module]:
     """The layers `--modules/--only/--exclude/--include-head` pick (kinds already checked by
     `options.check_options`), or a one-line refusal."""
-    patterns = {}
-    for flag, pattern in (("--only", only), ("--exclude", exclude)):
-        if pattern is not None:
-            try:
-                patterns[flag] = re.compile(pattern)
-            except re.error as exc:
-                raise UsageError(f"{flag} {pattern!r} is not a regular expression: {exc}") from None
-    wanted = tuple(t for k in kinds for t in KINDS[k])
-    head = head_name(model)
-    chosen = {}
-    for name, module in prunable_layers(model).items():
-        if not isinstance(module, wanted) or (name == head and not include_head):
-            continue
-        if "--only" in patterns and not patterns["--only"].search(name):
-            continue
-        if "--exclude" in patterns and patterns["--exclude"].search(name):
-            continue
-        chosen[name] = module
+    reasons = left_out(model, kinds, only=only, exclude=exclude, include_head=include_head)
+    layers = prunable_layers(model)
+    chosen = {name: layers[name] for name, reason in reasons.items() if reason is None}
     if not chosen:
-        names = ", ".join(prunable_layers(model)) or "none"
+        names = ", ".join(layers) or "none"
         raise UsageError(
             "the layer filter selects no layer "
             f"(--modules {','.join(kinds)}, head {'included' if include_head else 'excluded'}"
@@ -93,15 +111,48 @@ def effective_weight(module: nn.Module) -> torch.Tensor:
     return (getattr(module, f"{PARAM}_orig") * mask).detach()
 
 
-def remaining(module: nn.Module, dim: int | None) -> int:
-    """Unpruned weights (dim None) or unpruned slices along `dim` (structured methods)."""
+def kept_slices(module: nn.Module, dim: int) -> torch.Tensor:
+    """Per slice along `dim`, whether any of its weights is unpruned."""
     mask = mask_of(module)
     if mask is None:
-        mask = torch.ones_like(module.weight)
-    if dim is None:
-        return int(mask.count_nonzero())
+        return torch.ones(module.weight.shape[dim], dtype=torch.bool)
     others = [d for d in range(mask.dim()) if d != dim % mask.dim()]
-    return int((mask.sum(dim=others) != 0).sum())
+    return mask.sum(dim=others) != 0
+
+
+def remaining(group: list[nn.Module], dim: int | None) -> int:
+    """Unpruned weights of a layer (dim None) or its unpruned slices along `dim` (structured
+    methods); of a layer and those whose output channels are tied to it (--compact), the
+    channels that none of them has emptied."""
+    if dim is None:
+        mask = mask_of(group[0])
+        return group[0].weight.numel() if mask is None else int(mask.count_nonzero())
+    return int(torch.stack([kept_slices(m, dim) for m in group]).all(0).sum())
+
+
+def tied_groups(
+    layers: Mapping[str, nn.Module], tied: Mapping[str, str]
+) -> dict[str, list[nn.Module]]:
+    """Each layer that leads its output channels, then the layers tied to it (`tied`: follower
+    -> leader, --compact): those lose its channels and are not pruned on their own."""
+    groups = {name: [module] for name, module in layers.items() if name not in tied}
+    for follower, leader in tied.items():
+        groups[leader].append(layers[follower])
+    return groups
+
+
+def mask_tied_channels(group: list[nn.Module]) -> None:
+    """Mask the leader's (`group[0]`) output channels that a layer tied to it has emptied: a
+    group's pruned channels are the union of its layers', so the leader's ranking skips them
+    and --compact removes them from every layer of the group."""
+    leader, *followers = group
+    lost = torch.zeros_like(kept_slices(leader, 0))
+    for module in followers:
+        lost |= ~kept_slices(module, 0)
+    lost &= kept_slices(leader, 0)
+    if bool(lost.any()):
+        shape = [-1] + [1] * (leader.weight.dim() - 1)
+        prune.custom_from_mask(leader, PARAM, (~lost).view(shape).expand_as(leader.weight))
 
 
 def pruned_slices(mask: torch.Tensor, dim: int) -> list[int]:
@@ -151,13 +202,14 @@ def schedule(amount: int | float, size: int, steps: int) -> list[int]:
 
 
 def check_sizes(
-    amount: int | float, layers: Mapping[str, nn.Module], method: str, dim: int
+    amount: int | float, groups: Mapping[str, list[nn.Module]], method: str, dim: int
 ) -> dict[str, int]:
     """Units each layer (or, for global-l1, all of them together) can lose; refuse counts
-    larger than that. Returns the sizes the schedule counts from."""
+    larger than that. `groups`: each layer with those tied to it (`tied_groups`). Returns the
+    sizes the schedule counts from."""
     axis = dim if method in STRUCTURED else None
     if axis is not None:
-        for name, module in layers.items():
+        for name, (module, *_) in groups.items():
             rank = module.weight.dim()
             if not -rank <= dim < rank:
                 raise UsageError(
@@ -165,7 +217,7 @@ def check_sizes(
                     f"{list(module.weight.shape)})",
                     hint="--dim 0 prunes output channels/neurons, --dim 1 input channels",
                 )
-    sizes = {name: remaining(m, axis) for name, m in layers.items()}
+    sizes = {name: remaining(group, axis) for name, group in groups.items()}
     if method == "global-l1":
         sizes = {"global": sum(sizes.values())}
     if isinstance(amount, int):
@@ -183,9 +235,7 @@ def check_sizes(
 def lowest_channels_mask(module: nn.Module, scores: torch.Tensor, count: int) -> torch.Tensor:
     """A weight mask that empties the `count` output channels still unpruned with the lowest
     `scores` (ties: the first channel), for `prune.custom_from_mask`."""
-    mask = mask_of(module)
-    alive = torch.ones(scores.numel(), dtype=torch.bool) if mask is None else mask.flatten(1).any(1)
-    ranked = torch.where(alive, scores.float(), torch.inf).argsort(stable=True)
+    ranked = torch.where(kept_slices(module, 0), scores.float(), torch.inf).argsort(stable=True)
     keep = torch.ones_like(module.weight)
     keep[ranked[:count]] = 0
     return keep

@@ -134,18 +134,51 @@ class Pruner:
     def layers(self) -> dict[str, nn.Module]:
         return {name: self.model.get_submodule(name) for name in self.selected}
 
-    def step(self, counts: dict[str, int]) -> None:
+    def _trace(self) -> compaction.Compactor:
+        """A fresh trace of the model as it is now (a compaction changes its shapes)."""
+        flag = "--method bn-scale" if self.options.method == "bn-scale" else "--compact"
+        return compaction.Compactor(self.model, self.example, flag)
+
+    def tie(self) -> None:
+        """--compact: selected layers whose output channels are tied to an earlier selected
+        layer's (`tied`: follower -> leader) lose the leader's channels and are not ranked
+        themselves. A tie to a layer the filter leaves out is refused: compacting would shrink
+        the layer the user asked to keep."""
         options = self.options
         layers = self.layers()
-        graph = None
-        if options.compact or options.method == "bn-scale":
-            flag = "--method bn-scale" if options.method == "bn-scale" else "--compact"
-            graph = compaction.Compactor(self.model, self.example, flag)
-        if options.compact:
-            self.tied = graph.followers(layers)
-            for follower, leader in self.tied.items():
-                self.log(f"{follower}: output channels tied to {leader}'s, removed with them")
-            layers = {name: m for name, m in layers.items() if name not in self.tied}
+        reasons = masks.left_out(
+            self.model,
+            options.modules,
+            only=options.only,
+            exclude=options.exclude,
+            include_head=options.include_head,
+        )
+        for group in self._trace().tied_outputs(layers):
+            chosen = [name for name in group if name in layers]
+            outside = [name for name in group if name not in layers]
+            if outside:
+                raise self._tied_to_left_out(chosen, outside, reasons[outside[0]])
+            for follower in chosen[1:]:
+                self.tied[follower] = chosen[0]
+                self.log(f"{follower}: output channels tied to {chosen[0]}'s, removed with them")
+
+    def _tied_to_left_out(self, chosen: list[str], outside: list[str], reason: str) -> UsageError:
+        """The refusal names the first layer left out; the hint, every layer of the group."""
+        head = masks.head_name(self.model)  # its classes stay: it cannot be selected
+        selecting = "" if head in outside else f"select {', '.join(outside)} too, or "
+        return UsageError(
+            f"--compact: {chosen[0]}'s output channels are tied to {outside[0]}'s (e.g. by a "
+            f"residual add), which {reason}",
+            hint=f"{selecting}leave out {', '.join(chosen)}",
+        )
+
+    def step(self, counts: dict[str, int]) -> None:
+        options = self.options
+        groups = masks.tied_groups(self.layers(), self.tied)
+        for group in groups.values():
+            masks.mask_tied_channels(group)
+        layers = {name: group[0] for name, group in groups.items()}
+        graph = self._trace() if options.compact or options.method == "bn-scale" else None
         scores = graph.bn_scales(layers) if options.method == "bn-scale" else None
         masks.prune_layers(
             layers, options.method, counts, n=options.n, dim=options.dim, scores=scores
@@ -328,11 +361,14 @@ def _select_layers(model: nn.Module, options: PruneOptions) -> dict[str, nn.Modu
 def _schedules(
     model: nn.Module,
     layers: dict[str, nn.Module],
+    tied: dict[str, str],
     options: PruneOptions,
     log: Callable[[str], None],
 ) -> dict[str, list[int]]:
     """Per layer, how many weights (or channels) are pruned after each step, counted from
-    those the input has not pruned already; refuses an amount a layer cannot give."""
+    those the input has not pruned already; refuses an amount a layer cannot give. A layer
+    `tied` to a leader (--compact) has no schedule: the leader's counts the channels left in
+    all of them."""
     structured = options.method in STRUCTURED
     if options.compact:
         baked = masks.make_permanent(model)
@@ -341,7 +377,8 @@ def _schedules(
             log(f"--compact: made the input's masks permanent first ({tensors})")
     for module in layers.values():  # the input's zeros are pruned already: count from the rest
         masks.mask_zeros(module, options.dim if structured else None)
-    sizes = masks.check_sizes(options.amount, layers, options.method, options.dim)
+    groups = masks.tied_groups(layers, tied)
+    sizes = masks.check_sizes(options.amount, groups, options.method, options.dim)
     schedules = {
         name: masks.schedule(options.amount, size, options.steps) for name, size in sizes.items()
     }
@@ -385,7 +422,13 @@ def prune_checkpoint(
     base_config = _finetune_base(config, info, path, options) if options.finetune_epochs else None
     model = model_from_checkpoint(ckpt).eval()
     layers = _select_layers(model, options)
-    schedules = _schedules(model, layers, options, log)
+    generator = torch.Generator().manual_seed(0)
+    example = torch.randn(2, *info.input_shape, generator=generator)
+    selected = list(layers)
+    pruner = Pruner(model, options, selected, example, log)
+    if options.compact:  # its refusals come before any pruning work
+        pruner.tie()
+    schedules = _schedules(model, layers, pruner.tied, options, log)
 
     data = None
     if options.evaluate or options.finetune_epochs or options.recalibrate_bn:
@@ -404,10 +447,6 @@ def prune_checkpoint(
     seed = options.train_overrides.get("seed", config.seed)
     seed = 0 if seed is None else seed
     torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(0)
-    example = torch.randn(2, *info.input_shape, generator=generator)
-    selected = list(layers)
-    pruner = Pruner(model, options, selected, example, log)
     previous = ckpt.get("pruning")
 
     sparsity = 0.0  # of the selected weights, after the latest step
