@@ -12,6 +12,7 @@ from tests.conftest import run_ptool
 from tests.core.test_inspect_fixtures import (
     in_torch_zip,
     malicious_pickles,
+    pruned_with_mask_view,
     ptool_checkpoint,
     safetensors_file,
     torch_saved_with_payload,
@@ -274,3 +275,28 @@ def test_an_ema_beside_the_model_and_tied_weights(tmp_path):
     )
     result = run_ptool("inspect-checkpoint", str(path), str(path), "--key", "state_dict")
     assert result.returncode == 2 and "take one file" in result.stderr
+
+
+def test_crafted_files_exit_1_in_one_line_and_keep_the_good_files_line(runs, tmp_path):
+    """A mask of 3000x3000 over 4 floats segfaulted (exit 139); 200,000 nested lists gave
+    'unexpected RecursionError ... report it'. Among several files, each gets its error row
+    and the good file its line."""
+    oob = pruned_with_mask_view(tmp_path / "oob.pt", (3000, 3000), (3000, 1))
+    deep = tmp_path / "deep.pt"
+    in_torch_zip(b"\x80\x02" + b"]" * 200_000 + b"a" * 199_999 + b".", deep)
+    for path, reason in ((oob, "needs 36,000,000 bytes of storage 1"), (deep, "nest more")):
+        result = run_ptool("inspect-checkpoint", str(path))
+        assert result.returncode == 1 and result.stdout == ""
+        (line,) = result.stderr.splitlines()
+        assert line.startswith(f"error: {path} is ") and reason in line
+    good = str(runs / "a" / "last.pt")
+    result = run_ptool("inspect-checkpoint", good, str(oob), str(deep), "--json")
+    assert result.returncode == 1
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(r["file"], r["epoch"]) for r in rows] == [
+        (good, 3),
+        (str(oob), None),
+        (str(deep), None),
+    ]
+    assert rows[1]["error"].startswith(f"{oob} is corrupt (a float32 tensor of size (3000, 3000)")
+    assert rows[2]["error"].startswith(f"{deep} is not supported")

@@ -3,10 +3,12 @@ summary of every layout, pruning/quantization figures, stats, diff and refusals.
 
 from __future__ import annotations
 
+import json
 import math
 import pickle
 import subprocess
 import sys
+import warnings
 import zipfile
 
 import pytest
@@ -21,6 +23,7 @@ from ptool.core.inspect.report import InspectOptions, inspect
 from tests.core.test_inspect_fixtures import (
     in_torch_zip,
     malicious_pickles,
+    pruned_with_mask_view,
     ptool_checkpoint,
     safetensors_file,
     small_model,
@@ -824,3 +827,218 @@ def test_key_lists_another_state_dict_and_stats_and_diff_follow_it(tmp_path):
     assert (alone["state_dicts"], _state_dict_row(alone)) == (["model"], "model.state_dict")
     optimizer_state = inspect(path, InspectOptions(key="opt.state.0"))  # integer keys, as text
     assert [r["name"] for r in optimizer_state["tensors"]] == ["weight", "bias"]
+
+
+BAD_VIEWS = {  # size, stride, offset over 4 elements: each one torch.load refuses
+    "past the end (40x40)": ((40, 40), (40, 1), 0),
+    "past the end (3000x3000)": ((3000, 3000), (3000, 1), 0),
+    "one past the end": ((3,), (1,), 2),
+    "negative stride": ((2,), (-1,), 0),
+    "negative offset": ((2,), (1,), -1),
+    "negative size": ((-2,), (1,), 0),
+    "empty, negative offset": ((0,), (1,), -5),
+    "stride longer than size": ((2,), (1, 1), 0),
+    "float size": ((2.0,), (1,), 0),
+}
+
+
+@pytest.mark.parametrize("case", BAD_VIEWS)
+def test_a_view_torch_refuses_is_corrupt_before_any_value_is_read(tmp_path, case):
+    """A mask of 3000x3000 over 4 floats: NumPy's as_strided read past the zip entry's bytes
+    (a segfault, or zeros counted in foreign memory with exit 0). The reader checks each view
+    as torch does, so every view (listing, masks, scales, scalars) is refused alike."""
+    size, stride, offset = BAD_VIEWS[case]
+    path = pruned_with_mask_view(tmp_path / "oob.pt", size, stride, offset)
+    with pytest.raises(Exception):  # noqa: B017, PT011 - the oracle refuses it too
+        torch.load(path, weights_only=True)
+    with pytest.raises(PtoolError, match=r"^\S+ is corrupt \(a .*tensor") as error:
+        inspect(path, InspectOptions())
+    assert "\n" not in str(error.value)
+
+
+GOOD_VIEWS = {  # size, stride, offset over (0, 1, 0, 1): each one torch.load reads
+    "exact fit": ((3,), (1,), 1),
+    "transposed": ((2, 2), (1, 2), 0),
+    "expanded (stride 0)": ((1000,), (0,), 3),
+    "a dimension of 1, any stride": ((1, 2), (10**6, 1), 0),
+    "empty, far offset": ((0,), (1,), 100),
+    "empty, negative stride": ((0, 3), (-1, 1), 0),
+}
+
+
+@pytest.mark.parametrize("case", GOOD_VIEWS)
+def test_views_torch_reads_count_the_same_zeros(tmp_path, case):
+    size, stride, offset = GOOD_VIEWS[case]
+    path = pruned_with_mask_view(tmp_path / "view.pt", size, stride, offset)
+    mask = torch.load(path, weights_only=True)["fc.weight_mask"]
+    (layer,) = inspect(path, InspectOptions())["pruning"]["layers"]
+    assert (layer["numel"], layer["zeros"]) == (mask.numel(), int((mask == 0).sum()))
+
+
+def test_the_value_reader_checks_the_view_itself(tmp_path):
+    """The last guard before NumPy: a TensorMeta that did not come through the reader's checks
+    (or whose file changed since) is refused, never read past its bytes."""
+    from ptool.core.inspect.rawdata import RawReader
+
+    path = pruned_with_mask_view(tmp_path / "view.pt", (2, 2), (2, 1))
+    raw = read(path)
+    mask = raw.obj["fc.weight_mask"]
+    with RawReader(raw) as reader:
+        assert reader.zeros(mask) == 2
+        mask.shape, mask.stride = (3000, 3000), (3000, 1)
+        with pytest.raises(PtoolError, match="is corrupt .* needs 36,000,000 bytes of storage 1"):
+            reader.values(mask)
+        mask.shape, mask.stride = (2,), (-1,)
+        with pytest.raises(PtoolError, match="negative stride"):
+            reader.values(mask)
+    with zipfile.ZipFile(path) as source:  # the entry is shorter than the pickle says
+        entries = {info.filename: source.read(info) for info in source.infolist()}
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in entries.items():
+            z.writestr(name, data[:8] if name == "archive/data/1" else data)
+    raw.obj["fc.weight_mask"].shape = (2, 2)
+    raw.obj["fc.weight_mask"].stride = (2, 1)
+    with RawReader(raw) as reader, pytest.raises(PtoolError, match="storage 1 is missing or short"):
+        reader.values(raw.obj["fc.weight_mask"])
+
+
+@pytest.mark.parametrize("entry", ["archive/data.pkl", "archive/data/1"])
+def test_a_deflated_entry_that_does_not_inflate_is_corrupt(tmp_path, entry):
+    """zipfile's zlib.error (data.pkl) and its errors for a mask's entry were 'unexpected'."""
+    path = pruned_with_mask_view(tmp_path / "z.pt", (2, 2), (2, 1))
+    with zipfile.ZipFile(path) as source:
+        entries = {info.filename: source.read(info) for info in source.infolist()}
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in entries.items():
+            z.writestr(name, data, zipfile.ZIP_DEFLATED if name == entry else zipfile.ZIP_STORED)
+    data = bytearray(path.read_bytes())
+    start = data.index(entry.encode()) + len(entry)  # the deflate stream after the local header
+    data[start : start + 6] = b"\xff" * 6
+    path.write_bytes(bytes(data))
+    with pytest.raises(PtoolError, match=r"^\S+ is corrupt \(.*decompressing") as error:
+        inspect(path, InspectOptions())
+    assert "\n" not in str(error.value)
+
+
+def test_per_channel_scales_of_no_channels(tmp_path):
+    """An empty per-channel quantized tensor (torch saves and loads it) has no scale range;
+    NumPy's min of nothing raised."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's deprecation of quantized tensors
+        empty = torch.quantize_per_channel(
+            torch.zeros(0, 3), torch.ones(0, dtype=torch.float64), torch.zeros(0).long(), 0,
+            torch.qint8,
+        )  # fmt: skip
+    torch.save({"fc.weight": empty}, tmp_path / "q.pt")
+    (layer,) = inspect(tmp_path / "q.pt", InspectOptions())["quantization"]["layers"]
+    assert (layer["channels"], layer["scale_range"], layer["zero_point_range"]) == (0, None, None)
+
+
+def _nested_pickle(kind: str, depth: int) -> bytes:
+    """A protocol-2 pickle of `depth` lists (or dicts) each inside the next, built opcode by
+    opcode (pickle.dumps itself would recurse), or of a list that holds itself."""
+    if kind == "lists":
+        body = b"]" * depth + b"a" * (depth - 1)  # EMPTY_LIST each, then APPEND each
+    elif kind == "dicts":
+        body = b"}" + b"X\x01\x00\x00\x00k}" * (depth - 1) + b"s" * (depth - 1)  # {"k": {...}}
+    else:
+        body = b"]q\x00h\x00a"  # EMPTY_LIST, BINPUT 0, BINGET 0, APPEND: x = []; x.append(x)
+    return b"\x80\x02" + body + b"."
+
+
+@pytest.mark.parametrize(("kind", "depth"), [("lists", 200_000), ("dicts", 200_000), ("self", 1)])
+def test_containers_nested_past_the_limit_are_refused_in_one_line(tmp_path, kind, depth):
+    """They unpickle (pickle nests without recursion), then walking them raised RecursionError:
+    'unexpected RecursionError ... report it'."""
+    path = tmp_path / "deep.pt"
+    in_torch_zip(_nested_pickle(kind, depth), path)
+    with pytest.raises(PtoolError, match="nest more than 200 levels deep") as error:
+        inspect(path, InspectOptions())
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("kind", ["lists", "dicts"])
+def test_containers_nested_to_the_limit_are_read(tmp_path, kind):
+    path = tmp_path / "deep.pt"
+    in_torch_zip(_nested_pickle(kind, 200), path)
+    report = inspect(path, InspectOptions(tree=True))
+    assert report["totals"]["tensors"] == 0
+    json.dumps(report)
+
+
+def test_nesting_counts_a_shared_container_at_its_deepest():
+    from ptool.core.inspect.tree import nests_within
+
+    inner = [[[1]]]  # 3 deep
+    shared = {"a": inner, "b": [[[inner]]]}  # met at depths 2, then 5: 7 deep in all
+    assert nests_within(shared, 7) and not nests_within(shared, 6)
+    assert nests_within(5, 0) and nests_within([], 1) and not nests_within([[]], 1)
+    diamond: list = []
+    for _ in range(60):  # 2**60 paths if walked as a tree: each list counted once here
+        diamond = [diamond, diamond]
+    assert nests_within(diamond, 61) and not nests_within(diamond, 60)
+
+
+def test_safetensors_header_with_whitespace_around_it(tmp_path):
+    """serde_json (the library's parser) skips whitespace around the JSON object, and the
+    library's writer pads the header with spaces: the sniffer looked for `{` at byte 8."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import save_file
+
+    path = tmp_path / "model.safetensors"
+    save_file({"w": torch.arange(3.0)}, path)
+    data = path.read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    header, tensors = data[8 : 8 + length], data[8 + length :]
+    assert header.endswith(b" ")  # padded to 8 bytes by the library
+    for lead in (b" ", b"\n\t\r " * 3, b" " * 70_000):
+        spaced = lead + header.strip() + b" \n\r\t"
+        path.write_bytes(len(spaced).to_bytes(8, "little") + spaced + tensors)
+        with safe_open(path, "pt") as f:
+            assert f.get_tensor("w").tolist() == [0.0, 1.0, 2.0]  # the library reads it
+        report = inspect(path, InspectOptions(stats=True))
+        assert report["format"] == "safetensors"
+        assert [(s["name"], s["max"]) for s in report["stats"]] == [("w", 2.0)]
+    utf16 = header.strip().decode().encode("utf-16-le")  # not UTF-8: the library refuses it
+    path.write_bytes(len(utf16).to_bytes(8, "little") + utf16 + tensors)
+    with pytest.raises(SafetensorError), safe_open(path, "pt"):
+        pass
+    with pytest.raises(PtoolError, match="is corrupt \\(bad safetensors header"):
+        read(path)
+
+
+@pytest.fixture(scope="module")
+def cnn_ckpt(tmp_path_factory):
+    from tests.core.test_quantize import write_checkpoint
+
+    path = tmp_path_factory.mktemp("cnn") / "best.pt"
+    return write_checkpoint(path, epochs=1, model="cnn", channels=[8, 16])
+
+
+@pytest.mark.parametrize("keep_masks", [False, True])
+def test_layers_an_earlier_prune_made_permanent_are_counted(cnn_ckpt, tmp_path, keep_masks):
+    """`ptool prune --only 'body\\.0'`, then `--only 'body\\.1'` on its output: the second
+    recipe names body.1 and keeps the first under `previous`; only body.1 was listed."""
+    from ptool.core.prune import PruneOptions, prune_checkpoint
+
+    first, second = tmp_path / "o1.pt", tmp_path / "o2.pt"
+    common = {"amount": 0.5, "evaluate": False, "bench_runs": 1}
+    prune_checkpoint(cnn_ckpt, PruneOptions(only=r"body\.0", output=str(first), **common))
+    prune_checkpoint(
+        first,
+        PruneOptions(only=r"body\.1", output=str(second), make_permanent=not keep_masks, **common),
+    )
+    state = torch.load(second, weights_only=True)["model_state_dict"]
+    pruning = inspect(second, InspectOptions())["pruning"]
+    assert pruning["source"] == ("mask and weights" if keep_masks else "weights")
+    assert pruning["recipe"]["previous"]["layers"] == ["body.0.conv"]
+    oracle = {
+        "body.0.conv.weight": state["body.0.conv.weight"],
+        "body.1.conv.weight": state[
+            "body.1.conv.weight_mask" if keep_masks else "body.1.conv.weight"
+        ],
+    }
+    assert [(layer["name"], layer["zeros"]) for layer in pruning["layers"]] == [
+        (name, int((t == 0).sum())) for name, t in oracle.items()
+    ]
+    assert pruning["sparsity"] == 0.5

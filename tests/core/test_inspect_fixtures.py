@@ -9,6 +9,7 @@ import os
 import pickle
 import struct
 import zipfile
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -151,3 +152,54 @@ def safetensors_file(path: Path, header: dict, data: bytes) -> Path:
     raw = json.dumps(header).encode()
     path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
     return path
+
+
+class StorageRef:
+    """A storage as torch.save names it in data.pkl: ('storage', type, key, 'cpu', numel)."""
+
+    def __init__(self, key: str, numel: int, storage_type: type = torch.FloatStorage):
+        self.key, self.numel, self.storage_type = key, numel, storage_type
+
+
+class View:
+    """Pickles as torch's own `_rebuild_tensor_v2` over a storage, with any size, stride and
+    offset: what a crafted file can claim."""
+
+    def __init__(self, storage: StorageRef, offset: int, size: tuple, stride: tuple):
+        self.args = (storage, offset, tuple(size), tuple(stride), False, OrderedDict())
+
+    def __reduce__(self):
+        return torch._utils._rebuild_tensor_v2, self.args
+
+
+class _StoragePickler(pickle.Pickler):
+    def persistent_id(self, obj):
+        if isinstance(obj, StorageRef):
+            return ("storage", obj.storage_type, obj.key, "cpu", obj.numel)
+        return None
+
+
+def crafted_torch_zip(path: Path, obj, storages: dict[str, bytes]) -> Path:
+    """A torch.save zip of `obj` (View and StorageRef as torch writes tensors and storages)
+    with the given bytes as archive/data/<key>."""
+    buffer = io.BytesIO()
+    _StoragePickler(buffer, protocol=2).dump(obj)
+    in_torch_zip(buffer.getvalue(), path)
+    with zipfile.ZipFile(path, "a", zipfile.ZIP_STORED) as z:
+        for key, data in storages.items():
+            z.writestr(f"archive/data/{key}", data)
+    return path
+
+
+def pruned_with_mask_view(path: Path, size: tuple, stride: tuple, offset: int = 0) -> Path:
+    """The audit's file: a pruned layer whose mask claims `size`, `stride` and `offset` over a
+    storage of 4 float32 (0, 1, 0, 1)."""
+    weight, mask = StorageRef("0", 4), StorageRef("1", 4)
+    state = OrderedDict(
+        [
+            ("fc.weight_orig", View(weight, 0, (2, 2), (2, 1))),
+            ("fc.weight_mask", View(mask, offset, size, stride)),
+        ]
+    )
+    values = struct.pack("<4f", 0, 1, 0, 1)
+    return crafted_torch_zip(path, state, {"0": values, "1": values})

@@ -13,24 +13,23 @@ from ptool.core.inspect.unpickler import DType, TensorMeta
 def pruning(
     tensors: list[tuple[str, TensorMeta]], recipe: Any, reader: RawReader
 ) -> dict[str, Any] | None:
-    """Sparsity from `*_mask` buffers (torch.nn.utils.prune), else from zeros in the weights
-    of a checkpoint that says it was pruned; None for an unpruned checkpoint."""
-    masks = [(name.removesuffix("_mask"), t) for name, t in tensors if name.endswith("_mask")]
-    if masks:
-        source = "mask"
-    elif recipe is not None:
-        source = "weights"
-        layers = recipe.get("layers") if isinstance(recipe, Mapping) else None
-        weights = [(_weight_of(n), t) for n, t in tensors if len(t.shape) >= 2]
-        masks = [
-            (found[0], t)
-            for found, t in weights
-            if found is not None and (not layers or found[1] in layers)  # the recipe's layers
-        ]
-    else:
+    """Sparsity from `*_mask` buffers (torch.nn.utils.prune) and from zeros in the weights of
+    the layers a recipe says were pruned for good; None for an unpruned checkpoint."""
+    masked = any(name.endswith("_mask") for name, _ in tensors)
+    if not masked and recipe is None:
         return None
+    zeroed = _zeroed_layers(recipe, masked)
+    pruned, sources = [], set()
+    for name, t in tensors:
+        found = _weight_of(name) if len(t.shape) >= 2 else None
+        if name.endswith("_mask"):
+            pruned.append((name.removesuffix("_mask"), t))
+            sources.add("mask")
+        elif found is not None and (zeroed is None or found[1] in zeroed):
+            pruned.append((found[0], t))
+            sources.add("weights")
     layers = []
-    for name, t in masks:
+    for name, t in pruned:
         zeros = reader.zeros(t)
         layers.append(
             {
@@ -44,10 +43,24 @@ def pruning(
     numel = sum(layer["numel"] for layer in counted)
     return {
         "recipe": dict(recipe) if isinstance(recipe, Mapping) else None,
-        "source": source,
+        "source": " and ".join(sorted(sources)) or "weights",
         "layers": layers,
         "sparsity": sum(layer["zeros"] for layer in counted) / numel if numel else None,
     }
+
+
+def _zeroed_layers(recipe: Any, masked: bool) -> set[str] | None:
+    """The layers whose weights hold their pruning as zeros (a `ptool prune` that made its
+    masks permanent): those its recipe names, and those of each earlier prune it keeps under
+    `previous`. None (every layer) where a recipe names none, unless masks say which."""
+    layers: set[str] = set()
+    while recipe is not None:
+        named = recipe.get("layers") if isinstance(recipe, Mapping) else None
+        if not isinstance(named, list) or not named:
+            return layers if masked else None
+        layers.update(name for name in named if isinstance(name, str))
+        recipe = recipe.get("previous")
+    return layers
 
 
 def _weight_of(name: str) -> tuple[str, str] | None:
@@ -68,8 +81,11 @@ def _layer_of(name: str) -> str:
 
 
 def _range(reader: RawReader, t: TensorMeta) -> list[float] | None:
+    """[min, max] of per-channel scales or zero points; None if unread or empty (0 channels)."""
     values = reader.values(t)
-    return None if values is None else [values.min().item(), values.max().item()]
+    if values is None or not values.size:
+        return None
+    return [values.min().item(), values.max().item()]
 
 
 def _is_dynamic(row: dict[str, Any], mode: str | None) -> bool:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import zipfile
 from typing import TYPE_CHECKING, Any
 
-from ptool.core.inspect.unpickler import TensorMeta
+from ptool.core.errors import PtoolError
+from ptool.core.inspect.reader import ZIP_ERRORS, RawCheckpoint
+from ptool.core.inspect.unpickler import BadTensor, TensorMeta, view_bytes
 
 if TYPE_CHECKING:
     import numpy as np
-
-    from ptool.core.inspect.reader import RawCheckpoint
 
 _NUMPY_DTYPE = {
     "float64": "<f8",
@@ -51,23 +51,40 @@ class RawReader:
         if self._zip is not None:
             self._zip.close()
 
-    def _storage_bytes(self, t: TensorMeta) -> bytes | None:
+    def _storage_bytes(self, t: TensorMeta, nbytes: int) -> bytes | None:
+        """The first `nbytes` of the tensor's storage; a file that holds fewer is corrupt."""
         storage = t.storage
         if storage is None:
             return None
         if storage.span is not None:
             with open(self.raw.path, "rb") as f:
                 f.seek(storage.span[0])
-                return f.read(storage.span[1] - storage.span[0])
-        if self.raw.container != "torch-zip":
+                data = f.read(nbytes)
+        elif self.raw.container == "torch-zip":
+            data = self._zip_entry(storage.key, nbytes)
+        else:
             return None  # legacy files interleave storages with pickles; --stats reads those
-        if self._zip is None:
-            self._zip = zipfile.ZipFile(self.raw.path)
-        return self._zip.read(f"{self.raw.archive_prefix}/data/{storage.key}")
+        if len(data) < nbytes:
+            raise PtoolError(
+                f"{self.raw.path} is corrupt (storage {storage.key} is missing or short)"
+            )
+        return data
+
+    def _zip_entry(self, key: str, nbytes: int) -> bytes:
+        """The first `nbytes` of a storage's entry (not the whole of a big one), or one line
+        saying why the zip cannot give them."""
+        try:
+            if self._zip is None:
+                self._zip = zipfile.ZipFile(self.raw.path)
+            with self._zip.open(f"{self.raw.archive_prefix}/data/{key}") as entry:
+                return entry.read(nbytes)
+        except (KeyError, *ZIP_ERRORS) as exc:
+            raise PtoolError(f"{self.raw.path} is corrupt (storage {key}: {exc})") from None
 
     def values(self, t: TensorMeta) -> np.ndarray | None:
         """The tensor's values in logical order (int representation for quantized tensors),
-        or None when its dtype or container cannot be read without torch."""
+        or None when its dtype or container cannot be read without torch. Only the bytes its
+        view spans are read, and only once the view is known to lie within them."""
         import numpy as np
 
         if "tensor" in t.extra:  # loaded with --unsafe-load: torch already has it
@@ -75,7 +92,11 @@ class RawReader:
             return (tensor.int_repr() if tensor.is_quantized else tensor.float()).numpy()
         if t.dtype not in _NUMPY_DTYPE and t.dtype != "bfloat16":
             return None
-        data = self._storage_bytes(t)
+        try:
+            nbytes = view_bytes(t)  # the reader checked it: this is the last guard before NumPy
+        except BadTensor as exc:
+            raise PtoolError(f"{self.raw.path} is corrupt ({exc})") from None
+        data = self._storage_bytes(t, nbytes)
         if data is None:
             return None
         if t.dtype == "bfloat16":  # the upper half of a float32

@@ -13,16 +13,18 @@ import os
 import pickle
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ptool.core.errors import PtoolError
 from ptool.core.inspect import safetensors_header
+from ptool.core.inspect.tree import nests_within
 from ptool.core.inspect.unpickler import (
+    BadTensor,
     RefusedGlobal,
     Storage,
-    TensorMeta,
     legacy_storage,
     looks_like_module,
     unpickle,
@@ -31,6 +33,11 @@ from ptool.core.inspect.unpickler import (
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # the library's own limit
+JSON_SPACE = b" \t\n\r"  # what JSON (and the library's serde_json) skips around a value
+MAX_NESTING = 200  # containers in containers: checkpoints nest a few levels, configs a dozen
+# what zipfile raises for an entry it cannot read back: bad CRC or local header, cut deflate
+# stream, an unsupported compression or an encrypted entry
+ZIP_ERRORS = (zipfile.BadZipFile, EOFError, OSError, RuntimeError, zlib.error)
 UNSAFE_HINT = "only if you trust the file, rerun with --unsafe-load: unpickling runs its code"
 
 
@@ -85,6 +92,8 @@ def _unpickle(path: Path, data: bytes | io.BytesIO, persistent_load) -> Any:
         return unpickle(data if isinstance(data, io.BytesIO) else io.BytesIO(data), persistent_load)
     except RefusedGlobal as refused:
         raise _refused(path, refused, data) from None
+    except BadTensor as exc:
+        raise PtoolError(f"{path} is corrupt ({exc})") from None
     except EOFError:
         raise PtoolError(f"{path} is truncated (its pickle ends early)") from None
     except pickle.UnpicklingError as exc:
@@ -101,18 +110,34 @@ def sniff(path: Path) -> str | None:
     """The container a file's first bytes name: "zip" (torch.save), "pickle" (legacy
     torch.save, or any pickle), "safetensors" (a header size, then JSON), or None."""
     with open(path, "rb") as f:
-        head = f.read(9)
+        head = f.read(8)
         size = os.fstat(f.fileno()).st_size
+        length = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+        fits = length <= min(MAX_SAFETENSORS_HEADER, size - 8)
+        json_header = _json_object_follows(f, length if fits else 4096)
     # safetensors first: its header length may start with b"\x80" or b"PK" (a 128- or
     # 19,280-byte header), while a zip's or a pickle's first 8 bytes read as a huge length
-    json_header = len(head) == 9 and head[8:9] == b"{"
-    if json_header and struct.unpack("<Q", head[:8])[0] <= min(MAX_SAFETENSORS_HEADER, size - 8):
+    if json_header and fits:
         return "safetensors"
     if head.startswith(b"PK"):
         return "zip"
     if head[:1] == b"\x80":
         return "pickle"
     return "safetensors" if json_header else None  # its reader names the bad header length
+
+
+def _json_object_follows(f: io.BufferedIOBase, limit: int) -> bool:
+    """Whether the next of `limit` bytes open a JSON object: `{` after any whitespace, which
+    the safetensors library skips (its writer pads the header's end with spaces)."""
+    while limit > 0:
+        chunk = f.read(min(limit, 1 << 16))
+        if not chunk:
+            return False
+        rest = chunk.lstrip(JSON_SPACE)
+        if rest:
+            return rest.startswith(b"{")
+        limit -= len(chunk)
+    return False
 
 
 def check_checkpoint_file(path: Path) -> int:
@@ -139,7 +164,13 @@ def read(path: str | Path) -> RawCheckpoint:
     readers = {"zip": _read_zip, "pickle": _read_pickle_stream, "safetensors": _read_safetensors}
     kind = sniff(path)
     if kind is not None:
-        return readers[kind](path, size)
+        raw = readers[kind](path, size)
+        if not nests_within(raw.obj, MAX_NESTING):  # the views walk it recursively
+            raise PtoolError(
+                f"{path} is not supported (its containers nest more than {MAX_NESTING} levels "
+                "deep, or hold themselves)"
+            )
+        return raw
     raise PtoolError(
         f"{path} is not a checkpoint (not a torch.save file, a pickle or a safetensors file)"
     )
@@ -173,14 +204,13 @@ def _read_zip(path: Path, size: int) -> RawCheckpoint:
             data = archive.read(pkl)
             version = entries.get(f"{prefix}/version")
             archive_version = archive.read(version).decode().strip() if version else None
-        except (zipfile.BadZipFile, OSError, UnicodeDecodeError) as exc:
+        except (*ZIP_ERRORS, UnicodeDecodeError) as exc:
             raise PtoolError(f"{path} is corrupt ({exc})") from None
 
     def persistent_load(pid: tuple) -> Storage:
         storage = zip_storage(pid)
         entry = entries.get(f"{prefix}/data/{storage.key}")
-        needed = storage.numel * TensorMeta(storage.dtype, ()).itemsize
-        if entry is None or entry.file_size < needed:
+        if entry is None or entry.file_size < storage.nbytes:
             raise PtoolError(f"{path} is corrupt (storage {storage.key} is missing or short)")
         return storage
 
@@ -214,7 +244,7 @@ def _read_pickle_stream(path: Path, size: int) -> RawCheckpoint:
     # and the elements; a file cut inside them has every pickle whole, so count the bytes
     keys = _unpickle(path, stream, None)
     needed = stream.tell() + sum(
-        8 + storage.numel * TensorMeta(storage.dtype, ()).itemsize
+        8 + storage.nbytes
         for storage in map(storages.get, keys if isinstance(keys, list) else [])
         if storage is not None
     )
@@ -233,7 +263,7 @@ def _read_safetensors(path: Path, size: int) -> RawCheckpoint:
             raise PtoolError(f"{path} is truncated (safetensors header runs past the end)")
         raw = f.read(length)
     try:
-        header = json.loads(raw)
+        header = json.loads(raw.decode())  # UTF-8, as the library reads it (bytes: also UTF-16)
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         raise PtoolError(f"{path} is corrupt (bad safetensors header: {exc})") from None
     tensors, metadata = safetensors_header.parse(path, header, 8 + length, size - 8 - length)

@@ -6,6 +6,7 @@ the metadata view and the --stats / --diff views name tensors the same way.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -68,6 +69,41 @@ def walk(obj: Any, is_tensor: IsTensor, path: str = "") -> Iterator[tuple[str, A
             yield from walk(value, is_tensor, f"{path}[{i}]")
     else:
         yield path, obj
+
+
+def _children(obj: Any) -> Iterator[Any] | None:
+    """The items of a container (a mapping's keys and values), None for a leaf."""
+    if isinstance(obj, Mapping):
+        return itertools.chain(obj.keys(), obj.values())
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return iter(obj)
+    return None
+
+
+def nests_within(obj: Any, limit: int) -> bool:
+    """Whether containers nest at most `limit` deep in `obj`, found without recursion: `walk`,
+    repr and json recurse, and a pickle can nest 10**5 lists or make one hold itself (which
+    nests without end). Each container's height is counted once, however often it is shared."""
+    heights: dict[int, int] = {}  # id -> height, of each container whose items are all seen
+    items = _children(obj)
+    stack = [[obj, items, 0]] if items is not None else []  # container, items left, tallest
+    while stack:
+        frame = stack[-1]
+        item = next(frame[1], stack)  # the stack itself: a sentinel no container holds
+        if item is stack:
+            stack.pop()
+            heights[id(frame[0])] = frame[2] + 1
+            if stack:
+                stack[-1][2] = max(stack[-1][2], frame[2] + 1)
+        elif id(item) in heights:
+            if len(stack) + heights[id(item)] > limit:
+                return False
+            frame[2] = max(frame[2], heights[id(item)])
+        elif (inner := _children(item)) is not None:
+            if len(stack) >= limit:
+                return False
+            stack.append([item, inner, 0])
+    return True
 
 
 def side_by_side(obj: Any, is_tensor: IsTensor) -> list[str]:

@@ -21,6 +21,11 @@ from typing import Any
 from ptool.core.inspect.dtypes import ITEMSIZE, STORAGE_DTYPE
 
 
+class BadTensor(ValueError):
+    """A tensor torch would refuse to rebuild (negative sizes, elements past the end of its
+    storage): reading its values would read past the storage's bytes."""
+
+
 class RefusedGlobal(Exception):
     """The pickle asked for a global outside the allowlist (`name` is "module.qualname")."""
 
@@ -55,6 +60,13 @@ class Storage:
     dtype: str
     numel: int
     span: tuple[int, int] | None = None  # absolute [begin, end) in the file (safetensors)
+
+    @property
+    def nbytes(self) -> int:
+        """What its zip entry holds (numel of its dtype), or its byte span."""
+        if self.span is not None:
+            return self.span[1] - self.span[0]
+        return self.numel * ITEMSIZE.get(self.dtype, 1)
 
 
 @dataclass
@@ -98,14 +110,67 @@ class Marker:
 
 
 PARAMETER = Marker("torch.nn.parameter.Parameter")
+INT64 = 1 << 63  # torch's sizes, strides and offsets are int64
+
+
+def _integers(values: Any, what: str) -> tuple[int, ...]:
+    """A size or stride as torch takes it: int64s (a bool or a float is no size)."""
+    out = tuple(values)
+    if not all(type(v) is int and -INT64 <= v < INT64 for v in out):
+        raise BadTensor(f"a tensor's {what} {out!r:.80} is not a list of integers")
+    return out
+
+
+def view_bytes(t: TensorMeta) -> int:
+    """The bytes of its storage a tensor reads, from the storage's start, as torch counts them
+    (computeStorageNbytes); BadTensor where torch refuses the view: a negative size or offset,
+    a negative stride of a non-empty tensor, more elements than int64 counts, or (with a
+    storage) bytes past the storage's end, which NumPy's `as_strided` would read from memory
+    that is not the file's."""
+    if type(t.offset) is not int or not 0 <= t.offset < INT64:
+        raise BadTensor(f"a tensor has the storage offset {t.offset!r:.80}")
+    if any(n < 0 for n in t.shape):
+        raise BadTensor(f"a tensor has the negative size {t.shape}")
+    if t.numel >= INT64:
+        raise BadTensor(f"a tensor of size {t.shape} has more elements than int64 counts")
+    if t.stride is None:  # contiguous: a safetensors tensor, a sparse tensor's dense size
+        last = t.offset + t.numel - 1
+    else:
+        if len(t.stride) != len(t.shape):
+            raise BadTensor(f"a tensor of size {t.shape} has the stride {t.stride}")
+        if t.numel and any(s < 0 for s in t.stride):
+            raise BadTensor(f"a tensor of size {t.shape} has the negative stride {t.stride}")
+        last = t.offset + sum((n - 1) * s for n, s in zip(t.shape, t.stride, strict=True))
+    needed = (last + 1) * t.itemsize if t.numel else 0
+    if t.storage is not None and needed > t.storage.nbytes:
+        raise BadTensor(
+            f"a {t.dtype} tensor of size {t.shape}, stride {t.stride} and offset {t.offset} "
+            f"needs {needed:,} bytes of storage {t.storage.key}, which holds "
+            f"{t.storage.nbytes:,}"
+        )
+    return needed
+
+
+def _checked(t: TensorMeta) -> TensorMeta:
+    """`t`, or BadTensor where torch would refuse to rebuild it."""
+    view_bytes(t)
+    return t
+
+
+def _view(dtype: str, storage: Any, offset, size, stride, **fields: Any) -> TensorMeta:
+    """A tensor over `storage`, checked as torch checks it when it rebuilds one."""
+    if not isinstance(storage, Storage):
+        raise pickle.UnpicklingError(f"a tensor's storage is {type(storage).__name__}")
+    size, stride = _integers(size, "size"), _integers(stride, "stride")
+    return _checked(TensorMeta(dtype, size, stride, offset, storage, **fields))
 
 
 def _rebuild_tensor(storage, offset, size, stride, *_rest) -> TensorMeta:
-    return TensorMeta(storage.dtype, tuple(size), tuple(stride), offset, storage)
+    return _view(storage.dtype, storage, offset, size, stride)
 
 
 def _rebuild_tensor_v3(storage, offset, size, stride, _grad, _hooks, dtype, *_rest) -> TensorMeta:
-    return TensorMeta(dtype.name, tuple(size), tuple(stride), offset, storage)
+    return _view(dtype.name, storage, offset, size, stride)
 
 
 def _rebuild_qtensor(storage, offset, size, stride, qparams, *_rest) -> TensorMeta:
@@ -113,9 +178,11 @@ def _rebuild_qtensor(storage, offset, size, stride, qparams, *_rest) -> TensorMe
     if scheme.startswith("per_tensor"):
         quant = {"qscheme": scheme, "scale": float(qparams[1]), "zero_point": int(qparams[2])}
     else:  # per-channel: scale and zero-point tensors along `axis`
+        if not all(isinstance(q, TensorMeta) for q in qparams[1:3]):
+            raise pickle.UnpicklingError("per-channel scales or zero points are not tensors")
         quant = {"qscheme": scheme, "scales": qparams[1], "zero_points": qparams[2]}
         quant["axis"] = int(qparams[3])
-    return TensorMeta(storage.dtype, tuple(size), tuple(stride), offset, storage, quant=quant)
+    return _view(storage.dtype, storage, offset, size, stride, quant=quant)
 
 
 def _rebuild_parameter(data: TensorMeta, *_rest) -> TensorMeta:
@@ -124,7 +191,8 @@ def _rebuild_parameter(data: TensorMeta, *_rest) -> TensorMeta:
 
 
 def _rebuild_meta_tensor(dtype: DType, size, stride, *_rest) -> TensorMeta:
-    return TensorMeta(dtype.name, tuple(size), tuple(stride), extra={"device": "meta"})
+    size, stride = _integers(size, "size"), _integers(stride, "stride")
+    return _checked(TensorMeta(dtype.name, size, stride, extra={"device": "meta"}))
 
 
 def _rebuild_sparse_tensor(layout: str, data: tuple) -> TensorMeta:
@@ -141,7 +209,7 @@ def _rebuild_sparse_tensor(layout: str, data: tuple) -> TensorMeta:
         raise pickle.UnpicklingError(f"malformed {layout} tensor")
     nnz = indices.shape[-1] if indices.shape else 0
     sparse = {"layout": layout, "nnz": nnz, "parts": parts}
-    return TensorMeta(values.dtype, tuple(size), sparse=sparse)
+    return _checked(TensorMeta(values.dtype, _integers(size, "size"), sparse=sparse))
 
 
 def _rebuild_from_type(func: Callable, new_type: Any, args: tuple, _state: Any) -> Any:
@@ -152,6 +220,8 @@ def _rebuild_from_type(func: Callable, new_type: Any, args: tuple, _state: Any) 
 
 
 def _rebuild_device_tensor(data: TensorMeta, dtype: DType, device: str, *_rest) -> TensorMeta:
+    if dtype.name != data.dtype:  # torch converts the values: the bytes are not of `dtype`
+        data.storage = None
     data.dtype = dtype.name
     data.extra["device"] = device
     return data
