@@ -187,7 +187,9 @@ class TrainConfig:
         choices=("auto", "epoch", "step"),
     )
     step_size: int = _opt(30, "Period of the step schedule.", "scheduler")
-    gamma: float = _opt(0.1, "Multiplicative decay (step, multistep, exponential).", "scheduler")
+    gamma: float = _opt(
+        0.1, "Multiplicative decay (step, multistep; exponential's per epoch).", "scheduler"
+    )
     milestones: list[int] = _opt([], "Milestones of the multistep schedule.", "scheduler")
     t_max: int | None = _opt(None, "Cosine half-period (default: the whole run).", "scheduler")
     eta_min: float = _opt(0.0, "Minimum learning rate (cosine schedules).", "scheduler")

@@ -966,17 +966,38 @@ def test_containers_nested_to_the_limit_are_read(tmp_path, kind):
     json.dumps(report)
 
 
-def test_nesting_counts_a_shared_container_at_its_deepest():
-    from ptool.core.inspect.tree import nests_within
+def test_nesting_counts_a_shared_container_at_its_deepest_and_each_time_it_is_walked():
+    from ptool.core.inspect.tree import unwalkable
+
+    def walked(obj) -> int:  # the oracle, recursive: every item, a shared one each time
+        if isinstance(obj, dict):
+            return 1 + sum(walked(k) + walked(v) for k, v in obj.items())
+        return 1 + sum(map(walked, obj)) if isinstance(obj, list) else 1
 
     inner = [[[1]]]  # 3 deep
     shared = {"a": inner, "b": [[[inner]]]}  # met at depths 2, then 5: 7 deep in all
-    assert nests_within(shared, 7) and not nests_within(shared, 6)
-    assert nests_within(5, 0) and nests_within([], 1) and not nests_within([[]], 1)
+    assert unwalkable(shared, 7, 10**6) is None
+    assert "more than 6 levels" in unwalkable(shared, 6, 10**6)
+    assert unwalkable(5, 0, 1) is None and unwalkable([], 1, 1) is None
+    assert unwalkable([[]], 1, 10) is not None
     diamond: list = []
-    for _ in range(60):  # 2**60 paths if walked as a tree: each list counted once here
+    for _ in range(12):  # each list holds the one before twice
         diamond = [diamond, diamond]
-    assert nests_within(diamond, 61) and not nests_within(diamond, 60)
+    for obj, depth in ((shared, 7), (diamond, 13)):
+        assert unwalkable(obj, depth, walked(obj)) is None
+        assert f"more than {walked(obj) - 1:,} items" in unwalkable(obj, depth, walked(obj) - 1)
+    assert walked(diamond) == 2**13 - 1
+    assert "more than 12 levels" in unwalkable(diamond, 12, 10**9)
+
+
+def test_a_pickle_of_shared_lists_that_walks_2_to_the_60_items_is_refused(tmp_path):
+    """60 lists, each holding the one before twice: inspect hung walking 2**60 items."""
+    body = b"]q\x00" + b"h\x00h\x00\x86q\x00" * 60  # x = []; then 60 times x = (x, x)
+    path = tmp_path / "wide.pt"
+    in_torch_zip(b"\x80\x02" + body + b".", path)
+    with pytest.raises(PtoolError, match="hold more than 10,000,000 items") as error:
+        inspect(path, InspectOptions())
+    assert "\n" not in str(error.value)
 
 
 def test_safetensors_header_with_whitespace_around_it(tmp_path):
@@ -1042,3 +1063,19 @@ def test_layers_an_earlier_prune_made_permanent_are_counted(cnn_ckpt, tmp_path, 
         (name, int((t == 0).sum())) for name, t in oracle.items()
     ]
     assert pruning["sparsity"] == 0.5
+
+
+@pytest.mark.parametrize("dtype", [torch.quint4x2, torch.quint2x4])
+def test_sub_byte_quantized_tensors_count_packed_bytes(tmp_path, dtype):
+    """A 4-bit EmbeddingBag's weight packs two values a byte: the view check read one a byte
+    and called the file corrupt (32 bytes needed of 16)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        packed = {
+            f"w{n}": torch.quantize_per_tensor(torch.rand(4, n), 0.1, 0, dtype) for n in (7, 8)
+        }
+    torch.save(packed, tmp_path / "packed.pt")
+    torch.load(tmp_path / "packed.pt", weights_only=True)  # the oracle reads it
+    rows = {r["name"]: r for r in inspect(tmp_path / "packed.pt", InspectOptions())["tensors"]}
+    for name, tensor in packed.items():
+        assert rows[name]["bytes"] == tensor.untyped_storage().nbytes()

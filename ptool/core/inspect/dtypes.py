@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 ITEMSIZE: dict[str, int] = {
     "float64": 8,
     "float32": 4,
@@ -38,6 +40,21 @@ ITEMSIZE: dict[str, int] = {
     **{f"int{n}": 1 for n in range(1, 8)},
     **{f"uint{n}": 1 for n in range(1, 8)},
 }
+
+# torch's sub-byte quantized dtypes: values packed per byte (each row rounded up to whole bytes)
+PACKED: dict[str, int] = {"quint4x2": 2, "quint2x4": 4}
+
+
+def byte_count(dtype: str, shape: tuple[int, ...]) -> int:
+    """The bytes torch stores for a contiguous tensor: packed dtypes round each row (the last
+    dimension) up to whole bytes, as torch's get_sub_byte_tensor_size does."""
+    numel = math.prod(shape)
+    per_byte = PACKED.get(dtype)
+    if per_byte is None:
+        return numel * ITEMSIZE.get(dtype, 1)
+    row = shape[-1] if shape else 1
+    return numel // row * -(-row // per_byte) if row else 0
+
 
 # torch.save names a tensor's storage by its legacy class (GLOBAL torch.FloatStorage).
 STORAGE_DTYPE: dict[str, str] = {

@@ -20,7 +20,7 @@ from typing import Any
 
 from ptool.core.errors import PtoolError
 from ptool.core.inspect import safetensors_header
-from ptool.core.inspect.tree import nests_within
+from ptool.core.inspect.tree import unwalkable
 from ptool.core.inspect.unpickler import (
     BadTensor,
     RefusedGlobal,
@@ -35,6 +35,7 @@ LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # the library's own limit
 JSON_SPACE = b" \t\n\r"  # what JSON (and the library's serde_json) skips around a value
 MAX_NESTING = 200  # containers in containers: checkpoints nest a few levels, configs a dozen
+MAX_ITEMS = 10_000_000  # items the views walk: a state dict's tensors, an optimizer's state
 # what zipfile raises for an entry it cannot read back: bad CRC or local header, cut deflate
 # stream, an unsupported compression or an encrypted entry
 ZIP_ERRORS = (zipfile.BadZipFile, EOFError, OSError, RuntimeError, zlib.error)
@@ -165,11 +166,9 @@ def read(path: str | Path) -> RawCheckpoint:
     kind = sniff(path)
     if kind is not None:
         raw = readers[kind](path, size)
-        if not nests_within(raw.obj, MAX_NESTING):  # the views walk it recursively
-            raise PtoolError(
-                f"{path} is not supported (its containers nest more than {MAX_NESTING} levels "
-                "deep, or hold themselves)"
-            )
+        problem = unwalkable(raw.obj, MAX_NESTING, MAX_ITEMS)  # the views walk it recursively
+        if problem:
+            raise PtoolError(f"{path} is not supported ({problem})")
         return raw
     raise PtoolError(
         f"{path} is not a checkpoint (not a torch.save file, a pickle or a safetensors file)"

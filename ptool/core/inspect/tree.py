@@ -80,30 +80,35 @@ def _children(obj: Any) -> Iterator[Any] | None:
     return None
 
 
-def nests_within(obj: Any, limit: int) -> bool:
-    """Whether containers nest at most `limit` deep in `obj`, found without recursion: `walk`,
-    repr and json recurse, and a pickle can nest 10**5 lists or make one hold itself (which
-    nests without end). Each container's height is counted once, however often it is shared."""
-    heights: dict[int, int] = {}  # id -> height, of each container whose items are all seen
-    items = _children(obj)
-    stack = [[obj, items, 0]] if items is not None else []  # container, items left, tallest
+def unwalkable(obj: Any, depth: int, items: int) -> str | None:
+    """Why walking `obj` (`walk`, repr, json: recursive, and a shared container once per
+    reference) would not end well, or None. A pickle can nest 10**5 lists, make one hold
+    itself (nesting without end), or share them: 60 lists each holding the one before twice
+    walk 2**60 items. Found without recursion, each container's height and size once."""
+    seen: dict[int, tuple[int, int]] = {}  # id -> (height, items walked) of a finished container
+    walked = 1
+    children = _children(obj)
+    stack = [[obj, children, 0, 0]] if children is not None else []  # tallest, walked at start
     while stack:
         frame = stack[-1]
         item = next(frame[1], stack)  # the stack itself: a sentinel no container holds
         if item is stack:
             stack.pop()
-            heights[id(frame[0])] = frame[2] + 1
+            seen[id(frame[0])] = (frame[2] + 1, walked - frame[3])
             if stack:
                 stack[-1][2] = max(stack[-1][2], frame[2] + 1)
-        elif id(item) in heights:
-            if len(stack) + heights[id(item)] > limit:
-                return False
-            frame[2] = max(frame[2], heights[id(item)])
-        elif (inner := _children(item)) is not None:
-            if len(stack) >= limit:
-                return False
-            stack.append([item, inner, 0])
-    return True
+            continue
+        height, size = seen.get(id(item), (0, 1))
+        inner = None if id(item) in seen else _children(item)
+        if len(stack) + height > depth or (inner is not None and len(stack) >= depth):
+            return f"its containers nest more than {depth} levels deep, or hold themselves"
+        walked += size
+        if walked > items:
+            return f"its containers hold more than {items:,} items, shared ones counted each time"
+        frame[2] = max(frame[2], height)
+        if inner is not None:
+            stack.append([item, inner, 0, walked - 1])
+    return None
 
 
 def side_by_side(obj: Any, is_tensor: IsTensor) -> list[str]:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ptool.core.inspect.dtypes import ITEMSIZE, STORAGE_DTYPE
+from ptool.core.inspect.dtypes import ITEMSIZE, STORAGE_DTYPE, byte_count
 
 
 class BadTensor(ValueError):
@@ -99,7 +99,7 @@ class TensorMeta:
         """Bytes stored: a sparse tensor's are those of its indices and values."""
         if self.sparse:
             return sum(part.nbytes for part in self.sparse["parts"])
-        return self.numel * self.itemsize
+        return byte_count(self.dtype, self.shape)
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ def view_bytes(t: TensorMeta) -> int:
         if t.numel and any(s < 0 for s in t.stride):
             raise BadTensor(f"a tensor of size {t.shape} has the negative stride {t.stride}")
         last = t.offset + sum((n - 1) * s for n, s in zip(t.shape, t.stride, strict=True))
-    needed = (last + 1) * t.itemsize if t.numel else 0
+    needed = byte_count(t.dtype, (last + 1,)) if t.numel else 0
     if t.storage is not None and needed > t.storage.nbytes:
         raise BadTensor(
             f"a {t.dtype} tensor of size {t.shape}, stride {t.stride} and offset {t.offset} "
