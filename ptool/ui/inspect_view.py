@@ -180,7 +180,7 @@ def optimizer_tables(report: dict[str, Any]) -> list[RenderableType]:
         for i, g in enumerate(opt["param_groups"]):
             table.add_row(str(i), str(g["params"]), *(_value(g.get(k)) for k in keys))
         title = (
-            f"Optimizer {escape(opt['key'] or '(root)')}: {opt['type']}, state "
+            f"Optimizer {escape(opt['key'] or '(root)')}: {escape(str(opt['type']))}, state "
             f"{human_bytes(opt['state_bytes'])} in {count(opt['state_tensors'], 'tensor')} "
             f"({', '.join(opt['state_keys']) or 'empty'})"
         )

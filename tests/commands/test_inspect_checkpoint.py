@@ -300,3 +300,25 @@ def test_crafted_files_exit_1_in_one_line_and_keep_the_good_files_line(runs, tmp
     ]
     assert rows[1]["error"].startswith(f"{oob} is corrupt (a float32 tensor of size (3000, 3000)")
     assert rows[2]["error"].startswith(f"{deep} is not supported")
+
+
+def test_other_tools_config_and_optimizer_names_are_shown_as_written(tmp_path):
+    """A `config` that is a file name crashed the report ('str' object has no attribute
+    'get'); an optimizer named `adamw[fused]` lost its brackets to rich markup, and `[/]`
+    crashed the view."""
+    model = nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    named = tmp_path / "named.pt"
+    torch.save({"config": "resnet18.yaml", "state_dict": model.state_dict()}, named)
+    for name in ("adamw[fused]", "[/]"):
+        path = tmp_path / "markup.pt"
+        config = {"optimizer": name}
+        ckpt = {"config": config, "model_state_dict": model.state_dict()}
+        torch.save({**ckpt, "optimizer_state_dict": optimizer.state_dict()}, path)
+        result = run_ptool("inspect-checkpoint", str(path), env={"COLUMNS": "200"})
+        assert result.returncode == 0, result.stderr
+        assert f"Optimizer optimizer_state_dict: {name}," in result.stdout
+    for args in ([named], [named, path]):  # alone, and one line per file
+        result = run_ptool("inspect-checkpoint", *map(str, args))
+        assert result.returncode == 0, result.stderr
+        assert str(named) in result.stdout

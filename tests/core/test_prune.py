@@ -315,6 +315,22 @@ def test_compact_refuses_a_tie_to_a_layer_the_filter_leaves_out(
     assert not list(tmp_path.glob("*.pt"))
 
 
+def test_tied_layers_that_emptied_every_channel_between_them_are_refused_up_front(
+    residual_ckpt, tmp_path
+):
+    """stem emptied half its channels and c2 the other half: their union is every channel,
+    which compacted into a model that does not run (exit 1, after the work)."""
+    _, first = _prune(
+        residual_ckpt, tmp_path, method="ln-structured", amount=0, make_permanent=False
+    )
+    state = first["model_state_dict"]
+    for name, emptied in (("stem", slice(0, 8)), ("c2", slice(8, 16))):
+        state[f"{name}.weight_mask"][emptied] = 0
+    ckpt_io.atomic_save(first, tmp_path / "masked.pt")
+    with pytest.raises(UsageError, match="--compact would remove every channel of stem"):
+        _prune(tmp_path / "masked.pt", tmp_path, method="ln-structured", amount=0, compact=True)
+
+
 def test_compact_refuses_a_tie_to_the_heads_classes(tmp_path, monkeypatch):
     """aux's outputs are added to the head's: compacting aux would remove classes."""
     (tmp_path / "head_tied.py").write_text(

@@ -63,7 +63,8 @@ def inspect(path: str | Path, options: InspectOptions) -> dict[str, Any]:
     top = raw.obj if isinstance(raw.obj, dict) else {}
     model_path = state_path if options.key is None else model_tensors(raw.obj, _is_meta)[0]
     format_name, format_version = training.detect_format(raw.obj, raw.container, model_path)
-    configured = (top.get("config") or {}).get("optimizer") if isinstance(top, dict) else None
+    config = top.get("config")  # a run's config dict; other tools store a file name here
+    configured = config.get("optimizer") if isinstance(config, dict) else None
     with RawReader(raw) as reader:
         report = {
             "file": str(raw.path),

@@ -158,9 +158,9 @@ class Pruner:
             outside = [name for name in group if name not in layers]
             if outside:
                 raise self._tied_to_left_out(chosen, outside, reasons[outside[0]])
-            for follower in chosen[1:]:
-                self.tied[follower] = chosen[0]
-                self.log(f"{follower}: output channels tied to {chosen[0]}'s, removed with them")
+            self.tied.update({follower: chosen[0] for follower in chosen[1:]})
+        for follower, leader in self.tied.items():  # once no refusal can follow
+            self.log(f"{follower}: output channels tied to {leader}'s, removed with them")
 
     def _tied_to_left_out(self, chosen: list[str], outside: list[str], reason: str) -> UsageError:
         """The refusal names the first layer left out; the hint, every layer of the group."""
@@ -384,7 +384,13 @@ def _schedules(
     }
     if options.compact:
         for name, size in sizes.items():
-            if size and schedules[name][-1] >= size:
+            if not size:  # the input's masks emptied every channel (tied layers: between them)
+                raise UsageError(
+                    f"--compact would remove every channel of {name}: the input has pruned "
+                    "them all already",
+                    hint=f"leave out {name} with --exclude, or compact an earlier checkpoint",
+                )
+            if schedules[name][-1] >= size:
                 raise UsageError(
                     f"--amount {options.amount} would remove all {size} channels of {name}",
                     hint="--compact keeps at least one channel per layer: give a smaller amount",
