@@ -270,8 +270,8 @@ def stats_table(stats: list[dict[str, Any]]) -> Group:
             escape(s["name"]),
             *(_value(s[k]) for k in ("min", "max", "mean", "std")),
             zeros,
-            str(s["nan"]),
-            str(s["inf"]),
+            _value(s["nan"]),
+            _value(s["inf"]),
         )
     title = "Statistics (min/max/mean/std over finite values)"
     return _section(title, table, optional=("zeros", "std", "mean", "Inf", "NaN"))

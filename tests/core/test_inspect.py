@@ -404,6 +404,32 @@ def test_diff_of_integers_past_float64s_precision_is_exact(tmp_path):
     assert diff["changed"] == [{"name": "step", "max_abs_diff": 1.0}] and diff["unchanged"] == 1
 
 
+def test_diff_of_fp4_compares_decoded_values_and_meta_tensors_have_none(tmp_path):
+    """fp4 bytes decode to two values each (0x21 is 0.5 and 1.0; 0x41 is 0.5 and 2.0); meta
+    tensors have a shape and a dtype but no values: equal to each other, changed against data."""
+    fp4 = torch.float4_e2m1fn_x2
+    a = {
+        "fp4": torch.tensor([0x21, 0x00], dtype=torch.uint8).view(fp4),
+        "fp4_same": torch.tensor([0x21], dtype=torch.uint8).view(fp4),
+        "meta": torch.empty(3, device="meta"),
+        "meta_vs_data": torch.empty(3, device="meta"),
+    }
+    b = {
+        **a,
+        "fp4": torch.tensor([0x41, 0x00], dtype=torch.uint8).view(fp4),
+        "meta_vs_data": torch.zeros(3),
+    }
+    torch.save(a, tmp_path / "a.pt")
+    torch.save(b, tmp_path / "b.pt")
+    options = InspectOptions(diff=str(tmp_path / "b.pt"), stats=True)
+    report = inspect(tmp_path / "a.pt", options)
+    changed = {c["name"]: c["max_abs_diff"] for c in report["diff"]["changed"]}
+    assert changed == {"fp4": 1.0, "meta_vs_data": None}
+    assert report["diff"]["unchanged"] == 2  # fp4_same, meta
+    stats = {s["name"]: s for s in report["stats"]}
+    assert set(stats["meta"].values()) == {"meta", None}
+
+
 LOW_PRECISION = [
     torch.bool,
     torch.complex64,

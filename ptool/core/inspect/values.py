@@ -104,6 +104,7 @@ def _to_float32(chunk: torch.Tensor) -> torch.Tensor:
 
 
 def _to_float64(chunk: torch.Tensor) -> torch.Tensor:
+    """Integers: float64 holds them exactly up to 2**53 (max_abs_diff handles the rest)."""
     return chunk.to(torch.float64)
 
 
@@ -164,6 +165,8 @@ def tensor_stats(t: torch.Tensor) -> dict[str, Any]:
     Chunked (Chan's parallel variance over torch.var_mean of each chunk, in float32 for
     floats of 32 bits or fewer, in float64 for integers) so temporaries stay at CHUNK elements.
     """
+    if t.is_meta:  # shape and dtype only: there are no values
+        return dict.fromkeys(STAT_KEYS)
     if t.layout != torch.strided:
         return _sparse_stats(t)
     t, repeat = _stored(t)
@@ -253,7 +256,7 @@ def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float | None:
     if convert is None:
         return 0.0 if torch.equal(fa.view(torch.uint8), fb.view(torch.uint8)) else None
     worst = 0.0
-    integer = not (fa.dtype.is_floating_point or fa.dtype.is_complex)
+    integer = convert is _to_float64  # not fp4, whose bytes decode to two floats each
     for start in range(0, fa.numel(), CHUNK):
         na, nb = fa[start : start + CHUNK], fb[start : start + CHUNK]
         ca, cb = convert(na).to(torch.float64), convert(nb).to(torch.float64)
@@ -307,7 +310,7 @@ def diff(
 def _compare(result: dict[str, Any], name: str, a: torch.Tensor, b: torch.Tensor) -> None:
     """Count one tensor present in both files as reshaped, changed or unchanged (sparse
     tensors by their dense values)."""
-    a, b = (t.to_dense() if t.layout != torch.strided else t for t in (a, b))
+    a, b = (t.to_dense() if t.layout != torch.strided and not t.is_meta else t for t in (a, b))
     if a.shape != b.shape or a.dtype != b.dtype:
         result["reshaped"].append(
             {
@@ -319,7 +322,10 @@ def _compare(result: dict[str, Any], name: str, a: torch.Tensor, b: torch.Tensor
             }
         )
         return
-    worst = max_abs_diff(a, b)
+    if a.is_meta or b.is_meta:  # no values: equal only if neither has any
+        worst = 0.0 if a.is_meta and b.is_meta else None
+    else:
+        worst = max_abs_diff(a, b)
     if worst == 0:
         result["unchanged"] += 1
     else:  # NaN (a NaN moved or appeared) and None (opaque bytes differ) are changes too
