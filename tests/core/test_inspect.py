@@ -634,6 +634,17 @@ def test_a_legacy_file_cut_anywhere_is_refused_without_stats(tmp_path):
         assert "\n" not in str(error.value)
 
 
+def test_a_legacy_file_whose_pickle_is_large_is_read_whole(tmp_path):
+    """Its object pickle (a 70 MB string here) may exceed any fixed read-ahead: it was called
+    truncated when it ran past the first 64 MiB."""
+    path = tmp_path / "legacy.pt"
+    blob = "x" * (70 * 2**20)
+    torch.save({"w": torch.ones(2), "notes": blob}, path, _use_new_zipfile_serialization=False)
+    assert torch.load(path, weights_only=True)["notes"] == blob  # the oracle reads it
+    report = inspect(path, InspectOptions(stats=True))
+    assert [(s["name"], s["mean"]) for s in report["stats"]] == [("w", 1.0)]
+
+
 def _bad_files(tmp_path, good):
     data = good.read_bytes()
     with zipfile.ZipFile(tmp_path / "nopkl.zip", "w") as z:

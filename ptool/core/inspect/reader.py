@@ -16,7 +16,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ptool.core.errors import PtoolError
 from ptool.core.inspect import safetensors_header
@@ -81,18 +81,21 @@ class ModuleRefused(Refused):
         )
 
 
-def _refused(path: Path, refused: RefusedGlobal, pickle_bytes: bytes) -> Refused:
-    if refused.name.startswith(("torch.nn.", "torch.ao.nn.")) or looks_like_module(pickle_bytes):
+def _refused(path: Path, refused: RefusedGlobal, pickle_data: BinaryIO) -> Refused:
+    if refused.name.startswith(("torch.nn.", "torch.ao.nn.")) or looks_like_module(pickle_data):
         return ModuleRefused(path, refused.name)
     return Refused(path, refused.name)
 
 
-def _unpickle(path: Path, data: bytes | io.BytesIO, persistent_load) -> Any:
+def _unpickle(path: Path, data: bytes | BinaryIO, persistent_load) -> Any:
     """One pickle from `data` (a stream: read on from where it stands), one-line errors."""
+    stream = io.BytesIO(data) if isinstance(data, bytes) else data
+    start = stream.tell()
     try:
-        return unpickle(data if isinstance(data, io.BytesIO) else io.BytesIO(data), persistent_load)
+        return unpickle(stream, persistent_load)
     except RefusedGlobal as refused:
-        raise _refused(path, refused, data) from None
+        stream.seek(start)
+        raise _refused(path, refused, stream) from None
     except BadTensor as exc:
         raise PtoolError(f"{path} is corrupt ({exc})") from None
     except EOFError:
@@ -218,35 +221,33 @@ def _read_zip(path: Path, size: int) -> RawCheckpoint:
 
 
 def _read_pickle_stream(path: Path, size: int) -> RawCheckpoint:
-    """Legacy torch.save (magic, protocol, sys_info, then the object) or a bare pickle."""
-    with open(path, "rb") as f:
-        data = f.read(min(size, 64 * 1024 * 1024))  # the object pickles come before the bytes
-    stream = io.BytesIO(data)
-    first = _unpickle(path, data, None)
-    if first != LEGACY_MAGIC:
-        raise PtoolError(f"{path} is a plain pickle, not a torch.save checkpoint")
-    try:
-        unpickle(stream)  # magic number
-        unpickle(stream)  # protocol version
-        unpickle(stream)  # sys_info: endianness and type sizes
-    except Exception as exc:  # noqa: BLE001
-        raise PtoolError(f"{path} is a corrupt legacy torch.save file ({exc})") from None
-    storages: dict[str, Storage] = {}
+    """Legacy torch.save (magic, protocol, sys_info, then the object) or a bare pickle, read
+    from the file as the pickles go: they come before the storages' bytes, whatever their size."""
+    with open(path, "rb") as stream:
+        first = _unpickle(path, stream, None)
+        if first != LEGACY_MAGIC:
+            raise PtoolError(f"{path} is a plain pickle, not a torch.save checkpoint")
+        try:
+            unpickle(stream)  # protocol version
+            unpickle(stream)  # sys_info: endianness and type sizes
+        except Exception as exc:  # noqa: BLE001
+            raise PtoolError(f"{path} is a corrupt legacy torch.save file ({exc})") from None
+        storages: dict[str, Storage] = {}
 
-    def collect(pid: tuple) -> Storage:
-        storage = legacy_storage(pid)
-        storages[storage.key] = storage
-        return storage
+        def collect(pid: tuple) -> Storage:
+            storage = legacy_storage(pid)
+            storages[storage.key] = storage
+            return storage
 
-    obj = _unpickle(path, stream, collect)
-    # then the storage keys, and each storage's bytes in that order: an 8-byte element count
-    # and the elements; a file cut inside them has every pickle whole, so count the bytes
-    keys = _unpickle(path, stream, None)
-    needed = stream.tell() + sum(
-        8 + storage.nbytes
-        for storage in map(storages.get, keys if isinstance(keys, list) else [])
-        if storage is not None
-    )
+        obj = _unpickle(path, stream, collect)
+        # then the storage keys, and each storage's bytes in that order: an 8-byte element
+        # count and the elements; a file cut inside them has every pickle whole: count bytes
+        keys = _unpickle(path, stream, None)
+        needed = stream.tell() + sum(
+            8 + storage.nbytes
+            for storage in map(storages.get, keys if isinstance(keys, list) else [])
+            if storage is not None
+        )
     if size < needed:
         raise PtoolError(f"{path} is truncated ({size:,} of {needed:,} bytes)")
     return RawCheckpoint(path, "torch-legacy", obj, size)

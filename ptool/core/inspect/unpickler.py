@@ -16,7 +16,7 @@ import pickletools
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 from ptool.core.inspect.dtypes import ITEMSIZE, STORAGE_DTYPE, byte_count
 
@@ -325,7 +325,7 @@ def unpickle(file: io.BufferedIOBase, persistent_load: Callable[[tuple], Any] | 
 _MODULE_MARKERS = {"_modules", "_parameters", "_buffers"}
 
 
-def looks_like_module(data: bytes) -> bool:
+def looks_like_module(data: bytes | BinaryIO) -> bool:
     """Whether a pickle holds an nn.Module, decided from its opcodes alone (nothing runs):
     a pickled module's state carries the `_modules` / `_parameters` attribute names."""
     strings: set[str] = set()
