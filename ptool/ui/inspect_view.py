@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from rich.console import Group, RenderableType
@@ -11,6 +12,8 @@ from rich.tree import Tree
 
 from ptool.core.errors import count
 from ptool.ui.tables import Fitted, human_bytes, human_count
+
+SCHEDULER_ROWS = 50  # fields of a scheduler's state shown; --json has every one
 
 
 def _value(v: Any) -> str:
@@ -187,8 +190,11 @@ def optimizer_tables(report: dict[str, Any]) -> list[RenderableType]:
         out.append(_section(title, table, optional=OPTIONAL_OPTIMIZER_COLUMNS))
     for sched in report["schedulers"]:
         table = _table("field", "value")
-        for key, value in sched["state"].items():
+        fields = sched["state"].items()
+        for key, value in itertools.islice(fields, SCHEDULER_ROWS):
             table.add_row(escape(key), escape(_value(value)))
+        if len(fields) > SCHEDULER_ROWS:  # 10**6 milestones took minutes to draw
+            table.add_row(f"... {len(fields) - SCHEDULER_ROWS:,} more (--json has them all)", "")
         out.append(_section(f"Scheduler {escape(sched['key'])}", table))
     return out
 

@@ -3,10 +3,10 @@ optimizer and scheduler state. Reads ptool's own keys and the common ones of oth
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from ptool.core.inspect.tree import walk
+from ptool.core.inspect.tree import branches, dotted, walk
 from ptool.core.inspect.unpickler import TensorMeta
 
 PTOOL_FORMAT = "ptool.checkpoint"
@@ -142,9 +142,10 @@ GROUP_KEYS = ("lr", "initial_lr", "weight_decay", "momentum", "betas", "eps", "n
 def optimizers(obj: Any, configured: str | None) -> list[dict[str, Any]]:
     """Every optimizer state dict in the file (a mapping with `state` and `param_groups`)."""
     found = []
-    for path, sub in _mappings(obj):
+    for parts, sub in _mappings(obj):
         if not {"state", "param_groups"} <= set(sub):
             continue
+        path = dotted(parts)
         state = sub["state"] if isinstance(sub["state"], Mapping) else {}
         tensors = [t for _, t in walk(state, _is_tensor) if _is_tensor(t)]
         keys = {k for s in state.values() if isinstance(s, Mapping) for k in s}
@@ -169,18 +170,13 @@ def optimizers(obj: Any, configured: str | None) -> list[dict[str, Any]]:
     return found
 
 
-def _mappings(obj: Any, path: str = "") -> list[tuple[str, Mapping]]:
-    """Every mapping in the tree with its dotted path (optimizer states nest anywhere)."""
-    out: list[tuple[str, Mapping]] = []
+def _mappings(obj: Any, parts: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Mapping]]:
+    """Every mapping in the tree with its path (optimizer states nest anywhere)."""
     if isinstance(obj, Mapping):
-        out.append((path, obj))
-        for key, value in obj.items():
-            if not _is_tensor(value):
-                out += _mappings(value, f"{path}.{key}" if path else str(key))
-    elif isinstance(obj, (list, tuple)):
-        for i, value in enumerate(obj):
-            out += _mappings(value, f"{path}[{i}]")
-    return out
+        yield parts, obj
+    for branch, value in branches(obj, parts):
+        if not _is_tensor(value):
+            yield from _mappings(value, branch)
 
 
 def schedulers(obj: Any) -> list[dict[str, Any]]:
@@ -191,7 +187,7 @@ def schedulers(obj: Any) -> list[dict[str, Any]]:
     for key, value in obj.items():
         if "sched" in str(key).lower() and value:
             plain = {
-                path: leaf
+                dotted(path): leaf
                 for path, leaf in walk(value, _is_tensor)
                 if isinstance(leaf, (int, float, str, bool)) or leaf is None
             }

@@ -57,18 +57,32 @@ def state_dict_tensors(state: Mapping, is_tensor: IsTensor) -> Iterator[tuple[st
                     yield f"{name}[{i}]", item
 
 
-def walk(obj: Any, is_tensor: IsTensor, path: str = "") -> Iterator[tuple[str, Any]]:
-    """Every (dotted path, leaf) in nested dicts, lists and tuples; tensors are leaves."""
-    if is_tensor(obj):
-        yield path, obj
-    elif isinstance(obj, Mapping):
+def walk(
+    obj: Any, is_tensor: IsTensor, parts: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """Every (path, leaf) in nested dicts, lists and tuples, tensors being leaves; each path as
+    its parts, for `dotted` to join only where kept: a long key over many leaves (1 MB, 10**5
+    items) is not copied into every leaf's path."""
+    if is_tensor(obj) or not isinstance(obj, (Mapping, list, tuple)):
+        yield parts, obj
+        return
+    for branch, value in branches(obj, parts):
+        yield from walk(value, is_tensor, branch)
+
+
+def branches(obj: Any, parts: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """(path, value) of each item of a dict, list or tuple at `parts`; none for anything else."""
+    if isinstance(obj, Mapping):
         for key, value in obj.items():
-            yield from walk(value, is_tensor, f"{path}.{key}" if path else str(key))
+            yield (*parts, f".{key}" if parts else str(key)), value
     elif isinstance(obj, (list, tuple)):
         for i, value in enumerate(obj):
-            yield from walk(value, is_tensor, f"{path}[{i}]")
-    else:
-        yield path, obj
+            yield (*parts, f"[{i}]"), value
+
+
+def dotted(parts: tuple[str, ...]) -> str:
+    """A `walk` path as text: `optimizer.state.0.exp_avg`, `layers[2].weight`."""
+    return "".join(parts)
 
 
 def _children(obj: Any) -> Iterator[Any] | None:
@@ -159,7 +173,7 @@ def model_tensors(
             return prefix, {}, [(key, obj)]
     found = find_state_dict(obj, is_tensor)
     if found is None:
-        every = [(p, v) for p, v in walk(obj, is_tensor) if is_tensor(v)]
+        every = [(dotted(p), v) for p, v in walk(obj, is_tensor) if is_tensor(v)]
         return (prefix or None), {}, every
     path, state = found
     return (*prefix, *path), state, list(state_dict_tensors(state, is_tensor))
