@@ -315,13 +315,18 @@ def test_a_held_out_csv_is_read_by_column_and_class_name(tmp_path):
     )
     (report,) = evaluate_checkpoints([ckpt_path], data=f"csv:{tmp_path / 'dogs.csv'}", split="all")
     assert report["metrics"]["accuracy"] == pytest.approx(oracle_accuracy(dogs))
-    # two rows, too few for a 20% validation split, which --split all never needed
-    (tmp_path / "two.csv").write_text(
-        "\n".join(["f0,f1,f2,species"] + [",".join(map(str, r)) for r in held[:2]]) + "\n"
-    )
-    (report,) = evaluate_checkpoints([ckpt_path], data=f"csv:{tmp_path / 'two.csv'}", split="all")
-    assert report["samples"] == 2
-    assert report["metrics"]["accuracy"] == pytest.approx(oracle_accuracy(held[:2]))
+    # one and two rows, too few for a 20% validation split, which --split all never needed
+    for rows in (1, 2):
+        (tmp_path / "few.csv").write_text(
+            "\n".join(["f0,f1,f2,species"] + [",".join(map(str, r)) for r in held[:rows]]) + "\n"
+        )
+        few = f"csv:{tmp_path / 'few.csv'}"
+        (report,) = evaluate_checkpoints([ckpt_path], data=few, split="all")
+        assert report["samples"] == rows
+        assert report["metrics"]["accuracy"] == pytest.approx(oracle_accuracy(held[:rows]))
+    (tmp_path / "few.csv").write_text(f"f0,f1,f2,species\n{','.join(map(str, held[0]))}\n")
+    with pytest.raises(UsageError, match="at least 2 data rows"):  # for a validation split
+        evaluate_checkpoints([ckpt_path], data=few, split="val")
     torch.save({"x": x[:1], "y": y[:1]}, tmp_path / "one.pt")
     (report,) = evaluate_checkpoints(
         [ckpt_path], data=f"tensors:{tmp_path / 'one.pt'}", split="all"

@@ -98,7 +98,7 @@ def csv_source(config: Any, path: str, columns: list[str] | None = None) -> Data
     except ValueError as exc:
         raise UsageError(f"csv: {p}: {exc}") from None
     lines, rows = [n for n, _ in numbered], [row for _, row in numbered]
-    header = _csv_header(p, rows)
+    header = _csv_header(p, rows, 1 if config.val_split == 0 else 2)  # a split needs two
     target = config.target if config.target is not None else header[-1]
     if target not in header:
         raise UsageError(
@@ -125,10 +125,12 @@ def csv_source(config: Any, path: str, columns: list[str] | None = None) -> Data
     return bundle
 
 
-def _csv_header(p: Path, rows: list[list[str]]) -> list[str]:
-    """The column names of the first row, refused where it is not a header of named columns."""
-    if len(rows) < 3:
-        raise UsageError(f"csv: {p} needs a header row and at least 2 data rows")
+def _csv_header(p: Path, rows: list[list[str]], min_rows: int) -> list[str]:
+    """The column names of the first row, refused where it is not a header of named columns or
+    fewer than `min_rows` data rows follow it."""
+    if len(rows) < 1 + min_rows:
+        needed = count(min_rows, "data row")
+        raise UsageError(f"csv: {p} needs a header row and at least {needed}")
     header = [name.strip() for name in rows[0]]
     if len(header) == 1 and any(sep in header[0] for sep in ";\t"):
         raise UsageError(
