@@ -186,9 +186,16 @@ def test_bad_header_low_precision_and_nan_diff(tmp_path):
         f"error: {bad} is corrupt (bad safetensors header: tensor 'w' has unknown dtype \"XX\")"
     ]
     lowp = tmp_path / "lowp.pt"
-    torch.save({"f8": torch.tensor([1.0, -2.0]).to(torch.float8_e4m3fn)}, lowp)
+    inf = float("inf")
     torch.save(
-        {"f8": torch.tensor([float("nan"), -2.0]).to(torch.float8_e4m3fn)}, tmp_path / "nan.pt"
+        {"f8": torch.tensor([1.0, -2.0]).to(torch.float8_e4m3fn), "x": torch.tensor([inf])}, lowp
+    )
+    torch.save(
+        {
+            "f8": torch.tensor([float("nan"), -2.0]).to(torch.float8_e4m3fn),
+            "x": -torch.tensor([inf]),
+        },
+        tmp_path / "nan.pt",
     )
     result = run_ptool(
         "inspect-checkpoint", str(lowp), "--stats", "--diff", str(tmp_path / "nan.pt"), "--json"
@@ -196,7 +203,10 @@ def test_bad_header_low_precision_and_nan_diff(tmp_path):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert (report["stats"][0]["min"], report["stats"][0]["max"]) == (-2.0, 1.0)
-    assert report["diff"]["changed"] == [{"name": "f8", "max_abs_diff": None}]  # NaN
+    assert report["diff"]["changed"] == [  # JSON has no NaN or Infinity: null, and which
+        {"name": "f8", "max_abs_diff": None, "non_finite": "nan"},
+        {"name": "x", "max_abs_diff": None, "non_finite": "inf"},
+    ]
 
 
 def test_usage_errors(runs, tmp_path):

@@ -329,7 +329,8 @@ def _compare(result: dict[str, Any], name: str, a: torch.Tensor, b: torch.Tensor
     if worst == 0:
         result["unchanged"] += 1
     else:  # NaN (a NaN moved or appeared) and None (opaque bytes differ) are changes too
-        result["changed"].append({"name": name, "max_abs_diff": worst})
+        non_finite = None if worst is None or math.isfinite(worst) else str(worst)  # JSON: null
+        result["changed"].append({"name": name, "max_abs_diff": worst, "non_finite": non_finite})
 
 
 def _sparse_parts(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
