@@ -650,6 +650,7 @@ def test_compacted_finetune_run_rebuilds(cnn_ckpt, tmp_path):
         ),
         ({"output": "."}, "-o . names a directory"),
         ({"train_overrides": {"lr": 0.1}}, "--lr sets fine-tuning"),
+        ({"train_overrides": {"seed": 5}}, "l1-unstructured without those draws nothing"),
         ({"recalibrate_bn": -1}, "--recalibrate-bn must be at least 0"),
         ({"method": "l2"}, "valid: l1-unstructured"),
         ({"train_overrides": {"batch_size": 0}}, "--batch-size must be at least 1"),

@@ -23,8 +23,8 @@ METHODS = (
 )
 STRUCTURED = ("ln-structured", "random-structured", "bn-scale")
 KIND_NAMES = ("conv", "linear")
-# fine-tuning flags that also matter without --finetune-epochs: the random methods' seed and
-# the batch size of the latency measurement
+# fine-tuning flags that also matter without --finetune-epochs: the seed of the random methods
+# and --recalibrate-bn, and the batch size of the latency measurement
 WITHOUT_FINETUNE = {"seed", "batch_size"}
 
 
@@ -133,6 +133,15 @@ def check_options(options: PruneOptions) -> None:
         if getattr(options, name) < low:
             flag = "--" + name.replace("_", "-")
             raise UsageError(f"{flag} must be at least {low}, got {getattr(options, name)}")
+    seeded = (
+        options.method.startswith("random") or options.finetune_epochs or options.recalibrate_bn
+    )
+    if "seed" in options.train_overrides and not seeded:
+        raise UsageError(
+            f"--seed seeds the random methods, --recalibrate-bn's batches and fine-tuning; "
+            f"{options.method} without those draws nothing",
+            hint="drop --seed, or add --finetune-epochs N or --recalibrate-bn N",
+        )
     unused = sorted(set(options.train_overrides) - WITHOUT_FINETUNE)
     if unused and not options.finetune_epochs:
         flag = "--" + unused[0].replace("_", "-")
