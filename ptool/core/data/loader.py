@@ -121,6 +121,16 @@ def release_loaders() -> None:
     _PERSISTENT.clear()
 
 
+def _leave_signals_to_the_main_process(_worker_id: int) -> None:
+    """A terminal's Ctrl-C (a process group's SIGTERM) reaches the workers too: they inherit
+    the training's handler (its notice printed once per worker) or, without one, die in the
+    middle of the step the main process is finishing. The main process stops them when done."""
+    import signal
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def make_loader(
     dataset: Dataset,
     config: Any,
@@ -157,6 +167,7 @@ def make_loader(
         num_workers=workers,
         pin_memory=pin,
         persistent_workers=persistent,
+        worker_init_fn=_leave_signals_to_the_main_process,
     )
     if persistent:
         _PERSISTENT[dataset] = (key, loader)
