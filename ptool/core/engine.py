@@ -476,6 +476,7 @@ class Trainer:
         norms = _norm_statistics(self.model) if config.on_nonfinite == "skip" else []
         kept = [t.clone() for t in norms]  # what a skipped batch's forward must not change
         trained = False  # the same on every process: _finite agrees on each skip
+        stepped = False  # and _finite_grads on each step (the gradients are all-reduced)
         loader = self._loader(self.data.train, order, train=True, seed=self.config.seed + epoch)
         with self._bar(epoch, start, total) as bar:  # closed on any way out
             for index, (x, y) in enumerate(loader, start):
@@ -507,7 +508,7 @@ class Trainer:
                             self._all_reduce_grads()
                 state.batch_in_epoch = index + 1
                 if closes_window:
-                    self._optimizer_step(contributed, window, loss)
+                    stepped |= self._optimizer_step(contributed, window, loss)
                     contributed = 0
                 bar.update(1)
                 if self.progress and (index % max(1, total // 20) == 0 or index + 1 == total):
@@ -527,6 +528,12 @@ class Trainer:
             raise NonFiniteLoss(
                 f"every batch of epoch {epoch + 1} had a non-finite loss (all skipped); stopped",
                 hint="check the data for NaN values, or lower --lr",
+            )
+        if not stepped and start < total:  # finite losses, but weights that did not move
+            raise NonFiniteLoss(
+                f"every optimizer step of epoch {epoch + 1} had non-finite gradients (all "
+                "skipped); stopped",
+                hint="lower --lr (the weights grew until their gradients overflow)",
             )
 
     def _train_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -611,10 +618,12 @@ class Trainer:
                 dist.all_reduce(param.grad)
                 param.grad /= self.dist.world_size
 
-    def _optimizer_step(self, contributed: int, window: int, loss: torch.Tensor) -> None:
+    def _optimizer_step(self, contributed: int, window: int, loss: torch.Tensor) -> bool:
         """Step on the window's gradients: their mean over the `contributed` batches with a
-        finite loss (each was divided by `window` before a skip could be known)."""
+        finite loss (each was divided by `window` before a skip could be known). False when
+        --on-nonfinite skip left the step out (no finite loss, or gradients that are not)."""
         config, state = self.config, self.state
+        stepped = False
         if contributed:
             params = [p for p in self.model.parameters() if p.grad is not None]
             if contributed < window:
@@ -632,11 +641,13 @@ class Trainer:
                 norm = torch.nn.utils.clip_grad_norm_(params, config.clip_norm)
             if config.clip_value is not None:
                 torch.nn.utils.clip_grad_value_(params, config.clip_value)
-            if self.scaler.is_enabled():  # it skips a step with inf/NaN gradients itself
-                self.scaler.step(self.optimizer)
+            if self.scaler.is_enabled():  # it skips a step with inf/NaN gradients itself,
+                self.scaler.step(self.optimizer)  # and lowers its scale until one passes
                 self.scaler.update()
+                stepped = True
             elif self._finite_grads(params, norm):
                 self.optimizer.step()
+                stepped = True
             self.optimizer.zero_grad(set_to_none=True)
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
@@ -651,6 +662,7 @@ class Trainer:
         self.schedule.step_batch()
         state.global_step += 1
         self._fire("on_step_end")
+        return stepped
 
     def _finite_grads(self, params: list[torch.Tensor], norm: torch.Tensor | None) -> bool:
         """A finite loss can still overflow the gradients (a huge lr): stepping on them would

@@ -344,6 +344,11 @@ def test_a_finite_loss_with_inf_gradients_is_not_stepped_on(tmp_path):
     with pytest.raises(NonFiniteLoss, match=r"gradient norm is inf at step 1 \(epoch 1\)"):
         fit(config.replace(on_nonfinite="stop", out=str(tmp_path / "stop")), quiet=True,
             prepare_model=lambda m: InfGradAt(m, {1}))  # fmt: skip
+    # every step of epoch 2 (batches 5-9) left out: frozen weights, not a completed run
+    frozen = config.replace(epochs=3, out=str(tmp_path / "frozen"))
+    with pytest.raises(NonFiniteLoss, match="every optimizer step of epoch 2 had non-finite"):
+        fit(frozen, quiet=True, prepare_model=lambda m: InfGradAt(m, set(range(5, 10))))
+    assert torch.load(tmp_path / "frozen" / "last.pt", weights_only=True)["epoch"] == 1
 
 
 def test_weights_that_diverge_with_finite_losses_stop_every_policy(tmp_path):
