@@ -240,7 +240,7 @@ def parse_layer_tokens(text: str) -> LayerSpec:
             )
         given[name] = token
         values[name] = value
-    return make_spec(**values)
+    return make_spec(**values, explicit=True)
 
 
 def _parse_token(token: str, text: str) -> tuple[str, Any]:
@@ -285,8 +285,12 @@ def parse_chain(text: str) -> list[LayerSpec]:
     return specs
 
 
-def make_spec(layer: str = "conv", kernel_size: Ints | None = None, **values) -> LayerSpec:
-    """A LayerSpec with the layer's own defaults and the checks that need no input size."""
+def make_spec(
+    layer: str = "conv", kernel_size: Ints | None = None, *, explicit: bool = False, **values
+) -> LayerSpec:
+    """A LayerSpec with the layer's own defaults and the checks that need no input size.
+    `explicit`: the values are what a user gave, and an option the layer's nn module does not
+    take is refused at its default value too (nn.MaxPool2d(groups=1) is a TypeError)."""
     layer = parse_layer(layer)
     if layer == "adaptive":
         if values.get("output_size") is None:
@@ -311,22 +315,39 @@ def make_spec(layer: str = "conv", kernel_size: Ints | None = None, **values) ->
             f"padding={spec.padding!r} is for conv only; {layer} takes integer padding "
             "(PyTorch: 'padding must be tuple of ints')"
         )
-    if layer == "avgpool" and any(d != 1 for d in spec.dilation):
-        raise UsageError("avgpool has no dilation (nn.AvgPoolNd takes no dilation argument)")
-    if layer != "convT" and any(op != 0 for op in spec.output_padding):
-        raise UsageError("output_padding is for convT only")
-    if layer not in POOLS and spec.ceil_mode:
-        raise UsageError("ceil_mode is for maxpool and avgpool only")
-    if layer in POOLS + ("adaptive",) and (spec.groups != 1 or spec.out_channels is not None):
-        raise UsageError(f"{layer} keeps its input channels: out_channels and groups do not apply")
-    if layer in POOLS + ("adaptive",) and not spec.bias:
-        raise UsageError(f"{layer} has no weights: no bias to drop (nobias is for conv and convT)")
+    _refuse_options_not_taken(layer, set(values) if explicit else _set_options(spec))
     if spec.padding == "same" and spec.stride and any(s != 1 for s in spec.stride):
         raise UsageError(
             "padding='same' is not supported for strided convolutions",
             hint="use stride 1, or an integer padding (--target N finds one)",
         )
     return spec
+
+
+def _set_options(spec: LayerSpec) -> set[str]:
+    """The options that some layers do not take which `spec` sets away from their no-op value."""
+    unset = {
+        "dilation": all(d == 1 for d in spec.dilation),
+        "output_padding": all(op == 0 for op in spec.output_padding),
+        "ceil_mode": not spec.ceil_mode,
+        "groups": spec.groups == 1,
+        "out_channels": spec.out_channels is None,
+        "bias": spec.bias,
+    }
+    return {name for name, is_unset in unset.items() if not is_unset}
+
+
+def _refuse_options_not_taken(layer: str, given: set[str]) -> None:
+    if layer == "avgpool" and "dilation" in given:
+        raise UsageError("avgpool has no dilation (nn.AvgPoolNd takes no dilation argument)")
+    if layer != "convT" and "output_padding" in given:
+        raise UsageError("output_padding is for convT only")
+    if layer not in POOLS and "ceil_mode" in given:
+        raise UsageError("ceil_mode is for maxpool and avgpool only")
+    if layer in POOLS + ("adaptive",) and {"groups", "out_channels"} & given:
+        raise UsageError(f"{layer} keeps its input channels: out_channels and groups do not apply")
+    if layer in POOLS + ("adaptive",) and "bias" in given:
+        raise UsageError(f"{layer} has no weights: no bias to drop (nobias is for conv and convT)")
 
 
 # Option names (the CLI's and a --stdin JSON object's) -> (LayerSpec field, parser).
@@ -361,7 +382,7 @@ def spec_from_options(options: dict) -> LayerSpec:
             continue
         name, parse = _OPTIONS[key]
         values[name] = parse(value)
-    return make_spec(**values)
+    return make_spec(**values, explicit=True)
 
 
 def size_from_options(options: dict) -> dict[str, int]:

@@ -431,19 +431,29 @@ def test_a_parameter_given_twice_in_a_layer_is_refused(chain, message):
 
 
 @pytest.mark.parametrize(
-    ("chain", "message"),
+    ("chain", "flags", "message"),
     [
-        ("conv k3 ceil", "ceil_mode is for maxpool and avgpool only"),
-        ("conv k3 op1", "output_padding is for convT only"),
-        ("maxpool k2 c8", "maxpool keeps its input channels"),
-        ("maxpool k2 nobias", "maxpool has no weights: no bias to drop"),
-        ("adaptive o4 nobias", "adaptive has no weights"),
+        ("conv k3 ceil", {"ceil_mode": True}, "ceil_mode is for maxpool and avgpool only"),
+        ("conv k3 op1", {"output_padding": "1"}, "output_padding is for convT only"),
+        ("maxpool k2 c8", {"out_channels": "8"}, "maxpool keeps its input channels"),
+        ("maxpool k2 nobias", {"bias": False}, "maxpool has no weights: no bias to drop"),
+        ("adaptive o4 nobias", {"bias": False}, "adaptive has no weights"),
+        # at their default value too
+        ("conv k3 op0", {"output_padding": "0"}, "output_padding is for convT only"),
+        ("maxpool k2 g1", {"groups": "1"}, "maxpool keeps its input channels"),
+        ("avgpool k2 d1", {"dilation": "1"}, "avgpool has no dilation"),
     ],
 )
-def test_a_parameter_the_layer_does_not_take_is_refused(chain, message):
-    """Accepted and ignored, `nobias` on a pool read as if it changed something."""
+def test_a_parameter_the_layer_does_not_take_is_refused(chain, flags, message):
+    """Accepted and ignored, `nobias` on a pool read as if it changed something; refused as
+    flags and --stdin keys too, at their default value as well, as torch's own modules refuse
+    them (nn.MaxPool2d(2, groups=1) is a TypeError)."""
     with pytest.raises(UsageError, match=message):
         cc.parse_chain(chain)
+    layer, size = chain.split()[:2]
+    sized = {"output_size": size[1:]} if layer == "adaptive" else {"k": size[1:]}
+    with pytest.raises(UsageError, match=message):
+        cc.evaluate({"h": 8, "layer": layer, **sized, **flags})
 
 
 @pytest.mark.parametrize(
