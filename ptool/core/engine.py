@@ -289,6 +289,7 @@ class Trainer:
             if main:
                 rundir.write_config(self.run_dir, self.config.to_dict())
             self._good = self._snapshot()  # what a rollback returns to before the first save
+            self._rolled_back_to: int | None = None  # the global step of the last rollback
             # Ctrl-C / SIGTERM: one process only (DDP ranks would have to agree on the step)
             self.stop = StopRequest(self.log, install=not self.dist.enabled)
         except BaseException:  # fit() closes a Trainer it got; this one it never gets
@@ -596,6 +597,12 @@ class Trainer:
             return False
         kept = f"last good checkpoint: {self.files.last}" if self.files.last.exists() else ""
         if policy == "rollback":  # the last save holds finite weights: each one is checked
+            if state.global_step == self._rolled_back_to:  # no step since: the lr took no part
+                raise NonFiniteLoss(
+                    f"{where}, before any step after a rollback (the lr takes no part before a "
+                    f"step: rolling back again cannot help); stopped. {kept}".strip(),
+                    hint="rerun with a lower --lr, or check the data for NaN values",
+                )
             if state.rollbacks < MAX_ROLLBACKS:
                 self.log(f"{where}: rolling back to the last good state and halving the lr")
                 raise _Rollback
@@ -891,6 +898,7 @@ class Trainer:
         halved = self.state.rollbacks
         self.state.rollbacks = rollbacks
         self.schedule.scale_lr(0.5 ** (rollbacks - halved))
+        self._rolled_back_to = self.state.global_step
         if self.tb is not None:
             self.tb.purge_from(self.state.global_step)
             if self.state.global_step == 0:

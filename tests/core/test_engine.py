@@ -222,8 +222,14 @@ def test_nonfinite_rollback_halves_the_lr_and_gives_up_after_three(tmp_path):
     assert summary.status == "completed" and summary.rollbacks == 1
     ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert ckpt["optimizer_state_dict"]["param_groups"][0]["lr"] == pytest.approx(0.05)
+    # NaN at step 7, then after each rollback to step 5 at its second step (forwards 9, 11, 13)
     with pytest.raises(NonFiniteLoss, match="after 3 rollbacks"):
+        fit(config.replace(out=str(tmp_path / "thrice")), quiet=True,
+            prepare_model=lambda m: NaNAt(m, {7, 9, 11, 13}))  # fmt: skip
+    # NaN at the first step after a rollback, whatever the lr: rolling back again is futile
+    with pytest.raises(NonFiniteLoss, match="before any step after a rollback") as stopped:
         fit(config.replace(out=str(tmp_path / "always")), quiet=True, prepare_model=AlwaysNaN)
+    assert stopped.value.summary.rollbacks == 1
 
 
 def test_a_rollback_replaces_the_replayed_steps_in_tensorboard(tmp_path):
@@ -257,7 +263,7 @@ def test_a_rollback_to_step_0_keeps_the_input_images(tmp_path):
 
 @pytest.mark.parametrize(
     ("calls", "epochs"),
-    [({7, 8}, 2), ({7, 20}, 4)],  # back to back; with a checkpoint (lr 0.05) between them
+    [({7, 9}, 2), ({7, 20}, 4)],  # back to back (step 7, then 6); with a checkpoint between
 )
 def test_each_rollback_halves_the_lr_once_more(tmp_path, calls, epochs):
     config = small(tmp_path, on_nonfinite="rollback", optimizer="sgd", lr=0.1, epochs=epochs)
