@@ -2,12 +2,11 @@
 
 import os
 import signal
+import subprocess
+import sys
 
-import torch
-from torch.utils.data import Dataset
+import pytest
 
-from ptool.core.config import TrainConfig
-from ptool.core.data.loader import make_loader
 from ptool.core.signals import StopRequest
 
 
@@ -33,23 +32,40 @@ def test_ignored_signal_stays_ignored():
         signal.signal(signal.SIGINT, previous)
 
 
-class _SignalDispositions(Dataset):
-    """Each sample: whether SIGINT and SIGTERM are ignored where it is loaded."""
+WORKER_SIGNALS_SCRIPT = """
+import os, signal, sys, torch
+from torch.utils.data import Dataset
+from ptool.core.config import TrainConfig
+from ptool.core.data.loader import make_loader
+from ptool.core.signals import StopRequest
 
-    def __len__(self) -> int:
+class SignalsTheGroup(Dataset):  # sample 1 sends SIGNAL to the job's process group
+    def __len__(self):
         return 4
+    def __getitem__(self, index):
+        if index == 1:
+            os.killpg(os.getpgid(os.getppid()), int(sys.argv[1]))
+        return torch.tensor(index)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        ignored = [signal.getsignal(s) is signal.SIG_IGN for s in (signal.SIGINT, signal.SIGTERM)]
-        return torch.tensor(ignored)
+with StopRequest(lambda line: print(line, file=sys.stderr)) as stop:
+    loader = make_loader(SignalsTheGroup(), TrainConfig(batch_size=1, num_workers=2),
+                         torch.arange(4), train=False)
+    print([int(b) for b in loader], stop.name)
+"""
 
 
-def test_dataloader_workers_leave_ctrl_c_to_the_training_process():
-    """A terminal's Ctrl-C reaches the workers too: with the training's handler inherited, each
-    printed the "finishing the current step" notice again (a second Ctrl-C: each aborted)."""
-    config = TrainConfig(batch_size=2, num_workers=2)
-    with StopRequest(lambda _: None):
-        loader = make_loader(_SignalDispositions(), config, torch.arange(4), train=False)
-        batches = list(loader)
-        assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN  # the main one handles it
-    assert torch.cat(batches).all()
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_to_the_jobs_process_group_reaches_the_main_process_alone(tmp_path, signum):
+    """A terminal's Ctrl-C (SIGINT) and `kill -- -PGID` (SIGTERM) reach every process of the
+    group: DataLoader workers printed the notice again (SIGINT), or died (SIGTERM: torch's
+    worker handler), and the step being finished failed with "DataLoader worker is killed"."""
+    script = tmp_path / "job.py"
+    script.write_text(WORKER_SIGNALS_SCRIPT)
+    job = subprocess.run(
+        [sys.executable, str(script), str(int(signum))],
+        capture_output=True, text=True, timeout=120, start_new_session=True,
+    )  # fmt: skip
+    assert job.returncode == 0, job.stderr
+    assert job.stdout.split("] ")[1].strip() == signum.name  # the main process stops
+    assert job.stdout.startswith("[0, 1, 2, 3]")  # the workers served on
+    assert job.stderr.count("finishing the current step") == 1

@@ -122,13 +122,14 @@ def release_loaders() -> None:
 
 
 def _leave_signals_to_the_main_process(_worker_id: int) -> None:
-    """A terminal's Ctrl-C (a process group's SIGTERM) reaches the workers too: they inherit
-    the training's handler (its notice printed once per worker) or, without one, die in the
-    middle of the step the main process is finishing. The main process stops them when done."""
-    import signal
+    """A worker in a process group of its own: a terminal's Ctrl-C and a SIGTERM sent to the
+    job's group (`kill -- -PGID`) reach the main process alone, which finishes its step, saves,
+    and stops the workers. In the group, Ctrl-C made each worker print the training's notice,
+    and SIGTERM killed them (torch's worker handler), failing the step being finished. The
+    main process's own SIGTERM to a worker still ends it."""
+    import os
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, signal.SIG_IGN)
+    os.setpgid(0, 0)
 
 
 def make_loader(
