@@ -289,7 +289,6 @@ class Trainer:
             if main:
                 rundir.write_config(self.run_dir, self.config.to_dict())
             self._good = self._snapshot()  # what a rollback returns to before the first save
-            self._rolled_back_to: int | None = None  # the global step of the last rollback
             # Ctrl-C / SIGTERM: one process only (DDP ranks would have to agree on the step)
             self.stop = StopRequest(self.log, install=not self.dist.enabled)
         except BaseException:  # fit() closes a Trainer it got; this one it never gets
@@ -532,8 +531,8 @@ class Trainer:
             )
         if not stepped and start < total:  # finite losses, but weights that did not move
             raise NonFiniteLoss(
-                f"every optimizer step of epoch {epoch + 1} had non-finite gradients (all "
-                "skipped); stopped",
+                f"every optimizer step of epoch {epoch + 1} was left out (non-finite "
+                "gradients, or losses); stopped",
                 hint="lower --lr (the weights grew until their gradients overflow)",
             )
 
@@ -597,10 +596,11 @@ class Trainer:
             return False
         kept = f"last good checkpoint: {self.files.last}" if self.files.last.exists() else ""
         if policy == "rollback":  # the last save holds finite weights: each one is checked
-            if state.global_step == self._rolled_back_to:  # no step since: the lr took no part
+            good_step = self._good["callbacks"]["train_state"]["global_step"]
+            if state.global_step == good_step:  # a replay would fail alike: the lr took no part
                 raise NonFiniteLoss(
-                    f"{where}, before any step after a rollback (the lr takes no part before a "
-                    f"step: rolling back again cannot help); stopped. {kept}".strip(),
+                    f"{where}, in the first step from the last good state (rolling back cannot "
+                    f"help: the lr takes no part before a step); stopped. {kept}".strip(),
                     hint="rerun with a lower --lr, or check the data for NaN values",
                 )
             if state.rollbacks < MAX_ROLLBACKS:
@@ -898,7 +898,6 @@ class Trainer:
         halved = self.state.rollbacks
         self.state.rollbacks = rollbacks
         self.schedule.scale_lr(0.5 ** (rollbacks - halved))
-        self._rolled_back_to = self.state.global_step
         if self.tb is not None:
             self.tb.purge_from(self.state.global_step)
             if self.state.global_step == 0:
