@@ -289,8 +289,10 @@ def make_spec(
     layer: str = "conv", kernel_size: Ints | None = None, *, explicit: bool = False, **values
 ) -> LayerSpec:
     """A LayerSpec with the layer's own defaults and the checks that need no input size.
-    `explicit`: the values are what a user gave, and an option the layer's nn module does not
-    take is refused at its default value too (nn.MaxPool2d(groups=1) is a TypeError)."""
+    `explicit`: the values are what a user gave (flags, chain tokens, --stdin keys), and an
+    option the layer's nn module does not take is refused at its default value too
+    (nn.MaxPool2d(groups=1) is a TypeError); code that fills every field (the tests' torch
+    oracles) leaves it off, and only values away from the defaults are refused."""
     layer = parse_layer(layer)
     if layer == "adaptive":
         if values.get("output_size") is None:
@@ -337,16 +339,17 @@ def _set_options(spec: LayerSpec) -> set[str]:
     return {name for name, is_unset in unset.items() if not is_unset}
 
 
-def _refuse_options_not_taken(layer: str, given: set[str]) -> None:
-    if layer == "avgpool" and "dilation" in given:
+def _refuse_options_not_taken(layer: str, options: set[str]) -> None:
+    """Refuse an option of `options` that the layer's nn module has no argument for."""
+    if layer == "avgpool" and "dilation" in options:
         raise UsageError("avgpool has no dilation (nn.AvgPoolNd takes no dilation argument)")
-    if layer != "convT" and "output_padding" in given:
+    if layer != "convT" and "output_padding" in options:
         raise UsageError("output_padding is for convT only")
-    if layer not in POOLS and "ceil_mode" in given:
+    if layer not in POOLS and "ceil_mode" in options:
         raise UsageError("ceil_mode is for maxpool and avgpool only")
-    if layer in POOLS + ("adaptive",) and {"groups", "out_channels"} & given:
+    if layer in POOLS + ("adaptive",) and {"groups", "out_channels"} & options:
         raise UsageError(f"{layer} keeps its input channels: out_channels and groups do not apply")
-    if layer in POOLS + ("adaptive",) and "bias" in given:
+    if layer in POOLS + ("adaptive",) and "bias" in options:
         raise UsageError(f"{layer} has no weights: no bias to drop (nobias is for conv and convT)")
 
 

@@ -537,6 +537,7 @@ def test_finetune_keeps_pruned_weights_at_zero(cnn_ckpt, tmp_path):
         assert int((weight == 0).sum()) == round(0.5 * weight.numel())
     assert [e["finetune"]["epochs"] for e in report["history"]] == [1, 1]
     assert report["metrics"]["after_finetune"]["val/accuracy"] > 0.5
+    assert report["recipe"]["seed"] == 0  # l1 draws nothing, its fine-tuning does
     # the engine's own checkpoints carry the recipe, so they rebuild (and resume) as well
     best = ckpt_io.load_checkpoint(tmp_path / "ft" / "step-2" / "best.pt")
     assert best["pruning"]["masks"] is True

@@ -224,9 +224,11 @@ def _read_pickle_stream(path: Path, size: int) -> RawCheckpoint:
     """Legacy torch.save (magic, protocol, sys_info, then the object) or a bare pickle, read
     from the file as the pickles go: they come before the storages' bytes, whatever their size."""
     with open(path, "rb") as stream:
-        first = _unpickle(path, stream, None)
+        head = io.BytesIO(stream.read(64 * 1024 * 1024))  # a bare pickle is not read whole
+        first = _unpickle(path, head, None)
         if first != LEGACY_MAGIC:
             raise PtoolError(f"{path} is a plain pickle, not a torch.save checkpoint")
+        stream.seek(head.tell())  # the magic number's end
         try:
             unpickle(stream)  # protocol version
             unpickle(stream)  # sys_info: endianness and type sizes

@@ -67,7 +67,12 @@ def _release(t: torch.Tensor) -> None:
     import ctypes
     import mmap
 
-    if t.is_quantized or t.layout != torch.strided or not hasattr(mmap, "MADV_DONTNEED"):
+    if (
+        t.is_quantized
+        or t.is_meta
+        or t.layout != torch.strided
+        or not hasattr(mmap, "MADV_DONTNEED")
+    ):
         return
     storage = t.untyped_storage()
     page = mmap.PAGESIZE
@@ -104,7 +109,6 @@ def _to_float32(chunk: torch.Tensor) -> torch.Tensor:
 
 
 def _to_float64(chunk: torch.Tensor) -> torch.Tensor:
-    """Integers: float64 holds them exactly up to 2**53 (max_abs_diff handles the rest)."""
     return chunk.to(torch.float64)
 
 
@@ -256,7 +260,7 @@ def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float | None:
     if convert is None:
         return 0.0 if torch.equal(fa.view(torch.uint8), fb.view(torch.uint8)) else None
     worst = 0.0
-    integer = convert is _to_float64  # not fp4, whose bytes decode to two floats each
+    integer = a.dtype in INTEGER  # compared exactly (fp4's uint8 view decodes to floats)
     for start in range(0, fa.numel(), CHUNK):
         na, nb = fa[start : start + CHUNK], fb[start : start + CHUNK]
         ca, cb = convert(na).to(torch.float64), convert(nb).to(torch.float64)

@@ -91,6 +91,13 @@ def refuse_unused_flags(method: str, *, n: float | None, dim: int | None) -> Non
         )
 
 
+def draws_at_random(options: PruneOptions) -> bool:
+    """Whether the run uses its seed: a random method, --recalibrate-bn's batches, fine-tuning."""
+    return bool(
+        options.method.startswith("random") or options.finetune_epochs or options.recalibrate_bn
+    )
+
+
 def check_options(options: PruneOptions) -> None:
     """Refuse bad values and combinations before anything is loaded."""
     if options.method not in METHODS:
@@ -133,10 +140,7 @@ def check_options(options: PruneOptions) -> None:
         if getattr(options, name) < low:
             flag = "--" + name.replace("_", "-")
             raise UsageError(f"{flag} must be at least {low}, got {getattr(options, name)}")
-    seeded = (
-        options.method.startswith("random") or options.finetune_epochs or options.recalibrate_bn
-    )
-    if "seed" in options.train_overrides and not seeded:
+    if "seed" in options.train_overrides and not draws_at_random(options):
         raise UsageError(
             f"--seed seeds the random methods, --recalibrate-bn's batches and fine-tuning; "
             f"{options.method} without those draws nothing",

@@ -23,7 +23,13 @@ from ptool.core.config import TrainConfig
 from ptool.core.errors import UsageError, count
 from ptool.core.prune import compact as compaction
 from ptool.core.prune import masks
-from ptool.core.prune.options import STRUCTURED, PruneOptions, check_options, default_output
+from ptool.core.prune.options import (
+    STRUCTURED,
+    PruneOptions,
+    check_options,
+    default_output,
+    draws_at_random,
+)
 
 
 def refuse_quantized(ckpt: dict[str, Any], path: Path) -> None:
@@ -244,7 +250,7 @@ def _recipe(
         "architecture": compaction.architecture(model) if compacted else None,
         "masks": masks.has_masks(model),
         "library": "torch.nn.utils.prune" + (" + torch_pruning" if options.compact else ""),
-        "seed": seed if options.method.startswith("random") else None,
+        "seed": seed if draws_at_random(options) else None,
         "source": str(source),
         "torch_version": str(torch.__version__),
     }
