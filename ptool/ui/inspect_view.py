@@ -63,7 +63,7 @@ def summary_table(report: dict[str, Any]) -> Table:
     grid.add_column(overflow="fold")
     version = f" v{report['format_version']}" if report["format_version"] is not None else ""
     container = report["container"] + (
-        f" (archive v{report['archive_version']})" if report["archive_version"] else ""
+        f" (archive v{report['archive_version']})" if report["archive_version"] is not None else ""
     )
     fmt = f"{report['format']}{version}"
     rows = [

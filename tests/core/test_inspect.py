@@ -657,6 +657,11 @@ def _bad_files(tmp_path, good):
         for info in source.infolist():
             if not info.filename.endswith("/data/0"):
                 z.writestr(info, source.read(info))
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(tmp_path / "badversion.pt", "w") as z:
+        for info in source.infolist():  # torch: "Couldn't parse the version three as Long Long"
+            z.writestr(
+                info, b"three\n" if info.filename.endswith("/version") else source.read(info)
+            )
     return {
         "empty": (b"", "empty"),
         "truncated": (data[: len(data) // 2], "truncated or corrupt"),
@@ -666,6 +671,7 @@ def _bad_files(tmp_path, good):
         "no data.pkl": ((tmp_path / "nopkl.zip").read_bytes(), "without data.pkl"),
         "short pickle": (pickle.dumps({"a": [1, 2, 3]}, protocol=2)[:-5], "truncated"),
         # said once, not wrapped in "bad pickle: ... is corrupt (...)"
+        "bad version": ((tmp_path / "badversion.pt").read_bytes(), "archive version b'three"),
         "no storage": (
             (tmp_path / "nostorage.pt").read_bytes(),
             r"^\S+ is corrupt \(storage 0 is missing or short\)$",

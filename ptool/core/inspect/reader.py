@@ -50,7 +50,7 @@ class RawCheckpoint:
     container: str  # "torch-zip", "torch-legacy", "safetensors", "pickled-module"
     obj: Any
     file_bytes: int
-    archive_version: str | None = None
+    archive_version: int | None = None
     archive_prefix: str | None = None  # zip entries live under "<prefix>/data/<key>"
     metadata: dict[str, str] = field(default_factory=dict)  # safetensors __metadata__
     module_class: str | None = None  # set when the file is a pickled nn.Module
@@ -205,9 +205,13 @@ def _read_zip(path: Path, size: int) -> RawCheckpoint:
         try:
             data = archive.read(pkl)
             version = entries.get(f"{prefix}/version")
-            archive_version = archive.read(version).decode().strip() if version else None
-        except (*ZIP_ERRORS, UnicodeDecodeError) as exc:
+            text = archive.read(version) if version else None
+        except ZIP_ERRORS as exc:
             raise PtoolError(f"{path} is corrupt ({exc})") from None
+    try:
+        archive_version = None if text is None else int(text)  # a number, as torch reads it
+    except ValueError:
+        raise PtoolError(f"{path} is corrupt (archive version {text[:20]!r})") from None
 
     def persistent_load(pid: tuple) -> Storage:
         storage = zip_storage(pid)
