@@ -64,14 +64,17 @@ def find_checkpoint(path: str | Path | None) -> Path:
         return path
     try:
         return newest_valid_checkpoint(path)
-    except PtoolError as exc:  # a run killed before its first checkpoint: start it again
-        if any(path.glob("*.pt")) or not (path / rundir.CONFIG_NAME).is_file():
-            raise
-        raise PtoolError(
-            str(exc),
-            hint="it stopped before its first checkpoint; start it again: ptool train --config "
-            f"{path / rundir.CONFIG_NAME} --out {path}",
-        ) from None
+    except PtoolError as exc:
+        if any(path.glob("*.pt")):
+            hint = "each is torn or not a training state; ptool inspect-checkpoint FILE says why"
+        elif (path / rundir.CONFIG_NAME).is_file():  # a run killed before its first checkpoint
+            hint = (
+                "it stopped before its first checkpoint; start it again: ptool train --config "
+                f"{path / rundir.CONFIG_NAME} --out {path}"
+            )
+        else:
+            hint = f"it holds no checkpoint and no {rundir.CONFIG_NAME}: not a run directory"
+        raise PtoolError(str(exc), hint=hint) from None
 
 
 def _refuse_changes(saved: TrainConfig, overrides: dict[str, Any], checkpoint: Path) -> None:

@@ -425,6 +425,10 @@ def test_run_dir_resumes_from_its_newest_valid_checkpoint(tmp_path):
     with pytest.raises(PtoolError, match="no valid checkpoint") as info:
         plan_resume(run, {})
     assert info.value.hint.endswith(f"ptool train --config {run / 'config.yaml'} --out {run}")
+    (run / "config.yaml").unlink()  # a folder that never held a run: it said no more
+    with pytest.raises(PtoolError, match="no valid checkpoint") as info:
+        plan_resume(run, {})
+    assert info.value.hint == "it holds no checkpoint and no config.yaml: not a run directory"
 
 
 def test_a_kill_before_an_epochs_copies_are_written_redoes_the_epoch(tmp_path, monkeypatch):
