@@ -325,8 +325,9 @@ def test_a_held_out_csv_is_read_by_column_and_class_name(tmp_path):
         assert report["samples"] == rows
         assert report["metrics"]["accuracy"] == pytest.approx(oracle_accuracy(held[:rows]))
     (tmp_path / "few.csv").write_text(f"f0,f1,f2,species\n{','.join(map(str, held[0]))}\n")
-    with pytest.raises(UsageError, match="at least 2 data rows"):  # for a validation split
+    with pytest.raises(UsageError, match="at least 2 data rows") as refused:  # for a split
         evaluate_checkpoints([ckpt_path], data=few, split="val")
+    assert "eval --split all reads a held-out file whole" in refused.value.hint
     torch.save({"x": x[:1], "y": y[:1]}, tmp_path / "one.pt")
     (report,) = evaluate_checkpoints(
         [ckpt_path], data=f"tensors:{tmp_path / 'one.pt'}", split="all"

@@ -130,7 +130,11 @@ def _csv_header(p: Path, rows: list[list[str]], min_rows: int) -> list[str]:
     fewer than `min_rows` data rows follow it."""
     if len(rows) < 1 + min_rows:
         needed = count(min_rows, "data row")
-        raise UsageError(f"csv: {p} needs a header row and at least {needed}")
+        split = "a train/validation split needs two; eval --split all reads a held-out file whole"
+        raise UsageError(
+            f"csv: {p} needs a header row and at least {needed}",
+            hint=split if min_rows > 1 and len(rows) == 2 else None,
+        )
     header = [name.strip() for name in rows[0]]
     if len(header) == 1 and any(sep in header[0] for sep in ";\t"):
         raise UsageError(
