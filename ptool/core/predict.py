@@ -340,9 +340,10 @@ def predict(
                     "prediction": values[0] if len(values) == 1 else values,
                 }
                 continue
-            # ranked by the raw scores, as eval's metrics are: sigmoids of large logits tie at 1.0
-            ranked = out.topk(min(top_k, len(out))).indices
-            index = int(ranked[0])  # not argmax: on a tie it may pick another class
+            # ranked by the raw scores, as eval's metrics are (sigmoids of large logits tie at
+            # 1.0), and equal scores by class index, as their argmax is (int8 outputs tie often)
+            ranked = out.sort(descending=True, stable=True).indices[:top_k]
+            index = int(ranked[0])
             record: dict[str, Any] = {"input": sample.name, "prediction": index}
             if names:
                 record["label"] = names[index]

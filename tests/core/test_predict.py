@@ -13,6 +13,7 @@ from PIL import Image
 
 from ptool.core.config import TrainConfig
 from ptool.core.data import build_data
+from ptool.core.metrics import EpochMetrics
 from ptool.core.predict import Reader, Sample, load_predictor, predict
 
 
@@ -311,11 +312,19 @@ class _Tied(torch.nn.Module):
 
 
 def test_the_prediction_is_the_first_of_the_top_probabilities_even_on_ties():
+    """Equal scores (int8 outputs tie often) go to the lower class, as eval's metrics count
+    them (argmax): predict said 9 where eval said 3, and its accuracy differed."""
     info = SimpleNamespace(task="classification", class_names=None)
-    scores = ([1.0, 3.0, 3.0, 0.0], [0.0] * 4, [2.0, 2.0, 5.0, 5.0])
+    scores = ([1.0, 3.0, 3.0, 0.0], [0.0] * 4, [2.0, 2.0, 5.0, 5.0], [0.0, 2.143] * 2)
     samples = [Sample(str(i), torch.tensor(s)) for i, s in enumerate(scores)]
-    for record in predict(_Tied(), samples, info, top_k=2):
+    for record, s in zip(predict(_Tied(), samples, info, top_k=2), scores, strict=True):
         assert str(record["prediction"]) == next(iter(record["probabilities"]))
+        assert record["prediction"] == int(torch.tensor(s).argmax())  # eval's rule
+        metrics = EpochMetrics(
+            SimpleNamespace(task="classification", num_classes=len(s)), "cpu", "val"
+        )
+        metrics.update(torch.tensor([s]), torch.tensor([record["prediction"]]), torch.zeros(()), 1)
+        assert metrics.compute()[0]["val/accuracy"] == 1.0
 
 
 def test_a_bce_with_logits_classifier_reports_its_sigmoids_not_a_softmax():
