@@ -527,3 +527,36 @@ def test_prelu_stays_float_and_the_written_file_evaluates_as_reported(mode, tmp_
     quantized = report["quantized"]["metrics"]
     assert evaluated["metrics"]["accuracy"] == pytest.approx(quantized["val/accuracy"])
     assert evaluated["metrics"]["loss"] == pytest.approx(quantized["val/loss"], rel=1e-5)
+
+
+def test_calib_data_is_read_as_eval_reads_held_out_data(tmp_path):
+    """--calib-data takes the run's normalization and matches columns by name: read with its
+    own statistics, inputs 10x larger calibrated like the run's, and reordered columns (the
+    label first) were taken by position or refused."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(120, 3, generator=gen)
+    labels = ["cat" if v > 0 else "dog" for v in x[:, 0] + x[:, 1]]
+    rows = [[f"{v:.4f}" for v in row] + [k] for row, k in zip(x.tolist(), labels, strict=True)]
+
+    def write(name: str, header: str, lines) -> str:
+        (tmp_path / name).write_text("\n".join([header, *(",".join(line) for line in lines)]))
+        return f"csv:{tmp_path / name}"
+
+    train = write("train.csv", "a,b,c,label", rows)
+    ckpt = write_checkpoint(tmp_path / "best.pt", epochs=1, model="mlp", hidden=[16], data=train)
+    held = rows[:40]
+    same = write("same.csv", "a,b,c,label", held)
+    moved = write("moved.csv", "label,c,a,b", ([k, c, a, b] for a, b, c, k in held))
+    larger = write(
+        "larger.csv", "a,b,c,label", ([*(f"{10 * float(v)}" for v in r[:3]), r[3]] for r in held)
+    )
+
+    def input_scale(spec: str) -> float:
+        output = tmp_path / f"{spec.rsplit('/', 1)[1]}.int8.pt"
+        options = _fast("static", output=str(output), calib_data=spec, evaluate=False)
+        quantize_checkpoint(ckpt, options)
+        state = torch.load(output, weights_only=True)["model_state_dict"]
+        return float(next(v for k, v in state.items() if k.endswith("scale_0")))
+
+    assert input_scale(moved) == input_scale(same)
+    assert input_scale(larger) > 5 * input_scale(same)

@@ -140,27 +140,24 @@ def _recipe(options: QuantizeOptions, backend: str, info: Any, source: Path) -> 
     return recipe
 
 
-def calibration_batches(config: TrainConfig, data: Any, count: int) -> Iterator[torch.Tensor]:
-    """The first `count` batches of the train split, in dataset order (no shuffling)."""
+def calibration_batches(config: TrainConfig, dataset: Any, count: int) -> Iterator[torch.Tensor]:
+    """The first `count` batches of `dataset`, in its order (no shuffling)."""
     from ptool.core.data import make_loader
 
-    order = torch.arange(len(data.train))
-    loader = make_loader(data.train, config, order, train=False, device=torch.device("cpu"))
+    order = torch.arange(len(dataset))
+    loader = make_loader(dataset, config, order, train=False, device=torch.device("cpu"))
     return (x for x, _ in itertools.islice(loader, count))
 
 
-def _calibration_data(config: TrainConfig, info: Any, spec: str | None, data: Any) -> Any:
+def _calibration_set(config: TrainConfig, info: Any, spec: str | None, data: Any) -> Any:
+    """The run's training split, or every sample of --calib-data SPEC read as `eval --data`
+    reads it: columns matched by name, the run's target and normalization (its own statistics
+    made a 10x larger input look like the run's, and columns were taken by position)."""
     if spec is None:
-        return data
-    from ptool.core.data import build_data
+        return data.train
+    from ptool.core.evaluate import split_dataset
 
-    other = build_data(config.replace(data=spec))
-    if list(other.info.input_shape) != list(info.input_shape):
-        raise UsageError(
-            f"--calib-data {spec} gives inputs of shape {other.info.input_shape}; "
-            f"the model takes {info.input_shape}"
-        )
-    return other
+    return split_dataset(config, info, data=spec, split="all")
 
 
 class FreezeSchedule:
@@ -414,7 +411,7 @@ def quantize_checkpoint(
         quantized = ao.quantize_dynamic(copy.deepcopy(float_model), recipe)
     elif recipe["mode"] == "static":
         prepared = ao.prepare(copy.deepcopy(float_model), recipe)
-        calib = _calibration_data(config, info, options.calib_data, data)
+        calib = _calibration_set(config, info, options.calib_data, data)
         seen = ao.calibrate(prepared, calibration_batches(config, calib, options.calib_batches))
         recipe["calibration"] = {"batches": seen, "data": options.calib_data or config.data}
         quantized = ao.convert(prepared, recipe)
