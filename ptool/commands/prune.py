@@ -163,7 +163,11 @@ def prune(
     from ptool.core.prune.run import prune_checkpoint
     from ptool.ui.prune_view import report_view
 
-    report = prune_checkpoint(ckpt, options, log=out.log, quiet=quiet)
+    try:
+        report = prune_checkpoint(ckpt, options, log=out.log, quiet=quiet)
+    except BaseException as exc:  # a fine-tune's stop: its summary, as train prints it
+        out.stopped_run(exc)
+        raise
     if out.json:  # the report says it otherwise
         out.info(f"written: {escape(report['output'])}")
     out.result(report, lambda: report_view(report))

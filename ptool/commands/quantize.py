@@ -83,7 +83,11 @@ def _run(ckpt: str | None, options: Any, *, json: bool, quiet: bool) -> None:
 
     out = Output(json=json, quiet=quiet)
 
-    report = quantize_checkpoint(ckpt, options, log=out.log, quiet=quiet)
+    try:
+        report = quantize_checkpoint(ckpt, options, log=out.log, quiet=quiet)
+    except BaseException as exc:  # a qat run's stop: its summary, as train prints it
+        out.stopped_run(exc)
+        raise
     if out.json:  # the table says it otherwise
         out.info(f"written: {escape(report['output'])}")
     out.result(report, lambda: report_table(report))

@@ -157,9 +157,7 @@ def run_and_report(
     except BaseException as exc:
         if created:  # a run refused before writing anything leaves no empty --out behind
             _remove_empty(Path(run_dir), Path(created))
-        stopped = getattr(exc, "summary", None)  # a diverged or interrupted run's summary.json
-        if stopped is not None and out.json and speaks_for_the_job():
-            out.result(stopped.to_dict())  # its status says why; then the error
+        out.stopped_run(exc)
         raise
     if speaks_for_the_job():
         out.result(summary.to_dict(), lambda: summary_table(summary))

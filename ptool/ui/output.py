@@ -106,6 +106,15 @@ class Output:
             elif renderable is not None:
                 self._print(renderable)
 
+    def stopped_run(self, exc: BaseException) -> None:
+        """--json: a diverged or interrupted training run's summary.json (its `status` says
+        why), before its error: train's, and the fine-tunes of prune and quantize qat."""
+        from ptool.core.rundir import speaks_for_the_job
+
+        stopped = getattr(exc, "summary", None)
+        if stopped is not None and self.json and speaks_for_the_job():
+            self.result(stopped.to_dict())
+
     def json_line(self, data: Any) -> None:
         """One JSON line on stdout (for commands that stream results)."""
         sys.stdout.write(dumps(data, indent=None) + "\n")

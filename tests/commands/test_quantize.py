@@ -61,3 +61,24 @@ def test_cuda_is_refused_in_one_line(workdir):
     assert result.stderr.startswith("error: --device cuda: int8 quantized kernels")
     assert "run on the CPU only" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.splitlines()) == 2  # the message and its hint
+
+
+def test_an_interrupted_qat_run_prints_its_summary_with_json(workdir, monkeypatch, capsys):
+    """As `train --json` does: status "interrupted" on stdout, then the error (it printed
+    nothing)."""
+    import signal
+
+    from ptool.core.quantize.run import FreezeSchedule
+    from tests.commands._inprocess import run_main
+
+    def ctrl_c_after_epoch_1(self, trainer, metrics):
+        trainer.stop.signum = signal.SIGINT
+
+    monkeypatch.setattr(FreezeSchedule, "on_epoch_end", ctrl_c_after_epoch_1)
+    args = ("quantize", "qat", "runs/tiny/best.pt", "--epochs", "2", "--no-eval", "--json")
+    result = run_main(*args, "--bench-runs", "2", "--out", "qat-stopped", "--quiet",
+                      cwd=workdir, monkeypatch=monkeypatch, capsys=capsys)  # fmt: skip
+    assert result.returncode == 130, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["status"], summary["epochs"]) == ("interrupted", 1)
+    assert "resume with: ptool quantize qat --resume" in result.stderr
