@@ -285,8 +285,8 @@ def split_dataset(config: Any, info: Any, *, data: str | None = None, split: str
             changes["task"] = info.task
             if split == "all":  # a file read whole: no split, however few its rows
                 changes["val_split"] = 0.0
-        if info.num_classes is not None and not data.startswith("imagefolder:"):
-            changes["num_classes"] = info.num_classes  # a file of fewer classes (even one)
+            if info.num_classes is not None:  # a file of fewer classes (even one); not a
+                changes["num_classes"] = info.num_classes  # built-in set's: its own count
         if info.is_image and info.input_shape[1] == info.input_shape[2]:
             changes["image_size"] = info.input_shape[1]
         data_config = data_config.replace(**changes)

@@ -328,6 +328,9 @@ def test_a_held_out_csv_is_read_by_column_and_class_name(tmp_path):
     with pytest.raises(UsageError, match="at least 2 data rows") as refused:  # for a split
         evaluate_checkpoints([ckpt_path], data=few, split="val")
     assert "eval --split all reads a held-out file whole" in refused.value.hint
+    with pytest.raises(UsageError) as refused:  # said "not --num-classes 3", never given
+        evaluate_checkpoints([ckpt_path], data="digits")
+    assert "has classes the model does not know" in str(refused.value)
     torch.save({"x": x[:1], "y": y[:1]}, tmp_path / "one.pt")
     (report,) = evaluate_checkpoints(
         [ckpt_path], data=f"tensors:{tmp_path / 'one.pt'}", split="all"
