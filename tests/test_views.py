@@ -449,3 +449,13 @@ def test_drawn_lr_points_hold_the_last_lr_to_the_end_of_its_step():
     xs, ys = _points(line, "epoch")
     assert xs == [0, 0.75, 1, 1.75, 2, 2.75, 3]  # ends at epoch 3, not at the last step's start
     assert ys == pytest.approx([0.001, 0.001, 0.1, 0.1, 0.05, 0.05, 0.05])
+
+
+@pytest.mark.parametrize("width", [*NARROW, 24])
+def test_predict_table_folds_headers_and_never_cuts_a_probability(width):
+    """Its headers were cut to "probabili…" and "pre…" in a narrow terminal."""
+    record = {"input": "/data/held_out/some_image.png", "prediction": 9, "label": "9",
+              "probabilities": {"9": 0.39955, "3": 0.39955}}  # fmt: skip
+    text = _rendered(predictions_table([record], "classification"), width)
+    _fits(text, width)
+    _whole(text, "40.0%")

@@ -7,9 +7,12 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
+from ptool.ui.tables import Fitted
 
-def predictions_table(predictions: list[dict[str, Any]], task: str) -> Table:
-    """Inputs and labels are plain text cells: a file or class named `[red]` shows as such."""
+
+def predictions_table(predictions: list[dict[str, Any]], task: str) -> Fitted:
+    """Inputs and labels are plain text cells: a file or class named `[red]` shows as such.
+    Fitted: a narrow terminal folds headers and long text, never cuts them."""
     table = Table()
     table.add_column("input", overflow="fold")
     table.add_column("prediction", justify="right")
@@ -24,4 +27,4 @@ def predictions_table(predictions: list[dict[str, Any]], task: str) -> Table:
         top = "  ".join(f"{label}: {p:.1%}" for label, p in record["probabilities"].items())
         label = str(record.get("label", record["prediction"]))
         table.add_row(Text(record["input"]), Text(label), Text(top))
-    return table
+    return Fitted(table)
