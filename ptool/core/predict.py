@@ -168,8 +168,8 @@ class Reader:
 
         try:
             obj = load(path)
-        except PtoolError as exc:
-            yield Sample(str(path), error=str(exc))
+        except PtoolError as exc:  # "PATH is not a PyTorch checkpoint (...)": named once
+            yield Sample(str(path), error=str(exc).removeprefix(f"{path} is "))
             return
         if isinstance(obj, dict):
             obj = next((obj[k] for k in X_KEYS if k in obj), None)

@@ -173,6 +173,10 @@ def test_torch_files_are_recognized_by_suffix_or_content(image_run, tmp_path):
         records = _records(image_run, [str(tmp_path / name)])
         assert [r["input"] for r in records] == [f"{tmp_path / name}[{i}]" for i in range(3)]
         assert [r["probabilities"] for r in records] == expected
+    (tmp_path / "bad.pt").write_text("garbage")
+    (record,) = _records(image_run, [str(tmp_path / "bad.pt")])  # its name once, not twice
+    assert record == {"input": str(tmp_path / "bad.pt"), "error": "not a PyTorch checkpoint "
+                      "(not a torch.save file)"}  # fmt: skip
 
 
 @pytest.mark.parametrize("sample", [lambda raw: raw[0, 0], lambda raw: raw[0]])
