@@ -131,7 +131,8 @@ class Reader:
             if not (self.info.is_image and x.dtype == torch.uint8):
                 x = x.to(torch.float32)
         except (TypeError, ValueError, RuntimeError) as exc:
-            return Sample(name, error=f"not a numeric array ({exc})")
+            why = "it holds text" if "invalid data type 'str'" in str(exc) else str(exc)
+            return Sample(name, error=f"not a numeric array ({why})")
         if not self.is_sample(x.shape):
             return Sample(
                 name, error=f"shape {list(x.shape)}; the model expects {_expects(self.info)}"

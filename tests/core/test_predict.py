@@ -122,6 +122,7 @@ def test_bad_inputs_fail_alone(image_run, tmp_path):
     nan[0, 0, 0, 0] = float("nan")
     torch.save(nan, tmp_path / "nan.pt")
     lines = "{not json\n" + json.dumps({"x": 1}) + "\n" + json.dumps(raw[0].tolist()) + "\n"
+    lines += '[1, "a"]\n'  # torch's "new(): invalid data type 'str'" was the reason
     inputs = ["broken.png", "big.png", "missing.png", "folder", "small.pt", "nan.pt", "-"]
     records = _records(
         image_run, [str(tmp_path / p) if p != "-" else p for p in inputs], io.StringIO(lines)
@@ -146,6 +147,7 @@ def test_bad_inputs_fail_alone(image_run, tmp_path):
     assert errors["stdin:1"].startswith("not JSON")
     assert errors["stdin:2"] == 'a JSON object needs an "input" key'
     assert errors["stdin:3"] is None
+    assert errors["stdin:4"] == "not a numeric array (it holds text)"
 
 
 def test_uint8_tensors_are_pixels_scaled_like_image_files(image_run, tmp_path):
