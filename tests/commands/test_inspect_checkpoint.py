@@ -221,6 +221,10 @@ def test_usage_errors(runs, tmp_path):
     result = run_ptool("inspect-checkpoint", str(runs / "a"))  # a run directory
     assert result.returncode == 1
     assert result.stderr.splitlines()[1] == "hint: give one of its checkpoints: last.pt"
+    for name in ("best.pt", "best.int8.torchscript.pt"):  # code: no ptool command loads it
+        (tmp_path / name).write_bytes(b"x")
+    result = run_ptool("inspect-checkpoint", str(tmp_path))
+    assert result.stderr.splitlines()[1] == "hint: give one of its checkpoints: best.pt"
 
 
 def test_real_train_output(tmp_path):

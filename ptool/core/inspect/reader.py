@@ -150,7 +150,8 @@ def check_checkpoint_file(path: Path) -> int:
     if not path.exists():
         raise PtoolError(f"no such checkpoint: {path}")
     if path.is_dir():
-        inside = sorted(p.name for p in path.glob("*.pt"))
+        # not quantize --torchscript's archives: code, which no ptool command loads
+        inside = sorted(p.name for p in path.glob("*.pt") if not p.name.endswith(".torchscript.pt"))
         raise PtoolError(
             f"{path} is a directory, not a checkpoint file",
             hint=f"give one of its checkpoints: {', '.join(inside)}" if inside else None,
