@@ -33,7 +33,7 @@ def test_ignored_signal_stays_ignored():
 
 
 WORKER_SIGNALS_SCRIPT = """
-import os, signal, sys, torch
+import os, signal, sys, time, torch
 from torch.utils.data import Dataset
 from ptool.core.config import TrainConfig
 from ptool.core.data.loader import make_loader
@@ -43,7 +43,8 @@ class SignalsTheGroup(Dataset):  # sample 1 sends SIGNAL to the job's process gr
     def __len__(self):
         return 4
     def __getitem__(self, index):
-        if index == 1:
+        if index == 1:  # once every worker has started (each leaves the group as it starts)
+            time.sleep(1)
             os.killpg(os.getpgid(os.getppid()), int(sys.argv[1]))
         return torch.tensor(index)
 
