@@ -649,7 +649,7 @@ class Trainer:
             if config.clip_value is not None:
                 torch.nn.utils.clip_grad_value_(params, config.clip_value)
             if self.scaler.is_enabled():  # it skips a step with inf/NaN gradients itself,
-                self.scaler.step(self.optimizer)  # and lowers its scale until one passes
+                self.scaler.step(self.optimizer)  # and lowers its scale (counted as a step)
                 self.scaler.update()
                 stepped = True
             elif self._finite_grads(params, norm):
