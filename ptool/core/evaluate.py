@@ -278,15 +278,15 @@ def split_dataset(config: Any, info: Any, *, data: str | None = None, split: str
     own = data is None or data == config.data
     data_config = config.replace(augment=[])  # every split with validation transforms
     if not own:
-        changes: dict[str, Any] = {"data": data, "normalize": False}
+        changes: dict[str, Any] = {"data": data, "normalize": False, "num_classes": None}
         if info.target_name is not None:  # the run's default target was its file's last column
             changes["target"] = info.target_name
+        if split == "all" and data.startswith(("csv:", "tensors:", "imagefolder:")):
+            changes["val_split"] = 0.0  # read whole: no split, however few its samples
         if data.startswith(("csv:", "tensors:")):  # not guessed again: whole-number prices
             changes["task"] = info.task
-            if split == "all":  # a file read whole: no split, however few its rows
-                changes["val_split"] = 0.0
-            if info.num_classes is not None:  # a file of fewer classes (even one); not a
-                changes["num_classes"] = info.num_classes  # built-in set's: its own count
+            changes["num_classes"] = info.num_classes  # labels of fewer classes (even one);
+            # other sources count their own (an image folder's subset is matched by name)
         if info.is_image and info.input_shape[1] == info.input_shape[2]:
             changes["image_size"] = info.input_shape[1]
         data_config = data_config.replace(**changes)

@@ -414,6 +414,38 @@ def test_an_image_folder_is_read_in_grayscale_for_a_one_channel_model(tmp_path):
     assert report["metrics"]["loss"] == pytest.approx(loss.item(), rel=1e-5)
 
 
+def test_a_held_out_image_folder_of_one_class_and_one_image_is_read_whole(tmp_path):
+    """`--split all` of a held-out folder was split anyway: one image failed with "--val-split
+    0.2 of 1 samples" (a flag never given), and one class folder was "nothing to classify".
+    A folder with train/ and val/ still gives both."""
+    import numpy as np
+    from PIL import Image
+
+    from ptool.core.engine import fit
+    from ptool.core.errors import UsageError
+
+    config = TrainConfig(data="synthetic", shape="3x8x8", num_classes=3, samples=48,
+                         model="mlp", epochs=1, seed=0, tensorboard=False,
+                         out=str(tmp_path / "run"))  # fmt: skip
+    fit(config, quiet=True)
+    best = tmp_path / "run" / "best.pt"
+    rng = np.random.default_rng(0)
+    layout = {"one": ["1/a.png"], "both": ["train/1/a.png", "val/1/b.png", "val/1/c.png"]}
+    for folder, files in layout.items():
+        for name in files:
+            (tmp_path / folder / name).parent.mkdir(parents=True, exist_ok=True)
+            pixels = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / folder / name)
+    for folder, files in layout.items():
+        (report,) = evaluate_checkpoints([best], data=f"imagefolder:{tmp_path / folder}",
+                                         split="all")  # fmt: skip
+        assert report["samples"] == len(files)
+        assert [sum(row) for row in report["confusion_matrix"]] == [0, len(files), 0]
+    with pytest.raises(UsageError, match=r"^a validation split of 0.2 of 1 samples") as caught:
+        evaluate_checkpoints([best], data=f"imagefolder:{tmp_path / 'one'}", split="val")
+    assert "eval --split all" in caught.value.hint
+
+
 def test_a_held_out_image_sources_wrappers_pickle_for_spawned_workers():
     """macOS and Windows start DataLoader workers by spawning: the dataset is pickled."""
     import pickle

@@ -45,8 +45,9 @@ def split_indices(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, tor
     n_val = round(n * fraction)
     if n_val < 1 or n_val >= n:
         raise UsageError(
-            f"--val-split {fraction} of {n} samples leaves an empty split",
-            hint="use more samples or another --val-split",
+            f"a validation split of {fraction} of {n} samples leaves one side empty",
+            hint="use more samples or another --val-split; eval --split all reads a held-out "
+            "source whole",
         )
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return perm[n_val:].sort().values, perm[:n_val].sort().values

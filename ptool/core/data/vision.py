@@ -177,7 +177,7 @@ def imagefolder(config: Any, path: str, *, channels: int = 3) -> DataBundle:
             ) from exc
 
     base = open_folder(train_dir)
-    if val_dir is not None and train_dir != root and config.val_split is None:
+    if val_dir is not None and train_dir != root and not config.val_split:  # 0: eval's whole
         val_base, train_idx, val_idx = open_folder(val_dir), None, None
         if val_base.classes != base.classes:
             raise UsageError(
@@ -188,7 +188,7 @@ def imagefolder(config: Any, path: str, *, channels: int = 3) -> DataBundle:
         fraction = config.val_split if config.val_split is not None else DEFAULT_VAL_FRACTION
         train_idx, val_idx = split_indices(len(base), fraction, data_seed(config))
         val_base = base
-    if len(base.classes) < 2:
+    if len(base.classes) < 2 and config.val_split != 0:  # held-out images of one class: eval
         raise UsageError(
             f"imagefolder: {train_dir} holds one class folder ({base.classes[0]}); nothing to "
             "classify",
