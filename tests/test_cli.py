@@ -140,6 +140,11 @@ def test_help_gives_the_defaults_each_command_uses():
             "ptool quantize static",
         ),
         (["convcalc", "--h"], "Option '--h' requires an argument", "ptool convcalc"),
+        # an unset shell variable: read as ".", predict took every image below it, -o ""
+        # wrote the default file and --init-from "" trained from scratch
+        (["predict", "ckpt.pt", ""], "'INPUT': an empty path ('')", "ptool predict"),
+        (["eval", "ckpt.pt", "-o", ""], "'--output' / '-o': an empty path", "ptool eval"),
+        (["quantize", "dynamic", ""], "'CKPT': an empty path", "ptool quantize dynamic"),
     ],
 )
 def test_usage_errors_are_one_line_and_exit_2(args, message, command):

@@ -6,6 +6,16 @@ from typing import Annotated
 
 import typer
 
+
+def refuse_empty(value: str | list[str] | None) -> str | list[str] | None:
+    """A path given as '' (an unset shell variable) would read as the current directory:
+    `predict CKPT "$FILES"` predicting every image below it, `-o ""` the default file."""
+    values = value if isinstance(value, list) else [value]
+    if "" in values:
+        raise typer.BadParameter("an empty path ('') names no file")
+    return value
+
+
 JsonOpt = Annotated[
     bool,
     typer.Option("--json", help="Print one JSON document on stdout (stable keys), nothing else."),
@@ -18,6 +28,7 @@ CkptArg = Annotated[
     typer.Argument(
         metavar="CKPT",
         help="Checkpoint from `ptool train` (default: the newest runs/*/best.pt).",
+        callback=refuse_empty,
         show_default=False,
     ),
 ]

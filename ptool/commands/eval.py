@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ptool.commands._options import DeviceOpt, EmaOpt, JsonOpt, QuietOpt, examples
+from ptool.commands._options import DeviceOpt, EmaOpt, JsonOpt, QuietOpt, examples, refuse_empty
 from ptool.ui.lr_plot_view import FIGURE_SUFFIXES
 
 EXAMPLES = examples(
@@ -25,6 +25,7 @@ def eval_(
         list[str] | None,
         typer.Argument(
             metavar="CKPT",
+            callback=refuse_empty,
             help="Checkpoint (float, pruned or quantized); default: the newest runs/*/best.pt.",
             show_default=False,
         ),
@@ -34,6 +35,7 @@ def eval_(
         typer.Option(
             "--compare",
             metavar="CKPT2",
+            callback=refuse_empty,
             help="More checkpoints on the same data, in one table with differences vs CKPT.",
             show_default=False,
         ),
@@ -65,6 +67,7 @@ def eval_(
         typer.Option(
             "--output",
             "-o",
+            callback=refuse_empty,
             help="Write the confusion matrix as an image (.png, .svg or .pdf).",
             show_default=False,
         ),

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ptool.commands._options import JsonOpt, QuietOpt, examples
+from ptool.commands._options import JsonOpt, QuietOpt, examples, refuse_empty
 
 EXAMPLES = examples(
     "ptool inspect-checkpoint runs/mlp/last.pt",
@@ -24,6 +24,7 @@ def inspect_checkpoint(
         list[str],
         typer.Argument(
             metavar="FILE",
+            callback=refuse_empty,
             help="Checkpoint files: ptool .pt, any torch.save state dict or nesting of one "
             "(Lightning, timm, pytorch_model.bin), .safetensors. Several: one line each.",
             show_default=False,

@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 
 from ptool.commands._config_options import with_config_options
-from ptool.commands._options import JsonOpt, QuietOpt, examples
+from ptool.commands._options import JsonOpt, QuietOpt, examples, refuse_empty
 from ptool.core.config import FIELDS, check_interval
 from ptool.ui.lr_plot_view import FIGURE_SUFFIXES
 
@@ -63,16 +63,24 @@ CompareOpt = Annotated[
     ),
 ]
 ConfigOpt = Annotated[
-    str | None, typer.Option("--config", help="A train config file (TOML/YAML/JSON); flags win.")
+    str | None,
+    typer.Option(
+        "--config", callback=refuse_empty, help="A train config file (TOML/YAML/JSON); flags win."
+    ),
 ]
 FromCheckpointOpt = Annotated[
     str | None,
-    typer.Option("--from-checkpoint", help="Use a checkpoint's saved config (and its data size)."),
+    typer.Option(
+        "--from-checkpoint",
+        callback=refuse_empty,
+        help="Use a checkpoint's saved config (and its data size).",
+    ),
 ]
 FromRunOpt = Annotated[
     str | None,
     typer.Option(
         "--from-run",
+        callback=refuse_empty,
         help="A finished run directory: its config, overlaid with the lr it logged to "
         "TensorBoard (and its logged --monitor metric for plateau).",
     ),
@@ -110,7 +118,12 @@ LogYOpt = Annotated[bool, typer.Option("--log-y", help="Logarithmic lr axis.")]
 TitleOpt = Annotated[str | None, typer.Option("--title", help="Chart and figure title.")]
 OutputOpt = Annotated[
     str | None,
-    typer.Option("--output", "-o", help="Write a figure (.png, .svg, .pdf) or the series (.csv)."),
+    typer.Option(
+        "--output",
+        "-o",
+        callback=refuse_empty,
+        help="Write a figure (.png, .svg, .pdf) or the series (.csv).",
+    ),
 ]
 CsvOpt = Annotated[bool, typer.Option("--csv", help="Print the series as CSV on stdout.")]
 ChartOpt = Annotated[

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ptool.commands._options import DeviceOpt, EmaOpt, JsonOpt, QuietOpt, examples
+from ptool.commands._options import DeviceOpt, EmaOpt, JsonOpt, QuietOpt, examples, refuse_empty
 
 EXAMPLES = examples(
     "ptool predict runs/digits/best.pt digit.png more_digits/",
@@ -18,12 +18,16 @@ EXAMPLES = examples(
 
 def predict(
     checkpoint: Annotated[
-        str, typer.Argument(metavar="CKPT", help="Checkpoint (float, pruned or quantized).")
+        str,
+        typer.Argument(
+            metavar="CKPT", callback=refuse_empty, help="Checkpoint (float, pruned or quantized)."
+        ),
     ],
     inputs: Annotated[
         list[str],
         typer.Argument(
             metavar="INPUT",
+            callback=refuse_empty,
             help="Image files or folders, a CSV, a torch.save tensor file (.pt, .pth, ...), "
             "or - for JSON lines on stdin.",
         ),

@@ -12,7 +12,7 @@ from ptool.commands._config_options import (
     FINETUNE_FIELDS,
     with_config_options,
 )
-from ptool.commands._options import BenchRunsOpt, CkptArg, JsonOpt, QuietOpt, examples
+from ptool.commands._options import BenchRunsOpt, CkptArg, JsonOpt, QuietOpt, examples, refuse_empty
 from ptool.core.prune.options import METHODS
 
 EXAMPLES = examples(
@@ -109,6 +109,7 @@ def prune(
         typer.Option(
             "--output",
             "-o",
+            callback=refuse_empty,
             help="Pruned checkpoint to write (default: <ckpt stem>.pruned.pt next to the input).",
             show_default=False,
         ),

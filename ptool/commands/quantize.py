@@ -11,7 +11,7 @@ from ptool.commands._config_options import (
     FINETUNE_FIELDS,
     with_config_options,
 )
-from ptool.commands._options import BenchRunsOpt, CkptArg, JsonOpt, QuietOpt, examples
+from ptool.commands._options import BenchRunsOpt, CkptArg, JsonOpt, QuietOpt, examples, refuse_empty
 from ptool.commands._plain_params import PlainGroup, PlainTyper
 
 EXAMPLES = examples(
@@ -34,6 +34,7 @@ OutputOpt = Annotated[
     typer.Option(
         "--output",
         "-o",
+        callback=refuse_empty,
         help=(
             "Quantized checkpoint to write (default: <ckpt stem>.int8.pt next to the input; "
             ".fp16.pt for --dtype float16)."
@@ -137,6 +138,7 @@ def static(
         str | None,
         typer.Option(
             "--calib-data",
+            callback=refuse_empty,
             help="Calibrate on another data source (a --data spec) instead of the run's own.",
             show_default=False,
         ),
@@ -193,6 +195,7 @@ def qat(
         str | None,
         typer.Option(
             "--resume",
+            callback=refuse_empty,
             help="Continue an interrupted QAT run from its last.pt, then convert.",
             show_default=False,
         ),

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from ptool.commands._config_options import with_config_options
-from ptool.commands._options import JsonOpt, QuietOpt, UnsafeLoadOpt, examples
+from ptool.commands._options import JsonOpt, QuietOpt, UnsafeLoadOpt, examples, refuse_empty
 from ptool.commands.train import RescheduleOpt, resume_and_log, run_and_report
 
 EXAMPLES = examples(
@@ -23,6 +23,7 @@ def resume(
         str | None,
         typer.Argument(
             metavar="CKPT",
+            callback=refuse_empty,
             help="A checkpoint, or a run directory (its newest valid checkpoint). "
             "Default: the newest run under ./runs.",
             show_default=False,

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ptool.commands._config_options import with_config_options
-from ptool.commands._options import JsonOpt, QuietOpt, UnsafeLoadOpt, examples
+from ptool.commands._options import JsonOpt, QuietOpt, UnsafeLoadOpt, examples, refuse_empty
 from ptool.core.errors import UsageError
 from ptool.core.rundir import speaks_for_the_job
 
@@ -28,13 +28,16 @@ EXAMPLES = examples(
 ConfigOpt = Annotated[
     str | None,
     typer.Option(
-        "--config", help="TOML, YAML or JSON file with any of the options below; flags win."
+        "--config",
+        callback=refuse_empty,
+        help="TOML, YAML or JSON file with any of the options below; flags win.",
     ),
 ]
 ResumeOpt = Annotated[
     str | None,
     typer.Option(
         "--resume",
+        callback=refuse_empty,
         help="Continue the run of this checkpoint or run directory (same as `ptool resume`).",
         show_default=False,
     ),

@@ -447,6 +447,8 @@ def _scalar(kind: type, value: Any) -> Any:
     fraction is not an int (`int(1.5)` is 1) and a YAML `true` is not a number."""
     if isinstance(value, str):
         value = value.strip()
+    if kind is str and value == "":  # --out "" read as the current directory, --init-from ""
+        raise ValueError("an empty value")  # as none
     if kind is bool:
         if isinstance(value, str):
             lowered = value.lower()
