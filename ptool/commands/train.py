@@ -81,8 +81,10 @@ def train(
     if resume is not None:
         from ptool.core.resume import plan_resume
 
-        given = {**(read_config_file(config) if config else {}), **overrides}
-        plan = plan_resume(resume, given, reschedule=reschedule, unsafe=unsafe_load)
+        from_file = read_config_file(config) if config else None
+        plan = plan_resume(
+            resume, overrides, from_file=from_file, reschedule=reschedule, unsafe=unsafe_load
+        )
         if print_config:
             _print_config(out, plan.config.to_dict())
             return

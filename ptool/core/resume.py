@@ -78,13 +78,23 @@ def find_checkpoint(path: str | Path | None) -> Path:
 
 
 def _refuse_changes(saved: TrainConfig, overrides: dict[str, Any], checkpoint: Path) -> None:
-    from ptool.core.schedules import monitor_mode
+    from ptool.core.optim import default_weight_decay
+    from ptool.core.schedules import monitor_mode, resolve_interval
 
+    # what a default stands for in the run: `--mode min` passes for a run whose auto means
+    # min, `--weight-decay 0.01` for an AdamW run's PyTorch default
+    resolved = {
+        "mode": monitor_mode,
+        "weight_decay": default_weight_decay,
+        "scheduler_interval": resolve_interval,
+    }
     for name, value in overrides.items():
         if name in RESUMABLE or getattr(saved, name) == value:
             continue
-        if name == "mode" and monitor_mode(saved) == monitor_mode(saved.replace(mode=value)):
-            continue  # --mode min for a run whose auto already means min
+        if name in resolved and resolved[name](saved) == resolved[name](
+            saved.replace(**{name: value})
+        ):
+            continue
         _refuse_unread_option(saved, name, value)
         section = FIELDS[name].metadata["section"]
         what = {"model": "the model", "data": "the data", "optimizer": "the optimizer"}.get(
@@ -204,10 +214,12 @@ def plan_resume(
     path: str | Path | None,
     overrides: dict[str, Any],
     *,
+    from_file: dict[str, Any] | None = None,
     reschedule: bool = False,
     unsafe: bool = False,
 ) -> ResumePlan:
-    """Load the checkpoint, check the overrides, and say what will happen to the schedule."""
+    """Load the checkpoint, check the overrides, and say what will happen to the schedule.
+    `from_file` holds a --config file's values (flags win over them)."""
     from ptool.core.checkpoint import load_checkpoint
     from ptool.core.checks import check_overrides
     from ptool.core.inspect.reader import UNSAFE_HINT
@@ -218,20 +230,23 @@ def plan_resume(
             "with all of its state",
             hint="give one of them: ptool resume CKPT, or ptool train --init-from CKPT",
         )
-    check_overrides(overrides)
-    if "device" in overrides:  # before the checkpoint is read, as the other flags
+    given = {**(from_file or {}), **overrides}
+    check_overrides(given)
+    if "device" in given:  # before the checkpoint is read, as the other flags
         from ptool.core.runtime import resolve_device
 
-        resolve_device(overrides["device"])
+        resolve_device(given["device"])
     checkpoint = find_checkpoint(path)
     ckpt = load_checkpoint(checkpoint, unsafe=unsafe, refusal_hint=UNSAFE_HINT)
     _refuse_derived(ckpt, checkpoint)
     from ptool.core.restore import config_and_info
 
     saved, _ = config_and_info(ckpt)
-    _refuse_changes(saved, overrides, checkpoint)
-    config = saved.replace(**{k: v for k, v in overrides.items() if k in RESUMABLE})
-    moved = not overrides.get("out")
+    if "out" not in overrides and given.get("out") == saved.out:
+        del given["out"]  # the run's own config.yaml, which names where it was started
+    _refuse_changes(saved, given, checkpoint)
+    config = saved.replace(**{k: v for k, v in given.items() if k in RESUMABLE})
+    moved = not given.get("out")
     if moved:  # the run continues where its checkpoint is now
         config = config.replace(out=str(checkpoint.parent))
     # a process training there now: before any "resuming"; rank 0 only, which takes the lock

@@ -17,6 +17,7 @@ import torch
 
 from ptool.core import checkpoint as ckpt_io
 from ptool.core import rundir
+from ptool.core.config import read_config_file
 from ptool.core.engine import fit
 from ptool.core.errors import PtoolError, UsageError
 from ptool.core.resume import find_checkpoint, plan_resume, resume_run
@@ -207,6 +208,13 @@ def test_changing_the_model_data_or_optimizer_is_refused_naming_init_from(tmp_pa
     plan = plan_resume(tmp_path / "run", {"epochs": 2, "model": "mlp", "early_stop_patience": 1})
     assert plan.config.early_stop_patience == 1  # unchanged values and allowed flags pass
     assert plan_resume(tmp_path / "run", {"epochs": 2, "mode": "min"}).config.mode == "auto"
+    # what the run's defaults stand for: AdamW's 0.01, a "none" schedule stepped per epoch
+    same = {"weight_decay": 0.01, "scheduler_interval": "epoch"}
+    assert plan_resume(tmp_path / "run", {"epochs": 2, **same}).config.weight_decay is None
+    with pytest.raises(UsageError, match="--weight-decay 0.0 changes the optimizer"):
+        plan_resume(tmp_path / "run", {"epochs": 2, "weight_decay": 0.0})
+    with pytest.raises(UsageError, match="--scheduler-interval step changes the scheduler"):
+        plan_resume(tmp_path / "run", {"epochs": 2, "scheduler_interval": "step"})
     with pytest.raises(UsageError, match="--mode max changes the loop settings"):
         plan_resume(tmp_path / "run", {"epochs": 2, "mode": "max"})  # auto: min for val/loss
     with pytest.raises(UsageError) as info:  # the saved value as a flag, not Python's None
@@ -249,6 +257,14 @@ def test_a_copied_or_moved_run_continues_where_it_is_now(tmp_path):
     resume_run(plan, quiet=True)
     assert (tmp_path / "run" / "last.pt").read_bytes() == original
     assert torch.load(tmp_path / "copy" / "last.pt", weights_only=True)["epoch"] == 2
+    # with its own config.yaml (train --resume --config), whose `out` names the original: it
+    # resumed into the original (moved) or was refused as another run's files (copied)
+    shutil.move(tmp_path / "copy", tmp_path / "moved")
+    own = read_config_file(tmp_path / "moved" / "config.yaml")
+    plan = plan_resume(tmp_path / "moved", {"epochs": 3}, from_file=own)
+    assert plan.config.out == str(tmp_path / "moved")
+    plan = plan_resume(tmp_path / "moved", {"epochs": 3, "out": own["out"]}, from_file=own)
+    assert plan.config.out == own["out"]  # a flag naming it is the user's choice
 
 
 def test_a_new_run_or_a_resume_never_replaces_another_runs_checkpoints(tmp_path):
