@@ -240,7 +240,7 @@ def logged_lines(log: RunLog, *, steps_per_epoch: int) -> list[Line]:
 
 def read_metric_file(path: str | Path, monitor: str | None = None) -> list[float]:
     """One value per epoch: a bare column of numbers, or a CSV with a header (the column named
-    like --monitor if there is one, else the last column)."""
+    like --monitor; a header of one column names the metric whatever it says)."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"metric file not found: {path}")
@@ -259,7 +259,13 @@ def read_metric_file(path: str | Path, monitor: str | None = None) -> list[float
         float(rows[0][-1])
     except ValueError:
         header = [name.strip() for name in rows.pop(0)]
-        column = header.index(monitor) if monitor in header else -1
+        if monitor in header:
+            column = header.index(monitor)
+        elif len(header) > 1:  # the last one could be another metric, watched in another mode
+            raise UsageError(
+                f"{path} has no column {monitor!r} (--monitor); its columns: {', '.join(header)}",
+                hint="name the metric's column with --monitor COLUMN",
+            ) from None
     try:
         values = [float(row[column]) for row in rows]
     except (ValueError, IndexError) as exc:

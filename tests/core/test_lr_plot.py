@@ -43,7 +43,13 @@ def test_metric_file_forms(tmp_path):
     table = tmp_path / "table.csv"
     table.write_text("epoch,val/loss,val/accuracy\n1,0.8,0.5\n2,0.7,0.6\n")
     assert core.read_metric_file(table, "val/loss") == [0.8, 0.7]
-    assert core.read_metric_file(table, "other") == [0.5, 0.6]  # the last column
+    with pytest.raises(
+        UsageError, match=r"has no column 'other' \(--monitor\); its columns: epoch"
+    ):
+        core.read_metric_file(table, "other")  # it took the last column, as mode min or max
+    single = tmp_path / "single.csv"
+    single.write_text("loss\n0.8\n0.7\n")
+    assert core.read_metric_file(single, "val/loss") == [0.8, 0.7]
     empty = tmp_path / "empty.csv"
     empty.write_text("val/loss\n")
     binary = tmp_path / "binary.csv"
