@@ -11,6 +11,7 @@ import sys
 from importlib import metadata
 
 import pytest
+import torch
 import typer
 
 from tests.conftest import run_ptool
@@ -43,12 +44,23 @@ def test_training_and_evaluating_import_no_vision_or_compiler_stack(tmp_path):
     optimizers import torch._dynamo themselves, so training does.)"""
     run = str(tmp_path / "run")
     args = "train --data synthetic --shape 6 --samples 64 --epochs 1 --no-tensorboard --quiet"
-    trained = _imported_modules(*args.split(), "--model", "mlp", "--out", run)
+    image_run = args.replace("--shape 6", "--shape 1x8x8")
+    trained = _imported_modules(*image_run.split(), "--model", "cnn", "--out", run)
     assert (tmp_path / "run" / "last.pt").is_file()
     assert not {"torchvision", "torchmetrics", "scipy.signal"} & trained
-    evaluated = _imported_modules("eval", f"{run}/last.pt", "--json")
-    assert "ptool.core.evaluate" in evaluated
-    assert not {"torchvision", "torchmetrics", "scipy.signal", "torch._dynamo"} & evaluated
+    torch.save(torch.zeros(2, 1, 8, 8), tmp_path / "inputs.pt")
+    for command, module in (
+        (["eval", f"{run}/last.pt"], "ptool.core.evaluate"),
+        (["predict", f"{run}/last.pt", str(tmp_path / "inputs.pt")], "ptool.core.predict"),
+        (
+            ["quantize", "dynamic", f"{run}/last.pt", "-o", str(tmp_path / "q.pt")],
+            "ptool.core.quantize.ao",
+        ),
+        (["prune", f"{run}/last.pt", "-o", str(tmp_path / "p.pt")], "ptool.core.prune.masks"),
+    ):  # the README's promise for a built-in model
+        modules = _imported_modules(*command, "--json")
+        assert module in modules
+        assert not {"torchvision", "torchmetrics", "scipy.signal", "torch._dynamo"} & modules
     # refusals that need the data (a cnn for tabular data, a schedule too short for its
     # steps) come before any optimizer
     for refusal, module in (

@@ -108,8 +108,6 @@ def val_transform(info) -> Callable[[Any], torch.Tensor]:
 
         return tabular
 
-    from torchvision.transforms.v2 import functional as F
-
     channels, height, width = info.input_shape
 
     def image(raw: Any) -> torch.Tensor:
@@ -125,7 +123,9 @@ def val_transform(info) -> Callable[[Any], torch.Tensor]:
             x = x.unsqueeze(0)
         if x.shape[0] != channels:
             x = x[:3].mean(dim=0, keepdim=True) if channels == 1 else x[:1].expand(3, -1, -1)
-        if tuple(x.shape[1:]) != (height, width):
+        if tuple(x.shape[1:]) != (height, width):  # torchvision (~1 s) only when it resizes
+            from torchvision.transforms.v2 import functional as F
+
             x = F.resize(x, [height, width], antialias=True)
         return normalize_tensor(x, mean, std) if mean is not None else x
 
