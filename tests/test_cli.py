@@ -228,6 +228,12 @@ def test_columns_0_means_no_width_not_an_empty_screen():
     assert result.returncode == 2 and result.stderr.startswith("error: ")
 
 
+def test_results_in_a_pipe_carry_no_trailing_padding_whatever_columns_says():
+    result = run_ptool("convcalc", "--h", "32", "--k", "3", env={"COLUMNS": "200"})
+    assert result.returncode == 0 and "32 -> 30" in result.stdout
+    assert [line for line in result.stdout.splitlines() if line != line.rstrip()] == []
+
+
 @pytest.mark.parametrize(
     ("environ", "named"),
     [({"WORLD_SIZE": "2"}, "RANK=(unset)"), ({"WORLD_SIZE": "abc", "RANK": "0"}, "WORLD_SIZE=abc")],

@@ -806,10 +806,12 @@ def evaluate(request: dict) -> LayerResult | ChainResult | SolveResult:
         in_channels = _single(parse_ints(in_channels, "in_channels", minimum=1), "in_channels")
     layer_options = {k: v for k, v in request.items() if k in _OPTIONS or k in _ALIASES}
     if request.get("chain") is not None:
-        given = sorted(k for k, v in layer_options.items() if v is not None)
+        given = sorted(
+            f"--{k.replace('_', '-')}" for k, v in layer_options.items() if v is not None
+        )
         if given or request.get("target") is not None:
             raise UsageError(
-                f"a chain sets each layer itself; drop {', '.join(given) or 'target'}",
+                f"a chain sets each layer itself; drop {', '.join(given) or '--target'}",
                 hint='e.g. --chain "conv k3 s2 c32; maxpool k2"',
             )
         return compute_chain(parse_chain(request["chain"]), size, in_channels)

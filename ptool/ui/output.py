@@ -126,9 +126,10 @@ class Output:
             self._print(*objects, **kwargs)
 
     def _print(self, *objects: Any, **kwargs: Any) -> None:
-        """Rich output; in a pipe without the padding rich adds to fill a table's columns (a
-        long value in one row would pad every other row to its width)."""
-        if not self.piped:
+        """Rich output; in a pipe or a file (whatever COLUMNS says) without the padding rich
+        adds to fill a table's columns (a long value in one row would pad every other row to
+        its width)."""
+        if sys.stdout.isatty():
             self.out.print(*objects, **kwargs)
             return
         with self.out.capture() as captured:

@@ -212,7 +212,7 @@ def test_stdin_chain_line_with_a_target_is_refused_not_ignored():
     """Before: the chain was answered and --target silently dropped, exit 0."""
     proc = convcalc("--h", "32", "--target", "16", "--stdin", input="conv k3\n")
     assert json.loads(proc.stdout) == {
-        "line": 1, "error": "a chain sets each layer itself; drop target",
+        "line": 1, "error": "a chain sets each layer itself; drop --target",
     }  # fmt: skip
     assert proc.returncode == 1
 
