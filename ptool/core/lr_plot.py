@@ -183,11 +183,21 @@ def schedule_lines(
 
 
 def read_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar of a TensorBoard directory, (step, value) sorted by step (last write wins)."""
+    """Every scalar of a TensorBoard directory, (step, value) sorted by step (last write wins).
+    A resumed run's events go back in steps: TensorBoard purges the replaced ones, with a
+    warning meant for TensorFlow restarts, silenced here."""
+    import logging
+
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     accumulator = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
-    accumulator.Reload()
+    tb_logger = logging.getLogger("tensorboard")
+    level = tb_logger.level
+    tb_logger.setLevel(logging.ERROR)
+    try:
+        accumulator.Reload()
+    finally:
+        tb_logger.setLevel(level)
     scalars = {}
     for tag in accumulator.Tags().get("scalars", []):
         by_step = {event.step: event.value for event in accumulator.Scalars(tag)}

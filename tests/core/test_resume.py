@@ -138,6 +138,22 @@ def test_resuming_from_an_earlier_epoch_replaces_the_later_curves(tmp_path):
     assert len(list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))) == 2
 
 
+def test_lr_plot_reads_a_resumed_runs_log_without_tensorboards_restart_warning(tmp_path, caplog):
+    """The steps a resume trained again made TensorBoard warn of "a TensorFlow restart",
+    on stderr, even with --quiet."""
+    from ptool.core.lr_plot import read_scalars
+
+    config = small(tmp_path, "run", tensorboard=True, keep_last=3, **EXACT)
+    fit(config, quiet=True)
+    time.sleep(1.1)  # see the test above
+    resume_run(plan_resume(tmp_path / "run" / "epoch-1.pt", {}), quiet=True)
+    caplog.clear()
+    assert [step for step, _ in read_scalars(tmp_path / "run" / "tensorboard")["lr"]] == list(
+        range(15)
+    )
+    assert [record.getMessage() for record in caplog.records] == []
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
