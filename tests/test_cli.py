@@ -317,6 +317,15 @@ def test_help_shows_flags_without_a_value():
         assert quiet.split()[:4] == ["│", "--quiet", "-q", "Silence"], quiet
 
 
+def test_help_in_a_pipe_cuts_no_flag_name_or_choice():
+    """`ptool train --help | grep` met `--no-persistent-wo…` and `[sgd|adam|adamw|rms…`."""
+    for command in ("prune", "quantize qat", "train"):
+        proc = run_ptool(*command.split(), "--help", env={"COLUMNS": ""})
+        assert proc.returncode == 0 and "…" not in proc.stdout, command
+    assert "--no-persistent-workers" in proc.stdout  # train's
+    assert "[sgd | adam | adamw | rmsprop]" in proc.stdout
+
+
 def test_torchrun_takes_no_ptool_option_for_its_own_but_monitor():
     """torchrun's argparse matches abbreviations of its options anywhere on the line:
     `--monitor` stops it (ambiguous with --monitor-interval); a unique prefix would be taken

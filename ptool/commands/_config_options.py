@@ -66,7 +66,7 @@ def _parameter(name: str, *, hidden: bool = False, shown: str | None = None) -> 
             default = cfg.FIELDS[name].default_factory()  # type: ignore[misc]
         shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
     if meta.get("choices"):
-        help_text += f" \\[{'|'.join(meta['choices'])}]"  # escaped: rich markup
+        help_text += f" \\[{' | '.join(meta['choices'])}]"  # escaped: rich markup; spaced: wraps
     if shown is not None:
         help_text += f" [dim](default: {shown})[/dim]"
     option = typer.Option(

@@ -19,10 +19,25 @@ except ImportError:  # pragma: no cover - another Typer minor version
 PLAIN = (str, bool)
 
 
+# Help in a pipe or a file: rich's 80 columns cut long flag names to `--no-persistent-wo…`,
+# which `ptool train --help | grep` then cannot find; wider, every one fits.
+PIPED_HELP_WIDTH = 160
+
+
 class PlainParams:
-    """Mixin for a Typer command or group class: str/bool options skip pydantic, and flags
-    show no `<bool>` in help (Typer 0.29 writes `--quiet -q <bool>`, which reads as if
-    `--quiet true` were how to write it)."""
+    """Mixin for a Typer command or group class: str/bool options skip pydantic, flags show
+    no `<bool>` in help (Typer 0.29 writes `--quiet -q <bool>`, which reads as if
+    `--quiet true` were how to write it), and help in a pipe is PIPED_HELP_WIDTH wide."""
+
+    def format_help(self, ctx, formatter):
+        import os
+        import sys
+
+        import typer.rich_utils
+
+        if not (sys.stdout.isatty() or os.environ.get("COLUMNS") or typer.rich_utils.MAX_WIDTH):
+            typer.rich_utils.MAX_WIDTH = PIPED_HELP_WIDTH
+        return super().format_help(ctx, formatter)
 
     def get_params(self, ctx):
         params = super().get_params(ctx)
