@@ -134,11 +134,33 @@ def refuse_other_run(path: str | Path) -> None:
         )
 
 
+# The descriptors of this process's RunDirLocks, which a forked child lets go of.
+_LOCK_FDS: set[int] = set()
+
+
+def _let_go_of_locks_in_child() -> None:
+    """A forked child (a DataLoader worker) shares the lock's open file, so it held the lock
+    after a kill -9 of its parent until it noticed, about 5 s later, and a resume at once was
+    refused. Its copies now point at the null device (the numbers stay valid, so nothing
+    else's file is closed by mistake)."""
+    if not _LOCK_FDS:
+        return
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in _LOCK_FDS:
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    _LOCK_FDS.clear()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no lock either
+    os.register_at_fork(after_in_child=_let_go_of_locks_in_child)
+
+
 class RunDirLock:
     """An exclusive `flock` on <run dir>/.ptool.lock while one process trains there: a second
     run or resume into the folder is refused even before the first one's first checkpoint.
     The kernel drops the lock when its process ends, kill -9 included, so a stale file never
-    blocks. (No `fcntl` on Windows: no lock there.)"""
+    blocks; forked children do not keep it. (No `fcntl` on Windows: no lock there.)"""
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / LOCK_NAME
@@ -169,6 +191,7 @@ class RunDirLock:
                 handle.write(f"{os.getpid()}\n")
                 handle.flush()
                 self.handle = handle
+                _LOCK_FDS.add(handle.fileno())
             else:
                 handle.close()
 
@@ -176,6 +199,7 @@ class RunDirLock:
         """Unlink the file while still holding it, then let go: the folder is left as it was."""
         if self.handle is not None:
             self.path.unlink(missing_ok=True)
+            _LOCK_FDS.discard(self.handle.fileno())
             self.handle.close()
             self.handle = None
 

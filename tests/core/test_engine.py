@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -731,6 +732,41 @@ def test_data_seed_pins_the_split_across_seeds(tmp_path):
     assert torch.equal(val_inputs(seed=1, data_seed=5), val_inputs(seed=2, data_seed=5))
     assert torch.equal(val_inputs(seed=None, data_seed=5), val_inputs(seed=5))
     assert data_seed(small(tmp_path, seed=None)) == 0  # what build_data sees outside a run
+
+
+def test_a_killed_runs_forked_workers_do_not_keep_its_folder_locked(tmp_path):
+    """DataLoader workers are forked with the lock's open file: after a kill -9 of the run, a
+    resume at once was refused ("in use by another ptool process (pid <the dead one>)") until
+    they noticed, about 5 s later."""
+    import signal
+    import subprocess
+    import sys
+
+    from ptool.core.rundir import RunDirLock
+
+    (tmp_path / "run").mkdir()
+    code = (
+        "import multiprocessing as mp, sys, time\n"
+        "from pathlib import Path\n"
+        "from ptool.core.rundir import RunDirLock\n"
+        "lock = RunDirLock(Path(sys.argv[1]))\n"
+        "worker = mp.get_context('fork').Process(target=time.sleep, args=(60,))\n"
+        "worker.start()\n"
+        "print(worker.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    run = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path / "run")], stdout=subprocess.PIPE, text=True
+    )
+    worker = int(run.stdout.readline())
+    try:
+        run.send_signal(signal.SIGKILL)
+        run.wait(timeout=30)
+        RunDirLock(tmp_path / "run").release()  # the worker still lives, without the lock
+        os.kill(worker, 0)
+    finally:
+        run.stdout.close()
+        os.kill(worker, signal.SIGKILL)
 
 
 def test_a_folder_another_process_trains_in_is_refused_until_it_ends(tmp_path, monkeypatch):
