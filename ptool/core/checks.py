@@ -161,7 +161,8 @@ def check_loss_options(config: TrainConfig, info: Any) -> None:
         },
         switch="give --{kind} {owner}" if info.task == "classification" else None,
     )
-    if config.class_weights is not None and not any(config.class_weights):
+    weights = config.class_weights
+    if weights and not any(weights):  # an empty list: the loss says how many it needs
         raise UsageError(
             "--class-weights are all 0: no sample would count",
             hint="give the classes to learn a positive weight (0 leaves a class out)",

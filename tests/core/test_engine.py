@@ -891,6 +891,9 @@ def test_bce_regression_logs_and_predicts_sigmoids_and_needs_targets_in_0_1(tmp_
 def test_class_weights_all_zero_are_refused(tmp_path):
     with pytest.raises(UsageError, match="--class-weights are all 0"):
         fit(small(tmp_path, class_weights=[0, 0, 0]), quiet=True)
+    # `--class-weights ''` was "all 0" too
+    with pytest.raises(UsageError, match="^--class-weights has 0 values; the data has 3 classes"):
+        fit(small(tmp_path, class_weights=[]), quiet=True)
 
 
 def test_quiet_silences_torch_compiles_own_log_lines(tmp_path, monkeypatch):
