@@ -74,16 +74,15 @@ def train(
     Writes checkpoints, TensorBoard logs, config.yaml and summary.json to the run directory
     (--out, default runs/<timestamp>). See the README's `ptool train` section.
     """
-    from ptool.core.config import read_config_file, resolve_config
+    from ptool.core.config import resolve_config
     from ptool.ui.output import Output
 
     out = Output(json=json, quiet=quiet)
     if resume is not None:
         from ptool.core.resume import plan_resume
 
-        from_file = read_config_file(config) if config else None
         plan = plan_resume(
-            resume, overrides, from_file=from_file, reschedule=reschedule, unsafe=unsafe_load
+            resume, overrides, config_file=config, reschedule=reschedule, unsafe=unsafe_load
         )
         if print_config:
             _print_config(out, plan.config.to_dict())

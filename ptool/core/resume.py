@@ -214,14 +214,15 @@ def plan_resume(
     path: str | Path | None,
     overrides: dict[str, Any],
     *,
-    from_file: dict[str, Any] | None = None,
+    config_file: str | Path | None = None,
     reschedule: bool = False,
     unsafe: bool = False,
 ) -> ResumePlan:
-    """Load the checkpoint, check the overrides, and say what will happen to the schedule.
-    `from_file` holds a --config file's values (flags win over them)."""
+    """Load the checkpoint, check the overrides (flags over a --config file's values), and say
+    what will happen to the schedule."""
     from ptool.core.checkpoint import load_checkpoint
     from ptool.core.checks import check_overrides
+    from ptool.core.config import read_config_file
     from ptool.core.inspect.reader import UNSAFE_HINT
 
     if overrides.get("init_from"):
@@ -230,7 +231,8 @@ def plan_resume(
             "with all of its state",
             hint="give one of them: ptool resume CKPT, or ptool train --init-from CKPT",
         )
-    given = {**(from_file or {}), **overrides}
+    from_file = read_config_file(config_file) if config_file else {}
+    given = {**from_file, **overrides}
     check_overrides(given)
     if "device" in given:  # before the checkpoint is read, as the other flags
         from ptool.core.runtime import resolve_device
@@ -244,7 +246,11 @@ def plan_resume(
     saved, _ = config_and_info(ckpt)
     if "out" not in overrides and given.get("out") == saved.out:
         del given["out"]  # the run's own config.yaml, which names where it was started
-    _refuse_changes(saved, given, checkpoint)
+    _refuse_changes(saved, overrides, checkpoint)
+    try:
+        _refuse_changes(saved, {k: v for k, v in given.items() if k not in overrides}, checkpoint)
+    except UsageError as exc:  # a value of the file: named as check_file_values names it
+        raise UsageError(f"{config_file}: {exc}", hint=exc.hint) from None
     config = saved.replace(**{k: v for k, v in given.items() if k in RESUMABLE})
     moved = not given.get("out")
     if moved:  # the run continues where its checkpoint is now

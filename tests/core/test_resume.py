@@ -276,11 +276,18 @@ def test_a_copied_or_moved_run_continues_where_it_is_now(tmp_path):
     # with its own config.yaml (train --resume --config), whose `out` names the original: it
     # resumed into the original (moved) or was refused as another run's files (copied)
     shutil.move(tmp_path / "copy", tmp_path / "moved")
-    own = read_config_file(tmp_path / "moved" / "config.yaml")
-    plan = plan_resume(tmp_path / "moved", {"epochs": 3}, from_file=own)
+    own = tmp_path / "moved" / "config.yaml"
+    plan = plan_resume(tmp_path / "moved", {"epochs": 3}, config_file=own)
     assert plan.config.out == str(tmp_path / "moved")
-    plan = plan_resume(tmp_path / "moved", {"epochs": 3, "out": own["out"]}, from_file=own)
-    assert plan.config.out == own["out"]  # a flag naming it is the user's choice
+    started = read_config_file(own)["out"]
+    plan = plan_resume(tmp_path / "moved", {"epochs": 3, "out": started}, config_file=own)
+    assert plan.config.out == started  # a flag naming it is the user's choice
+    # a value of the file that changes the run is refused naming the file
+    (tmp_path / "lr.yaml").write_text("lr: 0.5\n")
+    with pytest.raises(UsageError, match=r"lr\.yaml: --lr 0\.5 changes the optimizer"):
+        plan_resume(tmp_path / "moved", {"epochs": 3}, config_file=tmp_path / "lr.yaml")
+    with pytest.raises(UsageError, match=r"^--lr 0\.1 changes"):  # a flag over the file's
+        plan_resume(tmp_path / "moved", {"lr": 0.1}, config_file=tmp_path / "lr.yaml")
 
 
 def test_a_new_run_or_a_resume_never_replaces_another_runs_checkpoints(tmp_path):
