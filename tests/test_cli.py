@@ -157,6 +157,7 @@ def test_help_gives_the_defaults_each_command_uses():
         (["predict", "ckpt.pt", ""], "'INPUT': an empty path ('')", "ptool predict"),
         (["eval", "ckpt.pt", "-o", ""], "'--output' / '-o': an empty path", "ptool eval"),
         (["quantize", "dynamic", ""], "'CKPT': an empty path", "ptool quantize dynamic"),
+        (["inspect-checkpoint", "a.pt", "--diff", ""], "'--diff'", "ptool inspect-checkpoint"),
     ],
 )
 def test_usage_errors_are_one_line_and_exit_2(args, message, command):

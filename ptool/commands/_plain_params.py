@@ -35,9 +35,13 @@ class PlainParams:
 
         import typer.rich_utils
 
-        if not (sys.stdout.isatty() or os.environ.get("COLUMNS") or typer.rich_utils.MAX_WIDTH):
+        width = typer.rich_utils.MAX_WIDTH
+        if not (sys.stdout.isatty() or os.environ.get("COLUMNS") or width):
             typer.rich_utils.MAX_WIDTH = PIPED_HELP_WIDTH
-        return super().format_help(ctx, formatter)
+        try:
+            return super().format_help(ctx, formatter)
+        finally:  # errors and tracebacks after it keep their own width
+            typer.rich_utils.MAX_WIDTH = width
 
     def get_params(self, ctx):
         params = super().get_params(ctx)

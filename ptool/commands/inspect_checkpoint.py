@@ -71,6 +71,7 @@ def inspect_checkpoint(
         str | None,
         typer.Option(
             "--diff",
+            callback=refuse_empty,
             help="Compare with OTHER: added, removed, reshaped and changed "
             "tensors with the max absolute difference.",
             metavar="OTHER",

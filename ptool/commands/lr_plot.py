@@ -107,8 +107,9 @@ MetricFileOpt = Annotated[
     str | None,
     typer.Option(
         "--metric-file",
+        callback=refuse_empty,
         help="plateau's metric: one value per epoch (a column, or CSV with a header: the "
-        "--monitor column, else the last).",
+        "--monitor column).",
     ),
 ]
 XAxisOpt = Annotated[

@@ -329,8 +329,15 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> TrainConfig:
-        """Build a config from (possibly partial) values, converting and checking each one."""
-        return cls(**{name: convert(name, value, source=source) for name, value in values.items()})
+        """Build a config from (possibly partial) values, converting and checking each one.
+        An empty text stays (a checkpoint of an older ptool, which took `--init-from ''` as
+        none); flags and config files are refused one by `convert` as they are read."""
+        return cls(
+            **{
+                name: convert(name, value, source=source, empty=True)
+                for name, value in values.items()
+            }
+        )
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -391,8 +398,9 @@ def _unknown_key(name: str, source: str) -> UsageError:
     return UsageError(f"{source}: unknown option {name!r}", hint=hint)
 
 
-def convert(name: str, value: Any, *, source: str = "config") -> Any:
-    """Check and convert one value (from a file, a flag or a checkpoint) to the field's type."""
+def convert(name: str, value: Any, *, source: str = "config", empty: bool = False) -> Any:
+    """Check and convert one value (from a file, a flag or a checkpoint) to the field's type.
+    An empty text is refused unless `empty`: `--out ""` read as the current directory."""
     if name not in FIELDS:
         raise _unknown_key(name, source)
     flag = "--" + name.replace("_", "-")
@@ -421,6 +429,8 @@ def convert(name: str, value: Any, *, source: str = "config") -> Any:
                     raise ValueError(f"expected {arity} comma-separated values")
                 return tuple(items)
             return items
+        if kind is str and not empty and isinstance(value, str) and not value.strip():
+            raise ValueError("an empty value")
         converted = _scalar(kind, value)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"{where}invalid value {value!r} for {flag}: {exc}") from None
@@ -447,8 +457,6 @@ def _scalar(kind: type, value: Any) -> Any:
     fraction is not an int (`int(1.5)` is 1) and a YAML `true` is not a number."""
     if isinstance(value, str):
         value = value.strip()
-    if kind is str and value == "":  # --out "" read as the current directory, --init-from ""
-        raise ValueError("an empty value")  # as none
     if kind is bool:
         if isinstance(value, str):
             lowered = value.lower()

@@ -798,6 +798,12 @@ def _giving(lines: list[Line], *outputs: int) -> list[Solution]:
 # One request (the command line, or one --stdin line)
 
 
+def _flag_of(name: str, value: Any) -> str:
+    """The command-line flag that gave an option: `--output-padding`, `--no-bias`."""
+    flag = name.replace("_", "-")
+    return f"--no-{flag}" if value is False else f"--{flag}"
+
+
 def evaluate(request: dict) -> LayerResult | ChainResult | SolveResult:
     """A request of option values (None = not given): a layer, a chain, or a padding search."""
     size = size_from_options(request)
@@ -806,9 +812,7 @@ def evaluate(request: dict) -> LayerResult | ChainResult | SolveResult:
         in_channels = _single(parse_ints(in_channels, "in_channels", minimum=1), "in_channels")
     layer_options = {k: v for k, v in request.items() if k in _OPTIONS or k in _ALIASES}
     if request.get("chain") is not None:
-        given = sorted(
-            f"--{k.replace('_', '-')}" for k, v in layer_options.items() if v is not None
-        )
+        given = sorted(_flag_of(k, v) for k, v in layer_options.items() if v is not None)
         if given or request.get("target") is not None:
             raise UsageError(
                 f"a chain sets each layer itself; drop {', '.join(given) or '--target'}",

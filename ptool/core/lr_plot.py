@@ -185,19 +185,21 @@ def schedule_lines(
 def read_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar of a TensorBoard directory, (step, value) sorted by step (last write wins).
     A resumed run's events go back in steps: TensorBoard purges the replaced ones, with a
-    warning meant for TensorFlow restarts, silenced here."""
+    warning meant for TensorFlow restarts, left out here (its other warnings stay)."""
     import logging
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    def not_the_restart_notice(record: logging.LogRecord) -> bool:
+        return "likely caused by a TensorFlow restart" not in record.getMessage()
+
     accumulator = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
     tb_logger = logging.getLogger("tensorboard")
-    level = tb_logger.level
-    tb_logger.setLevel(logging.ERROR)
+    tb_logger.addFilter(not_the_restart_notice)
     try:
         accumulator.Reload()
     finally:
-        tb_logger.setLevel(level)
+        tb_logger.removeFilter(not_the_restart_notice)
     scalars = {}
     for tag in accumulator.Tags().get("scalars", []):
         by_step = {event.step: event.value for event in accumulator.Scalars(tag)}
@@ -248,9 +250,13 @@ def logged_lines(log: RunLog, *, steps_per_epoch: int) -> list[Line]:
     ]
 
 
+TENSORBOARD_CSV = ["Wall time", "Step", "Value"]  # the scalars dashboard's download
+
+
 def read_metric_file(path: str | Path, monitor: str | None = None) -> list[float]:
     """One value per epoch: a bare column of numbers, or a CSV with a header (the column named
-    like --monitor; a header of one column names the metric whatever it says)."""
+    like --monitor; a header of one column names the metric whatever it says, and TensorBoard's
+    "Download CSV" file, `Wall time,Step,Value`, holds it in Value)."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"metric file not found: {path}")
@@ -271,10 +277,11 @@ def read_metric_file(path: str | Path, monitor: str | None = None) -> list[float
         header = [name.strip() for name in rows.pop(0)]
         if monitor in header:
             column = header.index(monitor)
-        elif len(header) > 1:  # the last one could be another metric, watched in another mode
-            raise UsageError(
+        elif header != TENSORBOARD_CSV and len(header) > 1:  # the last one could be another
+            raise UsageError(  # metric, better the other way (accuracy, not a loss)
                 f"{path} has no column {monitor!r} (--monitor); its columns: {', '.join(header)}",
-                hint="name the metric's column with --monitor COLUMN",
+                hint="name the metric's column with --monitor COLUMN, and with --mode min or "
+                "max which way is better (auto reads it in the name: losses and errors min)",
             ) from None
     try:
         values = [float(row[column]) for row in rows]

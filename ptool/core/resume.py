@@ -109,6 +109,14 @@ def _refuse_changes(saved: TrainConfig, overrides: dict[str, Any], checkpoint: P
         )
 
 
+def _init_from_is_a_new_run(where: str) -> UsageError:
+    return UsageError(
+        f"{where}--init-from starts a new run from a checkpoint's weights; resuming continues "
+        "a run with all of its state",
+        hint="give one of them: ptool resume CKPT, or ptool train --init-from CKPT",
+    )
+
+
 def _refuse_unread_option(saved: TrainConfig, name: str, value: Any) -> None:
     """`--hidden` on a cnn run changes nothing the run reads: say that, as train does, rather
     than call it a model change (and hint at an --init-from that train would refuse too)."""
@@ -226,11 +234,7 @@ def plan_resume(
     from ptool.core.inspect.reader import UNSAFE_HINT
 
     if overrides.get("init_from"):
-        raise UsageError(
-            "--init-from starts a new run from a checkpoint's weights; resuming continues a run "
-            "with all of its state",
-            hint="give one of them: ptool resume CKPT, or ptool train --init-from CKPT",
-        )
+        raise _init_from_is_a_new_run("")
     from_file = read_config_file(config_file) if config_file else {}
     given = {**from_file, **overrides}
     check_overrides(given)
@@ -246,6 +250,8 @@ def plan_resume(
     saved, _ = config_and_info(ckpt)
     if "out" not in overrides and given.get("out") == saved.out:
         del given["out"]  # the run's own config.yaml, which names where it was started
+    if given.get("init_from") not in (None, saved.init_from):  # a file's, not the run's own
+        raise _init_from_is_a_new_run(f"{config_file}: ")
     _refuse_changes(saved, overrides, checkpoint)
     try:
         _refuse_changes(saved, {k: v for k, v in given.items() if k not in overrides}, checkpoint)

@@ -147,7 +147,7 @@ def _let_go_of_locks_in_child() -> None:
         return
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in _LOCK_FDS:
-        os.dup2(devnull, fd)
+        os.dup2(devnull, fd, inheritable=False)
     os.close(devnull)
     _LOCK_FDS.clear()
 

@@ -59,6 +59,13 @@ def test_bad_values_say_what_is_wrong(name, value, source, message):
     assert str(info.value).startswith(message)
 
 
+def test_a_checkpoint_of_an_older_ptool_with_an_empty_value_still_loads():
+    """Older ptools took `--init-from ''` as none and saved it: eval, resume and quantize of
+    such a run failed with "the checkpoint's config is not valid here"."""
+    saved = TrainConfig.from_dict({"init_from": "", "data_dir": ""}, source="checkpoint config")
+    assert (saved.init_from, saved.data_dir) == ("", "")
+
+
 def test_unknown_key_suggests_the_close_one(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text("batch_sise = 3\n")

@@ -614,6 +614,8 @@ def test_evaluate_requests():
     assert cc.evaluate({"size": "8x8", "chain": "conv k3; maxpool k2"}).output == {"h": 3, "w": 3}
     with pytest.raises(UsageError, match="drop --k$"):
         cc.evaluate({"size": "8", "chain": "conv k3", "k": "3"})
+    with pytest.raises(UsageError, match="drop --no-bias$"):  # was "--bias", no such flag
+        cc.evaluate({"size": "8", "chain": "conv k3", "bias": False})
     with pytest.raises(UsageError, match="once"):
         cc.evaluate({"size": "8", "h": 8, "k": "3"})
     with pytest.raises(UsageError, match="no input size"):

@@ -47,6 +47,9 @@ def test_metric_file_forms(tmp_path):
         UsageError, match=r"has no column 'other' \(--monitor\); its columns: epoch"
     ):
         core.read_metric_file(table, "other")  # it took the last column, as mode min or max
+    tensorboard = tmp_path / "tensorboard.csv"  # its "Download CSV"
+    tensorboard.write_text("Wall time,Step,Value\n1796000000.5,9,0.8\n1796000001.5,19,0.7\n")
+    assert core.read_metric_file(tensorboard, "val/loss") == [0.8, 0.7]
     single = tmp_path / "single.csv"
     single.write_text("loss\n0.8\n0.7\n")
     assert core.read_metric_file(single, "val/loss") == [0.8, 0.7]

@@ -288,6 +288,9 @@ def test_a_copied_or_moved_run_continues_where_it_is_now(tmp_path):
         plan_resume(tmp_path / "moved", {"epochs": 3}, config_file=tmp_path / "lr.yaml")
     with pytest.raises(UsageError, match=r"^--lr 0\.1 changes"):  # a flag over the file's
         plan_resume(tmp_path / "moved", {"lr": 0.1}, config_file=tmp_path / "lr.yaml")
+    (tmp_path / "init.yaml").write_text(f"init_from: {tmp_path / 'run' / 'last.pt'}\n")
+    with pytest.raises(UsageError, match=r"init\.yaml: --init-from starts a new run"):
+        plan_resume(tmp_path / "moved", {"epochs": 3}, config_file=tmp_path / "init.yaml")
 
 
 def test_a_new_run_or_a_resume_never_replaces_another_runs_checkpoints(tmp_path):
