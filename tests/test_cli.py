@@ -154,10 +154,12 @@ def test_help_gives_the_defaults_each_command_uses():
         (["convcalc", "--h"], "Option '--h' requires an argument", "ptool convcalc"),
         # an unset shell variable: read as ".", predict took every image below it, -o ""
         # wrote the default file and --init-from "" trained from scratch
-        (["predict", "ckpt.pt", ""], "'INPUT': an empty path ('')", "ptool predict"),
-        (["eval", "ckpt.pt", "-o", ""], "'--output' / '-o': an empty path", "ptool eval"),
-        (["quantize", "dynamic", ""], "'CKPT': an empty path", "ptool quantize dynamic"),
+        (["predict", "ckpt.pt", ""], "'INPUT': an empty value ('')", "ptool predict"),
+        (["eval", "ckpt.pt", "-o", ""], "'--output' / '-o': an empty value", "ptool eval"),
+        (["quantize", "dynamic", ""], "'CKPT': an empty value", "ptool quantize dynamic"),
         (["inspect-checkpoint", "a.pt", "--diff", ""], "'--diff'", "ptool inspect-checkpoint"),
+        (["prune", "a.pt", "--only", ""], "'--only': an empty value", "ptool prune"),  # all
+        (["quantize", "static", "--observer", ""], "'--observer'", "ptool quantize static"),
     ],
 )
 def test_usage_errors_are_one_line_and_exit_2(args, message, command):

@@ -8,11 +8,12 @@ import typer
 
 
 def refuse_empty(value: str | list[str] | None) -> str | list[str] | None:
-    """A path given as '' (an unset shell variable) would read as the current directory:
-    `predict CKPT "$FILES"` predicting every image below it, `-o ""` the default file."""
+    """A path or value given as '' (an unset shell variable) would read as the current
+    directory or as the default: `predict CKPT "$FILES"` predicting every image below it,
+    `-o ""` the default file, `--observer ""` the default observer, `--only ""` every layer."""
     values = value if isinstance(value, list) else [value]
     if "" in values:
-        raise typer.BadParameter("an empty path ('') names no file")
+        raise typer.BadParameter("an empty value ('') names nothing")
     return value
 
 

@@ -55,6 +55,7 @@ def inspect_checkpoint(
         str | None,
         typer.Option(
             "--filter",
+            callback=refuse_empty,
             help="Only tensors whose name matches this regex (searched).",
             show_default=False,
         ),

@@ -58,13 +58,19 @@ def prune(
     only: Annotated[
         str | None,
         typer.Option(
-            "--only", help="Prune only layers whose name matches this regex.", show_default=False
+            "--only",
+            callback=refuse_empty,
+            help="Prune only layers whose name matches this regex.",
+            show_default=False,
         ),
     ] = None,
     exclude: Annotated[
         str | None,
         typer.Option(
-            "--exclude", help="Skip layers whose name matches this regex.", show_default=False
+            "--exclude",
+            callback=refuse_empty,
+            help="Skip layers whose name matches this regex.",
+            show_default=False,
         ),
     ] = None,
     include_head: Annotated[

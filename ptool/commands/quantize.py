@@ -64,6 +64,7 @@ ObserverOpt = Annotated[
     str | None,
     typer.Option(
         "--observer",
+        callback=refuse_empty,
         help="Activation observer: minmax, histogram or moving-average "
         "(default: histogram for static, moving-average for qat).",
         show_default=False,
