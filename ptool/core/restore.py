@@ -7,6 +7,7 @@ turns the freshly built float model into the saved structure before the weights 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,16 @@ def finetune_config(
         **overrides,
     }
     return config.replace(**values)
+
+
+def note_ema_left_out(ckpt: dict[str, Any], command: str, log: Callable[[str], None]) -> None:
+    """prune and quantize take the model's weights; a --ema run's average, often the better
+    one, is not carried over, and the user is told so."""
+    if "ema_state_dict" in ckpt:
+        log(
+            f"note: the checkpoint also holds EMA weights (train --ema); {command} takes the "
+            "model's own (model_state_dict), and its output keeps no EMA"
+        )
 
 
 def model_from_checkpoint(

@@ -601,6 +601,31 @@ def test_finetuning_a_run_that_monitored_its_ema_monitors_the_model(cnn_ckpt, tm
     assert report["history"][0]["finetune"]["monitor"] == "val/accuracy"
 
 
+def test_prune_and_quantize_say_they_take_the_models_weights_not_the_ema(cnn_ckpt, tmp_path):
+    """An --ema run's average was left out without a word."""
+    from ptool.core.quantize import QuantizeOptions, quantize_checkpoint
+
+    ckpt = ckpt_io.load_checkpoint(cnn_ckpt)
+    ckpt["ema_state_dict"] = {k: v + 1 for k, v in ckpt["model_state_dict"].items()}
+    torch.save(ckpt, tmp_path / "ema.pt")
+    lines: list[str] = []
+    options = PruneOptions(amount=0.0, evaluate=False, bench_runs=1, output=str(tmp_path / "p"))
+    report = prune_checkpoint(tmp_path / "ema.pt", options, log=lines.append)
+    pruned = torch.load(report["output"], weights_only=True)
+    assert "ema_state_dict" not in pruned
+    weight = "body.0.conv.weight"
+    assert torch.equal(pruned["model_state_dict"][weight], ckpt["model_state_dict"][weight])
+    options = QuantizeOptions(
+        mode="dynamic", evaluate=False, bench_runs=1, output=str(tmp_path / "q")
+    )
+    quantize_checkpoint(tmp_path / "ema.pt", options, log=lines.append)
+    note = "note: the checkpoint also holds EMA weights (train --ema); {} takes the model's own"
+    assert [line for line in lines if line.startswith("note:")] == [
+        note.format(command) + " (model_state_dict), and its output keeps no EMA"
+        for command in ("prune", "quantize")
+    ]
+
+
 def test_compacted_finetune_run_rebuilds(cnn_ckpt, tmp_path):
     report, _ = _prune(
         cnn_ckpt,

@@ -370,9 +370,10 @@ def quantize_checkpoint(
     ckpt = ckpt_io.load_checkpoint(path)
     refuse_quantized(ckpt, path)
 
-    from ptool.core.restore import config_and_info
+    from ptool.core.restore import config_and_info, note_ema_left_out
 
     config, info = config_and_info(ckpt)
+    note_ema_left_out(ckpt, "quantize", log)
     backend = ao.resolve_backend(resume_recipe["backend"] if resume_recipe else options.backend)
     recipe = resume_recipe or _recipe(options, backend, info, path)
     recipe = {k: v for k, v in recipe.items() if k != "converted"}
