@@ -262,6 +262,14 @@ def _refuse_changed_data(config: Any, info: Any, found: Any, split: str) -> None
     )
 
 
+def _tabular_for_images(data: str, info: Any) -> Exception:
+    from ptool.core.errors import UsageError
+
+    return UsageError(
+        f"--data {data} is tabular; the model expects images of shape {info.input_shape}"
+    )
+
+
 def split_dataset(config: Any, info: Any, *, data: str | None = None, split: str = "val"):
     """The samples to evaluate, preprocessed exactly as the run's validation was.
 
@@ -276,6 +284,8 @@ def split_dataset(config: Any, info: Any, *, data: str | None = None, split: str
     if split not in SPLITS:
         raise unknown_name("--split", split, SPLITS)
     own = data is None or data == config.data
+    if not own and info.is_image and data.startswith("csv:"):  # before its labels are read
+        raise _tabular_for_images(data, info)
     data_config = config.replace(augment=[])  # every split with validation transforms
     if not own:
         changes: dict[str, Any] = {"data": data, "normalize": False, "num_classes": None}
@@ -295,9 +305,7 @@ def split_dataset(config: Any, info: Any, *, data: str | None = None, split: str
         columns = info.feature_names if not own else None  # other columns left, as predict does
         bundle = build_data(data_config, image_channels=1 if grayscale else 3, csv_columns=columns)
     except TabularImageSize:  # the model's image size, asked of a tabular source
-        raise UsageError(
-            f"--data {data} is tabular; the model expects images of shape {info.input_shape}"
-        ) from None
+        raise _tabular_for_images(data, info) from None
     if split == "test":
         dataset = _test_split(data_config, bundle)
     elif split == "all":  # a held-out file (`--data csv:other.csv`) as a whole

@@ -166,6 +166,11 @@ def test_refusals(run, tmp_path):
     with pytest.raises(UsageError) as tabular:
         evaluate_checkpoints([run / "last.pt"], data=f"csv:{tmp_path / 'rows.csv'}")
     assert str(tabular.value).endswith("is tabular; the model expects images of shape [1, 8, 8]")
+    # a regression file: its labels were read first ("labels need 12 classes, not ...")
+    rows = "".join(f"{i},{i + 1},{i / 4}\n" for i in range(12))  # 12 values: 12 "classes"
+    (tmp_path / "reg.csv").write_text("a,b,y\n" + rows)
+    with pytest.raises(UsageError, match="is tabular; the model expects images of shape"):
+        evaluate_checkpoints([run / "last.pt"], data=f"csv:{tmp_path / 'reg.csv'}")
 
 
 def test_the_runs_own_data_changed_since_training_is_refused(tmp_path):
