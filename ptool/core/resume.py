@@ -91,6 +91,8 @@ def _refuse_changes(saved: TrainConfig, overrides: dict[str, Any], checkpoint: P
     for name, value in overrides.items():
         if name in RESUMABLE or getattr(saved, name) == value:
             continue
+        if name == "data" and _same_kind_of_file(saved.data, value):
+            continue  # moved, or named from elsewhere: the engine checks it is the same data
         if name in resolved and resolved[name](saved) == resolved[name](
             saved.replace(**{name: value})
         ):
@@ -107,6 +109,17 @@ def _refuse_changes(saved: TrainConfig, overrides: dict[str, Any], checkpoint: P
             "a new run can start from its weights with --init-from",
             hint=f"ptool train --init-from {checkpoint} {flag} ...",
         )
+
+
+FILE_SOURCES = ("csv:", "tensors:", "imagefolder:")
+
+
+def _same_kind_of_file(saved: str, given: str) -> bool:
+    """--data naming a file source of the run's kind elsewhere (a relative path given from
+    another folder, a moved file); its samples, classes, columns and statistics must then be
+    the run's, or the resume is refused before anything trains."""
+    kind = saved.partition(":")[0] + ":"
+    return kind in FILE_SOURCES and given.startswith(kind)
 
 
 def _init_from_is_a_new_run(where: str) -> UsageError:
@@ -257,7 +270,7 @@ def plan_resume(
         _refuse_changes(saved, {k: v for k, v in given.items() if k not in overrides}, checkpoint)
     except UsageError as exc:  # a value of the file: named as check_file_values names it
         raise UsageError(f"{config_file}: {exc}", hint=exc.hint) from None
-    config = saved.replace(**{k: v for k, v in given.items() if k in RESUMABLE})
+    config = saved.replace(**{k: v for k, v in given.items() if k in (*RESUMABLE, "data")})
     moved = not given.get("out")
     if moved:  # the run continues where its checkpoint is now
         config = config.replace(out=str(checkpoint.parent))

@@ -262,6 +262,25 @@ def test_a_resume_on_data_that_changed_since_is_refused(tmp_path):
     assert (tmp_path / "run" / "last.pt").read_bytes() == before
 
 
+def test_a_csv_moved_or_named_from_another_folder_resumes_if_it_is_the_same_data(tmp_path):
+    """A run records --data as typed: from another folder its relative CSV was not found, and
+    naming it from there was refused as "changes the data" (only --init-from was left)."""
+    data, rows = csv_run(tmp_path)
+    (tmp_path / "moved").mkdir()
+    shutil.move(data, tmp_path / "moved" / "d.csv")
+    plan = plan_resume(tmp_path / "run", {"epochs": 2, "data": f"csv:{tmp_path}/moved/d.csv"})
+    assert plan.config.data == f"csv:{tmp_path}/moved/d.csv"
+    resume_run(plan, quiet=True)
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 2
+    other = [f"{i % 5},{(i * 3) % 7},{'ab'[i % 2]}" for i in range(40)]  # same size, classes
+    (tmp_path / "other.csv").write_text("\n".join(["u,v,label", *other]) + "\n")
+    plan = plan_resume(tmp_path / "run", {"epochs": 3, "data": f"csv:{tmp_path}/other.csv"})
+    with pytest.raises(PtoolError, match="not the data this run trained on: its values differ"):
+        resume_run(plan, quiet=True)
+    with pytest.raises(UsageError, match="--data digits changes the data"):  # another kind
+        plan_resume(tmp_path / "run", {"epochs": 3, "data": "digits"})
+
+
 def test_a_copied_or_moved_run_continues_where_it_is_now(tmp_path):
     """The saved `out` names the original directory: resuming the copy must not write there."""
     fit(small(tmp_path, "run", epochs=1), quiet=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,7 +66,27 @@ def data_changes(saved: DataInfo, found: DataInfo) -> dict[str, str]:
             changes[name] = (
                 f"{name.replace('_', ' ')} {_listed(now)} now, {_listed(then)} when it trained"
             )
+    if not changes and _other_statistics(saved, found):  # same size: other values
+        changes["statistics"] = "its values differ (another mean or std of the training split)"
     return changes
+
+
+def _other_statistics(saved: DataInfo, found: DataInfo) -> bool:
+    """Normalization statistics computed anew that differ beyond float rounding (another
+    machine sums in another order)."""
+    pairs = [(saved.mean, found.mean), (saved.std, found.std)]
+    return any(
+        then is not None
+        and now is not None
+        and (
+            len(then) != len(now)
+            or any(
+                not math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
+                for a, b in zip(then, now, strict=True)
+            )
+        )
+        for then, now in pairs
+    )
 
 
 def _listed(values: list) -> str:
