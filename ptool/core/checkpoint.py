@@ -182,6 +182,14 @@ def _refusal(path: Path, exc: Exception, hint: str) -> PtoolError:
     return PtoolError(f"refusing to load {path}: {what}", hint=hint)
 
 
+def _utf8_encodable(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # `é` read as surrogates under an ASCII locale (LC_ALL=POSIX)
+        return False
+    return True
+
+
 def load(
     path: str | Path,
     *,
@@ -207,8 +215,8 @@ def load(
     if is_zip:  # torch's own error for another zip: "[enforce fail at inline_container.cc ..."
         with zipfile.ZipFile(path) as archive:
             data_pickle_name(path, archive.namelist())
-    if mmap is None:
-        mmap = is_zip
+    if mmap is None:  # torch maps a file by a UTF-8 name: not one undecodable in the locale
+        mmap = is_zip and _utf8_encodable(str(path))
     try:
         with quiet_upstream_notices():  # torch's rebuild of quantized tensors trips them
             if unsafe:

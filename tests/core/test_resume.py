@@ -701,6 +701,14 @@ def test_a_temporary_file_left_by_a_killed_save_is_removed_at_resume(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor")
+def test_a_file_name_the_locale_cannot_decode_loads(tmp_path):
+    """Under an ASCII locale, `é` in a name comes as surrogates, which torch's mmap load could
+    not encode: 'cannot read ...: surrogates not allowed' where torch.load itself reads it."""
+    path = tmp_path / os.fsdecode(b"caf\xff.pt")  # not UTF-8: a surrogate, as `é` is there
+    torch.save({"w": torch.arange(3)}, path)
+    assert torch.equal(ckpt_io.load(path)["w"], torch.arange(3))
+
+
 def test_loading_a_quantized_tensor_prints_no_typed_storage_warning(tmp_path, monkeypatch):
     q = torch.quantize_per_tensor(torch.randn(4, 4), 0.1, 0, torch.qint8)
     torch.save({"q": q}, tmp_path / "q.pt")
