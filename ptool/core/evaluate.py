@@ -279,6 +279,7 @@ def split_dataset(config: Any, info: Any, *, data: str | None = None, split: str
     """
     from ptool.core.data import build_data
     from ptool.core.data.common import TabularImageSize
+    from ptool.core.data.sources import PREFIXED
     from ptool.core.errors import UsageError, unknown_name
 
     if split not in SPLITS:
@@ -291,7 +292,7 @@ def split_dataset(config: Any, info: Any, *, data: str | None = None, split: str
         changes: dict[str, Any] = {"data": data, "normalize": False, "num_classes": None}
         if info.target_name is not None:  # the run's default target was its file's last column
             changes["target"] = info.target_name
-        if split == "all" and data.startswith(("csv:", "tensors:", "imagefolder:")):
+        if split == "all" and data.startswith(tuple(f"{prefix}:" for prefix in PREFIXED)):
             changes["val_split"] = 0.0  # read whole: no split, however few its samples
         if data.startswith(("csv:", "tensors:")):  # not guessed again: whole-number prices
             changes["task"] = info.task

@@ -111,15 +111,14 @@ def _refuse_changes(saved: TrainConfig, overrides: dict[str, Any], checkpoint: P
         )
 
 
-FILE_SOURCES = ("csv:", "tensors:", "imagefolder:")
-
-
 def _same_kind_of_file(saved: str, given: str) -> bool:
     """--data naming a file source of the run's kind elsewhere (a relative path given from
     another folder, a moved file); its samples, classes, columns and statistics must then be
     the run's, or the resume is refused before anything trains."""
-    kind = saved.partition(":")[0] + ":"
-    return kind in FILE_SOURCES and given.startswith(kind)
+    from ptool.core.data.sources import PREFIXED
+
+    kind, sep, _ = saved.partition(":")
+    return bool(sep) and kind in PREFIXED and given.startswith(f"{kind}:")
 
 
 def _init_from_is_a_new_run(where: str) -> UsageError:
