@@ -331,7 +331,7 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> TrainConfig:
         """Build a config from (possibly partial) values, converting and checking each one.
         An empty text stays (a checkpoint of an older ptool, which took `--init-from ''` as
-        none); flags and config files are refused one by `convert` as they are read."""
+        none); a flag's or a config file's is refused earlier, where `convert` reads it."""
         return cls(
             **{
                 name: convert(name, value, source=source, empty=True)
