@@ -202,6 +202,7 @@ class Trainer:
         self.resume_command = resume_command  # what continues this run, for the hints
         self.wall_before = 0.0  # wall time of the sessions before a resume
         self.resumed_at: int | None = None  # the global step a resume started from
+        self.finished = False  # the run reached its end (_finish), not an error
         check_config(config)
         self.dist = init_distributed(config.device)
         self.device = resolve_device(config.device, self.dist)
@@ -985,6 +986,7 @@ class Trainer:
             self.tb.close()
         if self.dist.is_main:
             rundir.write_summary(self.run_dir, summary.to_dict())
+        self.finished = True  # on every rank: each one's end is decided by all-reduced values
         return summary
 
     def _fire(self, hook: str, *args: Any) -> None:
@@ -1003,7 +1005,7 @@ class Trainer:
         if self.lock is not None:
             self.lock.release()
             self.lock = None
-        shutdown_distributed(self.dist)
+        shutdown_distributed(self.dist, together=self.finished)
 
 
 def _cloned(value: Any) -> Any:

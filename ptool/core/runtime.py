@@ -71,8 +71,15 @@ def _environ_int(name: str, default: str | None) -> int:
     return int(value)
 
 
-def shutdown_distributed(info: Distributed) -> None:
+def shutdown_distributed(info: Distributed, *, together: bool = False) -> None:
+    """Leave the process group; `together` (every rank finished the run) waits for the others
+    first, as PyTorch's own distributed tests do before destroy_process_group. Without it a
+    rank tore its gloo connections down while rank 0 still wrote the run's last files, and a
+    two-process job once aborted in that teardown ("terminate called without an active
+    exception")."""
     if info.enabled and dist.is_initialized():
+        if together:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -149,7 +149,8 @@ def test_unwritable_out_is_a_usage_error(tmp_path):
 
 def _torchrun_train(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
     torchrun = Path(sys.executable).with_name("torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PTOOL_DEBUG": ""}
+    # PYTHONFAULTHANDLER: a rank that dies of a signal in C++ (SIGABRT) prints where Python was
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PTOOL_DEBUG": "", "PYTHONFAULTHANDLER": "1"}
     ddp = subprocess.run(
         [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "ptool", "train", *args],
         capture_output=True, text=True, env=env, timeout=300,
