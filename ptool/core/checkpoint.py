@@ -58,19 +58,35 @@ def _checkpoint_write(path: Path) -> Iterator[IO[bytes]]:
         short = isinstance(exc, RuntimeError) and "inline_container" in str(exc)
         if not (isinstance(exc, OSError) or short):
             raise
-        full = short or exc.errno == errno.ENOSPC
-        if short:
-            free = shutil.disk_usage(path.parent).free
+        free = shutil.disk_usage(path.parent).free
+        limit = _file_size_limit()
+        too_large = getattr(exc, "errno", None) == errno.EFBIG or short and free > (limit or 0)
+        if limit is not None and too_large:
+            reason = f"the file reached the file size limit (ulimit -f), {limit:,} bytes"
+            hint = "raise the limit (ulimit -f unlimited), or save elsewhere"
+        elif short:
             reason = f"the write stopped short, {free:,} bytes free on the device"
+            hint = "free some disk space"
+        elif exc.errno == errno.ENOSPC:
+            reason, hint = "no space left on device", "free some disk space"
         else:
-            reason = "no space left on device" if full else exc.strerror or str(exc)
+            reason, hint = exc.strerror or str(exc), "choose a path you can write to"
         previous = (
             "the previous checkpoint is untouched" if path.exists() else "nothing was written"
         )
-        raise PtoolError(
-            f"could not write checkpoint {path}: {reason}; {previous}",
-            hint="free some disk space" if full else "choose a path you can write to",
-        ) from exc
+        message = f"could not write checkpoint {path}: {reason}; {previous}"
+        raise PtoolError(message, hint=hint) from exc
+
+
+def _file_size_limit() -> int | None:
+    """The process's file size limit in bytes (`ulimit -f`), None when there is none. Python
+    ignores SIGXFSZ, so a write past it fails (torch's zip writer: a short write)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 def save_derived(

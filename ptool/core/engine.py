@@ -221,9 +221,42 @@ class Trainer:
         if quiet and config.compile:  # torch.compile's own log lines ("No CUDA runtime ...")
             torch._logging.set_logs(all=logging.ERROR)
         self.monitor = Monitor.from_config(self.config)
-        if resume is None:
-            self._on_rank_0(lambda: rundir.refuse_other_run(run_dir))
+        self.tb = None
         self.run_dir = rundir.prepare_run_dir(run_dir) if main else run_dir
+        # The folder is taken before anything reads or writes there, and is looked into only
+        # then: a second run into it is refused at once, not let in once the first finished
+        # (it saw no checkpoint yet, and replaced them). close() lets go and unlinks the file.
+        self.lock = self._on_rank_0(lambda: rundir.RunDirLock(self.run_dir))
+        try:
+            if resume is None:
+                self._on_rank_0(lambda: rundir.refuse_other_run(self.run_dir))
+            self._build(
+                seed,
+                resume=resume,
+                model=model,
+                data=data,
+                prepare_model=prepare_model,
+                reschedule=reschedule,
+                unsafe_load=unsafe_load,
+            )
+        except BaseException:  # fit() closes a Trainer it got; this one it never gets
+            self.close()
+            raise
+
+    def _build(
+        self,
+        seed: int,
+        *,
+        resume: dict | None,
+        model: nn.Module | None,
+        data: Any,
+        prepare_model: Callable[[nn.Module], nn.Module] | None,
+        reschedule: bool,
+        unsafe_load: bool,
+    ) -> None:
+        """Everything a run needs after its folder is taken: data, model, optimizer, schedule,
+        the state a resume brings, TensorBoard and config.yaml."""
+        config, main = self.config, self.dist.is_main
         seed_everything(seed)
         set_deterministic(self.config.deterministic)
 
@@ -282,19 +315,15 @@ class Trainer:
                 )
             self.resumed_at = self.state.global_step
         self.train_model = self._wrap(self.model)
-        # the folder is claimed after every check, so a refused run leaves it as it was
-        self.lock = self._on_rank_0(lambda: rundir.RunDirLock(self.run_dir))
-        self.tb = None
-        try:
-            self.tb = self._tensorboard()
-            if main:
-                rundir.write_config(self.run_dir, self.config.to_dict())
-            self._good = self._snapshot()  # what a rollback returns to before the first save
-            # Ctrl-C / SIGTERM: one process only (DDP ranks would have to agree on the step)
-            self.stop = StopRequest(self.log, install=not self.dist.enabled)
-        except BaseException:  # fit() closes a Trainer it got; this one it never gets
-            self.close()
-            raise
+        self.tb = self._tensorboard()
+        # a resume's config.yaml (a longer --epochs) comes with its first checkpoint: a resume
+        # that fails before one left a config.yaml that its checkpoints did not match
+        self.config_written = resume is None
+        if main and self.config_written:
+            rundir.write_config(self.run_dir, self.config.to_dict())
+        self._good = self._snapshot()  # what a rollback returns to before the first save
+        # Ctrl-C / SIGTERM: one process only (DDP ranks would have to agree on the step)
+        self.stop = StopRequest(self.log, install=not self.dist.enabled)
 
     # --- setup ---------------------------------------------------------------------------
 
@@ -855,6 +884,9 @@ class Trainer:
             self.tb.flush()
         if self.dist.is_main:
             path = self.files.write(payload, copies)
+            if not self.config_written:
+                rundir.write_config(self.run_dir, self.config.to_dict())
+                self.config_written = True
             self._fire("on_checkpoint", path)
         if self.config.on_nonfinite == "rollback":
             self._good = _cloned(payload)

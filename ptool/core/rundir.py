@@ -69,11 +69,15 @@ def prepare_run_dir(path: str | Path) -> Path:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise UsageError(
-            f"cannot write to --out {path}: {reason}", hint="choose a writable directory with --out"
-        ) from None
+        raise _unwritable(path, exc) from None
     return path
+
+
+def _unwritable(path: Path, exc: OSError) -> UsageError:
+    return UsageError(
+        f"cannot write to --out {path}: {exc.strerror or type(exc).__name__}",
+        hint="choose a writable directory with --out",
+    )
 
 
 CHECKPOINT_PATTERNS = ("last.pt", "best.pt", "epoch-*.pt", "best-epoch*.pt")
@@ -170,7 +174,10 @@ class RunDirLock:
         except ImportError:
             return
         while self.handle is None:
-            handle = self.path.open("a+")
+            try:
+                handle = self.path.open("a+")
+            except OSError as exc:  # a read-only copy of a run: resume it elsewhere with --out
+                raise _unwritable(run_dir, exc) from None
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

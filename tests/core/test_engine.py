@@ -834,6 +834,61 @@ def test_a_failure_after_the_folder_is_claimed_lets_it_go(tmp_path, monkeypatch)
     assert fit(small(tmp_path), quiet=True).status == "completed"  # not "in use" by itself
 
 
+def test_a_run_finished_in_the_folder_before_this_one_took_it_is_not_replaced(
+    tmp_path, monkeypatch
+):
+    """Two `ptool train --out X` a few seconds apart: the second looked for checkpoints at its
+    start (none yet), took the folder only after building its data and model, by which time
+    the first had finished there, and replaced its files (both exit 0)."""
+    from ptool.core import rundir
+
+    fit(small(tmp_path, "first"), quiet=True)
+    finished = (tmp_path / "first" / "last.pt").read_bytes()
+
+    class FinishedJustBefore(rundir.RunDirLock):
+        def __init__(self, run_dir: Path):
+            (run_dir / "last.pt").write_bytes(finished)  # the other run's, as this one starts
+            super().__init__(run_dir)
+
+    monkeypatch.setattr(rundir, "RunDirLock", FinishedJustBefore)
+    with pytest.raises(UsageError, match="holds another run's checkpoints"):
+        fit(small(tmp_path, seed=1), quiet=True)
+    assert (tmp_path / "run" / "last.pt").read_bytes() == finished
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["last.pt"]
+
+
+def test_a_resume_that_fails_before_its_first_checkpoint_leaves_config_yaml_as_it_was(tmp_path):
+    """config.yaml said `epochs: 4` of a resume that never saved: `--config` of it no longer
+    described the run's checkpoints. It now comes with the resume's first checkpoint."""
+    fit(small(tmp_path), quiet=True)
+    before = (tmp_path / "run" / "config.yaml").read_text()
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+
+    class Boom:
+        def on_fit_start(self, trainer):
+            raise RuntimeError("killed")
+
+    longer = small(tmp_path, epochs=4)
+    with pytest.raises(RuntimeError, match="killed"):
+        fit(longer, resume=ckpt, quiet=True, callbacks=[Boom()])
+    assert (tmp_path / "run" / "config.yaml").read_text() == before
+    fit(longer, resume=ckpt, quiet=True)
+    assert "epochs: 4" in (tmp_path / "run" / "config.yaml").read_text()
+
+
+def test_an_unwritable_run_folder_is_one_line_at_a_resumes_plan(tmp_path):
+    """A read-only copy of a run: the lock file could not be opened, "unexpected OSError ...
+    report it". (A directory in the lock file's place fails the same open, even as root.)"""
+    from ptool.core.resume import plan_resume
+    from ptool.core.rundir import LOCK_NAME
+
+    fit(small(tmp_path), quiet=True)
+    (tmp_path / "run" / LOCK_NAME).mkdir()
+    with pytest.raises(UsageError, match=r"cannot write to --out .*run: Is a directory") as info:
+        plan_resume(tmp_path / "run", {"epochs": 3})
+    assert info.value.hint == "choose a writable directory with --out"
+
+
 def test_images_of_other_channel_counts_are_logged_by_their_first(tmp_path):
     """TensorBoard's add_images takes 1 or 3 channels; 2 used to crash the run at its start."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

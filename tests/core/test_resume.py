@@ -625,6 +625,23 @@ def test_a_full_disk_stops_the_run_and_leaves_the_previous_checkpoint(
     assert not list((tmp_path / "run").glob(".*.tmp-*"))
 
 
+def test_a_checkpoint_past_the_file_size_limit_names_the_limit_not_the_disk(tmp_path):
+    """Under `ulimit -f` the write stops short as on a full disk; the message said "N bytes
+    free on the device" with "free some disk space", wrong with gigabytes free."""
+    resource = pytest.importorskip("resource")
+    from ptool.core.checkpoint import atomic_save
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, hard))
+    try:
+        with pytest.raises(PtoolError, match=r"\(ulimit -f\), 100,000 bytes; nothing") as info:
+            atomic_save({"w": torch.zeros(50_000)}, tmp_path / "big.pt")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert info.value.hint == "raise the limit (ulimit -f unlimited), or save elsewhere"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_checkpoints_that_cannot_be_resumed_fail_with_one_line(tmp_path):
     fit(small(tmp_path, "run", epochs=1), quiet=True)
     saved = (tmp_path / "run" / "last.pt").read_bytes()
