@@ -414,19 +414,22 @@ def test_a_fitted_table_that_fits_is_the_table_as_built():
 
     from ptool.ui.tables import Fitted
 
-    table = Table(title="t")
+    def unpadded(renderable) -> list[str]:  # as ptool prints in a pipe
+        return [line.rstrip() for line in _rendered(renderable, 10_000).splitlines()]
+
+    table = Table(title="t", title_justify="left")
     table.add_column("name", overflow="fold")
     table.add_column("count", justify="right")
     table.add_row("encoder.layers.11.self_attention.query_key_value", "123,456,789")
     table.add_section()
     table.add_row("[b]bold[/b]", "1")
     fitted = Fitted(table, optional=("count",))
-    assert _rendered(fitted, 10_000) == _rendered(table, 10_000)
+    assert unpadded(fitted) == unpadded(table)
     narrow = _rendered(fitted, 30)
     _fits(narrow, 30)
     _whole(narrow, "123,456,789")
     assert [c.width for c in table.columns] == [None, None]
-    assert _rendered(fitted, 10_000) == _rendered(table, 10_000)
+    assert unpadded(fitted) == unpadded(table)
     # too narrow for the number even alone: it folds over lines, never ends in '…'
     table = Table()
     table.add_column("name", overflow="fold")
@@ -434,6 +437,21 @@ def test_a_fitted_table_that_fits_is_the_table_as_built():
     table.add_row("encoder.layers.11.self_attention.query_key_value", "123,456,789")
     tiny = _rendered(Fitted(table), 12)
     assert "…" not in tiny and _column(tiny, 2) == "123,456,789"
+
+
+def test_a_title_longer_than_its_table_stays_on_one_line_where_there_is_room():
+    """Rich wraps a title at its table's width: a 3-class confusion matrix's heading came out
+    over two lines in a pipe, and `grep 'confusion matrix'` missed its end."""
+    report = {
+        "class_names": ["a", "b", "c"],
+        "per_class": [{"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1}] * 3,
+        "confusion_matrix": [[1, 0, 0], [0, 1, 0], [0, 0, 1]],
+    }
+    heading = "confusion matrix (rows: true, columns: predicted)"
+    assert heading in _rendered(confusion_table(report), 10_000).splitlines()[0]
+    narrow = _rendered(confusion_table(report), 30)  # a terminal narrower than it: wrapped there
+    _fits(narrow, 30)
+    assert " ".join(narrow.split()).startswith(heading)
 
 
 def test_drawn_lr_points_hold_the_last_lr_to_the_end_of_its_step():

@@ -126,8 +126,8 @@ def inspect_checkpoint(
                 out.json_line(row)
             else:
                 out.print(inspect_view.brief_line(row), soft_wrap=True)
-        if failed:
-            raise typer.Exit(1)
+        if failed:  # on stderr too, as predict and convcalc --stdin say theirs
+            raise PtoolError(f"{failed} of {len(files)} files failed (see their error lines)")
         return
     options = InspectOptions(
         depth=depth,

@@ -430,7 +430,7 @@ def convert(name: str, value: Any, *, source: str = "config", empty: bool = Fals
                 return tuple(items)
             return items
         if kind is str and not empty and isinstance(value, str) and not value.strip():
-            raise ValueError("an empty value")
+            raise ValueError("an empty value names nothing")
         converted = _scalar(kind, value)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"{where}invalid value {value!r} for {flag}: {exc}") from None

@@ -112,7 +112,7 @@ def _title(report: dict[str, Any]) -> str:
         batches = count(report["recalibrate_bn"], "batch", "batches")
         what += f", batch-norm statistics re-estimated on {batches}"
     if report["finetune_epochs"]:
-        what += f", {report['finetune_epochs']} fine-tune epochs per step"
+        what += f", {count(report['finetune_epochs'], 'fine-tune epoch')} per step"
     return what
 
 

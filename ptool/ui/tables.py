@@ -11,6 +11,7 @@ from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
 from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
 # The narrowest a foldable text cell (a path, a tensor name) is folded to before columns go;
 # past every optional column, down to one character before any number folds.
@@ -68,7 +69,14 @@ class Fitted:
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         table, whole = _laid_out(self.table, self.optional, console, options)
-        yield table if whole or self.instead is None else self.instead
+        if not whole and self.instead is not None:
+            yield self.instead
+            return
+        if table.title is not None:  # a line of its own: rich wraps a title at the table's
+            # width, so a narrow table's came out over two lines even in a pipe (`grep` missed)
+            title, table.title = table.title, None
+            yield Text.from_markup(title, style="table.title") if isinstance(title, str) else title
+        yield table
 
     def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
         return Measurement.get(console, options, self.source)

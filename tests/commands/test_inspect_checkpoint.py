@@ -130,6 +130,8 @@ def test_several_files_one_line_each(runs, tmp_path):
     assert all("99 params" in line for line in lines)
     result = run_ptool("inspect-checkpoint", *files, str(bad), "--json")
     assert result.returncode == 1
+    # said on stderr too (it was empty: a script keeping stderr got a bare exit 1)
+    assert result.stderr == "error: 1 of 3 files failed (see their error lines)\n"
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["epoch"] for r in rows] == [3, 3, None]
     assert rows[0]["metric"] == "val/loss" and rows[0]["best_value"] == 0.48

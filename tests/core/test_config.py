@@ -48,7 +48,7 @@ def test_bad_values_are_usage_errors(name, value):
         ("task", "foo", "option", "invalid value 'foo' for --task; valid: auto, "),
         ("hidden", "16,x", "option", "invalid value '16,x' for --hidden: expected an integer"),
         ("hidden", "16,,8", "run.yaml", "run.yaml: invalid value '16,,8' for --hidden: an empty"),
-        ("out", " ", "option", "invalid value ' ' for --out: an empty value"),  # was "."
+        ("out", " ", "option", "invalid value ' ' for --out: an empty value names nothing"),
         ("init_from", "", "run.yaml", "run.yaml: invalid value '' for --init-from: an empty"),
     ],
 )
