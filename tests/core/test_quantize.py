@@ -130,6 +130,13 @@ def test_torchscript_replaces_its_own_archive_but_never_a_users_file(mlp_ckpt, t
     script.unlink()
     first = quantize_checkpoint(mlp_ckpt, options)["torchscript"]
     assert quantize_checkpoint(mlp_ckpt, options)["torchscript"] == first  # a rerun
+    # a later quantize without --torchscript replaces the output, not the archive: said
+    lines: list[str] = []
+    options = _fast("dynamic", evaluate=False, output=str(output))
+    assert quantize_checkpoint(mlp_ckpt, options, log=lines.append)["torchscript"] is None
+    assert lines == [
+        f"note: {script} is an earlier model's, not this one's (--torchscript writes it anew)"
+    ]
 
 
 def _scripted_bytes(folder: Path) -> bytes:

@@ -447,6 +447,11 @@ def quantize_checkpoint(
     script = None
     if torchscript:
         script = write_torchscript(quantized, recipe, torchscript_path(output))
+    elif torchscript_path(output).exists():  # beside the output it replaced: easy to mistake
+        log(
+            f"note: {torchscript_path(output)} is an earlier model's, not this one's "
+            "(--torchscript writes it anew)"
+        )
     return {
         "checkpoint": str(path),
         "output": str(output),
