@@ -264,6 +264,7 @@ def test_a_stray_rank_does_not_silence_a_lone_process(tmp_path):
 def test_a_torchrun_job_says_a_usage_error_once_and_names_a_failures_rank(
     rank, monkeypatch, capsys
 ):
+    from ptool.core.engine import NonFiniteLoss
     from ptool.core.errors import PtoolError, UsageError
     from ptool.ui.errors import report
 
@@ -274,6 +275,10 @@ def test_a_torchrun_job_says_a_usage_error_once_and_names_a_failures_rank(
     assert said == ("error: --lr must be > 0\n" if rank == "0" else "")
     assert report(PtoolError("cannot read x.csv")) == 1
     assert capsys.readouterr().err == f"error: (rank {rank}) cannot read x.csv\n"
+    # a divergence is decided on the all-reduced loss: every rank's, said once (was per rank)
+    assert report(NonFiniteLoss("loss is nan at step 2", hint="lower --lr")) == 1
+    said = capsys.readouterr().err
+    assert said == ("error: loss is nan at step 2\nhint: lower --lr\n" if rank == "0" else "")
     monkeypatch.setenv("WORLD_SIZE", "1")  # a lone process: no rank to name
     assert report(PtoolError("cannot read x.csv")) == 1
     assert capsys.readouterr().err == "error: cannot read x.csv\n"

@@ -58,7 +58,9 @@ def _checkpoint_write(path: Path) -> Iterator[IO[bytes]]:
         short = isinstance(exc, RuntimeError) and "inline_container" in str(exc)
         if not (isinstance(exc, OSError) or short):
             raise
-        free = shutil.disk_usage(path.parent).free
+        free = 0
+        with contextlib.suppress(OSError):  # the folder itself gone: the error says the rest
+            free = shutil.disk_usage(path.parent).free
         limit = _file_size_limit()
         too_large = getattr(exc, "errno", None) == errno.EFBIG or short and free > (limit or 0)
         if limit is not None and too_large:
@@ -153,7 +155,7 @@ def check_output(path: Path, source: Path, flag: str) -> None:
 TORCHSCRIPT_TAG = "ptool.json"
 
 
-def _is_ptool_torchscript(path: Path) -> bool:
+def is_ptool_torchscript(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as archive:
             return any(name.endswith(f"/extra/{TORCHSCRIPT_TAG}") for name in archive.namelist())
@@ -166,7 +168,7 @@ def _is_derived(path: Path) -> bool:
     state, or a TorchScript archive carrying ptool's tag."""
     from ptool.core.inspect.reader import read
 
-    if _is_ptool_torchscript(path):
+    if is_ptool_torchscript(path):
         return True
     try:
         obj = read(path).obj  # the object tree only: no tensor is read

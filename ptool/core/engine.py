@@ -137,6 +137,7 @@ class RunSummary:
 class NonFiniteLoss(PtoolError):
     """The loss became NaN/Inf and --on-nonfinite says stop (or rollbacks ran out)."""
 
+    job_wide = True  # every rank's decision, on the all-reduced loss, metrics or gradients
     summary: RunSummary | None = None  # the stopped run's summary.json, for `--json`
 
 
@@ -222,7 +223,8 @@ class Trainer:
             torch._logging.set_logs(all=logging.ERROR)
         self.monitor = Monitor.from_config(self.config)
         self.tb = None
-        self.run_dir = rundir.prepare_run_dir(run_dir) if main else run_dir
+        self._on_rank_0(lambda: rundir.prepare_run_dir(run_dir))  # its refusal: every rank's
+        self.run_dir = run_dir
         # The folder is taken before anything reads or writes there, and is looked into only
         # then: a second run into it is refused at once, not let in once the first finished
         # (it saw no checkpoint yet, and replaced them). close() lets go and unlinks the file.

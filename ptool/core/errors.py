@@ -7,6 +7,9 @@ class PtoolError(Exception):
     """A failure of the job itself (bad checkpoint, diverged run): exit code 1."""
 
     exit_code = 1
+    # The same on every rank of a torchrun job (decided on values all ranks share): rank 0
+    # alone says it. Other failures may be one rank's own and name their rank.
+    job_wide = False
 
     def __init__(self, message: str, hint: str | None = None):
         super().__init__(message)
@@ -17,6 +20,7 @@ class UsageError(PtoolError):
     """Bad input from the user (flag value, impossible geometry, unknown name): exit code 2."""
 
     exit_code = 2
+    job_wide = True
 
 
 def unknown_name(kind: str, name: str, valid: list[str] | tuple[str, ...]) -> UsageError:

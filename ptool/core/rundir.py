@@ -189,6 +189,10 @@ class RunDirLock:
                     + (f" (pid {owner})" if owner else ""),
                     hint="wait for it to finish, or choose another --out",
                 ) from None
+            except OSError:  # a file system without locks (some NFS mounts): none, as on Windows
+                handle.close()
+                self.path.unlink(missing_ok=True)
+                return
             try:  # the file a releasing process unlinked is no lock: take the new one
                 same = os.stat(self.path).st_ino == os.fstat(handle.fileno()).st_ino
             except FileNotFoundError:

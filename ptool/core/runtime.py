@@ -7,6 +7,7 @@ helpers at every checkpoint), so a later resume can put every generator back exa
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import random
 import secrets
@@ -73,14 +74,22 @@ def _environ_int(name: str, default: str | None) -> int:
 
 def shutdown_distributed(info: Distributed, *, together: bool = False) -> None:
     """Leave the process group; `together` (every rank finished the run) waits for the others
-    first, as PyTorch's own distributed tests do before destroy_process_group. Without it a
-    rank tore its gloo connections down while rank 0 still wrote the run's last files, and a
-    two-process job once aborted in that teardown ("terminate called without an active
-    exception")."""
+    first, as PyTorch's own distributed tests do before destroy_process_group: ranks left at
+    different moments (rank 0 still writing the run's last files) when a two-process CI job
+    once aborted in its teardown ("terminate called without an active exception")."""
     if info.enabled and dist.is_initialized():
         if together:
-            dist.barrier()
+            _wait_for_every_rank(info)
         dist.destroy_process_group()
+
+
+def _wait_for_every_rank(info: Distributed) -> None:
+    """A rank that failed at the very end (rank 0's disk full at the last checkpoint) leaves
+    without waiting: the others' wait then fails or times out, which changes nothing of how
+    they end. nccl is told its device (else torch warns that it guessed one)."""
+    device_ids = [info.local_rank] if dist.get_backend() == "nccl" else None
+    with contextlib.suppress(RuntimeError):  # DistBackendError: a peer that is gone
+        dist.barrier(device_ids=device_ids, timeout=datetime.timedelta(seconds=60))
 
 
 def resolve_device(spec: str, info: Distributed | None = None) -> torch.device:

@@ -95,9 +95,10 @@ def report(exc: BaseException, command_path: str = "ptool") -> int:
     from ptool.core.rundir import job_size, speaks_for_the_job
 
     if job_size() > 1:  # one process of a torchrun job
-        if code == 2 and not speaks_for_the_job():
-            return code  # a usage error is the same on every rank: rank 0 says it for the job
-        if code != 2:  # a failure may be one rank's own (its GPU's memory, its node's files)
+        job_wide = code == 2 or getattr(exc, "job_wide", False)  # Click's usage errors too
+        if job_wide and not speaks_for_the_job():
+            return code  # the same on every rank: rank 0 says it for the job
+        if not job_wide:  # a failure may be one rank's own (its GPU's memory, its node's files)
             message = f"(rank {os.environ.get('RANK', '?')}) {message}"
     # soft_wrap: the message stays one line in a pipe or a CI log, whatever the width
     console = Console(stderr=True, highlight=False, soft_wrap=True)

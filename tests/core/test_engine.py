@@ -876,6 +876,22 @@ def test_a_resume_that_fails_before_its_first_checkpoint_leaves_config_yaml_as_i
     assert "epochs: 4" in (tmp_path / "run" / "config.yaml").read_text()
 
 
+def test_a_file_system_without_locks_trains_without_one(tmp_path, monkeypatch):
+    """flock's ENOLCK (an NFS mount without a lock manager) was "unexpected OSError ... report
+    it": the run goes on without a lock, as on Windows."""
+    import errno
+    import fcntl
+
+    from ptool.core.rundir import LOCK_NAME
+
+    def no_locks(*_):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    assert fit(small(tmp_path), quiet=True).status == "completed"
+    assert not (tmp_path / "run" / LOCK_NAME).exists()
+
+
 def test_an_unwritable_run_folder_is_one_line_at_a_resumes_plan(tmp_path):
     """A read-only copy of a run: the lock file could not be opened, "unexpected OSError ...
     report it". (A directory in the lock file's place fails the same open, even as root.)"""

@@ -137,6 +137,10 @@ def test_torchscript_replaces_its_own_archive_but_never_a_users_file(mlp_ckpt, t
     assert lines == [
         f"note: {script} is an earlier model's, not this one's (--torchscript writes it anew)"
     ]
+    script.write_bytes(_scripted_bytes(tmp_path))  # not ptool's: not called a model of it
+    lines.clear()
+    quantize_checkpoint(mlp_ckpt, options, log=lines.append)
+    assert lines == []
 
 
 def _scripted_bytes(folder: Path) -> bytes:

@@ -447,7 +447,8 @@ def quantize_checkpoint(
     script = None
     if torchscript:
         script = write_torchscript(quantized, recipe, torchscript_path(output))
-    elif torchscript_path(output).exists():  # beside the output it replaced: easy to mistake
+    elif ckpt_io.is_ptool_torchscript(torchscript_path(output)):  # beside the output it
+        # replaced, easy to take for this model's
         log(
             f"note: {torchscript_path(output)} is an earlier model's, not this one's "
             "(--torchscript writes it anew)"
