@@ -16,6 +16,7 @@ UPSTREAM_NOTICES = (
     r".*torch\.quantize_per_tensor, torch\.quantize_per_channel",
     r".*quantized tensor creation functions",
     r".*Detected pickle protocol",
+    r".*Validating sparse tensor invariants",  # every weights_only load of a sparse tensor
 )
 
 

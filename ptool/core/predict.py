@@ -164,7 +164,7 @@ class Reader:
 
     def tensor_file(self, path: Path) -> Iterator[Sample]:
         from ptool.core.checkpoint import load
-        from ptool.core.data.files import X_KEYS
+        from ptool.core.data.files import X_KEYS, dense
         from ptool.core.errors import PtoolError
 
         try:
@@ -174,6 +174,7 @@ class Reader:
             return
         if isinstance(obj, dict):
             obj = next((obj[k] for k in X_KEYS if k in obj), None)
+        obj = dense(obj)
         if not isinstance(obj, torch.Tensor) or obj.dim() < 1:
             keys = "/".join(X_KEYS)
             yield Sample(str(path), error=f"expected a tensor [N, ...] or a dict with {keys}")
@@ -261,14 +262,16 @@ class Reader:
     def image(self, path: Path) -> Sample:
         from PIL import Image, UnidentifiedImageError
 
+        from ptool.core.data.transforms import as_viewed
+
         name = str(path)
         if not self.info.is_image:
             return Sample(
                 name, error=f"an image; the model expects {_expects(self.info)} (CSV, .pt or JSON)"
             )
         try:
-            with Image.open(path) as image:
-                image.load()
+            with Image.open(path) as opened:
+                image = as_viewed(opened)  # as training read its images
                 _, height, width = self.info.input_shape
                 if self.info.image_size is None and image.size != (width, height):
                     w, h = image.size

@@ -349,6 +349,32 @@ def test_tensors_dict_with_val_split(tmp_path):
     assert torch.allclose(xv, x[:4], atol=1e-5)
 
 
+def test_sparse_tensors_are_the_dense_ones_they_stand_for(tmp_path):
+    """A sparse x was "unexpected RuntimeError: reshape is not implemented for sparse tensors"
+    after torch's notice about validating it; train reads it as the dense tensor, and so does
+    predict (where it also failed every other input)."""
+    import warnings
+
+    from ptool.core.predict import Reader
+
+    x, y = torch.randn(30, 5).relu(), torch.randint(0, 3, (30,))
+    torch.save({"x": x, "y": y, "x_val": x[:6], "y_val": y[:6]}, tmp_path / "d.pt")
+    torch.save(
+        {"x": x.to_sparse(), "y": y, "x_val": x[:6].to_sparse(), "y_val": y[:6]}, tmp_path / "s.pt"
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dense, sparse = (build_data(cfg(data=f"tensors:{tmp_path / n}")) for n in ("d.pt", "s.pt"))
+        samples = list(Reader(dense.info, None).read([str(tmp_path / "s.pt")]))
+    assert not [w for w in caught if "sparse" in str(w.message)]
+    for split in ("train", "val"):
+        got = getattr(sparse, split).tensors
+        assert all(
+            torch.equal(a, b) for a, b in zip(getattr(dense, split).tensors, got, strict=True)
+        )
+    assert len(samples) == 30 and all(s.error is None for s in samples)
+
+
 def test_tensors_tuple_regression_and_images(tmp_path):
     path = tmp_path / "t.pt"
     torch.save((torch.rand(20, 8, 8), torch.randn(20)), path)

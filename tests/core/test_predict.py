@@ -105,6 +105,26 @@ def test_a_resizing_runs_tensor_rows_of_another_size_are_resized_as_eval_resizes
     assert wrong["error"].startswith("shape [2, 3, 8, 8]; expected [N, 1, H, W] (any size")
 
 
+def test_images_are_read_as_a_viewer_shows_them(image_run, tmp_path):
+    """A nearly black 16-bit PNG read as white (Pillow's convert clips at 255), and a photo
+    with an EXIF orientation came in on its side; training's loader reads them as predict."""
+    from ptool.core.data.image_folder import load_image
+
+    (raw, _), _ = _raw_val(image_run)
+    pixels = (raw[6, 0] * 255).round().to(torch.uint8).numpy()
+    Image.fromarray(pixels).save(tmp_path / "plain.png")
+    Image.fromarray(pixels.astype("uint16") * 257).save(tmp_path / "deep.png")
+    turned = Image.fromarray(pixels).transpose(Image.Transpose.ROTATE_90)
+    exif = turned.getexif()
+    exif[0x0112] = 6  # Orientation: turn 90 degrees clockwise to view
+    turned.save(tmp_path / "turned.png", exif=exif)
+    paths = [str(tmp_path / name) for name in ("plain.png", "deep.png", "turned.png")]
+    for path in paths:
+        assert load_image(path, "L").tobytes() == pixels.tobytes(), path
+    plain, deep, upright = _records(image_run, paths)
+    assert deep["probabilities"] == plain["probabilities"] == upright["probabilities"]
+
+
 def test_bad_inputs_fail_alone(image_run, tmp_path):
     (raw, _), _ = _raw_val(image_run)
     (tmp_path / "broken.png").write_text("not an image")

@@ -289,8 +289,9 @@ def _read_tensors(p: Path) -> tuple[tuple, tuple | None]:
     except PtoolError as exc:
         raise UsageError(f"tensors: {exc}", hint=f"save plain tensors instead: {LAYOUTS}") from exc
     if isinstance(obj, (tuple, list)) and len(obj) == 2:
-        return tuple(obj), None
+        return tuple(map(dense, obj)), None
     if isinstance(obj, dict):
+        obj = {key: dense(value) for key, value in obj.items()}
         x_key = next((k for k in X_KEYS if k in obj), None)
         y_key = next((k for k in Y_KEYS if k in obj), None)
         if x_key and y_key:
@@ -305,6 +306,13 @@ def _read_tensors(p: Path) -> tuple[tuple, tuple | None]:
         found = ", ".join(map(str, obj)) or "nothing"
         raise UsageError(f"tensors: {p} holds keys {found}; expected {LAYOUTS}")
     raise UsageError(f"tensors: {p} holds a {type(obj).__name__}; expected {LAYOUTS}")
+
+
+def dense(value: Any) -> Any:
+    """A sparse tensor (COO, CSR, ...) as the dense one it stands for; anything else as is."""
+    if isinstance(value, torch.Tensor) and value.layout != torch.strided:
+        return value.to_dense()
+    return value
 
 
 def _inputs(x: Any, p: Path) -> torch.Tensor:

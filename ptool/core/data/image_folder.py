@@ -11,6 +11,7 @@ from typing import Any
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
+from ptool.core.data.transforms import as_viewed
 from ptool.core.errors import PtoolError
 
 
@@ -29,13 +30,13 @@ def is_hidden(path: Path, root: Path) -> bool:
 
 
 def load_image(path: str, mode: str = "RGB") -> Any:
-    """ImageFolder's default loader (in Pillow `mode`: RGB, or L for grayscale), with the file
-    named when Pillow fails on it."""
+    """ImageFolder's default loader (in Pillow `mode`: RGB, or L for grayscale) reading the
+    image as viewers show it (`as_viewed`), with the file named when Pillow fails on it."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with open(path, "rb") as file:
-            return Image.open(file).convert(mode)
+            return as_viewed(Image.open(file)).convert(mode)
     except UnidentifiedImageError:
         raise UnreadableImage(f"{path}: not an image Pillow reads") from None
     except (OSError, ValueError) as exc:  # a truncated JPEG or PNG: "image file is truncated"

@@ -92,6 +92,20 @@ def image_pipeline(
     return v2.Compose(steps)
 
 
+def as_viewed(image: Any) -> Any:
+    """A Pillow image as a viewer shows it: turned upright by its EXIF orientation (a phone's
+    portrait photo came in on its side), and 16-bit grayscale scaled to 8 bits (Pillow's
+    convert clips it at 255: a nearly black 16-bit PNG read as white)."""
+    from PIL import ImageOps
+
+    image = ImageOps.exif_transpose(image)
+    if image.mode.startswith("I;16"):
+        image = image.convert("I")
+    if image.mode == "I" and image.getextrema()[1] > 255:
+        image = image.point(lambda value: value * (1 / 256))
+    return image
+
+
 def val_transform(info) -> Callable[[Any], torch.Tensor]:
     """The deterministic preprocessing of one raw input, as the run's validation saw it.
 
