@@ -447,8 +447,7 @@ def quantize_checkpoint(
     script = None
     if torchscript:
         script = write_torchscript(quantized, recipe, torchscript_path(output))
-    elif ckpt_io.is_ptool_torchscript(torchscript_path(output)):  # beside the output it
-        # replaced, easy to take for this model's
+    elif ckpt_io.is_ptool_torchscript(torchscript_path(output)):  # easy to take for this one's
         log(
             f"note: {torchscript_path(output)} is an earlier model's, not this one's "
             "(--torchscript writes it anew)"
