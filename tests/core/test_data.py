@@ -569,6 +569,22 @@ def test_imagefolder_refusals_a_single_class_and_a_val_folder_without_train(tmp_
         build_data(cfg(data=f"imagefolder:{tmp_path / 'mixed'}"))
 
 
+def test_data_refusals_name_the_file_or_folder(tmp_path):
+    """An empty class folder said "Found no valid file for the classes b. " (torchvision's
+    words, no path); a single-class tensors: or csv: file did not name the file."""
+    make_image_folder(tmp_path / "imgs", classes=("a", "b", "c"))
+    for image in (tmp_path / "imgs" / "b").iterdir():
+        image.rename(image.with_suffix(".txt"))
+    with pytest.raises(UsageError, match=f"^imagefolder: no image in {tmp_path / 'imgs' / 'b'} "):
+        build_data(cfg(data=f"imagefolder:{tmp_path / 'imgs'}"))
+    torch.save({"x": torch.randn(6, 2), "y": torch.zeros(6, dtype=torch.long)}, tmp_path / "t.pt")
+    write_csv(tmp_path / "t.csv", ["f", "label"], [[i, "cat"] for i in range(6)])
+    for spec in (f"tensors:{tmp_path / 't.pt'}", f"csv:{tmp_path / 't.csv'}"):
+        kind, path = spec.split(":", 1)
+        with pytest.raises(UsageError, match=f"^{kind}: {path}: the target has a single class"):
+            build_data(cfg(data=spec))
+
+
 def test_val_transform_matches_digits_validation(digits):
     x, _ = raw_digits()
     raw_val = digits.val.tensors[0] * digits.info.std[0] + digits.info.mean[0]

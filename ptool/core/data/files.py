@@ -116,7 +116,7 @@ def csv_source(config: Any, path: str, columns: list[str] | None = None) -> Data
         source=f"csv:{path}",
         data=(torch.tensor(features, dtype=torch.float32), y),
         task=task,
-        num_classes=None if names is None else _num_classes(config, len(names), "csv"),
+        num_classes=None if names is None else _num_classes(config, len(names), f"csv: {p}"),
         class_names=names,
         row_name=lambda i: f"line {lines[i + 1]}",  # as the errors number them
     )
@@ -376,7 +376,7 @@ def tensors_source(config: Any, path: str) -> DataBundle:
         labels = torch.cat([b for _, b in pairs])
         if labels.min() < 0:
             raise UsageError(f"tensors: {p}: class labels must be >= 0, not {labels.min().item()}")
-        num_classes = _num_classes(config, int(labels.max()) + 1, "tensors")
+        num_classes = _num_classes(config, int(labels.max()) + 1, f"tensors: {p}")
         names = [str(i) for i in range(num_classes)]
     else:
         pairs = [(a, b.float().reshape(len(b), -1)) for a, b in pairs]

@@ -48,9 +48,16 @@ class VisibleImageFolder(ImageFolder):
 
     def __init__(self, root: str | Path, mode: str = "RGB"):
         super().__init__(
-            str(root), loader=partial(load_image, mode=mode), is_valid_file=self._is_visible_image
+            str(root),
+            loader=partial(load_image, mode=mode),
+            is_valid_file=self._is_visible_image,
+            allow_empty=True,  # refused below, naming the folders (torchvision names classes)
         )
         self.mode = mode
+        empty = sorted(set(self.classes) - {self.classes[target] for target in set(self.targets)})
+        if empty:
+            folders = ", ".join(str(Path(root, name)) for name in empty)
+            raise FileNotFoundError(f"no image in {folders} (read: {', '.join(IMG_EXTENSIONS)})")
 
     def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
         with os.scandir(directory) as entries:
