@@ -52,6 +52,9 @@ EmaOpt = Annotated[
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 
+# the figures `-o` writes (lr-plot's schedule, eval's confusion matrix): matplotlib's formats
+FIGURE_SUFFIXES = (".png", ".svg", ".pdf")
+
 
 def examples(*commands: str) -> str:
     """An epilog listing example invocations; the README shows the same commands."""

@@ -8,8 +8,15 @@ from typing import Annotated
 
 import typer
 
-from ptool.commands._options import DeviceOpt, EmaOpt, JsonOpt, QuietOpt, examples, refuse_empty
-from ptool.ui.lr_plot_view import FIGURE_SUFFIXES
+from ptool.commands._options import (
+    FIGURE_SUFFIXES,
+    DeviceOpt,
+    EmaOpt,
+    JsonOpt,
+    QuietOpt,
+    examples,
+    refuse_empty,
+)
 
 EXAMPLES = examples(
     "ptool eval",

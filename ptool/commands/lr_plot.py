@@ -14,9 +14,8 @@ import typer
 from rich.markup import escape
 
 from ptool.commands._config_options import with_config_options
-from ptool.commands._options import JsonOpt, QuietOpt, examples, refuse_empty
+from ptool.commands._options import FIGURE_SUFFIXES, JsonOpt, QuietOpt, examples, refuse_empty
 from ptool.core.config import FIELDS, check_interval
-from ptool.ui.lr_plot_view import FIGURE_SUFFIXES
 
 SCHEDULE_FIELDS = [  # every schedule flag of `ptool train` (a pasted command line runs)
     name

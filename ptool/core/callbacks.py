@@ -175,7 +175,7 @@ class TensorBoardLog:
         from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 
         start = SessionLog(status=SessionLog.START)
-        self.writer._get_file_writer().add_event(Event(step=step, session_log=start))
+        self.writer.file_writer.add_event(Event(step=step, session_log=start))
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         self.writer.add_scalar(tag, value, step)

@@ -1017,7 +1017,8 @@ class Trainer:
             if state.last_metrics:
                 final = {k: v for k, v in state.last_metrics.items() if k != "lr"}
                 self.tb.hparams(self.config.to_dict(), final, state.global_step)
-            self.tb.close()
+            self.tb.close()  # on disk before summary.json says the run is over
+            self.tb = None
         if self.dist.is_main:
             rundir.write_summary(self.run_dir, summary.to_dict())
         self.finished = True  # on every rank: each one's end is decided by all-reduced values

@@ -28,7 +28,7 @@ SPLITS = ("val", "train", "test", "all")
 class Evaluation(NamedTuple):
     """`evaluate`'s result."""
 
-    metrics: dict[str, float]  # "val/loss", "val/accuracy", ... (prefix as asked)
+    metrics: dict[str, float]  # "val/loss", "val/accuracy", ... as a run's validation
     confusion: list[list[int]] | None  # rows: true class, columns: predicted class
     per_class: list[dict[str, float]] | None  # precision, recall, f1, support per class
     samples: int
@@ -54,7 +54,6 @@ def evaluate(
     loss_fn: TaskLoss,
     device: torch.device | str = "cpu",
     *,
-    prefix: str = "val",
     precision: str = "fp32",
 ) -> Evaluation:
     """Every batch of `loader` once, in eval mode, without gradients (under autocast for
@@ -62,7 +61,7 @@ def evaluate(
     from ptool.core.runtime import autocast
 
     device = torch.device(device)
-    metrics = EpochMetrics(info, device, prefix)
+    metrics = EpochMetrics(info, device, "val")
     latencies: list[float] = []
     samples = 0
     was_training = model.training

@@ -13,8 +13,6 @@ from rich.table import Table
 
 from ptool.ui.tables import Fitted
 
-FIGURE_SUFFIXES = (".png", ".svg", ".pdf")
-
 
 def _points(line: Any, x_axis: str) -> tuple[list[float], list[float]]:
     """The first and last step of each run of one lr: drawn as if every step were, a held lr

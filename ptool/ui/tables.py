@@ -4,7 +4,6 @@ that fits the terminal without cutting a number."""
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Callable, Collection, Sequence
 
 from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
@@ -61,7 +60,8 @@ class Fitted:
     def table(self, dropped: Collection[str] = ()) -> Table:
         table = copy.copy(self.source)
         kept = [column for column in self.source.columns if str(column.header) not in dropped]
-        table.columns = [dataclasses.replace(c, _index=i) for i, c in enumerate(kept)]
+        # a Table built of the kept columns numbers them (rich pads the first and last apart)
+        table.columns = Table(*map(copy.copy, kept)).columns
         if dropped:
             table.caption = f"not shown at this width: {', '.join(dropped)} (--json has them)"
             table.caption_justify = "left"

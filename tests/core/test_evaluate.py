@@ -63,7 +63,6 @@ def test_classification_figures_match_sklearn():
     assert result.confusion == skm.confusion_matrix(y, pred, labels=range(4)).tolist()
     assert (result.samples, result.batches) == (50, 4)
     assert result.samples_per_s > 0 and result.batch_latency_ms > 0
-    assert result[0] is result.metrics  # quantize/prune read evaluate(...)[0]
 
 
 def test_regression_figures_match_sklearn():
