@@ -38,6 +38,21 @@ def test_fast_paths_never_import_heavy_modules(args):
     assert not [m for m in HEAVY if m in modules]
 
 
+@pytest.mark.parametrize(
+    ("args", "checker"),
+    [
+        (["quantize", "dynamic", "--dtype", "int4"], "ptool.core.quantize.options"),
+        (["quantize", "static", "--device", "cuda"], "ptool.core.quantize.options"),
+        (["prune", "--method", "l3"], "ptool.core.prune.options"),
+    ],
+)
+def test_bad_quantize_and_prune_flags_are_refused_before_torch_is_imported(args, checker):
+    """quantize checked its flags after importing torch and torch.ao (seconds) as prune did
+    not: ptool.core.quantize imported its job module for the options' class."""
+    modules = _imported_modules(*args, "missing.pt")
+    assert checker in modules and "torch" not in modules
+
+
 def test_training_and_evaluating_import_no_vision_or_compiler_stack(tmp_path):
     """torchmetrics brought in torchvision, torch._dynamo and scipy.signal (about 5 s) for
     every run; a run that needs none of them must not pay for them. (torch.optim's
@@ -119,7 +134,7 @@ def test_help_paragraphs_wrap_to_the_terminal_and_arguments_read_as_metavars():
 
 def test_help_gives_the_defaults_each_command_uses():
     """resume, prune and QAT start from a run's config: train's defaults would mislead."""
-    from ptool.core.quantize.run import QAT_DEFAULTS
+    from ptool.core.quantize.options import QAT_DEFAULTS
 
     helps = {
         name: {

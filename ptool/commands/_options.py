@@ -51,9 +51,17 @@ EmaOpt = Annotated[
     ),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
+NoEvalOpt = Annotated[
+    bool, typer.Option("--no-eval", help="Skip the validation-split evaluations in the report.")
+]
 
 # the figures `-o` writes (lr-plot's schedule, eval's confusion matrix): matplotlib's formats
 FIGURE_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def comma_list(text: str) -> list[str]:
+    """`--modules conv, Linear` -> ["conv", "linear"]: names, case and spaces aside."""
+    return [name.strip().lower() for name in text.split(",") if name.strip()]
 
 
 def examples(*commands: str) -> str:

@@ -12,7 +12,16 @@ from ptool.commands._config_options import (
     FINETUNE_FIELDS,
     with_config_options,
 )
-from ptool.commands._options import BenchRunsOpt, CkptArg, JsonOpt, QuietOpt, examples, refuse_empty
+from ptool.commands._options import (
+    BenchRunsOpt,
+    CkptArg,
+    JsonOpt,
+    NoEvalOpt,
+    QuietOpt,
+    comma_list,
+    examples,
+    refuse_empty,
+)
 from ptool.core.prune.options import METHODS
 
 EXAMPLES = examples(
@@ -120,9 +129,7 @@ def prune(
             show_default=False,
         ),
     ] = None,
-    no_eval: Annotated[
-        bool, typer.Option("--no-eval", help="Skip the validation-split evaluations.")
-    ] = False,
+    no_eval: NoEvalOpt = False,
     bench_runs: BenchRunsOpt = 20,
     json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -134,8 +141,6 @@ def prune(
     Methods from torch.nn.utils.prune; --compact removes channels with Torch-Pruning. Writes
     <ckpt stem>.pruned.pt. Fine-tuning defaults to the run's own optimizer, lr and batch size,
     in <ckpt dir>/prune/<time>."""
-    from rich.markup import escape
-
     from ptool.core.prune.options import (
         PruneOptions,
         check_options,
@@ -151,7 +156,7 @@ def prune(
         amount=parse_amount(amount),
         n=2.0 if n is None else n,
         dim=0 if dim is None else dim,
-        modules=[m.strip().lower() for m in modules.split(",") if m.strip()],
+        modules=comma_list(modules),
         only=only,
         exclude=exclude,
         include_head=include_head,
@@ -170,14 +175,9 @@ def prune(
     from ptool.core.prune.run import prune_checkpoint
     from ptool.ui.prune_view import report_view
 
-    try:
-        report = prune_checkpoint(ckpt, options, log=out.log, quiet=quiet)
-    except BaseException as exc:  # a fine-tune's stop: its summary, as train prints it
-        out.stopped_run(exc)
-        raise
-    if out.json:  # the report says it otherwise
-        out.info(f"written: {escape(report['output'])}")
-    out.result(report, lambda: report_view(report))
+    out.written_report(
+        lambda: prune_checkpoint(ckpt, options, log=out.log, quiet=quiet), report_view
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -11,8 +11,18 @@ from ptool.commands._config_options import (
     FINETUNE_FIELDS,
     with_config_options,
 )
-from ptool.commands._options import BenchRunsOpt, CkptArg, JsonOpt, QuietOpt, examples, refuse_empty
+from ptool.commands._options import (
+    BenchRunsOpt,
+    CkptArg,
+    JsonOpt,
+    NoEvalOpt,
+    QuietOpt,
+    comma_list,
+    examples,
+    refuse_empty,
+)
 from ptool.commands._plain_params import PlainGroup, PlainTyper
+from ptool.core.quantize.options import DYNAMIC_MODULE_NAMES, QAT_DEFAULTS, QuantizeOptions
 
 EXAMPLES = examples(
     "ptool quantize dynamic runs/mlp/best.pt",
@@ -21,11 +31,11 @@ EXAMPLES = examples(
     "ptool quantize qat runs/cnn/best.pt --epochs 2 --freeze-bn-epoch 1",
 )
 
-# QAT's help defaults: the run's config, with QAT's own epochs and lr (quantize.run.QAT_DEFAULTS)
+# QAT's help defaults: the run's config, with QAT's own epochs and lr
 QAT_HELP_DEFAULTS = {
     **FINETUNE_DEFAULTS,
-    "epochs": "3",
-    "lr": "the run's x 0.1",
+    "epochs": str(QAT_DEFAULTS["epochs"]),
+    "lr": f"the run's x {QAT_DEFAULTS['lr_factor']}",
     "out": "<ckpt dir>/qat/<time>",
 }
 
@@ -54,9 +64,6 @@ TorchScriptOpt = Annotated[
         "--torchscript", help="Also write <output stem>.torchscript.pt (runs without ptool)."
     ),
 ]
-NoEvalOpt = Annotated[
-    bool, typer.Option("--no-eval", help="Skip the validation-split evaluation in the report.")
-]
 DeviceOpt = Annotated[
     str, typer.Option("--device", help="cpu only: the int8 kernels are CPU kernels.")
 ]
@@ -76,30 +83,26 @@ PerChannelOpt = Annotated[
 ]
 
 
-def _run(ckpt: str | None, options: Any, *, json: bool, quiet: bool) -> None:
-    from rich.markup import escape
-
-    from ptool.core.quantize import quantize_checkpoint
+def _run(ckpt: str | None, options: QuantizeOptions, *, json: bool, quiet: bool) -> None:
+    from ptool.core.quantize.options import check_options
     from ptool.ui.output import Output
-    from ptool.ui.quantize_view import report_table
 
     out = Output(json=json, quiet=quiet)
+    check_options(options)  # torch-free: a bad flag fails before seconds of imports
 
-    try:
-        report = quantize_checkpoint(ckpt, options, log=out.log, quiet=quiet)
-    except BaseException as exc:  # a qat run's stop: its summary, as train prints it
-        out.stopped_run(exc)
-        raise
-    if out.json:  # the table says it otherwise
-        out.info(f"written: {escape(report['output'])}")
-    out.result(report, lambda: report_table(report))
+    from ptool.core.quantize.run import quantize_checkpoint
+    from ptool.ui.quantize_view import report_table
+
+    out.written_report(
+        lambda: quantize_checkpoint(ckpt, options, log=out.log, quiet=quiet), report_table
+    )
 
 
 def dynamic(
     ckpt: CkptArg = None,
     modules: Annotated[
         str, typer.Option("--modules", help="Layer types to quantize: linear, lstm, gru.")
-    ] = "linear,lstm,gru",
+    ] = ",".join(DYNAMIC_MODULE_NAMES),
     dtype: Annotated[str, typer.Option("--dtype", help="Weight type: qint8 or float16.")] = "qint8",
     backend: BackendOpt = "auto",
     output: OutputOpt = None,
@@ -111,11 +114,9 @@ def dynamic(
     quiet: QuietOpt = False,
 ) -> None:
     """Dynamic quantization: int8 weights, activations quantized on the fly (Linear, LSTM, GRU)."""
-    from ptool.core.quantize import QuantizeOptions
-
     options = QuantizeOptions(
         mode="dynamic",
-        modules=[m.strip().lower() for m in modules.split(",") if m.strip()],
+        modules=comma_list(modules),
         dtype=dtype,
         backend=backend,
         output=output,
@@ -153,8 +154,6 @@ def static(
     quiet: QuietOpt = False,
 ) -> None:
     """Post-training static quantization: fuse conv+bn(+relu), linear(+relu); calibrate; convert."""
-    from ptool.core.quantize import QuantizeOptions
-
     options = QuantizeOptions(
         mode="static",
         backend=backend,
@@ -213,8 +212,6 @@ def qat(
 ) -> None:
     """Quantization-aware training: fake-quantized fine-tuning (train's engine and flags), then
     convert. Defaults: 3 epochs at the checkpoint's lr x 0.1, run dir <ckpt dir>/qat/<time>."""
-    from ptool.core.quantize import QuantizeOptions
-
     options = QuantizeOptions(
         mode="qat",
         backend=backend,

@@ -3,7 +3,22 @@
 The public entry points are re-exported lazily so that `import ptool.core` stays cheap.
 """
 
+import importlib
+from collections.abc import Callable
 from typing import Any
+
+
+def lazy_exports(package: str, exports: dict[str, str]) -> Callable[[str], Any]:
+    """A package's `__getattr__` importing each exported name's module (and torch) only when
+    the name is asked for, so that importing the package stays cheap."""
+
+    def __getattr__(name: str) -> Any:
+        if name not in exports:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(exports[name]), name)
+
+    return __getattr__
+
 
 _EXPORTS = {
     "TrainConfig": "ptool.core.config",
@@ -16,12 +31,4 @@ _EXPORTS = {
     "model_from_checkpoint": "ptool.core.restore",
 }
 __all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    """`from ptool.core import fit` imports the engine (and torch) only when asked for."""
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'ptool.core' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

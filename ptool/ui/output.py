@@ -115,6 +115,21 @@ class Output:
         if stopped is not None and self.json and speaks_for_the_job():
             self.result(stopped.to_dict())
 
+    def written_report(
+        self, job: Callable[[], dict[str, Any]], view: Callable[[dict[str, Any]], RenderableType]
+    ) -> None:
+        """The report of a job that writes a checkpoint (quantize, prune): with --json the
+        written file is named on stderr (the view names it otherwise), and a fine-tune's stop
+        prints its summary first, as train's does."""
+        try:
+            report = job()
+        except BaseException as exc:
+            self.stopped_run(exc)
+            raise
+        if self.json:
+            self.info(f"written: {escape(report['output'])}")
+        self.result(report, lambda: view(report))
+
     def json_line(self, data: Any) -> None:
         """One JSON line on stdout (for commands that stream results)."""
         sys.stdout.write(dumps(data, indent=None) + "\n")

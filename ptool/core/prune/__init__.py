@@ -9,8 +9,7 @@ job: rebuild, prune, fine-tune, report, save. Names load lazily: importing `opti
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ptool.core import lazy_exports
 
 _EXPORTS = {
     "METHODS": "ptool.core.prune.options",
@@ -20,9 +19,4 @@ _EXPORTS = {
     "prune_checkpoint": "ptool.core.prune.run",
 }
 __all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'ptool.core.prune' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

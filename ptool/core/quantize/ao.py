@@ -22,13 +22,13 @@ from torch import nn
 
 from ptool.core.errors import PtoolError, UsageError, first_line, unknown_name
 from ptool.core.notices import ignore_upstream_notices
+from ptool.core.quantize.options import DYNAMIC_MODULE_NAMES
 
 LIBRARY = "torch.ao.quantization"
 BACKENDS = ("x86", "fbgemm", "qnnpack")
-OBSERVERS = ("minmax", "histogram", "moving-average")
-QAT_OBSERVERS = ("minmax", "moving-average")
-DTYPES = ("qint8", "float16")
-DYNAMIC_MODULES: dict[str, type[nn.Module]] = {"linear": nn.Linear, "lstm": nn.LSTM, "gru": nn.GRU}
+DYNAMIC_MODULES: dict[str, type[nn.Module]] = dict(
+    zip(DYNAMIC_MODULE_NAMES, (nn.Linear, nn.LSTM, nn.GRU), strict=True)
+)
 STATIC_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 REDUCE_RANGE = {"x86": True, "fbgemm": True, "qnnpack": False}

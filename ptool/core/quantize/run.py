@@ -13,7 +13,6 @@ import itertools
 import json
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,71 +21,15 @@ from torch import nn
 
 from ptool.core import benchmark
 from ptool.core import checkpoint as ckpt_io
-from ptool.core.config import TrainConfig, check_interval
+from ptool.core.config import TrainConfig
 from ptool.core.errors import PtoolError, UsageError
 from ptool.core.quantize import ao
-
-MODES = ("dynamic", "static", "qat")
-DEFAULT_OBSERVER = {"static": "histogram", "qat": "moving-average"}
-QAT_DEFAULTS = {"epochs": 3, "lr_factor": 0.1}
-
-
-@dataclass
-class QuantizeOptions:
-    """Everything `ptool quantize MODE` takes besides the checkpoint (see the README)."""
-
-    mode: str
-    backend: str = "auto"
-    observer: str | None = None  # default per mode: histogram (static), moving-average (qat)
-    per_channel: bool = True
-    modules: list[str] = field(default_factory=lambda: list(ao.DYNAMIC_MODULES))
-    dtype: str = "qint8"
-    calib_batches: int = 32
-    calib_data: str | None = None
-    output: str | None = None
-    torchscript: bool = False
-    evaluate: bool = True
-    bench_runs: int = 20
-    device: str = "cpu"
-    freeze_observers_epoch: int | None = None
-    freeze_bn_epoch: int | None = None
-    train_overrides: dict[str, Any] = field(default_factory=dict)
-    resume: str | None = None
-
-
-def check_options(options: QuantizeOptions) -> None:
-    """Refuse bad combinations before anything is loaded."""
-    if options.device not in ("cpu", "auto"):
-        raise UsageError(
-            f"--device {options.device}: int8 quantized kernels (fbgemm/x86/qnnpack) run on the "
-            "CPU only",
-            hint="drop --device (quantize runs on the CPU)",
-        )
-    mode = options.mode
-    if mode not in MODES:
-        raise UsageError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
-    if mode == "dynamic":
-        unknown = [m for m in options.modules if m not in ao.DYNAMIC_MODULES]
-        if unknown or not options.modules:
-            raise UsageError(
-                f"--modules {','.join(options.modules)}: valid: {', '.join(ao.DYNAMIC_MODULES)}"
-            )
-        if options.dtype not in ao.DTYPES:
-            raise UsageError(f"--dtype {options.dtype}: valid: {', '.join(ao.DTYPES)}")
-    observer = options.observer or DEFAULT_OBSERVER.get(mode)
-    valid = ao.QAT_OBSERVERS if mode == "qat" else ao.OBSERVERS
-    if mode != "dynamic" and observer not in valid:
-        raise UsageError(
-            f"--observer {observer} does not work with {mode}; valid: {', '.join(valid)}"
-        )
-    # observers frozen before any batch keep empty ranges (inf/-inf); frozen batch-norm
-    # statistics from epoch 0 keep the float model's, which is a valid choice
-    limits = {"calib_batches": "[1, inf)", "bench_runs": "[1, inf)"}
-    limits.update(freeze_observers_epoch="[1, inf)", freeze_bn_epoch="[0, inf)")
-    for name, interval in limits.items():
-        check_interval(name, getattr(options, name), interval)
-    if options.resume and mode != "qat":
-        raise UsageError(f"--resume continues a `ptool quantize qat` run, not {mode}")
+from ptool.core.quantize.options import (
+    DEFAULT_OBSERVER,
+    QAT_DEFAULTS,
+    QuantizeOptions,
+    check_options,
+)
 
 
 def refuse_quantized(ckpt: dict[str, Any], path: Path) -> None:
