@@ -65,7 +65,7 @@ def predict(
     from ptool.core.predict import Reader, load_predictor
     from ptool.core.predict import predict as run_predict
 
-    model, info, run_device, loss = load_predictor(checkpoint, device, ema=ema)
+    model, info, run_device, loss, precision = load_predictor(checkpoint, device, ema=ema)
     if top_k is not None and info.task != "classification":
         raise UsageError(
             f"--top-k ranks class probabilities; this is a {info.task} model", hint="drop --top-k"
@@ -78,6 +78,7 @@ def predict(
         device=run_device,
         top_k=top_k or 5,
         loss=loss,
+        precision=precision,
     )
     predictions, errors, done = [], [], 0
     stream = not json and not out.out.is_terminal

@@ -377,7 +377,7 @@ def evaluate_checkpoints(
     from ptool.core.data import make_loader
     from ptool.core.errors import UsageError
     from ptool.core.optim import build_loss
-    from ptool.core.restore import config_and_info, model_from_checkpoint
+    from ptool.core.restore import config_and_info, inference_precision, model_from_checkpoint
 
     if batch_size is not None and batch_size < 1:
         raise UsageError(f"--batch-size must be positive, got {batch_size}")
@@ -403,7 +403,7 @@ def evaluate_checkpoints(
     reports = []
     for path, ckpt, (own_config, _) in zip(paths, ckpts, infos, strict=True):
         loader = make_loader(dataset, config, order, train=False, device=run_device)
-        precision = "fp32" if ckpt.get("quantization") else own_config.precision
+        precision = inference_precision(ckpt, own_config)
         with quiet_upstream_notices():
             model = model_from_checkpoint(ckpt, ema=ema).to(run_device)
             result = evaluate(model, loader, info, loss_fn, run_device, precision=precision)

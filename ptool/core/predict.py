@@ -315,10 +315,13 @@ def predict(
     device: torch.device | str = "cpu",
     top_k: int = 5,
     loss: str = "auto",
+    precision: str = "fp32",
 ) -> Iterator[dict[str, Any]]:
-    """One record per sample, in input order: a prediction, or {"input", "error"}. `loss`
-    bce-with-logits: the outputs are logits, so values and per-class probabilities are their
-    sigmoid (softmax otherwise, for classes)."""
+    """One record per sample, in input order: a prediction, or {"input", "error"}, the model
+    run under autocast to `precision` as eval runs it. `loss` bce-with-logits: the outputs are
+    logits, so values and per-class probabilities are their sigmoid (softmax otherwise)."""
+    from ptool.core.runtime import autocast
+
     sigmoid = loss == "bce-with-logits"
     device = torch.device(device)
     model.eval()
@@ -328,7 +331,8 @@ def predict(
         outputs = iter([])
         if ready:
             x = torch.stack([s.tensor for s in ready]).to(device)
-            outputs = iter(model(x).float().cpu())
+            with autocast(device, precision):
+                outputs = iter(model(x).float().cpu())
         for sample in batch:
             if sample.tensor is None:
                 yield {"input": sample.name, "error": sample.error}
@@ -363,6 +367,7 @@ class Predictor(NamedTuple):
     info: Any  # the run's DataInfo
     device: torch.device
     loss: str  # the run's resolved loss: bce-with-logits outputs are logits of sigmoids
+    precision: str  # autocast's, as eval's (`restore.inference_precision`)
 
 
 def load_predictor(path: str | Path, device: str = "auto", *, ema: bool = False) -> Predictor:
@@ -371,11 +376,12 @@ def load_predictor(path: str | Path, device: str = "auto", *, ema: bool = False)
     from ptool.core.evaluate import device_for
     from ptool.core.notices import quiet_upstream_notices
     from ptool.core.optim import resolve_loss_name
-    from ptool.core.restore import config_and_info, model_from_checkpoint
+    from ptool.core.restore import config_and_info, inference_precision, model_from_checkpoint
 
     with quiet_upstream_notices():
         ckpt = load_checkpoint(path)
         config, info = config_and_info(ckpt)
         run_device = device_for(device, bool(ckpt.get("quantization")))
         model = model_from_checkpoint(ckpt, ema=ema).to(run_device).eval()
-    return Predictor(model, info, run_device, resolve_loss_name(config, info))
+    loss = resolve_loss_name(config, info)
+    return Predictor(model, info, run_device, loss, inference_precision(ckpt, config))

@@ -32,6 +32,12 @@ def config_and_info(ckpt: dict[str, Any]) -> tuple[TrainConfig, DataInfo]:
     return config, DataInfo.from_dict(ckpt["data_info"])
 
 
+def inference_precision(ckpt: dict[str, Any], config: TrainConfig) -> str:
+    """What eval and predict run a checkpoint's model under: the run's --precision (its
+    validation autocast to it), fp32 for an int8 model (its kernels take float inputs)."""
+    return "fp32" if ckpt.get("quantization") else config.precision
+
+
 def finetune_config(
     config: TrainConfig, source: Path, folder: str, overrides: dict[str, Any], **defaults: Any
 ) -> TrainConfig:

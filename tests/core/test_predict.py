@@ -40,9 +40,29 @@ def _raw_val(ckpt_path):
 
 
 def _records(ckpt_path, inputs, stdin=None, note=lambda _: None, **kwargs):
-    model, info, device, loss = load_predictor(ckpt_path, "cpu")
+    model, info, device, loss, precision = load_predictor(ckpt_path, "cpu")
     reader = Reader(info, stdin, note=note)
-    return list(predict(model, reader.read(inputs), info, device=device, loss=loss, **kwargs))
+    samples = reader.read(inputs)
+    return list(
+        predict(model, samples, info, device=device, loss=loss, precision=precision, **kwargs)
+    )
+
+
+def test_a_bf16_run_predicts_under_its_autocast_as_eval_does(tmp_path):
+    """predict ran a --precision bf16 run's model in fp32, eval under bf16 autocast: a near
+    tie could be one class in eval's accuracy and another in predict's output."""
+    ckpt = _train(tmp_path / "bf16", data="synthetic", shape="1x8x8", model="cnn", precision="bf16")
+    (raw, _), (normalized, _) = _raw_val(ckpt)
+    torch.save({"x": raw}, tmp_path / "x.pt")
+    model = load_predictor(ckpt, "cpu").model
+    with torch.no_grad():
+        fp32 = model(normalized).softmax(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = model(normalized).float().softmax(1)
+    assert not torch.equal(fp32, bf16)  # the oracle tells them apart
+    records = _records(ckpt, [str(tmp_path / "x.pt")], top_k=10, batch_size=len(raw))
+    got = torch.tensor([[r["probabilities"][str(c)] for c in range(10)] for r in records])
+    assert torch.equal(got, bf16)
 
 
 def test_tensor_file_json_lines_and_images_match_the_validation_pipeline(image_run, tmp_path):
