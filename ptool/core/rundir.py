@@ -8,14 +8,13 @@ it), last.pt, best.pt, best-epochN.pt, epoch-N.pt, summary.json, tensorboard/, a
 from __future__ import annotations
 
 import contextlib
-import json
-import math
 import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from ptool.core import plain_json
 from ptool.core.errors import UsageError
 
 CONFIG_NAME = "config.yaml"
@@ -260,16 +259,6 @@ def write_config(run_dir: Path, values: dict[str, Any]) -> Path:
     return write_text_atomic(run_dir / CONFIG_NAME, config_yaml(values))
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
-    text = json.dumps(_finite(summary), indent=2, allow_nan=False) + "\n"
+    text = plain_json.dumps(summary) + "\n"
     return write_text_atomic(run_dir / SUMMARY_NAME, text)

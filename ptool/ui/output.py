@@ -6,8 +6,6 @@ warnings and progress go to stderr, and `--quiet` silences everything but result
 
 from __future__ import annotations
 
-import json
-import math
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -15,29 +13,7 @@ from typing import Any
 from rich.console import Console, RenderableType
 from rich.markup import escape
 
-
-def _jsonable(value: Any) -> Any:
-    """Plain JSON for dataclasses, paths, tuples and non-finite floats (as null)."""
-    import dataclasses
-    import os
-
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _jsonable(dataclasses.asdict(value))
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
-        return _jsonable(value.item())
-    return value
-
-
-def dumps(data: Any, *, indent: int | None = 2) -> str:
-    return json.dumps(_jsonable(data), indent=indent, allow_nan=False)
+from ptool.core.plain_json import dumps
 
 
 def _pipe_width() -> int | None:
