@@ -51,6 +51,27 @@ EmaOpt = Annotated[
     ),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
+
+
+def _trust_code(value: bool) -> bool:
+    if value:  # read where a checkpoint's model is rebuilt, in every process of the job
+        import os
+
+        from ptool.core.config import TRUST_CODE_ENV
+
+        os.environ[TRUST_CODE_ENV] = "1"
+    return value
+
+
+TrustCodeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-code",
+        callback=_trust_code,
+        help="Let a checkpoint whose model is a module:function factory import and run that "
+        "code (only for files you trust; also PTOOL_TRUST_CODE=1).",
+    ),
+]
 NoEvalOpt = Annotated[
     bool, typer.Option("--no-eval", help="Skip the validation-split evaluations in the report.")
 ]

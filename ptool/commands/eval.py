@@ -14,6 +14,7 @@ from ptool.commands._options import (
     EmaOpt,
     JsonOpt,
     QuietOpt,
+    TrustCodeOpt,
     examples,
     refuse_empty,
 )
@@ -79,6 +80,7 @@ def eval_(
             show_default=False,
         ),
     ] = None,
+    trust_code: TrustCodeOpt = False,  # its callback sets PTOOL_TRUST_CODE
     json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:

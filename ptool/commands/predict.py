@@ -6,7 +6,15 @@ from typing import Annotated
 
 import typer
 
-from ptool.commands._options import DeviceOpt, EmaOpt, JsonOpt, QuietOpt, examples, refuse_empty
+from ptool.commands._options import (
+    DeviceOpt,
+    EmaOpt,
+    JsonOpt,
+    QuietOpt,
+    TrustCodeOpt,
+    examples,
+    refuse_empty,
+)
 
 EXAMPLES = examples(
     "ptool predict runs/digits/best.pt digit.png more_digits/",
@@ -41,6 +49,7 @@ def predict(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Inputs per forward pass.")] = 64,
     device: DeviceOpt = "auto",
     ema: EmaOpt = False,
+    trust_code: TrustCodeOpt = False,  # its callback sets PTOOL_TRUST_CODE
     json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:

@@ -18,6 +18,7 @@ from ptool.commands._options import (
     JsonOpt,
     NoEvalOpt,
     QuietOpt,
+    TrustCodeOpt,
     comma_list,
     examples,
     refuse_empty,
@@ -131,6 +132,7 @@ def prune(
     ] = None,
     no_eval: NoEvalOpt = False,
     bench_runs: BenchRunsOpt = 20,
+    trust_code: TrustCodeOpt = False,  # its callback sets PTOOL_TRUST_CODE
     json: JsonOpt = False,
     quiet: QuietOpt = False,
     *,

@@ -17,6 +17,7 @@ from ptool.commands._options import (
     JsonOpt,
     NoEvalOpt,
     QuietOpt,
+    TrustCodeOpt,
     comma_list,
     examples,
     refuse_empty,
@@ -110,6 +111,7 @@ def dynamic(
     no_eval: NoEvalOpt = False,
     bench_runs: BenchRunsOpt = 20,
     device: DeviceOpt = "cpu",
+    trust_code: TrustCodeOpt = False,  # its callback sets PTOOL_TRUST_CODE
     json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -150,6 +152,7 @@ def static(
     no_eval: NoEvalOpt = False,
     bench_runs: BenchRunsOpt = 20,
     device: DeviceOpt = "cpu",
+    trust_code: TrustCodeOpt = False,  # its callback sets PTOOL_TRUST_CODE
     json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -205,6 +208,7 @@ def qat(
     no_eval: NoEvalOpt = False,
     bench_runs: BenchRunsOpt = 20,
     device: DeviceOpt = "cpu",
+    trust_code: TrustCodeOpt = False,  # its callback sets PTOOL_TRUST_CODE
     json: JsonOpt = False,
     quiet: QuietOpt = False,
     *,

@@ -7,7 +7,14 @@ from typing import Annotated, Any
 import typer
 
 from ptool.commands._config_options import with_config_options
-from ptool.commands._options import JsonOpt, QuietOpt, UnsafeLoadOpt, examples, refuse_empty
+from ptool.commands._options import (
+    JsonOpt,
+    QuietOpt,
+    TrustCodeOpt,
+    UnsafeLoadOpt,
+    examples,
+    refuse_empty,
+)
 from ptool.commands.train import RescheduleOpt, resume_and_log, run_and_report
 
 EXAMPLES = examples(
@@ -32,6 +39,7 @@ def resume(
     *,
     reschedule: RescheduleOpt = False,
     unsafe_load: UnsafeLoadOpt = False,
+    trust_code: TrustCodeOpt = False,  # its callback sets PTOOL_TRUST_CODE
     json: JsonOpt = False,
     quiet: QuietOpt = False,
     overrides: dict[str, Any],

@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ptool.commands._config_options import with_config_options
-from ptool.commands._options import JsonOpt, QuietOpt, UnsafeLoadOpt, examples, refuse_empty
+from ptool.commands._options import (
+    JsonOpt,
+    QuietOpt,
+    TrustCodeOpt,
+    UnsafeLoadOpt,
+    examples,
+    refuse_empty,
+)
 from ptool.core.errors import UsageError
 from ptool.core.rundir import speaks_for_the_job
 
@@ -65,6 +72,7 @@ def train(
     resume: ResumeOpt = None,
     reschedule: RescheduleOpt = False,
     unsafe_load: UnsafeLoadOpt = False,
+    trust_code: TrustCodeOpt = False,  # its callback sets PTOOL_TRUST_CODE
     json: JsonOpt = False,
     quiet: QuietOpt = False,
     overrides: dict[str, Any],

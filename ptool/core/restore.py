@@ -29,7 +29,25 @@ def config_and_info(ckpt: dict[str, Any]) -> tuple[TrainConfig, DataInfo]:
         config = TrainConfig.from_dict(ckpt["config"], source="checkpoint config")
     except UsageError as exc:
         raise PtoolError(f"the checkpoint's config is not valid here: {exc}") from exc
-    return config, DataInfo.from_dict(ckpt["data_info"])
+    _refuse_untrusted_code(config.model)
+    # a file does not reach the network by itself: --download is the user's, not the file's
+    return config.replace(download=False), DataInfo.from_dict(ckpt["data_info"])
+
+
+def _refuse_untrusted_code(model: str) -> None:
+    """A `module:function` model is code the rebuild imports and runs: named by a file, it
+    needs the user's word (--trust-code), as unpickling needs --unsafe-load."""
+    from ptool.core.config import TRUST_CODE_ENV, code_trusted
+    from ptool.core.models import is_factory
+
+    if is_factory(model) and not code_trusted():
+        module = model.partition(":")[0]
+        raise PtoolError(
+            f"the checkpoint's model is {model}: rebuilding it imports and runs the Python "
+            f"module {module!r}",
+            hint=f"only if you trust the checkpoint, rerun with --trust-code (or "
+            f"{TRUST_CODE_ENV}=1)",
+        )
 
 
 def inference_precision(ckpt: dict[str, Any], config: TrainConfig) -> str:

@@ -35,6 +35,7 @@ RESUMABLE = (
     "log_graph",
     "save_every_steps",
     "keep_last",
+    "download",  # the user's to give: a checkpoint's own is dropped (restore.config_and_info)
 )
 # Schedules with no horizon for --reschedule to re-plan.
 NO_HORIZON = ("none", "constant", "plateau")

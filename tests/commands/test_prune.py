@@ -133,7 +133,12 @@ def test_compact_refuses_to_shrink_an_excluded_layer(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     write_residual_checkpoint(tmp_path)
     args = ("--method", "ln-structured", "--compact", "--exclude", "^stem$", "-o", "out.pt")
-    result = run_ptool("prune", "runs/res/best.pt", *args, cwd=tmp_path)
+    untrusted = run_ptool("prune", "runs/res/best.pt", *args, cwd=tmp_path)
+    assert untrusted.returncode == 1  # the checkpoint names the module: the user must trust it
+    assert untrusted.stderr.splitlines()[-1] == (
+        "hint: only if you trust the checkpoint, rerun with --trust-code (or PTOOL_TRUST_CODE=1)"
+    )
+    result = run_ptool("prune", "runs/res/best.pt", *args, "--trust-code", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         "error: --compact: c2's output channels are tied to stem's (e.g. by a residual add), "

@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from ptool.core import checkpoint as ckpt_io
-from ptool.core.config import TrainConfig
+from ptool.core.config import TRUST_CODE_ENV, TrainConfig
 from ptool.core.errors import PtoolError, UsageError
 from ptool.core.prune import PruneOptions, apply_architecture, prune_checkpoint
 from ptool.core.prune.masks import schedule
@@ -68,6 +68,7 @@ def residual_ckpt(tmp_path_factory) -> Iterator[Path]:
     folder = tmp_path_factory.mktemp("residual")
     with pytest.MonkeyPatch.context() as patch:
         patch.syspath_prepend(str(folder))
+        patch.setenv(TRUST_CODE_ENV, "1")  # the tests' own module
         yield write_residual_checkpoint(folder)
 
 
@@ -346,6 +347,7 @@ def test_compact_refuses_a_tie_to_the_heads_classes(tmp_path, monkeypatch):
         "    return Net(num_outputs)\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv(TRUST_CODE_ENV, "1")
     ckpt = write_checkpoint(tmp_path / "best.pt", epochs=0, model="head_tied:build")
     with pytest.raises(UsageError, match="which is the final classifier") as caught:
         _prune(ckpt, tmp_path, method="ln-structured", amount=0.25, compact=True)
@@ -738,6 +740,7 @@ def test_untraceable_model_is_refused_for_compact_and_bn_scale(tmp_path, monkeyp
         "    return Net(num_outputs)\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv(TRUST_CODE_ENV, "1")
     ckpt = write_checkpoint(tmp_path / "best.pt", epochs=0, model="numpy_net:build")
     with pytest.raises(PtoolError, match="Torch-Pruning cannot trace this model") as caught:
         _prune(ckpt, tmp_path, amount=0.5, **values)

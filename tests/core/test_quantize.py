@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ptool.core import checkpoint as ckpt_io
-from ptool.core.config import TrainConfig
+from ptool.core.config import TRUST_CODE_ENV, TrainConfig
 from ptool.core.errors import PtoolError, UsageError
 from ptool.core.quantize import QuantizeOptions, ao, quantize_checkpoint
 from ptool.core.restore import model_from_checkpoint
@@ -297,6 +297,7 @@ def user_models(tmp_path, monkeypatch):
     (tmp_path / "qusermodels.py").write_text(USER_MODELS)
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv(TRUST_CODE_ENV, "1")  # the tests' own module
     return tmp_path
 
 

@@ -17,7 +17,7 @@ import torch
 
 from ptool.core import checkpoint as ckpt_io
 from ptool.core import rundir
-from ptool.core.config import read_config_file
+from ptool.core.config import TRUST_CODE_ENV, read_config_file
 from ptool.core.engine import fit
 from ptool.core.errors import PtoolError, UsageError
 from ptool.core.resume import find_checkpoint, plan_resume, resume_run
@@ -394,11 +394,17 @@ def test_refusal_hints_are_commands_that_run(tmp_path):
         assert CliRunner().invoke(app, args).exit_code == 0
 
 
-def test_a_model_that_cannot_be_rebuilt_fails_like_in_eval(tmp_path):
+def test_a_model_that_cannot_be_rebuilt_fails_like_in_eval(tmp_path, monkeypatch):
+    """A checkpoint naming a module:function model is refused unless the user trusts its
+    code (--trust-code), as in eval; trusted, a module that is not there is a bad file."""
     fit(small(tmp_path, "run", epochs=1), quiet=True)
     ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     ckpt["config"]["model"] = "nosuchmod:build"
     torch.save(ckpt, tmp_path / "run" / "last.pt")
+    with pytest.raises(PtoolError, match="imports and runs the Python module 'nosuchmod'") as info:
+        plan_resume(tmp_path / "run", {"epochs": 2})
+    assert "--trust-code" in info.value.hint
+    monkeypatch.setenv(TRUST_CODE_ENV, "1")
     with pytest.raises(PtoolError, match="cannot rebuild the checkpoint's model") as info:
         resume_run(plan_resume(tmp_path / "run", {"epochs": 2, "out": str(tmp_path / "o")}))
     assert info.value.exit_code == 1  # a bad file, as eval and predict say it
