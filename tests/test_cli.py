@@ -238,6 +238,22 @@ def test_a_data_loader_workers_error_is_its_original_last_line():
     assert describe(RuntimeError("first\nsecond"))[0] == "unexpected RuntimeError: first"
 
 
+def test_a_tensor_too_large_for_memory_is_out_of_memory_not_a_bug_to_report():
+    """`--hidden 100000000` said "unexpected RuntimeError: [enforce fail at alloc_cpu.cpp:127]
+    ... DefaultCPUAllocator: can't allocate memory ..." and asked for a bug report."""
+    import torch
+
+    from ptool.ui.errors import describe
+
+    with pytest.raises(RuntimeError) as raised:
+        torch.empty(10**17)  # beyond any address space: torch's own refusal, its wording
+    assert describe(raised.value) == (
+        "out of memory: a tensor of 400,000,000,000,000,000 bytes could not be allocated",
+        "try a smaller model or --batch-size",
+        1,
+    )
+
+
 def test_columns_0_means_no_width_not_an_empty_screen():
     """Some CI runners set COLUMNS=0; rich then printed nothing, results and errors alike."""
     result = run_ptool("convcalc", "--h", "32", "--k", "3", env={"COLUMNS": "0"})

@@ -92,6 +92,17 @@ def note_ema_left_out(ckpt: dict[str, Any], command: str, log: Callable[[str], N
         )
 
 
+def load_weights(model: nn.Module, state: dict[str, Any]) -> None:
+    """`model.load_state_dict(state)`, a mismatch (a corrupt or hand-edited file) said in one
+    line: torch's first line only names the module, the next the key."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0]
+        raise PtoolError(f"the saved weights do not fit the rebuilt model: {detail}") from exc
+
+
 def model_from_checkpoint(
     ckpt: dict[str, Any], *, load_weights: bool = True, ema: bool = False
 ) -> nn.Module:
@@ -129,12 +140,7 @@ def model_from_checkpoint(
     if load_weights:
         if state is None:
             raise PtoolError("the checkpoint holds no model_state_dict")
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:  # torch's first line only says which module
-            lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-            detail = lines[1] if len(lines) > 1 else lines[0]
-            raise PtoolError(f"the saved weights do not fit the rebuilt model: {detail}") from exc
+        load_weights(model, state)
         if ckpt.get("quantization"):  # a QAT run's fake-quantized model keeps its saved ranges
             quantize.freeze_observers(model)
     return model

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import sys
 
 from ptool.core.errors import PtoolError
 
 DEBUG_ENV = "PTOOL_DEBUG"
+_CPU_ALLOCATION = re.compile(r"DefaultCPUAllocator: .*you tried to allocate (\d+) bytes")
 
 
 def debug_enabled() -> bool:
@@ -40,6 +42,13 @@ def describe(exc: BaseException, command_path: str = "ptool") -> tuple[str, str 
         return "no space left on device", "free some disk space or choose another --out", 1
     if isinstance(exc, MemoryError):
         return "out of memory", "try a smaller --batch-size", 1
+    asked = _CPU_ALLOCATION.search(str(exc)) if isinstance(exc, RuntimeError) else None
+    if asked:  # torch's CPU allocator refused a tensor: a size, not a ptool bug
+        return (
+            f"out of memory: a tensor of {int(asked[1]):,} bytes could not be allocated",
+            "try a smaller model or --batch-size",
+            1,
+        )
     if (
         type(exc).__name__ == "OutOfMemoryError"
     ):  # torch.cuda.OutOfMemoryError, without importing torch

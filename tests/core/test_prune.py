@@ -752,9 +752,29 @@ def test_apply_architecture_refuses_unknown_layer_kinds():
     with pytest.raises(PtoolError, match=r"cannot resize 0 \(Embedding\)"):
         apply_architecture(model, {"0.weight": [10, 3], "1.weight": [2, 3], "1.bias": [2]})
     resized = apply_architecture(
-        nn.Sequential(nn.Linear(4, 2)), {"0.weight": [3, 4], "0.bias": [3]}
+        nn.Sequential(nn.Linear(4, 3)), {"0.weight": [2, 4], "0.bias": [2]}
     )
-    assert (resized[0].in_features, resized[0].out_features) == (4, 3)
+    assert (resized[0].in_features, resized[0].out_features) == (4, 2)
+
+
+@pytest.mark.parametrize(
+    ("architecture", "message"),
+    [
+        ({"0.weight": [3, 10**8]}, r"gives 0.weight the shape \[3, 100000000\]: a compacted"),
+        ({"0.weight": [-3, 4]}, r"gives 0.weight the shape \[-3, 4\]"),
+        ({"0.weight": [3.5, 4]}, r"gives 0.weight the shape \[3.5, 4\]"),
+        ({"0.weight": [3]}, r"gives 0.weight the shape \[3\]"),
+        ({"0.weight": "os.system"}, r"gives 0.weight the shape 'os.system'"),
+        ([["0.weight", [3, 4]]], "the saved architecture is a list, not tensor names"),
+    ],
+)
+def test_apply_architecture_refuses_shapes_no_compaction_makes(architecture, message):
+    """A 280 KB file whose architecture said [10, 10**8] for the head allocated 4.5 GB before
+    its weights' size mismatch; negative, fractional or text sizes were 'unexpected ...
+    report it'. Compaction only removes channels: each size is at most the built model's."""
+    with pytest.raises(PtoolError, match=message) as caught:
+        apply_architecture(nn.Sequential(nn.Linear(4, 3)), architecture)
+    assert caught.value.exit_code == 1
 
 
 def test_a_pruned_output_cannot_be_resumed_and_the_hint_fine_tunes_it(cnn_ckpt, tmp_path):

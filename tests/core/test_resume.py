@@ -410,6 +410,18 @@ def test_a_model_that_cannot_be_rebuilt_fails_like_in_eval(tmp_path, monkeypatch
     assert info.value.exit_code == 1  # a bad file, as eval and predict say it
 
 
+def test_weights_that_do_not_fit_the_model_are_one_line_as_in_eval(tmp_path):
+    """A resume whose saved weights did not fit said "unexpected RuntimeError: Error(s) in
+    loading state_dict for SequentialNet:" (cut at the colon) and asked for a bug report."""
+    fit(small(tmp_path, "run", epochs=1), quiet=True)
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    name = next(iter(ckpt["model_state_dict"]))
+    ckpt["model_state_dict"][name] = torch.zeros(3)
+    torch.save(ckpt, tmp_path / "run" / "last.pt")
+    with pytest.raises(PtoolError, match=f"do not fit the rebuilt model: size mismatch for {name}"):
+        resume_run(plan_resume(tmp_path / "run", {"epochs": 2}), quiet=True)
+
+
 def test_without_an_argument_the_newest_run_is_the_one_eval_picks(tmp_path, monkeypatch):
     """A file that prune or quantize writes into an older run does not make it the newest."""
     monkeypatch.chdir(tmp_path)

@@ -222,7 +222,14 @@ def _resized(module: nn.Module, shapes: dict[str, list[int]]) -> nn.Module:
 
 
 def apply_architecture(model: nn.Module, architecture: Mapping[str, list[int]]) -> nn.Module:
-    """Resize a freshly built model's layers to a compacted checkpoint's saved shapes."""
+    """Resize a freshly built model's layers to a compacted checkpoint's saved shapes, each
+    checked first: compaction only removes channels, so a shape beyond the built layer's is a
+    corrupt file (or one asking for gigabytes), refused before anything is allocated."""
+    if not isinstance(architecture, Mapping):
+        raise PtoolError(
+            f"the saved architecture is a {type(architecture).__name__}, not tensor names and "
+            "their shapes"
+        )
     state = {k.removesuffix("_orig"): v for k, v in model.state_dict().items()}
     unknown = sorted(set(architecture) - set(state))
     if unknown:
@@ -231,7 +238,14 @@ def apply_architecture(model: nn.Module, architecture: Mapping[str, list[int]]) 
         )
     changed: dict[str, dict[str, list[int]]] = {}
     for name, shape in architecture.items():
-        if list(state[name].shape) != list(shape):
+        built = list(state[name].shape)
+        if not _within(shape, built):
+            raise PtoolError(
+                f"the saved architecture gives {name} the shape {shape!r}: a compacted tensor "
+                f"keeps its dimensions, each at most the model's {built}",
+                hint="the file is corrupt; prune the float checkpoint again",
+            )
+        if built != list(shape):
             owner, _, tensor = name.rpartition(".")
             changed.setdefault(owner, {})[tensor] = list(shape)
     for owner in changed:
@@ -253,6 +267,15 @@ def apply_architecture(model: nn.Module, architecture: Mapping[str, list[int]]) 
         parent, _, attr = owner.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, attr, replacement)
     return model
+
+
+def _within(shape: Any, built: list[int]) -> bool:
+    """A list of as many sizes as `built`, none negative or larger."""
+    return (
+        isinstance(shape, list)
+        and len(shape) == len(built)
+        and all(type(n) is int and 0 <= n <= limit for n, limit in zip(shape, built, strict=True))
+    )
 
 
 def apply_masks(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
