@@ -688,6 +688,24 @@ def test_truncated_corrupt_empty_foreign_files(tmp_path, ptool_ckpt):
         assert "\n" not in str(error.value), name
 
 
+def test_a_pipe_and_a_folder_of_many_checkpoints_are_named_so(tmp_path):
+    """A FIFO given as the checkpoint read as "is empty (0 bytes)" (or waited for a writer);
+    a folder's hint listed every checkpoint in it, one line as long as the folder."""
+    import os
+
+    os.mkfifo(tmp_path / "pipe.pt")
+    with pytest.raises(PtoolError, match="pipe.pt is a pipe or a device, not a checkpoint file"):
+        read(tmp_path / "pipe.pt")
+    for epoch in range(1, 40):
+        (tmp_path / f"epoch-{epoch:02d}.pt").write_bytes(b"x")
+    with pytest.raises(PtoolError, match="is a directory") as error:
+        read(tmp_path)
+    assert error.value.hint == (
+        "give one of its checkpoints: epoch-01.pt, epoch-02.pt, epoch-03.pt, epoch-04.pt, "
+        "epoch-05.pt, ..."
+    )
+
+
 def test_load_names_a_zip_that_is_not_a_torch_save_file(tmp_path, ptool_ckpt):
     """eval, prune and quantize said torch's "[enforce fail at inline_container.cc:180] ...";
     inspect-checkpoint named the file's kind. Both read it the same way now."""

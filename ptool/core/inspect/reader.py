@@ -144,18 +144,25 @@ def _json_object_follows(f: io.BufferedIOBase, limit: int) -> bool:
     return False
 
 
+HINTED_FILES = 5  # a folder's checkpoints named in the hint: a run's last, best, epochs
+
+
 def check_checkpoint_file(path: Path) -> int:
     """The file's size, or a one-line PtoolError: missing, a folder (a run directory: its
-    checkpoints named in the hint), or empty."""
+    checkpoints named in the hint), not a regular file (a FIFO would be read as empty), or
+    empty."""
     if not path.exists():
         raise PtoolError(f"no such checkpoint: {path}")
     if path.is_dir():
         # not quantize --torchscript's archives: code, which no ptool command loads
         inside = sorted(p.name for p in path.glob("*.pt") if not p.name.endswith(".torchscript.pt"))
+        shown = ", ".join(inside[:HINTED_FILES]) + (", ..." if len(inside) > HINTED_FILES else "")
         raise PtoolError(
             f"{path} is a directory, not a checkpoint file",
-            hint=f"give one of its checkpoints: {', '.join(inside)}" if inside else None,
+            hint=f"give one of its checkpoints: {shown}" if inside else None,
         )
+    if not path.is_file():
+        raise PtoolError(f"{path} is a pipe or a device, not a checkpoint file")
     size = path.stat().st_size
     if size == 0:
         raise PtoolError(f"{path} is empty (0 bytes)")
