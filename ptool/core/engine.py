@@ -899,9 +899,9 @@ class Trainer:
     def load_state(self, ckpt: dict[str, Any], *, replan: bool = False) -> None:
         """Put a checkpoint's weights, optimizer, schedule, scaler, EMA, counters, RNG back;
         `replan` (a resume with --reschedule, once) builds this config's schedule instead."""
-        from ptool.core.restore import load_weights
+        from ptool.core.restore import load_model_state
 
-        load_weights(self.model, ckpt["model_state_dict"])
+        load_model_state(self.model, ckpt["model_state_dict"])
         self.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
         saved_schedule = ckpt["scheduler_state_dict"]
         if replan:  # this config's horizon, at the saved position
@@ -918,7 +918,7 @@ class Trainer:
         if ckpt.get("scaler_state_dict"):
             self.scaler.load_state_dict(ckpt["scaler_state_dict"])
         if self.ema is not None and "ema_state_dict" in ckpt:
-            load_weights(self.ema.module, ckpt["ema_state_dict"])
+            load_model_state(self.ema.module, ckpt["ema_state_dict"])
             self.ema.n_averaged.fill_(ckpt["callbacks"]["ema"]["n_averaged"])
         self.state = TrainState.from_dict(ckpt["callbacks"]["train_state"])
         self.wall_before = self.state.wall_time_s

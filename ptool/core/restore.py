@@ -92,7 +92,7 @@ def note_ema_left_out(ckpt: dict[str, Any], command: str, log: Callable[[str], N
         )
 
 
-def load_weights(model: nn.Module, state: dict[str, Any]) -> None:
+def load_model_state(model: nn.Module, state: dict[str, Any]) -> None:
     """`model.load_state_dict(state)`, a mismatch (a corrupt or hand-edited file) said in one
     line: torch's first line only names the module, the next the key."""
     try:
@@ -140,7 +140,7 @@ def model_from_checkpoint(
     if load_weights:
         if state is None:
             raise PtoolError("the checkpoint holds no model_state_dict")
-        load_weights(model, state)
+        load_model_state(model, state)
         if ckpt.get("quantization"):  # a QAT run's fake-quantized model keeps its saved ranges
             quantize.freeze_observers(model)
     return model
