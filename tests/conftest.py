@@ -20,7 +20,8 @@ def run_ptool(
     timeout: float = 300,
 ) -> subprocess.CompletedProcess[str]:
     """`ptool ARGS...` as a user would run it; stdout and stderr captured as text."""
-    full_env = {**os.environ, "PTOOL_DEBUG": "", "COLUMNS": "200", **(env or {})}
+    blank = {"PTOOL_DEBUG": "", "PTOOL_TRUST_CODE": ""}  # a developer's shell sets neither
+    full_env = {**os.environ, **blank, "COLUMNS": "200", **(env or {})}
     return subprocess.run(
         [PTOOL, *args],
         cwd=cwd,

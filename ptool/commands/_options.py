@@ -53,13 +53,11 @@ EmaOpt = Annotated[
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 
 
-def _trust_code(value: bool) -> bool:
-    if value:  # read where a checkpoint's model is rebuilt, in every process of the job
-        import os
+def _trust_code(ctx: typer.Context, value: bool) -> bool:
+    if value:  # for this command only: the context closes it when the command ends
+        from ptool.core.trust import trusting_code
 
-        from ptool.core.config import TRUST_CODE_ENV
-
-        os.environ[TRUST_CODE_ENV] = "1"
+        ctx.with_resource(trusting_code())
     return value
 
 
@@ -70,6 +68,14 @@ TrustCodeOpt = Annotated[
         callback=_trust_code,
         help="Let a checkpoint whose model is a module:function factory import and run that "
         "code (only for files you trust; also PTOOL_TRUST_CODE=1).",
+    ),
+]
+DownloadOpt = Annotated[
+    bool,
+    typer.Option(
+        "--download",
+        help="Allow torchvision to download the run's dataset into its --data-dir (a "
+        "checkpoint's own --download is not used).",
     ),
 ]
 NoEvalOpt = Annotated[

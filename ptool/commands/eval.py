@@ -11,6 +11,7 @@ import typer
 from ptool.commands._options import (
     FIGURE_SUFFIXES,
     DeviceOpt,
+    DownloadOpt,
     EmaOpt,
     JsonOpt,
     QuietOpt,
@@ -80,6 +81,7 @@ def eval_(
             show_default=False,
         ),
     ] = None,
+    download: DownloadOpt = False,
     trust_code: TrustCodeOpt = False,  # its callback sets PTOOL_TRUST_CODE
     json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -122,6 +124,7 @@ def eval_(
         batch_size=batch_size,
         check_info=None if output is None else _check_classification,
         ema=ema,
+        download=download,
     )
     if len(reports) > 1:
         out.result(reports, lambda: compare_table(reports))

@@ -15,6 +15,7 @@ from ptool.commands._config_options import (
 from ptool.commands._options import (
     BenchRunsOpt,
     CkptArg,
+    DownloadOpt,
     JsonOpt,
     NoEvalOpt,
     QuietOpt,
@@ -132,6 +133,7 @@ def prune(
     ] = None,
     no_eval: NoEvalOpt = False,
     bench_runs: BenchRunsOpt = 20,
+    download: DownloadOpt = False,
     trust_code: TrustCodeOpt = False,  # its callback sets PTOOL_TRUST_CODE
     json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -170,6 +172,7 @@ def prune(
         train_overrides=overrides,
         output=output,
         evaluate=not no_eval,
+        download=download,
         bench_runs=bench_runs,
     )
     check_options(options)  # torch-free: a bad flag fails before seconds of imports

@@ -14,6 +14,7 @@ from ptool.commands._config_options import (
 from ptool.commands._options import (
     BenchRunsOpt,
     CkptArg,
+    DownloadOpt,
     JsonOpt,
     NoEvalOpt,
     QuietOpt,
@@ -111,6 +112,7 @@ def dynamic(
     no_eval: NoEvalOpt = False,
     bench_runs: BenchRunsOpt = 20,
     device: DeviceOpt = "cpu",
+    download: DownloadOpt = False,
     trust_code: TrustCodeOpt = False,  # its callback sets PTOOL_TRUST_CODE
     json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -124,6 +126,7 @@ def dynamic(
         output=output,
         torchscript=torchscript,
         evaluate=not no_eval,
+        download=download,
         bench_runs=bench_runs,
         device=device,
     )
@@ -152,6 +155,7 @@ def static(
     no_eval: NoEvalOpt = False,
     bench_runs: BenchRunsOpt = 20,
     device: DeviceOpt = "cpu",
+    download: DownloadOpt = False,
     trust_code: TrustCodeOpt = False,  # its callback sets PTOOL_TRUST_CODE
     json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -167,6 +171,7 @@ def static(
         output=output,
         torchscript=torchscript,
         evaluate=not no_eval,
+        download=download,
         bench_runs=bench_runs,
         device=device,
     )
@@ -208,6 +213,7 @@ def qat(
     no_eval: NoEvalOpt = False,
     bench_runs: BenchRunsOpt = 20,
     device: DeviceOpt = "cpu",
+    download: DownloadOpt = False,
     trust_code: TrustCodeOpt = False,  # its callback sets PTOOL_TRUST_CODE
     json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -228,6 +234,7 @@ def qat(
         output=output,
         torchscript=torchscript,
         evaluate=not no_eval,
+        download=download,
         bench_runs=bench_runs,
         device=device,
     )

@@ -62,6 +62,11 @@ def register(app: typer.Typer) -> None:
 
     app.command("resume", epilog=EXAMPLES, help=resume.__doc__)(
         with_config_options(
-            shown=RESUMABLE, defaults={"*": "the run's", "out": "the checkpoint's folder"}
+            shown=RESUMABLE,
+            defaults={
+                "*": "the run's",
+                "out": "the checkpoint's folder",
+                "download": "off: a checkpoint's own is not used",
+            },
         )(resume)
     )

@@ -20,14 +20,6 @@ from typing import Any
 from ptool.core.errors import UsageError, first_line
 
 SECTIONS = ("data", "model", "loss", "optimizer", "scheduler", "loop", "checkpoint", "logging")
-# Set (to 1) by --trust-code: a checkpoint's `module:function` model may be imported and run
-TRUST_CODE_ENV = "PTOOL_TRUST_CODE"
-
-
-def code_trusted() -> bool:
-    import os
-
-    return os.environ.get(TRUST_CODE_ENV, "") not in ("", "0", "false", "False")
 
 
 def _opt(default: Any, help: str, section: str, *, choices: tuple[str, ...] | None = None) -> Any:

@@ -59,6 +59,7 @@ from ptool.core.runtime import (
     sum_dtype,
 )
 from ptool.core.signals import Interrupted, StopRequest
+from ptool.core.trust import trust_flag
 
 MAX_ROLLBACKS = 3
 
@@ -588,7 +589,8 @@ class Trainer:
         message = f"{stop.name} at {where}: saved {self.files.last}"
         summary = self._finish("interrupted", message)
         command = rundir.resume_command(self.dist.world_size, self.resume_command)
-        error = Interrupted(stop.signum, message, hint=f"resume with: {command} {self.run_dir}")
+        hint = f"resume with: {command} {self.run_dir}{trust_flag(self.config.model)}"
+        error = Interrupted(stop.signum, message, hint=hint)
         error.summary = summary
         raise error
 

@@ -367,8 +367,10 @@ def evaluate_checkpoints(
     batch_size: int | None = None,
     check_info: Callable[[Any], None] | None = None,
     ema: bool = False,
+    download: bool = False,
 ) -> list[dict[str, Any]]:
-    """One report per checkpoint, all on the first checkpoint's data split (same samples).
+    """One report per checkpoint, all on the first checkpoint's data split (same samples);
+    `download` lets torchvision fetch the run's dataset.
 
     `check_info(data_info)` of the first checkpoint runs before any data is loaded, so a
     caller refuses what the task cannot give (a confusion matrix of a regression model) first.
@@ -395,6 +397,7 @@ def evaluate_checkpoints(
             )
     quantized = any(ckpt.get("quantization") for ckpt in ckpts)
     run_device = device_for(device, quantized)
+    config = config.replace(download=download)
     if batch_size is not None:
         config = config.replace(batch_size=batch_size)
     dataset = split_dataset(config, info, data=data, split=split)

@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ptool.core.errors import PtoolError, UsageError, first_line, unknown_name
+from ptool.core.trust import is_factory
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -225,11 +226,6 @@ def _user_code_error(what: str, exc: Exception) -> PtoolError:
         + (f": {first_line(exc)}" if str(exc).strip() else ""),
         hint="the error is in that code, not in ptool; ptool --debug shows its traceback",
     )
-
-
-def is_factory(spec: str) -> bool:
-    """`module.path:function`: the user's own code."""
-    return ":" in spec and not spec.startswith("torchvision:")
 
 
 def build_factory(spec: str, info: Any) -> nn.Module:

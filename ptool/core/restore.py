@@ -37,8 +37,7 @@ def config_and_info(ckpt: dict[str, Any]) -> tuple[TrainConfig, DataInfo]:
 def _refuse_untrusted_code(model: str) -> None:
     """A `module:function` model is code the rebuild imports and runs: named by a file, it
     needs the user's word (--trust-code), as unpickling needs --unsafe-load."""
-    from ptool.core.config import TRUST_CODE_ENV, code_trusted
-    from ptool.core.models import is_factory
+    from ptool.core.trust import TRUST_CODE_ENV, code_trusted, is_factory
 
     if is_factory(model) and not code_trusted():
         module = model.partition(":")[0]

@@ -17,6 +17,7 @@ from typing import Any
 from ptool.core import rundir
 from ptool.core.config import FIELDS, TrainConfig, as_flag
 from ptool.core.errors import PtoolError, UsageError, count
+from ptool.core.trust import trust_flag
 
 # The flags a resume accepts: duration, early stopping, output, logging, device, and the
 # DataLoader's workers (each sample's augmentation draws do not depend on which one serves it).
@@ -193,7 +194,8 @@ def _refuse_other_world_size(ckpt: dict[str, Any], checkpoint: Path) -> str:
     now = rundir.job_size()
     command = rundir.resume_command(saved)
     if saved != now:
-        how = f"{command} {checkpoint}" + (" (without torchrun)" if saved == 1 else "")
+        how = f"{command} {checkpoint}{trust_flag(ckpt['config'].get('model'))}"
+        how += " (without torchrun)" if saved == 1 else ""
         raise UsageError(
             f"{checkpoint} was trained by {saved} process{'es' if saved > 1 else ''}, this "
             f"resume runs {now}: the data order and steps per epoch depend on it",

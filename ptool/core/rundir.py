@@ -16,6 +16,7 @@ from typing import IO, Any
 
 from ptool.core import plain_json
 from ptool.core.errors import UsageError
+from ptool.core.trust import trust_flag
 
 CONFIG_NAME = "config.yaml"
 SUMMARY_NAME = "summary.json"
@@ -120,10 +121,12 @@ def continue_command(run_dir: str | Path) -> str:
     qat = (ckpt.get("quantization") or {}).get("converted") is False
     world = ((ckpt.get("rng_state") or {}).get("data_order") or {}).get("world_size", 1)
     command = resume_command(world, "ptool quantize qat --resume" if qat else "ptool resume")
-    done, planned = ckpt.get("epoch"), (ckpt.get("config") or {}).get("epochs")
+    config = ckpt.get("config") or {}
+    done, planned = ckpt.get("epoch"), config.get("epochs")
+    command = f"{command} {run_dir}{trust_flag(config.get('model'))}"
     if isinstance(done, int) and isinstance(planned, int) and done >= planned:
-        return f"{command} {run_dir} --epochs {longer(done)}"
-    return f"{command} {run_dir}"
+        return f"{command} --epochs {longer(done)}"
+    return command
 
 
 def refuse_other_run(path: str | Path) -> None:

@@ -19,6 +19,7 @@ def run_main(*args: str, cwd, monkeypatch, capsys, stdin: str = "") -> subproces
     monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
     monkeypatch.setenv("COLUMNS", "200")
     monkeypatch.delenv("PTOOL_DEBUG", raising=False)
+    monkeypatch.delenv("PTOOL_TRUST_CODE", raising=False)
     capsys.readouterr()
     with pytest.raises(SystemExit) as exited:
         main()

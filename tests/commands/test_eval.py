@@ -143,3 +143,25 @@ def test_a_failed_figure_write_still_prints_the_metrics(ptool_in, monkeypatch):
     assert result.stderr.splitlines()[0] == (
         "error: could not write cm.png: No space left on device; the metrics above are complete"
     )
+
+
+def test_trust_code_lasts_for_its_own_command_only(tmp_path, monkeypatch, capsys):
+    """--trust-code set PTOOL_TRUST_CODE for the rest of the process: after one trusted
+    command, any checkpoint was trusted (the Python API, the next in-process command)."""
+    from ptool.core.trust import code_trusted
+    from tests.core.test_quantize import write_checkpoint
+
+    (tmp_path / "own_net.py").write_text(
+        "import torch\n"
+        "def build(input_shape, num_outputs):\n"
+        "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, num_outputs))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    write_checkpoint(tmp_path / "own.pt", epochs=0, model="own_net:build")
+    args = ("eval", "own.pt", "--json")
+    trusted = run_main(*args, "--trust-code", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+    assert trusted.returncode == 0, trusted.stderr
+    assert json.loads(trusted.stdout)["samples"] > 0
+    assert not code_trusted()
+    again = run_main(*args, cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+    assert again.returncode == 1 and "rerun with --trust-code" in again.stderr

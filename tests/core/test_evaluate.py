@@ -468,3 +468,32 @@ def test_a_held_out_image_sources_wrappers_pickle_for_spawned_workers():
     again = pickle.loads(pickle.dumps(dataset))
     assert [int(again[i][1]) for i in range(3)] == [1, 2, 1]  # cat, dog, cat in the model's terms
     torch.testing.assert_close(again[0][0], (images[0][0] - 0.5) / 0.2)
+
+
+def test_a_checkpoint_fetches_its_dataset_only_when_the_user_asks(tmp_path, monkeypatch):
+    """A checkpoint's own `download: true` made eval (prune, quantize) reach the network and
+    write into the --data-dir the file named; --download is the user's flag now."""
+    from urllib.error import URLError
+
+    import torchvision.datasets
+
+    from ptool.core.errors import PtoolError
+    from tests.core.test_quantize import write_checkpoint
+
+    asked = []
+
+    def offline(*args, **kwargs):
+        asked.append(kwargs.get("download"))
+        raise URLError(OSError(-2, "unknown name"))
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
+    path = write_checkpoint(tmp_path / "run.pt", epochs=0, data="synthetic", shape="1x28x28")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["config"].update(data="mnist", data_dir=str(tmp_path / "dl"), download=True)
+    torch.save(ckpt, path)
+    with pytest.raises(UsageError, match="--data-dir .*dl does not exist") as err:
+        evaluate_checkpoints([path], device="cpu")
+    assert "--download" in err.value.hint and asked == []
+    with pytest.raises(PtoolError, match="could not download mnist into --data-dir"):
+        evaluate_checkpoints([path], device="cpu", download=True)
+    assert asked == [True]

@@ -696,13 +696,12 @@ def test_a_pipe_and_a_folder_of_many_checkpoints_are_named_so(tmp_path):
     os.mkfifo(tmp_path / "pipe.pt")
     with pytest.raises(PtoolError, match="pipe.pt is a pipe or a device, not a checkpoint file"):
         read(tmp_path / "pipe.pt")
-    for epoch in range(1, 40):
-        (tmp_path / f"epoch-{epoch:02d}.pt").write_bytes(b"x")
+    for name in [f"epoch-{epoch:02d}.pt" for epoch in range(1, 40)] + ["best.pt", "last.pt"]:
+        (tmp_path / name).write_bytes(b"x")
     with pytest.raises(PtoolError, match="is a directory") as error:
         read(tmp_path)
     assert error.value.hint == (
-        "give one of its checkpoints: epoch-01.pt, epoch-02.pt, epoch-03.pt, epoch-04.pt, "
-        "epoch-05.pt, ..."
+        "give one of its checkpoints: last.pt, best.pt, epoch-01.pt, epoch-02.pt, epoch-03.pt, ..."
     )
 
 

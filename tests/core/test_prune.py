@@ -16,11 +16,12 @@ from torch import nn
 from torch.nn.utils import prune
 
 from ptool.core import checkpoint as ckpt_io
-from ptool.core.config import TRUST_CODE_ENV, TrainConfig
+from ptool.core.config import TrainConfig
 from ptool.core.errors import PtoolError, UsageError
 from ptool.core.prune import PruneOptions, apply_architecture, prune_checkpoint
 from ptool.core.prune.masks import schedule
 from ptool.core.restore import finetune_config, model_from_checkpoint
+from ptool.core.trust import TRUST_CODE_ENV
 from tests.core.test_quantize import write_checkpoint
 
 CONVS = ("body.0.conv", "body.1.conv")

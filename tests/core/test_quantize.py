@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from ptool.core import checkpoint as ckpt_io
-from ptool.core.config import TRUST_CODE_ENV, TrainConfig
+from ptool.core.config import TrainConfig
 from ptool.core.errors import PtoolError, UsageError
 from ptool.core.quantize import QuantizeOptions, ao, quantize_checkpoint
 from ptool.core.restore import model_from_checkpoint
+from ptool.core.trust import TRUST_CODE_ENV
 
 
 def write_checkpoint(path: Path, epochs: int = 2, **values) -> Path:

@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from ptool.core import checkpoint
-from ptool.core.config import TRUST_CODE_ENV, TrainConfig
+from ptool.core.config import TrainConfig
 from ptool.core.data import build_data
 from ptool.core.errors import PtoolError
 from ptool.core.models import build_model
 from ptool.core.restore import config_and_info, model_from_checkpoint
+from ptool.core.trust import TRUST_CODE_ENV
 
 
 @pytest.mark.parametrize("model_name", ["mlp", "cnn"])

@@ -17,10 +17,11 @@ import torch
 
 from ptool.core import checkpoint as ckpt_io
 from ptool.core import rundir
-from ptool.core.config import TRUST_CODE_ENV, read_config_file
+from ptool.core.config import TrainConfig, read_config_file
 from ptool.core.engine import fit
 from ptool.core.errors import PtoolError, UsageError
 from ptool.core.resume import find_checkpoint, plan_resume, resume_run
+from ptool.core.trust import TRUST_CODE_ENV, trusting_code
 from tests.core.test_engine import csv_run, small
 from tests.core.test_schedules import lr_series
 
@@ -401,6 +402,7 @@ def test_a_model_that_cannot_be_rebuilt_fails_like_in_eval(tmp_path, monkeypatch
     ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     ckpt["config"]["model"] = "nosuchmod:build"
     torch.save(ckpt, tmp_path / "run" / "last.pt")
+    monkeypatch.delenv(TRUST_CODE_ENV, raising=False)  # a developer's shell may trust
     with pytest.raises(PtoolError, match="imports and runs the Python module 'nosuchmod'") as info:
         plan_resume(tmp_path / "run", {"epochs": 2})
     assert "--trust-code" in info.value.hint
@@ -408,6 +410,23 @@ def test_a_model_that_cannot_be_rebuilt_fails_like_in_eval(tmp_path, monkeypatch
     with pytest.raises(PtoolError, match="cannot rebuild the checkpoint's model") as info:
         resume_run(plan_resume(tmp_path / "run", {"epochs": 2, "out": str(tmp_path / "o")}))
     assert info.value.exit_code == 1  # a bad file, as eval and predict say it
+
+
+def test_hints_that_continue_a_run_of_the_users_model_code_trust_it(tmp_path, monkeypatch):
+    """Such a run's resume imports its module again: without --trust-code in the hints'
+    commands, copying them stopped at the refusal."""
+    (tmp_path / "own_mlp.py").write_text(
+        "import torch\n"
+        "def build(input_shape, num_outputs):\n"
+        "    return torch.nn.Linear(input_shape[0], num_outputs)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = small(tmp_path, "run", epochs=1, model="own_mlp:build")
+    fit(config.replace(norm=TrainConfig().norm), quiet=True)  # the mlp's --norm left out
+    command = rundir.continue_command(tmp_path / "run")
+    assert command == f"ptool resume {tmp_path / 'run'} --trust-code --epochs 2"
+    with trusting_code():  # what the flag does for its command
+        resume_run(plan_resume(tmp_path / "run", {"epochs": 2}), quiet=True)
 
 
 def test_weights_that_do_not_fit_the_model_are_one_line_as_in_eval(tmp_path):

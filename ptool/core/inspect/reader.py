@@ -145,6 +145,7 @@ def _json_object_follows(f: io.BufferedIOBase, limit: int) -> bool:
 
 
 HINTED_FILES = 5  # a folder's checkpoints named in the hint: a run's last, best, epochs
+FIRST_HINTED = {"last.pt": 0, "best.pt": 1}  # what resume and eval take by default
 
 
 def check_checkpoint_file(path: Path) -> int:
@@ -155,7 +156,10 @@ def check_checkpoint_file(path: Path) -> int:
         raise PtoolError(f"no such checkpoint: {path}")
     if path.is_dir():
         # not quantize --torchscript's archives: code, which no ptool command loads
-        inside = sorted(p.name for p in path.glob("*.pt") if not p.name.endswith(".torchscript.pt"))
+        inside = sorted(
+            (p.name for p in path.glob("*.pt") if not p.name.endswith(".torchscript.pt")),
+            key=lambda name: (FIRST_HINTED.get(name, len(FIRST_HINTED)), name),
+        )
         shown = ", ".join(inside[:HINTED_FILES]) + (", ..." if len(inside) > HINTED_FILES else "")
         raise PtoolError(
             f"{path} is a directory, not a checkpoint file",

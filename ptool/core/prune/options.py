@@ -48,6 +48,7 @@ class PruneOptions:
     train_overrides: dict[str, Any] = field(default_factory=dict)
     output: str | None = None
     evaluate: bool = True
+    download: bool = False  # torchvision may fetch the run's dataset
     bench_runs: int = 20
 
 

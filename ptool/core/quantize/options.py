@@ -33,6 +33,7 @@ class QuantizeOptions:
     output: str | None = None
     torchscript: bool = False
     evaluate: bool = True
+    download: bool = False  # torchvision may fetch the run's dataset
     bench_runs: int = 20
     device: str = "cpu"
     freeze_observers_epoch: int | None = None

@@ -276,6 +276,7 @@ def _qat_train_config(
 
     if resume_ckpt is not None:
         train_config = TrainConfig.from_dict(resume_ckpt["config"], source="checkpoint")
+        train_config = train_config.replace(download=options.download)  # the user's, as above
         overrides = {"out": str(_run_dir(options.resume)), **options.train_overrides}
         train_config = train_config.replace(**overrides, device="cpu")
     else:
@@ -316,6 +317,7 @@ def quantize_checkpoint(
     from ptool.core.restore import config_and_info, note_ema_left_out
 
     config, info = config_and_info(ckpt)
+    config = config.replace(download=options.download)
     note_ema_left_out(ckpt, "quantize", log)
     backend = ao.resolve_backend(resume_recipe["backend"] if resume_recipe else options.backend)
     recipe = resume_recipe or _recipe(options, backend, info, path)
