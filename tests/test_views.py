@@ -477,3 +477,59 @@ def test_predict_table_folds_headers_and_never_cuts_a_probability(width):
     text = _rendered(predictions_table([record], "classification"), width)
     _fits(text, width)
     _whole(text, "40.0%")
+
+
+def _long_tables() -> list:
+    """Tables of every kind the fast path draws: a footer, sections, markup and styled text,
+    wide characters, text justified against its column."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from ptool.ui.tables import Fitted, fitted_table
+
+    rows = [
+        {"layer": f"[dim]conv{i}[/dim] \\[{i}]", "out": f"{i * 1001:,}", "名前": "重み" * (i % 3)}
+        for i in range(260)
+    ]
+    footer = {"layer": "total", "out": "9", "名前": ""}
+    sectioned = Table(title="per class", title_justify="left")
+    sectioned.add_column("class")
+    sectioned.add_column("f1", justify="right")
+    for i in range(230):
+        sectioned.add_row(Text(f"c{i}", style="bold", justify="right"), f"{i / 7:.4f}")
+        if i in (3, 229):  # the last row's section ends with the table
+            sectioned.add_section()
+    return [
+        fitted_table("chain", rows, footer=footer, left=("layer", "名前")),
+        fitted_table("no footer", rows, left=("layer",)),
+        Fitted(sectioned),
+    ]
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "ascii"])
+def test_a_long_table_in_a_pipe_is_drawn_as_rich_draws_it(encoding, monkeypatch):
+    """Rich measures each cell several times: `inspect-checkpoint` of 10,000 tensors took 20 s
+    in a pipe. Long plain tables are drawn directly there, to the byte what rich prints."""
+    import io
+
+    from ptool.ui import tables
+
+    def printed(table) -> str:
+        stream = io.TextIOWrapper(io.BytesIO(), encoding=encoding, errors="replace")
+        Console(file=stream, width=10_000, color_system=None).print(table)
+        stream.flush()
+        return stream.buffer.getvalue().decode(encoding)
+
+    def laid_out_by_rich(*_args):
+        raise AssertionError("laid out by rich, not drawn")
+
+    for table in _long_tables():
+        with monkeypatch.context() as patch:
+            patch.setattr(tables, "_laid_out", laid_out_by_rich)
+            fast = printed(table)
+        with monkeypatch.context() as patch:
+            patch.setattr(tables, "DRAWN_ROWS", 10**9)  # rich's own drawing
+            assert fast == printed(table)
+    narrow = io.StringIO()
+    Console(file=narrow, width=30, color_system=None).print(_long_tables()[0])
+    assert "…" not in narrow.getvalue()  # too wide for the console: laid out by rich

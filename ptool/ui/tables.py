@@ -6,9 +6,11 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Collection, Sequence
 
+from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
 from rich.markup import escape
 from rich.measure import Measurement
+from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
@@ -68,6 +70,14 @@ class Fitted:
         return table
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        title, table = self.source.title, self.table()
+        table.title = None
+        drawn = _drawn(table, console, options)
+        if drawn is not None:  # a long table in a pipe, as rich draws it, in a fraction
+            if title is not None:
+                yield _title_line(title)
+            yield Segment("\n".join(drawn) + "\n")
+            return
         table, whole = _laid_out(self.table, self.optional, console, options)
         if not whole and self.instead is not None:
             yield self.instead
@@ -75,11 +85,15 @@ class Fitted:
         if table.title is not None:  # a line of its own: rich wraps a title at the table's
             # width, so a narrow table's came out over two lines even in a pipe (`grep` missed)
             title, table.title = table.title, None
-            yield Text.from_markup(title, style="table.title") if isinstance(title, str) else title
+            yield _title_line(title)
         yield table
 
     def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
         return Measurement.get(console, options, self.source)
+
+
+def _title_line(title: RenderableType) -> RenderableType:
+    return Text.from_markup(title, style="table.title") if isinstance(title, str) else title
 
 
 def _laid_out(
@@ -159,6 +173,86 @@ def _fit(
     for column, width in zip(table.columns, widths, strict=True):
         column.width, column.overflow = width, "fold"
     return True
+
+
+# Rich measures every cell several times over: a table of 10,000 rows took 20 s to print.
+# From this many rows, a plain table in a pipe is drawn here instead, line for line as rich
+# draws it (tested against rich).
+DRAWN_ROWS = 200
+
+
+def _plain_text(cell: object) -> tuple[str, str | None] | None:
+    """A cell's one line of text and its own justification, or None for anything else."""
+    if isinstance(cell, str):
+        text, justify = (Text.from_markup(cell).plain if "[" in cell else cell), None
+    elif isinstance(cell, Text):
+        text, justify = cell.plain, cell.justify
+    else:
+        return None
+    return None if "\n" in text or "\t" in text else (text, justify)
+
+
+def _drawn(table: Table, console: Console, options: ConsoleOptions) -> list[str] | None:
+    """The lines rich prints for a long, plain table (its default heavy-headed box, one space
+    of padding, headers, no styles to show: a pipe), or None where the table is of another
+    kind, or wider than the console."""
+    plain_layout = (
+        table.box is not None
+        and table.show_header
+        and table.show_edge
+        and table.pad_edge
+        and not (table.show_lines or table.leading or table.expand or table.width)
+        and table.padding == (0, 1, 0, 1)
+        and table.title is None
+        and table.caption is None
+        and console.color_system is None
+        and all(
+            c.justify in ("left", "right")
+            and c.width is None
+            and c.min_width is None
+            and c.max_width is None
+            and c.ratio is None
+            for c in table.columns
+        )
+    )
+    if not plain_layout or table.row_count < DRAWN_ROWS:
+        return None
+    columns = []
+    for column in table.columns:
+        cells = [column.header, *column.cells] + ([column.footer] if table.show_footer else [])
+        texts = [_plain_text(cell) for cell in cells]
+        if None in texts:
+            return None
+        columns.append(texts)
+    widths = [max(cell_len(text) for text, _ in texts) for texts in columns]
+    padded = [width + 2 for width in widths]
+    if sum(padded) + len(padded) + 1 > options.max_width:
+        return None
+    safe = console.safe_box if table.safe_box is None else table.safe_box
+    box = table.box.substitute(options, safe=safe)
+
+    def row(index: int, left: str, vertical: str, right: str) -> str:
+        cells = []
+        for texts, width, column in zip(columns, widths, table.columns, strict=True):
+            text, justify = texts[index]
+            gap = " " * (width - cell_len(text))
+            right_aligned = (justify or column.justify) == "right"
+            cells.append(f" {gap}{text} " if right_aligned else f" {text}{gap} ")
+        return left + vertical.join(cells) + right
+
+    lines = [box.get_top(padded), row(0, box.head_left, box.head_vertical, box.head_right)]
+    lines.append(box.get_row(padded, "head"))
+    count = table.row_count
+    for index in range(count):
+        lines.append(row(index + 1, box.mid_left, box.mid_vertical, box.mid_right))
+        last = index == count - 1
+        if table.rows[index].end_section and not last:
+            lines.append(box.get_row(padded, "row"))
+    if table.show_footer:
+        lines.append(box.get_row(padded, "foot"))
+        lines.append(row(count + 1, box.foot_left, box.foot_vertical, box.foot_right))
+    lines.append(box.get_bottom(padded))
+    return lines
 
 
 def human_bytes(n: int | float | None) -> str:
