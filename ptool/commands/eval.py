@@ -82,7 +82,7 @@ def eval_(
         ),
     ] = None,
     download: DownloadOpt = False,
-    trust_code: TrustCodeOpt = False,  # its callback sets PTOOL_TRUST_CODE
+    trust_code: TrustCodeOpt = False,  # its callback trusts, for this command
     json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:

@@ -49,7 +49,7 @@ def predict(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Inputs per forward pass.")] = 64,
     device: DeviceOpt = "auto",
     ema: EmaOpt = False,
-    trust_code: TrustCodeOpt = False,  # its callback sets PTOOL_TRUST_CODE
+    trust_code: TrustCodeOpt = False,  # its callback trusts, for this command
     json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:

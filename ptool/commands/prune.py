@@ -134,7 +134,7 @@ def prune(
     no_eval: NoEvalOpt = False,
     bench_runs: BenchRunsOpt = 20,
     download: DownloadOpt = False,
-    trust_code: TrustCodeOpt = False,  # its callback sets PTOOL_TRUST_CODE
+    trust_code: TrustCodeOpt = False,  # its callback trusts, for this command
     json: JsonOpt = False,
     quiet: QuietOpt = False,
     *,

@@ -113,7 +113,7 @@ def dynamic(
     bench_runs: BenchRunsOpt = 20,
     device: DeviceOpt = "cpu",
     download: DownloadOpt = False,
-    trust_code: TrustCodeOpt = False,  # its callback sets PTOOL_TRUST_CODE
+    trust_code: TrustCodeOpt = False,  # its callback trusts, for this command
     json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -156,7 +156,7 @@ def static(
     bench_runs: BenchRunsOpt = 20,
     device: DeviceOpt = "cpu",
     download: DownloadOpt = False,
-    trust_code: TrustCodeOpt = False,  # its callback sets PTOOL_TRUST_CODE
+    trust_code: TrustCodeOpt = False,  # its callback trusts, for this command
     json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -214,7 +214,7 @@ def qat(
     bench_runs: BenchRunsOpt = 20,
     device: DeviceOpt = "cpu",
     download: DownloadOpt = False,
-    trust_code: TrustCodeOpt = False,  # its callback sets PTOOL_TRUST_CODE
+    trust_code: TrustCodeOpt = False,  # its callback trusts, for this command
     json: JsonOpt = False,
     quiet: QuietOpt = False,
     *,

@@ -39,7 +39,7 @@ def resume(
     *,
     reschedule: RescheduleOpt = False,
     unsafe_load: UnsafeLoadOpt = False,
-    trust_code: TrustCodeOpt = False,  # its callback sets PTOOL_TRUST_CODE
+    trust_code: TrustCodeOpt = False,  # its callback trusts, for this command
     json: JsonOpt = False,
     quiet: QuietOpt = False,
     overrides: dict[str, Any],
