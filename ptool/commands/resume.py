@@ -46,8 +46,8 @@ def resume(
 ) -> None:
     """Continue a run where it stopped: weights, optimizer, schedule, RNG and data position.
 
-    Only --epochs, early stopping, --out, logging, --device and the DataLoader workers may
-    change; anything else is a new run (`ptool train --init-from CKPT`).
+    Only --epochs, early stopping, --out, logging, checkpointing, --device, --download and the
+    DataLoader workers may change; anything else is a new run (`ptool train --init-from CKPT`).
     """
     from ptool.core.resume import plan_resume
     from ptool.ui.output import Output

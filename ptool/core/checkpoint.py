@@ -20,7 +20,7 @@ from typing import IO, Any
 import torch
 
 from ptool import __version__
-from ptool.core.errors import PtoolError, UsageError, first_line
+from ptool.core.errors import CodeRefused, PtoolError, UsageError, first_line
 from ptool.core.inspect.reader import UNSAFE_HINT, check_checkpoint_file
 from ptool.core.notices import quiet_upstream_notices
 from ptool.core.rundir import atomic_write
@@ -197,7 +197,7 @@ def _refusal(path: Path, exc: Exception, hint: str) -> PtoolError:
                 asked = "an unsupported pickle opcode"
             break
     what = f"it asks for {asked}" if asked else "it needs arbitrary unpickling"
-    return PtoolError(f"refusing to load {path}: {what}", hint=hint)
+    return CodeRefused(f"refusing to load {path}: {what}", hint=hint)
 
 
 def _utf8_encodable(name: str) -> bool:

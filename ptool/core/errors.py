@@ -16,6 +16,13 @@ class PtoolError(Exception):
         self.hint = hint
 
 
+class CodeRefused(PtoolError):
+    """A file refused for the code it would run (a pickled callable, a model factory): the
+    same verdict on every rank of a torchrun job, said once."""
+
+    job_wide = True
+
+
 class UsageError(PtoolError):
     """Bad input from the user (flag value, impossible geometry, unknown name): exit code 2."""
 

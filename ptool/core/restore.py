@@ -15,7 +15,7 @@ from torch import nn
 
 from ptool.core.config import TrainConfig
 from ptool.core.data import DataInfo
-from ptool.core.errors import PtoolError, UsageError
+from ptool.core.errors import CodeRefused, PtoolError, UsageError
 
 
 def config_and_info(ckpt: dict[str, Any]) -> tuple[TrainConfig, DataInfo]:
@@ -41,7 +41,7 @@ def _refuse_untrusted_code(model: str) -> None:
 
     if is_factory(model) and not code_trusted():
         module = model.partition(":")[0]
-        raise PtoolError(
+        raise CodeRefused(
             f"the checkpoint's model is {model}: rebuilding it imports and runs the Python "
             f"module {module!r}",
             hint=f"only if you trust the checkpoint, rerun with --trust-code (or "

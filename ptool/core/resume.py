@@ -182,26 +182,30 @@ def _refuse_foreign_files(checkpoint: Path, ckpt: dict[str, Any]) -> None:
         raise UsageError(
             f"{checkpoint.parent} holds another run's checkpoints ({found}); continuing "
             f"{checkpoint.name} there would replace them",
-            hint=f"continue it in a directory of its own: ptool resume {checkpoint} --out DIR",
+            hint=f"continue it in a directory of its own: ptool resume {checkpoint}"
+            f"{_trust(ckpt)} --out DIR",
         )
 
 
 def _refuse_other_world_size(ckpt: dict[str, Any], checkpoint: Path) -> str:
     """The data order, the batches and the steps per epoch depend on the number of processes
     (each takes every world_size-th sample): a resume must run as many as the run did.
-    Returns the command that resumes it (under torchrun for more than one)."""
+    Returns the command that resumes it (under torchrun for more than one), for the hints."""
     saved = ckpt["rng_state"].get("data_order", {}).get("world_size", 1)
     now = rundir.job_size()
-    command = rundir.resume_command(saved)
+    command = f"{rundir.resume_command(saved)} {checkpoint}{_trust(ckpt)}"
     if saved != now:
-        how = f"{command} {checkpoint}{trust_flag(ckpt['config'].get('model'))}"
-        how += " (without torchrun)" if saved == 1 else ""
         raise UsageError(
             f"{checkpoint} was trained by {saved} process{'es' if saved > 1 else ''}, this "
             f"resume runs {now}: the data order and steps per epoch depend on it",
-            hint=f"resume it as it ran: {how}",
+            hint=f"resume it as it ran: {command}" + (" (without torchrun)" if saved == 1 else ""),
         )
     return command
+
+
+def _trust(ckpt: dict[str, Any]) -> str:
+    """--trust-code in a hint's command, where the run's model is the user's own code."""
+    return trust_flag((ckpt.get("config") or {}).get("model"))
 
 
 # What the engine's load_state reads: a checkpoint without them is a weights-only file.
@@ -214,7 +218,7 @@ def _refuse_derived(ckpt: dict[str, Any], checkpoint: Path) -> None:
     if recipe and recipe.get("converted") is False:
         raise UsageError(
             f"{checkpoint} belongs to a `ptool quantize qat` run",
-            hint=f"continue it with: ptool quantize qat --resume {checkpoint}",
+            hint=f"continue it with: ptool quantize qat --resume {checkpoint}{_trust(ckpt)}",
         )
     if recipe:
         raise UsageError(
@@ -224,7 +228,7 @@ def _refuse_derived(ckpt: dict[str, Any], checkpoint: Path) -> None:
     missing = [key for key in NEEDED if key not in ckpt]
     if missing:
         # a pruned model's shapes or masks are not the config's: prune rebuilds them
-        again = f"ptool prune {checkpoint} --amount 0 --finetune-epochs 3"
+        again = f"ptool prune {checkpoint}{_trust(ckpt)} --amount 0 --finetune-epochs 3"
         raise PtoolError(
             f"{checkpoint} cannot be resumed: it has no {', '.join(missing)}",
             hint=f"fine-tune it with: {again}"
@@ -313,7 +317,7 @@ def _refuse_finished(
         raise UsageError(
             f"{checkpoint} stopped early: {config.monitor} did not improve for "
             f"{count(wait, 'epoch')} (--early-stop-patience {patience})",
-            hint=f"continue it with more patience: {command} {checkpoint} "
+            hint=f"continue it with more patience: {command} "
             f"--early-stop-patience {wait + max(1, patience)}",
         )
     if done >= config.epochs:
@@ -323,14 +327,14 @@ def _refuse_finished(
             f"total, so {config.epochs} adds none"
             if shorter
             else f"{checkpoint} has finished its {count(done, 'epoch')}",
-            hint=f"extend the run: {command} {checkpoint} --epochs {rundir.longer(done)}",
+            hint=f"extend the run: {command} --epochs {rundir.longer(done)}",
         )
 
 
 def _plan_schedule(plan: ResumePlan, saved: TrainConfig, command: str) -> None:
     """What the LR schedule does over the resumed run: its saved horizon (a resume that
     changed --epochs without --reschedule kept it), or re-planned for the new total."""
-    checkpoint, ckpt, config = plan.checkpoint, plan.ckpt, plan.config
+    ckpt, config = plan.ckpt, plan.config
     reschedule, step = plan.reschedule, ckpt["global_step"]
     planned = ckpt["scheduler_state_dict"].get("planned_epochs", saved.epochs)
     if reschedule and saved.scheduler in NO_HORIZON:
@@ -343,8 +347,7 @@ def _plan_schedule(plan: ResumePlan, saved: TrainConfig, command: str) -> None:
     elif config.epochs > planned and saved.scheduler == "onecycle":
         raise UsageError(
             f"onecycle was planned for {count(planned, 'epoch')} and cannot step past its end",
-            hint=f"re-plan it for the new total: {command} {checkpoint} "
-            f"--epochs {config.epochs} --reschedule",
+            hint=f"re-plan it for the new total: {command} --epochs {config.epochs} --reschedule",
         )
     elif config.epochs != planned and saved.scheduler not in NO_HORIZON:
         plan.notes.append(

@@ -746,13 +746,14 @@ def test_a_killed_runs_forked_workers_do_not_keep_its_folder_locked(tmp_path):
 
     (tmp_path / "run").mkdir()
     code = (
-        "import multiprocessing as mp, sys, time\n"
+        "import multiprocessing as mp, os, sys, time\n"
         "from pathlib import Path\n"
         "from ptool.core.rundir import RunDirLock\n"
+        "def work():\n"  # says its pid once past the fork hooks (the parent's print raced them)
+        "    print(os.getpid(), flush=True)\n"
+        "    time.sleep(60)\n"
         "lock = RunDirLock(Path(sys.argv[1]))\n"
-        "worker = mp.get_context('fork').Process(target=time.sleep, args=(60,))\n"
-        "worker.start()\n"
-        "print(worker.pid, flush=True)\n"
+        "mp.get_context('fork').Process(target=work).start()\n"
         "time.sleep(60)\n"
     )
     run = subprocess.Popen(

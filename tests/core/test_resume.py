@@ -427,6 +427,10 @@ def test_hints_that_continue_a_run_of_the_users_model_code_trust_it(tmp_path, mo
     assert command == f"ptool resume {tmp_path / 'run'} --trust-code --epochs 2"
     with trusting_code():  # what the flag does for its command
         resume_run(plan_resume(tmp_path / "run", {"epochs": 2}), quiet=True)
+        with pytest.raises(UsageError, match="has finished its 2 epochs") as info:
+            plan_resume(tmp_path / "run", {})
+    last = tmp_path / "run" / "last.pt"
+    assert info.value.hint == f"extend the run: ptool resume {last} --trust-code --epochs 3"
 
 
 def test_weights_that_do_not_fit_the_model_are_one_line_as_in_eval(tmp_path):
