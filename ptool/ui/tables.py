@@ -245,8 +245,7 @@ def _drawn(table: Table, console: Console, options: ConsoleOptions) -> list[str]
     count = table.row_count
     for index in range(count):
         lines.append(row(index + 1, box.mid_left, box.mid_vertical, box.mid_right))
-        last = index == count - 1
-        if table.rows[index].end_section and not last:
+        if table.rows[index].end_section and index < count - 1:  # none after the last row
             lines.append(box.get_row(padded, "row"))
     if table.show_footer:
         lines.append(box.get_row(padded, "foot"))
