@@ -385,7 +385,7 @@ def evaluate_checkpoints(
         raise UsageError(f"--batch-size must be positive, got {batch_size}")
     with quiet_upstream_notices():
         ckpts = [load_checkpoint(path) for path in paths]
-    infos = [config_and_info(ckpt) for ckpt in ckpts]
+    infos = [config_and_info(ckpt, path) for ckpt, path in zip(ckpts, paths, strict=True)]
     config, info = infos[0]
     if check_info is not None:
         check_info(info)

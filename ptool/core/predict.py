@@ -88,14 +88,10 @@ class Reader:
                 yield from self.json_lines()
                 continue
             path = Path(spec)
-            if path.is_dir():  # every image below it, sorted, as imagefolder: training reads them
-                from ptool.core.data.image_folder import IMG_EXTENSIONS, is_hidden
+            if path.is_dir():  # every image below it, as imagefolder: training reads them
+                from ptool.core.data.image_folder import image_files
 
-                files = sorted(
-                    p
-                    for p in path.rglob("*")
-                    if p.suffix.lower() in IMG_EXTENSIONS and not is_hidden(p, path)
-                )
+                files = [Path(file) for file in image_files(path)]
                 if not files:
                     yield Sample(spec, error=f"no image files in folder {spec}")
                 for file in files:
@@ -380,7 +376,7 @@ def load_predictor(path: str | Path, device: str = "auto", *, ema: bool = False)
 
     with quiet_upstream_notices():
         ckpt = load_checkpoint(path)
-        config, info = config_and_info(ckpt)
+        config, info = config_and_info(ckpt, path)
         run_device = device_for(device, bool(ckpt.get("quantization")))
         model = model_from_checkpoint(ckpt, ema=ema).to(run_device).eval()
     loss = resolve_loss_name(config, info)

@@ -18,8 +18,11 @@ from ptool.core.data import DataInfo
 from ptool.core.errors import CodeRefused, PtoolError, UsageError
 
 
-def config_and_info(ckpt: dict[str, Any]) -> tuple[TrainConfig, DataInfo]:
-    """The run config and data facts saved in a checkpoint, with one-line errors."""
+def config_and_info(
+    ckpt: dict[str, Any], source: Path | str | None = None
+) -> tuple[TrainConfig, DataInfo]:
+    """The run config and data facts saved in a checkpoint, with one-line errors (naming the
+    `source` file, where given, when its model code is refused)."""
     if not isinstance(ckpt.get("config"), dict) or not isinstance(ckpt.get("data_info"), dict):
         raise PtoolError(
             "the checkpoint has no saved config/data_info, so its model cannot be rebuilt",
@@ -29,20 +32,21 @@ def config_and_info(ckpt: dict[str, Any]) -> tuple[TrainConfig, DataInfo]:
         config = TrainConfig.from_dict(ckpt["config"], source="checkpoint config")
     except UsageError as exc:
         raise PtoolError(f"the checkpoint's config is not valid here: {exc}") from exc
-    _refuse_untrusted_code(config.model)
+    _refuse_untrusted_code(config.model, source)
     # a file does not reach the network by itself: --download is the user's, not the file's
     return config.replace(download=False), DataInfo.from_dict(ckpt["data_info"])
 
 
-def _refuse_untrusted_code(model: str) -> None:
+def _refuse_untrusted_code(model: str, source: Path | str | None) -> None:
     """A `module:function` model is code the rebuild imports and runs: named by a file, it
     needs the user's word (--trust-code), as unpickling needs --unsafe-load."""
     from ptool.core.trust import TRUST_CODE_ENV, code_trusted, is_factory
 
     if is_factory(model) and not code_trusted():
         module = model.partition(":")[0]
+        whose = f"{source}: its" if source is not None else "the checkpoint's"
         raise CodeRefused(
-            f"the checkpoint's model is {model}: rebuilding it imports and runs the Python "
+            f"{whose} model is {model}: rebuilding it imports and runs the Python "
             f"module {module!r}",
             hint=f"only if you trust the checkpoint, rerun with --trust-code (or "
             f"{TRUST_CODE_ENV}=1)",

@@ -266,7 +266,7 @@ def plan_resume(
     _refuse_derived(ckpt, checkpoint)
     from ptool.core.restore import config_and_info
 
-    saved, _ = config_and_info(ckpt)
+    saved, _ = config_and_info(ckpt, checkpoint)
     if "out" not in overrides and given.get("out") == saved.out:
         del given["out"]  # the run's own config.yaml, which names where it was started
     if given.get("init_from") not in (None, saved.init_from):  # a file's, not the run's own

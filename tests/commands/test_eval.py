@@ -165,3 +165,19 @@ def test_trust_code_lasts_for_its_own_command_only(tmp_path, monkeypatch, capsys
     assert not code_trusted()
     again = run_main(*args, cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
     assert again.returncode == 1 and "rerun with --trust-code" in again.stderr
+    # beside another checkpoint, the refusal says which file holds the code
+    write_checkpoint(tmp_path / "plain.pt", epochs=0, model="mlp")
+    compared = run_main(
+        "eval",
+        "plain.pt",
+        "--compare",
+        "own.pt",
+        cwd=tmp_path,
+        monkeypatch=monkeypatch,
+        capsys=capsys,
+    )
+    assert (compared.returncode, compared.stderr.splitlines()[0]) == (
+        1,
+        "error: own.pt: its model is own_net:build: rebuilding it imports and runs the "
+        "Python module 'own_net'",
+    )

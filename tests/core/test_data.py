@@ -528,6 +528,24 @@ def test_imagefolder_skips_hidden_folders_and_files(tmp_path):
     assert bundle.info.train_size + bundle.info.val_size == 10
 
 
+def test_imagefolder_follows_links_but_not_round_a_loop(tmp_path):
+    """A link to a folder above (`ln -s .. up`, or `/`) sent torchvision's walk round and
+    round, forever; other links are followed as torchvision follows them, in its order."""
+    from torchvision.datasets import ImageFolder
+
+    from ptool.core.data.image_folder import VisibleImageFolder
+
+    make_image_folder(tmp_path / "imgs", per_class=2)
+    make_image_folder(tmp_path / "extra", classes=("deep",), per_class=2)
+    (tmp_path / "imgs" / "a" / "more").symlink_to(tmp_path / "extra")
+    torchvision_reads = ImageFolder(str(tmp_path / "imgs")).samples
+    assert len(torchvision_reads) == 6  # the linked folder's two images count for a
+    for name, target in [("up", ".."), ("root", "/"), ("self", ".")]:
+        (tmp_path / "imgs" / "b" / name).symlink_to(target)
+    (tmp_path / "extra" / "deep" / "back").symlink_to(tmp_path / "imgs")
+    assert VisibleImageFolder(tmp_path / "imgs").samples == torchvision_reads
+
+
 def test_an_unreadable_image_is_named_when_it_is_read(tmp_path):
     """A truncated file reached the user as "unexpected OSError: Truncated File Read"."""
     from ptool.core.data.image_folder import UnreadableImage

@@ -4,6 +4,7 @@ cannot decode named in a one-line error (a module of its own: it imports torchvi
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,33 @@ class UnreadableImage(PtoolError):
         super().__init__(message, hint)
 
 
-def is_hidden(path: Path, root: Path) -> bool:
-    """A dot-name below `root` (.git, .ipynb_checkpoints, macOS's ._photo.jpg): nothing the
-    user meant as a class or a sample."""
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
+def image_files(folder: str | Path) -> Iterator[str]:
+    """Every image file below `folder` in ImageFolder's order (folders by path, files by
+    name), links followed as torchvision follows them, without dot-names (.git,
+    .ipynb_checkpoints, macOS's ._photo.jpg: nothing the user meant as a sample) and without
+    going round a link to a folder above it (`ln -s .. up`): torchvision's walk never ended."""
+    above = {_identity(str(parent)) for parent in Path(folder).resolve().parents}
+    chains: dict[str, set[tuple[int, int] | None]] = {}  # each folder's and those above it
+    found = []
+    for root, folders, files in os.walk(folder, followlinks=True):
+        chain = chains[root] = chains.get(os.path.dirname(root), above) | {_identity(root)}
+        folders[:] = [
+            name
+            for name in folders
+            if not name.startswith(".") and _identity(os.path.join(root, name)) not in chain
+        ]
+        images = (name for name in files if has_file_allowed_extension(name, IMG_EXTENSIONS))
+        found.append((root, sorted(name for name in images if not name.startswith("."))))
+    for root, files in sorted(found):
+        yield from (os.path.join(root, name) for name in files)
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:  # gone since the walk listed it
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def load_image(path: str, mode: str = "RGB") -> Any:
@@ -50,7 +74,6 @@ class VisibleImageFolder(ImageFolder):
         super().__init__(
             str(root),
             loader=partial(load_image, mode=mode),
-            is_valid_file=self._is_visible_image,
             allow_empty=True,  # refused below, naming the folders (torchvision names classes)
         )
         self.mode = mode
@@ -66,7 +89,12 @@ class VisibleImageFolder(ImageFolder):
             raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
         return classes, {name: index for index, name in enumerate(classes)}
 
-    def _is_visible_image(self, path: str) -> bool:
-        return has_file_allowed_extension(path, IMG_EXTENSIONS) and not is_hidden(
-            Path(path), Path(self.root)
-        )
+    @staticmethod
+    def make_dataset(directory: str | Path, class_to_idx: dict[str, int], **_: Any) -> list:
+        """torchvision's (path, class) samples, read by `image_files`; an empty class is
+        refused by __init__, naming its folder."""
+        return [
+            (path, index)
+            for name, index in sorted(class_to_idx.items())
+            for path in image_files(Path(directory, name))
+        ]

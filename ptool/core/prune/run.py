@@ -426,7 +426,7 @@ def prune_checkpoint(
     from ptool.core.checks import check_config
     from ptool.core.restore import config_and_info, model_from_checkpoint, note_ema_left_out
 
-    config, info = config_and_info(ckpt)
+    config, info = config_and_info(ckpt, path)
     config = config.replace(download=options.download)
     note_ema_left_out(ckpt, "prune", log)
     if "batch_size" in options.train_overrides:  # the latency's batch, fine-tuning or not

@@ -316,7 +316,7 @@ def quantize_checkpoint(
 
     from ptool.core.restore import config_and_info, note_ema_left_out
 
-    config, info = config_and_info(ckpt)
+    config, info = config_and_info(ckpt, path)
     config = config.replace(download=options.download)
     note_ema_left_out(ckpt, "quantize", log)
     backend = ao.resolve_backend(resume_recipe["backend"] if resume_recipe else options.backend)
