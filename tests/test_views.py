@@ -8,7 +8,7 @@ import pytest
 from rich.console import Console
 
 from ptool.ui.eval_view import confusion_table, per_class_table
-from ptool.ui.inspect_view import pruning_table
+from ptool.ui.inspect_view import brief_line, pruning_table
 from ptool.ui.predict_view import predictions_table
 
 NAMES = ["[red]", "[b]x[/b]"]
@@ -37,6 +37,15 @@ def test_inputs_and_labels_in_predict_table_are_shown_as_written():
               "probabilities": {"[b]x[/b]": 0.9}}  # fmt: skip
     text = _rendered(predictions_table([record], "classification"))
     assert "[red].png" in text and "[b]x[/b]: 90.0%" in text
+
+
+def test_a_files_brief_line_shows_its_monitored_metric_as_written():
+    """The metric name comes from the file: `[/x]` raised rich's MarkupError."""
+    from ptool.core.inspect.report import BRIEF_KEYS
+
+    row = {**dict.fromkeys(BRIEF_KEYS), "file": "a.pt", "format": "ptool", "parameters": 10,
+           "file_bytes": 2048, "metric": "val/[/x]", "metric_value": 0.5}  # fmt: skip
+    assert "val/[/x] 0.5" in _rendered(brief_line(row))
 
 
 def test_a_compacted_checkpoint_reports_what_was_removed_not_zero_sparsity():
@@ -281,6 +290,14 @@ def test_train_summary_keeps_numbers_whole_and_folds_long_paths(width):
     _fits(text, width)
     _whole(text, "0.0001235", "0.9877", "123456789", "12345.6", "123,457", "12 / 3")
     assert f"{run_dir}/last.pt" in _column(text, 2) and f"{run_dir}/best.pt" in _column(text, 2)
+
+
+def test_the_train_summary_shows_its_run_directory_as_written():
+    """`--out runs/[exp1]` read as markup: the title said `run runs/`; `[/x]` raised."""
+    from ptool.ui.train_view import summary_table
+
+    for run_dir in ("runs/[exp1]", "runs/[/x]"):
+        assert f"run {run_dir} (completed)" in _rendered(summary_table(_train_summary(run_dir)))
 
 
 def _pruned_report(finetuned: bool) -> dict:

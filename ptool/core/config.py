@@ -590,10 +590,10 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         flat[name], places[name] = value, place
 
     for written, value in raw.items():
-        key = written.replace("-", "_")
+        key = str(written).replace("-", "_")  # YAML reads `1:` and `on:` as an int and a bool
         if key in SECTIONS and isinstance(value, dict):
             for spelled, item in value.items():
-                name = spelled.replace("-", "_")
+                name = str(spelled).replace("-", "_")
                 home = FIELDS[name].metadata["section"] if name in FIELDS else key
                 if home != key:  # a misplaced option would be read as if it were right
                     raise UsageError(

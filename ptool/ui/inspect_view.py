@@ -332,7 +332,7 @@ def brief_line(row: dict[str, Any]) -> str:
     if row["loss"] is not None:
         parts.append(f"loss {_value(row['loss'])}")
     if row["metric"] and row["metric_value"] is not None:
-        parts.append(f"{row['metric']} {_value(row['metric_value'])}")
+        parts.append(f"{escape(row['metric'])} {_value(row['metric_value'])}")
     if row["best_value"] is not None:
         parts.append(f"best {_value(row['best_value'])}")
     parts.append(f"{human_count(row['parameters'])} params")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -21,7 +22,8 @@ def _fmt(value: Any) -> str:
 def summary_table(summary: Any) -> Fitted:
     """Best epoch, final and best metrics, wall time, samples/s and checkpoint paths (which
     fold in a narrow terminal; the numbers stay whole)."""
-    table = Table(title=f"run {summary.run_dir} ({summary.status})", title_justify="left")
+    title = f"run {escape(str(summary.run_dir))} ({summary.status})"
+    table = Table(title=title, title_justify="left")
     table.add_column("metric", overflow="fold")
     table.add_column("final", justify="right")
     table.add_column(f"best (epoch {_fmt(summary.best_epoch)})", justify="right")

@@ -154,6 +154,11 @@ def test_a_config_file_is_checked_when_read(tmp_path):
     path.write_text("lrr: 0.1\n")
     with pytest.raises(UsageError, match=f"{path}: unknown option 'lrr'"):
         read_config_file(path)
+    # YAML reads these keys as an int and a bool ("unexpected AttributeError")
+    for text, key in [("1: 2\n", "1"), ("optimizer:\n  on: 1\n", "True")]:
+        path.write_text(text)
+        with pytest.raises(UsageError, match=f"{path}: unknown option '{key}'"):
+            read_config_file(path)
 
 
 @pytest.mark.parametrize(("name", "text"), [("RUN.YAML", "epochs: 4\n"), ("x.TOML", "epochs = 4\n"),
