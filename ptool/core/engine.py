@@ -853,7 +853,7 @@ class Trainer:
             },
             "config": self.config.to_dict(),
             "data_info": self.info.to_dict(),
-            "rng_state": {**capture_rng_state(), "data_order": data_order},
+            "rng_state": {**capture_rng_state(self.device), "data_order": data_order},
             "callbacks": {"train_state": self._train_state()},
             "meta": ckpt_io.meta(),
         }
@@ -926,7 +926,7 @@ class Trainer:
         self.wall_before = self.state.wall_time_s
         if not self.dist.is_main:  # rank 0 carries the job's running sums
             self.state.clear_epoch_sums()
-        restore_rng_state(ckpt["rng_state"])
+        restore_rng_state(ckpt["rng_state"], self.device)
 
     def _rollback(self) -> None:
         """Back to the last good state with the lr halved once per rollback so far: that

@@ -205,8 +205,11 @@ def epoch_order(
     return torch.randperm(size, generator=generator)
 
 
-def capture_rng_state() -> dict[str, Any]:
-    """Every generator's state as tensors and plain Python values (weights_only-loadable)."""
+def capture_rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """Every generator the run draws from, as tensors and plain Python values
+    (weights_only-loadable): CUDA's of the run's `device` only. Every rank seeds and draws
+    alike, so rank 0's GPU state is each rank's (its other GPUs' were never drawn from), and a
+    machine with fewer GPUs can restore it."""
     version, internal, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
     state: dict[str, Any] = {
@@ -220,13 +223,13 @@ def capture_rng_state() -> dict[str, Any]:
         },
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def restore_rng_state(state: dict[str, Any]) -> None:
-    """Put back what `capture_rng_state` recorded."""
+def restore_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Put back what `capture_rng_state` recorded; its CUDA state goes to `device`."""
     py = state["python"]
     random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
     npy = state["numpy"]
@@ -240,5 +243,11 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         )
     )
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if device is None or device.type != "cuda" or cuda is None:
+        return
+    if isinstance(cuda, list):  # older files: one state per GPU of the saving machine
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        cuda = cuda[index] if index < len(cuda) else None
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)

@@ -341,6 +341,23 @@ def test_rng_state_round_trips_through_weights_only_load(tmp_path):
     assert first[:2] == second[:2] and torch.equal(first[2], second[2])
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_a_gpu_runs_rng_state_is_its_devices_and_restores_on_any_machine(tmp_path):
+    """Every visible GPU's state was saved and put back by index: a file from a machine with
+    more GPUs raised IndexError, and under DDP rank 1 took rank 0's untouched cuda:1 state."""
+    device = torch.device("cuda", torch.cuda.device_count() - 1)
+    torch.manual_seed(3)
+    torch.rand(5, device=device)
+    torch.save(capture_rng_state(device), tmp_path / "rng.pt")
+    state = torch.load(tmp_path / "rng.pt", weights_only=True)
+    first = torch.rand(5, device=device)
+    restore_rng_state(state, device)
+    assert torch.equal(torch.rand(5, device=device), first)
+    many = {**state, "cuda": [state["cuda"]] * (torch.cuda.device_count() + 1)}
+    restore_rng_state(many, torch.device("cuda", 0))  # an older file's list of states
+    assert torch.equal(torch.rand(5, device="cuda:0"), first.to("cuda:0"))
+
+
 def test_ddp_ranks_partition_each_single_process_batch():
     size, batch, world = 64, 4, 2
     single = epoch_order(size, seed=5, epoch=3, shuffle=True, info=Distributed())
