@@ -573,3 +573,6 @@ def test_calib_data_is_read_as_eval_reads_held_out_data(tmp_path):
 
     assert input_scale(moved) == input_scale(same)
     assert input_scale(larger) > 5 * input_scale(same)
+    # nor is the run's own data read (gone, as often when --calib-data is given)
+    (tmp_path / "train.csv").unlink()
+    assert input_scale(same) > 0

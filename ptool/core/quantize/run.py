@@ -346,8 +346,10 @@ def quantize_checkpoint(
     if recipe["mode"] == "qat":  # its train flags are checked before any data is loaded
         train_config = _qat_train_config(config, info, recipe, options, resume_ckpt, path, output)
 
-    data = None
-    if options.evaluate or recipe["mode"] != "dynamic":
+    data = None  # the run's data: to evaluate, train (QAT) or calibrate on its training split
+    if options.evaluate or recipe["mode"] == "qat" or (
+        recipe["mode"] == "static" and options.calib_data is None
+    ):
         from ptool.core.data import build_data
 
         data = build_data(config)
