@@ -13,7 +13,7 @@ import platform
 import shutil
 import time
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -114,11 +114,13 @@ def save_derived(
     return atomic_save(payload, path)
 
 
-def atomic_save(obj: Any, path: str | Path) -> Path:
-    """`torch.save`, atomically."""
+def atomic_save(
+    obj: Any, path: str | Path, save: Callable[[Any, IO[bytes]], None] = torch.save
+) -> Path:
+    """`torch.save` (or `save`: torch.jit.save), atomically."""
     path = Path(path)
     with _checkpoint_write(path) as f:
-        torch.save(obj, f)
+        save(obj, f)
     return path
 
 

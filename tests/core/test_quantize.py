@@ -144,6 +144,25 @@ def test_torchscript_replaces_its_own_archive_but_never_a_users_file(mlp_ckpt, t
     assert lines == []
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.save` is deprecated:FutureWarning")
+def test_a_torchscript_archive_is_written_atomically(mlp_ckpt, tmp_path, monkeypatch):
+    """It was saved to `.NAME.tmp` then renamed, unsynced: a full disk escaped as a raw
+    error and left the temporary file, which no later run removed."""
+    from ptool.core import rundir
+
+    script = tmp_path / "deploy.torchscript.pt"
+
+    def full_disk(path, mode="r", *args, **kwargs):
+        full = "torchscript" in Path(path).name
+        return open("/dev/full" if full else path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(rundir, "open", full_disk, raising=False)  # atomic_write's
+    options = _fast("dynamic", evaluate=False, torchscript=True, output=str(tmp_path / "deploy.pt"))
+    with pytest.raises(PtoolError, match=f"could not write checkpoint {script}: no space left"):
+        quantize_checkpoint(mlp_ckpt, options)
+    assert [p.name for p in tmp_path.iterdir()] == ["deploy.pt"]
+
+
 def _scripted_bytes(folder: Path) -> bytes:
     """A TorchScript archive ptool did not write."""
     path = folder / "theirs.pt"

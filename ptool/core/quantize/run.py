@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -347,8 +348,10 @@ def quantize_checkpoint(
         train_config = _qat_train_config(config, info, recipe, options, resume_ckpt, path, output)
 
     data = None  # the run's data: to evaluate, train (QAT) or calibrate on its training split
-    if options.evaluate or recipe["mode"] == "qat" or (
-        recipe["mode"] == "static" and options.calib_data is None
+    if (
+        options.evaluate
+        or recipe["mode"] == "qat"
+        or (recipe["mode"] == "static" and options.calib_data is None)
     ):
         from ptool.core.data import build_data
 
@@ -420,11 +423,8 @@ def write_torchscript(model: nn.Module, recipe: dict[str, Any], path: Path) -> P
     example = torch.zeros(1, *recipe["input_shape"])
     with ao.quiet(), torch.no_grad():
         traced = torch.jit.trace(model.eval(), example)
-        tmp = path.with_name(f".{path.name}.tmp")
         extra = {ckpt_io.TORCHSCRIPT_TAG: json.dumps(recipe, default=str)}
-        torch.jit.save(traced, str(tmp), _extra_files=extra)
-    tmp.replace(path)
-    return path
+        return ckpt_io.atomic_save(traced, path, partial(torch.jit.save, _extra_files=extra))
 
 
 def _sizes_and_metrics(model: nn.Module, evaluator: Any) -> dict[str, Any]:
