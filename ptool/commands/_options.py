@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -84,6 +88,41 @@ NoEvalOpt = Annotated[
 
 # the figures `-o` writes (lr-plot's schedule, eval's confusion matrix): matplotlib's formats
 FIGURE_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def check_output_file(path: Path, suffixes: tuple[str, ...]) -> None:
+    """Refuse, before the work, an `-o` that could not be written; missing folders are fine
+    (`written_file` creates them, as `quantize -o` does)."""
+    from ptool.core.errors import UsageError
+
+    if path.suffix.lower() not in suffixes or path.is_dir():
+        kinds = f"{', '.join(suffixes[:-1])} or {suffixes[-1]}"
+        raise UsageError(f"-o {path}: expected a {kinds} file")
+    folder = path.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"-o {path}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(
+            f"-o {path}: cannot write in {folder}", hint="choose a path you can write to"
+        )
+
+
+@contextmanager
+def written_file(path: Path, done: str) -> Iterator[None]:
+    """Write `path` (its folders created) in the block; a failure is one line saying what is
+    `done` all the same (the metrics printed above)."""
+    from ptool.core.errors import PtoolError
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield
+    except OSError as exc:
+        raise PtoolError(
+            f"could not write {path}: {exc.strerror or exc}{done}",
+            hint="choose a path you can write to",
+        ) from exc
 
 
 def comma_list(text: str) -> list[str]:

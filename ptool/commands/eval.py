@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -16,8 +15,10 @@ from ptool.commands._options import (
     JsonOpt,
     QuietOpt,
     TrustCodeOpt,
+    check_output_file,
     examples,
     refuse_empty,
+    written_file,
 )
 
 EXAMPLES = examples(
@@ -105,7 +106,7 @@ def eval_(
     if output is not None and (compare or len(positional) > 1):
         raise UsageError("-o draws one checkpoint's confusion matrix; drop --compare or -o")
     if output is not None:
-        _check_figure_path(Path(output))
+        check_output_file(Path(output), FIGURE_SUFFIXES)
     if not positional:
         from ptool.core.checkpoint import find_default_checkpoint
 
@@ -136,24 +137,6 @@ def eval_(
         out.info(f"confusion matrix written: {escape(str(written))}")
 
 
-def _check_figure_path(path: Path) -> None:
-    """Refuse, before evaluating, an -o that could not be written; missing folders are fine
-    (created when writing, as `quantize -o` does)."""
-    from ptool.core.errors import UsageError
-
-    if path.suffix.lower() not in FIGURE_SUFFIXES or path.is_dir():
-        raise UsageError(f"-o {path}: expected a {', '.join(FIGURE_SUFFIXES)} file")
-    folder = path.parent
-    while not folder.exists():
-        folder = folder.parent
-    if not folder.is_dir():
-        raise UsageError(f"-o {path}: {folder} is a file, not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UsageError(
-            f"-o {path}: cannot write in {folder}", hint="choose a path you can write to"
-        )
-
-
 def _check_classification(info) -> None:
     from ptool.core.errors import UsageError
 
@@ -164,18 +147,11 @@ def _check_classification(info) -> None:
 
 
 def _write_confusion(report: dict, path: Path) -> Path:
-    """The confusion matrix image, its folder created; a failure is one line after the metrics."""
-    from ptool.core.errors import PtoolError
+    """The confusion matrix image; a failure is one line after the metrics."""
     from ptool.ui.eval_view import write_confusion_image
 
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    with written_file(path, "; the metrics above are complete"):
         return write_confusion_image(report, path)
-    except OSError as exc:
-        raise PtoolError(
-            f"could not write {path}: {exc.strerror or exc}; the metrics above are complete",
-            hint="choose a path you can write to",
-        ) from exc
 
 
 def register(app: typer.Typer) -> None:

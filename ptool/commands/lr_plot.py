@@ -14,7 +14,15 @@ import typer
 from rich.markup import escape
 
 from ptool.commands._config_options import with_config_options
-from ptool.commands._options import FIGURE_SUFFIXES, JsonOpt, QuietOpt, examples, refuse_empty
+from ptool.commands._options import (
+    FIGURE_SUFFIXES,
+    JsonOpt,
+    QuietOpt,
+    check_output_file,
+    examples,
+    refuse_empty,
+    written_file,
+)
 from ptool.core.config import FIELDS, check_interval
 
 SCHEDULE_FIELDS = [  # every schedule flag of `ptool train` (a pasted command line runs)
@@ -298,9 +306,8 @@ def lr_plot(
         raise UsageError(f"--x-axis must be step or epoch, got {x_axis!r}")
     if json and csv:
         raise UsageError("give --json or --csv, not both")
-    suffix = Path(output).suffix.lower() if output else None
-    if output and suffix not in (*FIGURE_SUFFIXES, ".csv"):
-        raise UsageError(f"-o {output}: expected a .png, .svg, .pdf or .csv file")
+    if output:
+        check_output_file(Path(output), (*FIGURE_SUFFIXES, ".csv"))
     base = {
         "schedule": schedule,
         "config": config,
@@ -343,11 +350,12 @@ def _render(out, lines, *, x_axis, log_y, title, output, csv, chart) -> None:
     title = title or (f"learning rate: {names[0]}" if len(names) == 1 else "learning rates")
     if output:
         path = Path(output)
-        if path.suffix.lower() == ".csv":
-            with path.open("w") as file:
-                view.write_csv(lines, file)
-        else:
-            view.write_figure(lines, path, x_axis=x_axis, log_y=log_y, title=title)
+        with written_file(path, ""):
+            if path.suffix.lower() == ".csv":
+                with path.open("w") as file:
+                    view.write_csv(lines, file)
+            else:
+                view.write_figure(lines, path, x_axis=x_axis, log_y=log_y, title=title)
         out.info(f"wrote {escape(str(path))}")
     if csv:  # plain text, straight to the console's file: rich markup would cost seconds
         view.write_csv(lines, out.out.file)

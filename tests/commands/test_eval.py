@@ -94,7 +94,7 @@ def test_refusals_are_one_line(workdir, ptool_in):
         figure = ptool_in("eval", "runs/tiny/last.pt", "-o", target)
         assert (figure.returncode, figure.stderr.splitlines()[0]) == (
             2,
-            f"error: -o {target}: expected a .png, .svg, .pdf file",
+            f"error: -o {target}: expected a .png, .svg or .pdf file",
         )
 
 

@@ -79,7 +79,7 @@ def test_csv_on_stdout_and_in_a_file(tmp_path):
     assert [(r["group"], r["step"]) for r in rows] == [(g, s) for g in "01" for s in "0123"]
     lrs = [0.1, 0.1, 0.01, 0.01, 0.01, 0.01, 0.001, 0.001]
     assert [float(r["lr"]) for r in rows] == pytest.approx(lrs)
-    out = tmp_path / "lr.csv"
+    out = tmp_path / "new" / "folder" / "lr.csv"  # created, as eval -o creates its folder
     lr_plot(*args, "-o", str(out), "--quiet")
     assert out.read_text().splitlines()[1] == "0,0.0,0.001,0,step"
     line, _ = series(*args, "--group-lrs", "0.1,0.01")  # JSON: the same rows, every step
@@ -251,6 +251,23 @@ def test_console_script_refuses_a_binary_metric_file_and_a_broken_run_config(tmp
         lines = result.stderr.splitlines()
         assert lines[0].startswith("error: ") and len(lines) <= 2, result.stderr
         assert all(line.startswith(("error: ", "hint: ")) for line in lines)
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, monkeypatch):
+    """A file where -o's folder should be failed after the schedule was computed, as
+    "error: no such file or directory"; matplotlib's other formats said the suffixes."""
+    (tmp_path / "blocker").write_text("a file")
+    monkeypatch.setattr("ptool.commands.lr_plot._schedule_lines", None)  # never reached
+    for target, message in [
+        (
+            "blocker/lr.csv",
+            f"-o {tmp_path}/blocker/lr.csv: {tmp_path}/blocker is a file, not a folder",
+        ),
+        ("lr.jpg", f"-o {tmp_path}/lr.jpg: expected a .png, .svg, .pdf or .csv file"),
+    ]:
+        with pytest.raises(UsageError) as err:
+            lr_plot("cosine", "--epochs", "3", "-o", str(tmp_path / target))
+        assert str(err.value) == message
 
 
 def test_console_script_refuses_with_one_line_and_exit_2():
