@@ -277,6 +277,8 @@ class Reader:
                         "(the run did not resize its images)",
                     )
                 return Sample(name, self.transform(image))
+        except Image.DecompressionBombError as exc:  # Pillow's limit: not an OSError
+            return Sample(name, error=f"too large to decode safely ({exc})")
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             return Sample(name, error=f"cannot read image ({type(exc).__name__})")
 

@@ -546,7 +546,7 @@ def test_imagefolder_follows_links_but_not_round_a_loop(tmp_path):
     assert VisibleImageFolder(tmp_path / "imgs").samples == torchvision_reads
 
 
-def test_an_unreadable_image_is_named_when_it_is_read(tmp_path):
+def test_an_unreadable_image_is_named_when_it_is_read(tmp_path, monkeypatch):
     """A truncated file reached the user as "unexpected OSError: Truncated File Read"."""
     from ptool.core.data.image_folder import UnreadableImage
 
@@ -560,6 +560,10 @@ def test_an_unreadable_image_is_named_when_it_is_read(tmp_path):
         images[0]
     assert err.value.hint == "remove or replace that file"
     with pytest.raises(UnreadableImage, match=r"b/0.png: not an image Pillow reads$"):
+        images[1]
+    monkeypatch.setattr("PIL.Image.MAX_IMAGE_PIXELS", 50)  # its error is no OSError
+    (tmp_path / "imgs" / "b" / "0.png").write_bytes(whole)  # 120 pixels, past twice that
+    with pytest.raises(UnreadableImage, match=r"b/0.png: too large to decode safely \("):
         images[1]
 
 

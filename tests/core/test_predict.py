@@ -145,10 +145,12 @@ def test_images_are_read_as_a_viewer_shows_them(image_run, tmp_path):
     assert deep["probabilities"] == plain["probabilities"] == upright["probabilities"]
 
 
-def test_bad_inputs_fail_alone(image_run, tmp_path):
+def test_bad_inputs_fail_alone(image_run, tmp_path, monkeypatch):
     (raw, _), _ = _raw_val(image_run)
     (tmp_path / "broken.png").write_text("not an image")
     Image.new("L", (16, 16)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300)  # past twice Pillow's limit: refused
+    Image.new("L", (32, 32)).save(tmp_path / "bomb.png")
     folder = tmp_path / "folder"
     folder.mkdir()
     Image.fromarray((raw[0, 0] * 255).byte().numpy()).save(folder / "a.png")
@@ -163,13 +165,17 @@ def test_bad_inputs_fail_alone(image_run, tmp_path):
     torch.save(nan, tmp_path / "nan.pt")
     lines = "{not json\n" + json.dumps({"x": 1}) + "\n" + json.dumps(raw[0].tolist()) + "\n"
     lines += '[1, "a"]\n'  # torch's "new(): invalid data type 'str'" was the reason
-    inputs = ["broken.png", "big.png", "missing.png", "folder", "small.pt", "nan.pt", "-"]
+    inputs = ["broken.png", "big.png", "bomb.png", "missing.png", "folder", "small.pt", "nan.pt"]
+    inputs.append("-")
     records = _records(
         image_run, [str(tmp_path / p) if p != "-" else p for p in inputs], io.StringIO(lines)
     )
     errors = {r["input"].replace(str(tmp_path) + "/", ""): r.get("error") for r in records}
     assert errors["broken.png"] == "cannot read image (UnidentifiedImageError)"
     assert "16x16 pixels; the model expects 1x8x8 images" in errors["big.png"]
+    assert errors["bomb.png"].startswith(  # it stopped every prediction
+        "too large to decode safely (Image size (1024 pixels) exceeds limit of 600 pixels"
+    )
     assert errors["missing.png"] == "no such file"
     assert errors["folder/a.png"] is None and not any("/." in name for name in errors)
     from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension

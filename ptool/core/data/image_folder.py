@@ -63,6 +63,8 @@ def load_image(path: str, mode: str = "RGB") -> Any:
             return as_viewed(Image.open(file)).convert(mode)
     except UnidentifiedImageError:
         raise UnreadableImage(f"{path}: not an image Pillow reads") from None
+    except Image.DecompressionBombError as exc:  # Pillow's limit: not an OSError
+        raise UnreadableImage(f"{path}: too large to decode safely ({exc})") from None
     except (OSError, ValueError) as exc:  # a truncated JPEG or PNG: "image file is truncated"
         raise UnreadableImage(f"{path}: cannot read the image ({exc})") from None
 
