@@ -206,31 +206,33 @@ class Trainer:
         self.resumed_at: int | None = None  # the global step a resume started from
         self.finished = False  # the run reached its end (_finish), not an error
         check_config(config)
+        self.tb = self.lock = None  # what close() lets go of, once taken
         self.dist = init_distributed(config.device)
-        self.device = resolve_device(config.device, self.dist)
-        self.sum_dtype = sum_dtype(self.device)
-        seed = pick_seed(config.seed, self.dist)
-        run_dir = config.out or (str(rundir.claim_default_run_dir()) if self.dist.is_main else "")
-        run_dir = Path(from_main_rank(run_dir, self.dist))  # the folder rank 0 took
-        self.config = config.replace(seed=seed, out=str(run_dir))
-        self.callbacks = list(callbacks)
-        self.checkpoint_extras = checkpoint_extras
-        main = self.dist.is_main
-        self.log = (log or _stderr_line) if main and not quiet else _noop
-        if progress is None:
-            progress = {"on": True, "off": False}.get(config.progress, sys.stderr.isatty())
-        self.progress = bool(progress and main and not quiet)
-        if quiet and config.compile:  # torch.compile's own log lines ("No CUDA runtime ...")
-            torch._logging.set_logs(all=logging.ERROR)
-        self.monitor = Monitor.from_config(self.config)
-        self.tb = None
-        self._on_rank_0(lambda: rundir.prepare_run_dir(run_dir))  # its refusal: every rank's
-        self.run_dir = run_dir
-        # The folder is taken before anything reads or writes there, and is looked into only
-        # then: a second run into it is refused at once, not let in once the first finished
-        # (it saw no checkpoint yet, and replaced them). close() lets go and unlinks the file.
-        self.lock = self._on_rank_0(lambda: rundir.RunDirLock(self.run_dir))
-        try:
+        try:  # from here on close() leaves the process group, also on a refusal
+            self.device = resolve_device(config.device, self.dist)
+            self.sum_dtype = sum_dtype(self.device)
+            seed = pick_seed(config.seed, self.dist)
+            run_dir = config.out or (
+                str(rundir.claim_default_run_dir()) if self.dist.is_main else ""
+            )
+            run_dir = Path(from_main_rank(run_dir, self.dist))  # the folder rank 0 took
+            self.config = config.replace(seed=seed, out=str(run_dir))
+            self.callbacks = list(callbacks)
+            self.checkpoint_extras = checkpoint_extras
+            main = self.dist.is_main
+            self.log = (log or _stderr_line) if main and not quiet else _noop
+            if progress is None:
+                progress = {"on": True, "off": False}.get(config.progress, sys.stderr.isatty())
+            self.progress = bool(progress and main and not quiet)
+            if quiet and config.compile:  # torch.compile's own log lines ("No CUDA runtime ...")
+                torch._logging.set_logs(all=logging.ERROR)
+            self.monitor = Monitor.from_config(self.config)
+            self._on_rank_0(lambda: rundir.prepare_run_dir(run_dir))  # its refusal: every rank's
+            self.run_dir = run_dir
+            # The folder is taken before anything reads or writes there, and is looked into only
+            # then: a second run into it is refused at once, not let in once the first finished
+            # (it saw no checkpoint yet, and replaced them). close() lets go and unlinks the file.
+            self.lock = self._on_rank_0(lambda: rundir.RunDirLock(self.run_dir))
             if resume is None:
                 self._on_rank_0(lambda: rundir.refuse_other_run(self.run_dir))
             self._build(

@@ -148,11 +148,15 @@ def test_unwritable_out_is_a_usage_error(tmp_path):
 
 
 def _torchrun_train(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
+    return _torchrun("-m", "ptool", "train", *args, ok=ok)
+
+
+def _torchrun(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
     torchrun = Path(sys.executable).with_name("torchrun")
     # PYTHONFAULTHANDLER: a rank that dies of a signal in C++ (SIGABRT) prints where Python was
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PTOOL_DEBUG": "", "PYTHONFAULTHANDLER": "1"}
     ddp = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "ptool", "train", *args],
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", *args],
         capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip
     assert (ddp.returncode == 0) == ok, ddp.stderr
@@ -203,3 +207,24 @@ def test_torchrun_a_refusal_about_the_run_folder_reaches_every_rank(tmp_path):
     assert ddp.stderr.count(f"error: --out {taken} holds another run's checkpoints") == 1
     assert "exitcode  : 2" in ddp.stderr
     assert "unexpected" not in ddp.stderr and "Connection closed" not in ddp.stderr
+
+
+@pytest.mark.slow
+def test_torchrun_a_trainer_refused_at_its_folder_leaves_the_process_group(tmp_path):
+    """The process group was joined outside the setup that close() undoes: a refused folder
+    left it joined (torch's "not destroyed" warning; the Python API's next fit failed)."""
+    (tmp_path / "file").write_text("")
+    script = tmp_path / "refused.py"
+    script.write_text(
+        "import sys\n"
+        "import torch.distributed as dist\n"
+        "from ptool.core.config import TrainConfig\n"
+        "from ptool.core.engine import Trainer\n"
+        "from ptool.core.errors import PtoolError\n"
+        "try:\n"
+        "    Trainer(TrainConfig(device='cpu', out=sys.argv[1]), quiet=True)\n"
+        "except PtoolError:\n"
+        "    print('refused, still joined:', dist.is_initialized(), flush=True)\n"
+    )
+    ddp = _torchrun(str(script), str(tmp_path / "file"))
+    assert ddp.stdout.splitlines() == ["refused, still joined: False"] * 2, ddp.stderr
