@@ -66,7 +66,7 @@ TorchScriptOpt = Annotated[
         "--torchscript", help="Also write <output stem>.torchscript.pt (runs without ptool)."
     ),
 ]
-DeviceOpt = Annotated[
+CpuDeviceOpt = Annotated[
     str, typer.Option("--device", help="cpu only: the int8 kernels are CPU kernels.")
 ]
 ObserverOpt = Annotated[
@@ -111,7 +111,7 @@ def dynamic(
     torchscript: TorchScriptOpt = False,
     no_eval: NoEvalOpt = False,
     bench_runs: BenchRunsOpt = 20,
-    device: DeviceOpt = "cpu",
+    device: CpuDeviceOpt = "cpu",
     download: DownloadOpt = False,
     trust_code: TrustCodeOpt = False,  # its callback trusts, for this command
     json: JsonOpt = False,
@@ -154,7 +154,7 @@ def static(
     torchscript: TorchScriptOpt = False,
     no_eval: NoEvalOpt = False,
     bench_runs: BenchRunsOpt = 20,
-    device: DeviceOpt = "cpu",
+    device: CpuDeviceOpt = "cpu",
     download: DownloadOpt = False,
     trust_code: TrustCodeOpt = False,  # its callback trusts, for this command
     json: JsonOpt = False,
@@ -212,7 +212,7 @@ def qat(
     torchscript: TorchScriptOpt = False,
     no_eval: NoEvalOpt = False,
     bench_runs: BenchRunsOpt = 20,
-    device: DeviceOpt = "cpu",
+    device: CpuDeviceOpt = "cpu",
     download: DownloadOpt = False,
     trust_code: TrustCodeOpt = False,  # its callback trusts, for this command
     json: JsonOpt = False,

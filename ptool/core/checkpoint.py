@@ -215,12 +215,11 @@ def load(
     *,
     map_location: Any = "cpu",
     unsafe: bool = False,
-    mmap: bool | None = None,
     refusal_hint: str = UNSAFE_HINT,
 ) -> Any:
     """Load any torch checkpoint safely (`weights_only=True`), with one-line errors.
 
-    `mmap` defaults to on for zip-format files, so a big file is mapped, not copied into memory.
+    A zip-format file is memory-mapped, so a big file is mapped, not copied into memory.
     `refusal_hint` follows a file that needs full unpickling (default: name --unsafe-load).
     """
     path = Path(path)
@@ -235,17 +234,15 @@ def load(
     if is_zip:  # torch's own error for another zip: "[enforce fail at inline_container.cc ..."
         with zipfile.ZipFile(path) as archive:
             data_pickle_name(path, archive.namelist())
-    if mmap is None:  # torch maps a file by a UTF-8 name: not one undecodable in the locale
-        mmap = is_zip and _utf8_encodable(str(path))
+    # torch maps a file by a UTF-8 name: not one undecodable in the locale
+    mmap = is_zip and _utf8_encodable(str(path))
     try:
         with quiet_upstream_notices():  # torch's rebuild of quantized tensors trips them
             if unsafe:
                 return torch.load(path, map_location=map_location, weights_only=False)
             # frozenset builds a value like set, which torch allows: the listing reads it too
             with torch.serialization.safe_globals([frozenset]):
-                return torch.load(
-                    path, map_location=map_location, weights_only=True, mmap=mmap and is_zip
-                )
+                return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         text = str(exc)
         # a bad byte stream, not a request for code (a legacy file: any opcode it can't read)

@@ -192,7 +192,12 @@ class Reader:
                 str(path), error=f"a CSV holds features; the model expects {_expects(self.info)}"
             )
             return
-        from ptool.core.data.files import is_data_row, read_csv, unnamed_or_repeated_column
+        from ptool.core.data.files import (
+            as_number,
+            is_data_row,
+            read_csv,
+            unnamed_or_repeated_column,
+        )
 
         try:
             numbered = read_csv(path)
@@ -227,7 +232,7 @@ class Reader:
         else:  # no saved names: every column is a feature, the header row optional
             columns = list(range(len(header)))
             # a header names every column; a first row with a gap (NA) among numbers is data
-            if any(_number(cell) is not None for cell in header):
+            if any(as_number(cell) is not None for cell in header):
                 header = [str(c + 1) for c in columns]  # named by position in messages
                 body = numbered
             else:
@@ -248,7 +253,7 @@ class Reader:
                 yield Sample(name, error=f"{len(row)} fields, header {len(header)}")
                 continue
             cells = [row[c] for c in columns]
-            values = [_number(cell) for cell in cells]
+            values = [as_number(cell) for cell in cells]
             bad = next((c for c, v in zip(columns, values, strict=True) if v is None), None)
             if bad is not None:
                 yield Sample(name, error=f"column {header[bad]!r} is not a number ({row[bad]!r})")
@@ -281,13 +286,6 @@ class Reader:
             return Sample(name, error=f"too large to decode safely ({exc})")
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             return Sample(name, error=f"cannot read image ({type(exc).__name__})")
-
-
-def _number(text: str) -> float | None:
-    try:
-        return float(text)
-    except ValueError:
-        return None
 
 
 def _batches(samples: Iterable[Sample], size: int) -> Iterator[list[Sample]]:

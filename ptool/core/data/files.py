@@ -46,7 +46,8 @@ def read_csv(path: Path) -> list[tuple[int, list[str]]]:
         raise ValueError(f"not readable as CSV ({exc})") from None
 
 
-def _as_number(text: str) -> float | None:
+def as_number(text: str) -> float | None:
+    """A CSV cell as a float, None when it is not a number."""
     try:
         return float(text)
     except ValueError:
@@ -70,7 +71,7 @@ def is_data_row(first: list[str], rest: list[list[str]]) -> bool:
     holds again in the next 1,000 rows (a header of numbers and a name, as pandas writes, is a
     header)."""
     return all(
-        _as_number(cell) is not None
+        as_number(cell) is not None
         or any(col < len(row) and row[col].strip() == cell for row in rest[:1000])
         for col, cell in enumerate(first)
     )
@@ -171,7 +172,7 @@ def _csv_values(
         numbers = []
         for col in read:
             cell = row[col]
-            number = _as_number(cell)
+            number = as_number(cell)
             if number is None:
                 raise UsageError(
                     f"csv: {p} line {line}: column {header[col]!r} is not a number ({cell!r})",
@@ -189,7 +190,7 @@ def _csv_targets(
 ) -> tuple[str, torch.Tensor, list[str] | None]:
     """(task, targets, class names or None): text or at most MAX_AUTO_CLASSES whole numbers
     are classes, other numbers regression, unless --task says."""
-    numbers = [_as_number(v) for v in values]
+    numbers = [as_number(v) for v in values]
     _refuse_missing_numbers(p, target, values, numbers, lines)
     numeric = all(n is not None for n in numbers)
     if config.task == "auto":

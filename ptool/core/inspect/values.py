@@ -8,6 +8,7 @@ so the peak stays near one tensor (plus torch), whatever the file size.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import re
 import warnings
@@ -61,6 +62,13 @@ def _keep(_t: torch.Tensor) -> None:
     """Nothing to release: the tensor's memory is freed with it."""
 
 
+@functools.cache
+def _libc() -> Any:  # ctypes.CDLL(None) is 23 us a call: 0.25 s for 10,000 tensors
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def _release(t: torch.Tensor) -> None:
     """MADV_DONTNEED on a tensor's pages of the read-only file mapping, so resident memory stays
     near one tensor: unmodified file-backed pages are simply read again if touched again."""
@@ -79,8 +87,7 @@ def _release(t: torch.Tensor) -> None:
     begin = storage.data_ptr() // page * page
     end = storage.data_ptr() + storage.nbytes()
     with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.madvise(ctypes.c_void_p(begin), ctypes.c_size_t(end - begin), mmap.MADV_DONTNEED)
+        _libc().madvise(ctypes.c_void_p(begin), ctypes.c_size_t(end - begin), mmap.MADV_DONTNEED)
 
 
 # Dtypes the statistics run in; the others are converted chunk by chunk (float16 / bfloat16

@@ -475,8 +475,8 @@ def prune_checkpoint(
     history: list[dict[str, Any]] = []
     for k in range(1, options.steps + 1):
         counts = {
-            name: counts[k - 1] - (counts[k - 2] if k > 1 else 0)
-            for name, counts in schedules.items()
+            name: schedule[k - 1] - (schedule[k - 2] if k > 1 else 0)
+            for name, schedule in schedules.items()
         }
         pruner.step(counts)
         rows = layer_rows(before_layers, layer_snapshot(pruner.model), selected, pruner.tied)
