@@ -264,15 +264,12 @@ def _resume_source(
 def _qat_train_config(
     config: TrainConfig,
     info: Any,
-    recipe: dict[str, Any],
     options: QuantizeOptions,
     resume_ckpt: dict[str, Any] | None,
     path: Path,
-    output: Path,
 ) -> TrainConfig:
     """QAT's training config, checked as `ptool train` checks one: a resumed run's own (where
-    the run directory is now, as `ptool resume` takes it), or a new one from the float run's,
-    whose paths `recipe["qat"]` records relative to its run directory."""
+    the run directory is now, as `ptool resume` takes it), or a new one from the float run's."""
     from ptool.core.checks import check_config, check_monitor
 
     if resume_ckpt is not None:
@@ -282,18 +279,25 @@ def _qat_train_config(
         train_config = train_config.replace(**overrides, device="cpu")
     else:
         train_config = qat_config(config, options.train_overrides, path)
-        run_dir = Path(train_config.out).resolve()
-        recipe["qat"] = {
-            "freeze_observers_epoch": options.freeze_observers_epoch,
-            "freeze_bn_epoch": options.freeze_bn_epoch,
-            "run_dir": train_config.out,
-            "source_from_run": os.path.relpath(path.resolve(), run_dir),
-            "output_from_run": os.path.relpath(output.resolve(), run_dir),
-            "torchscript": options.torchscript,
-        }
     check_config(train_config)
     check_monitor(train_config, info)
     return train_config
+
+
+def _qat_recipe(
+    train_config: TrainConfig, options: QuantizeOptions, path: Path, output: Path
+) -> dict[str, Any]:
+    """What a new QAT run records to be resumed: its freeze epochs, and its source and output
+    relative to its run directory (the folder may move)."""
+    run_dir = Path(train_config.out).resolve()
+    return {
+        "freeze_observers_epoch": options.freeze_observers_epoch,
+        "freeze_bn_epoch": options.freeze_bn_epoch,
+        "run_dir": train_config.out,
+        "source_from_run": os.path.relpath(path.resolve(), run_dir),
+        "output_from_run": os.path.relpath(output.resolve(), run_dir),
+        "torchscript": options.torchscript,
+    }
 
 
 def quantize_checkpoint(
@@ -345,7 +349,9 @@ def quantize_checkpoint(
 
     train_config = None
     if recipe["mode"] == "qat":  # its train flags are checked before any data is loaded
-        train_config = _qat_train_config(config, info, recipe, options, resume_ckpt, path, output)
+        train_config = _qat_train_config(config, info, options, resume_ckpt, path)
+        if resume_ckpt is None:
+            recipe["qat"] = _qat_recipe(train_config, options, path, output)
 
     data = None  # the run's data: to evaluate, train (QAT) or calibrate on its training split
     if (
