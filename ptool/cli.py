@@ -134,6 +134,7 @@ def main() -> None:
     the traceback."""
     interrupted = _watch_ctrl_c()
     _ignore_zero_columns()
+    _usable_standard_streams()
     try:
         code = app(standalone_mode=False)
     except Exception as exc:  # noqa: BLE001 - the one place that turns errors into messages
@@ -153,6 +154,23 @@ def _ignore_zero_columns() -> None:
     columns = os.environ.get("COLUMNS", "")
     if columns.isdigit() and int(columns) == 0:
         del os.environ["COLUMNS"]
+
+
+def _usable_standard_streams() -> None:
+    """A job started with stdin, stdout or stderr closed (`2>&-`, some cron and daemon set-ups)
+    gets the null device in their place: Python left the stream None (every command failed
+    on it), and the next file opened would take its descriptor (a C++ warning written into a
+    checkpoint). And results name paths as they are, on an ASCII stdout too (`\\xe9`, as
+    stderr writes them), rather than failing once the work is done."""
+    for fd, name in enumerate(("stdin", "stdout", "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:  # closed: the lowest free descriptor is this one
+            os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))  # noqa: SIM115
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
 
 
 def _watch_ctrl_c() -> threading.Event:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ import pytest
 import torch
 import typer
 
-from tests.conftest import run_ptool
+from tests.conftest import PTOOL, run_ptool
 
 HEAVY = ("torch", "torchvision", "tensorboard", "matplotlib")
 
@@ -252,6 +253,52 @@ def test_a_tensor_too_large_for_memory_is_out_of_memory_not_a_bug_to_report():
         "try a smaller model or --batch-size",
         1,
     )
+
+
+def test_the_file_systems_answers_about_a_path_are_one_line_not_a_bug_to_report(tmp_path):
+    """A name too long, a file where a folder should be: "unexpected OSError ... report it";
+    a write past `ulimit -f` too."""
+    from ptool.ui.errors import describe
+
+    for path in (tmp_path / ("a" * 300), tmp_path / "file" / "x"):
+        (tmp_path / "file").write_text("")
+        with pytest.raises(OSError) as raised:
+            path.write_text("")
+        message, hint, code = describe(raised.value)
+        assert message.endswith(f": {path}") and (hint, code) == ("check the path", 1)
+    assert describe(OSError(errno.ENAMETOOLONG, "File name too long", "x"))[0] == (
+        "file name too long: x"
+    )
+    resource = pytest.importorskip("resource")
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (10, hard))
+    try:
+        with pytest.raises(OSError) as raised, open(tmp_path / "big", "wb", buffering=0) as f:
+            f.write(b"x" * 100)
+            f.write(b"x" * 100)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert describe(raised.value) == (
+        "a file reached the file size limit (ulimit -f)",
+        "raise the limit (ulimit -f unlimited), or write elsewhere",
+        1,
+    )
+
+
+def test_closed_standard_streams_and_an_ascii_stdout_are_no_failure(tmp_path):
+    """`2>&-` or `>&-` (cron, daemons): every command failed on Python's None stream (a usage
+    error then exited 1); an ASCII stdout failed on a result naming `é.pt` after the work."""
+    script = (
+        f"{PTOOL} convcalc --h 8 --k 30 2>&-; echo usage=$?; "
+        f"{PTOOL} convcalc --h 8 --k 3 >&-; echo result=$?; "
+        f"{PTOOL} convcalc --stdin <&-; echo stdin=$?"
+    )
+    closed = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
+    assert closed.stdout.split() == ["usage=2", "result=0", "stdin=0"], closed.stderr
+    torch.save({"w": torch.zeros(2)}, tmp_path / "é.pt")
+    ascii_out = run_ptool("inspect-checkpoint", "é.pt", cwd=tmp_path,
+                          env={"PYTHONIOENCODING": "ascii"})  # fmt: skip
+    assert ascii_out.returncode == 0 and "\\xe9.pt" in ascii_out.stdout, ascii_out.stderr
 
 
 def test_columns_0_means_no_width_not_an_empty_screen():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -94,19 +93,12 @@ def check_output_file(path: Path, suffixes: tuple[str, ...]) -> None:
     """Refuse, before the work, an `-o` that could not be written; missing folders are fine
     (`written_file` creates them, as `quantize -o` does)."""
     from ptool.core.errors import UsageError
+    from ptool.core.rundir import check_output_folder
 
     if path.suffix.lower() not in suffixes or path.is_dir():
         kinds = f"{', '.join(suffixes[:-1])} or {suffixes[-1]}"
         raise UsageError(f"-o {path}: expected a {kinds} file")
-    folder = path.parent
-    while not folder.exists():
-        folder = folder.parent
-    if not folder.is_dir():
-        raise UsageError(f"-o {path}: {folder} is a file, not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UsageError(
-            f"-o {path}: cannot write in {folder}", hint="choose a path you can write to"
-        )
+    check_output_folder(path, f"-o {path}")
 
 
 @contextmanager

@@ -23,7 +23,7 @@ from ptool import __version__
 from ptool.core.errors import CodeRefused, PtoolError, UsageError, first_line
 from ptool.core.inspect.reader import UNSAFE_HINT, check_checkpoint_file
 from ptool.core.notices import quiet_upstream_notices
-from ptool.core.rundir import atomic_write
+from ptool.core.rundir import atomic_write, check_output_folder
 
 FORMAT = "ptool.checkpoint"
 FORMAT_VERSION = 1
@@ -150,6 +150,7 @@ def check_output(path: Path, source: Path, flag: str) -> None:
             "or a TorchScript archive ptool wrote",
             hint="choose another -o, or move that file away first",
         )
+    check_output_folder(path, flag)
 
 
 # The extra file `quantize --torchscript` puts in its archives (torch.jit.save's _extra_files):

@@ -73,6 +73,19 @@ def prepare_run_dir(path: str | Path) -> Path:
     return path
 
 
+def check_output_folder(path: Path, flag: str) -> None:
+    """Refuse, before any work, an output file whose folder cannot hold it: a file where a
+    folder should be, or one this user cannot write in. Missing folders are fine: they are
+    created when the file is written."""
+    folder = path.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"{flag}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag}: cannot write in {folder}", hint="choose a path you can write to")
+
+
 def _unwritable(path: Path, exc: OSError) -> UsageError:
     return UsageError(
         f"cannot write to --out {path}: {exc.strerror or type(exc).__name__}",

@@ -39,7 +39,17 @@ def describe(exc: BaseException, command_path: str = "ptool") -> tuple[str, str 
     if isinstance(exc, PermissionError):
         return f"permission denied: {exc.filename or exc}", "check the path's permissions", 1
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return "no space left on device", "free some disk space or choose another --out", 1
+        return "no space left on device", "free some disk space, or write elsewhere", 1
+    if isinstance(exc, OSError) and exc.errno == errno.EFBIG:  # Python ignores SIGXFSZ
+        return (
+            f"{exc.filename or 'a file'} reached the file size limit (ulimit -f)",
+            "raise the limit (ulimit -f unlimited), or write elsewhere",
+            1,
+        )
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        # the file system's answer about a path (a name too long, a file where a folder
+        # should be, a read-only disk): the user's to change, not a bug to report
+        return f"{exc.strerror.lower()}: {exc.filename}", "check the path", 1
     if isinstance(exc, MemoryError):
         return "out of memory", "try a smaller --batch-size", 1
     asked = _CPU_ALLOCATION.search(str(exc)) if isinstance(exc, RuntimeError) else None

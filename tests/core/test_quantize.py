@@ -242,6 +242,10 @@ def test_outputs_never_replace_the_input_or_land_on_a_directory(mlp_ckpt, tmp_pa
     assert source.read_bytes() == before
     with pytest.raises(UsageError, match="names a directory"):
         quantize_checkpoint(mlp_ckpt, _fast("dynamic", evaluate=False, output=str(tmp_path)))
+    inside_a_file = mlp_ckpt / "sub" / "q.pt"  # "unexpected FileExistsError", once quantized
+    with pytest.raises(UsageError) as refused:
+        quantize_checkpoint(mlp_ckpt, _fast("dynamic", evaluate=False, output=str(inside_a_file)))
+    assert str(refused.value) == f"-o {inside_a_file}: {mlp_ckpt} is a file, not a folder"
 
 
 def test_output_replaces_a_derived_file_but_never_a_training_checkpoint(mlp_ckpt, tmp_path):
