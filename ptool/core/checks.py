@@ -49,6 +49,7 @@ RANGES: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "step_size": ("[1, inf)", ("step",)),
     "gamma": ("(0, inf)", ("step", "multistep", "exponential")),
     "t_max": ("[1, inf)", ("cosine",)),
+    "schedule_epochs": ("[1, inf)", ("cosine", "onecycle")),
     "eta_min": ("[0, inf)", ("cosine", "cosine-warm-restarts")),
     "t_0": ("[1, inf)", ("cosine-warm-restarts",)),
     "t_mult": ("[1, inf)", ("cosine-warm-restarts",)),

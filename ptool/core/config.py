@@ -192,6 +192,12 @@ class TrainConfig:
     )
     milestones: list[int] = _opt([], "Milestones of the multistep schedule.", "scheduler")
     t_max: int | None = _opt(None, "Cosine half-period (default: the whole run).", "scheduler")
+    schedule_epochs: int | None = _opt(
+        None,
+        "Epochs the cosine or onecycle schedule is planned over (default: --epochs; a run "
+        "extended by `ptool resume --epochs` without --reschedule keeps its plan's).",
+        "scheduler",
+    )
     eta_min: float = _opt(0.0, "Minimum learning rate (cosine schedules).", "scheduler")
     t_0: int = _opt(10, "First restart period (cosine-warm-restarts).", "scheduler")
     t_mult: int = _opt(1, "Restart period multiplier (cosine-warm-restarts).", "scheduler")

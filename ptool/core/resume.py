@@ -333,7 +333,9 @@ def _refuse_finished(
 
 def _plan_schedule(plan: ResumePlan, saved: TrainConfig, command: str) -> None:
     """What the LR schedule does over the resumed run: its saved horizon (a resume that
-    changed --epochs without --reschedule kept it), or re-planned for the new total."""
+    changed --epochs without --reschedule kept it, and the run's config says so with
+    --schedule-epochs: config.yaml and lr-plot give the schedule the run follows), or
+    re-planned for the new total."""
     ckpt, config = plan.ckpt, plan.config
     reschedule, step = plan.reschedule, ckpt["global_step"]
     planned = ckpt["scheduler_state_dict"].get("planned_epochs", saved.epochs)
@@ -341,6 +343,7 @@ def _plan_schedule(plan: ResumePlan, saved: TrainConfig, command: str) -> None:
         plan.notes.append(f"--reschedule: the {saved.scheduler} schedule has no horizon to re-plan")
         plan.reschedule = False
     elif reschedule:
+        plan.config = config.replace(schedule_epochs=None)
         plan.notes.append(
             f"schedule re-planned for {count(config.epochs, 'epoch')}, now at step {step}"
         )
@@ -350,6 +353,8 @@ def _plan_schedule(plan: ResumePlan, saved: TrainConfig, command: str) -> None:
             hint=f"re-plan it for the new total: {command} --epochs {config.epochs} --reschedule",
         )
     elif config.epochs != planned and saved.scheduler not in NO_HORIZON:
+        if saved.scheduler == "cosine" and saved.t_max is None:  # the schedules it shapes
+            plan.config = config.replace(schedule_epochs=planned)
         plan.notes.append(
             f"schedule continues from its saved state (planned for {count(planned, 'epoch')}"
             + (

@@ -78,7 +78,7 @@ def check_schedule(config: TrainConfig, steps_per_epoch: int) -> None:
             f"(epochs x steps per epoch); steps per epoch is {steps_per_epoch}",
             hint="give --steps-per-epoch, or --samples and --batch-size",
         )
-    check_warmup_length(config, config.warmup_steps, config.epochs * steps_per_epoch, "step")
+    check_warmup_length(config, config.warmup_steps, horizon(config) * steps_per_epoch, "step")
     if config.scheduler == "onecycle":
         check_onecycle_phases(config, _lengths(config, steps_per_epoch)[2])
 
@@ -88,7 +88,13 @@ def _lengths(config: TrainConfig, steps_per_epoch: int) -> tuple[int, int, int]:
     schedule's own steps: optimizer steps when it steps per step, else epochs."""
     unit = steps_per_epoch if resolve_interval(config) == "step" else 1
     warmup = config.warmup_steps or config.warmup_epochs * unit
-    return unit, warmup, max(1, config.epochs * unit - warmup)
+    return unit, warmup, max(1, horizon(config) * unit - warmup)
+
+
+def horizon(config: TrainConfig) -> int:
+    """The epochs the schedule is planned over: the run's, unless a resume kept a shorter
+    plan (--schedule-epochs)."""
+    return config.schedule_epochs or config.epochs
 
 
 def check_warmup_length(config: TrainConfig, warmup: int, total: int, unit: str) -> None:
@@ -116,9 +122,19 @@ def check_schedule_flags(config: TrainConfig) -> None:
         raise UsageError("give --warmup-epochs or --warmup-steps, not both")
     if config.warmup_steps and config.scheduler_interval == "epoch":
         raise UsageError("--warmup-steps needs --scheduler-interval step (or auto)")
-    check_warmup_length(config, config.warmup_epochs, config.epochs, "epoch")
+    check_warmup_length(config, config.warmup_epochs, horizon(config), "epoch")
+    if config.t_max is not None and config.schedule_epochs is not None:
+        raise UsageError(
+            "--t-max sets the cosine's period itself: give it or --schedule-epochs, not both"
+        )
     if name == "onecycle":
         check_onecycle_ends(config)
+        if horizon(config) < config.epochs:
+            raise UsageError(
+                f"onecycle cannot step past its end: --schedule-epochs {config.schedule_epochs} "
+                f"is below --epochs {config.epochs}",
+                hint="drop --schedule-epochs, or give one of at least --epochs",
+            )
     if name == "multistep":
         ms = config.milestones
         if not ms:
@@ -274,7 +290,7 @@ class LRSchedule:
         self.optimizer = optimizer
         self.interval = resolve_interval(config)
         unit, self.warmup_length, length = _lengths(config, steps_per_epoch)
-        self.planned_epochs = config.epochs  # the horizon, which a resume may keep past --epochs
+        self.planned_epochs = horizon(config)
         main = _main_scheduler(optimizer, config, unit, length)
         self.plateau = main if isinstance(main, lr_scheduler.ReduceLROnPlateau) else None
         warmup = None

@@ -233,6 +233,12 @@ def test_impossible_parameters_are_usage_errors(args):
         (("cosine", "--warmup-epochs", "20"), "a 20-epoch warmup is not shorter than the 3-epoch"),
         (("constant", "--warmup-epochs", "3"), "the lr would never reach 0.001"),
         (("step", "--warmup-steps", "6", "--steps-per-epoch", "2"), "6-step warmup .* 6-step run"),
+        (("cosine", "--t-max", "2", "--schedule-epochs", "2"), "give it or --schedule-epochs"),
+        (("cosine", "--schedule-epochs", "0"), "--schedule-epochs must be at least 1, got 0"),
+        (
+            ("onecycle", "--schedule-epochs", "2", "--steps-per-epoch", "9"),
+            "onecycle cannot step past its end: --schedule-epochs 2 is below --epochs 3",
+        ),
     ],
 )
 def test_bad_values_are_one_line_usage_errors(args, message):

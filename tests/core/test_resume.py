@@ -203,6 +203,14 @@ def test_extending_a_finished_run_continues_or_replans_the_schedule(tmp_path):
     planned = config.replace(epochs=4)
     last_used = lr_series(planned, steps_per_epoch=5)[-1]["lr"]
     assert lr("b") < last_used and lr("b") == pytest.approx(0.0, abs=1e-12)
+    # the continued run's config.yaml is the schedule it followed: it said epochs 4 alone, so
+    # a run from it (and lr-plot of it) planned its cosine over 4 epochs, not the 2 it kept
+    saved = TrainConfig.from_dict(read_config_file(tmp_path / "a" / "config.yaml"))
+    assert (saved.epochs, saved.schedule_epochs) == (4, 2)
+    again = fit(saved.replace(out=str(tmp_path / "again")), quiet=True)
+    assert_same_weights(weights(tmp_path / "a" / "last.pt"), weights(again.checkpoints["last"]))
+    replanned = TrainConfig.from_dict(read_config_file(tmp_path / "b" / "config.yaml"))
+    assert (replanned.epochs, replanned.schedule_epochs) == (4, None)
 
 
 def test_a_resumed_runs_wall_time_counts_every_session(tmp_path):
