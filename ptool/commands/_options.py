@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import IO, Annotated
 
 import typer
 
@@ -102,14 +102,17 @@ def check_output_file(path: Path, suffixes: tuple[str, ...]) -> None:
 
 
 @contextmanager
-def written_file(path: Path, done: str) -> Iterator[None]:
-    """Write `path` (its folders created) in the block; a failure is one line saying what is
-    `done` all the same (the metrics printed above)."""
+def written_file(path: Path, done: str, mode: str = "wb") -> Iterator[IO]:
+    """`path` to write in the block, its folders created, replaced only once written whole
+    (`rundir.atomic_write`: a full disk leaves the old file); a failure is one line saying
+    what is `done` all the same (the metrics printed above)."""
     from ptool.core.errors import PtoolError
+    from ptool.core.rundir import atomic_write
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        yield
+        with atomic_write(path, mode) as file:
+            yield file
     except OSError as exc:
         raise PtoolError(
             f"could not write {path}: {exc.strerror or exc}{done}",

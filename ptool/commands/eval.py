@@ -150,8 +150,9 @@ def _write_confusion(report: dict, path: Path) -> Path:
     """The confusion matrix image; a failure is one line after the metrics."""
     from ptool.ui.eval_view import write_confusion_image
 
-    with written_file(path, "; the metrics above are complete"):
-        return write_confusion_image(report, path)
+    with written_file(path, "; the metrics above are complete") as file:
+        write_confusion_image(report, file, path.suffix[1:].lower())
+    return path
 
 
 def register(app: typer.Typer) -> None:

@@ -350,12 +350,12 @@ def _render(out, lines, *, x_axis, log_y, title, output, csv, chart) -> None:
     title = title or (f"learning rate: {names[0]}" if len(names) == 1 else "learning rates")
     if output:
         path = Path(output)
-        with written_file(path, ""):
-            if path.suffix.lower() == ".csv":
-                with path.open("w") as file:
-                    view.write_csv(lines, file)
+        suffix = path.suffix[1:].lower()
+        with written_file(path, "", "w" if suffix == "csv" else "wb") as file:
+            if suffix == "csv":
+                view.write_csv(lines, file)
             else:
-                view.write_figure(lines, path, x_axis=x_axis, log_y=log_y, title=title)
+                view.write_figure(lines, file, suffix, x_axis=x_axis, log_y=log_y, title=title)
         out.info(f"wrote {escape(str(path))}")
     if csv:  # plain text, straight to the console's file: rich markup would cost seconds
         view.write_csv(lines, out.out.file)

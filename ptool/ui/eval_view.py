@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from rich.console import Group, RenderableType
 from rich.markup import escape
@@ -138,7 +138,7 @@ def compare_table(reports: list[dict[str, Any]]) -> Fitted:
     return Fitted(table)
 
 
-def write_confusion_image(report: dict[str, Any], path: str | Path) -> Path:
+def write_confusion_image(report: dict[str, Any], file: IO[bytes], image_format: str) -> None:
     """The confusion matrix as an image (matplotlib, Agg: no display needed)."""
     import matplotlib
 
@@ -163,9 +163,7 @@ def write_confusion_image(report: dict[str, Any], path: str | Path) -> Path:
                 color = "white" if count > peak / 2 else "black"
                 ax.text(j, i, str(count), ha="center", va="center", color=color, fontsize=8)
     fig.tight_layout()
-    path = Path(path)
     try:
-        fig.savefig(path, dpi=100)
+        fig.savefig(file, format=image_format, dpi=100)
     finally:  # a write that fails leaves no figure open
         plt.close(fig)
-    return path

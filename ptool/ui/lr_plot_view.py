@@ -6,8 +6,7 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any, TextIO
 
 from rich.table import Table
 
@@ -186,7 +185,15 @@ def write_csv(lines: Sequence[Any], file: TextIO) -> None:
         )
 
 
-def write_figure(lines: Sequence[Any], path: Path, *, x_axis: str, log_y: bool, title: str) -> Path:
+def write_figure(
+    lines: Sequence[Any],
+    file: IO[bytes],
+    image_format: str,
+    *,
+    x_axis: str,
+    log_y: bool,
+    title: str,
+) -> None:
     """A publication-quality figure: each lr held over its step (steps-post), logged lines
     dashed over the computed ones, warmup end marked."""
     import matplotlib
@@ -220,7 +227,6 @@ def write_figure(lines: Sequence[Any], path: Path, *, x_axis: str, log_y: bool, 
         ax.grid(True, alpha=0.3)
         ax.margins(x=0)
         ax.legend(framealpha=0.9, fontsize="small")
-        fig.savefig(path, dpi=200)
+        fig.savefig(file, format=image_format, dpi=200)
     finally:
         plt.close(fig)
-    return path

@@ -133,8 +133,8 @@ def test_figure_refusals_come_before_the_evaluation(workdir, ptool_in, monkeypat
 
 
 def test_a_failed_figure_write_still_prints_the_metrics(ptool_in, monkeypatch):
-    def full_disk(_report, path):
-        raise OSError(28, "No space left on device", str(path))
+    def full_disk(*_):
+        raise OSError(28, "No space left on device")
 
     monkeypatch.setattr("ptool.ui.eval_view.write_confusion_image", full_disk)
     result = ptool_in("eval", "runs/tiny/last.pt", "-o", "cm.png", "--json")

@@ -259,6 +259,25 @@ def test_console_script_refuses_a_binary_metric_file_and_a_broken_run_config(tmp
         assert all(line.startswith(("error: ", "hint: ")) for line in lines)
 
 
+@pytest.mark.parametrize("name", ["lr.csv", "lr.png"])
+def test_a_full_disk_leaves_the_previous_output_whole(tmp_path, monkeypatch, name):
+    """The CSV was written in place: a full disk left it cut mid-row, the old one gone."""
+    from ptool.core import rundir
+    from ptool.core.errors import PtoolError
+
+    out = tmp_path / name
+    out.write_text("the previous output\n")
+
+    def full_disk(path, mode="r", *args, **kwargs):
+        return open("/dev/full" if ".tmp-" in str(path) else path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(rundir, "open", full_disk, raising=False)  # atomic_write's
+    with pytest.raises(PtoolError, match=f"could not write {out}: No space left on device$"):
+        lr_plot("cosine", "--epochs", "50", "--steps-per-epoch", "100", "-o", str(out))
+    assert out.read_text() == "the previous output\n"
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+
+
 def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, monkeypatch):
     """A file where -o's folder should be failed after the schedule was computed, as
     "error: no such file or directory"; matplotlib's other formats said the suffixes."""
