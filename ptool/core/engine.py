@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from shlex import quote
 from typing import Any
 
 import torch
@@ -591,7 +592,7 @@ class Trainer:
         message = f"{stop.name} at {where}: saved {self.files.last}"
         summary = self._finish("interrupted", message)
         command = rundir.resume_command(self.dist.world_size, self.resume_command)
-        hint = f"resume with: {command} {self.run_dir}{trust_flag(self.config.model)}"
+        hint = f"resume with: {command} {quote(str(self.run_dir))}{trust_flag(self.config.model)}"
         error = Interrupted(stop.signum, message, hint=hint)
         error.summary = summary
         raise error

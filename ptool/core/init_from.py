@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from shlex import quote
 from typing import Any
 
 from torch import nn
@@ -64,5 +65,6 @@ def _refuse_derived_weights(loaded: Any, path: str) -> None:
         raise UsageError(
             f"--init-from {path} is a compacted pruned model: its layers have their own "
             "shapes, not the config's",
-            hint=f"fine-tune it with: ptool prune {path} --amount 0 --finetune-epochs 3",
+            hint=f"fine-tune it with: ptool prune {quote(str(path))} --amount 0 "
+            "--finetune-epochs 3",
         )

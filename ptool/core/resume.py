@@ -9,9 +9,11 @@ checkpoint's weights.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from shlex import quote
 from typing import Any
 
 from ptool.core import rundir
@@ -109,7 +111,7 @@ def _refuse_changes(saved: TrainConfig, overrides: dict[str, Any], checkpoint: P
             f"{flag} changes {what} of the run being resumed (it has "
             f"{as_flag(name, getattr(saved, name))}); "
             "a new run can start from its weights with --init-from",
-            hint=f"ptool train --init-from {checkpoint} {flag} ...",
+            hint=f"ptool train --init-from {quote(str(checkpoint))} {flag} ...",
         )
 
 
@@ -182,7 +184,7 @@ def _refuse_foreign_files(checkpoint: Path, ckpt: dict[str, Any]) -> None:
         raise UsageError(
             f"{checkpoint.parent} holds another run's checkpoints ({found}); continuing "
             f"{checkpoint.name} there would replace them",
-            hint=f"continue it in a directory of its own: ptool resume {checkpoint}"
+            hint=f"continue it in a directory of its own: ptool resume {quote(str(checkpoint))}"
             f"{_trust(ckpt)} --out DIR",
         )
 
@@ -193,7 +195,7 @@ def _refuse_other_world_size(ckpt: dict[str, Any], checkpoint: Path) -> str:
     Returns the command that resumes it (under torchrun for more than one), for the hints."""
     saved = ckpt["rng_state"].get("data_order", {}).get("world_size", 1)
     now = rundir.job_size()
-    command = f"{rundir.resume_command(saved)} {checkpoint}{_trust(ckpt)}"
+    command = f"{rundir.resume_command(saved)} {quote(str(checkpoint))}{_trust(ckpt)}"
     if saved != now:
         raise UsageError(
             f"{checkpoint} was trained by {saved} process{'es' if saved > 1 else ''}, this "
@@ -214,11 +216,11 @@ NEEDED = ("model_state_dict", "optimizer_state_dict", "scheduler_state_dict", "r
 
 
 def _refuse_derived(ckpt: dict[str, Any], checkpoint: Path) -> None:
-    recipe = ckpt.get("quantization")
+    recipe, shown = ckpt.get("quantization"), quote(str(checkpoint))
     if recipe and recipe.get("converted") is False:
         raise UsageError(
             f"{checkpoint} belongs to a `ptool quantize qat` run",
-            hint=f"continue it with: ptool quantize qat --resume {checkpoint}{_trust(ckpt)}",
+            hint=f"continue it with: ptool quantize qat --resume {shown}{_trust(ckpt)}",
         )
     if recipe:
         raise UsageError(
@@ -228,12 +230,12 @@ def _refuse_derived(ckpt: dict[str, Any], checkpoint: Path) -> None:
     missing = [key for key in NEEDED if key not in ckpt]
     if missing:
         # a pruned model's shapes or masks are not the config's: prune rebuilds them
-        again = f"ptool prune {checkpoint}{_trust(ckpt)} --amount 0 --finetune-epochs 3"
+        again = f"ptool prune {shown}{_trust(ckpt)} --amount 0 --finetune-epochs 3"
         raise PtoolError(
             f"{checkpoint} cannot be resumed: it has no {', '.join(missing)}",
             hint=f"fine-tune it with: {again}"
             if ckpt.get("pruning")
-            else f"start a new run from its weights: ptool train --init-from {checkpoint}",
+            else f"start a new run from its weights: ptool train --init-from {shown}",
         )
 
 
@@ -298,10 +300,19 @@ def plan_resume(
     last = checkpoint.parent / "last.pt"
     if checkpoint != last and (path is None or Path(path).is_dir()) and last.exists():
         plan.notes.append(f"{last} does not load (torn or corrupt): skipped for {checkpoint.name}")
-    if moved and saved.out and Path(saved.out).resolve() != Path(config.out).resolve():
+    if moved and saved.out and not _saved_in(saved.out, Path(config.out)):
         plan.notes.append(f"writing to {config.out} (the run was saved from {saved.out})")
     _plan_schedule(plan, saved, command)
     return plan
+
+
+def _saved_in(out: str, folder: Path) -> bool:
+    """Whether a run whose --out was `out` was saved in `folder`: a relative --out names it
+    from the folder the run was started in, which can be any, so its last parts must match."""
+    parts = Path(os.path.normpath(out)).parts
+    if Path(out).is_absolute():
+        return Path(out).resolve() == folder.resolve()
+    return not parts or folder.resolve().parts[-len(parts) :] == parts
 
 
 def _refuse_finished(

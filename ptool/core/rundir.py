@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from shlex import quote
 from typing import IO, Any
 
 from ptool.core import plain_json
@@ -129,14 +130,14 @@ def continue_command(run_dir: str | Path) -> str:
     try:
         ckpt = read(Path(run_dir) / "last.pt").obj
     except (PtoolError, OSError):  # not a checkpoint, or unreadable
-        return f"ptool resume {run_dir}"
+        return f"ptool resume {quote(str(run_dir))}"
     ckpt = ckpt if isinstance(ckpt, dict) else {}
     qat = (ckpt.get("quantization") or {}).get("converted") is False
     world = ((ckpt.get("rng_state") or {}).get("data_order") or {}).get("world_size", 1)
     command = resume_command(world, "ptool quantize qat --resume" if qat else "ptool resume")
     config = ckpt.get("config") or {}
     done, planned = ckpt.get("epoch"), config.get("epochs")
-    command = f"{command} {run_dir}{trust_flag(config.get('model'))}"
+    command = f"{command} {quote(str(run_dir))}{trust_flag(config.get('model'))}"
     if isinstance(done, int) and isinstance(planned, int) and done >= planned:
         return f"{command} --epochs {longer(done)}"
     return command

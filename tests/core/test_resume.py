@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import time
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -319,6 +320,23 @@ def test_a_copied_or_moved_run_continues_where_it_is_now(tmp_path):
     (tmp_path / "init.yaml").write_text(f"init_from: {tmp_path / 'run' / 'last.pt'}\n")
     with pytest.raises(UsageError, match=r"init\.yaml: --init-from starts a new run"):
         plan_resume(tmp_path / "moved", {"epochs": 3}, config_file=tmp_path / "init.yaml")
+
+
+def test_a_run_resumed_from_another_folder_is_where_it_was_and_hints_paste_whole(
+    tmp_path, monkeypatch
+):
+    """A relative --out seen from elsewhere read as a moved run ("writing to ../my run (the
+    run was saved from my run)"); hints named paths with spaces unquoted, which a shell
+    splits."""
+    monkeypatch.chdir(tmp_path)
+    fit(small(tmp_path, "run", epochs=1).replace(out="my run"), quiet=True)
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    plan = plan_resume(Path("../my run"), {"epochs": 2})
+    assert plan.config.out == "../my run" and not any("writing to" in n for n in plan.notes)
+    with pytest.raises(UsageError) as refused:
+        plan_resume(Path("../my run"), {"epochs": 2, "lr": 0.5})
+    assert refused.value.hint == "ptool train --init-from '../my run/last.pt' --lr 0.5 ..."
 
 
 def test_a_new_run_or_a_resume_never_replaces_another_runs_checkpoints(tmp_path):
