@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,6 +159,22 @@ def epoch_tag(metric: str) -> str:
     return "train_epoch/" + metric.removeprefix("train/") if metric.startswith("train/") else metric
 
 
+def _quiet_writer_thread() -> None:
+    """TensorBoard's writer thread prints the traceback of a failed write (a full disk) and
+    keeps the error for the run's next write, flush or close to raise: that is the error
+    ptool reports, in one line; the thread's traceback is left out."""
+    previous = threading.excepthook
+    if getattr(previous, "ptool_quiets_tensorboard", False):
+        return
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if type(args.thread).__name__ != "_AsyncWriterThread":  # tensorboard's writer
+            previous(args)
+
+    hook.ptool_quiets_tensorboard = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
+
+
 class TensorBoardLog:
     """A SummaryWriter with the tags ptool promises (see the README's TensorBoard section)."""
 
@@ -167,6 +184,7 @@ class TensorBoardLog:
         curves have no duplicated steps."""
         from torch.utils.tensorboard import SummaryWriter
 
+        _quiet_writer_thread()
         self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
     def purge_from(self, step: int) -> None:

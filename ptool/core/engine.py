@@ -1038,16 +1038,20 @@ class Trainer:
                 method(self, *args)
 
     def close(self) -> None:
+        """Let go of what the run holds, the folder and the process group even when closing
+        TensorBoard's log fails (its last write past a full disk left the folder locked)."""
         from ptool.core.data.loader import release_loaders
 
-        release_loaders()
-        if self.tb is not None:
-            self.tb.close()
-            self.tb = None
-        if self.lock is not None:
-            self.lock.release()
-            self.lock = None
-        shutdown_distributed(self.dist, together=self.finished)
+        tb, self.tb = self.tb, None
+        lock, self.lock = self.lock, None
+        try:
+            release_loaders()
+            if tb is not None:
+                tb.close()
+        finally:
+            if lock is not None:
+                lock.release()
+            shutdown_distributed(self.dist, together=self.finished)
 
 
 def _cloned(value: Any) -> Any:

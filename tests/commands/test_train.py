@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import run_ptool
+from tests.conftest import PTOOL, run_ptool
 
 TINY = (
     "--data", "synthetic", "--shape", "12", "--samples", "96", "--num-classes", "3",
@@ -138,6 +138,20 @@ def test_a_refused_run_without_out_leaves_no_run_directory(tmp_path):
     result = run_ptool("train", *TINY, "--monitor", "val/nope", cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["earlier"]
+
+
+def test_a_run_past_the_file_size_limit_stops_in_one_line_and_lets_go_of_its_folder(tmp_path):
+    """`ulimit -f 2`: TensorBoard's writer thread printed its traceback, the error said
+    "unexpected OSError: [Errno 27] File too large", and the run folder stayed locked (the
+    run's close() raised the error again before it unlocked)."""
+    out = tmp_path / "run"  # digits' TensorBoard log outgrows 2 KB before its checkpoint
+    train = " ".join([PTOOL, "train", "--epochs", "1", "--channels", "4", "--out", str(out)])
+    result = subprocess.run(
+        ["bash", "-c", f"ulimit -f 2; exec {train}"], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("error: ") and "file size limit (ulimit -f)" in result.stderr
+    assert not (out / ".ptool.lock").exists()
 
 
 def test_unwritable_out_is_a_usage_error(tmp_path):
