@@ -176,6 +176,14 @@ def test_help_gives_the_defaults_each_command_uses():
         (["inspect-checkpoint", "a.pt", "--diff", ""], "'--diff'", "ptool inspect-checkpoint"),
         (["prune", "a.pt", "--only", ""], "'--only': an empty value", "ptool prune"),  # all
         (["quantize", "static", "--observer", ""], "'--observer'", "ptool quantize static"),
+        (["train", "--config", ""], "'--config': an empty value", "ptool train"),
+        # Click kept the last: a.yaml's options were dropped without a word
+        (
+            ["train", "--config", "a.yaml", "--config", "b.yaml"],
+            "'--config': one file, given 2 (a.yaml, b.yaml): merge them into one",
+            "ptool train",
+        ),
+        (["lr-plot", "--config", "a.yaml", "--config", "b.yaml"], "one file", "ptool lr-plot"),
     ],
 )
 def test_usage_errors_are_one_line_and_exit_2(args, message, command):

@@ -20,6 +20,17 @@ def refuse_empty(value: str | list[str] | None) -> str | list[str] | None:
     return value
 
 
+def one_config_file(values: list[str] | None) -> list[str] | None:
+    """--config FILE, once (the command reads `values[0]`): Click keeps the last of a
+    repeated option, which dropped a whole file of options without a word."""
+    refuse_empty(values or [])
+    if values and len(values) > 1:
+        raise typer.BadParameter(
+            f"one file, given {len(values)} ({', '.join(values)}): merge them into one"
+        )
+    return values
+
+
 JsonOpt = Annotated[
     bool,
     typer.Option("--json", help="Print one JSON document on stdout (stable keys), nothing else."),

@@ -20,6 +20,7 @@ from ptool.commands._options import (
     QuietOpt,
     check_output_file,
     examples,
+    one_config_file,
     refuse_empty,
     written_file,
 )
@@ -70,9 +71,12 @@ CompareOpt = Annotated[
     ),
 ]
 ConfigOpt = Annotated[
-    str | None,
+    list[str] | None,  # at most one: one_config_file
     typer.Option(
-        "--config", callback=refuse_empty, help="A train config file (TOML/YAML/JSON); flags win."
+        "--config",
+        callback=one_config_file,
+        help="A train config file (TOML/YAML/JSON); flags win.",
+        metavar="<str>",
     ),
 ]
 FromCheckpointOpt = Annotated[
@@ -176,7 +180,7 @@ def _schedule_lines(options: dict[str, Any], label: str | None, out: Any) -> tup
         overrides["scheduler"] = convert("scheduler", options["schedule"][0], source="SCHEDULE")
     source = core.load_source(
         overrides=overrides,
-        config_file=options["config"],
+        config_file=options["config"][0] if options["config"] else None,
         checkpoint=options["from_checkpoint"],
         run=options["from_run"],
     )

@@ -16,6 +16,7 @@ from ptool.commands._options import (
     TrustCodeOpt,
     UnsafeLoadOpt,
     examples,
+    one_config_file,
     refuse_empty,
 )
 from ptool.core.errors import UsageError
@@ -33,11 +34,12 @@ EXAMPLES = examples(
 )
 
 ConfigOpt = Annotated[
-    str | None,
+    list[str] | None,  # at most one: one_config_file
     typer.Option(
         "--config",
-        callback=refuse_empty,
+        callback=one_config_file,
         help="TOML, YAML or JSON file with any of the options below; flags win.",
+        metavar="<str>",
     ),
 ]
 ResumeOpt = Annotated[
@@ -86,11 +88,12 @@ def train(
     from ptool.ui.output import Output
 
     out = Output(json=json, quiet=quiet)
+    config_file = config[0] if config else None
     if resume is not None:
         from ptool.core.resume import plan_resume
 
         plan = plan_resume(
-            resume, overrides, config_file=config, reschedule=reschedule, unsafe=unsafe_load
+            resume, overrides, config_file=config_file, reschedule=reschedule, unsafe=unsafe_load
         )
         if print_config:
             _print_config(out, plan.config.to_dict())
@@ -99,7 +102,7 @@ def train(
         return
     if reschedule:
         raise UsageError("--reschedule re-plans a resumed run's schedule; it needs --resume")
-    resolved = resolve_config(config, overrides)
+    resolved = resolve_config(config_file, overrides)
     synthetic_only = sorted({"shape", "samples"} & overrides.keys())
     if synthetic_only and resolved.data != "synthetic":
         raise UsageError(
