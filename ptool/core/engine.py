@@ -208,6 +208,8 @@ class Trainer:
         self.finished = False  # the run reached its end (_finish), not an error
         check_config(config)
         self.tb = self.lock = None  # what close() lets go of, once taken
+        self.refused_together = False  # a refusal every rank raised: they leave together
+        wrote_config = False  # this run's config.yaml, which a refusal takes back
         self.dist = init_distributed(config.device)
         try:  # from here on close() leaves the process group, also on a refusal
             self.device = resolve_device(config.device, self.dist)
@@ -234,8 +236,15 @@ class Trainer:
             # then: a second run into it is refused at once, not let in once the first finished
             # (it saw no checkpoint yet, and replaced them). close() lets go and unlinks the file.
             self.lock = self._on_rank_0(lambda: rundir.RunDirLock(self.run_dir))
+            # a resume's config.yaml (a longer --epochs) comes with its first checkpoint: a
+            # resume that fails before one left a config.yaml that its checkpoints did not match
+            self.config_written = resume is None
             if resume is None:
                 self._on_rank_0(lambda: rundir.refuse_other_run(self.run_dir))
+                # before the data and the model (seconds): a run killed meanwhile can be
+                # started again from it, its drawn seed included
+                self._on_rank_0(lambda: rundir.write_config(self.run_dir, self.config.to_dict()))
+                wrote_config = self.dist.is_main
             self._build(
                 seed,
                 resume=resume,
@@ -245,7 +254,12 @@ class Trainer:
                 reschedule=reschedule,
                 unsafe_load=unsafe_load,
             )
-        except BaseException:  # fit() closes a Trainer it got; this one it never gets
+        except Exception:  # refused: the config.yaml it wrote names no run
+            if wrote_config:
+                (self.run_dir / rundir.CONFIG_NAME).unlink(missing_ok=True)
+            self.close()  # fit() closes a Trainer it got; this one it never gets
+            raise
+        except BaseException:  # a Ctrl-C while it starts: the folder can start it again
             self.close()
             raise
 
@@ -261,8 +275,8 @@ class Trainer:
         unsafe_load: bool,
     ) -> None:
         """Everything a run needs after its folder is taken: data, model, optimizer, schedule,
-        the state a resume brings, TensorBoard and config.yaml."""
-        config, main = self.config, self.dist.is_main
+        the state a resume brings, TensorBoard."""
+        config = self.config
         seed_everything(seed)
         set_deterministic(self.config.deterministic)
 
@@ -322,11 +336,6 @@ class Trainer:
             self.resumed_at = self.state.global_step
         self.train_model = self._wrap(self.model)
         self.tb = self._tensorboard()
-        # a resume's config.yaml (a longer --epochs) comes with its first checkpoint: a resume
-        # that fails before one left a config.yaml that its checkpoints did not match
-        self.config_written = resume is None
-        if main and self.config_written:
-            rundir.write_config(self.run_dir, self.config.to_dict())
         self._good = self._snapshot()  # what a rollback returns to before the first save
         # Ctrl-C / SIGTERM: one process only (DDP ranks would have to agree on the step)
         self.stop = StopRequest(self.log, install=not self.dist.enabled)
@@ -384,6 +393,8 @@ class Trainer:
                 refusal = (str(exc), exc.hint)
         refusal = from_main_rank(refusal, self.dist)
         if refusal is not None:
+            # rank 0 leaving the group at once could cut the broadcast short on the others
+            self.refused_together = True
             raise UsageError(*refusal)
         return result
 
@@ -1051,7 +1062,7 @@ class Trainer:
         finally:
             if lock is not None:
                 lock.release()
-            shutdown_distributed(self.dist, together=self.finished)
+            shutdown_distributed(self.dist, together=self.finished or self.refused_together)
 
 
 def _cloned(value: Any) -> Any:

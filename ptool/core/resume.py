@@ -74,7 +74,7 @@ def find_checkpoint(path: str | Path | None) -> Path:
         elif (path / rundir.CONFIG_NAME).is_file():  # a run killed before its first checkpoint
             hint = (
                 "it stopped before its first checkpoint; start it again: ptool train --config "
-                f"{path / rundir.CONFIG_NAME} --out {path}"
+                f"{quote(str(path / rundir.CONFIG_NAME))} --out {quote(str(path))}"
             )
         else:
             hint = f"it holds no checkpoint and no {rundir.CONFIG_NAME}: not a run directory"

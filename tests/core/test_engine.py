@@ -858,6 +858,35 @@ def test_a_run_finished_in_the_folder_before_this_one_took_it_is_not_replaced(
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["last.pt"]
 
 
+def test_a_run_stopped_while_it_starts_leaves_the_config_that_starts_it_again(
+    tmp_path, monkeypatch
+):
+    """config.yaml came after the data and the model (8 s here): a run killed meanwhile left
+    a folder that `ptool resume` called no run directory, its drawn seed gone. A run refused
+    while it starts takes its config.yaml back."""
+    from ptool.core.errors import PtoolError
+    from ptool.core.resume import find_checkpoint
+
+    def interrupted(_config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("ptool.core.data.build_data", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fit(small(tmp_path, seed=None), quiet=True)
+    assert resolve_config(tmp_path / "run" / "config.yaml").seed is not None  # the drawn one
+    with pytest.raises(PtoolError) as stopped:
+        find_checkpoint(tmp_path / "run")
+    assert stopped.value.hint.startswith("it stopped before its first checkpoint; start it")
+
+    def refused(_config):
+        raise UsageError("no such data")
+
+    monkeypatch.setattr("ptool.core.data.build_data", refused)
+    with pytest.raises(UsageError, match="no such data"):
+        fit(small(tmp_path, "other"), quiet=True)
+    assert list((tmp_path / "other").iterdir()) == []
+
+
 def test_a_resume_that_fails_before_its_first_checkpoint_leaves_config_yaml_as_it_was(tmp_path):
     """config.yaml said `epochs: 4` of a resume that never saved: `--config` of it no longer
     described the run's checkpoints. It now comes with the resume's first checkpoint."""
