@@ -659,8 +659,10 @@ class Trainer:
                 hint="lower --lr, add --clip-norm, or check the data for NaN values",
             )
         other = ", or --on-nonfinite skip|rollback" if policy == "stop" else ""
-        raise NonFiniteLoss(
-            f"{where}; stopped. {kept}".strip(), hint=f"lower --lr or add --clip-norm{other}"
+        raise NonFiniteLoss(  # a resume would repeat these steps: those flags are a new run's
+            f"{where}; stopped. {kept}".strip(),
+            hint=f"start a new run with a lower --lr or --clip-norm{other}"
+            + (f" (--init-from {quote(str(self.files.last))} keeps its weights)" if kept else ""),
         )
 
     def _all_reduce_grads(self) -> None:

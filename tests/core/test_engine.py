@@ -205,9 +205,14 @@ def test_train_loss_weighs_batches_as_val_loss_does_with_class_weights(tmp_path)
 
 def test_nonfinite_stop_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     config = small(tmp_path, epochs=3)
-    with pytest.raises(NonFiniteLoss, match=r"loss is nan at step 7 \(epoch 2, batch 3\)"):
+    with pytest.raises(NonFiniteLoss, match=r"loss is nan at step 7 \(epoch 2, batch 3\)") as err:
         fit(config, quiet=True, prepare_model=lambda m: NaNAt(m, {7}))
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 1
+    # its flags are a new run's: a resume refuses them, and would repeat the same steps
+    assert err.value.hint == (
+        "start a new run with a lower --lr or --clip-norm, or --on-nonfinite skip|rollback "
+        f"(--init-from {tmp_path / 'run' / 'last.pt'} keeps its weights)"
+    )
 
 
 def test_nonfinite_skip_counts_the_batch_and_goes_on(tmp_path):
