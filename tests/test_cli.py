@@ -149,6 +149,7 @@ def test_help_gives_the_defaults_each_command_uses():
     assert helps["train"]["out"].endswith("(default: runs/<timestamp>)")
     assert helps["resume"]["epochs"].endswith("(default: the run's)")
     assert helps["resume"]["out"].endswith("(default: the checkpoint's folder)")
+    assert helps["resume"]["data"].endswith("from another path)")  # it was not listed
     assert helps["quantize qat"]["epochs"].endswith(f"(default: {QAT_DEFAULTS['epochs']})")
     assert helps["quantize qat"]["lr"].endswith(f"x {QAT_DEFAULTS['lr_factor']})")
     assert helps["prune"]["lr"].endswith("(default: the run's)")

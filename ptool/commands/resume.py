@@ -46,8 +46,9 @@ def resume(
 ) -> None:
     """Continue a run where it stopped: weights, optimizer, schedule, RNG and data position.
 
-    Only --epochs, early stopping, --out, logging, checkpointing, --device, --download and the
-    DataLoader workers may change; anything else is a new run (`ptool train --init-from CKPT`).
+    Only --epochs, early stopping, --out, logging, checkpointing, --device, --download, the
+    DataLoader workers and where the run's data file is (--data) may change; anything else is
+    a new run (`ptool train --init-from CKPT`).
     """
     from ptool.core.resume import plan_resume
     from ptool.ui.output import Output
@@ -62,11 +63,12 @@ def register(app: typer.Typer) -> None:
 
     app.command("resume", epilog=EXAMPLES, help=resume.__doc__)(
         with_config_options(
-            shown=RESUMABLE,
+            shown=(*RESUMABLE, "data"),
             defaults={
                 "*": "the run's",
                 "out": "the checkpoint's folder",
                 "download": "off: a checkpoint's own is not used",
+                "data": "the run's; its own csv:, tensors: or imagefolder: data from another path",
             },
         )(resume)
     )
