@@ -132,15 +132,14 @@ class CheckpointFiles:
         return [numbered[n] for n in sorted(numbered)]
 
     def paths(self, state: Any) -> dict[str, Any]:
-        found = {
+        """The run's files, the same keys whatever the options (empty lists without them)."""
+        top_k = state.top_k if self.save_top_k > 1 else []
+        return {
             "last": str(self.last) if self.last.exists() else None,
             "best": str(self.best) if self.best.exists() else None,
+            "top_k": [str(self.run_dir / name) for _, _, name in top_k],
+            "epochs": [str(p) for p in self._epoch_files(state.epoch)] if self.keep_last else [],
         }
-        if self.save_top_k > 1:
-            found["top_k"] = [str(self.run_dir / name) for _, _, name in state.top_k]
-        if self.keep_last:
-            found["epochs"] = [str(p) for p in self._epoch_files(state.epoch)]
-        return found
 
 
 def _alive(pid: int) -> bool:

@@ -399,6 +399,15 @@ def test_early_stopping_and_checkpoint_files(tmp_path):
     assert summary.best_value == min([*losses.values(), summary.best_value])
     top = sorted(run.glob("best-epoch*.pt"))
     assert len(top) == 2 and run / f"best-epoch{summary.best_epoch}.pt" in top
+    assert sorted(summary.checkpoints["top_k"]) == [str(path) for path in top]
+    # the same keys without those options: top_k and epochs came only with them
+    plain = fit(small(tmp_path, "plain", epochs=1, save_top_k=0), quiet=True)
+    assert plain.checkpoints == {
+        "last": str(tmp_path / "plain" / "last.pt"),
+        "best": None,
+        "top_k": [],
+        "epochs": [],
+    }
 
 
 @pytest.mark.parametrize("patience", [0, 1])
