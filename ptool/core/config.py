@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import shlex
 import types
 import typing
@@ -398,9 +399,33 @@ def is_optional(name: str) -> bool:
     ) in typing.get_args(hint)
 
 
+# Other tools' names for ptool's options (Keras, Lightning, Hugging Face): no close spelling.
+OTHER_NAMES = {
+    "learning_rate": "lr",
+    "num_epochs": "epochs",
+    "max_epochs": "epochs",
+    "n_epochs": "epochs",
+    "wd": "weight_decay",
+    "bs": "batch_size",
+    "optim": "optimizer",
+    "lr_scheduler": "scheduler",
+    "workers": "num_workers",
+    "gradient_accumulation_steps": "accumulate",
+    "accumulate_grad_batches": "accumulate",
+    "max_grad_norm": "clip_norm",
+    "gradient_clip_val": "clip_norm",
+    "output_dir": "out",
+}
+
+
 def _unknown_key(name: str, source: str) -> UsageError:
-    close = difflib.get_close_matches(name, FIELDS, n=1)
-    hint = f"did you mean {close[0]!r}?" if close else "see `ptool train --help` for the options"
+    if name in SECTIONS:  # `loop: 3`: a group's name for one value
+        return UsageError(
+            f"{source}: {name} is a group of options, not one",
+            hint=f"write its options under it, e.g. {name}: {{...}}, or at the top level",
+        )
+    close = OTHER_NAMES.get(name) or next(iter(difflib.get_close_matches(name, FIELDS, n=1)), None)
+    hint = f"did you mean {close!r}?" if close else "see `ptool train --help` for the options"
     return UsageError(f"{source}: unknown option {name!r}", hint=hint)
 
 
@@ -439,7 +464,7 @@ def convert(name: str, value: Any, *, source: str = "config", empty: bool = Fals
             raise ValueError("an empty value names nothing")
         converted = _scalar(kind, value)
     except (TypeError, ValueError) as exc:
-        raise UsageError(f"{where}invalid value {value!r} for {flag}: {exc}") from None
+        raise UsageError(f"{where}invalid value {_as_written(value)} for {flag}: {exc}") from None
     choices = FIELDS[name].metadata.get("choices")
     if choices and converted not in choices:
         raise UsageError(
@@ -458,9 +483,19 @@ def as_flag(name: str, value: Any) -> str:
     return f"{flag} {'none' if value is None else shlex.quote(str(value))}"
 
 
+def _as_written(value: Any) -> str:
+    """A value in a message as a config file writes it: `true`, `[1]`, `'x'`."""
+    return json.dumps(value) if isinstance(value, (bool, list, dict)) else repr(value)
+
+
 def _scalar(kind: type, value: Any) -> Any:
     """One value of a field, or one item of a list field, without Python's lax casts: a
     fraction is not an int (`int(1.5)` is 1) and a YAML `true` is not a number."""
+    expected = {int: "an integer", float: "a number", str: "text"}.get(kind, "a value")
+    if isinstance(value, (list, tuple, dict)):  # float([1]): "float() argument must be ..."
+        raise ValueError(
+            f"expected {expected}, not a {'table' if isinstance(value, dict) else 'list'}"
+        )
     if isinstance(value, str):
         value = value.strip()
     if kind is bool:
@@ -473,7 +508,7 @@ def _scalar(kind: type, value: Any) -> Any:
             raise ValueError("expected true or false")
         return bool(value)
     if isinstance(value, bool) and kind in (int, float):
-        raise ValueError("expected a number")
+        raise ValueError(f"expected {expected}")
     if kind is int and isinstance(value, float) and not value.is_integer():
         raise ValueError("expected an integer")
     try:

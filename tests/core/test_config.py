@@ -66,6 +66,29 @@ def test_a_checkpoint_of_an_older_ptool_with_an_empty_value_still_loads():
     assert (saved.init_from, saved.data_dir) == ("", "")
 
 
+@pytest.mark.parametrize(
+    ("text", "message", "hint"),
+    [  # Python's words were the reason: "float() argument must be a string or a real number"
+        ("lr: [1]\n", "invalid value [1] for --lr: expected a number, not a list", None),
+        ("epochs: true\n", "invalid value true for --epochs: expected an integer", None),
+        ("momentum: {a: 1}\n", 'invalid value {"a": 1} for --momentum: expected a number, not a '
+                                "table", None),
+        # another tool's name, no close spelling: no suggestion was made
+        ("learning_rate: 0.1\n", "unknown option 'learning_rate'", "did you mean 'lr'?"),
+        ("max_epochs: 3\n", "unknown option 'max_epochs'", "did you mean 'epochs'?"),
+        # a group's name for one value was "unknown option 'loop'"
+        ("loop: 3\n", "loop is a group of options, not one",
+         "write its options under it, e.g. loop: {...}, or at the top level"),
+    ],
+)  # fmt: skip
+def test_a_config_files_mistakes_are_said_in_its_own_terms(tmp_path, text, message, hint):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    with pytest.raises(UsageError) as refused:
+        resolve_config(path)
+    assert (str(refused.value), refused.value.hint) == (f"{path}: {message}", hint)
+
+
 def test_unknown_key_suggests_the_close_one(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text("batch_sise = 3\n")
