@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -112,8 +113,11 @@ def train(
     from ptool.core.checks import check_config, check_new_run_options
 
     # the printed config is one that trains; a usage error comes before the engine's imports
-    check_config(resolved)
-    check_new_run_options(resolved)
+    try:
+        check_config(resolved)
+        check_new_run_options(resolved)
+    except UsageError as exc:
+        raise _in_file_terms(exc, config_file, overrides) from None
     if print_config:
         _print_config(out, resolved.to_dict())
         return
@@ -132,6 +136,21 @@ def train(
         return fit(resolved, quiet=quiet, log=log, unsafe_load=unsafe_load)
 
     run_and_report(out, resolved.out, run, created=created)
+
+
+def _in_file_terms(exc: UsageError, config_file: str | None, flags: dict[str, Any]) -> UsageError:
+    """A refusal whose option the config file set, not a flag: it names the file, and the way
+    out is the file's ("drop it" named a flag never typed)."""
+    from ptool.core.config import read_config_file
+
+    named = re.match(r"--([a-z0-9-]+)", str(exc))
+    name = named[1].replace("-", "_") if named else None
+    if config_file is None or name is None or name in flags:
+        return exc
+    if name not in read_config_file(config_file):
+        return exc
+    hint = exc.hint.replace("drop it", f"take it out of {config_file}") if exc.hint else None
+    return UsageError(f"{config_file}: {exc}", hint=hint)
 
 
 def _print_config(out: Output, values: dict[str, Any]) -> None:

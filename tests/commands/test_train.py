@@ -75,10 +75,17 @@ def test_config_file_then_flags(tmp_path):
     refused = run_ptool("train", "--model", "resnet18", "--print-config")  # not a model
     assert refused.returncode == 2 and not refused.stdout
     assert refused.stderr.startswith("error: unknown model 'resnet18'; valid: mlp, cnn")
-    # another optimizer's option: the printed config would not train either
+    # another optimizer's option: the printed config would not train either; the file set it,
+    # so the file is named and the way out is the file's ("drop it" named a flag never typed)
     refused = run_ptool("train", "--config", str(toml), "--optimizer", "adamw", "--print-config")
     assert refused.returncode == 2 and not refused.stdout
-    assert refused.stderr.startswith("error: --momentum is an option of the sgd and rmsprop")
+    assert refused.stderr.splitlines() == [
+        f"error: {toml}: --momentum is an option of the sgd and rmsprop optimizers; this run's "
+        "is adamw",
+        f"hint: take it out of {toml}, or give --optimizer sgd",
+    ]
+    refused = run_ptool("train", "--momentum", "0.9", "--print-config")  # a flag: as it was
+    assert refused.stderr.splitlines()[1] == "hint: drop it, or give --optimizer sgd"
 
 
 def test_printed_config_is_the_same_config_again(tmp_path):
