@@ -198,6 +198,32 @@ def check_new_run_options(config: TrainConfig) -> None:
     check_model_and_data_options(config)
     check_optimizer_options(config)
     check_schedule_options(config)
+    check_options_that_shape_another(config)
+
+
+def check_options_that_shape_another(config: TrainConfig) -> None:
+    """An option that only shapes another the run does not use (`--warmup-start-factor`
+    without a warmup, `--no-strict` without `--init-from`, TensorBoard's extras with
+    `--no-tensorboard`, `--dampening` or `--nesterov` without momentum): refused rather than
+    ignored, for new runs."""
+    default = TrainConfig()
+    tensorboard = ("TensorBoard, which --no-tensorboard turns off", "drop --no-tensorboard")
+    momentum = ("SGD's momentum, at --momentum 0 here", "give --momentum")
+    for name, (shapes, other_way), absent in (
+        ("warmup_start_factor", ("a warmup", "give --warmup-epochs or --warmup-steps"),
+         not (config.warmup_epochs or config.warmup_steps)),
+        ("strict", ("--init-from's loading", "give --init-from"), config.init_from is None),
+        ("log_every_steps", tensorboard, not config.tensorboard),
+        ("log_histograms", tensorboard, not config.tensorboard),
+        ("log_graph", tensorboard, not config.tensorboard),
+        ("dampening", momentum, config.momentum == 0),
+        ("nesterov", momentum, config.momentum == 0),
+    ):  # fmt: skip
+        if getattr(config, name) != getattr(default, name) and absent:
+            flag = as_flag(name, getattr(config, name)).split()[0]
+            raise UsageError(f"{flag} shapes {shapes}", hint=f"drop {flag}, or {other_way}")
+    if config.nesterov and config.dampening:  # torch's SGD refuses it as the run starts
+        raise UsageError("--nesterov needs --dampening 0 (torch's SGD)", hint="drop one of them")
 
 
 def check_model_and_data_options(config: TrainConfig) -> None:

@@ -252,6 +252,34 @@ def test_another_optimizers_option_is_refused_for_a_new_run_only(changes, messag
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
+        ({"warmup_start_factor": 0.5}, "--warmup-start-factor shapes a warmup"),
+        ({"strict": False}, "--no-strict shapes --init-from's loading"),
+        ({"tensorboard": False, "log_histograms": True}, "--log-histograms shapes TensorBoard"),
+        ({"tensorboard": False, "log_graph": True}, "--log-graph shapes TensorBoard"),
+        ({"tensorboard": False, "log_every_steps": 5}, "--log-every-steps shapes TensorBoard"),
+        ({"optimizer": "sgd", "dampening": 0.5}, "--dampening shapes SGD's momentum, at --mom"),
+        ({"optimizer": "sgd", "nesterov": True}, "--nesterov shapes SGD's momentum"),
+        # torch's own words as the run started: "Nesterov momentum requires a momentum and ..."
+        ({"optimizer": "sgd", "nesterov": True, "momentum": 0.9, "dampening": 0.1},
+         r"--nesterov needs --dampening 0 \(torch's SGD\)"),
+    ],
+)  # fmt: skip
+def test_an_option_that_shapes_one_the_run_does_not_use_is_refused(changes, message):
+    """Each was accepted and did nothing (a warmup's start factor without a warmup, ...)."""
+    from ptool.core.checks import check_new_run_options
+
+    with pytest.raises(UsageError, match=message):
+        check_new_run_options(TrainConfig(**changes))
+    check_new_run_options(  # each with what it shapes
+        TrainConfig(warmup_epochs=1, warmup_start_factor=0.5, init_from="a.pt", strict=False,
+                    log_histograms=True, log_every_steps=5, optimizer="sgd", momentum=0.9,
+                    nesterov=True)
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
         ({"scheduler": "cosine", "gamma": 0.5}, "--gamma is an option of the step, multist"),
         ({"max_lr": 0.1}, "--max-lr is an option of the onecycle and cyclic schedulers; this"),
         ({"scheduler": "step", "milestones": [2, 3]}, "--milestones is an option of the multi"),
