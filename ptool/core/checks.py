@@ -151,15 +151,9 @@ def check_loss_options(config: TrainConfig, info: Any) -> None:
     an option still loads, resumes and fine-tunes (the loss ignores it)."""
     from ptool.core.optim import resolve_loss_name
 
-    name = resolve_loss_name(config, info)
-    _refuse_options_of_others(
-        "loss",
-        name,
-        {
-            "--label-smoothing": (("cross-entropy",), config.label_smoothing != 0),
-            "--class-weights": (("cross-entropy",), config.class_weights is not None),
-            "--pos-weight": (("bce-with-logits",), config.pos_weight is not None),
-        },
+    _refuse_loss_options(
+        config,
+        resolve_loss_name(config, info),
         switch="give --{kind} {owner}" if info.task == "classification" else None,
     )
     weights = config.class_weights
@@ -168,6 +162,19 @@ def check_loss_options(config: TrainConfig, info: Any) -> None:
             "--class-weights are all 0: no sample would count",
             hint="give the classes to learn a positive weight (0 leaves a class out)",
         )
+
+
+def _refuse_loss_options(config: TrainConfig, loss: str, switch: str | None) -> None:
+    _refuse_options_of_others(
+        "loss",
+        loss,
+        {
+            "--label-smoothing": (("cross-entropy",), config.label_smoothing != 0),
+            "--class-weights": (("cross-entropy",), config.class_weights is not None),
+            "--pos-weight": (("bce-with-logits",), config.pos_weight is not None),
+        },
+        switch=switch,
+    )
 
 
 def check_loss_targets(config: TrainConfig, data: Any) -> None:
@@ -196,6 +203,8 @@ def check_new_run_options(config: TrainConfig) -> None:
     """The model's, data source's, optimizer's and schedule's options, for a new run (train,
     `--print-config`): a checkpoint an older ptool wrote with another's option still resumes."""
     check_model_and_data_options(config)
+    if config.loss != "auto":  # what the data decides for auto: checked once it is read
+        _refuse_loss_options(config, config.loss, switch=None)
     check_optimizer_options(config)
     check_schedule_options(config)
     check_options_that_shape_another(config)
@@ -241,6 +250,10 @@ def check_model_and_data_options(config: TrainConfig) -> None:
     if config.model.startswith("torchvision:"):
         check_torchvision_name(config.model.partition(":")[2])
     prefix, _ = parse_spec(config.data)
+    if config.data == "synthetic":
+        from ptool.core.data.builtin import parse_shape
+
+        parse_shape(config.shape)
     check_augment(config.augment, is_image=True)  # the names; the data's kind when it is read
     default = TrainConfig()
 

@@ -202,6 +202,7 @@ def test_another_losss_option_is_refused_for_a_new_run_only(changes, task, messa
         ({"augment": ["flop"]}, "unknown augmentation 'flop'; valid: crop, flip"),
         ({"data": "csv:"}, "--data csv: needs a path, e.g. csv:PATH.csv"),
         ({"model": "torchvision:nope"}, "unknown torchvision classification model 'nope'"),
+        ({"data": "synthetic", "shape": "0x3x3"}, "invalid --shape '0x3x3'"),
     ],
 )
 def test_an_option_the_model_or_data_does_not_read_is_refused(changes, message):
@@ -262,6 +263,8 @@ def test_another_optimizers_option_is_refused_for_a_new_run_only(changes, messag
         # torch's own words as the run started: "Nesterov momentum requires a momentum and ..."
         ({"optimizer": "sgd", "nesterov": True, "momentum": 0.9, "dampening": 0.1},
          r"--nesterov needs --dampening 0 \(torch's SGD\)"),
+        # a loss named, not auto: its options are known before the data is read
+        ({"loss": "mse", "label_smoothing": 0.1}, "--label-smoothing is an option of the cross"),
     ],
 )  # fmt: skip
 def test_an_option_that_shapes_one_the_run_does_not_use_is_refused(changes, message):
