@@ -169,8 +169,8 @@ def _usable_standard_streams() -> None:
             os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
         if getattr(sys, name) is None:
             setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))  # noqa: SIM115
-    if hasattr(sys.stdout, "reconfigure"):
-        sys.stdout.reconfigure(errors="backslashreplace")
+    if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")  # not UTF-8's surrogateescape
 
 
 def _watch_ctrl_c() -> threading.Event:

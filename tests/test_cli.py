@@ -277,7 +277,8 @@ def test_the_file_systems_answers_about_a_path_are_one_line_not_a_bug_to_report(
         assert message.endswith(f": {path}") and (hint, code) == ("check the path", 1)
     assert describe(OSError(errno.ENAMETOOLONG, "File name too long", "x"))[0] == (
         "file name too long: x"
-    )
+    )  # not every error about a path: one ptool should have foreseen is still a bug to report
+    assert describe(FileExistsError(errno.EEXIST, "File exists", "x"))[0].startswith("unexpected")
     resource = pytest.importorskip("resource")
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (10, hard))

@@ -141,16 +141,19 @@ def train(
 def _in_file_terms(exc: UsageError, config_file: str | None, flags: dict[str, Any]) -> UsageError:
     """A refusal whose option the config file set, not a flag: it names the file, and the way
     out is the file's ("drop it" named a flag never typed)."""
-    from ptool.core.config import read_config_file
+    from ptool.core.config import FIELDS, read_config_file
 
-    named = re.match(r"--([a-z0-9-]+)", str(exc))
-    name = named[1].replace("-", "_") if named else None
-    if config_file is None or name is None or name in flags:
+    named = re.match(r"--(no-)?([a-z0-9-]+)", str(exc))  # --no-strict names strict
+    if config_file is None or named is None:
         return exc
-    if name not in read_config_file(config_file):
+    name = named[2].replace("-", "_") if named[2].replace("-", "_") in FIELDS else ""
+    if not name or name in flags or name not in read_config_file(config_file):
         return exc
-    hint = exc.hint.replace("drop it", f"take it out of {config_file}") if exc.hint else None
-    return UsageError(f"{config_file}: {exc}", hint=hint)
+    out_of_file = f"take {name} out of {config_file}"
+    hint = exc.hint and exc.hint.replace("drop it", out_of_file)
+    return UsageError(
+        f"{config_file}: {exc}", hint=hint and hint.replace(f"drop {named[0]}", out_of_file)
+    )
 
 
 def _print_config(out: Output, values: dict[str, Any]) -> None:

@@ -200,8 +200,9 @@ def check_loss_targets(config: TrainConfig, data: Any) -> None:
 
 
 def check_new_run_options(config: TrainConfig) -> None:
-    """The model's, data source's, optimizer's and schedule's options, for a new run (train,
-    `--print-config`): a checkpoint an older ptool wrote with another's option still resumes."""
+    """The model's, data source's, named loss's, optimizer's and schedule's options, and those
+    that shape another the run does not use, for a new run (train, `--print-config`): a
+    checkpoint an older ptool wrote with such an option still resumes."""
     check_model_and_data_options(config)
     if config.loss != "auto":  # what the data decides for auto: checked once it is read
         _refuse_loss_options(config, config.loss, switch=None)

@@ -485,7 +485,9 @@ def as_flag(name: str, value: Any) -> str:
 
 def _as_written(value: Any) -> str:
     """A value in a message as a config file writes it: `true`, `[1]`, `'x'`."""
-    return json.dumps(value) if isinstance(value, (bool, list, dict)) else repr(value)
+    if isinstance(value, (bool, list, dict)):
+        return json.dumps(value, default=str)  # a YAML date: 2024-01-01
+    return repr(value)
 
 
 def _scalar(kind: type, value: Any) -> Any:

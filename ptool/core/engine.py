@@ -208,8 +208,7 @@ class Trainer:
         self.finished = False  # the run reached its end (_finish), not an error
         check_config(config)
         self.tb = self.lock = None  # what close() lets go of, once taken
-        self.refused_together = False  # a refusal every rank raised: they leave together
-        wrote_config = False  # this run's config.yaml, which a refusal takes back
+        wrote_config, replaced_config = False, None  # what a refusal takes back / puts back
         self.dist = init_distributed(config.device)
         try:  # from here on close() leaves the process group, also on a refusal
             self.device = resolve_device(config.device, self.dist)
@@ -241,9 +240,7 @@ class Trainer:
             self.config_written = resume is None
             if resume is None:
                 self._on_rank_0(lambda: rundir.refuse_other_run(self.run_dir))
-                # before the data and the model (seconds): a run killed meanwhile can be
-                # started again from it, its drawn seed included
-                self._on_rank_0(lambda: rundir.write_config(self.run_dir, self.config.to_dict()))
+                replaced_config = self._on_rank_0(self._write_first_config)
                 wrote_config = self.dist.is_main
             self._build(
                 seed,
@@ -256,12 +253,29 @@ class Trainer:
             )
         except Exception:  # refused: the config.yaml it wrote names no run
             if wrote_config:
-                (self.run_dir / rundir.CONFIG_NAME).unlink(missing_ok=True)
+                written = self.run_dir / rundir.CONFIG_NAME
+                if replaced_config is None:
+                    written.unlink(missing_ok=True)
+                else:  # the folder's own (a run killed as it started; the --config file)
+                    with rundir.atomic_write(written) as file:
+                        file.write(replaced_config)
             self.close()  # fit() closes a Trainer it got; this one it never gets
             raise
         except BaseException:  # a Ctrl-C while it starts: the folder can start it again
             self.close()
             raise
+
+    def _write_first_config(self) -> bytes | None:
+        """config.yaml before the data and the model (seconds): a run killed meanwhile can be
+        started again from it, its drawn seed included. Returns the one it replaced, if any,
+        for a refusal to put back."""
+        path = self.run_dir / rundir.CONFIG_NAME
+        try:
+            replaced = path.read_bytes() if path.is_file() else None
+            rundir.write_config(self.run_dir, self.config.to_dict())
+        except OSError as exc:  # every rank's refusal, as the folder's own
+            raise rundir.unwritable(self.run_dir, exc) from None
+        return replaced
 
     def _build(
         self,
@@ -393,8 +407,6 @@ class Trainer:
                 refusal = (str(exc), exc.hint)
         refusal = from_main_rank(refusal, self.dist)
         if refusal is not None:
-            # rank 0 leaving the group at once could cut the broadcast short on the others
-            self.refused_together = True
             raise UsageError(*refusal)
         return result
 
@@ -649,14 +661,15 @@ class Trainer:
                 raise NonFiniteLoss(
                     f"{where}, in the first step from the last good state (rolling back cannot "
                     f"help: the lr takes no part before a step); stopped. {kept}".strip(),
-                    hint="rerun with a lower --lr, or check the data for NaN values",
+                    hint="start a new run with a lower --lr, or check the data for NaN values",
                 )
             if state.rollbacks < MAX_ROLLBACKS:
                 self.log(f"{where}: rolling back to the last good state and halving the lr")
                 raise _Rollback
             raise NonFiniteLoss(
                 f"{where}, after {MAX_ROLLBACKS} rollbacks; stopped. {kept}".strip(),
-                hint="lower --lr, add --clip-norm, or check the data for NaN values",
+                hint="start a new run with a lower --lr or --clip-norm, or check the data for "
+                "NaN values",
             )
         other = ", or --on-nonfinite skip|rollback" if policy == "stop" else ""
         raise NonFiniteLoss(  # a resume would repeat these steps: those flags are a new run's
@@ -1064,7 +1077,7 @@ class Trainer:
         finally:
             if lock is not None:
                 lock.release()
-            shutdown_distributed(self.dist, together=self.finished or self.refused_together)
+            shutdown_distributed(self.dist, together=self.finished)
 
 
 def _cloned(value: Any) -> Any:

@@ -65,16 +65,21 @@ def finetune_config(
     """The run's own config (optimizer, lr, schedule, batch size) to fine-tune the model saved
     at `source` (prune, QAT) in a run dir beside it (<ckpt dir>/<folder>/<time>): `defaults`,
     then the flags given. A fine-tune starts from trained weights in a changed model, so the
-    run's warmup (a short run would not outlast a long run's), --init-from, --ema and
-    --compile go, and it trains on this machine's device (`auto`), not the run's. Without EMA, a
-    run that monitored `val_ema/X` monitors `val/X`."""
+    run's warmup (a short run would not outlast a long run's) and its start factor, a
+    schedule's horizon kept by an extended run (--schedule-epochs), --init-from and its
+    --no-strict, --ema and --compile go, and it trains on this machine's device (`auto`), not
+    the run's. Without EMA, a run that monitored `val_ema/X` monitors `val/X`."""
     from ptool.core import rundir
 
+    default = TrainConfig()
     values = {
         "warmup_epochs": 0,
         "warmup_steps": 0,
+        "warmup_start_factor": default.warmup_start_factor,
+        "schedule_epochs": None,
         "out": str(rundir.default_run_dir(source.parent / folder)),
         "init_from": None,
+        "strict": True,
         "ema": None,
         "compile": False,
         "device": "auto",

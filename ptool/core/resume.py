@@ -151,13 +151,15 @@ def _refuse_unread_option(saved: TrainConfig, name: str, value: Any) -> None:
 
 
 def _run_identity(config: Any) -> dict[str, Any] | None:
-    """What two checkpoints of one run share: their config, but for what a resume may change,
-    with the defaults of fields a checkpoint from an older ptool lacks."""
+    """What two checkpoints of one run share: their config, but for what a resume may change
+    (the schedule's kept horizon with it), with the defaults of fields a checkpoint from an
+    older ptool lacks."""
     try:
         values = TrainConfig.from_dict(config).to_dict()
     except (PtoolError, TypeError, AttributeError):  # not a config this ptool reads
         return None
-    return {name: value for name, value in values.items() if name not in RESUMABLE}
+    changing = {*RESUMABLE, "schedule_epochs"}
+    return {name: value for name, value in values.items() if name not in changing}
 
 
 def _refuse_foreign_files(checkpoint: Path, ckpt: dict[str, Any]) -> None:
@@ -309,9 +311,12 @@ def plan_resume(
 def _saved_in(out: str, folder: Path) -> bool:
     """Whether a run whose --out was `out` was saved in `folder`: a relative --out names it
     from the folder the run was started in, which can be any, so its last parts must match."""
-    parts = Path(os.path.normpath(out)).parts
+    if Path(out).resolve() == folder.resolve():
+        return True
     if Path(out).is_absolute():
-        return Path(out).resolve() == folder.resolve()
+        return False
+    parts = Path(os.path.normpath(out)).parts
+    parts = parts[len(parts) - parts[::-1].index("..") :] if ".." in parts else parts  # below
     return not parts or folder.resolve().parts[-len(parts) :] == parts
 
 
@@ -364,8 +369,8 @@ def _plan_schedule(plan: ResumePlan, saved: TrainConfig, command: str) -> None:
             hint=f"re-plan it for the new total: {command} --epochs {config.epochs} --reschedule",
         )
     elif config.epochs != planned and saved.scheduler not in NO_HORIZON:
-        if saved.scheduler == "cosine" and saved.t_max is None:  # the schedules it shapes
-            plan.config = config.replace(schedule_epochs=planned)
+        if saved.scheduler == "onecycle" or (saved.scheduler == "cosine" and saved.t_max is None):
+            plan.config = config.replace(schedule_epochs=planned)  # the schedules it shapes
         plan.notes.append(
             f"schedule continues from its saved state (planned for {count(planned, 'epoch')}"
             + (

@@ -70,7 +70,7 @@ def prepare_run_dir(path: str | Path) -> Path:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise _unwritable(path, exc) from None
+        raise unwritable(path, exc) from None
     return path
 
 
@@ -87,7 +87,7 @@ def check_output_folder(path: Path, flag: str) -> None:
         raise UsageError(f"{flag}: cannot write in {folder}", hint="choose a path you can write to")
 
 
-def _unwritable(path: Path, exc: OSError) -> UsageError:
+def unwritable(path: Path, exc: OSError) -> UsageError:
     return UsageError(
         f"cannot write to --out {path}: {exc.strerror or type(exc).__name__}",
         hint="choose a writable directory with --out",
@@ -193,7 +193,7 @@ class RunDirLock:
             try:
                 handle = self.path.open("a+")
             except OSError as exc:  # a read-only copy of a run: resume it elsewhere with --out
-                raise _unwritable(run_dir, exc) from None
+                raise unwritable(run_dir, exc) from None
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -92,8 +92,8 @@ def _lengths(config: TrainConfig, steps_per_epoch: int) -> tuple[int, int, int]:
 
 
 def horizon(config: TrainConfig) -> int:
-    """The epochs the schedule is planned over: the run's, unless a resume kept a shorter
-    plan (--schedule-epochs)."""
+    """The epochs the schedule is planned over: the run's, unless a resume that changed
+    --epochs kept the plan it had (--schedule-epochs)."""
     return config.schedule_epochs or config.epochs
 
 

@@ -13,6 +13,8 @@ import sys
 from ptool.core.errors import PtoolError
 
 DEBUG_ENV = "PTOOL_DEBUG"
+# A name too long, a file where a folder should be, a read-only disk, a link loop.
+PATH_ERRORS = (errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR, errno.EROFS, errno.ELOOP)
 _CPU_ALLOCATION = re.compile(r"DefaultCPUAllocator: .*you tried to allocate (\d+) bytes")
 
 
@@ -46,9 +48,8 @@ def describe(exc: BaseException, command_path: str = "ptool") -> tuple[str, str 
             "raise the limit (ulimit -f unlimited), or write elsewhere",
             1,
         )
-    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
-        # the file system's answer about a path (a name too long, a file where a folder
-        # should be, a read-only disk): the user's to change, not a bug to report
+    if isinstance(exc, OSError) and exc.errno in PATH_ERRORS and exc.filename is not None:
+        # the file system's answer about a path: the user's to change, not a bug to report
         return f"{exc.strerror.lower()}: {exc.filename}", "check the path", 1
     if isinstance(exc, MemoryError):
         return "out of memory", "try a smaller --batch-size", 1

@@ -26,7 +26,12 @@ def test_train_writes_the_run_directory_and_prints_the_summary(tmp_path):
     summary = json.loads(result.stdout)
     assert summary["status"] == "completed" and summary["epochs"] == 2
     assert summary["best_epoch"] in (1, 2) and summary["samples_per_s"] > 0
-    assert summary["checkpoints"] == {"last": str(out / "last.pt"), "best": str(out / "best.pt")}
+    assert summary["checkpoints"] == {
+        "last": str(out / "last.pt"),
+        "best": str(out / "best.pt"),
+        "top_k": [],
+        "epochs": [],
+    }
     assert json.loads((out / "summary.json").read_text()) == summary
     assert "epoch 1/2  train/loss" in result.stderr and "epoch 2/2" in result.stderr
     assert any((out / "tensorboard").glob("events.out.tfevents.*"))
@@ -82,7 +87,7 @@ def test_config_file_then_flags(tmp_path):
     assert refused.stderr.splitlines() == [
         f"error: {toml}: --momentum is an option of the sgd and rmsprop optimizers; this run's "
         "is adamw",
-        f"hint: take it out of {toml}, or give --optimizer sgd",
+        f"hint: take momentum out of {toml}, or give --optimizer sgd",
     ]
     refused = run_ptool("train", "--momentum", "0.9", "--print-config")  # a flag: as it was
     assert refused.stderr.splitlines()[1] == "hint: drop it, or give --optimizer sgd"
@@ -245,7 +250,7 @@ def test_torchrun_a_trainer_refused_at_its_folder_leaves_the_process_group(tmp_p
         "try:\n"
         "    Trainer(TrainConfig(device='cpu', out=sys.argv[1]), quiet=True)\n"
         "except PtoolError:\n"
-        "    print('refused, still joined:', dist.is_initialized(), flush=True)\n"
+        "    sys.stdout.write(f'refused, still joined: {dist.is_initialized()}\\n')\n"
     )
     ddp = _torchrun(str(script), str(tmp_path / "file"))
     assert ddp.stdout.splitlines() == ["refused, still joined: False"] * 2, ddp.stderr

@@ -70,6 +70,8 @@ def test_a_checkpoint_of_an_older_ptool_with_an_empty_value_still_loads():
     ("text", "message", "hint"),
     [  # Python's words were the reason: "float() argument must be a string or a real number"
         ("lr: [1]\n", "invalid value [1] for --lr: expected a number, not a list", None),
+        ("lr: [2024-01-01]\n", 'invalid value ["2024-01-01"] for --lr: expected a number, not '
+                                "a list", None),
         ("epochs: true\n", "invalid value true for --epochs: expected an integer", None),
         ("momentum: {a: 1}\n", 'invalid value {"a": 1} for --momentum: expected a number, not a '
                                 "table", None),

@@ -839,10 +839,10 @@ def test_a_failure_after_the_folder_is_claimed_lets_it_go(tmp_path, monkeypatch)
     from ptool.core import rundir
 
     def broken(*_):
-        raise OSError("disk gone")
+        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(rundir, "write_config", broken)
-    with pytest.raises(OSError, match="disk gone"):
+    monkeypatch.setattr(rundir, "write_config", broken)  # its first file, once the folder is its
+    with pytest.raises(UsageError, match="cannot write to --out .*: No space left on device"):
         fit(small(tmp_path), quiet=True)
     assert not (tmp_path / "run" / rundir.LOCK_NAME).exists()
     monkeypatch.undo()
@@ -892,13 +892,17 @@ def test_a_run_stopped_while_it_starts_leaves_the_config_that_starts_it_again(
         find_checkpoint(tmp_path / "run")
     assert stopped.value.hint.startswith("it stopped before its first checkpoint; start it")
 
-    def refused(_config):
-        raise UsageError("no such data")
-
-    monkeypatch.setattr("ptool.core.data.build_data", refused)
-    with pytest.raises(UsageError, match="no such data"):
-        fit(small(tmp_path, "other"), quiet=True)
+    monkeypatch.undo()
+    gone = small(tmp_path, "other").replace(data=f"csv:{tmp_path / 'gone.csv'}", model="mlp")
+    with pytest.raises(UsageError, match="gone.csv"):
+        fit(gone, quiet=True)
     assert list((tmp_path / "other").iterdir()) == []
+    # the restart the hint gives, refused in turn (its data gone): the folder's file is put
+    # back, the only record of the killed run (it was deleted with the refusal)
+    saved = (tmp_path / "run" / "config.yaml").read_bytes()
+    with pytest.raises(UsageError, match="gone.csv"):
+        fit(gone.replace(out=str(tmp_path / "run")), quiet=True)
+    assert (tmp_path / "run" / "config.yaml").read_bytes() == saved
 
 
 def test_a_resume_that_fails_before_its_first_checkpoint_leaves_config_yaml_as_it_was(tmp_path):

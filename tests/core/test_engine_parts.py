@@ -384,9 +384,13 @@ def test_a_gpu_runs_rng_state_is_its_devices_and_restores_on_any_machine(tmp_pat
     first = torch.rand(5, device=device)
     restore_rng_state(state, device)
     assert torch.equal(torch.rand(5, device=device), first)
-    many = {**state, "cuda": [state["cuda"]] * (torch.cuda.device_count() + 1)}
-    restore_rng_state(many, torch.device("cuda", 0))  # an older file's list of states
-    assert torch.equal(torch.rand(5, device="cuda:0"), first.to("cuda:0"))
+    later = torch.cuda.get_rng_state(device)  # another state than the saved one
+    older = {**state, "cuda": [later, state["cuda"]]}  # an older file's: one per GPU
+    restore_rng_state(older, torch.device("cuda", 1 % torch.cuda.device_count()))
+    if torch.cuda.device_count() > 1:  # cuda:1 takes the list's second
+        assert torch.equal(torch.rand(5, device="cuda:1"), first.to("cuda:1"))
+    restore_rng_state({**state, "cuda": [later]}, torch.device("cuda", 0))
+    restore_rng_state({**state, "cuda": []}, torch.device("cuda", 0))  # none for it: no error
 
 
 def test_ddp_ranks_partition_each_single_process_batch():

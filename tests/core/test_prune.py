@@ -579,15 +579,20 @@ def test_finetuning_runs_on_this_machines_device_not_the_runs(tmp_path):
 
 def test_finetuning_drops_the_runs_warmup_unless_given(tmp_path):
     """A 30-epoch run's 5 warmup epochs would outlast a 3-epoch fine-tune (refused)."""
-    from ptool.core.checks import check_config
+    from ptool.core.checks import check_config, check_new_run_options
     from ptool.core.quantize.run import qat_config
 
-    run = TrainConfig(epochs=30, warmup_epochs=5, scheduler="cosine")
+    run = TrainConfig(epochs=30, warmup_epochs=5, warmup_start_factor=0.5, scheduler="cosine",
+                      schedule_epochs=20, init_from="a.pt", strict=False)  # fmt: skip
     source = tmp_path / "run" / "best.pt"
     tuned = finetune_config(run, source, "prune", {}, epochs=3)
     for config in (tuned, qat_config(run, {}, source)):
         assert config.warmup_epochs == 0
         check_config(config)
+        # its config.yaml trains again as a new run: nothing kept that shapes what went
+        # (a cosine over the run's 20 epochs took the 3-epoch fine-tune's lr to 0 at its end)
+        check_new_run_options(config)
+        assert config.schedule_epochs is None
     given = finetune_config(run, source, "prune", {"warmup_epochs": 1}, epochs=3)
     assert given.warmup_epochs == 1
 

@@ -29,6 +29,7 @@ def image_files(folder: str | Path) -> Iterator[str]:
     name), links followed as torchvision follows them, without dot-names (.git,
     .ipynb_checkpoints, macOS's ._photo.jpg: nothing the user meant as a sample) and without
     going round a link to a folder above it (`ln -s .. up`): torchvision's walk never ended."""
+    folder = os.path.normpath(folder)  # "imgs/": its walk's first root is its own identity
     above = {_identity(str(parent)) for parent in Path(folder).resolve().parents}
     chains: dict[str, set[tuple[int, int] | None]] = {}  # each folder's and those above it
     found = []
