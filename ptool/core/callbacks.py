@@ -174,6 +174,15 @@ def _quiet_writer_thread() -> None:
     threading.excepthook = hook
 
 
+# summary.json's status as the HParams dashboard's session status
+SESSION_STATUS = {
+    "completed": "STATUS_SUCCESS",
+    "early_stopped": "STATUS_SUCCESS",
+    "diverged": "STATUS_FAILURE",
+    "interrupted": "STATUS_ABORTED",
+}
+
+
 class TensorBoardLog:
     """A SummaryWriter with the tags ptool promises (see the README's TensorBoard section)."""
 
@@ -232,9 +241,12 @@ class TensorBoardLog:
             return first_line(exc)
         return None
 
-    def hparams(self, config: dict[str, Any], metrics: dict[str, float], step: int) -> None:
-        """The config and final metrics for the HParams dashboard, at the run's global step,
-        the step its checkpoint resumes from: a resume purges them (TensorBoard's
+    def hparams(
+        self, config: dict[str, Any], metrics: dict[str, float], step: int, status: str
+    ) -> None:
+        """The config, final metrics and the run's `status` (a diverged run is a failure, an
+        interrupted one aborted: torch writes success) for the HParams dashboard, at the run's
+        global step, the step its checkpoint resumes from: a resume purges them (TensorBoard's
         `purge_step`), so a run stopped and resumed shows them once, the last session's."""
         plain = {
             k: (v if isinstance(v, (int, float, str, bool)) else str(v))
@@ -245,9 +257,16 @@ class TensorBoardLog:
         # what SummaryWriter.add_hparams writes, but into this writer's own event file: its
         # extra writer's file could sort before a resumed session's (names end in a per-process
         # counter, ".10" < ".9"), whose purge then dropped the final metrics
+        from tensorboard.plugins.hparams.api_pb2 import Status
+        from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
         from torch.utils.tensorboard.summary import hparams
 
-        for summary in hparams(plain, finite):
+        experiment, start, end = hparams(plain, finite)
+        data = end.value[0].metadata.plugin_data
+        content = HParamsPluginData.FromString(data.content)
+        content.session_end_info.status = Status.Value(SESSION_STATUS[status])
+        data.content = content.SerializeToString()
+        for summary in (experiment, start, end):
             self.writer.file_writer.add_summary(summary, step)
         for name, value in finite.items():
             self.writer.add_scalar(name, value, step)

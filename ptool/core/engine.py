@@ -1049,7 +1049,7 @@ class Trainer:
         if self.tb is not None:
             if state.last_metrics:
                 final = {k: v for k, v in state.last_metrics.items() if k != "lr"}
-                self.tb.hparams(self.config.to_dict(), final, state.global_step)
+                self.tb.hparams(self.config.to_dict(), final, state.global_step, status)
             self.tb.close()  # on disk before summary.json says the run is over
             self.tb = None
         if self.dist.is_main:

@@ -215,6 +215,24 @@ def test_nonfinite_stop_names_the_step_and_keeps_the_last_good_checkpoint(tmp_pa
     )
 
 
+def test_the_hparams_dashboard_says_how_the_run_ended(tmp_path):
+    """torch's add_hparams writes STATUS_SUCCESS: a diverged run was a success there."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams.api_pb2 import Status
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    def status(run: str) -> int:
+        events = EventAccumulator(str(tmp_path / run / "tensorboard")).Reload()
+        content = events.PluginTagToContent("hparams")["_hparams_/session_end_info"]
+        return HParamsPluginData.FromString(content).session_end_info.status
+
+    with pytest.raises(NonFiniteLoss):
+        fit(small(tmp_path, "nan", tensorboard=True), quiet=True,
+            prepare_model=lambda m: NaNAt(m, {7}))  # fmt: skip
+    fit(small(tmp_path, "ok", epochs=1, tensorboard=True), quiet=True)
+    assert (status("nan"), status("ok")) == (Status.STATUS_FAILURE, Status.STATUS_SUCCESS)
+
+
 def test_nonfinite_skip_counts_the_batch_and_goes_on(tmp_path):
     config = small(tmp_path, on_nonfinite="skip")
     summary = fit(config, quiet=True, prepare_model=lambda m: NaNAt(m, {2, 6}))
