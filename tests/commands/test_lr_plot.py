@@ -264,12 +264,15 @@ def test_a_full_disk_leaves_the_previous_output_whole(tmp_path, monkeypatch, nam
     """The CSV was written in place: a full disk left it cut mid-row, the old one gone."""
     from ptool.core import rundir
     from ptool.core.errors import PtoolError
+    from tests.core.test_resume import _FillsUp
 
     out = tmp_path / name
     out.write_text("the previous output\n")
 
-    def full_disk(path, mode="r", *args, **kwargs):
-        return open("/dev/full" if ".tmp-" in str(path) else path, mode, *args, **kwargs)
+    def full_disk(path, mode="r", *args, **kwargs):  # 600 bytes of the new file fit
+        if ".tmp-" not in str(path):
+            return open(path, mode, *args, **kwargs)
+        return _FillsUp(path) if "b" in mode else io.TextIOWrapper(_FillsUp(path))
 
     monkeypatch.setattr(rundir, "open", full_disk, raising=False)  # atomic_write's
     with pytest.raises(PtoolError, match=f"could not write {out}: No space left on device$"):
