@@ -179,7 +179,7 @@ SESSION_STATUS = {
     "completed": "STATUS_SUCCESS",
     "early_stopped": "STATUS_SUCCESS",
     "diverged": "STATUS_FAILURE",
-    "interrupted": "STATUS_ABORTED",
+    "interrupted": "STATUS_UNKNOWN",  # stopped before its end (no "aborted" status)
 }
 
 
@@ -245,7 +245,7 @@ class TensorBoardLog:
         self, config: dict[str, Any], metrics: dict[str, float], step: int, status: str
     ) -> None:
         """The config, final metrics and the run's `status` (a diverged run is a failure, an
-        interrupted one aborted: torch writes success) for the HParams dashboard, at the run's
+        interrupted one unknown: torch writes success) for the HParams dashboard, at the run's
         global step, the step its checkpoint resumes from: a resume purges them (TensorBoard's
         `purge_step`), so a run stopped and resumed shows them once, the last session's."""
         plain = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from ptool.core.engine import NonFiniteLoss, fit
 from ptool.core.errors import UsageError
 from ptool.core.models import build_model
 from ptool.core.runtime import seed_everything
+from ptool.core.signals import Interrupted
 
 
 def csv_run(tmp_path) -> tuple[Path, list[str]]:
@@ -231,6 +233,15 @@ def test_the_hparams_dashboard_says_how_the_run_ended(tmp_path):
             prepare_model=lambda m: NaNAt(m, {7}))  # fmt: skip
     fit(small(tmp_path, "ok", epochs=1, tensorboard=True), quiet=True)
     assert (status("nan"), status("ok")) == (Status.STATUS_FAILURE, Status.STATUS_SUCCESS)
+
+    class CtrlC:  # in epoch 2: epoch 1's metrics are logged
+        def on_step_end(self, trainer):
+            if trainer.state.global_step == 7:
+                trainer.stop.signum = signal.SIGINT
+
+    with pytest.raises(Interrupted):
+        fit(small(tmp_path, "stopped", tensorboard=True), quiet=True, callbacks=[CtrlC()])
+    assert status("stopped") == Status.STATUS_UNKNOWN  # not finished: it may be resumed
 
 
 def test_nonfinite_skip_counts_the_batch_and_goes_on(tmp_path):
