@@ -118,6 +118,12 @@ def train(
         check_new_run_options(resolved)
     except UsageError as exc:
         raise _in_file_terms(exc, config_file, overrides) from None
+    horizon = resolved.schedule_epochs
+    if horizon not in (None, resolved.epochs) and "schedule_epochs" not in overrides:
+        out.log(  # an extended run's config.yaml, given a new --epochs: the plan stays its
+            f"note: the {resolved.scheduler} schedule is planned over {horizon} epochs "
+            f"(schedule_epochs in {config_file}), not the run's {resolved.epochs}"
+        )
     if print_config:
         _print_config(out, resolved.to_dict())
         return

@@ -91,6 +91,15 @@ def test_config_file_then_flags(tmp_path):
     ]
     refused = run_ptool("train", "--momentum", "0.9", "--print-config")  # a flag: as it was
     assert refused.stderr.splitlines()[1] == "hint: drop it, or give --optimizer sgd"
+    # an extended run's config.yaml keeps its plan: a new --epochs does not move it, said
+    extended = tmp_path / "extended.yaml"
+    extended.write_text("scheduler: cosine\nepochs: 4\nschedule_epochs: 2\n")
+    longer = run_ptool("train", "--config", str(extended), "--epochs", "10", "--print-config")
+    assert longer.returncode == 0 and "schedule_epochs: 2" in longer.stdout.splitlines()
+    assert longer.stderr == (
+        f"note: the cosine schedule is planned over 2 epochs (schedule_epochs in {extended}), "
+        "not the run's 10\n"
+    )
 
 
 def test_printed_config_is_the_same_config_again(tmp_path):
