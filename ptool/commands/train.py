@@ -150,16 +150,16 @@ def _in_file_terms(exc: UsageError, config_file: str | None, flags: dict[str, An
     from ptool.core.config import FIELDS, read_config_file
 
     named = re.match(r"--(no-)?([a-z0-9-]+)", str(exc))  # --no-strict names strict
-    if config_file is None or named is None:
+    name = named[2].replace("-", "_") if named else None
+    if config_file is None or name not in FIELDS or name in flags:
         return exc
-    name = named[2].replace("-", "_") if named[2].replace("-", "_") in FIELDS else ""
-    if not name or name in flags or name not in read_config_file(config_file):
+    if name not in read_config_file(config_file):
         return exc
     out_of_file = f"take {name} out of {config_file}"
-    hint = exc.hint and exc.hint.replace("drop it", out_of_file)
-    return UsageError(
-        f"{config_file}: {exc}", hint=hint and hint.replace(f"drop {named[0]}", out_of_file)
+    hint = exc.hint and exc.hint.replace("drop it", out_of_file).replace(
+        f"drop {named[0]}", out_of_file
     )
+    return UsageError(f"{config_file}: {exc}", hint=hint)
 
 
 def _print_config(out: Output, values: dict[str, Any]) -> None:
