@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from typing import Any
 
-from ptool.core.config import TrainConfig, as_flag, check_interval
+from ptool.core.config import TrainConfig, as_flag, check_interval, default_weight_decay
 from ptool.core.errors import UsageError, count
 
 # Options a type check cannot refuse, with their valid intervals (lists: item by item);
@@ -214,7 +214,8 @@ def check_new_run_options(config: TrainConfig) -> None:
 def check_options_that_shape_another(config: TrainConfig) -> None:
     """An option that only shapes another the run does not use (`--warmup-start-factor`
     without a warmup, `--no-strict` without `--init-from`, TensorBoard's extras with
-    `--no-tensorboard`, `--dampening` or `--nesterov` without momentum): refused rather than
+    `--no-tensorboard`, `--dampening` or `--nesterov` without momentum, `--no-decay-norm-bias`
+    without weight decay, `--persistent-workers` at `--num-workers 0`): refused rather than
     ignored, for new runs."""
     default = TrainConfig()
     tensorboard = ("TensorBoard, which --no-tensorboard turns off", "drop --no-tensorboard")
@@ -228,6 +229,10 @@ def check_options_that_shape_another(config: TrainConfig) -> None:
         ("log_graph", tensorboard, not config.tensorboard),
         ("dampening", momentum, config.momentum == 0),
         ("nesterov", momentum, config.momentum == 0),
+        ("no_decay_norm_bias", ("weight decay, at 0 here", "give --weight-decay"),
+         default_weight_decay(config) == 0),
+        ("persistent_workers", ("DataLoader workers, at --num-workers 0 here",
+         "give --num-workers"), config.num_workers == 0),
     ):  # fmt: skip
         if getattr(config, name) != getattr(default, name) and absent:
             flag = as_flag(name, getattr(config, name)).split()[0]

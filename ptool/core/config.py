@@ -374,6 +374,13 @@ class TrainConfig:
         return -(-self.batches_per_epoch(samples) // self.accumulate)
 
 
+def default_weight_decay(config: TrainConfig) -> float:
+    """PyTorch's own default per optimizer: 0.01 for AdamW, 0 otherwise."""
+    if config.weight_decay is not None:
+        return config.weight_decay
+    return 0.01 if config.optimizer == "adamw" else 0.0
+
+
 def batch_count(samples: int, batch_size: int, *, drop_last: bool) -> int:
     """Batches of `batch_size` over `samples`, as a DataLoader counts them."""
     return samples // batch_size if drop_last else -(-samples // batch_size)

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ptool.core.config import default_weight_decay
 from ptool.core.errors import UsageError, unknown_name
 
 NORM_TYPES = (
@@ -132,13 +133,6 @@ def build_loss(config: Any, info: Any) -> TaskLoss:
         criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
         return TaskLoss(name, criterion, info.num_classes if classification else None)
     raise unknown_name("loss", name, ("auto", "cross-entropy", "mse", "bce-with-logits"))
-
-
-def default_weight_decay(config: Any) -> float:
-    """PyTorch's own default per optimizer: 0.01 for AdamW, 0 otherwise."""
-    if config.weight_decay is not None:
-        return config.weight_decay
-    return 0.01 if config.optimizer == "adamw" else 0.0
 
 
 def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool) -> list[dict]:

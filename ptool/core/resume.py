@@ -17,7 +17,7 @@ from shlex import quote
 from typing import Any
 
 from ptool.core import rundir
-from ptool.core.config import FIELDS, TrainConfig, as_flag
+from ptool.core.config import FIELDS, TrainConfig, as_flag, default_weight_decay
 from ptool.core.errors import PtoolError, UsageError, count
 from ptool.core.trust import trust_flag
 
@@ -82,7 +82,6 @@ def find_checkpoint(path: str | Path | None) -> Path:
 
 
 def _refuse_changes(saved: TrainConfig, overrides: dict[str, Any], checkpoint: Path) -> None:
-    from ptool.core.optim import default_weight_decay
     from ptool.core.schedules import monitor_mode, resolve_interval
 
     # what a default stands for in the run: `--mode min` passes for a run whose auto means

@@ -260,6 +260,11 @@ def test_another_optimizers_option_is_refused_for_a_new_run_only(changes, messag
         ({"tensorboard": False, "log_every_steps": 5}, "--log-every-steps shapes TensorBoard"),
         ({"optimizer": "sgd", "dampening": 0.5}, "--dampening shapes SGD's momentum, at --mom"),
         ({"optimizer": "sgd", "nesterov": True}, "--nesterov shapes SGD's momentum"),
+        ({"optimizer": "sgd", "no_decay_norm_bias": True}, "--no-decay-norm-bias shapes weight"),
+        ({"optimizer": "adamw", "weight_decay": 0.0, "no_decay_norm_bias": True},
+         "--no-decay-norm-bias shapes weight decay, at 0 here"),
+        ({"num_workers": 0, "persistent_workers": True},
+         "--persistent-workers shapes DataLoader workers, at --num-workers 0"),
         # torch's own words as the run started: "Nesterov momentum requires a momentum and ..."
         ({"optimizer": "sgd", "nesterov": True, "momentum": 0.9, "dampening": 0.1},
          r"--nesterov needs --dampening 0 \(torch's SGD\)"),
