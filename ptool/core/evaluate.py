@@ -279,7 +279,7 @@ def split_dataset(config: Any, info: Any, *, data: str | None = None, split: str
     from ptool.core.data import build_data
     from ptool.core.data.common import TabularImageSize
     from ptool.core.data.sources import PREFIXED
-    from ptool.core.errors import UsageError, unknown_name
+    from ptool.core.errors import UsageError, count, unknown_name
 
     if split not in SPLITS:
         raise unknown_name("--split", split, SPLITS)
@@ -323,9 +323,14 @@ def split_dataset(config: Any, info: Any, *, data: str | None = None, split: str
             f"--data {data} gives inputs of shape {list(found.input_shape)}; "
             f"the model expects {list(info.input_shape)}"
         )
-    if found.task != info.task or found.num_outputs > info.num_outputs:
+    # held-out classes may be fewer than the model's; regression targets are the model's outputs
+    fewer_ok = info.task == "classification"
+    outputs_fit = (
+        found.num_outputs <= info.num_outputs if fewer_ok else found.num_outputs == info.num_outputs
+    )
+    if found.task != info.task or not outputs_fit:
         raise UsageError(
-            f"--data {data} is {found.task} with {found.num_outputs} outputs; "
+            f"--data {data} is {found.task} with {count(found.num_outputs, 'output')}; "
             f"the model is {info.task} with {info.num_outputs}"
         )
     return _with_run_normalization(dataset, info)

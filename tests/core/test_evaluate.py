@@ -379,6 +379,33 @@ def test_a_held_out_csv_takes_the_runs_task_not_a_guess_from_its_values(tmp_path
     assert report["metrics"]["loss"] == pytest.approx(mse.item(), rel=1e-5)
 
 
+def test_held_out_regression_targets_must_be_as_many_as_the_outputs(tmp_path):
+    """One target column for a 3-output model was accepted: MSE broadcast [B, 3] against
+    [B, 1] and reported a loss of nothing in particular. Held-out classes may be fewer."""
+    from ptool.core.engine import fit
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 4, generator=gen)
+    torch.save({"x": x, "y": x[:, :3] * 2}, tmp_path / "train.pt")
+    config = TrainConfig(
+        data=f"tensors:{tmp_path / 'train.pt'}", model="mlp", hidden=[8], epochs=1, seed=0,
+        tensorboard=False, out=str(tmp_path / "run"),
+    )  # fmt: skip
+    fit(config, quiet=True)
+    torch.save({"x": x[:10], "y": x[:10, :1]}, tmp_path / "one.pt")
+    with pytest.raises(
+        UsageError, match="is regression with 1 output; the model is regression with 3"
+    ):
+        evaluate_checkpoints(
+            [tmp_path / "run" / "last.pt"], data=f"tensors:{tmp_path / 'one.pt'}", split="all"
+        )
+    torch.save({"x": x[:10], "y": x[:10, :3]}, tmp_path / "three.pt")
+    (report,) = evaluate_checkpoints(
+        [tmp_path / "run" / "last.pt"], data=f"tensors:{tmp_path / 'three.pt'}", split="all"
+    )
+    assert report["samples"] == 10
+
+
 def test_an_image_folder_is_read_in_grayscale_for_a_one_channel_model(tmp_path):
     """It was refused ("gives inputs of shape [3, 16, 16]; the model expects [1, 16, 16]")
     while `ptool predict` read the same files as Pillow's L. The oracle: L, / 255, the run's
