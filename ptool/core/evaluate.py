@@ -201,6 +201,7 @@ def _in_the_models_terms(dataset: Dataset, found: Any, info: Any, data: str) -> 
 
 def _test_split(config: Any, bundle: Any) -> Dataset:
     """The source's own test split: torchvision's test set, or an image folder's PATH/test."""
+    from ptool.core.data.sources import parse_spec
     from ptool.core.data.vision import TORCHVISION
     from ptool.core.errors import UsageError
 
@@ -211,8 +212,8 @@ def _test_split(config: Any, bundle: Any) -> Dataset:
         from ptool.core.data import build_data
 
         return build_data(config.replace(val_split=None)).val
-    prefix, _, path = spec.partition(":")
-    test_dir = Path(path) / "test"
+    prefix, path = parse_spec(spec)
+    test_dir = Path(path or "") / "test"
     if prefix == "imagefolder" and test_dir.is_dir():
         from ptool.core.data.common import TransformedSubset
         from ptool.core.data.image_folder import VisibleImageFolder
@@ -278,12 +279,12 @@ def split_dataset(config: Any, info: Any, *, data: str | None = None, split: str
     """
     from ptool.core.data import build_data
     from ptool.core.data.common import TabularImageSize
-    from ptool.core.data.sources import PREFIXED
+    from ptool.core.data.sources import PREFIXED, parse_spec
     from ptool.core.errors import UsageError, count, unknown_name
 
     if split not in SPLITS:
         raise unknown_name("--split", split, SPLITS)
-    own = data is None or data == config.data
+    own = data is None or parse_spec(data) == parse_spec(config.data)  # `~/x` is /home/u/x
     if not own and info.is_image and data.startswith("csv:"):  # before its labels are read
         raise _tabular_for_images(data, info)
     data_config = config.replace(augment=[])  # every split with validation transforms

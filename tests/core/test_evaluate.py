@@ -477,6 +477,29 @@ def test_a_held_out_image_folder_of_one_class_and_one_image_is_read_whole(tmp_pa
     assert "eval --split all" in caught.value.hint
 
 
+def test_an_image_folders_test_split_is_its_test_folder_also_under_a_tilde(tmp_path, monkeypatch):
+    """`--split test` of a run on `imagefolder:~/photos` looked for a folder named `~` and
+    said the data has no test split. The oracle: the test folder given as held-out data."""
+    from ptool.core.engine import fit
+    from tests.core.test_data import make_image_folder
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    make_image_folder(tmp_path / "photos" / "train", per_class=4, size=(8, 8))
+    make_image_folder(tmp_path / "photos" / "val", per_class=2, size=(8, 8))
+    make_image_folder(tmp_path / "photos" / "test", per_class=3, size=(8, 8))
+    config = TrainConfig(
+        data="imagefolder:~/photos", image_size=8, model="mlp", hidden=[8], epochs=1, seed=0,
+        tensorboard=False, out=str(tmp_path / "run"),
+    )  # fmt: skip
+    fit(config, quiet=True)
+    best = tmp_path / "run" / "best.pt"
+    (test,) = evaluate_checkpoints([best], split="test")
+    (held,) = evaluate_checkpoints([best], data=f"imagefolder:{tmp_path / 'photos' / 'test'}",
+                                   split="all")  # fmt: skip
+    assert test["samples"] == held["samples"] == 6
+    assert test["metrics"] == pytest.approx(held["metrics"])
+
+
 def test_a_held_out_image_sources_wrappers_pickle_for_spawned_workers():
     """macOS and Windows start DataLoader workers by spawning: the dataset is pickled."""
     import pickle
