@@ -107,12 +107,16 @@ def test_stdin_json_lines_with_a_bad_line():
 
 def test_stdin_errors_show_values_as_json():
     lines = '{"k": true, "h": 5}\n{"k": 3, "h": 5, "ceil_mode": 1}\n{"k": "3y", "h": 5}'
+    # a list holds one integer per dimension: [[3, 5]] and ["3x5", 2] were cut to 3 and (3, 2)
+    lines += '\n{"k": [[3, 5]], "w": 10}\n{"k": ["3x5", 2], "h": 9, "w": 9}'
     proc = convcalc("--stdin", input=lines)
     errors = [json.loads(line)["error"] for line in proc.stdout.splitlines()]
     assert errors == [
         "kernel_size expects integers like 3 or 3x5, got true",
         "ceil_mode expects true or false, got 1",
         "kernel_size expects integers like 3 or 3x5, got '3y'",
+        "kernel_size expects integers like 3 or 3x5, got [[3, 5]]",
+        'kernel_size expects integers like 3 or 3x5, got ["3x5", 2]',
     ]
     assert proc.returncode == 1
 
