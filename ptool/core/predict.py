@@ -46,18 +46,20 @@ def _expects(info: Any) -> str:
     shape = info.input_shape
     if info.is_image:
         c, h, w = shape
-        return f"{c}x{h}x{w} images ({'grayscale' if c == 1 else f'{c} channels'})"
+        kind = "grayscale" if c == 1 else f"{c} channels"
+        if info.image_size is not None:
+            return f"{c}xHxW images ({kind}, any size: the run resizes to {h}x{w})"
+        return f"{c}x{h}x{w} images ({kind})"
     return f"{shape[0]} features"
 
 
 def _expects_rows(info: Any) -> str:
     shape = list(info.input_shape)
-    shapes = [shape, shape[1:]] if info.is_image and shape[0] == 1 else [shape]
+    grayscale = info.is_image and shape[0] == 1
+    shapes = [shape, shape[1:]] if grayscale else [shape]
     rows = " or ".join(str(["N", *s]).replace("'", "") for s in shapes)
     if info.is_image and info.image_size is not None:  # the run resizes: any H, W
-        rows = (
-            f"[N, {shape[0]}, H, W] (any size: the run resizes to {shape[1]}x{shape[2]}) or {rows}"
-        )
+        rows = f"[N, {shape[0]}, H, W]" + (" or [N, H, W]" if grayscale else "")
     return f"expected {rows} for the model's {_expects(info)}"
 
 
@@ -109,12 +111,14 @@ class Reader:
 
     def is_sample(self, shape: Iterable[int]) -> bool:
         """Whether a tensor of `shape` is one input (an (H, W) one for a grayscale model); a
-        run that resized its images (`--image-size`) takes (C, h, w) of any size, as eval and
-        image files do."""
+        run that resized its images (`--image-size`) takes (C, h, w) of any size, and a
+        grayscale one (h, w), as its training data, eval and image files do."""
         expected, shape = list(self.info.input_shape), list(shape)
-        grayscale_2d = self.info.is_image and expected[0] == 1 and shape == expected[1:]
-        any_size = self.resizes and len(shape) == 3 and shape[0] == expected[0] and min(shape) > 0
-        return shape == expected or grayscale_2d or any_size
+        grayscale = self.info.is_image and expected[0] == 1
+        if not self.resizes:
+            return shape == expected or (grayscale and shape == expected[1:])
+        channels_first = len(shape) == 3 and shape[0] == expected[0]
+        return (channels_first or (grayscale and len(shape) == 2)) and min(shape) > 0
 
     @property
     def resizes(self) -> bool:
@@ -133,7 +137,7 @@ class Reader:
             return Sample(
                 name, error=f"shape {list(x.shape)}; the model expects {_expects(self.info)}"
             )
-        shaped = x if self.resizes and x.dim() == 3 else x.reshape(self.info.input_shape)
+        shaped = x if self.resizes else x.reshape(self.info.input_shape)  # resized as it is
         return Sample(name, self.transform(shaped))
 
     def json_lines(self) -> Iterator[Sample]:

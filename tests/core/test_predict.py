@@ -115,14 +115,24 @@ def test_a_resizing_runs_tensor_rows_of_another_size_are_resized_as_eval_resizes
         oracle = load_predictor(run, "cpu").model(seen).softmax(1)
     torch.save(raw[:5], tmp_path / "raw8.pt")
     torch.save(raw[:2, :, :4], tmp_path / "strip.pt")  # [2, 1, 4, 8]: also resized
-    records = _records(run, [str(tmp_path / "raw8.pt"), str(tmp_path / "strip.pt")], top_k=10)
-    for record, expected in zip(records[:5], oracle[:5], strict=True):
+    # without the channel axis, as training reads a grayscale [N, H, W] file: it was refused
+    torch.save(raw[:5, 0], tmp_path / "plain8.pt")
+    line = io.StringIO(json.dumps(raw[0, 0].tolist()) + "\n")
+    inputs = [str(tmp_path / name) for name in ("raw8.pt", "strip.pt", "plain8.pt")]
+    records = _records(run, [*inputs, "-"], stdin=line, top_k=10)
+    assert [r.get("error") for r in records] == [None] * 13
+    expected_rows = [*oracle[:5], *oracle[:2], *oracle[:5], oracle[0]]
+    for record, expected in zip(records, expected_rows, strict=True):
+        if "strip" in record["input"]:
+            continue  # another image: only resized
         probabilities = [record["probabilities"][str(c)] for c in range(len(expected))]
         assert probabilities == pytest.approx(expected.tolist(), abs=1e-5)
-    assert [r.get("error") for r in records[5:]] == [None, None]
     torch.save(torch.rand(2, 3, 8, 8), tmp_path / "rgb.pt")  # other channels: still an error
     (wrong,) = _records(run, [str(tmp_path / "rgb.pt")])
-    assert wrong["error"].startswith("shape [2, 3, 8, 8]; expected [N, 1, H, W] (any size")
+    assert wrong["error"] == (
+        "shape [2, 3, 8, 8]; expected [N, 1, H, W] or [N, H, W] for the model's 1xHxW images "
+        "(grayscale, any size: the run resizes to 16x16)"
+    )
 
 
 def test_images_are_read_as_a_viewer_shows_them(image_run, tmp_path):
