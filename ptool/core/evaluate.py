@@ -100,13 +100,14 @@ def evaluate(
 
 
 class Evaluator:
-    """A model's validation loss and metrics on the run's data (CPU, the run's batch size):
-    the before/after figures `prune` and `quantize` report."""
+    """A model's validation loss and metrics on the run's data (CPU, the run's batch size,
+    under `precision`'s autocast): the before/after figures `prune` and `quantize` report."""
 
-    def __init__(self, config: Any, data: Any):
+    def __init__(self, config: Any, data: Any, precision: str = "fp32"):
         self.config = config
         self.data = data
         self.loss_fn = build_loss(config, data.info)
+        self.precision = precision
 
     def __call__(self, model: nn.Module) -> dict[str, float]:
         from ptool.core.data import make_loader
@@ -114,7 +115,9 @@ class Evaluator:
         cpu = torch.device("cpu")
         order = torch.arange(len(self.data.val))
         loader = make_loader(self.data.val, self.config, order, train=False, device=cpu)
-        return evaluate(model, loader, self.data.info, self.loss_fn, cpu).metrics
+        return evaluate(
+            model, loader, self.data.info, self.loss_fn, cpu, precision=self.precision
+        ).metrics
 
 
 class _EachSample(Dataset):

@@ -827,3 +827,16 @@ def test_an_interrupted_finetune_says_what_its_resume_gives(cnn_ckpt, tmp_path, 
         "(this prune's report and output file are not written)"
     )
     assert info.value.exit_code == 130 and not (tmp_path / "out.pt").exists()
+
+
+def test_the_metrics_before_pruning_are_evals_under_the_runs_precision(tmp_path):
+    """A --precision bf16 run's figures were fp32 ones: neither the run's val/accuracy nor
+    `ptool eval`'s. The oracle: eval of the same checkpoint."""
+    from ptool.core.evaluate import evaluate_checkpoints
+
+    ckpt = write_checkpoint(tmp_path / "best.pt", epochs=1, model="cnn", channels=[4, 8],
+                            precision="bf16")  # fmt: skip
+    report, _ = _prune(ckpt, tmp_path, amount=0.0, evaluate=True)
+    (evaluated,) = evaluate_checkpoints([ckpt])
+    before = report["metrics"]["before"]
+    assert before["val/loss"] == pytest.approx(evaluated["metrics"]["loss"], rel=1e-6)

@@ -451,7 +451,8 @@ def prune_checkpoint(
         data = build_data(config)
     from ptool.core.evaluate import Evaluator
 
-    evaluator = Evaluator(config, data) if options.evaluate else None
+    # under the run's --precision, as its validation and `ptool eval` compute them
+    evaluator = Evaluator(config, data, config.precision) if options.evaluate else None
 
     before_model = _permanent(model)
     before_layers = layer_snapshot(model)
