@@ -128,6 +128,8 @@ class Reader:
         """uint8 image data stays uint8: val_transform scales it by 1/255, as for image files."""
         try:
             x = torch.as_tensor(values)
+            if x.is_complex():  # .to(float32) would drop the imaginary parts, with a warning
+                return Sample(name, error=f"{x.dtype} values; the model takes real numbers")
             if not (self.info.is_image and x.dtype == torch.uint8):
                 x = x.to(torch.float32)
         except (TypeError, ValueError, RuntimeError) as exc:
