@@ -616,6 +616,23 @@ def test_val_transform_matches_digits_validation(digits):
     assert transform(uint8).shape == (1, 8, 8)
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA"])
+def test_val_transform_converts_channels_of_arrays_as_pillow_does_images(channels, mode):
+    """An RGBA array for an RGB model became its red channel three times, an RGB one for a
+    grayscale model the plain mean. The oracle: the same pixels as a PIL image."""
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (6, 5, len(mode)), dtype=np.uint8)
+    image = Image.fromarray(pixels.squeeze(2) if mode == "L" else pixels, mode)
+    info = DataInfo(task="classification", input_shape=[channels, 6, 5], num_outputs=2,
+                    num_classes=2, class_names=None, mean=None, std=None, image_size=None,
+                    train_size=1, val_size=1)  # fmt: skip
+    array = torch.from_numpy(pixels).permute(2, 0, 1)
+    transform = val_transform(info)
+    assert torch.allclose(transform(array), transform(image), atol=1 / 255)
+
+
 def test_data_info_survives_weights_only_load(tmp_path, digits):
     torch.save({"data_info": digits.info.to_dict()}, tmp_path / "c.pt")
     loaded = torch.load(tmp_path / "c.pt", weights_only=True)["data_info"]

@@ -106,6 +106,24 @@ def as_viewed(image: Any) -> Any:
     return image
 
 
+# Pillow's "L": ITU-R 601-2 luma of R, G, B
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def _converted(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """(C, H, W) with another channel count as Pillow's convert makes it: alpha (LA, RGBA)
+    dropped, RGB to luma for a grayscale model, gray repeated for an RGB one."""
+    if x.shape[0] in (2, 4):
+        x = x[:-1]
+    if channels == 1 and x.shape[0] == 3:
+        return (x * torch.tensor(_LUMA).view(3, 1, 1)).sum(0, keepdim=True)
+    if channels == 3 and x.shape[0] == 1:
+        return x.expand(3, -1, -1)
+    if x.shape[0] != channels:
+        raise ValueError(f"{x.shape[0]} channels cannot be read as {channels}")
+    return x
+
+
 def val_transform(info) -> Callable[[Any], torch.Tensor]:
     """The deterministic preprocessing of one raw input, as the run's validation saw it.
 
@@ -135,8 +153,8 @@ def val_transform(info) -> Callable[[Any], torch.Tensor]:
         x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
         if x.dim() == 2:
             x = x.unsqueeze(0)
-        if x.shape[0] != channels:
-            x = x[:3].mean(dim=0, keepdim=True) if channels == 1 else x[:1].expand(3, -1, -1)
+        if x.shape[0] != channels:  # as Pillow converts an image file
+            x = _converted(x, channels)
         if tuple(x.shape[1:]) != (height, width):  # torchvision (~1 s) only when it resizes
             from torchvision.transforms.v2 import functional as F
 
