@@ -426,14 +426,15 @@ OTHER_NAMES = {
 
 
 def _unknown_key(name: str, source: str) -> UsageError:
+    where = "" if source == "option" else f"{source}: "  # the Python API's own dict
     if name in SECTIONS:  # `loop: 3`: a group's name for one value
         return UsageError(
-            f"{source}: {name} is a group of options, not one",
+            f"{where}{name} is a group of options, not one",
             hint=f"write its options under it, e.g. {name}: {{...}}, or at the top level",
         )
     close = OTHER_NAMES.get(name) or next(iter(difflib.get_close_matches(name, FIELDS, n=1)), None)
     hint = f"did you mean {close!r}?" if close else "see `ptool train --help` for the options"
-    return UsageError(f"{source}: unknown option {name!r}", hint=hint)
+    return UsageError(f"{where}unknown option {name!r}", hint=hint)
 
 
 def convert(name: str, value: Any, *, source: str = "config", empty: bool = False) -> Any:
@@ -663,9 +664,10 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 def resolve_config(
     config_file: str | Path | None = None, overrides: dict[str, Any] | None = None
 ) -> TrainConfig:
-    """Defaults < config file < flags, every value checked."""
+    """Defaults < config file < flags: each value converted to its option's type, a file's
+    also range-checked (naming the file); `check_config` and `fit` check the whole."""
     values: dict[str, Any] = {}
     if config_file is not None:
         values.update(read_config_file(config_file))
-    values.update(overrides or {})
-    return TrainConfig.from_dict(values, source=str(config_file) if config_file else "option")
+    values.update(overrides or {})  # the file's are converted: a refusal now is an override's
+    return TrainConfig.from_dict(values, source="option")

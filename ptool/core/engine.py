@@ -173,8 +173,21 @@ def _stderr_line(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _check_types(config: Any, resume: Any, model: Any) -> None:
+    """The Python API's arguments, refused by what they should be rather than by an
+    AttributeError deep in the run (`fit("run.yaml")`, `resume="last.pt"`)."""
+    for name, value, kind, way in (
+        ("config", config, TrainConfig, "resolve_config(file, overrides) builds one"),
+        ("resume", resume, dict, "load_checkpoint(path) loads one"),
+        ("model", model, nn.Module, "build_model(config, info) builds one"),
+    ):
+        if value is not None and not isinstance(value, kind):
+            raise TypeError(f"{name} is a {kind.__name__}, not {type(value).__name__}: {way}")
+
+
 class Trainer:
-    """One run's objects and loop; `fit()` is the usual way in."""
+    """One run's objects and loop; `fit()` is the usual way in. `__init__` lists the
+    keyword arguments (`fit`'s) and the callbacks' methods."""
 
     def __init__(
         self,
@@ -201,6 +214,7 @@ class Trainer:
         on_validation_start(trainer, model), on_validation_end(trainer, model),
         on_epoch_end(trainer, metrics), on_checkpoint(trainer, path), on_fit_end(trainer, summary).
         """
+        _check_types(config, resume, model)
         self.started = time.perf_counter()
         self.resume_command = resume_command  # what continues this run, for the hints
         self.wall_before = 0.0  # wall time of the sessions before a resume
@@ -372,6 +386,10 @@ class Trainer:
             model = build_model(self.config, self.info)
             if new_run:
                 check_grad_checkpoint(model, self.config)
+        else:  # the API's own model, or a fine-tune's: checked as a built one is
+            from ptool.core.models import check_io
+
+            check_io(model, self.info, type(model).__name__)
         if self.config.init_from and new_run:
             load_initial_weights(
                 model,

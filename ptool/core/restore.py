@@ -7,6 +7,7 @@ turns the freshly built float model into the saved structure before the weights 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -112,11 +113,17 @@ def load_model_state(model: nn.Module, state: dict[str, Any]) -> None:
 
 
 def model_from_checkpoint(
-    ckpt: dict[str, Any], *, load_weights: bool = True, ema: bool = False
+    ckpt: dict[str, Any] | str | os.PathLike, *, load_weights: bool = True, ema: bool = False
 ) -> nn.Module:
     """Build the checkpoint's model (float, pruned, compacted or quantized) and load its weights
-    (with `ema`: the exponential moving average a --ema run kept beside them)."""
+    (with `ema`: the exponential moving average a --ema run kept beside them). `ckpt` is a
+    loaded checkpoint or its path (read with `load_checkpoint`: safe, ptool's format only)."""
     from ptool.core.models import build_model
+
+    if isinstance(ckpt, (str, os.PathLike)):
+        from ptool.core.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(ckpt)
 
     if ema and "ema_state_dict" not in ckpt:
         derived = next((k for k in ("pruning", "quantization") if ckpt.get(k)), None)

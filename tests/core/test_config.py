@@ -109,6 +109,12 @@ def test_file_then_flags_precedence(tmp_path, suffix):
     config = resolve_config(path, {"epochs": 7})
     assert (config.lr, config.epochs, config.hidden) == (0.5, 7, [32, 16])
     assert config.batch_size == TrainConfig().batch_size
+    # an override's bad value or unknown name is its own, not the file's (the Python API)
+    with pytest.raises(UsageError, match=r"^invalid value 'x' for --epochs: expected an int"):
+        resolve_config(path, {"epochs": "x"})
+    with pytest.raises(UsageError, match=r"^unknown option 'learning_rate'") as caught:
+        resolve_config(path, {"learning_rate": 0.1})
+    assert caught.value.hint == "did you mean 'lr'?"
 
 
 def test_an_option_under_another_group_is_refused(tmp_path):

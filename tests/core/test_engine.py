@@ -1074,3 +1074,29 @@ def test_compile_hides_the_cuda_home_notice_of_a_machine_without_a_gpu(tmp_path,
     fit(small(tmp_path, epochs=1, compile=True), quiet=False)
     assert not logger.filter(notice)
     assert logger.filter(record("Error building extension 'x'"))
+
+
+def test_the_python_api_as_the_readme_shows_it(tmp_path):
+    """The README's example through `ptool.core`'s exports, and its arguments refused by
+    what they should be: a path was an AttributeError deep in the run, a model of the wrong
+    shape torch's own matmul error."""
+    import ptool.core as api
+
+    config = api.resolve_config(None, {**small(tmp_path).to_dict(), "epochs": 1})
+    summary = api.fit(config, quiet=True)
+    best = summary.checkpoints["best"]
+    data = api.build_data(config)
+    model = api.build_model(config, data.info)
+    saved = torch.load(best, weights_only=True)["model_state_dict"]
+    for loaded in (api.model_from_checkpoint(best), api.model_from_checkpoint(Path(best))):
+        assert loaded.state_dict().keys() == model.state_dict().keys() == saved.keys()
+        assert all(torch.equal(loaded.state_dict()[k], v) for k, v in saved.items())
+    again = config.replace(out=str(tmp_path / "again"))
+    with pytest.raises(TypeError, match="config is a TrainConfig, not str: resolve_config"):
+        api.fit("run.yaml")
+    with pytest.raises(TypeError, match="resume is a dict, not str: load_checkpoint"):
+        api.fit(again, resume=best)
+    with pytest.raises(TypeError, match="model is a Module, not str: build_model"):
+        api.fit(again, model="mlp")
+    with pytest.raises(UsageError, match=r"model Linear cannot take inputs of shape \[12\]"):
+        api.fit(again, model=nn.Linear(5, 3), quiet=True)
