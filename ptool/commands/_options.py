@@ -106,8 +106,12 @@ def check_output_file(path: Path, suffixes: tuple[str, ...]) -> None:
     from ptool.core.errors import UsageError
     from ptool.core.rundir import check_output_folder
 
-    if path.suffix.lower() not in suffixes or path.is_dir():
-        kinds = f"{', '.join(suffixes[:-1])} or {suffixes[-1]}"
+    kinds = f"{', '.join(suffixes[:-1])} or {suffixes[-1]}"
+    if path.is_dir():  # `-o figures.png/` made earlier, say: its name has the suffix
+        raise UsageError(
+            f"-o {path} is a folder; expected a {kinds} file", hint=f"give {path}/NAME"
+        )
+    if path.suffix.lower() not in suffixes:
         raise UsageError(f"-o {path}: expected a {kinds} file")
     check_output_folder(path, f"-o {path}")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -83,8 +84,12 @@ def check_output_folder(path: Path, flag: str) -> None:
         folder = folder.parent
     if not folder.is_dir():
         raise UsageError(f"{flag}: {folder} is a file, not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag}: cannot write in {folder}", hint="choose a path you can write to")
+    try:  # a probe, not os.access: root passes that on a read-only mount, /sys or /proc
+        tempfile.TemporaryFile(dir=folder, prefix=".ptool-probe-").close()
+    except OSError:
+        raise UsageError(
+            f"{flag}: cannot write in {folder}", hint="choose a path you can write to"
+        ) from None
 
 
 def unwritable(path: Path, exc: OSError) -> UsageError:

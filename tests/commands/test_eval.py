@@ -90,12 +90,14 @@ def test_refusals_are_one_line(workdir, ptool_in):
         2,
         "error: several checkpoints given",
     )
-    for target in ("cm.txt", "runs"):  # matplotlib cannot write it; a directory
+    for target, message in (
+        ("cm.txt", "-o cm.txt: expected a .png, .svg or .pdf file"),  # matplotlib cannot write it
+        ("runs", "-o runs is a folder; expected a .png, .svg or .pdf file"),
+        ("/proc/cm.png", "-o /proc/cm.png: cannot write in /proc"),  # even as root, which
+        ("/proc/x/cm.png", "-o /proc/x/cm.png: cannot write in /proc"),  # os.access passes
+    ):
         figure = ptool_in("eval", "runs/tiny/last.pt", "-o", target)
-        assert (figure.returncode, figure.stderr.splitlines()[0]) == (
-            2,
-            f"error: -o {target}: expected a .png, .svg or .pdf file",
-        )
+        assert (figure.returncode, figure.stderr.splitlines()[0]) == (2, f"error: {message}")
 
 
 def _no_data(*_args, **_kwargs):
