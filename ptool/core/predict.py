@@ -222,9 +222,11 @@ class Reader:
                 yield Sample(str(path), error="no header row (line 1 holds data, not column names)")
                 return
             if missing:
+                one = header[0] if len(header) == 1 else None  # `a;b;c`: another separator
+                found = f" (its header is one column, {one!r}: commas separate them)" if one else ""
                 yield Sample(
                     str(path),
-                    error=f"missing columns {', '.join(missing)}; "
+                    error=f"missing columns {', '.join(missing)}{found}; "
                     f"the model expects columns {', '.join(expected)}",
                 )
                 return
@@ -273,8 +275,10 @@ class Reader:
 
         name = str(path)
         if not self.info.is_image:
-            return Sample(
-                name, error=f"an image; the model expects {_expects(self.info)} (CSV, .pt or JSON)"
+            return Sample(  # by suffix: a CSV named .txt is not sniffed
+                name,
+                error=f"not a .csv or torch.save file; the model expects {_expects(self.info)} "
+                "(a .csv, a .pt or JSON lines on stdin)",
             )
         try:
             with Image.open(path) as opened:

@@ -290,6 +290,17 @@ def test_csv_rows_by_column_name_and_regression_values(tmp_path):
     (tmp_path / "wrong.csv").write_text("a,b,d\n1,2,3\n")
     (record,) = _records(ckpt, [str(tmp_path / "wrong.csv")])
     assert record["error"] == "missing columns c; the model expects columns a, b, c"
+    (tmp_path / "semicolons.csv").write_text("a;b;c\n1;2;3\n")  # "missing a, b, c" said no more
+    (tmp_path / "rows.txt").write_text("a,b,c\n1,2,3\n")  # read by suffix: was "an image"
+    semicolons, text = _records(ckpt, [str(tmp_path / n) for n in ("semicolons.csv", "rows.txt")])
+    assert semicolons["error"] == (
+        "missing columns a, b, c (its header is one column, 'a;b;c': commas separate them); "
+        "the model expects columns a, b, c"
+    )
+    assert text["error"] == (
+        "not a .csv or torch.save file; the model expects 3 features (a .csv, a .pt or JSON "
+        "lines on stdin)"
+    )
     (tmp_path / "headless.csv").write_text("1,2,3\n4,5,6\n")
     (record,) = _records(ckpt, [str(tmp_path / "headless.csv")])
     assert record["error"] == "no header row (line 1 holds data, not column names)"
