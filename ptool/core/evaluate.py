@@ -281,7 +281,7 @@ def split_dataset(config: Any, info: Any, *, data: str | None = None, split: str
     gets the checkpoint's mean/std; its columns and classes are matched to the model's by name.
     """
     from ptool.core.data import build_data
-    from ptool.core.data.common import TabularImageSize
+    from ptool.core.data.common import LabelsBeyondClasses, TabularImageSize
     from ptool.core.data.sources import PREFIXED, parse_spec
     from ptool.core.errors import UsageError, count, unknown_name
 
@@ -310,6 +310,10 @@ def split_dataset(config: Any, info: Any, *, data: str | None = None, split: str
         bundle = build_data(data_config, image_channels=1 if grayscale else 3, csv_columns=columns)
     except TabularImageSize:  # the model's image size, asked of a tabular source
         raise _tabular_for_images(data, info) from None
+    except LabelsBeyondClasses as exc:  # the model's classes, not a flag eval does not have
+        raise UsageError(
+            f"{exc.source}: labels need {exc.needed} classes; the model has {exc.wanted}"
+        ) from None
     if split == "test":
         dataset = _test_split(data_config, bundle)
     elif split == "all":  # a held-out file (`--data csv:other.csv`) as a whole

@@ -296,6 +296,8 @@ def test_csv_class_targets_are_finite_labels_the_file_holds(tmp_path):
         fit(config, quiet=True)
     assert not list((tmp_path / "run").glob("*.pt"))
     assert build_data(cfg(data=f"csv:{path}", num_classes=2)).info.class_names == ["cat", "dog"]
+    with pytest.raises(UsageError, match=r"s.csv: labels need 2 classes, not --num-classes 1$"):
+        build_data(cfg(data=f"csv:{path}", num_classes=1))
 
 
 @pytest.mark.parametrize("data", ["synthetic", "csv"])

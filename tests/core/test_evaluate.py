@@ -170,6 +170,10 @@ def test_refusals(run, tmp_path):
     (tmp_path / "reg.csv").write_text("a,b,y\n" + rows)
     with pytest.raises(UsageError, match="is tabular; the model expects images of shape"):
         evaluate_checkpoints([run / "last.pt"], data=f"csv:{tmp_path / 'reg.csv'}")
+    # labels past the model's classes: eval has no --num-classes to name
+    torch.save({"x": torch.rand(20, 1, 8, 8), "y": torch.arange(20)}, tmp_path / "many.pt")
+    with pytest.raises(UsageError, match=r"many.pt: labels need 20 classes; the model has 10$"):
+        evaluate_checkpoints([run / "last.pt"], data=f"tensors:{tmp_path / 'many.pt'}")
 
 
 def test_the_runs_own_data_changed_since_training_is_refused(tmp_path):

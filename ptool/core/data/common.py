@@ -195,6 +195,14 @@ class TabularImageSize(UsageError):
     """--image-size asked of tabular data (eval names the model's shape instead)."""
 
 
+class LabelsBeyondClasses(UsageError):
+    """Labels past --num-classes (eval of held-out data names the model's classes instead)."""
+
+    def __init__(self, source: str, needed: int, wanted: int):
+        super().__init__(f"{source}: labels need {needed} classes, not --num-classes {wanted}")
+        self.source, self.needed, self.wanted = source, needed, wanted
+
+
 def resize_images(x: torch.Tensor, size: int) -> torch.Tensor:
     """Resize a whole (N, C, H, W) tensor once (bilinear, antialiased) to size x size."""
     if x.dim() != 4:

@@ -10,7 +10,12 @@ from typing import Any
 
 import torch
 
-from ptool.core.data.common import check_task, in_memory_bundle, missing_path_hint
+from ptool.core.data.common import (
+    LabelsBeyondClasses,
+    check_task,
+    in_memory_bundle,
+    missing_path_hint,
+)
 from ptool.core.data.info import DataBundle
 from ptool.core.errors import PtoolError, UsageError, count
 
@@ -268,9 +273,7 @@ def _num_classes(config: Any, found: int, source: str) -> int:
     if config.num_classes is None:
         return found
     if config.num_classes < found:
-        wanted = config.num_classes
-        needed = count(found, "class", "classes")
-        raise UsageError(f"{source}: labels need {needed}, not --num-classes {wanted}")
+        raise LabelsBeyondClasses(source, found, config.num_classes)
     return config.num_classes
 
 
