@@ -189,6 +189,8 @@ class Reader:
                     str(path), error=f"shape {list(obj.shape)}; {_expects_rows(self.info)}"
                 )
             return
+        if len(obj) == 0:  # among other inputs it would pass without a word
+            yield Sample(str(path), error=f"no inputs in it (shape {list(obj.shape)})")
         for i, row in enumerate(obj):
             yield self.from_values(f"{path}[{i}]", row)
 

@@ -174,10 +174,11 @@ def test_bad_inputs_fail_alone(image_run, tmp_path, monkeypatch):
     nan[0, 0, 0, 0] = float("nan")
     torch.save(nan, tmp_path / "nan.pt")
     torch.save(raw[:1].to(torch.complex64), tmp_path / "complex.pt")  # was read as its real part
+    torch.save(raw[:0], tmp_path / "empty.pt")  # among other inputs, it passed without a word
     lines = "{not json\n" + json.dumps({"x": 1}) + "\n" + json.dumps(raw[0].tolist()) + "\n"
     lines += '[1, "a"]\n'  # torch's "new(): invalid data type 'str'" was the reason
     inputs = ["broken.png", "big.png", "bomb.png", "missing.png", "folder", "small.pt", "nan.pt"]
-    inputs += ["complex.pt", "-"]
+    inputs += ["complex.pt", "empty.pt", "-"]
     records = _records(
         image_run, [str(tmp_path / p) if p != "-" else p for p in inputs], io.StringIO(lines)
     )
@@ -202,6 +203,7 @@ def test_bad_inputs_fail_alone(image_run, tmp_path, monkeypatch):
     assert errors["nan.pt[0]"] == "the input holds NaN or infinite values"
     assert errors["nan.pt[1]"] is None
     assert errors["complex.pt[0]"] == "torch.complex64 values; the model takes real numbers"
+    assert errors["empty.pt"] == "no inputs in it (shape [0, 1, 8, 8])"
     assert errors["stdin:1"].startswith("not JSON")
     assert errors["stdin:2"] == 'a JSON object needs an "input" key'
     assert errors["stdin:3"] is None
