@@ -227,6 +227,8 @@ class Trainer:
         try:  # from here on close() leaves the process group, also on a refusal
             self.device = resolve_device(config.device, self.dist)
             self.sum_dtype = sum_dtype(self.device)
+            if resume is not None and config.seed is None:  # the API's fresh config: the run's
+                config = config.replace(seed=resume.get("config", {}).get("seed"))  # split, order
             seed = pick_seed(config.seed, self.dist)
             run_dir = config.out or (
                 str(rundir.claim_default_run_dir()) if self.dist.is_main else ""

@@ -1100,3 +1100,19 @@ def test_the_python_api_as_the_readme_shows_it(tmp_path):
         api.fit(again, model="mlp")
     with pytest.raises(UsageError, match=r"model Linear cannot take inputs of shape \[12\]"):
         api.fit(again, model=nn.Linear(5, 3), quiet=True)
+
+
+def test_an_api_resume_with_a_fresh_config_takes_the_runs_seed(tmp_path):
+    """`fit(resolve_config(...), resume=ckpt)` drew a new seed, so another split: "not the
+    data this run trained on". The oracle: the same run uninterrupted, at the seed it drew."""
+    import ptool.core as api
+
+    values = {**small(tmp_path, "cut").to_dict(), "seed": None, "epochs": 1}
+    first = api.fit(api.resolve_config(None, values), quiet=True)
+    last = api.load_checkpoint(first.checkpoints["last"])
+    resumed = api.fit(api.resolve_config(None, {**values, "epochs": 2}), resume=last, quiet=True)
+    seed = last["config"]["seed"]
+    whole = api.fit(small(tmp_path, "whole", seed=seed, epochs=2), quiet=True)
+    assert resumed.global_step == whole.global_step > last["global_step"]
+    for name, tensor in weights(whole.checkpoints["last"]).items():
+        assert torch.equal(weights(resumed.checkpoints["last"])[name], tensor), name
