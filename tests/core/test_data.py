@@ -517,6 +517,16 @@ def test_imagefolder_train_val_subfolders(tmp_path):
     bundle = build_data(cfg(data=f"imagefolder:{tmp_path}", augment=["flip", "crop"]))
     assert (bundle.info.train_size, bundle.info.val_size) == (6, 4)
     assert bundle.train[0][0].shape == (3, 64, 64)
+    make_image_folder(tmp_path / "train", classes=("c",), per_class=2)  # val/ has no c
+    with pytest.raises(UsageError, match=r"val has classes \['a', 'b'\], .*train has") as err:
+        build_data(cfg(data=f"imagefolder:{tmp_path}"))
+    assert "or --val-split 0.2 to validate on a seeded split of train/" in err.value.hint
+    split = build_data(cfg(data=f"imagefolder:{tmp_path}", val_split=0.25)).info  # the way out
+    assert (split.class_names, split.train_size, split.val_size) == (["a", "b", "c"], 6, 2)
+    make_image_folder(tmp_path / "one", classes=("a",))
+    with pytest.raises(UsageError, match="holds one class folder") as err:
+        build_data(cfg(data=f"imagefolder:{tmp_path / 'one'}"))
+    assert "eval --split all reads a held-out folder of one class" in err.value.hint
 
 
 def test_imagefolder_skips_hidden_folders_and_files(tmp_path):

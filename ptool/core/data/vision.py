@@ -182,7 +182,9 @@ def imagefolder(config: Any, path: str, *, channels: int = 3) -> DataBundle:
         if val_base.classes != base.classes:
             raise UsageError(
                 f"imagefolder: {val_dir} has classes {val_base.classes}, "
-                f"{train_dir} has {base.classes}"
+                f"{train_dir} has {base.classes}",
+                hint=f"give both the same class folders, or --val-split 0.2 to validate on a "
+                f"seeded split of {train_dir.name}/ instead ({val_dir.name}/ is then not read)",
             )
     else:
         fraction = config.val_split if config.val_split is not None else DEFAULT_VAL_FRACTION
@@ -192,7 +194,8 @@ def imagefolder(config: Any, path: str, *, channels: int = 3) -> DataBundle:
         raise UsageError(
             f"imagefolder: {train_dir} holds one class folder ({base.classes[0]}); nothing to "
             "classify",
-            hint="expected a folder per class: PATH/CLASS/IMAGE",
+            hint="expected a folder per class: PATH/CLASS/IMAGE; eval --split all reads a "
+            "held-out folder of one class",
         )
     check_num_classes(config, "imagefolder", len(base.classes))
     size = config.image_size or DEFAULT_IMAGE_SIZE
