@@ -7,7 +7,13 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from typing import Any
 
-from ptool.core.config import TrainConfig, as_flag, check_interval, default_weight_decay
+from ptool.core.config import (
+    MOMENTUM_OPTIMIZERS,
+    TrainConfig,
+    as_flag,
+    check_interval,
+    default_weight_decay,
+)
 from ptool.core.errors import UsageError, count
 
 # Options a type check cannot refuse, with their valid intervals (lists: item by item);
@@ -320,7 +326,7 @@ def check_optimizer_options(config: TrainConfig) -> None:
         "optimizer",
         config.optimizer,
         {
-            "--momentum": (("sgd", "rmsprop"), config.momentum != default.momentum),
+            "--momentum": (MOMENTUM_OPTIMIZERS, config.momentum != default.momentum),
             "--dampening": (("sgd",), config.dampening != default.dampening),
             "--nesterov": (("sgd",), config.nesterov != default.nesterov),
             "--betas": (("adam", "adamw"), tuple(config.betas) != tuple(default.betas)),

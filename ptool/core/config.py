@@ -374,7 +374,10 @@ class TrainConfig:
         return -(-self.batches_per_epoch(samples) // self.accumulate)
 
 
-def default_weight_decay(config: TrainConfig) -> float:
+MOMENTUM_OPTIMIZERS = ("sgd", "rmsprop")  # the optimizers that take --momentum
+
+
+def default_weight_decay(config: Any) -> float:
     """PyTorch's own default per optimizer: 0.01 for AdamW, 0 otherwise."""
     if config.weight_decay is not None:
         return config.weight_decay

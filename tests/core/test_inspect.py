@@ -68,6 +68,8 @@ def test_ptool_checkpoint_matches_torch_load(ptool_ckpt):
     assert s["torch_version"] == torch.__version__ and s["ptool_version"]
     assert s["config"]["optimizer"] == "adamw" and s["config"]["lr"] == 0.01
     assert s["config"]["model"] == "mlp" and s["config"]["data"] == "digits"
+    # as the run trained: AdamW's default weight decay (shown as none), and no momentum
+    assert s["config"]["weight_decay"] == 0.01 and "momentum" not in s["config"]
     buffers = sum(
         t.numel()
         for n, t in oracle["model_state_dict"].items()

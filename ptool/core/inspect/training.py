@@ -64,6 +64,24 @@ def _lightning_best(obj: Mapping, scalar: Scalar) -> dict[str, Any] | None:
     return None
 
 
+def _as_run(key_config: dict[str, Any]) -> dict[str, Any]:
+    """A ptool run's values as it trained: its optimizer's default weight decay for none
+    given (0.01 for AdamW), no momentum for an optimizer without one."""
+    from types import SimpleNamespace
+
+    from ptool.core.config import MOMENTUM_OPTIMIZERS, default_weight_decay
+
+    run = dict(key_config)
+    optimizer = run.get("optimizer")
+    if "weight_decay" in run and run["weight_decay"] is None:
+        run["weight_decay"] = default_weight_decay(
+            SimpleNamespace(weight_decay=None, optimizer=optimizer)
+        )
+    if optimizer not in MOMENTUM_OPTIMIZERS:
+        run.pop("momentum", None)
+    return run
+
+
 def summary(obj: Any, scalar: Scalar) -> dict[str, Any]:
     """Versions, progress, last and best metrics and the key config; null where absent."""
     top = obj if isinstance(obj, Mapping) else {}
@@ -71,6 +89,8 @@ def summary(obj: Any, scalar: Scalar) -> dict[str, Any]:
     config = _first(top, "config", "hyper_parameters", "hparams", "args")
     config = dict(config) if isinstance(config, Mapping) else {}
     key_config = {k: config[k] for k in KEY_CONFIG if k in config}
+    if top.get("format") == PTOOL_FORMAT:
+        key_config = _as_run(key_config)
     if "arch" in top and "model" not in key_config:
         key_config["model"] = top["arch"]
     metrics = top.get("metrics")
