@@ -19,10 +19,8 @@ from __future__ import annotations
 import copy
 import math
 import os
-import statistics
 import sys
 import tempfile
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +29,7 @@ import torch
 from torch import nn
 
 from ptool.core import checkpoint as ckpt_io
+from ptool.core.benchmark import time_calls
 from ptool.core.config import TrainConfig
 from ptool.core.engine import fit
 from ptool.core.prune import PruneOptions, prune_checkpoint
@@ -40,16 +39,11 @@ RUNS = 300
 BATCH = 32
 
 
-def median_us(call: Callable[[], object], runs: int = RUNS) -> float:
+def paired_us(a: Callable[[], object], b: Callable[[], object]) -> tuple[float, float]:
+    """Median microseconds of two calls timed as ptool's reports time models, in turns."""
     with torch.inference_mode():
-        for _ in range(20):
-            call()
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e6
+        timed = time_calls({"a": a, "b": b}, runs=RUNS, warmup=20)
+    return timed["a"].median * 1e3, timed["b"].median * 1e3
 
 
 def layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -70,23 +64,28 @@ def work(layer: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
     return x.numel()
 
 
-def per_layer(model: nn.Module, x: torch.Tensor) -> list[tuple[str, str, float, int]]:
-    rows = []
+Row = tuple[str, str, float, float, int, int]  # name, kind, dense us, pruned us, both works
+
+
+def per_layer(dense: nn.Module, pruned: nn.Module, x: torch.Tensor) -> list[Row]:
+    """Each layer of both models on its own input, timed in turns."""
+    rows, dense_x, pruned_x = [], x, x
     with torch.inference_mode():
-        for name, layer in layers(model):
-            time_us = median_us(lambda: layer(x))  # noqa: B023
-            y = layer(x)
-            rows.append((name, type(layer).__name__, time_us, work(layer, x, y)))
-            x = y
+        for (name, a), (_, b) in zip(layers(dense), layers(pruned), strict=True):
+            a_us, b_us = paired_us(lambda: a(dense_x), lambda: b(pruned_x))  # noqa: B023
+            dense_y, pruned_y = a(dense_x), b(pruned_x)
+            works = work(a, dense_x, dense_y), work(b, pruned_x, pruned_y)
+            rows.append((name, type(a).__name__, a_us, b_us, *works))
+            dense_x, pruned_x = dense_y, pruned_y
     return rows
 
 
-def bound(label: str, rows: list) -> str:
+def bound(label: str, rows: list[Row]) -> str:
     """The layers' total time, and the most a compaction could give (Amdahl): each dense
     layer's time divided by its own work ratio."""
-    dense_us = sum(a for (_, _, a, _), _ in rows)
-    pruned_us = sum(b for _, (_, _, b, _) in rows)
-    ideal_us = sum(a * work_b / work_a for (_, _, a, work_a), (_, _, _, work_b) in rows)
+    dense_us = sum(row[2] for row in rows)
+    pruned_us = sum(row[3] for row in rows)
+    ideal_us = sum(a * work_b / work_a for _, _, a, _, work_a, work_b in rows)
     return (
         f"{label}: {dense_us:.1f} -> {pruned_us:.1f} us = {dense_us / pruned_us:.2f}x; if each "
         f"layer's time fell with its work: {dense_us / ideal_us:.2f}x at most"
@@ -126,39 +125,26 @@ def main() -> None:
     x = torch.randn(BATCH, *sizes, generator=torch.Generator().manual_seed(0))
 
     print(f"\n{'layer':<14}{'kind':<20}{'dense us':>10}{'pruned us':>11}{'ratio':>8}{'work':>8}")
-    rows = list(zip(per_layer(dense, x), per_layer(pruned, x), strict=True))
-    for (name, kind, a, work_a), (_, _, b, work_b) in rows:
+    rows = per_layer(dense, pruned, x)
+    for name, kind, a, b, work_a, work_b in rows:
         print(f"{name:<14}{kind:<20}{a:>10.1f}{b:>11.1f}{a / b:>7.2f}x{work_a / work_b:>7.2f}x")
     print(bound("sum of layers", rows))
-    last = torch.channels_last
+    last = torch.channels_last  # on copies: Module.to(memory_format=) converts in place
     dense_cl, pruned_cl = (copy.deepcopy(m).to(memory_format=last) for m in (dense, pruned))
     x_cl = x.contiguous(memory_format=last)
-    rows = list(zip(per_layer(dense_cl, x_cl), per_layer(pruned_cl, x_cl), strict=True))
-    print(bound("the same in channels_last", rows))
+    print(bound("the same in channels_last", per_layer(dense_cl, pruned_cl, x_cl)))
 
     print(f"\n{'whole forward':<44}{'dense us':>10}{'pruned us':>11}{'ratio':>8}")
     forms = {
         "as trained (NCHW)": (dense, pruned, x),
-        "channels_last": (
-            dense.to(memory_format=last),
-            pruned.to(memory_format=last),
-            x.contiguous(memory_format=last),
-        ),  # fmt: skip
+        "channels_last": (dense_cl, pruned_cl, x_cl),
+        "jit.optimize_for_inference (frozen, folded)": (frozen(dense, x), frozen(pruned, x), x),
+        # inductor's generated C++, compiled at the first (warm-up) call
+        "torch.compile (inductor)": (torch.compile(dense), torch.compile(pruned), x),
     }
     for name, (a_model, b_model, inputs) in forms.items():
-        a, b = median_us(lambda: a_model(inputs)), median_us(lambda: b_model(inputs))  # noqa: B023
+        a, b = paired_us(lambda: a_model(inputs), lambda: b_model(inputs))  # noqa: B023
         print(f"{name:<44}{a:>10.1f}{b:>11.1f}{a / b:>7.2f}x")
-    dense, pruned = (
-        dense.to(memory_format=torch.contiguous_format),
-        pruned.to(memory_format=torch.contiguous_format),
-    )
-    a_model, b_model = frozen(dense, x), frozen(pruned, x)
-    a, b = median_us(lambda: a_model(x)), median_us(lambda: b_model(x))
-    print(f"{'jit.optimize_for_inference (frozen, folded)':<44}{a:>10.1f}{b:>11.1f}{a / b:>7.2f}x")
-    a_model, b_model = torch.compile(dense), torch.compile(pruned)  # compiled at the first call
-    a, b = median_us(lambda: a_model(x)), median_us(lambda: b_model(x))
-    print(f"{'torch.compile (inductor)':<44}{a:>10.1f}{b:>11.1f}{a / b:>7.2f}x")
-    print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

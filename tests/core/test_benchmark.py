@@ -20,3 +20,20 @@ def test_latency_is_the_median_with_its_interquartile_range(monkeypatch):
         (high - low) / 3000.0
     )
     assert benchmark.relative_spread([benchmark.Latency(2.0, 0.0)]) == 0.0
+
+
+def test_calls_take_turns_with_a_steady_allocator(monkeypatch):
+    """Call by call, so a busy neighbour slows both alike; glibc told to keep freed blocks
+    (its adaptive thresholds faulted a large model's activations in on every call)."""
+    set_options = []
+
+    class Libc:
+        def mallopt(self, option, value):
+            set_options.append((option, value))
+
+    monkeypatch.setattr(benchmark.ctypes, "CDLL", lambda _name: Libc())
+    order = []
+    calls = {name: (lambda name=name: order.append(name)) for name in "ab"}
+    timed = benchmark.time_calls(calls, runs=3, warmup=1)
+    assert order == ["a", "b", "a", "b", "a", "b", "a", "b"] and set(timed) == {"a", "b"}
+    assert set_options == [(-3, 32 * 1024 * 1024), (-1, 2**31 - 1)]  # M_MMAP_, M_TRIM_THRESHOLD
