@@ -3,7 +3,8 @@
 Writes ~200 MB and ~2 GB state dicts of float32 tensors to a temporary directory, then times
 (wall) and measures the peak RSS of separate processes: `ptool inspect-checkpoint FILE --json`
 (metadata; also the reader alone, in process, and `ptool --help` for the CLI's own start-up),
-`torch.load(FILE, weights_only=True)` without and with mmap, and
+`torch.load(FILE, weights_only=True)` without and with mmap (and `import torch` alone, the
+start-up it pays), and
 `ptool inspect-checkpoint FILE --stats --json`. Prints absolute figures and ratios; the
 metadata view's peak memory must not grow with the file size. Deletes the files after.
 
@@ -83,6 +84,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
         rows = []
         help_s, help_mb = best_of([PTOOL, "--help"], args.runs)
+        torch_s, torch_mb = best_of([sys.executable, "-c", "import torch"], args.runs)
         for megabytes in (200, int(args.gb * 1024)):
             path = Path(tmp) / f"state_{megabytes}mb.pt"
             write_state_dict(path, megabytes)
@@ -92,8 +94,8 @@ def main() -> None:
             mmap_s, mmap_mb = best_of(torch_load(path, True), args.runs)
             meta_s, meta_mb = best_of([PTOOL, "inspect-checkpoint", str(path), "--json"], args.runs)
             core_s = min(core_seconds(path) for _ in range(args.runs))
-            stats_s, stats_mb = measure(
-                [PTOOL, "inspect-checkpoint", str(path), "--stats", "--json"]
+            stats_s, stats_mb = best_of(
+                [PTOOL, "inspect-checkpoint", str(path), "--stats", "--json"], args.runs
             )
             rows.append(
                 (
@@ -111,6 +113,7 @@ def main() -> None:
             )
             path.unlink()
     print(f"`ptool --help` (CLI start-up alone): {help_s:.3f} s, {help_mb:.0f} MB peak RSS")
+    print(f"`import torch` (torch.load's start-up): {torch_s:.3f} s, {torch_mb:.0f} MB peak RSS")
     print(
         f"{'file':>9} | {'inspect (metadata)':>18} | {'reader only':>11} | {'torch.load':>16} | "
         f"{'torch.load mmap':>16} | {'inspect --stats':>16} | metadata vs torch.load"
