@@ -44,7 +44,7 @@ def main() -> None:
     for command in COMMANDS.values():  # warm the page cache and .pyc files
         wall(command)
     times: dict[str, list[float]] = {name: [] for name in COMMANDS}
-    for _ in range(max(args.repeat, 10)):
+    for _ in range(max(args.repeat, 1)):
         for name, command in COMMANDS.items():
             times[name].append(wall(command))
     medians = {name: statistics.median(values) for name, values in times.items()}

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -35,14 +37,22 @@ class _MallInfo2(ctypes.Structure):
     ]  # fmt: skip
 
 
-def _malloc_in_use() -> int | None:
-    """Bytes malloc has handed out (heap + mmapped blocks); None where glibc is absent."""
+@functools.cache  # find_library starts a process (2 ms), inside the timed steps
+def _mallinfo2() -> Callable[[], _MallInfo2] | None:
     name = ctypes.util.find_library("c")
     libc = ctypes.CDLL(name) if name else None
     if libc is None or not hasattr(libc, "mallinfo2"):
         return None
     libc.mallinfo2.restype = _MallInfo2
-    info = libc.mallinfo2()
+    return libc.mallinfo2
+
+
+def _malloc_in_use() -> int | None:
+    """Bytes malloc has handed out (heap + mmapped blocks); None where glibc is absent."""
+    mallinfo2 = _mallinfo2()
+    if mallinfo2 is None:
+        return None
+    info = mallinfo2()
     return info.uordblks + info.hblkhd
 
 

@@ -57,12 +57,14 @@ def core_seconds(path: Path) -> float:
 
 def measure(command: list[str]) -> tuple[float, float]:
     """(wall seconds, peak RSS in MB) of one child process."""
-    start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: {' '.join(command)}: {process.stderr.read().decode()}")
+    with tempfile.TemporaryFile() as errors:  # not a pipe: a child filling one blocks wait4
+        start = time.perf_counter()
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - start
+        if os.waitstatus_to_exitcode(status) != 0:
+            errors.seek(0)
+            raise SystemExit(f"failed: {' '.join(command)}: {errors.read().decode()}")
     return wall, usage.ru_maxrss / 1024  # Linux: KiB
 
 

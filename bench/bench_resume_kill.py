@@ -38,18 +38,20 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 
 def kill_at_random(args: list[str], run_dir: Path, rng: random.Random) -> str:
     """Start, wait for a checkpoint, kill -9 after a random delay; what the kill hit."""
-    proc = subprocess.Popen([PTOOL, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    started = (run_dir / "last.pt").stat().st_mtime if (run_dir / "last.pt").exists() else 0
-    while proc.poll() is None:
-        last = run_dir / "last.pt"
-        if last.exists() and last.stat().st_mtime > started:
-            break
-        time.sleep(0.01)
-    time.sleep(rng.uniform(0.0, 1.5))
-    if proc.poll() is not None:
-        return "finished" if proc.returncode == 0 else f"failed: {proc.stderr.read().decode()}"
-    proc.kill()
-    proc.wait()
+    with tempfile.TemporaryFile() as errors:  # not a pipe: a child filling one would block
+        proc = subprocess.Popen([PTOOL, *args], stdout=subprocess.DEVNULL, stderr=errors)
+        started = (run_dir / "last.pt").stat().st_mtime if (run_dir / "last.pt").exists() else 0
+        while proc.poll() is None:
+            last = run_dir / "last.pt"
+            if last.exists() and last.stat().st_mtime > started:
+                break
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 1.5))
+        if proc.poll() is not None:
+            errors.seek(0)
+            return "finished" if proc.returncode == 0 else f"failed: {errors.read().decode()}"
+        proc.kill()
+        proc.wait()
     return "save" if list(run_dir.glob(".last.pt.tmp-*")) else "step"
 
 
