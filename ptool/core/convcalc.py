@@ -26,7 +26,7 @@ from fractions import Fraction
 from functools import partial
 from typing import Any
 
-from ptool.core.errors import UsageError
+from ptool.core.errors import UsageError, count
 
 LAYERS = ("conv", "convT", "maxpool", "avgpool", "adaptive")
 POOLS = ("maxpool", "avgpool")
@@ -159,7 +159,7 @@ def parse_ints(text: str | int | list | tuple, what: str, *, minimum: int = 0) -
         values = tuple(item[0] for item in parsed)
     else:
         parts = str(text).strip().lower().split("x")
-        if not all(re.fullmatch(r"-?\d+", p.strip()) for p in parts):
+        if not all(re.fullmatch(r"-?[0-9]+", p.strip()) for p in parts):  # not \d: "３"
             raise wrong
         values = tuple(int(p) for p in parts)
     if not values:
@@ -448,7 +448,7 @@ def _per_dim(values: Ints | None, names: tuple[str, ...], what: str) -> dict[str
         values = values * len(names)
     if len(values) != len(names):
         raise UsageError(
-            f"{what} has {len(values)} values but the input has {len(names)} dimensions "
+            f"{what} has {len(values)} values but the input has {count(len(names), 'dimension')} "
             f"({', '.join(names)})"
         )
     return dict(zip(names, values, strict=True))

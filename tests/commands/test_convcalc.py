@@ -108,6 +108,7 @@ def test_stdin_json_lines_with_a_bad_line():
 def test_stdin_errors_show_values_as_json():
     lines = '{"k": true, "h": 5}\n{"k": 3, "h": 5, "ceil_mode": 1}\n{"k": "3y", "h": 5}'
     # a list holds one integer per dimension: [[3, 5]] and ["3x5", 2] were cut to 3 and (3, 2)
+    lines += '\n{"k": "\uff13", "h": 5}\n{"k": "3x3", "w": 10}'
     lines += '\n{"k": [[3, 5]], "w": 10}\n{"k": ["3x5", 2], "h": 9, "w": 9}'
     proc = convcalc("--stdin", input=lines)
     errors = [json.loads(line)["error"] for line in proc.stdout.splitlines()]
@@ -115,6 +116,8 @@ def test_stdin_errors_show_values_as_json():
         "kernel_size expects integers like 3 or 3x5, got true",
         "ceil_mode expects true or false, got 1",
         "kernel_size expects integers like 3 or 3x5, got '3y'",
+        "kernel_size expects integers like 3 or 3x5, got '\uff13'",  # a full-width 3 passed
+        "kernel_size has 2 values but the input has 1 dimension (w)",
         "kernel_size expects integers like 3 or 3x5, got [[3, 5]]",
         'kernel_size expects integers like 3 or 3x5, got ["3x5", 2]',
     ]
