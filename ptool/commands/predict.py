@@ -69,6 +69,8 @@ def predict(
         raise UsageError(f"--top-k must be at least 1, got {top_k}")
     if batch_size < 1:
         raise UsageError(f"--batch-size must be positive, got {batch_size}")
+    if inputs.count("-") > 1:  # the second would read a stdin the first emptied
+        raise UsageError("- (stdin) is given more than once", hint="give it once")
     out = Output(json=json, quiet=quiet)
 
     from ptool.core.predict import Reader, load_predictor

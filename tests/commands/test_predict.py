@@ -111,6 +111,11 @@ def test_table_on_a_terminal_and_refusals(workdir, ptool_in, monkeypatch):
         2,
         "error: --top-k must be at least 1, got 0",
     )
+    twice = ptool_in("predict", "run/last.pt", "-", "-", stdin="[[0.5]]\n")  # one was ignored
+    assert (twice.returncode, twice.stderr.splitlines()[0]) == (
+        2,
+        "error: - (stdin) is given more than once",
+    )
 
 
 def test_a_reader_that_stops_early_ends_it_quietly(workdir):
