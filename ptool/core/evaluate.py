@@ -368,7 +368,11 @@ def device_for(spec: str, quantized: bool) -> torch.device:
 
 
 def _preprocessing(info: Any) -> tuple:
-    return (info.task, list(info.input_shape), info.num_outputs, info.class_names, info.mean)
+    """What two checkpoints' models must share to be evaluated on the first one's samples."""
+    return (
+        info.task, list(info.input_shape), info.num_outputs, info.class_names, info.mean,
+        info.std, info.feature_names,
+    )  # fmt: skip
 
 
 def evaluate_checkpoints(

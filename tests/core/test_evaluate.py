@@ -156,11 +156,12 @@ def test_refusals(run, tmp_path):
         evaluate_checkpoints([run / "last.pt"], split="test")
     with pytest.raises(UsageError, match="unknown --split"):
         evaluate_checkpoints([run / "last.pt"], split="holdout")
-    other = torch.load(run / "last.pt", weights_only=True)
-    other["data_info"]["mean"] = [0.0]
-    torch.save(other, tmp_path / "other.pt")
-    with pytest.raises(UsageError, match="other data or preprocessing"):
-        evaluate_checkpoints([run / "last.pt", tmp_path / "other.pt"])
+    for key, value in (("mean", [0.0]), ("std", [2.0])):  # another std passed
+        other = torch.load(run / "last.pt", weights_only=True)
+        other["data_info"][key] = value
+        torch.save(other, tmp_path / "other.pt")
+        with pytest.raises(UsageError, match="other data or preprocessing"):
+            evaluate_checkpoints([run / "last.pt", tmp_path / "other.pt"])
     (tmp_path / "rows.csv").write_text("a,b,label\n1,2,0\n3,4,1\n5,6,0\n7,8,1\n")
     with pytest.raises(UsageError) as tabular:
         evaluate_checkpoints([run / "last.pt"], data=f"csv:{tmp_path / 'rows.csv'}")
