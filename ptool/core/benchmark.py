@@ -6,12 +6,14 @@ same thread count for both models, so two figures taken here can be divided.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gzip
 import io
 import statistics
+import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -61,19 +63,38 @@ class Latency(NamedTuple):
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 
 
-def steady_allocator() -> None:
-    """Keep freed memory for the next call, process-wide, as jemalloc and tcmalloc do (what
-    PyTorch's CPU performance guide recommends). glibc's malloc, by its adaptive thresholds,
-    may hand a model's freed activations back to the OS after each call and fault them in
-    again on the next: a dense cnn on 3x32x32 images at batch 32 took 8.5-14 ms a call so,
-    3.5 ms with fixed thresholds, and a pruned model's smaller blocks escaped it, which made
-    its speedup look 2.4x larger. Not glibc (macOS, musl): nothing to do."""
+def _glibc() -> Any:
+    """The C library when it is glibc (mallopt and malloc_trim both there), else None: macOS,
+    musl, Windows (where ctypes.CDLL(None) raises TypeError)."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024)  # glibc's largest: blocks below stay in the heap
-    mallopt(M_TRIM_THRESHOLD, 2**31 - 1)  # and the heap is not trimmed after each call
+        libc = ctypes.CDLL(None)
+        libc.mallopt, libc.malloc_trim  # noqa: B018  (musl has no malloc_trim)
+    except (OSError, AttributeError, TypeError):
+        return None
+    return libc
+
+
+@contextlib.contextmanager
+def steady_allocator() -> Iterator[None]:
+    """Memory freed by one timed call kept for the next. glibc's malloc, by its adaptive
+    thresholds, may hand a model's freed activations back to the OS after each call and fault
+    them in again on the next: a dense cnn on 3x32x32 images at batch 32 took 8.5-14 ms a call
+    so, 3.5 ms with fixed thresholds, and a pruned model's smaller blocks escaped it, which made
+    its speedup look 2.4x larger (PyTorch's CPU performance guide suggests jemalloc or tcmalloc
+    for such reasons). Afterwards the free memory goes back to the OS (`malloc_trim`); the
+    thresholds stay fixed for the process (glibc has no way back to its adaptive ones), so
+    memory freed later is kept for reuse up to the process's peak. Only with glibc."""
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024)  # glibc's largest: below, the heap
+        libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)  # which is not trimmed after each call
+    try:
+        yield
+    finally:
+        if libc is not None:
+            libc.malloc_trim(0)
 
 
 @torch.no_grad()
@@ -93,16 +114,16 @@ def time_calls(
     """Wall time of each call, over `runs` calls after `warmup`, with a `steady_allocator`.
     The calls take turns call by call, so a busy neighbour process slows all of them alike
     and their ratio stays meaningful."""
-    steady_allocator()
-    for call in calls.values():
-        for _ in range(warmup):
-            call()
     times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(max(1, runs)):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            times[name].append((time.perf_counter() - start) * 1000.0)
+    with steady_allocator():
+        for call in calls.values():
+            for _ in range(warmup):
+                call()
+        for _ in range(max(1, runs)):
+            for name, call in calls.items():
+                start = time.perf_counter()
+                call()
+                times[name].append((time.perf_counter() - start) * 1000.0)
     return {name: _latency(values) for name, values in times.items()}
 
 
