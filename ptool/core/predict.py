@@ -109,23 +109,27 @@ class Reader:
 
     # -- tensors from any reader: exact shape, then the run's normalization ---------------
 
-    def is_sample(self, shape: Iterable[int]) -> bool:
+    def is_sample(self, shape: Iterable[int], *, row: bool = False) -> bool:
         """Whether a tensor of `shape` is one input (an (H, W) one for a grayscale model); a
-        run that resized its images (`--image-size`) takes (C, h, w) of any size, and a
-        grayscale one (h, w), as its training data, eval and image files do."""
+        run that resized its images (`--image-size`) takes (C, h, w) of any size, as eval and
+        image files do, and a grayscale one the (h, w) rows of an [N, H, W] file, as its
+        training data could be (a whole 2-D tensor, [5, 64] flattened digits say, is not an
+        image of any size)."""
         expected, shape = list(self.info.input_shape), list(shape)
         grayscale = self.info.is_image and expected[0] == 1
         if not self.resizes:
             return shape == expected or (grayscale and shape == expected[1:])
         channels_first = len(shape) == 3 and shape[0] == expected[0]
-        return (channels_first or (grayscale and len(shape) == 2)) and min(shape) > 0
+        plain_row = grayscale and row and len(shape) == 2
+        return (channels_first or plain_row) and min(shape) > 0
 
     @property
     def resizes(self) -> bool:
         return self.info.is_image and self.info.image_size is not None
 
-    def from_values(self, name: str, values: Any) -> Sample:
-        """uint8 image data stays uint8: val_transform scales it by 1/255, as for image files."""
+    def from_values(self, name: str, values: Any, *, row: bool = False) -> Sample:
+        """uint8 image data stays uint8: val_transform scales it by 1/255, as for image files;
+        `row`: a row of a tensor file (`is_sample`)."""
         try:
             x = torch.as_tensor(values)
             if x.is_complex():  # .to(float32) would drop the imaginary parts, with a warning
@@ -135,7 +139,7 @@ class Reader:
         except (TypeError, ValueError, RuntimeError) as exc:
             why = "it holds text" if "invalid data type 'str'" in str(exc) else str(exc)
             return Sample(name, error=f"not a numeric array ({why})")
-        if not self.is_sample(x.shape):
+        if not self.is_sample(x.shape, row=row):
             return Sample(
                 name, error=f"shape {list(x.shape)}; the model expects {_expects(self.info)}"
             )
@@ -181,7 +185,7 @@ class Reader:
             keys = "/".join(X_KEYS)
             yield Sample(str(path), error=f"expected a tensor [N, ...] or a dict with {keys}")
             return
-        if not self.is_sample(obj.shape[1:]):
+        if not self.is_sample(obj.shape[1:], row=True):
             if self.is_sample(obj.shape):  # one sample, saved without its batch dim
                 yield self.from_values(str(path), obj)
             else:  # one line for the file, not one per row
@@ -191,8 +195,8 @@ class Reader:
             return
         if len(obj) == 0:  # among other inputs it would pass without a word
             yield Sample(str(path), error=f"no inputs in it (shape {list(obj.shape)})")
-        for i, row in enumerate(obj):
-            yield self.from_values(f"{path}[{i}]", row)
+        for i, values in enumerate(obj):
+            yield self.from_values(f"{path}[{i}]", values, row=True)
 
     def csv_rows(self, path: Path) -> Iterator[Sample]:
         if self.info.is_image:

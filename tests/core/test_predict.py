@@ -117,22 +117,25 @@ def test_a_resizing_runs_tensor_rows_of_another_size_are_resized_as_eval_resizes
     torch.save(raw[:2, :, :4], tmp_path / "strip.pt")  # [2, 1, 4, 8]: also resized
     # without the channel axis, as training reads a grayscale [N, H, W] file: it was refused
     torch.save(raw[:5, 0], tmp_path / "plain8.pt")
-    line = io.StringIO(json.dumps(raw[0, 0].tolist()) + "\n")
     inputs = [str(tmp_path / name) for name in ("raw8.pt", "strip.pt", "plain8.pt")]
-    records = _records(run, [*inputs, "-"], stdin=line, top_k=10)
-    assert [r.get("error") for r in records] == [None] * 13
-    expected_rows = [*oracle[:5], *oracle[:2], *oracle[:5], oracle[0]]
+    records = _records(run, inputs, top_k=10)
+    assert [r.get("error") for r in records] == [None] * 12
+    expected_rows = [*oracle[:5], *oracle[:2], *oracle[:5]]
     for record, expected in zip(records, expected_rows, strict=True):
         if "strip" in record["input"]:
             continue  # another image: only resized
         probabilities = [record["probabilities"][str(c)] for c in range(len(expected))]
         assert probabilities == pytest.approx(expected.tolist(), abs=1e-5)
     torch.save(torch.rand(2, 3, 8, 8), tmp_path / "rgb.pt")  # other channels: still an error
-    (wrong,) = _records(run, [str(tmp_path / "rgb.pt")])
-    assert wrong["error"] == (
-        "shape [2, 3, 8, 8]; expected [N, 1, H, W] or [N, H, W] for the model's 1xHxW images "
-        "(grayscale, any size: the run resizes to 16x16)"
-    )
+    torch.save(raw[:5].flatten(1), tmp_path / "flat.pt")  # a whole 2-D tensor: no image
+    line = io.StringIO(json.dumps(raw[0, 0].tolist()) + "\n")  # nor on stdin
+    rgb, flat, plain = _records(run, [str(tmp_path / "rgb.pt"), str(tmp_path / "flat.pt"), "-"],
+                                stdin=line)  # fmt: skip
+    images = "1xHxW images (grayscale, any size: the run resizes to 16x16)"
+    rows = f"expected [N, 1, H, W] or [N, H, W] for the model's {images}"
+    assert rgb["error"] == f"shape [2, 3, 8, 8]; {rows}"
+    assert flat["error"] == f"shape [5, 64]; {rows}"
+    assert plain["error"] == f"shape [8, 8]; the model expects {images}"
 
 
 def test_images_are_read_as_a_viewer_shows_them(image_run, tmp_path):
