@@ -388,10 +388,6 @@ class Trainer:
             model = build_model(self.config, self.info)
             if new_run:
                 check_grad_checkpoint(model, self.config)
-        else:  # the API's own model, or a fine-tune's: checked as a built one is
-            from ptool.core.models import check_io
-
-            check_io(model, self.info, type(model).__name__)
         if self.config.init_from and new_run:
             load_initial_weights(
                 model,

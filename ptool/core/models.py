@@ -297,10 +297,9 @@ def check_io(model: nn.Module, info: Any, spec: str) -> None:
     """One forward of two zero samples, so a shape mismatch fails before training starts."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters(), torch.empty(0)).device  # a model given to fit may be placed
     try:
         with torch.no_grad():
-            out = model(torch.zeros(2, *info.input_shape, device=device))
+            out = model(torch.zeros(2, *info.input_shape))
     except (RuntimeError, AssertionError, ValueError) as exc:  # ViT asserts its image size
         raise UsageError(
             f"model {spec} cannot take inputs of shape {info.input_shape}: {first_line(exc)}",

@@ -837,6 +837,6 @@ def test_the_metrics_before_pruning_are_evals_under_the_runs_precision(tmp_path)
     ckpt = write_checkpoint(tmp_path / "best.pt", epochs=1, model="cnn", channels=[4, 8],
                             precision="bf16")  # fmt: skip
     report, _ = _prune(ckpt, tmp_path, amount=0.0, evaluate=True)
-    (evaluated,) = evaluate_checkpoints([ckpt])
+    (evaluated,) = evaluate_checkpoints([ckpt], device="cpu")  # prune evaluates on the CPU
     before = report["metrics"]["before"]
     assert before["val/loss"] == pytest.approx(evaluated["metrics"]["loss"], rel=1e-6)
