@@ -101,6 +101,7 @@ def main() -> None:
     config = TrainConfig(model="mlp", hidden=[WIDTH] * DEPTH)
     info = DataInfo("regression", [FEATURES], 1, None, None, None, None, None, BATCH, 0)
     state = {k: v.clone() for k, v in build_model(config, info).state_dict().items()}
+    _mallinfo2()  # found before the first timed step
     plain = _run(0, x, y, state)
     ckpt = _run(SEGMENTS, x, y, state)
     diff = max(abs(a - b) for a, b in zip(plain["losses"], ckpt["losses"], strict=True))

@@ -146,24 +146,29 @@ def _given(value) -> str:
 
 def parse_ints(text: str | int | list | tuple, what: str, *, minimum: int = 0) -> Ints:
     """'3' -> (3,), '3x5' -> (3, 5), [3, 5] -> (3, 5); each value at least `minimum`."""
-    wrong = UsageError(f"{what} expects integers like 3 or 3x5, got {_given(text)}")
+
+    def wrong() -> UsageError:  # made when raised: _given's JSON takes no numpy integer
+        return UsageError(f"{what} expects integers like 3 or 3x5, got {_given(text)}")
+
     if isinstance(text, bool):
-        raise wrong
+        raise wrong()
     if isinstance(text, int):
         values: Ints = (text,)
     elif isinstance(text, (list, tuple)):  # one integer per item: not [[3, 5]] nor ["3x5", 2]
-        items = [v if isinstance(v, (int, str)) else [] for v in text]
-        parsed = [parse_ints(v, what, minimum=minimum) if v != [] else () for v in items]
+        parsed = [
+            () if isinstance(v, (list, tuple)) else parse_ints(v, what, minimum=minimum)
+            for v in text
+        ]
         if any(len(item) != 1 for item in parsed):
-            raise wrong
+            raise wrong()
         values = tuple(item[0] for item in parsed)
     else:
         parts = str(text).strip().lower().split("x")
         if not all(re.fullmatch(r"-?[0-9]+", p.strip()) for p in parts):  # not \d: "３"
-            raise wrong
+            raise wrong()
         values = tuple(int(p) for p in parts)
     if not values:
-        raise wrong
+        raise wrong()
     for v in values:
         if v < minimum:
             raise UsageError(f"{what} must be >= {minimum}, got {v}")

@@ -228,11 +228,12 @@ class Reader:
                 yield Sample(str(path), error="no header row (line 1 holds data, not column names)")
                 return
             if missing:
-                one = header[0] if len(header) == 1 else None  # `a;b;c`: another separator
-                found = f" (its header is one column, {one!r}: commas separate them)" if one else ""
+                one = header[0] if len(header) == 1 else ""
+                other_separator = any(mark in one for mark in ";\t|")  # `a;b;c`
+                found = f" (its header is one column, {one!r}: commas separate them)"
                 yield Sample(
                     str(path),
-                    error=f"missing columns {', '.join(missing)}{found}; "
+                    error=f"missing columns {', '.join(missing)}{found * other_separator}; "
                     f"the model expects columns {', '.join(expected)}",
                 )
                 return

@@ -654,3 +654,15 @@ def test_never_imports_torch():
     code = "import sys, ptool.core.convcalc; print('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.stdout.strip() == "False"
+
+
+def test_integers_of_numpy_and_lists_of_one_integer_each():
+    """A numpy integer raised TypeError (the refusal's text was made up front, as JSON), and
+    [[3, 5]] or ["3x5", 2] were cut to 3 and (3, 2)."""
+    import numpy as np
+
+    assert cc.parse_ints(np.int64(3), "k") == (3,)
+    assert cc.parse_ints([np.int64(3), "5"], "k") == (3, 5)
+    for bad in ([[3, 5]], ["3x5", 2], [3.0], "\uff13"):
+        with pytest.raises(UsageError, match="k expects integers like 3 or 3x5"):
+            cc.parse_ints(bad, "k")

@@ -295,6 +295,9 @@ def test_csv_rows_by_column_name_and_regression_values(tmp_path):
     (tmp_path / "wrong.csv").write_text("a,b,d\n1,2,3\n")
     (record,) = _records(ckpt, [str(tmp_path / "wrong.csv")])
     assert record["error"] == "missing columns c; the model expects columns a, b, c"
+    (tmp_path / "one.csv").write_text("d\n1\n")  # one column of another name: no separator
+    (record,) = _records(ckpt, [str(tmp_path / "one.csv")])
+    assert record["error"] == "missing columns a, b, c; the model expects columns a, b, c"
     (tmp_path / "semicolons.csv").write_text("a;b;c\n1;2;3\n")  # "missing a, b, c" said no more
     (tmp_path / "rows.txt").write_text("a,b,c\n1,2,3\n")  # read by suffix: was "an image"
     semicolons, text = _records(ckpt, [str(tmp_path / n) for n in ("semicolons.csv", "rows.txt")])
