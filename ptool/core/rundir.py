@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -67,12 +67,20 @@ def prepare_run_dir(path: str | Path) -> Path:
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        _probe(path)
     except OSError as exc:
         raise unwritable(path, exc) from None
     return path
+
+
+def _probe(folder: Path) -> None:
+    """Create and remove a file in `folder`, or raise its OSError: os.access lets root through
+    on a read-only mount, /sys or /proc. One exclusive create (tempfile's retries on a denied
+    name can run for hours on Windows); a remove that fails leaves the probe, not an error."""
+    probe = folder / f".ptool-probe-{secrets.token_hex(6)}"
+    os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    with contextlib.suppress(OSError):
+        probe.unlink()
 
 
 def check_output_folder(path: Path, flag: str) -> None:
@@ -84,8 +92,8 @@ def check_output_folder(path: Path, flag: str) -> None:
         folder = folder.parent
     if not folder.is_dir():
         raise UsageError(f"{flag}: {folder} is a file, not a folder")
-    try:  # a probe, not os.access: root passes that on a read-only mount, /sys or /proc
-        tempfile.TemporaryFile(dir=folder, prefix=".ptool-probe-").close()
+    try:
+        _probe(folder)
     except OSError:
         raise UsageError(
             f"{flag}: cannot write in {folder}", hint="choose a path you can write to"
