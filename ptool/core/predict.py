@@ -276,9 +276,7 @@ class Reader:
             yield self.from_values(name, values)
 
     def image(self, path: Path) -> Sample:
-        from PIL import Image, UnidentifiedImageError
-
-        from ptool.core.data.transforms import as_viewed
+        from ptool.core.data.image_folder import UnreadableImage, load_image
 
         name = str(path)
         if not self.info.is_image:
@@ -287,22 +285,19 @@ class Reader:
                 error=f"not a .csv or torch.save file; the model expects {_expects(self.info)} "
                 "(a .csv, a .pt or JSON lines on stdin)",
             )
-        try:
-            with Image.open(path) as opened:
-                image = as_viewed(opened)  # as training read its images
-                _, height, width = self.info.input_shape
-                if self.info.image_size is None and image.size != (width, height):
-                    w, h = image.size
-                    return Sample(
-                        name,
-                        error=f"{w}x{h} pixels; the model expects {_expects(self.info)} "
-                        "(the run did not resize its images)",
-                    )
-                return Sample(name, self.transform(image))
-        except Image.DecompressionBombError as exc:  # Pillow's limit: not an OSError
-            return Sample(name, error=f"too large to decode safely ({exc})")
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            return Sample(name, error=f"cannot read image ({type(exc).__name__})")
+        channels, height, width = self.info.input_shape
+        try:  # as training's loader reads it
+            image = load_image(name, "L" if channels == 1 else "RGB")
+        except UnreadableImage as exc:
+            return Sample(name, error=str(exc).removeprefix(f"{name}: "))
+        if self.info.image_size is None and image.size != (width, height):
+            w, h = image.size
+            return Sample(
+                name,
+                error=f"{w}x{h} pixels; the model expects {_expects(self.info)} "
+                "(the run did not resize its images)",
+            )
+        return Sample(name, self.transform(image))
 
 
 def _batches(samples: Iterable[Sample], size: int) -> Iterator[list[Sample]]:

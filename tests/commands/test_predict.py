@@ -57,7 +57,7 @@ def test_json_lines_with_a_failed_input_in_the_batch(workdir):
     assert all(len(line["probabilities"]) == 2 for line in lines)
     assert lines[0]["label"] == str(lines[0]["prediction"]) == next(iter(lines[0]["probabilities"]))
     assert result.stderr.splitlines() == [
-        "failed: broken.png: cannot read image (UnidentifiedImageError)",
+        "failed: broken.png: not an image Pillow reads",
         "error: 1 of 3 inputs failed (listed above); the others were predicted",
     ]
 
@@ -78,9 +78,7 @@ def test_same_input_same_output_and_json_errors(ptool_in):
     assert first.returncode == second.returncode == 1
     assert first.stdout == second.stdout
     document = json.loads(first.stdout)
-    assert document["errors"] == [
-        {"input": "broken.png", "error": "cannot read image (UnidentifiedImageError)"}
-    ]
+    assert document["errors"] == [{"input": "broken.png", "error": "not an image Pillow reads"}]
     assert len(document["predictions"]) == 30
 
 
