@@ -133,6 +133,9 @@ class _EachSample(Dataset):
     def __getitem__(self, i: int):
         return self.apply(*self.dataset[i])
 
+    def apply(self, x: Any, y: Any) -> tuple[Any, Any]:
+        raise NotImplementedError
+
 
 class _Normalized(_EachSample):
     """Each input normalized with the checkpoint's mean/std."""
