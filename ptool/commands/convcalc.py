@@ -143,7 +143,7 @@ def convcalc(
     if stdin:
         _stream(out, {key: value for key, value in request.items() if value is not None})
         return
-    result = core.evaluate(request)
+    result = core.run_request(request)
     _show(out, result, explain=explain)
 
 
@@ -200,7 +200,7 @@ def _stream(out, defaults: dict) -> None:
             continue
         total += 1
         try:
-            result = core.evaluate(core.overlay(defaults, core.parse_request_line(line)))
+            result = core.run_request(core.overlay(defaults, core.parse_request_line(line)))
         except UsageError as exc:
             failed += 1
             out.json_line({"line": number, "error": str(exc)})

@@ -812,7 +812,7 @@ def _flag_of(name: str, value: Any) -> str:
     return f"--no-{flag}" if value is False else f"--{flag}"
 
 
-def evaluate(request: dict) -> LayerResult | ChainResult | SolveResult:
+def run_request(request: dict) -> LayerResult | ChainResult | SolveResult:
     """A request of option values (None = not given): a layer, a chain, or a padding search."""
     size = size_from_options(request)
     in_channels = request.get("in_channels")

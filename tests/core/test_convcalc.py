@@ -453,7 +453,7 @@ def test_a_parameter_the_layer_does_not_take_is_refused(chain, flags, message):
     layer, size = chain.split()[:2]
     sized = {"output_size": size[1:]} if layer == "adaptive" else {"k": size[1:]}
     with pytest.raises(UsageError, match=message):
-        cc.evaluate({"h": 8, "layer": layer, **sized, **flags})
+        cc.run_request({"h": 8, "layer": layer, **sized, **flags})
 
 
 @pytest.mark.parametrize(
@@ -609,17 +609,18 @@ def test_solve_examples():
     assert not none.solved and {s.output for s in none.nearest["w"]} == {5}
 
 
-def test_evaluate_requests():
-    assert cc.evaluate({"h": 32, "k": "3", "s": "2"}).output == {"h": 15}
-    assert cc.evaluate({"size": "8x8", "chain": "conv k3; maxpool k2"}).output == {"h": 3, "w": 3}
+def test_run_requests():
+    assert cc.run_request({"h": 32, "k": "3", "s": "2"}).output == {"h": 15}
+    chain = cc.run_request({"size": "8x8", "chain": "conv k3; maxpool k2"})
+    assert chain.output == {"h": 3, "w": 3}
     with pytest.raises(UsageError, match="drop --k$"):
-        cc.evaluate({"size": "8", "chain": "conv k3", "k": "3"})
+        cc.run_request({"size": "8", "chain": "conv k3", "k": "3"})
     with pytest.raises(UsageError, match="drop --no-bias$"):  # was "--bias", no such flag
-        cc.evaluate({"size": "8", "chain": "conv k3", "bias": False})
+        cc.run_request({"size": "8", "chain": "conv k3", "bias": False})
     with pytest.raises(UsageError, match="once"):
-        cc.evaluate({"size": "8", "h": 8, "k": "3"})
+        cc.run_request({"size": "8", "h": 8, "k": "3"})
     with pytest.raises(UsageError, match="no input size"):
-        cc.evaluate({"k": "3"})
+        cc.run_request({"k": "3"})
     assert cc.parse_request_line('{"k": 5, "h": 28}') == {"k": 5, "h": 28}
     with pytest.raises(UsageError, match="unknown keys"):
         cc.parse_request_line('{"kernel": 5}')
@@ -628,7 +629,7 @@ def test_evaluate_requests():
 def test_a_stdin_line_overlays_the_command_line_key_by_key():
     """Before: a line with "layer" dropped the command line's --k --s --p."""
     cli = {"h": 32, "k": "3", "s": "2", "p": "1"}
-    pooled = cc.evaluate(cc.overlay(cli, {"layer": "maxpool"}))
+    pooled = cc.run_request(cc.overlay(cli, {"layer": "maxpool"}))
     assert pooled.output["h"] == nn.MaxPool1d(3, 2, 1)(torch.zeros(1, 1, 32)).shape[-1]
     assert cc.overlay(cli, {"layer": "convT", "s": 3}) == {**cli, "layer": "convT", "s": 3}
     # a line's chain replaces the layer options; a line's layer replaces the chain
@@ -644,7 +645,7 @@ def test_a_target_with_a_chain_is_refused_never_dropped():
     chain as if no target had been asked for."""
     request = cc.overlay({"h": 32, "target": "16"}, {"chain": "conv k3"})
     with pytest.raises(UsageError, match="a chain sets each layer itself; drop --target"):
-        cc.evaluate(request)
+        cc.run_request(request)
 
 
 def test_never_imports_torch():
