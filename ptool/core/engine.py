@@ -173,21 +173,24 @@ def _stderr_line(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _check_types(config: Any, resume: Any, model: Any) -> None:
+def _check_types(config: Any, resume: Any, model: Any, data: Any) -> None:
     """The Python API's arguments, refused by what they should be rather than by an
     AttributeError deep in the run (`fit("run.yaml")`, `resume="last.pt"`)."""
-    for name, value, kind, way in (
-        ("config", config, TrainConfig, "resolve_config(file, overrides) builds one"),
-        ("resume", resume, dict, "load_checkpoint(path) loads one"),
-        ("model", model, nn.Module, "build_model(config, info) builds one"),
+    from ptool.core.data import DataBundle
+
+    for name, value, kind, way, optional in (
+        ("config", config, TrainConfig, "resolve_config(file, overrides) builds one", False),
+        ("resume", resume, dict, "load_checkpoint(path) loads one", True),
+        ("model", model, nn.Module, "build_model(config, info) builds one", True),
+        ("data", data, DataBundle, "build_data(config) builds one", True),
     ):
-        if value is not None and not isinstance(value, kind):
-            raise TypeError(f"{name} is a {kind.__name__}, not {type(value).__name__}: {way}")
+        if not (isinstance(value, kind) or (optional and value is None)):
+            raise TypeError(f"{name} must be a {kind.__name__}, not {type(value).__name__}: {way}")
 
 
 class Trainer:
-    """One run's objects and loop; `fit()` is the usual way in. `__init__` lists the
-    keyword arguments (`fit`'s) and the callbacks' methods."""
+    """One run's objects and loop; `fit()` is the usual way in, with the same keyword
+    arguments; `__init__`'s docstring says what the less obvious ones and callbacks do."""
 
     def __init__(
         self,
@@ -214,7 +217,7 @@ class Trainer:
         on_validation_start(trainer, model), on_validation_end(trainer, model),
         on_epoch_end(trainer, metrics), on_checkpoint(trainer, path), on_fit_end(trainer, summary).
         """
-        _check_types(config, resume, model)
+        _check_types(config, resume, model, data)
         self.started = time.perf_counter()
         self.resume_command = resume_command  # what continues this run, for the hints
         self.wall_before = 0.0  # wall time of the sessions before a resume

@@ -91,6 +91,12 @@ def test_config_file_then_flags(tmp_path):
     ]
     refused = run_ptool("train", "--momentum", "0.9", "--print-config")  # a flag: as it was
     assert refused.stderr.splitlines()[1] == "hint: drop it, or give --optimizer sgd"
+    (tmp_path / "flag.yaml").write_text("optimizer: sgd\nno_decay_norm_bias: true\n")  # its
+    refused = run_ptool("train", "--config", str(tmp_path / "flag.yaml"), "--print-config")
+    assert refused.stderr.splitlines() == [  # name is no_decay_norm_bias, not decay_norm_bias
+        f"error: {tmp_path / 'flag.yaml'}: --no-decay-norm-bias shapes weight decay, at 0 here",
+        f"hint: take no_decay_norm_bias out of {tmp_path / 'flag.yaml'}, or give --weight-decay",
+    ]
     # an extended run's config.yaml keeps its plan: a new --epochs does not move it, said
     extended = tmp_path / "extended.yaml"
     extended.write_text("scheduler: cosine\nepochs: 4\nschedule_epochs: 2\n")

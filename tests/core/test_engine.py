@@ -1091,12 +1091,16 @@ def test_the_python_api_as_the_readme_shows_it(tmp_path):
         assert loaded.state_dict().keys() == model.state_dict().keys() == saved.keys()
         assert all(torch.equal(loaded.state_dict()[k], v) for k, v in saved.items())
     again = config.replace(out=str(tmp_path / "again"))
-    with pytest.raises(TypeError, match="config is a TrainConfig, not str: resolve_config"):
+    with pytest.raises(TypeError, match="config must be a TrainConfig, not str: resolve_con"):
         api.fit("run.yaml")
-    with pytest.raises(TypeError, match="resume is a dict, not str: load_checkpoint"):
+    with pytest.raises(TypeError, match="config must be a TrainConfig, not NoneType"):
+        api.fit(None)
+    with pytest.raises(TypeError, match="resume must be a dict, not str: load_checkpoint"):
         api.fit(again, resume=best)
-    with pytest.raises(TypeError, match="model is a Module, not str: build_model"):
+    with pytest.raises(TypeError, match="model must be a Module, not str: build_model"):
         api.fit(again, model="mlp")
+    with pytest.raises(TypeError, match="data must be a DataBundle, not str: build_data"):
+        api.fit(again, data="digits")
 
 
 def test_an_api_resume_with_a_fresh_config_takes_the_runs_seed(tmp_path):
