@@ -150,12 +150,8 @@ def _in_file_terms(exc: UsageError, config_file: str | None, flags: dict[str, An
     from ptool.core.config import FIELDS, read_config_file
 
     named = re.match(r"--(no-)?([a-z0-9-]+)", str(exc))  # --no-strict names strict
-    name = (
-        named
-        and next(  # and --no-decay-norm-bias no_decay_norm_bias
-            (n for n in (named[0][2:], named[2]) if n.replace("-", "_") in FIELDS), named[2]
-        ).replace("-", "_")
-    )
+    spellings = (named[0][2:], named[2]) if named else ()  # and --no-decay-norm-bias its own
+    name = next((n for n in (s.replace("-", "_") for s in spellings) if n in FIELDS), None)
     if config_file is None or name not in FIELDS or name in flags:
         return exc
     if name not in read_config_file(config_file):

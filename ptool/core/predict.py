@@ -229,11 +229,14 @@ class Reader:
                 return
             if missing:
                 one = header[0] if len(header) == 1 else ""
-                other_separator = any(mark in one for mark in ";\t|")  # `a;b;c`
-                found = f" (its header is one column, {one!r}: commas separate them)"
+                found = (  # `a;b;c`: another separator
+                    f" (its header is one column, {one!r}: commas separate them)"
+                    if any(mark in one for mark in ";\t|")
+                    else ""
+                )
                 yield Sample(
                     str(path),
-                    error=f"missing columns {', '.join(missing)}{found * other_separator}; "
+                    error=f"missing columns {', '.join(missing)}{found}; "
                     f"the model expects columns {', '.join(expected)}",
                 )
                 return
